@@ -1,0 +1,120 @@
+"""The ledger interface every backend implements: the contract, seen from one account.
+
+Three backends stand behind it: the embedded py-evm chain and (later) any JSON-RPC
+endpoint, both through `ContractLedger`, and `InMemoryLedger` for fast tests of the layers
+above. One behaviour suite (tests/ledger_suite.py) runs against each of them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+from swarmnode.ledger.types import LedgerEvent, NodeRecord, RoundState
+from swarmnode.rules import SwarmParams
+
+Clock = Callable[[], float]
+
+
+class Ledger(ABC):
+    """One account's handle on one swarm contract.
+
+    Calls that depend on a deadline (close, drop, expire) are decided by the caller from the
+    start times the chain stores and `now()`; a "too early" revert that the caller's clock
+    disagrees with is retried by the backend, never surfaced as fatal.
+    """
+
+    @property
+    @abstractmethod
+    def account(self) -> str:
+        """This handle's checksummed account address."""
+
+    @property
+    @abstractmethod
+    def address(self) -> str:
+        """The contract's address."""
+
+    @abstractmethod
+    def now(self) -> int:
+        """The clock this node decides deadlines by, in chain seconds."""
+
+    # roster
+    @abstractmethod
+    def register(self, endpoint: str, certificate: bytes) -> None: ...
+
+    @abstractmethod
+    def update_endpoint(self, endpoint: str) -> None: ...
+
+    @abstractmethod
+    def deregister(self) -> None: ...
+
+    @abstractmethod
+    def allow(self, account: str) -> None: ...
+
+    @abstractmethod
+    def revoke(self, account: str) -> None: ...
+
+    @abstractmethod
+    def node(self, account: str) -> NodeRecord | None:
+        """The roster entry of `account`, or None if it never registered."""
+
+    @abstractmethod
+    def active_nodes(self) -> list[NodeRecord]: ...
+
+    @abstractmethod
+    def is_allowed(self, account: str) -> bool: ...
+
+    # parameters
+    @abstractmethod
+    def params(self) -> SwarmParams: ...
+
+    @abstractmethod
+    def owner(self) -> str: ...
+
+    # rounds
+    @abstractmethod
+    def current_round(self) -> int: ...
+
+    @abstractmethod
+    def round(self, number: int) -> RoundState: ...
+
+    @abstractmethod
+    def latest_model(self) -> tuple[int, bytes]:
+        """(last final round or 0, its digest or the initial model's)."""
+
+    @abstractmethod
+    def drop_votes(self, number: int, attempt: int, peer: str) -> int: ...
+
+    @abstractmethod
+    def join(self, number: int, commitment: bytes, weight: int, val_loss: int) -> None: ...
+
+    @abstractmethod
+    def leave(self, number: int) -> None: ...
+
+    @abstractmethod
+    def close(self, number: int) -> None: ...
+
+    @abstractmethod
+    def drop(self, number: int, attempt: int, peer: str) -> None: ...
+
+    @abstractmethod
+    def withdraw(self, number: int) -> None: ...
+
+    @abstractmethod
+    def report(self, number: int, attempt: int, digest: bytes) -> None: ...
+
+    @abstractmethod
+    def expire(self, number: int) -> None: ...
+
+    # events
+    @abstractmethod
+    def events(self, cursor: int) -> tuple[list[LedgerEvent], int]:
+        """Events from `cursor` on, and the cursor to pass next time.
+
+        Cursors are block numbers on a real chain; each call reads only the blocks mined
+        since the last one, never the whole chain.
+        """
+
+    @abstractmethod
+    def start_cursor(self) -> int:
+        """The cursor of the contract's first event (its deployment)."""

@@ -1,0 +1,370 @@
+"""The Ledger over the compiled SwarmLedger contract, through web3.
+
+Used for the embedded py-evm chain and for any JSON-RPC endpoint. It signs its own
+transactions with the node's key (no unlocked accounts on the chain), names every revert
+(ContractError), and follows DESIGN.md point 8 for deadline calls: the caller decides by its
+own clock; a "too early" revert that the caller's clock disagrees with is clock skew between
+node and chain, and is retried with backoff instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+from web3 import Web3
+from web3.contract.contract import ContractFunction
+
+from swarmnode.exceptions import ChainUnavailable, ContractError, LedgerError
+from swarmnode.ledger.artifacts import load
+from swarmnode.ledger.base import Ledger
+from swarmnode.ledger.errors import contract_error_from
+from swarmnode.ledger.types import (
+    FailReason,
+    LedgerEvent,
+    NodeRecord,
+    RoundState,
+    RoundStatus,
+    Seat,
+)
+from swarmnode.rules import Rule, SwarmParams
+
+# Estimates are exact for the state they ran on; a round's state can move between estimate
+# and inclusion (another join lands first and this one closes the round), so leave room.
+GAS_MARGIN = 1.3
+GAS_EXTRA = 50_000
+EVENT_BLOCK_RANGE = 500
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for reverts that only mean the chain's clock lags the node's."""
+
+    first_delay: float = 0.25
+    max_delay: float = 2.0
+    give_up_after: float = 30.0
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where a swarm lives: enough for any node to find it."""
+
+    chain_id: int
+    address: str
+    block: int
+    params: SwarmParams
+
+
+def params_to_abi(p: SwarmParams) -> tuple[Any, ...]:
+    return (
+        p.min_peers,
+        p.max_peers,
+        p.join_window,
+        p.transfer_deadline,
+        p.round_deadline,
+        (p.merge_rule.id, list(p.merge_rule.params)),
+        (p.sync_policy.id, list(p.sync_policy.params)),
+        p.initial_model_digest,
+        p.restricted,
+    )
+
+
+class ContractLedger(Ledger):
+    """One account's handle on a deployed SwarmLedger."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        address: str,
+        account: LocalAccount,
+        *,
+        deploy_block: int = 0,
+        clock: Callable[[], float] = time.time,
+        lock: contextlib.AbstractContextManager[Any] | None = None,
+        prepare: Callable[[], None] | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        estimate_on: str | None = "pending",
+    ) -> None:
+        self._w3 = w3
+        self._address = to_checksum_address(address)
+        self._contract = w3.eth.contract(address=self._address, abi=load().abi)
+        self._account = account
+        self._deploy_block = deploy_block
+        self._clock = clock
+        self._lock = lock if lock is not None else threading.RLock()
+        self._prepare = prepare or (lambda: None)
+        self._retry = retry
+        # Deadline calls must be estimated on the block they will land in (anvil's latest
+        # block carries the last transaction's time); eth-tester only estimates on pending.
+        self._estimate_on = estimate_on
+        self._nonce: int | None = None
+        self._chain_id: int | None = None
+        self._params: SwarmParams | None = None
+        self._topics = {
+            bytes.fromhex(event.topic.removeprefix("0x")): event
+            for event in (self._contract.events[e["name"]] for e in load().abi if e["type"] == "event")
+        }
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def account(self) -> str:
+        return str(self._account.address)
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    @contextlib.contextmanager
+    def _rpc(self, what: str) -> Iterator[None]:
+        """Holds the chain lock and turns connection failures into ChainUnavailable."""
+        with self._lock:
+            try:
+                yield
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                raise ChainUnavailable(f"{what}: no chain answered ({exc})") from exc
+
+    def _view(self, fn: ContractFunction) -> Any:
+        with self._rpc(fn.fn_name):
+            try:
+                return fn.call()
+            except LedgerError:
+                raise
+            except Exception as exc:
+                named = contract_error_from(exc, fn.fn_name)
+                if named is not None:
+                    raise named from exc
+                raise
+
+    def _transact(self, fn: ContractFunction) -> Any:
+        """Sends one state-changing call and returns its receipt; retries clock-skew reverts."""
+        delay = self._retry.first_delay
+        give_up = time.monotonic() + self._retry.give_up_after
+        while True:
+            try:
+                return self._send_once(fn)
+            except ContractError as err:
+                skew = err.too_early and self.now() >= int(err.details.get("notBefore", 0))
+                if not skew or time.monotonic() + delay > give_up:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, self._retry.max_delay)
+
+    def _send_once(self, fn: ContractFunction) -> Any:
+        name = fn.fn_name
+        sender = self._account.address
+        with self._rpc(name):
+            self._prepare()
+            try:
+                if self._estimate_on is None:
+                    gas = fn.estimate_gas({"from": sender})
+                else:
+                    gas = fn.estimate_gas({"from": sender}, block_identifier=self._estimate_on)
+            except LedgerError:
+                raise
+            except Exception as exc:
+                named = contract_error_from(exc, name)
+                if named is not None:
+                    raise named from exc
+                raise LedgerError(f"{name}: gas estimation failed: {exc}") from exc
+            if self._nonce is None:
+                self._nonce = self._w3.eth.get_transaction_count(sender, "pending")
+            if self._chain_id is None:
+                self._chain_id = self._w3.eth.chain_id
+            tx = fn.build_transaction(
+                {
+                    "from": sender,
+                    "nonce": self._nonce,
+                    "gas": int(gas * GAS_MARGIN) + GAS_EXTRA,
+                    "chainId": self._chain_id,
+                }
+            )
+            signed = self._account.sign_transaction(tx)
+            try:
+                tx_hash = self._w3.eth.send_raw_transaction(signed.raw_transaction)
+            except Exception as exc:
+                self._nonce = None  # re-read the chain's view before the next send
+                named = contract_error_from(exc, name)
+                if named is not None:
+                    raise named from exc
+                raise LedgerError(f"{name}: transaction refused: {exc}") from exc
+            self._nonce += 1
+            receipt = self._w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
+            if receipt["status"] != 1:
+                raise self._name_failure(fn, receipt)
+            return receipt
+
+    def _name_failure(self, fn: ContractFunction, receipt: Any) -> LedgerError:
+        """A status-0 receipt says nothing; replaying the call on the parent state names it."""
+        block = int(receipt["blockNumber"])
+        try:
+            fn.call({"from": self._account.address}, block_identifier=max(block - 1, 0))
+        except Exception as exc:
+            named = contract_error_from(exc, fn.fn_name)
+            if named is not None:
+                return named
+        return LedgerError(
+            f"{fn.fn_name}: transaction {receipt['transactionHash'].hex()} reverted in block "
+            f"{block} and replaying it did not name the error"
+        )
+
+    # ------------------------------------------------------------------ roster
+
+    def register(self, endpoint: str, certificate: bytes) -> None:
+        self._transact(self._contract.functions.register(endpoint, certificate))
+
+    def update_endpoint(self, endpoint: str) -> None:
+        self._transact(self._contract.functions.updateEndpoint(endpoint))
+
+    def deregister(self) -> None:
+        self._transact(self._contract.functions.deregister())
+
+    def allow(self, account: str) -> None:
+        self._transact(self._contract.functions.allow(to_checksum_address(account)))
+
+    def revoke(self, account: str) -> None:
+        self._transact(self._contract.functions.revoke(to_checksum_address(account)))
+
+    def node(self, account: str) -> NodeRecord | None:
+        account = to_checksum_address(account)
+        fingerprint, endpoint, active = self._view(self._contract.functions.node(account))
+        if not any(fingerprint):
+            return None
+        return NodeRecord(account, endpoint, bytes(fingerprint), active)
+
+    def active_nodes(self) -> list[NodeRecord]:
+        accounts, endpoints, fingerprints = self._view(self._contract.functions.activeNodes())
+        return [
+            NodeRecord(to_checksum_address(a), e, bytes(f), True)
+            for a, e, f in zip(accounts, endpoints, fingerprints, strict=True)
+        ]
+
+    def is_allowed(self, account: str) -> bool:
+        return bool(self._view(self._contract.functions.allowed(to_checksum_address(account))))
+
+    # ------------------------------------------------------------------ parameters
+
+    def params(self) -> SwarmParams:
+        if self._params is None:
+            f = self._contract.functions
+            merge_id, merge_params = self._view(f.mergeRule())
+            sync_id, sync_params = self._view(f.syncPolicy())
+            self._params = SwarmParams(
+                min_peers=self._view(f.minPeers()),
+                max_peers=self._view(f.maxPeers()),
+                join_window=self._view(f.joinWindow()),
+                transfer_deadline=self._view(f.transferDeadline()),
+                round_deadline=self._view(f.roundDeadline()),
+                merge_rule=Rule(merge_id, tuple(merge_params)),  # type: ignore[arg-type]
+                sync_policy=Rule(sync_id, tuple(sync_params)),  # type: ignore[arg-type]
+                initial_model_digest=bytes(self._view(f.initialModelDigest())),
+                restricted=self._view(f.restricted()),
+            )
+        return self._params
+
+    def owner(self) -> str:
+        return str(to_checksum_address(self._view(self._contract.functions.owner())))
+
+    # ------------------------------------------------------------------ rounds
+
+    def current_round(self) -> int:
+        return int(self._view(self._contract.functions.currentRound()))
+
+    def round(self, number: int) -> RoundState:
+        f = self._contract.functions
+        (status, fail, attempt, joined, live, reports, first, closed, start) = self._view(
+            f.getRound(number)
+        )
+        nodes, commitments, weights, losses, dropped, reported = self._view(f.participants(number))
+        digest = bytes(self._view(f.finalDigest(number)))
+        seats = tuple(
+            Seat(to_checksum_address(a), bytes(c), w, v, d, r)
+            for a, c, w, v, d, r in zip(
+                nodes, commitments, weights, losses, dropped, reported, strict=True
+            )
+        )
+        return RoundState(
+            number=number,
+            status=RoundStatus(status),
+            fail_reason=FailReason(fail),
+            attempt=attempt,
+            joined=joined,
+            live=live,
+            reports=reports,
+            first_join_at=first,
+            closed_at=closed,
+            attempt_start=start,
+            seats=seats,
+            final_digest=digest if any(digest) else None,
+        )
+
+    def latest_model(self) -> tuple[int, bytes]:
+        number, digest = self._view(self._contract.functions.latestModel())
+        return int(number), bytes(digest)
+
+    def drop_votes(self, number: int, attempt: int, peer: str) -> int:
+        return int(
+            self._view(self._contract.functions.dropVotes(number, attempt, to_checksum_address(peer)))
+        )
+
+    def join(self, number: int, commitment: bytes, weight: int, val_loss: int) -> None:
+        self._transact(self._contract.functions.join(number, commitment, weight, val_loss))
+
+    def leave(self, number: int) -> None:
+        self._transact(self._contract.functions.leaveRound(number))
+
+    def close(self, number: int) -> None:
+        self._transact(self._contract.functions.close(number))
+
+    def drop(self, number: int, attempt: int, peer: str) -> None:
+        self._transact(self._contract.functions.drop(number, attempt, to_checksum_address(peer)))
+
+    def withdraw(self, number: int) -> None:
+        self._transact(self._contract.functions.withdraw(number))
+
+    def report(self, number: int, attempt: int, digest: bytes) -> None:
+        self._transact(self._contract.functions.report(number, attempt, digest))
+
+    def expire(self, number: int) -> None:
+        self._transact(self._contract.functions.expire(number))
+
+    # ------------------------------------------------------------------ events
+
+    def events(self, cursor: int) -> tuple[list[LedgerEvent], int]:
+        with self._rpc("events"):
+            latest = int(self._w3.eth.block_number)
+            found: list[LedgerEvent] = []
+            start = max(cursor, self._deploy_block)
+            while start <= latest:
+                end = min(start + EVENT_BLOCK_RANGE - 1, latest)
+                logs = self._w3.eth.get_logs(
+                    {"address": self._address, "fromBlock": start, "toBlock": end}
+                )
+                found.extend(self._decode(log) for log in logs)
+                start = end + 1
+            return found, latest + 1
+
+    def _decode(self, log: Any) -> LedgerEvent:
+        event = self._topics[bytes(log["topics"][0])]
+        decoded = event().process_log(log)
+        args = {
+            k: (to_checksum_address(v) if isinstance(v, str) and Web3.is_address(v) else v)
+            for k, v in decoded["args"].items()
+        }
+        if "participants" in args:
+            args["participants"] = [to_checksum_address(a) for a in args["participants"]]
+        return LedgerEvent(
+            decoded["event"], (int(log["blockNumber"]), int(log["logIndex"])), args
+        )
+
+    def start_cursor(self) -> int:
+        return self._deploy_block

@@ -1,0 +1,110 @@
+"""An EVM chain inside this process: eth-tester over py-evm, running the real contract.
+
+eth-tester is not thread-safe, so every node in the process reaches it through one lock.
+It also stamps a block with the time its *previous* block was mined, so a deadline call
+after an idle spell would run in the past; before every transaction we restamp the
+pending block with this chain's clock (wall time plus whatever tests advanced it by).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_tester import EthereumTester, PyEVMBackend
+from web3 import EthereumTesterProvider, Web3
+
+from swarmnode.ledger.contract import ContractLedger, Deployment, RetryPolicy
+from swarmnode.ledger.deploy import deploy_swarm
+from swarmnode.rules import SwarmParams
+
+FUNDING_WEI = 10**20  # 100 ether: thousands of rounds of gas on the embedded chain
+
+
+class EmbeddedChain:
+    """A private chain for one process: deploy swarms and hand out funded accounts."""
+
+    def __init__(self) -> None:
+        self._backend = PyEVMBackend()
+        self.w3 = Web3(EthereumTesterProvider(EthereumTester(self._backend)))
+        self._lock = threading.RLock()
+        self._offset = 0.0
+        key = self._backend.account_keys[0].to_bytes()
+        self._faucet: LocalAccount = Account.from_key(key)
+        self._faucet_nonce = 0
+
+    # -- time
+    def now(self) -> int:
+        """Chain time as nodes should see it: never behind the newest block."""
+        with self._lock:
+            latest = int(self._backend.chain.get_canonical_head().timestamp)
+            return max(int(time.time() + self._offset), latest)
+
+    def advance(self, seconds: float) -> None:
+        """Moves chain time forward without sleeping; the next block carries the new time."""
+        with self._lock:
+            target = self.now() + seconds
+            self._offset = target - time.time()
+
+    def _restamp_pending_block(self) -> None:
+        chain = self._backend.chain
+        parent = chain.get_canonical_head().timestamp
+        stamp = max(parent + 1, int(time.time() + self._offset))
+        chain.header = chain.header.copy(timestamp=stamp)
+
+    # -- accounts
+    def new_account(self, fund_wei: int = FUNDING_WEI) -> LocalAccount:
+        account: LocalAccount = Account.create()
+        if fund_wei:
+            self.fund(account.address, fund_wei)
+        return account
+
+    def fund(self, address: str, wei: int = FUNDING_WEI) -> None:
+        with self._lock:
+            self._restamp_pending_block()
+            nonce = self.w3.eth.get_transaction_count(self._faucet.address, "pending")
+            tx = {
+                "to": address,
+                "value": wei,
+                "gas": 21_000,
+                "nonce": nonce,
+                "chainId": self.w3.eth.chain_id,
+                "maxFeePerGas": 10**10,
+                "maxPriorityFeePerGas": 10**9,
+            }
+            signed = self._faucet.sign_transaction(tx)
+            self.w3.eth.wait_for_transaction_receipt(
+                self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            )
+
+    # -- swarms
+    def deploy(
+        self, params: SwarmParams, owner: LocalAccount | None = None, *, validate: bool = True
+    ) -> tuple[Deployment, LocalAccount]:
+        owner = owner or self.new_account()
+        deployment = deploy_swarm(
+            self.w3,
+            owner,
+            params,
+            validate=validate,
+            lock=self._lock,
+            prepare=self._restamp_pending_block,
+        )
+        return deployment, owner
+
+    def ledger(
+        self, deployment: Deployment, account: LocalAccount, retry: RetryPolicy = RetryPolicy()
+    ) -> ContractLedger:
+        return ContractLedger(
+            self.w3,
+            deployment.address,
+            account,
+            deploy_block=deployment.block,
+            clock=self.now,
+            lock=self._lock,
+            prepare=self._restamp_pending_block,
+            retry=retry,
+            estimate_on=None,
+        )

@@ -1,0 +1,85 @@
+"""Plain values the ledger hands out: no web3 types leak past swarmnode.ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+
+class RoundStatus(IntEnum):
+    NONE = 0
+    OPEN = 1
+    CLOSED = 2
+    FINAL = 3
+    FAILED = 4
+
+
+class FailReason(IntEnum):
+    NONE = 0
+    EXPIRED = 1
+    TOO_FEW_LIVE = 2
+    REPORTS_DISAGREE = 3
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """One roster entry. `fingerprint` is the SHA-256 of the node's DER certificate."""
+
+    account: str
+    endpoint: str
+    fingerprint: bytes
+    active: bool
+
+
+@dataclass(frozen=True)
+class Seat:
+    """One participant of a round, in join order."""
+
+    account: str
+    commitment: bytes
+    weight: int
+    val_loss: int
+    dropped_at: int
+    reported_at: int
+
+    @property
+    def live(self) -> bool:
+        return self.dropped_at == 0
+
+
+@dataclass(frozen=True)
+class RoundState:
+    """A round as the chain has it at one moment."""
+
+    number: int
+    status: RoundStatus
+    fail_reason: FailReason
+    attempt: int
+    joined: int
+    live: int
+    reports: int
+    first_join_at: int
+    closed_at: int
+    attempt_start: int
+    seats: tuple[Seat, ...] = ()
+    final_digest: bytes | None = None
+
+    @property
+    def participants(self) -> tuple[str, ...]:
+        return tuple(s.account for s in self.seats)
+
+    @property
+    def live_participants(self) -> tuple[str, ...]:
+        """Live participants in the contract's order: segment j belongs to the j-th of these."""
+        return tuple(s.account for s in self.seats if s.live)
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    """A contract event. `position` orders events on one chain: (block, log index)."""
+
+    name: str
+    position: tuple[int, int]
+    args: Mapping[str, Any] = field(default_factory=dict)

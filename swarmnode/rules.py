@@ -1,0 +1,157 @@
+"""The swarm's parameter table: merge rules and sync policies as ids plus four integers.
+
+The contract stores each rule as (id, four uint64) and validates them at deploy; this module
+is the Python side of the same table, so that a bad swarm is refused with a clear message
+before a transaction is sent, and so that a node derives the same minimum participant count
+as the contract. tests/test_rules.py deploys every entry against the contract to keep the
+two sides in step. Fractions are fixed point in parts per million (PPM).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from swarmnode.exceptions import ConfigError
+
+PPM = 1_000_000
+MAX_PEERS_LIMIT = 256
+
+
+class MergeRuleId(IntEnum):
+    """Merge rule ids; parameter meanings in MERGE_RULE_PARAMS."""
+
+    MEAN = 0
+    MEDIAN = 1
+    TRIMMED_MEAN = 2
+    KRUM = 3
+    GEOMETRIC_MEDIAN = 4
+    CENTERED_CLIP = 5
+
+
+class SyncPolicyId(IntEnum):
+    """Sync policy ids; parameter meanings in SYNC_POLICY_PARAMS."""
+
+    EVERY_N_BATCHES = 0
+    ADAPTIVE = 1
+
+
+MERGE_RULE_PARAMS: dict[MergeRuleId, tuple[str, ...]] = {
+    MergeRuleId.MEAN: (),
+    MergeRuleId.MEDIAN: (),
+    MergeRuleId.TRIMMED_MEAN: ("beta_ppm: fraction trimmed from each side",),
+    MergeRuleId.KRUM: ("f: Byzantine peers tolerated", "m: models kept (0 or 1: Krum)"),
+    MergeRuleId.GEOMETRIC_MEDIAN: ("tolerance_ppm: of the norm", "max_iterations"),
+    MergeRuleId.CENTERED_CLIP: ("tau_ppm: clipping radius", "iterations"),
+}
+
+SYNC_POLICY_PARAMS: dict[SyncPolicyId, tuple[str, ...]] = {
+    SyncPolicyId.EVERY_N_BATCHES: ("n: batches between syncs",),
+    SyncPolicyId.ADAPTIVE: ("first", "min", "max", "growth_ppm: factor (> 1.0)"),
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule as the contract stores it."""
+
+    id: int
+    params: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def __post_init__(self) -> None:
+        if len(self.params) != 4:
+            raise ConfigError(f"a rule has exactly four parameters, got {len(self.params)}")
+        for p in self.params:
+            if not 0 <= p < 2**64:
+                raise ConfigError(f"rule parameter {p} does not fit in uint64")
+
+
+@dataclass(frozen=True)
+class SwarmParams:
+    """Everything fixed at deploy. Times are in seconds."""
+
+    min_peers: int = 2
+    max_peers: int = 8
+    join_window: int = 30
+    transfer_deadline: int = 60
+    round_deadline: int = 300
+    merge_rule: Rule = field(default_factory=lambda: Rule(MergeRuleId.MEAN))
+    sync_policy: Rule = field(default_factory=lambda: Rule(SyncPolicyId.EVERY_N_BATCHES, (50, 0, 0, 0)))
+    initial_model_digest: bytes = b"\x01" * 32
+    restricted: bool = False
+
+    def validate(self) -> None:
+        """Raises ConfigError naming the first thing wrong, in the contract's order."""
+        if self.min_peers < 2:
+            raise ConfigError("minPeers must be at least 2")
+        if self.max_peers < self.min_peers:
+            raise ConfigError("maxPeers must be at least minPeers")
+        if self.max_peers > MAX_PEERS_LIMIT:
+            raise ConfigError(f"maxPeers must be at most {MAX_PEERS_LIMIT}")
+        if self.join_window <= 0:
+            raise ConfigError("joinWindow must be positive")
+        if self.transfer_deadline <= 0:
+            raise ConfigError("transferDeadline must be positive")
+        if self.round_deadline <= 2 * self.transfer_deadline:
+            raise ConfigError("roundDeadline must exceed 2 x transferDeadline")
+        if len(self.initial_model_digest) != 32 or not any(self.initial_model_digest):
+            raise ConfigError("initialModelDigest must be set")
+        needs = merge_rule_needs(self.merge_rule)
+        if needs > self.max_peers:
+            raise ConfigError("mergeRule needs more peers than maxPeers")
+        check_sync_policy(self.sync_policy)
+
+    @property
+    def min_live(self) -> int:
+        """Fewest live participants a round may continue with."""
+        return max(self.min_peers, merge_rule_needs(self.merge_rule))
+
+    def quorum(self, live: int) -> int:
+        """Agreeing reports that finalize a round with `live` participants."""
+        return max(self.min_peers, live // 2 + 1)
+
+
+def merge_rule_needs(rule: Rule) -> int:
+    """Fewest participants the rule can merge; raises ConfigError on bad parameters."""
+    q = rule.params
+    if rule.id in (MergeRuleId.MEAN, MergeRuleId.MEDIAN):
+        if any(q):
+            raise ConfigError("rule takes no parameters")
+        return 1
+    if rule.id == MergeRuleId.TRIMMED_MEAN:
+        if q[0] >= PPM // 2:
+            raise ConfigError("trimmed mean: beta must be below 0.5")
+        return 1
+    if rule.id == MergeRuleId.KRUM:
+        if q[0] > 126:
+            raise ConfigError("krum: f too large")
+        return max(2 * q[0] + 3, q[1])
+    if rule.id == MergeRuleId.GEOMETRIC_MEDIAN:
+        if q[0] == 0:
+            raise ConfigError("geometric median: tolerance must be positive")
+        if q[1] == 0:
+            raise ConfigError("geometric median: iteration cap must be positive")
+        return 1
+    if rule.id == MergeRuleId.CENTERED_CLIP:
+        if q[0] == 0:
+            raise ConfigError("centered clipping: tau must be positive")
+        if q[1] == 0:
+            raise ConfigError("centered clipping: iterations must be positive")
+        return 1
+    raise ConfigError("unknown merge rule")
+
+
+def check_sync_policy(policy: Rule) -> None:
+    """Raises ConfigError when the sync policy's parameters cannot work."""
+    q = policy.params
+    if policy.id == SyncPolicyId.EVERY_N_BATCHES:
+        if q[0] == 0:
+            raise ConfigError("sync every N batches: N must be positive")
+        return
+    if policy.id == SyncPolicyId.ADAPTIVE:
+        if q[1] == 0 or q[1] > q[0] or q[0] > q[2]:
+            raise ConfigError("adaptive sync: need 0 < min <= first <= max")
+        if q[3] <= PPM:
+            raise ConfigError("adaptive sync: growth must exceed 1.0")
+        return
+    raise ConfigError("unknown sync policy")
