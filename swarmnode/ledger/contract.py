@@ -48,7 +48,8 @@ class RetryPolicy:
 
     first_delay: float = 0.25
     max_delay: float = 2.0
-    give_up_after: float = 30.0
+    attempts: int = 12
+    sleep: Callable[[float], None] = time.sleep
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ class ContractLedger(Ledger):
         lock: contextlib.AbstractContextManager[Any] | None = None,
         prepare: Callable[[], None] | None = None,
         retry: RetryPolicy = RetryPolicy(),
-        estimate_on: str | None = "pending",
+        estimate_on: str = "pending",
+        fixed_gas: int | None = None,
     ) -> None:
         self._w3 = w3
         self._address = to_checksum_address(address)
@@ -100,10 +102,16 @@ class ContractLedger(Ledger):
         self._lock = lock if lock is not None else threading.RLock()
         self._prepare = prepare or (lambda: None)
         self._retry = retry
-        # Deadline calls must be estimated on the block they will land in (anvil's latest
-        # block carries the last transaction's time); eth-tester only estimates on pending.
+        # Deadline calls must be checked on the block they will land in: anvil's latest
+        # block carries the last transaction's time. eth-tester cannot estimate on pending
+        # (it estimates at wall-clock time, whatever the chain's clock says), so there we
+        # preflight with a call on pending and send with a fixed gas limit.
         self._estimate_on = estimate_on
+        self._fixed_gas = fixed_gas
         self._nonce: int | None = None
+        # (function, gas used) of every mined transaction this handle sent: for the demo,
+        # the gas report, and anyone watching what a node spends.
+        self.gas_log: list[tuple[str, int]] = []
         self._chain_id: int | None = None
         self._params: SwarmParams | None = None
         self._topics = {
@@ -148,16 +156,16 @@ class ContractLedger(Ledger):
     def _transact(self, fn: ContractFunction) -> Any:
         """Sends one state-changing call and returns its receipt; retries clock-skew reverts."""
         delay = self._retry.first_delay
-        give_up = time.monotonic() + self._retry.give_up_after
-        while True:
+        for attempt in range(1, self._retry.attempts + 1):
             try:
                 return self._send_once(fn)
             except ContractError as err:
                 skew = err.too_early and self.now() >= int(err.details.get("notBefore", 0))
-                if not skew or time.monotonic() + delay > give_up:
+                if not skew or attempt == self._retry.attempts:
                     raise
-            time.sleep(delay)
+            self._retry.sleep(delay)
             delay = min(delay * 2, self._retry.max_delay)
+        raise AssertionError("unreachable")
 
     def _send_once(self, fn: ContractFunction) -> Any:
         name = fn.fn_name
@@ -165,10 +173,13 @@ class ContractLedger(Ledger):
         with self._rpc(name):
             self._prepare()
             try:
-                if self._estimate_on is None:
-                    gas = fn.estimate_gas({"from": sender})
+                if self._fixed_gas is None:
+                    estimate = fn.estimate_gas({"from": sender}, block_identifier=self._estimate_on)
+                    gas = int(estimate * GAS_MARGIN) + GAS_EXTRA
                 else:
-                    gas = fn.estimate_gas({"from": sender}, block_identifier=self._estimate_on)
+                    # Preflight on the pending block to name a revert before paying for it.
+                    fn.call({"from": sender}, block_identifier=self._estimate_on)
+                    gas = self._fixed_gas
             except LedgerError:
                 raise
             except Exception as exc:
@@ -184,7 +195,7 @@ class ContractLedger(Ledger):
                 {
                     "from": sender,
                     "nonce": self._nonce,
-                    "gas": int(gas * GAS_MARGIN) + GAS_EXTRA,
+                    "gas": gas,
                     "chainId": self._chain_id,
                 }
             )
@@ -199,6 +210,7 @@ class ContractLedger(Ledger):
                 raise LedgerError(f"{name}: transaction refused: {exc}") from exc
             self._nonce += 1
             receipt = self._w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
+            self.gas_log.append((name, int(receipt["gasUsed"])))
             if receipt["status"] != 1:
                 raise self._name_failure(fn, receipt)
             return receipt

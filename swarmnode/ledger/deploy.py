@@ -35,6 +35,10 @@ def deploy_swarm(
         if prepare is not None:
             prepare()
         try:
+            # A call first: eth-tester's estimator renders string-carrying custom errors
+            # as bare text, its call path keeps the revert data that names them.
+            data = constructor.build_transaction({"from": deployer.address, "gas": 10_000_000})["data"]
+            w3.eth.call({"from": deployer.address, "data": data})
             gas = constructor.estimate_gas({"from": deployer.address})
         except Exception as exc:
             named = contract_error_from(exc, "deploy")

@@ -20,6 +20,7 @@ from swarmnode.ledger.contract import ContractLedger, Deployment, RetryPolicy
 from swarmnode.ledger.deploy import deploy_swarm
 from swarmnode.rules import SwarmParams
 
+EMBEDDED_GAS_LIMIT = 3_000_000  # above any single call; unused gas is refunded
 FUNDING_WEI = 10**20  # 100 ether: thousands of rounds of gas on the embedded chain
 
 
@@ -106,5 +107,5 @@ class EmbeddedChain:
             lock=self._lock,
             prepare=self._restamp_pending_block,
             retry=retry,
-            estimate_on=None,
+            fixed_gas=EMBEDDED_GAS_LIMIT,
         )
