@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import click
 import typer
 
 from swarmnode import __version__
@@ -35,8 +36,19 @@ def version() -> None:
 
 
 def main() -> None:
+    """Entry point: a usage error or a SwarmError is one line on stderr, never a traceback."""
     try:
-        app()
+        app(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        message = exc.format_message()
+        if message:  # empty when the help was shown for a bare `swarmnode`
+            typer.echo(f"swarmnode: {message}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        typer.echo("swarmnode: interrupted", err=True)
+        sys.exit(130)
     except SwarmError as exc:
         typer.echo(f"swarmnode: {exc}", err=True)
         sys.exit(1)

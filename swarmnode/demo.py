@@ -62,10 +62,11 @@ def run_demo(nodes: int = 3, seed: int = 0, console: Console | None = None) -> b
         merge_rule=Rule(MergeRuleId.MEAN),
         initial_model_digest=hashlib.sha256(b"initial model").digest(),
     )
-    deployment, owner = chain.deploy(params)
+    deployment, _ = chain.deploy(params)
     out.print(
         f"[bold]1. deployed[/] SwarmLedger at {deployment.address} on the embedded py-evm chain "
-        f"(chain id {deployment.chain_id}, block {deployment.block}): min_peers {params.min_peers}, "
+        f"(chain id {deployment.chain_id}, block {deployment.block}): "
+        f"min_peers {params.min_peers}, "
         f"max_peers {params.max_peers}, join window {params.join_window}s, rule weighted mean"
     )
 
@@ -84,7 +85,9 @@ def run_demo(nodes: int = 3, seed: int = 0, console: Console | None = None) -> b
     by_account = {m.ledger.account: m for m in members}
     for record in members[0].ledger.active_nodes():
         roster.add_row(
-            by_account[record.account].name, record.account, record.endpoint,
+            by_account[record.account].name,
+            record.account,
+            record.endpoint,
             record.fingerprint.hex()[:16] + "…",
         )
     out.print(roster)
@@ -112,7 +115,10 @@ def run_demo(nodes: int = 3, seed: int = 0, console: Console | None = None) -> b
     for m in order:
         current = m.ledger.round(number)
         if current.status != RoundStatus.CLOSED:
-            out.print(f"   {m.name} sees round {number} already {current.status.name.lower()}: no report needed")
+            out.print(
+                f"   {m.name} sees round {number} already {current.status.name.lower()}: "
+                "no report needed"
+            )
             continue
         m.ledger.report(number, current.attempt, digest)
         m.reported = True
@@ -132,7 +138,9 @@ def run_demo(nodes: int = 3, seed: int = 0, console: Console | None = None) -> b
     for m in members:
         calls = [(fn, used) for fn, used in m.ledger.gas_log if fn != "register"]
         gas.add_row(
-            m.name, ", ".join(f"{fn} {used:,}" for fn, used in calls), f"{sum(u for _, u in calls):,}"
+            m.name,
+            ", ".join(f"{fn} {used:,}" for fn, used in calls),
+            f"{sum(u for _, u in calls):,}",
         )
     out.print(gas)
     return digest

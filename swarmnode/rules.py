@@ -76,7 +76,9 @@ class SwarmParams:
     transfer_deadline: int = 60
     round_deadline: int = 300
     merge_rule: Rule = field(default_factory=lambda: Rule(MergeRuleId.MEAN))
-    sync_policy: Rule = field(default_factory=lambda: Rule(SyncPolicyId.EVERY_N_BATCHES, (50, 0, 0, 0)))
+    sync_policy: Rule = field(
+        default_factory=lambda: Rule(SyncPolicyId.EVERY_N_BATCHES, (50, 0, 0, 0))
+    )
     initial_model_digest: bytes = b"\x01" * 32
     restricted: bool = False
 

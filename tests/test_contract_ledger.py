@@ -35,7 +35,9 @@ def test_eight_nodes_sending_at_once_all_land() -> None:
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 
-    threads = [threading.Thread(target=enrol_and_join, args=(i, l)) for i, l in enumerate(ledgers)]
+    threads = [
+        threading.Thread(target=enrol_and_join, args=(i, led)) for i, led in enumerate(ledgers)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -44,7 +46,7 @@ def test_eight_nodes_sending_at_once_all_land() -> None:
     state = ledgers[0].round(1)
     # the eighth join closed the round: everyone is in, in the order the chain saw them
     assert state.status == RoundStatus.CLOSED
-    assert sorted(state.participants) == sorted(l.account for l in ledgers)
+    assert sorted(state.participants) == sorted(led.account for led in ledgers)
     for ledger in ledgers:
         assert chain.w3.eth.get_transaction_count(ledger.account) == 2
 

@@ -40,7 +40,9 @@ def chain() -> EmbeddedChain:
 
 
 @pytest.mark.chain
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(params=params_strategy)
 def test_python_and_contract_refuse_the_same_parameters(
     chain: EmbeddedChain, params: SwarmParams

@@ -24,7 +24,12 @@ class Artifact:
 
 @cache
 def load(name: str = "SwarmLedger") -> Artifact:
-    text = resources.files("swarmnode.ledger").joinpath("artifacts").joinpath(f"{name}.json").read_text()
+    text = (
+        resources.files("swarmnode.ledger")
+        .joinpath("artifacts")
+        .joinpath(f"{name}.json")
+        .read_text()
+    )
     data = json.loads(text)
     return Artifact(
         name=data["contractName"],

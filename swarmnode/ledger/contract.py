@@ -14,12 +14,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 from web3 import Web3
 from web3.contract.contract import ContractFunction
+from web3.types import TxParams
 
 from swarmnode.exceptions import ChainUnavailable, ContractError, LedgerError
 from swarmnode.ledger.artifacts import load
@@ -89,8 +90,8 @@ class ContractLedger(Ledger):
         clock: Callable[[], float] = time.time,
         lock: contextlib.AbstractContextManager[Any] | None = None,
         prepare: Callable[[], None] | None = None,
-        retry: RetryPolicy = RetryPolicy(),
-        estimate_on: str = "pending",
+        retry: RetryPolicy | None = None,
+        estimate_on: Literal["pending", "latest"] = "pending",
         fixed_gas: int | None = None,
     ) -> None:
         self._w3 = w3
@@ -101,7 +102,7 @@ class ContractLedger(Ledger):
         self._clock = clock
         self._lock = lock if lock is not None else threading.RLock()
         self._prepare = prepare or (lambda: None)
-        self._retry = retry
+        self._retry = retry or RetryPolicy()
         # Deadline calls must be checked on the block they will land in: anvil's latest
         # block carries the last transaction's time. eth-tester cannot estimate on pending
         # (it estimates at wall-clock time, whatever the chain's clock says), so there we
@@ -116,7 +117,9 @@ class ContractLedger(Ledger):
         self._params: SwarmParams | None = None
         self._topics = {
             bytes.fromhex(event.topic.removeprefix("0x")): event
-            for event in (self._contract.events[e["name"]] for e in load().abi if e["type"] == "event")
+            for event in (
+                self._contract.events[e["name"]] for e in load().abi if e["type"] == "event"
+            )
         }
 
     # ------------------------------------------------------------------ plumbing
@@ -191,15 +194,12 @@ class ContractLedger(Ledger):
                 self._nonce = self._w3.eth.get_transaction_count(sender, "pending")
             if self._chain_id is None:
                 self._chain_id = self._w3.eth.chain_id
-            tx = fn.build_transaction(
-                {
-                    "from": sender,
-                    "nonce": self._nonce,
-                    "gas": gas,
-                    "chainId": self._chain_id,
-                }
+            params = cast(
+                TxParams,
+                {"from": sender, "nonce": self._nonce, "gas": gas, "chainId": self._chain_id},
             )
-            signed = self._account.sign_transaction(tx)
+            tx = fn.build_transaction(params)
+            signed = self._account.sign_transaction(cast(dict[str, Any], tx))
             try:
                 tx_hash = self._w3.eth.send_raw_transaction(signed.raw_transaction)
             except Exception as exc:
@@ -276,8 +276,8 @@ class ContractLedger(Ledger):
                 join_window=self._view(f.joinWindow()),
                 transfer_deadline=self._view(f.transferDeadline()),
                 round_deadline=self._view(f.roundDeadline()),
-                merge_rule=Rule(merge_id, tuple(merge_params)),  # type: ignore[arg-type]
-                sync_policy=Rule(sync_id, tuple(sync_params)),  # type: ignore[arg-type]
+                merge_rule=Rule(merge_id, tuple(merge_params)),
+                sync_policy=Rule(sync_id, tuple(sync_params)),
                 initial_model_digest=bytes(self._view(f.initialModelDigest())),
                 restricted=self._view(f.restricted()),
             )
@@ -325,7 +325,9 @@ class ContractLedger(Ledger):
 
     def drop_votes(self, number: int, attempt: int, peer: str) -> int:
         return int(
-            self._view(self._contract.functions.dropVotes(number, attempt, to_checksum_address(peer)))
+            self._view(
+                self._contract.functions.dropVotes(number, attempt, to_checksum_address(peer))
+            )
         )
 
     def join(self, number: int, commitment: bytes, weight: int, val_loss: int) -> None:
@@ -374,9 +376,7 @@ class ContractLedger(Ledger):
         }
         if "participants" in args:
             args["participants"] = [to_checksum_address(a) for a in args["participants"]]
-        return LedgerEvent(
-            decoded["event"], (int(log["blockNumber"]), int(log["logIndex"])), args
-        )
+        return LedgerEvent(decoded["event"], (int(log["blockNumber"]), int(log["logIndex"])), args)
 
     def start_cursor(self) -> int:
         return self._deploy_block

@@ -25,7 +25,10 @@ def deploy_swarm(
     lock: contextlib.AbstractContextManager[Any] | None = None,
     prepare: Callable[[], None] | None = None,
 ) -> Deployment:
-    """Deploys and waits for the receipt. `validate=False` lets tests reach the contract's own checks."""
+    """Deploys and waits for the receipt.
+
+    `validate=False` skips the Python-side check so that tests reach the contract's own.
+    """
     if validate:
         params.validate()
     artifact = load()
@@ -37,7 +40,9 @@ def deploy_swarm(
         try:
             # A call first: eth-tester's estimator renders string-carrying custom errors
             # as bare text, its call path keeps the revert data that names them.
-            data = constructor.build_transaction({"from": deployer.address, "gas": 10_000_000})["data"]
+            data = constructor.build_transaction({"from": deployer.address, "gas": 10_000_000})[
+                "data"
+            ]
             w3.eth.call({"from": deployer.address, "data": data})
             gas = constructor.estimate_gas({"from": deployer.address})
         except Exception as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any, cast
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -75,7 +76,7 @@ class EmbeddedChain:
                 "maxFeePerGas": 10**10,
                 "maxPriorityFeePerGas": 10**9,
             }
-            signed = self._faucet.sign_transaction(tx)
+            signed = self._faucet.sign_transaction(cast(dict[str, Any], tx))
             self.w3.eth.wait_for_transaction_receipt(
                 self.w3.eth.send_raw_transaction(signed.raw_transaction)
             )
@@ -96,7 +97,7 @@ class EmbeddedChain:
         return deployment, owner
 
     def ledger(
-        self, deployment: Deployment, account: LocalAccount, retry: RetryPolicy = RetryPolicy()
+        self, deployment: Deployment, account: LocalAccount, retry: RetryPolicy | None = None
     ) -> ContractLedger:
         return ContractLedger(
             self.w3,
@@ -106,6 +107,6 @@ class EmbeddedChain:
             clock=self.now,
             lock=self._lock,
             prepare=self._restamp_pending_block,
-            retry=retry,
+            retry=retry or RetryPolicy(),
             fixed_gas=EMBEDDED_GAS_LIMIT,
         )

@@ -33,7 +33,7 @@ from swarmnode.rules import SwarmParams
 
 
 def _checksum(raw: bytes) -> str:
-    from eth_utils import to_checksum_address
+    from eth_utils.address import to_checksum_address
 
     return str(to_checksum_address(raw))
 
@@ -209,7 +209,11 @@ class _Swarm:
         if index == 0:
             rd.first_join_at = now
         self.emit(
-            "Joined", round=number, node=sender, commitment=bytes(commitment), weight=weight,
+            "Joined",
+            round=number,
+            node=sender,
+            commitment=bytes(commitment),
+            weight=weight,
             valLoss=val_loss,
         )
         if index + 1 == self.params.max_peers:
@@ -259,7 +263,8 @@ class _Swarm:
         _not_before(rd.attempt_start + self.params.transfer_deadline, now)
         if (attempt, sender, peer) in rd.voted:
             raise ContractError(
-                "DuplicateVote", {"round": number, "attempt": attempt, "voter": sender, "peer": peer}
+                "DuplicateVote",
+                {"round": number, "attempt": attempt, "voter": sender, "peer": peer},
             )
         rd.voted.add((attempt, sender, peer))
         rd.votes[(attempt, peer)] += 1
@@ -448,7 +453,7 @@ class InMemoryChain:
         return _checksum(secrets.token_bytes(20))
 
     def deploy(self, params: SwarmParams, owner: str, *, validate: bool = True) -> str:
-        """`validate=False` skips the caller-side check, as on a real chain, to reach the swarm's own."""
+        """`validate=False` skips the caller-side check so that tests reach the swarm's own."""
         if validate:
             params.validate()
         with self._lock:
