@@ -96,6 +96,8 @@ class SwarmParams:
             raise ConfigError("transferDeadline must be positive")
         if self.round_deadline <= 2 * self.transfer_deadline:
             raise ConfigError("roundDeadline must exceed 2 x transferDeadline")
+        if self.round_deadline <= self.join_window:
+            raise ConfigError("roundDeadline must exceed joinWindow")
         if len(self.initial_model_digest) != 32 or not any(self.initial_model_digest):
             raise ConfigError("initialModelDigest must be set")
         needs = merge_rule_needs(self.merge_rule)
@@ -127,6 +129,8 @@ def merge_rule_needs(rule: Rule) -> int:
     if rule.id == MergeRuleId.KRUM:
         if q[0] > 126:
             raise ConfigError("krum: f too large")
+        if q[1] > MAX_PEERS_LIMIT:
+            raise ConfigError("krum: m too large")
         return max(2 * q[0] + 3, q[1])
     if rule.id == MergeRuleId.GEOMETRIC_MEDIAN:
         if q[0] == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from swarmnode.ledger.base import Ledger
+from swarmnode.ledger.contract import Deployment
 from swarmnode.rules import SwarmParams
 
 
@@ -63,7 +64,7 @@ class EmbeddedBackend(Backend):
         from swarmnode.ledger.embedded import EmbeddedChain
 
         self.chain = EmbeddedChain()
-        self._deployment = None
+        self._deployment: Deployment | None = None
 
     def deploy(self, params: SwarmParams, *, validate: bool = True) -> Ledger:
         deployment, owner = self.chain.deploy(params, validate=validate)

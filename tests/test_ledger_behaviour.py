@@ -357,7 +357,9 @@ BAD_PARAMETERS: dict[str, dict[str, Any]] = {
     "zero_initial_digest": {"initial_model_digest": bytes(32)},
     "mean_with_parameters": {"merge_rule": Rule(MergeRuleId.MEAN, (1, 0, 0, 0))},
     "median_with_parameters": {"merge_rule": Rule(MergeRuleId.MEDIAN, (0, 0, 0, 1))},
-    "trimmed_mean_beta_one_half": {"merge_rule": Rule(MergeRuleId.TRIMMED_MEAN, (500_000, 0, 0, 0))},
+    "trimmed_mean_beta_one_half": {
+        "merge_rule": Rule(MergeRuleId.TRIMMED_MEAN, (500_000, 0, 0, 0))
+    },
     "krum_needs_more_than_max_peers": {"merge_rule": Rule(MergeRuleId.KRUM, (1, 0, 0, 0))},
     "krum_keeps_more_than_max_peers": {"merge_rule": Rule(MergeRuleId.KRUM, (0, 5, 0, 0))},
     "krum_f_too_large": {"max_peers": 256, "merge_rule": Rule(MergeRuleId.KRUM, (127, 0, 0, 0))},
@@ -375,7 +377,18 @@ BAD_PARAMETERS: dict[str, dict[str, Any]] = {
     "adaptive_growth_not_above_one": {
         "sync_policy": Rule(SyncPolicyId.ADAPTIVE, (10, 5, 100, 1_000_000))
     },
+    "adaptive_first_above_max": {
+        "sync_policy": Rule(SyncPolicyId.ADAPTIVE, (200, 20, 100, 1_500_000))
+    },
     "unknown_sync_policy": {"sync_policy": Rule(2, (10, 0, 0, 0))},
+    # Several faults at once: both sides name the same (first) one.
+    "several_faults": {
+        "transfer_deadline": 60,
+        "round_deadline": 100,
+        "initial_model_digest": bytes(32),
+        "merge_rule": Rule(6),
+        "sync_policy": Rule(9),
+    },
 }
 
 
@@ -412,6 +425,14 @@ def test_boundary_parameters_are_accepted(backend: Backend) -> None:
         assert owner.current_round() == 1
         assert owner.round(1).status == RoundStatus.OPEN
         assert owner.latest_model() == (0, INITIAL_DIGEST)
+    never = owner.round(99)
+    assert (never.status, never.joined, never.seats, never.final_digest) == (
+        RoundStatus.NONE,
+        0,
+        (),
+        None,
+    )
+    assert owner.drop_votes(99, 1, owner.account) == 0
 
 
 def test_merge_rule_raises_the_live_minimum(backend: Backend) -> None:
@@ -647,6 +668,11 @@ def test_withdrawal_starts_a_new_attempt(backend: Backend) -> None:
     assert n0.drop_votes(1, 2, n0.account) == 0  # the withdrawn node's vote is void
     refused("NotLive", lambda: leaving.withdraw(1))
     refused("NotLive", lambda: leaving.report(1, 2, DIGEST_A))
+    tail.take()
+    leaving.deregister()  # already out of the round: only the roster changes
+    assert names(tail.take()) == ["Deregistered"]
+    assert (n0.round(1).attempt, n0.round(1).live) == (2, 2)
+    leaving.register(endpoint(2), certificate(2))
     n0.report(1, 2, DIGEST_A)
     n1.report(1, 2, DIGEST_A)
     assert_round_ended(n0, 1, RoundStatus.FINAL)
@@ -779,6 +805,7 @@ def test_close_after_the_join_window(backend: Backend) -> None:
 def test_join_errors(backend: Backend) -> None:
     swarm = deploy(backend, 2)
     n0, n1 = swarm.nodes
+    tail = EventTail(n0)
     err = refused("WrongRound", lambda: join(n0, 2))
     assert err.details == {"current": 1, "given": 2}
     refused("WrongRound", lambda: join(n0, 0))
@@ -786,6 +813,7 @@ def test_join_errors(backend: Backend) -> None:
     refused("BadParameters", lambda: n0.join(1, bytes(32), 10, 1))
     refused("NotRegistered", lambda: join(backend.new_ledger(), 1))
     assert n0.round(1).joined == 0
+    assert tail.take() == []  # a refused call leaves nothing behind
     join(n0, 1)
     err = refused("AlreadyJoined", lambda: join(n0, 1))
     assert err.details == {"round": 1, "node": n0.account}

@@ -133,32 +133,45 @@ contract SwarmLedger {
 
     // ------------------------------------------------------------------ state
 
+    /// @notice The deployer: the only account that can allow and revoke admission.
     address public immutable owner;
+    /// @notice Fewest joins a round can close with, and the floor of every quorum.
     uint16 public immutable minPeers;
+    /// @notice The join that reaches this count closes the round in the same transaction.
     uint16 public immutable maxPeers;
+    /// @notice Seconds after a round's first join before anyone may close it.
     uint64 public immutable joinWindow;
+    /// @notice Seconds into an attempt before drop votes are accepted.
     uint64 public immutable transferDeadline;
+    /// @notice Seconds from close (or from the first join while open) before anyone may expire a round.
     uint64 public immutable roundDeadline;
+    /// @notice Whether only accounts the owner allowed may register.
     bool public immutable restricted;
     /// @notice Fewest live participants a round may continue with: max(minPeers, the rule's need).
     uint16 public immutable minLive;
+    /// @notice Digest of the model every node starts from.
     bytes32 public immutable initialModelDigest;
 
     Rule internal _mergeRule;
     Rule internal _syncPolicy;
 
+    /// @notice Accounts the owner admitted (used while restricted).
     mapping(address => bool) public allowed;
     mapping(address => Node) internal _nodes;
+    /// @notice The account that last registered a certificate, by the certificate's SHA-256.
     mapping(bytes32 => address) public certificateOwner;
     address[] internal _everRegistered;
 
+    /// @notice The one round that is open or closed now; every earlier round has ended.
     uint256 public currentRound;
+    /// @notice The newest round that became final (0 when none has).
     uint256 public lastFinalRound;
     mapping(uint256 => Round) internal _rounds;
     mapping(uint256 => mapping(uint256 => address)) internal _order;
     mapping(uint256 => mapping(address => Seat)) internal _seats;
     mapping(uint256 => mapping(address => bytes32)) internal _commitments;
     mapping(uint256 => bytes32) internal _leadDigest;
+    /// @notice The merged-model digest each final round agreed on.
     mapping(uint256 => bytes32) public finalDigest;
     mapping(uint256 => mapping(uint256 => mapping(bytes32 => uint16))) internal _otherCounts;
     mapping(uint256 => mapping(uint256 => mapping(address => mapping(address => bool)))) internal _voted;
@@ -177,6 +190,7 @@ contract SwarmLedger {
         if (p.roundDeadline <= 2 * uint256(p.transferDeadline)) {
             revert BadParameters("roundDeadline must exceed 2 x transferDeadline");
         }
+        if (p.roundDeadline <= p.joinWindow) revert BadParameters("roundDeadline must exceed joinWindow");
         if (p.initialModelDigest == bytes32(0)) revert BadParameters("initialModelDigest must be set");
         uint16 ruleNeeds = _mergeRuleNeeds(p.mergeRule);
         if (ruleNeeds > p.maxPeers) revert BadParameters("mergeRule needs more peers than maxPeers");
@@ -209,6 +223,7 @@ contract SwarmLedger {
         if (r.id == MERGE_KRUM) {
             // q[0] = f (tolerated Byzantine peers), q[1] = m (models kept; 0 means 1, plain Krum)
             if (q[0] > 126) revert BadParameters("krum: f too large");
+            if (q[1] > MAX_PEERS_LIMIT) revert BadParameters("krum: m too large");
             uint64 needs = 2 * q[0] + 3;
             if (q[1] > needs) needs = q[1];
             return uint16(needs);
@@ -287,7 +302,11 @@ contract SwarmLedger {
         if (holder != address(0) && holder != msg.sender && _nodes[holder].active) {
             revert CertificateInUse(fingerprint);
         }
-        if (n.fingerprint == bytes32(0)) _everRegistered.push(msg.sender);
+        if (n.fingerprint == bytes32(0)) {
+            _everRegistered.push(msg.sender);
+        } else if (n.fingerprint != fingerprint && certificateOwner[n.fingerprint] == msg.sender) {
+            delete certificateOwner[n.fingerprint]; // a replaced certificate blocks nobody
+        }
         n.fingerprint = fingerprint;
         n.endpoint = endpoint;
         n.active = true;
@@ -617,7 +636,8 @@ contract SwarmLedger {
         );
     }
 
-    /// @notice A round's participants in join order (fixed at close), with their seats.
+    /// @notice A round's participants in seat order (fixed at close), with their seats. Seat order
+    ///         is join order, except that a leave moves the last joiner into the leaver's seat.
     /// @param round The round number.
     /// @return nodes Accounts in order.
     /// @return commitments Their commitments.

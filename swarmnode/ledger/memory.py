@@ -144,6 +144,8 @@ class _Swarm:
             raise ContractError("CertificateInUse", {"fingerprint": fingerprint})
         if node is None:
             self.order_registered.append(sender)
+        elif node.fingerprint != fingerprint and self.cert_owner.get(node.fingerprint) == sender:
+            del self.cert_owner[node.fingerprint]  # a replaced certificate blocks nobody
         self.nodes[sender] = NodeRecord(sender, endpoint, fingerprint, True)
         self.cert_owner[fingerprint] = sender
         self.emit(
