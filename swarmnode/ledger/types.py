@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from swarmnode.rules import SwarmParams
 
 
 class RoundStatus(IntEnum):
@@ -74,6 +77,35 @@ class RoundState:
     def live_participants(self) -> tuple[str, ...]:
         """Live participants in the contract's order: segment j belongs to the j-th of these."""
         return tuple(s.account for s in self.seats if s.live)
+
+    # Deadlines, from the start times the chain stores (DESIGN.md point 8): a node compares
+    # these with its own clock before sending, instead of waiting for chain time to move.
+
+    def close_allowed_at(self, params: SwarmParams) -> int | None:
+        """When anyone may close this round; None unless open with min_peers joined."""
+        if self.status != RoundStatus.OPEN or self.joined < params.min_peers:
+            return None
+        return self.first_join_at + params.join_window
+
+    def drop_allowed_at(self, params: SwarmParams) -> int | None:
+        """When drop votes start to count in the current attempt; None unless closed."""
+        if self.status != RoundStatus.CLOSED:
+            return None
+        return self.attempt_start + params.transfer_deadline
+
+    def report_overdue_at(self, params: SwarmParams) -> int | None:
+        """When a participant that has not reported in this attempt may be voted out."""
+        if self.status != RoundStatus.CLOSED:
+            return None
+        return self.attempt_start + 2 * params.transfer_deadline
+
+    def expires_at(self, params: SwarmParams) -> int | None:
+        """When anyone may expire this round; None if it has ended or nobody joined."""
+        if self.status == RoundStatus.CLOSED:
+            return self.closed_at + params.round_deadline
+        if self.status == RoundStatus.OPEN and self.joined > 0:
+            return self.first_join_at + params.round_deadline
+        return None
 
 
 @dataclass(frozen=True)
