@@ -1,4 +1,8 @@
-"""The `swarmnode` command: parses, then calls the library. A user's mistake is one line."""
+"""The `swarmnode` command: parses, then calls the library. A user's mistake is one line.
+
+Each command lives in its own module under swarmnode/cli/ and registers itself on `app`;
+this module only collects them and turns errors into one line on stderr.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +11,11 @@ import sys
 import click
 import typer
 
-from swarmnode import __version__
+from swarmnode.cli.app import app
 from swarmnode.exceptions import SwarmError
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Swarm learning node: train one model together, no server, no pooled data.",
-    pretty_exceptions_enable=False,
-)
-
-
-@app.command()
-def demo(
-    nodes: int = typer.Option(3, min=2, max=16, help="How many nodes take part."),
-    seed: int = typer.Option(0, help="Seed of the nodes' random updates."),
-) -> None:
-    """Run one swarm round on an embedded EVM chain and print what happened."""
-    from swarmnode.demo import run_demo
-
-    run_demo(nodes=nodes, seed=seed)
-
-
-@app.command()
-def version() -> None:
-    """Print the version."""
-    typer.echo(__version__)
+# Importing a command module registers its commands on `app`.
+from swarmnode.cli import demo as _demo  # noqa: F401  isort: skip
 
 
 def main() -> None:
@@ -55,3 +38,6 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("swarmnode: interrupted", err=True)
         sys.exit(130)
+
+
+__all__ = ["app", "main"]
