@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from swarmnode.ledger.base import Ledger
-from swarmnode.ledger.contract import Deployment
+from swarmnode.ledger.deployment import Deployment
 from swarmnode.rules import SwarmParams
 
 

@@ -8,8 +8,9 @@ import threading
 import pytest
 
 from swarmnode.exceptions import ContractError
-from swarmnode.ledger.contract import ContractLedger, RetryPolicy
+from swarmnode.ledger.contract import ContractLedger
 from swarmnode.ledger.embedded import EmbeddedChain
+from swarmnode.ledger.transactions import Backoff
 from swarmnode.ledger.types import RoundStatus
 from swarmnode.rules import SwarmParams
 
@@ -75,7 +76,7 @@ def test_too_early_by_the_chain_but_not_by_the_node_is_retried_until_it_lands() 
         clock=lambda: chain.now() + 40,
         lock=chain._lock,
         prepare=chain._restamp_pending_block,
-        retry=RetryPolicy(first_delay=4, max_delay=8, sleep=chain_catches_up),
+        too_early=Backoff(first_delay=4, max_delay=8, sleep=chain_catches_up),
         fixed_gas=3_000_000,
     )
     assert skewed.now() >= first_join + params.join_window
@@ -89,7 +90,7 @@ def test_too_early_by_the_nodes_own_clock_is_not_retried() -> None:
     deployment, _ = chain.deploy(SwarmParams(min_peers=2, max_peers=4, join_window=30))
     sleeps: list[float] = []
     ledgers = [
-        chain.ledger(deployment, chain.new_account(), RetryPolicy(sleep=sleeps.append))
+        chain.ledger(deployment, chain.new_account(), Backoff(sleep=sleeps.append))
         for _ in range(2)
     ]
     for i, ledger in enumerate(ledgers):

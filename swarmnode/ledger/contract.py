@@ -12,20 +12,18 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Literal, cast
+from collections.abc import Callable
+from typing import Any, Literal
 
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
 from web3 import Web3
 from web3.contract.contract import ContractFunction
-from web3.types import TxParams
 
-from swarmnode.exceptions import ChainUnavailable, ContractError, LedgerError
+from swarmnode.exceptions import ContractError, LedgerError
 from swarmnode.ledger.artifacts import load
 from swarmnode.ledger.base import Ledger
-from swarmnode.ledger.errors import contract_error_from
+from swarmnode.ledger.transactions import Backoff, TransactionSender
 from swarmnode.ledger.types import (
     FailReason,
     LedgerEvent,
@@ -36,31 +34,11 @@ from swarmnode.ledger.types import (
 )
 from swarmnode.rules import Rule, SwarmParams
 
-# Estimates are exact for the state they ran on; a round's state can move between estimate
-# and inclusion (another join lands first and this one closes the round), so leave room.
-GAS_MARGIN = 1.3
-GAS_EXTRA = 50_000
 EVENT_BLOCK_RANGE = 500
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Backoff for reverts that only mean the chain's clock lags the node's."""
-
-    first_delay: float = 0.25
-    max_delay: float = 2.0
-    attempts: int = 12
-    sleep: Callable[[float], None] = time.sleep
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """Where a swarm lives: enough for any node to find it."""
-
-    chain_id: int
-    address: str
-    block: int
-    params: SwarmParams
+class FilterGone(LedgerError):
+    """The chain no longer knows a log filter (it restarted): fall back to get_logs."""
 
 
 def params_to_abi(p: SwarmParams) -> tuple[Any, ...]:
@@ -90,7 +68,8 @@ class ContractLedger(Ledger):
         clock: Callable[[], float] = time.time,
         lock: contextlib.AbstractContextManager[Any] | None = None,
         prepare: Callable[[], None] | None = None,
-        retry: RetryPolicy | None = None,
+        too_early: Backoff | None = None,
+        unavailable: Backoff | None = None,
         estimate_on: Literal["pending", "latest"] = "pending",
         fixed_gas: int | None = None,
     ) -> None:
@@ -101,20 +80,24 @@ class ContractLedger(Ledger):
         self._deploy_block = deploy_block
         self._clock = clock
         self._lock = lock if lock is not None else threading.RLock()
-        self._prepare = prepare or (lambda: None)
-        self._retry = retry or RetryPolicy()
+        self._too_early = too_early or Backoff()
         # Deadline calls must be checked on the block they will land in: anvil's latest
         # block carries the last transaction's time. eth-tester cannot estimate on pending
-        # (it estimates at wall-clock time, whatever the chain's clock says), so there we
-        # preflight with a call on pending and send with a fixed gas limit.
-        self._estimate_on = estimate_on
-        self._fixed_gas = fixed_gas
-        self._nonce: int | None = None
+        # (it estimates at wall-clock time, whatever the chain's clock says), so there the
+        # sender preflights with a call on pending and sends with a fixed gas limit.
+        self.sender = TransactionSender(
+            w3,
+            account,
+            lock=self._lock,
+            prepare=prepare or (lambda: None),
+            estimate_on=estimate_on,
+            fixed_gas=fixed_gas,
+            unavailable=unavailable,
+        )
+        self._params: SwarmParams | None = None
         # (function, gas used) of every mined transaction this handle sent: for the demo,
         # the gas report, and anyone watching what a node spends.
         self.gas_log: list[tuple[str, int]] = []
-        self._chain_id: int | None = None
-        self._params: SwarmParams | None = None
         self._topics = {
             bytes.fromhex(event.topic.removeprefix("0x")): event
             for event in (
@@ -135,95 +118,37 @@ class ContractLedger(Ledger):
     def now(self) -> int:
         return int(self._clock())
 
-    @contextlib.contextmanager
-    def _rpc(self, what: str) -> Iterator[None]:
-        """Holds the chain lock and turns connection failures into ChainUnavailable."""
-        with self._lock:
-            try:
-                yield
-            except (ConnectionError, OSError, TimeoutError) as exc:
-                raise ChainUnavailable(f"{what}: no chain answered ({exc})") from exc
-
     def _view(self, fn: ContractFunction) -> Any:
-        with self._rpc(fn.fn_name):
-            try:
-                return fn.call()
-            except LedgerError:
-                raise
-            except Exception as exc:
-                named = contract_error_from(exc, fn.fn_name)
-                if named is not None:
-                    raise named from exc
-                raise
+        return self.sender.call(fn)
 
     def _transact(self, fn: ContractFunction) -> Any:
         """Sends one state-changing call and returns its receipt; retries clock-skew reverts."""
-        delay = self._retry.first_delay
-        for attempt in range(1, self._retry.attempts + 1):
+        delays = self._too_early.delays()
+        while True:
             try:
-                return self._send_once(fn)
+                receipt = self.sender.send(fn)
+                self.gas_log.append((fn.fn_name, int(receipt["gasUsed"])))
+                if receipt["status"] != 1:
+                    raise self._name_failure(fn, receipt)
+                return receipt
             except ContractError as err:
                 skew = err.too_early and self.now() >= int(err.details.get("notBefore", 0))
-                if not skew or attempt == self._retry.attempts:
+                delay = next(delays, None) if skew else None
+                if delay is None:
                     raise
-            self._retry.sleep(delay)
-            delay = min(delay * 2, self._retry.max_delay)
-        raise AssertionError("unreachable")
-
-    def _send_once(self, fn: ContractFunction) -> Any:
-        name = fn.fn_name
-        sender = self._account.address
-        with self._rpc(name):
-            self._prepare()
-            try:
-                if self._fixed_gas is None:
-                    estimate = fn.estimate_gas({"from": sender}, block_identifier=self._estimate_on)
-                    gas = int(estimate * GAS_MARGIN) + GAS_EXTRA
-                else:
-                    # Preflight on the pending block to name a revert before paying for it.
-                    fn.call({"from": sender}, block_identifier=self._estimate_on)
-                    gas = self._fixed_gas
-            except LedgerError:
-                raise
-            except Exception as exc:
-                named = contract_error_from(exc, name)
-                if named is not None:
-                    raise named from exc
-                raise LedgerError(f"{name}: gas estimation failed: {exc}") from exc
-            if self._nonce is None:
-                self._nonce = self._w3.eth.get_transaction_count(sender, "pending")
-            if self._chain_id is None:
-                self._chain_id = self._w3.eth.chain_id
-            params = cast(
-                TxParams,
-                {"from": sender, "nonce": self._nonce, "gas": gas, "chainId": self._chain_id},
-            )
-            tx = fn.build_transaction(params)
-            signed = self._account.sign_transaction(cast(dict[str, Any], tx))
-            try:
-                tx_hash = self._w3.eth.send_raw_transaction(signed.raw_transaction)
-            except Exception as exc:
-                self._nonce = None  # re-read the chain's view before the next send
-                named = contract_error_from(exc, name)
-                if named is not None:
-                    raise named from exc
-                raise LedgerError(f"{name}: transaction refused: {exc}") from exc
-            self._nonce += 1
-            receipt = self._w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
-            self.gas_log.append((name, int(receipt["gasUsed"])))
-            if receipt["status"] != 1:
-                raise self._name_failure(fn, receipt)
-            return receipt
+            self._too_early.sleep(delay)
 
     def _name_failure(self, fn: ContractFunction, receipt: Any) -> LedgerError:
         """A status-0 receipt says nothing; replaying the call on the parent state names it."""
         block = int(receipt["blockNumber"])
         try:
-            fn.call({"from": self._account.address}, block_identifier=max(block - 1, 0))
-        except Exception as exc:
-            named = contract_error_from(exc, fn.fn_name)
-            if named is not None:
-                return named
+            self.sender.call(
+                fn, transaction={"from": self._account.address}, block_identifier=max(block - 1, 0)
+            )
+        except ContractError as named:
+            return named
+        except LedgerError:
+            pass
         return LedgerError(
             f"{fn.fn_name}: transaction {receipt['transactionHash'].hex()} reverted in block "
             f"{block} and replaying it did not name the error"
@@ -354,18 +279,51 @@ class ContractLedger(Ledger):
     # ------------------------------------------------------------------ events
 
     def events(self, cursor: int) -> tuple[list[LedgerEvent], int]:
-        with self._rpc("events"):
-            latest = int(self._w3.eth.block_number)
-            found: list[LedgerEvent] = []
-            start = max(cursor, self._deploy_block)
-            while start <= latest:
-                end = min(start + EVENT_BLOCK_RANGE - 1, latest)
-                logs = self._w3.eth.get_logs(
-                    {"address": self._address, "fromBlock": start, "toBlock": end}
+        def read() -> tuple[list[LedgerEvent], int]:
+            with self.sender.guard("events"):
+                latest = int(self._w3.eth.block_number)
+                found: list[LedgerEvent] = []
+                start = max(cursor, self._deploy_block)
+                while start <= latest:
+                    end = min(start + EVENT_BLOCK_RANGE - 1, latest)
+                    logs = self._w3.eth.get_logs(
+                        {"address": self._address, "fromBlock": start, "toBlock": end}
+                    )
+                    found.extend(self._decode(log) for log in logs)
+                    start = end + 1
+                return found, latest + 1
+
+        result: tuple[list[LedgerEvent], int] = self.sender.retry_unavailable("events", read)
+        return result
+
+    def open_filter(self, from_block: int) -> str:
+        """A node-side log filter for this contract: cheaper polling than get_logs."""
+
+        def create() -> str:
+            with self.sender.guard("open_filter"):
+                log_filter = self._w3.eth.filter(
+                    {"address": self._address, "fromBlock": max(from_block, self._deploy_block)}
                 )
-                found.extend(self._decode(log) for log in logs)
-                start = end + 1
-            return found, latest + 1
+                return str(log_filter.filter_id)
+
+        result: str = self.sender.retry_unavailable("open_filter", create)
+        return result
+
+    def filter_changes(self, filter_id: str) -> list[LedgerEvent]:
+        """New events on a filter; FilterGone when the node forgot it (it restarted)."""
+
+        def read() -> list[LedgerEvent]:
+            with self.sender.guard("filter_changes"):
+                try:
+                    logs = self._w3.eth.get_filter_changes(filter_id)  # type: ignore[arg-type]
+                except (ConnectionError, OSError, TimeoutError):
+                    raise
+                except Exception as exc:
+                    raise FilterGone(f"filter {filter_id}: {exc}") from exc
+                return [self._decode(log) for log in logs]
+
+        result: list[LedgerEvent] = self.sender.retry_unavailable("filter_changes", read)
+        return result
 
     def _decode(self, log: Any) -> LedgerEvent:
         event = self._topics[bytes(log["topics"][0])]

@@ -11,7 +11,8 @@ from web3 import Web3
 
 from swarmnode.exceptions import LedgerError
 from swarmnode.ledger.artifacts import load
-from swarmnode.ledger.contract import Deployment, params_to_abi
+from swarmnode.ledger.contract import params_to_abi
+from swarmnode.ledger.deployment import Deployment
 from swarmnode.ledger.errors import contract_error_from
 from swarmnode.rules import SwarmParams
 

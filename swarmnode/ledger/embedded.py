@@ -17,8 +17,10 @@ from eth_account.signers.local import LocalAccount
 from eth_tester import EthereumTester, PyEVMBackend
 from web3 import EthereumTesterProvider, Web3
 
-from swarmnode.ledger.contract import ContractLedger, Deployment, RetryPolicy
+from swarmnode.ledger.contract import ContractLedger
 from swarmnode.ledger.deploy import deploy_swarm
+from swarmnode.ledger.deployment import Deployment
+from swarmnode.ledger.transactions import Backoff
 from swarmnode.rules import SwarmParams
 
 EMBEDDED_GAS_LIMIT = 3_000_000  # above any single call; unused gas is refunded
@@ -35,7 +37,6 @@ class EmbeddedChain:
         self._offset = 0.0
         key = self._backend.account_keys[0].to_bytes()
         self._faucet: LocalAccount = Account.from_key(key)
-        self._faucet_nonce = 0
 
     # -- time
     def now(self) -> int:
@@ -97,7 +98,7 @@ class EmbeddedChain:
         return deployment, owner
 
     def ledger(
-        self, deployment: Deployment, account: LocalAccount, retry: RetryPolicy | None = None
+        self, deployment: Deployment, account: LocalAccount, too_early: Backoff | None = None
     ) -> ContractLedger:
         return ContractLedger(
             self.w3,
@@ -107,6 +108,6 @@ class EmbeddedChain:
             clock=self.now,
             lock=self._lock,
             prepare=self._restamp_pending_block,
-            retry=retry or RetryPolicy(),
+            too_early=too_early,
             fixed_gas=EMBEDDED_GAS_LIMIT,
         )

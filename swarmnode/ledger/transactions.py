@@ -1,0 +1,275 @@
+"""Signing and delivering one account's transactions so that each logical call lands once.
+
+A chain endpoint goes away and comes back; a dev chain killed with SIGKILL can come back
+without its last second of blocks. The rules that keep a node from paying twice or losing
+a call:
+
+- a call is signed once, with the nonce this sender owns, and only those signed bytes are
+  ever (re-)sent: never a second transaction for the same logical call;
+- before a new call, the chain's nonce for the account is compared with ours: if the chain
+  is behind (it lost blocks), the journaled signed transactions it lost are sent again,
+  in nonce order, before anything new;
+- while waiting for a receipt, a transaction the node no longer knows is sent again.
+
+Connection failures before anything was sent are retried with backoff; so are failures
+while delivering, because re-sending the same signed bytes is always safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.contract.contract import ContractFunction
+from web3.exceptions import TransactionNotFound
+from web3.types import TxParams
+
+from swarmnode.exceptions import ChainUnavailable, LedgerError
+from swarmnode.ledger.errors import contract_error_from
+
+log = logging.getLogger(__name__)
+
+# Estimates are exact for the state they ran on; a round's state can move between estimate
+# and inclusion (another join lands first and this one closes the round), so leave room.
+GAS_MARGIN = 1.3
+GAS_EXTRA = 50_000
+JOURNAL_SIZE = 256
+_ALREADY_SENT = ("already known", "known transaction", "nonce too low", "already imported")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with a bounded number of tries and an injectable sleep."""
+
+    first_delay: float = 0.25
+    max_delay: float = 2.0
+    attempts: int = 12
+    sleep: Callable[[float], None] = field(default=time.sleep)
+
+    def delays(self) -> Iterator[float]:
+        delay = self.first_delay
+        for _ in range(self.attempts - 1):
+            yield delay
+            delay = min(delay * 2, self.max_delay)
+
+
+@dataclass(frozen=True)
+class SentTransaction:
+    nonce: int
+    call: str
+    raw: bytes
+    tx_hash: bytes
+
+
+@dataclass
+class DeliveryStats:
+    """What delivery had to do; the restart tests read it."""
+
+    sent: int = 0
+    resent: int = 0
+    restored: int = 0
+    unavailable_retries: int = 0
+
+
+class TransactionSender:
+    """Owns one account's nonce on one chain."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        account: LocalAccount,
+        *,
+        lock: contextlib.AbstractContextManager[Any],
+        prepare: Callable[[], None],
+        estimate_on: Literal["pending", "latest"] = "pending",
+        fixed_gas: int | None = None,
+        unavailable: Backoff | None = None,
+        receipt_timeout: float = 120.0,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self._w3 = w3
+        self._account = account
+        self._lock = lock
+        self._prepare = prepare
+        self._estimate_on = estimate_on
+        self._fixed_gas = fixed_gas
+        self._unavailable = unavailable or Backoff(first_delay=0.2, max_delay=2.0, attempts=40)
+        self._receipt_timeout = receipt_timeout
+        self._poll_interval = poll_interval
+        self._nonce: int | None = None
+        self._chain_id: int | None = None
+        self._journal: OrderedDict[int, SentTransaction] = OrderedDict()
+        self.stats = DeliveryStats()
+
+    # ------------------------------------------------------------------ public
+
+    def send(self, fn: ContractFunction) -> Any:
+        """Delivers one logical call and returns its receipt (status 1 or 0)."""
+        sent = self.retry_unavailable(fn.fn_name, lambda: self._sign(fn))
+        return self.retry_unavailable(fn.fn_name, lambda: self._deliver(sent))
+
+    def call(self, fn: ContractFunction, **kwargs: Any) -> Any:
+        """A read-only call with the chain's errors named."""
+
+        def once() -> Any:
+            with self.guard(fn.fn_name):
+                try:
+                    return fn.call(**kwargs)
+                except LedgerError:
+                    raise
+                except Exception as exc:
+                    named = contract_error_from(exc, fn.fn_name)
+                    if named is not None:
+                        raise named from exc
+                    raise
+
+        return self.retry_unavailable(fn.fn_name, once)
+
+    def retry_unavailable(self, what: str, action: Callable[[], Any]) -> Any:
+        """Runs `action`, retrying while the chain does not answer."""
+        delays = self._unavailable.delays()
+        while True:
+            try:
+                return action()
+            except ChainUnavailable:
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                self.stats.unavailable_retries += 1
+                log.warning("%s: chain unavailable, retrying in %.2f s", what, delay)
+                self._unavailable.sleep(delay)
+
+    # ------------------------------------------------------------------ steps
+
+    @contextlib.contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        """Holds the chain lock and turns connection failures into ChainUnavailable."""
+        with self._lock:
+            try:
+                yield
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                raise ChainUnavailable(f"{what}: no chain answered ({exc})") from exc
+
+    def _sign(self, fn: ContractFunction) -> SentTransaction:
+        name = fn.fn_name
+        sender = self._account.address
+        with self.guard(name):
+            self._prepare()
+            self._restore_lost()
+            gas = self._gas_for(fn)
+            if self._chain_id is None:
+                self._chain_id = int(self._w3.eth.chain_id)
+            assert self._nonce is not None
+            params = cast(
+                TxParams,
+                {"from": sender, "nonce": self._nonce, "gas": gas, "chainId": self._chain_id},
+            )
+            tx = fn.build_transaction(params)
+            signed = self._account.sign_transaction(cast(dict[str, Any], tx))
+            sent = SentTransaction(self._nonce, name, bytes(signed.raw_transaction), signed.hash)
+            self._journal[sent.nonce] = sent
+            while len(self._journal) > JOURNAL_SIZE:
+                self._journal.popitem(last=False)
+            self._nonce += 1
+            return sent
+
+    def _gas_for(self, fn: ContractFunction) -> int:
+        name = fn.fn_name
+        sender = self._account.address
+        try:
+            if self._fixed_gas is None:
+                estimate = fn.estimate_gas({"from": sender}, block_identifier=self._estimate_on)
+                return int(estimate * GAS_MARGIN) + GAS_EXTRA
+            # Preflight on the pending block to name a revert before paying for it.
+            fn.call({"from": sender}, block_identifier=self._estimate_on)
+            return self._fixed_gas
+        except (ConnectionError, OSError, TimeoutError):
+            raise
+        except LedgerError:
+            raise
+        except Exception as exc:
+            named = contract_error_from(exc, name)
+            if named is not None:
+                raise named from exc
+            raise LedgerError(f"{name}: gas estimation failed: {exc}") from exc
+
+    def _restore_lost(self) -> None:
+        """Brings the chain's nonce up to ours by re-sending what it lost."""
+        chain_nonce = int(self._w3.eth.get_transaction_count(self._account.address, "pending"))
+        if self._nonce is None or chain_nonce > self._nonce:
+            if self._nonce is not None:
+                log.warning(
+                    "account %s: chain nonce %d is ahead of ours (%d): another process uses "
+                    "this key",
+                    self._account.address,
+                    chain_nonce,
+                    self._nonce,
+                )
+            self._nonce = chain_nonce
+            return
+        for nonce in range(chain_nonce, self._nonce):
+            lost = self._journal.get(nonce)
+            if lost is None:
+                raise LedgerError(
+                    f"account {self._account.address}: the chain lost transaction nonce {nonce} "
+                    "and it is no longer in this node's journal"
+                )
+            log.warning("re-sending %s (nonce %d): the chain lost it", lost.call, nonce)
+            self.stats.restored += 1
+            self._send_raw(lost)
+            self._await_receipt(lost)
+
+    def _deliver(self, sent: SentTransaction) -> Any:
+        with self.guard(sent.call):
+            self._send_raw(sent)
+            self.stats.sent += 1
+        return self._await_receipt(sent)
+
+    def _send_raw(self, sent: SentTransaction) -> None:
+        try:
+            self._w3.eth.send_raw_transaction(sent.raw)
+        except (ConnectionError, OSError, TimeoutError):
+            raise
+        except Exception as exc:
+            if any(marker in str(exc).lower() for marker in _ALREADY_SENT):
+                return  # an earlier try got through: wait for its receipt
+            named = contract_error_from(exc, sent.call)
+            if named is not None:
+                raise named from exc
+            raise LedgerError(f"{sent.call}: transaction refused: {exc}") from exc
+
+    def _await_receipt(self, sent: SentTransaction) -> Any:
+        deadline = time.monotonic() + self._receipt_timeout
+        while True:
+            with self.guard(sent.call):
+                try:
+                    return self._w3.eth.get_transaction_receipt(HexBytes(sent.tx_hash))
+                except TransactionNotFound:
+                    pass
+                if not self._known(sent):
+                    log.warning(
+                        "re-sending %s (nonce %d): the chain forgot it", sent.call, sent.nonce
+                    )
+                    self.stats.resent += 1
+                    self._send_raw(sent)
+            if time.monotonic() > deadline:
+                raise LedgerError(
+                    f"{sent.call}: no receipt for {sent.tx_hash.hex()} "
+                    f"within {self._receipt_timeout:g} s"
+                )
+            time.sleep(self._poll_interval)
+
+    def _known(self, sent: SentTransaction) -> bool:
+        try:
+            self._w3.eth.get_transaction(HexBytes(sent.tx_hash))
+            return True
+        except TransactionNotFound:
+            return False
