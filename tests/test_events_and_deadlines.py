@@ -105,7 +105,7 @@ def test_polling_reads_only_new_blocks_in_bounded_ranges() -> None:
     chain = EmbeddedChain()
     deployment, owner_account = chain.deploy(PARAMS)
     owner = chain.ledger(deployment, owner_account)
-    cursor = EventCursor(owner)
+    cursor = EventCursor(owner, use_filters=False)
     cursor.poll()
     ranges: list[tuple[int, int]] = []
     real_get_logs = chain.w3.eth.get_logs
@@ -128,3 +128,27 @@ def test_polling_reads_only_new_blocks_in_bounded_ranges() -> None:
     ranges.clear()
     assert cursor.poll() == []
     assert ranges == []  # nothing mined since: nothing read
+
+
+@pytest.mark.chain
+def test_a_forgotten_filter_falls_back_to_logs_and_loses_nothing() -> None:
+    chain = EmbeddedChain()
+    deployment, owner_account = chain.deploy(PARAMS)
+    owner = chain.ledger(deployment, owner_account)
+    cursor = EventCursor(owner)
+    assert [e.name for e in cursor.poll()] == ["RoundOpened"]
+    nodes = [chain.ledger(deployment, chain.new_account()) for _ in range(3)]
+    nodes[0].register("127.0.0.1:1", b"cert-0")
+    assert [e.args["node"] for e in cursor.poll()] == [nodes[0].account]  # through the filter
+
+    # The chain forgets the filter (as a restarted node does); two events land meanwhile.
+    assert cursor._filter_id is not None
+    chain.w3.eth.uninstall_filter(cursor._filter_id)
+    nodes[1].register("127.0.0.1:2", b"cert-1")
+    nodes[2].register("127.0.0.1:3", b"cert-2")
+    events = cursor.poll()
+    assert [e.args["node"] for e in events] == [nodes[1].account, nodes[2].account]
+    assert cursor.filter_fallbacks == 1
+    nodes[0].join(1, h("a"), 10, 1)
+    assert [e.name for e in cursor.poll()] == ["Joined"]  # a new filter, no repeats
+    assert cursor.poll() == []

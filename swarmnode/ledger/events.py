@@ -2,30 +2,51 @@
 
 A cursor remembers the next block to read, so each poll asks only for blocks mined since
 the last one (get_logs over a whole py-evm chain takes seconds; DESIGN.md "The chain").
+Where the ledger offers node-side log filters (a JSON-RPC chain), the cursor polls a filter
+instead, and when the node has forgotten it (filters do not survive a restart) falls back
+to get_logs from the last block it saw and opens a new one. Events are handed out in chain
+order, each once, whichever path brought them.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from swarmnode.exceptions import LedgerError
 from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.types import LedgerEvent
+
+log = logging.getLogger(__name__)
 
 
 class EventTimeout(LedgerError):
     """The awaited event did not come before the deadline."""
 
 
+@runtime_checkable
+class SupportsFilters(Protocol):
+    def open_filter(self, from_block: int) -> str: ...
+
+    def filter_changes(self, filter_id: str) -> list[LedgerEvent]: ...
+
+
 class EventCursor:
     """Reads a swarm's events in order, each exactly once."""
 
-    def __init__(self, ledger: Ledger, start: int | None = None) -> None:
+    def __init__(
+        self, ledger: Ledger, start: int | None = None, *, use_filters: bool = True
+    ) -> None:
         self._ledger = ledger
         self._next = ledger.start_cursor() if start is None else start
         self._pending: deque[LedgerEvent] = deque()  # read from the chain, not yet handed out
+        self._last: tuple[int, int] = (-1, -1)  # position of the newest event read
+        self._filters = ledger if use_filters and isinstance(ledger, SupportsFilters) else None
+        self._filter_id: str | None = None
+        self.filter_fallbacks = 0  # how often a forgotten filter sent us back to get_logs
 
     @property
     def position(self) -> int:
@@ -40,8 +61,32 @@ class EventCursor:
         return events
 
     def _fetch(self) -> None:
+        if self._filters is None:
+            self._take(self._scan())
+            return
+        if self._filter_id is not None:
+            try:
+                self._take(self._filters.filter_changes(self._filter_id))
+                return
+            except LedgerError as exc:
+                log.warning("event filter lost (%s): reading logs from block %d", exc, self._next)
+                self.filter_fallbacks += 1
+                self._filter_id = None
+        # Open the filter first, then scan: an event mined in between comes twice, not never.
+        self._filter_id = self._filters.open_filter(self._next)
+        self._take(self._scan())
+
+    def _scan(self) -> list[LedgerEvent]:
         events, self._next = self._ledger.events(self._next)
-        self._pending.extend(events)
+        return events
+
+    def _take(self, events: list[LedgerEvent]) -> None:
+        for event in events:
+            if event.position <= self._last:
+                continue  # already read through the other path
+            self._last = event.position
+            self._next = max(self._next, event.position[0] + 1)
+            self._pending.append(event)
 
     def wait_for(
         self,
