@@ -15,7 +15,9 @@ from swarmnode.cli.app import app
 from swarmnode.exceptions import SwarmError
 
 # Importing a command module registers its commands on `app`.
+from swarmnode.cli import chain as _chain  # noqa: F401  isort: skip
 from swarmnode.cli import demo as _demo  # noqa: F401  isort: skip
+from swarmnode.cli import deploy as _deploy  # noqa: F401  isort: skip
 
 
 def main() -> None:
