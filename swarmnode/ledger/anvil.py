@@ -9,10 +9,12 @@ name. anvil writes its state file (`--state`) only on SIGTERM or SIGINT, or ever
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,13 +32,20 @@ _LISTENING = re.compile(r"Listening on ([0-9.]+):(\d+)")
 
 
 def find_anvil() -> str:
-    """The anvil binary: $SWARMNODE_ANVIL, the checkout's contracts/node_modules, or PATH."""
+    """The anvil binary: $SWARMNODE_ANVIL, the checkout's contracts/node_modules, or PATH.
+
+    In node_modules, the native binary of the platform package is run directly: the npm
+    wrapper script spawns it as a child, so a SIGKILL sent to the wrapper would leave anvil
+    running with its port held.
+    """
     explicit = os.environ.get(ANVIL_ENV)
     if explicit:
         return explicit
-    checkout = Path(__file__).resolve().parents[2] / "contracts" / "node_modules" / ".bin" / "anvil"
-    if checkout.exists():
-        return str(checkout)
+    modules = Path(__file__).resolve().parents[2] / "contracts" / "node_modules" / "@foundry-rs"
+    machine = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "")
+    native = modules / f"anvil-{sys.platform}-{machine}" / "bin" / "anvil"
+    if native.exists():
+        return str(native)
     found = shutil.which("anvil")
     if found:
         return found
