@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swarmnode.ledger.base import Ledger
-from swarmnode.ledger.deployment import Deployment
 from swarmnode.rules import SwarmParams
+
+if TYPE_CHECKING:
+    from swarmnode.ledger.deployment import Deployment
 
 
 class Backend(ABC):
@@ -145,10 +147,3 @@ class AnvilBackend(Backend):
 
     def advance_to(self, timestamp: int) -> None:
         self.chain.advance(max(0, timestamp - self.chain.now()))
-
-
-BACKENDS: dict[str, type[Backend]] = {
-    "memory": MemoryBackend,
-    "embedded": EmbeddedBackend,
-    "anvil": AnvilBackend,
-}

@@ -1,15 +1,24 @@
+"""Shared fixtures. Nothing chain-related is imported at module level: the GPU machine runs
+the gpu-marked tests with torch and numpy only (no web3, eth-tester or pydantic there)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.backends import BACKENDS, AnvilBackend, AnvilChain, Backend
+if TYPE_CHECKING:
+    from tests.backends import AnvilChain, Backend
+
+BACKEND_NAMES = ("anvil", "embedded", "memory")
 
 
 @pytest.fixture(scope="session")
 def anvil_chain() -> Iterator[AnvilChain]:
     """One anvil process for the session, on a port the OS picked; stopped by its pid."""
+    from tests.backends import AnvilChain
+
     chain = AnvilChain()
     try:
         yield chain
@@ -17,13 +26,15 @@ def anvil_chain() -> Iterator[AnvilChain]:
         chain.stop()
 
 
-@pytest.fixture(params=sorted(BACKENDS), ids=lambda name: name)
+@pytest.fixture(params=BACKEND_NAMES, ids=lambda name: name)
 def backend(request: pytest.FixtureRequest) -> Backend:
     """Every behaviour test runs once per ledger backend; chain-backed runs carry the chain mark."""
+    from tests.backends import AnvilBackend, EmbeddedBackend, MemoryBackend
+
     name: str = request.param
     if name == "memory":
-        return BACKENDS[name]()  # type: ignore[call-arg]
+        return MemoryBackend()
     request.applymarker(pytest.mark.chain)
     if name == "anvil":
         return AnvilBackend(request.getfixturevalue("anvil_chain"))
-    return BACKENDS[name]()  # type: ignore[call-arg]
+    return EmbeddedBackend()

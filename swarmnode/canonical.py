@@ -1,0 +1,563 @@
+"""The canonical vector: the one definition of "a model's weights" that every part agrees on.
+
+The commitment a node puts on chain, the segments each participant owns in the segmented
+all-reduce, the digest of the merged model and the check a catching-up node makes all read
+the model through this module, so no two parts can disagree on what was hashed or sent
+(DESIGN.md, "The canonical vector").
+
+Definition (any change here is a protocol change; tests/test_canonical.py pins literals):
+
+- The vector: the floating-point tensors of a model's state_dict, in state_dict order, each
+  flattened in row-major order, as little-endian float32. float16, bfloat16, float64 (and the
+  float8 kinds) are converted to float32. Integer and bool tensors (BatchNorm's
+  num_batches_tracked) and non-tensor entries (extra state) are not in it and keep their
+  local value.
+- Chunks of CHUNK_ELEMENTS = 4096 elements (16 KiB); the last chunk may be shorter. A chunk
+  hash is SHA-256 of the chunk's little-endian float32 bytes. The digest is SHA-256 of the
+  concatenated chunk hashes; an empty vector has zero chunks and digest SHA-256(b"").
+- Segments are whole-chunk ranges in participant order whose sizes differ by at most one
+  chunk: the first ``num_chunks % n`` segments get one chunk more; with fewer chunks than
+  participants the trailing segments are empty.
+- A sender ships its full chunk-hash list beside a segment. The receiver checks the list
+  against the sender's commitment once (verify_hash_list) and each received range of chunks
+  against the list (verify_chunks), so a segment is checked on its own.
+
+Errors: data that came from a peer and fails a check (size, hash, non-finite value) raises
+PeerError naming what was wrong; misuse by the calling code (a vector of the wrong dtype, a
+model whose layout is not the expected one) raises ConfigError.
+
+This module runs on the GPU machine too (torch 2.11 there): it uses no torch API newer than
+that and imports neither web3 nor grpc.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from swarmnode.exceptions import ConfigError, PeerError
+
+__all__ = [
+    "CHUNK_BYTES",
+    "CHUNK_ELEMENTS",
+    "ELEMENT_BYTES",
+    "EMPTY_DIGEST",
+    "HASH_BYTES",
+    "Entry",
+    "Layout",
+    "VectorLike",
+    "check_finite",
+    "chunk_hashes",
+    "digest",
+    "digest_from_chunk_hashes",
+    "element_range",
+    "flatten",
+    "from_le_bytes",
+    "layout_of",
+    "num_chunks",
+    "segments",
+    "to_le_bytes",
+    "unflatten_into",
+    "verify_chunks",
+    "verify_hash_list",
+]
+
+CHUNK_ELEMENTS = 4096
+"""Elements per chunk: the unit of hashing and of segment boundaries."""
+ELEMENT_BYTES = 4
+"""Bytes per element: the vector is float32."""
+CHUNK_BYTES = CHUNK_ELEMENTS * ELEMENT_BYTES
+"""16 KiB: small enough that a hash list costs 0.2% of the data, large enough that the
+per-chunk Python overhead (about a microsecond) is noise next to hashing 16 KiB."""
+HASH_BYTES = 32
+"""SHA-256 output size; a hash list is HASH_BYTES x num_chunks bytes."""
+EMPTY_DIGEST = hashlib.sha256(b"").digest()
+"""The digest of a vector with no elements (a model with no floating-point tensors)."""
+
+# Hashing a large vector is spread over threads: hashlib releases the GIL for inputs over
+# 2 KiB, so chunk hashing scales with cores (about 1.35x on this 2-core machine). Below
+# this size the thread start-up is not worth it.
+_PARALLEL_MIN_BYTES = 8 * 1024 * 1024
+_MAX_WORKERS = 8
+
+StateDict: TypeAlias = Mapping[str, Any]
+"""A state_dict: names to tensors (and, for modules with extra state, other objects)."""
+VectorLike: TypeAlias = torch.Tensor | npt.NDArray[Any] | bytes | bytearray | memoryview
+"""A canonical vector or a range of one: a 1-D float32 tensor (any device), a 1-D float32
+numpy array (any byte order), or its little-endian float32 bytes as received off the wire."""
+
+
+# --------------------------------------------------------------------------------------------
+# Layout
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One state_dict tensor inside the vector: where it sits and what to cast back to."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    offset: int
+    numel: int
+
+    @property
+    def stop(self) -> int:
+        """One past the entry's last element in the vector."""
+        return self.offset + self.numel
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which state_dict entries make up the vector, in order, with shapes, dtypes and offsets.
+
+    A node builds it from its own model; it tells unflatten_into where each tensor's values
+    are, and tells a receiver how many elements a peer's vector must have. ``local`` names
+    the entries that stay out of the vector and keep their local value.
+    """
+
+    entries: tuple[Entry, ...]
+    local: tuple[str, ...]
+    numel: int
+
+    @classmethod
+    def from_state_dict(cls, state: StateDict) -> Layout:
+        """Reads the layout off a state_dict; refuses tensors it cannot place (ConfigError)."""
+        entries: list[Entry] = []
+        local: list[str] = []
+        offset = 0
+        for name, value in state.items():
+            if not isinstance(value, torch.Tensor):
+                local.append(name)  # extra state: not weights, never merged
+                continue
+            if value.layout != torch.strided or value.is_quantized:
+                raise ConfigError(
+                    f"state_dict entry {name!r} is a {value.layout} / {value.dtype} tensor; "
+                    "the canonical vector holds dense floating-point tensors only"
+                )
+            if value.is_complex():
+                # Leaving it out would silently never merge it; putting it in needs a definition.
+                raise ConfigError(
+                    f"state_dict entry {name!r} is complex ({value.dtype}); the canonical "
+                    "vector has no definition for complex tensors"
+                )
+            if not value.is_floating_point():
+                local.append(name)  # integer and bool buffers keep their local value
+                continue
+            if value.device.type == "meta":
+                raise ConfigError(f"state_dict entry {name!r} is on the meta device (no data)")
+            numel = value.numel()
+            entries.append(Entry(name, tuple(value.shape), value.dtype, offset, numel))
+            offset += numel
+        return cls(tuple(entries), tuple(local), offset)
+
+    @property
+    def num_chunks(self) -> int:
+        """Chunks in a vector of this layout."""
+        return num_chunks(self.numel)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The vector's entries, in vector order."""
+        return tuple(entry.name for entry in self.entries)
+
+    @property
+    def fingerprint(self) -> bytes:
+        """SHA-256 over the entries' names and shapes, so two nodes can tell that their
+        vectors mean the same thing (equal sizes alone do not say that). Dtypes are left out
+        on purpose: a node keeping a float16 copy produces the same float32 vector."""
+        text = "".join(
+            f"{entry.name}\0{','.join(map(str, entry.shape))}\n" for entry in self.entries
+        )
+        return hashlib.sha256(text.encode()).digest()
+
+    def check_vector(self, vector: VectorLike, *, what: str = "vector") -> None:
+        """Refuses a received vector whose size does not match this layout (PeerError)."""
+        got = _element_count(vector, what=what)
+        if got != self.numel:
+            raise PeerError(
+                f"{what} has {got} elements, expected {self.numel} "
+                f"({len(self.entries)} floating-point tensors)"
+            )
+
+    def require_same(self, other: Layout, *, what: str = "model") -> None:
+        """Raises ConfigError naming the first difference between two layouts."""
+        if self == other:
+            return
+        for index, (mine, theirs) in enumerate(zip(self.entries, other.entries, strict=False)):
+            if mine != theirs:
+                raise ConfigError(
+                    f"{what} differs from the expected layout at entry {index}: "
+                    f"expected {_describe(mine)}, found {_describe(theirs)}"
+                )
+        if len(self.entries) != len(other.entries):
+            raise ConfigError(
+                f"{what} has {len(other.entries)} floating-point tensors, "
+                f"expected {len(self.entries)}"
+            )
+        raise ConfigError(
+            f"{what} keeps different local entries: expected {self.local}, found {other.local}"
+        )
+
+
+def _describe(entry: Entry) -> str:
+    return f"{entry.name!r} {list(entry.shape)} {entry.dtype} at {entry.offset}"
+
+
+def _state(source: nn.Module | StateDict) -> StateDict:
+    """A module's own state_dict (whose tensors share the module's storage), or the mapping."""
+    if isinstance(source, nn.Module):
+        return source.state_dict()
+    return source
+
+
+def layout_of(source: nn.Module | StateDict) -> Layout:
+    """The layout of a module's or a state_dict's canonical vector."""
+    return Layout.from_state_dict(_state(source))
+
+
+def _checked_layout(state: StateDict, layout: Layout | None) -> Layout:
+    actual = Layout.from_state_dict(state)
+    if layout is not None:
+        layout.require_same(actual)
+    return actual
+
+
+# --------------------------------------------------------------------------------------------
+# Flatten / unflatten
+
+
+def flatten(source: nn.Module | StateDict, layout: Layout | None = None) -> torch.Tensor:
+    """The canonical vector of a model: 1-D float32, on the CPU, contiguous, freshly allocated.
+
+    Each tensor is copied once, straight from its device and dtype into its slice of the
+    output (copy_ casts and transfers in one step, and follows the source's strides, so no
+    intermediate contiguous or float32 copy is made on the device). The conversions to
+    float32 are exact for float16/bfloat16 and round to nearest even for float64, on the CPU
+    and on CUDA alike, so every device yields the same bits. With ``layout`` given, a model
+    whose layout differs is refused (ConfigError).
+    """
+    state = _state(source)
+    actual = _checked_layout(state, layout)
+    out = torch.empty(actual.numel, dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        for entry in actual.entries:
+            out[entry.offset : entry.stop].view(entry.shape).copy_(state[entry.name])
+    return out
+
+
+def unflatten_into(
+    vector: torch.Tensor, target: nn.Module | StateDict, layout: Layout | None = None
+) -> None:
+    """Writes a canonical vector back into a model or state_dict, in place.
+
+    Each floating-point tensor receives its slice cast to its own dtype and device; integer,
+    bool and non-tensor entries are not touched. For a module this writes through
+    ``module.state_dict()``, whose tensors are the module's own storage, so parameters keep
+    their identity (optimizers holding them stay valid). A vector of the wrong size, dtype or
+    shape, or a target whose layout differs from ``layout``, is a ConfigError: by the time a
+    vector is written back it has been checked, so a mismatch is a bug or a wrong model.
+    """
+    state = _state(target)
+    actual = _checked_layout(state, layout)
+    if not isinstance(vector, torch.Tensor) or vector.dtype != torch.float32 or vector.dim() != 1:
+        raise ConfigError(f"a canonical vector is a 1-D float32 tensor, got {_kind(vector)}")
+    if vector.numel() != actual.numel:
+        raise ConfigError(
+            f"vector has {vector.numel()} elements, the model's layout needs {actual.numel}"
+        )
+    with torch.no_grad():
+        source = vector.detach()
+        for entry in actual.entries:
+            state[entry.name].copy_(source[entry.offset : entry.stop].view(entry.shape))
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dim()}-D {value.dtype} tensor on {value.device}"
+    if isinstance(value, np.ndarray):
+        return f"a {value.ndim}-D {value.dtype} array"
+    return type(value).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Bytes
+
+
+def _le_array(data: VectorLike, *, what: str) -> npt.NDArray[Any]:
+    """A 1-D little-endian float32 numpy view of the data; no copy on little-endian hosts.
+
+    On a big-endian host (or for a big-endian numpy array) the values are byte-swapped into a
+    copy first, so every host hashes and sends the same bytes.
+    """
+    if isinstance(data, torch.Tensor):
+        if data.dtype != torch.float32 or data.dim() != 1:
+            raise ConfigError(f"{what} must be a 1-D float32 tensor, got {_kind(data)}")
+        array: npt.NDArray[Any] = data.detach().cpu().contiguous().numpy()
+    elif isinstance(data, np.ndarray):
+        if data.dtype.kind != "f" or data.dtype.itemsize != ELEMENT_BYTES or data.ndim != 1:
+            raise ConfigError(f"{what} must be a 1-D float32 array, got {_kind(data)}")
+        array = data
+    elif isinstance(data, bytes | bytearray | memoryview):
+        view = memoryview(data)
+        if not view.c_contiguous:
+            raise ConfigError(f"{what} must be a contiguous buffer")
+        size = view.nbytes
+        if size % ELEMENT_BYTES:
+            raise PeerError(f"{what} has {size} bytes, not a whole number of float32 values")
+        return np.frombuffer(view.cast("B"), dtype="<f4")
+    else:
+        raise ConfigError(f"{what} must be a tensor, an array or bytes, got {_kind(data)}")
+    return np.ascontiguousarray(array, dtype="<f4")
+
+
+def _le_bytes(data: VectorLike, *, what: str) -> memoryview:
+    """The data's little-endian float32 bytes as a flat memoryview (zero-copy when possible)."""
+    return _le_array(data, what=what).view(np.uint8).data
+
+
+def _element_count(data: VectorLike, *, what: str) -> int:
+    """Elements in the data, without copying a tensor off its device just to count them."""
+    if isinstance(data, torch.Tensor):
+        if data.dtype != torch.float32 or data.dim() != 1:
+            raise ConfigError(f"{what} must be a 1-D float32 tensor, got {_kind(data)}")
+        return data.numel()
+    return len(_le_array(data, what=what))
+
+
+def to_le_bytes(vector: VectorLike) -> memoryview:
+    """The wire form of a vector (or a range of one): little-endian float32 bytes.
+
+    Zero-copy on little-endian hosts: the memoryview reads the tensor's own memory, so the
+    tensor must not change while the view is in use.
+    """
+    return _le_bytes(vector, what="vector")
+
+
+def from_le_bytes(data: bytes | bytearray | memoryview) -> torch.Tensor:
+    """A fresh, writable 1-D float32 CPU tensor from received little-endian float32 bytes.
+
+    Copies once: received buffers are often read-only or reused by the transport, and the
+    tensor must own its memory (native byte order) to be merged. A length that is not a
+    multiple of 4 bytes is a PeerError.
+    """
+    array = _le_array(data, what="received data")
+    return torch.from_numpy(array.astype(np.float32, copy=True))
+
+
+# --------------------------------------------------------------------------------------------
+# Chunks, hashes, digests
+
+
+def num_chunks(numel: int) -> int:
+    """Chunks in a vector of ``numel`` elements (the last one may be short)."""
+    if numel < 0:
+        raise ConfigError(f"a vector cannot have {numel} elements")
+    return -(-numel // CHUNK_ELEMENTS)
+
+
+def _hash_range(view: memoryview, first: int, stop: int) -> bytes:
+    """Concatenated SHA-256 hashes of chunks [first, stop) of the byte view."""
+    sha256 = hashlib.sha256
+    return b"".join(
+        sha256(view[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]).digest() for i in range(first, stop)
+    )
+
+
+def _worker_count(nbytes: int, chunks: int, workers: int | None) -> int:
+    if workers is not None:
+        if workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {workers}")
+        return min(workers, max(chunks, 1))
+    if nbytes < _PARALLEL_MIN_BYTES:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, _MAX_WORKERS, chunks))
+
+
+def _hash_chunks(view: memoryview, workers: int | None) -> bytes:
+    count = -(-view.nbytes // CHUNK_BYTES)
+    threads = _worker_count(view.nbytes, count, workers)
+    if threads <= 1:
+        return _hash_range(view, 0, count)
+    bounds = [count * k // threads for k in range(threads + 1)]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="chunk-hash") as pool:
+        parts = pool.map(_hash_range, [view] * threads, bounds[:-1], bounds[1:])
+        return b"".join(parts)
+
+
+def chunk_hashes(vector: VectorLike, *, workers: int | None = None) -> bytes:
+    """The chunk hashes of a vector, concatenated: HASH_BYTES x num_chunks bytes.
+
+    One bytes object rather than a list of 32-byte objects: it is exactly what goes on the
+    wire beside a segment and what the digest hashes, so it is never joined or split again,
+    and it avoids one Python object per chunk (chunk i is ``hashes[32 * i : 32 * i + 32]``).
+    Chunks are hashed over zero-copy slices of the vector's memory. Vectors of 8 MiB and up
+    are hashed on several threads unless ``workers`` says how many to use (1: this thread).
+    """
+    return _hash_chunks(_le_bytes(vector, what="vector"), workers)
+
+
+def digest_from_chunk_hashes(hashes: bytes | bytearray | memoryview | Sequence[bytes]) -> bytes:
+    """The digest from a hash list (concatenated, or one 32-byte hash per chunk)."""
+    if isinstance(hashes, bytes | bytearray | memoryview):
+        joined = bytes(hashes)
+    else:
+        joined = b"".join(hashes)
+        if any(len(item) != HASH_BYTES for item in hashes):
+            raise ConfigError(f"every chunk hash must be {HASH_BYTES} bytes")
+    if len(joined) % HASH_BYTES:
+        raise ConfigError(f"a hash list is a multiple of {HASH_BYTES} bytes, got {len(joined)}")
+    return hashlib.sha256(joined).digest()
+
+
+def digest(vector: VectorLike, *, workers: int | None = None) -> bytes:
+    """The vector's digest: SHA-256 of its concatenated chunk hashes (the commitment)."""
+    return hashlib.sha256(chunk_hashes(vector, workers=workers)).digest()
+
+
+# --------------------------------------------------------------------------------------------
+# Checking what a peer sent
+
+
+def verify_hash_list(hashes: bytes | bytearray | memoryview, commitment: bytes, numel: int) -> None:
+    """Checks a sender's chunk-hash list against its on-chain commitment (PeerError if not).
+
+    ``numel`` is the size the receiver expects (its own layout's), so a list for a vector of
+    another size is refused even before the digest is compared. Check once per sender and
+    round; every range of chunks can then be checked against the list alone.
+    """
+    expected_chunks = num_chunks(numel)
+    if len(hashes) != expected_chunks * HASH_BYTES:
+        raise PeerError(
+            f"chunk-hash list has {len(hashes)} bytes, expected {expected_chunks * HASH_BYTES} "
+            f"({expected_chunks} chunks of a {numel}-element vector)"
+        )
+    got = hashlib.sha256(hashes).digest()
+    if got != commitment:
+        raise PeerError(
+            f"chunk-hash list digests to {got.hex()}, "
+            f"but the sender committed to {bytes(commitment).hex()}"
+        )
+
+
+def verify_chunks(
+    first_chunk: int,
+    data: VectorLike,
+    hashes: bytes | bytearray | memoryview,
+    numel: int,
+    *,
+    finite: bool = True,
+    workers: int | None = None,
+) -> None:
+    """Checks a received range of whole chunks, starting at ``first_chunk``, against a list.
+
+    ``hashes`` is the sender's full list (already checked with verify_hash_list) and ``numel``
+    the full vector's size. The data must cover whole chunks, the last chunk of the vector
+    being short when the vector's size says so. Raises PeerError naming the first chunk that
+    does not match its hash, or (with ``finite``) the first element that is NaN or infinite,
+    by its index in the whole vector.
+    """
+    total = num_chunks(numel)
+    if len(hashes) != total * HASH_BYTES:
+        raise PeerError(
+            f"chunk-hash list has {len(hashes)} bytes, expected {total * HASH_BYTES} "
+            f"({total} chunks of a {numel}-element vector)"
+        )
+    if not 0 <= first_chunk <= total:
+        raise PeerError(f"chunk range starts at chunk {first_chunk}, outside 0..{total}")
+    array = _le_array(data, what="received data")
+    count = -(-len(array) // CHUNK_ELEMENTS)
+    span = element_range(range(first_chunk, min(first_chunk + count, total)), numel)
+    if first_chunk + count > total or len(array) != len(span):
+        raise PeerError(
+            f"received {len(array)} elements starting at chunk {first_chunk}: not a whole "
+            f"range of chunks of a {numel}-element vector ({total} chunks)"
+        )
+    view = array.view(np.uint8).data
+    got = _hash_chunks(view, workers)
+    want = bytes(hashes[first_chunk * HASH_BYTES : (first_chunk + count) * HASH_BYTES])
+    if got != want:
+        bad = next(
+            i
+            for i in range(count)
+            if got[i * HASH_BYTES : (i + 1) * HASH_BYTES]
+            != want[i * HASH_BYTES : (i + 1) * HASH_BYTES]
+        )
+        start = (first_chunk + bad) * CHUNK_ELEMENTS
+        stop = min(start + CHUNK_ELEMENTS, numel)
+        raise PeerError(
+            f"chunk {first_chunk + bad} (elements {start}..{stop - 1}) does not match "
+            "the sender's chunk hash"
+        )
+    if finite:
+        check_finite(array, what="received data", offset=span.start)
+
+
+def check_finite(data: VectorLike, *, what: str = "vector", offset: int = 0) -> None:
+    """Refuses data holding NaN or infinity (PeerError), naming the first such element.
+
+    ``offset`` is the data's position in the whole vector, so the index in the message is
+    the one the sender would recognise. Used on every received range: the merge rules and
+    the final digest assume finite values (a NaN would poison a mean and never compare equal).
+    """
+    array = _le_array(data, what=what)
+    finite = np.isfinite(array)
+    if not finite.all():
+        index = int(np.argmin(finite))
+        raise PeerError(
+            f"{what} holds a non-finite value ({float(array[index])}) at element {offset + index}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Segments
+
+
+def segments(chunk_count: int, n: int) -> list[range]:
+    """Chunk ranges owned by participants 0..n-1 of an attempt, in participant order.
+
+    Sizes differ by at most one chunk: the first ``chunk_count % n`` segments get one more.
+    With fewer chunks than participants the trailing segments are empty ranges (their owners
+    merge nothing but still take part). Every node derives the same split from the
+    on-chain live list, so no split is ever sent.
+    """
+    if n < 1:
+        raise ConfigError(f"a round needs at least one participant, got {n}")
+    if chunk_count < 0:
+        raise ConfigError(f"a vector cannot have {chunk_count} chunks")
+    base, extra = divmod(chunk_count, n)
+    out: list[range] = []
+    start = 0
+    for index in range(n):
+        stop = start + base + (1 if index < extra else 0)
+        out.append(range(start, stop))
+        start = stop
+    return out
+
+
+def element_range(chunks: range, numel: int) -> range:
+    """The elements [start, stop) of the vector covered by a range of chunks.
+
+    The last chunk may be short, and an empty range of chunks at the end of the vector maps
+    to an empty range at ``numel``. A range that is not a forward, step-1 range inside the
+    vector is a ConfigError.
+    """
+    total = num_chunks(numel)
+    if chunks.step != 1 or not 0 <= chunks.start <= chunks.stop <= total:
+        raise ConfigError(f"{chunks} is not a chunk range of a {total}-chunk vector")
+    return range(
+        min(chunks.start * CHUNK_ELEMENTS, numel), min(chunks.stop * CHUNK_ELEMENTS, numel)
+    )
