@@ -6,15 +6,15 @@ time without sleeping. The anvil backend (real chains issue) plugs in here as a 
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from swarmnode.ledger.base import Ledger
 from swarmnode.rules import SwarmParams
 
 if TYPE_CHECKING:
     from swarmnode.ledger.deployment import Deployment
+    from swarmnode.ledger.devchain import AnvilChain
 
 
 class Backend(ABC):
@@ -86,36 +86,6 @@ class EmbeddedBackend(Backend):
         self.chain.advance(max(0, timestamp - self.chain.now()))
 
 
-class AnvilChain:
-    """One anvil process shared by a test session, with a clock that follows its time moves."""
-
-    def __init__(self) -> None:
-        from eth_account import Account
-
-        from swarmnode.ledger.anvil import DEV_KEY, AnvilProcess
-        from swarmnode.ledger.rpc import RpcChain
-
-        self.process = AnvilProcess()
-        self.process.start()
-        self.rpc = RpcChain(self.process.url)
-        self.funder = Account.from_key(DEV_KEY)
-        self._offset = 0.0
-
-    def now(self) -> int:
-        """Never behind the newest block: blocks mined within one second step by one second."""
-        latest = int(self.rpc.w3.eth.get_block("latest")["timestamp"])
-        return max(int(time.time() + self._offset), latest)
-
-    def advance(self, seconds: float) -> None:
-        target = self.now() + seconds
-        delta = max(0, int(target - (time.time() + self._offset)) + 1)
-        self.rpc.w3.provider.make_request("evm_increaseTime", [delta])  # type: ignore[arg-type]
-        self._offset += delta
-
-    def stop(self) -> None:
-        self.process.stop()
-
-
 class AnvilBackend(Backend):
     name = "anvil"
 
@@ -124,23 +94,12 @@ class AnvilBackend(Backend):
         self._deployment: Deployment | None = None
 
     def deploy(self, params: SwarmParams, *, validate: bool = True) -> Ledger:
-        from eth_account import Account
-
-        owner = Account.create()
-        self.chain.rpc.fund(self.chain.funder, owner.address, 10**18)
-        self._deployment = self.chain.rpc.deploy(params, owner, validate=validate)
-        return self._ledger(owner)
+        self._deployment, owner = self.chain.deploy(params, validate=validate)
+        return self.chain.ledger(self._deployment, owner)
 
     def new_ledger(self) -> Ledger:
-        from eth_account import Account
-
-        account = Account.create()
-        self.chain.rpc.fund(self.chain.funder, account.address, 10**18)
-        return self._ledger(account)
-
-    def _ledger(self, account: Any) -> Ledger:
         assert self._deployment is not None, "deploy first"
-        return self.chain.rpc.ledger(self._deployment, account, clock=self.chain.now)
+        return self.chain.ledger(self._deployment, self.chain.new_account())
 
     def advance(self, seconds: float) -> None:
         self.chain.advance(seconds)

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from tests.backends import AnvilChain, Backend
+    from swarmnode.ledger.devchain import AnvilChain
+    from tests.backends import Backend
 
 BACKEND_NAMES = ("anvil", "embedded", "memory")
 
@@ -17,7 +18,7 @@ BACKEND_NAMES = ("anvil", "embedded", "memory")
 @pytest.fixture(scope="session")
 def anvil_chain() -> Iterator[AnvilChain]:
     """One anvil process for the session, on a port the OS picked; stopped by its pid."""
-    from tests.backends import AnvilChain
+    from swarmnode.ledger.devchain import AnvilChain
 
     chain = AnvilChain()
     try:
