@@ -161,3 +161,31 @@ def test_chain_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(anvil_pid, 0)  # the anvil child is gone too
     assert state.exists()  # anvil wrote its state on the way out
+
+
+def test_deploy_signs_with_a_keystore(
+    dev_chain: tuple[str, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    from eth_account import Account
+
+    url, _ = dev_chain
+    owner = Account.create()
+    keystore = tmp_path / "owner.json"
+    keystore.write_text(json.dumps(Account.encrypt(owner.key, "pw", iterations=2)))
+    funded = swarmnode("fund", owner.address, "--rpc", url, "--amount", "1")
+    assert funded.returncode == 0, funded.stderr
+    out = tmp_path / "deployment.json"
+    deployed = swarmnode(
+        "deploy",
+        "--rpc",
+        url,
+        "--out",
+        str(out),
+        "--keystore",
+        str(keystore),
+        env={"SWARMNODE_KEY_PASSPHRASE": "pw"},
+    )
+    assert deployed.returncode == 0, deployed.stderr
+    assert f"owner {owner.address}" in deployed.stdout
+    status = json.loads(swarmnode("status", "--deployment", str(out), "--json").stdout)
+    assert status["owner"] == owner.address
