@@ -16,6 +16,7 @@ from swarmnode.exceptions import ConfigError
 
 PPM = 1_000_000
 MAX_PEERS_LIMIT = 256
+MAX_ITERATIONS = 1000  # each iteration of an iterative rule is one exchange between peers
 
 
 class MergeRuleId(IntEnum):
@@ -41,8 +42,14 @@ MERGE_RULE_PARAMS: dict[MergeRuleId, tuple[str, ...]] = {
     MergeRuleId.MEDIAN: (),
     MergeRuleId.TRIMMED_MEAN: ("beta_ppm: fraction trimmed from each side",),
     MergeRuleId.KRUM: ("f: Byzantine peers tolerated", "m: models kept (0 or 1: Krum)"),
-    MergeRuleId.GEOMETRIC_MEDIAN: ("tolerance_ppm: of the norm", "max_iterations"),
-    MergeRuleId.CENTERED_CLIP: ("tau_ppm: clipping radius", "iterations"),
+    MergeRuleId.GEOMETRIC_MEDIAN: (
+        "tolerance_ppm: stop when a step is at most this fraction of the median distance",
+        "max_iterations (1-1000)",
+    ),
+    MergeRuleId.CENTERED_CLIP: (
+        "tau_ppm: clipping radius, an absolute L2 norm over the whole vector, in millionths",
+        "iterations (1-1000)",
+    ),
 }
 
 SYNC_POLICY_PARAMS: dict[SyncPolicyId, tuple[str, ...]] = {
@@ -135,14 +142,14 @@ def merge_rule_needs(rule: Rule) -> int:
     if rule.id == MergeRuleId.GEOMETRIC_MEDIAN:
         if q[0] == 0:
             raise ConfigError("geometric median: tolerance must be positive")
-        if q[1] == 0:
-            raise ConfigError("geometric median: iteration cap must be positive")
+        if not 0 < q[1] <= MAX_ITERATIONS:
+            raise ConfigError("geometric median: iteration cap must be 1-1000")
         return 1
     if rule.id == MergeRuleId.CENTERED_CLIP:
         if q[0] == 0:
             raise ConfigError("centered clipping: tau must be positive")
-        if q[1] == 0:
-            raise ConfigError("centered clipping: iterations must be positive")
+        if not 0 < q[1] <= MAX_ITERATIONS:
+            raise ConfigError("centered clipping: iterations must be 1-1000")
         return 1
     raise ConfigError("unknown merge rule")
 

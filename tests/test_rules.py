@@ -16,7 +16,7 @@ rules = st.builds(
     id=st.integers(min_value=0, max_value=6),
     params=st.tuples(
         st.sampled_from([0, 1, 2, 3, 7, PPM // 4, PPM // 2, PPM, PPM + 1]),
-        small,
+        st.one_of(small, st.sampled_from([255, 256, 257, 1000, 1001])),
         small,
         st.sampled_from([0, PPM, PPM + 1, 2 * PPM]),
     ),
@@ -41,7 +41,7 @@ def chain() -> EmbeddedChain:
 
 @pytest.mark.chain
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(params=params_strategy)
 def test_python_and_contract_refuse_the_same_parameters(

@@ -127,6 +127,8 @@ contract SwarmLedger {
     uint32 internal constant SYNC_ADAPTIVE = 1;
     uint64 internal constant PPM = 1_000_000;
     uint16 internal constant MAX_PEERS_LIMIT = 256;
+    // Each iteration of an iterative rule is one exchange of partial sums between peers.
+    uint64 internal constant MAX_ITERATIONS = 1000;
 
     // Sentinel so that the first report of an attempt updates a warm, non-zero slot.
     bytes32 internal constant NO_DIGEST = bytes32(uint256(1));
@@ -229,15 +231,21 @@ contract SwarmLedger {
             return uint16(needs);
         }
         if (r.id == MERGE_GEOMETRIC_MEDIAN) {
-            // q[0] = tolerance in ppm of the norm, q[1] = iteration cap
+            // q[0] = tolerance: stop when a step moves the estimate by at most q[0]/1e6 of the
+            // median distance to the contributions; q[1] = iteration cap
             if (q[0] == 0) revert BadParameters("geometric median: tolerance must be positive");
-            if (q[1] == 0) revert BadParameters("geometric median: iteration cap must be positive");
+            if (q[1] == 0 || q[1] > MAX_ITERATIONS) {
+                revert BadParameters("geometric median: iteration cap must be 1-1000");
+            }
             return 1;
         }
         if (r.id == MERGE_CENTERED_CLIP) {
-            // q[0] = clipping radius tau in ppm, q[1] = iterations
+            // q[0] = clipping radius tau, an absolute L2 norm over the whole vector, in
+            // millionths; q[1] = iterations
             if (q[0] == 0) revert BadParameters("centered clipping: tau must be positive");
-            if (q[1] == 0) revert BadParameters("centered clipping: iterations must be positive");
+            if (q[1] == 0 || q[1] > MAX_ITERATIONS) {
+                revert BadParameters("centered clipping: iterations must be 1-1000");
+            }
             return 1;
         }
         revert BadParameters("unknown merge rule");
