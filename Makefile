@@ -38,7 +38,7 @@ test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check swarmnode tests simulations
+	$(VENV)/bin/ruff check swarmnode tests simulations protocol
 	$(VENV)/bin/mypy swarmnode
 
 contracts: $(NPM_STAMP)

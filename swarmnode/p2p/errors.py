@@ -1,0 +1,21 @@
+"""What can go wrong with a peer message, each mapped to one gRPC status on the wire."""
+
+from __future__ import annotations
+
+from swarmnode.exceptions import PeerError
+
+
+class Unauthorized(PeerError):
+    """The caller's certificate is not on the roster, or does not match the account it claims."""
+
+
+class NotReady(PeerError):
+    """Valid, but the receiver has not reached that round or attempt yet: retry soon."""
+
+
+class Stale(PeerError):
+    """For a round or attempt the receiver has left; never held against the sender."""
+
+
+class InvalidMessage(PeerError):
+    """Malformed or failing a check (size, dtype, hashes, finite values): refused, never merged."""

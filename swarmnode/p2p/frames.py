@@ -1,0 +1,162 @@
+"""Frames: segments cut into 1-4 MiB pieces of whole canonical chunks, encoded without copies.
+
+A protobuf `bytes` field would copy the payload twice (into the message, then out of it).
+Here a Frame is written by hand as the protobuf encoding of
+`Frame{header = 1; payload = 2}`: tag, length, the serialized header, tag, length, then the
+payload's memoryview, joined once. Decoding parses the same two fields and hands back a
+memoryview of the payload inside the received bytes, so the only copy on the receiving side
+is the one into the preallocated segment buffer. Anything else on the wire is refused as
+malformed; a standard protobuf decoder reads these frames as ordinary Frame messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from swarmnode.canonical import CHUNK_ELEMENTS, ELEMENT_BYTES, element_range, to_le_bytes
+from swarmnode.p2p import peer_pb2
+from swarmnode.p2p.errors import InvalidMessage
+
+DEFAULT_FRAME_CHUNKS = 128  # 128 x 16 KiB = 2 MiB of payload per frame
+MAX_HEADER_BYTES = 1 << 20  # a header holds at most the hash list: 1 MiB is 2 GB of model
+
+_HEADER_TAG = 0x0A  # field 1, length-delimited
+_PAYLOAD_TAG = 0x12  # field 2, length-delimited
+
+
+@dataclass(frozen=True)
+class Frame:
+    header: peer_pb2.FrameHeader
+    payload: memoryview  # little-endian float32 bytes
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
+    value = 0
+    shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise InvalidMessage("malformed frame: truncated or overlong length")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def encode(frame: Frame) -> bytes:
+    header = frame.header.SerializeToString()
+    return b"".join(
+        (
+            bytes((_HEADER_TAG,)),
+            _varint(len(header)),
+            header,
+            bytes((_PAYLOAD_TAG,)),
+            _varint(len(frame.payload)),
+            frame.payload,
+        )
+    )
+
+
+def decode(data: bytes) -> Frame:
+    """The frame in `data`; InvalidMessage if it is not exactly header then payload."""
+    view = memoryview(data)
+    if len(view) < 2 or view[0] != _HEADER_TAG:
+        raise InvalidMessage("malformed frame: it does not start with a header")
+    size, pos = _read_varint(view, 1)
+    if size > MAX_HEADER_BYTES or pos + size > len(view):
+        raise InvalidMessage(f"malformed frame: header of {size} bytes does not fit")
+    try:
+        header = peer_pb2.FrameHeader.FromString(view[pos : pos + size].tobytes())
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise InvalidMessage(f"malformed frame header: {exc}") from exc
+    pos += size
+    if pos == len(view):
+        payload = view[pos:pos]
+    else:
+        if view[pos] != _PAYLOAD_TAG:
+            raise InvalidMessage("malformed frame: unexpected field after the header")
+        length, pos = _read_varint(view, pos + 1)
+        if pos + length != len(view):
+            raise InvalidMessage(
+                f"malformed frame: payload says {length} bytes, {len(view) - pos} arrived"
+            )
+        payload = view[pos : pos + length]
+    return Frame(header, payload)
+
+
+def decode_lenient(data: bytes) -> Frame | InvalidMessage:
+    """decode() for a server: a malformed frame becomes a value the handler raises, so the
+    caller gets INVALID_ARGUMENT naming the problem instead of gRPC's opaque INTERNAL."""
+    try:
+        return decode(data)
+    except InvalidMessage as exc:
+        return exc
+
+
+def frames_for(
+    vector: npt.NDArray[np.float32],
+    chunks: range,
+    *,
+    kind: int,
+    round: int,
+    attempt: int,
+    segment: int,
+    sender: str,
+    chunk_hashes: bytes = b"",
+    frame_chunks: int = DEFAULT_FRAME_CHUNKS,
+) -> Iterator[Frame]:
+    """Frames covering `chunks` of the whole `vector`, produced lazily (the sender never
+    buffers more than gRPC's flow-control window). The hash list rides in the first frame.
+    An empty range still yields one empty frame, so the receiver learns it has everything."""
+    numel = len(vector)
+    data = to_le_bytes(vector)
+    first = True
+    starts = range(chunks.start, chunks.stop, frame_chunks) if len(chunks) else [chunks.start]
+    for start in starts:
+        stop = min(start + frame_chunks, chunks.stop)
+        span = element_range(range(start, stop), numel)
+        header = peer_pb2.FrameHeader(
+            kind=kind,  # type: ignore[arg-type]
+            round=round,
+            attempt=attempt,
+            segment=segment,
+            first_chunk=start,
+            elements=len(span),
+            dtype=peer_pb2.DTYPE_FLOAT32,
+            vector_elements=numel,
+            chunk_hashes=chunk_hashes if first else b"",
+            sender=sender,
+        )
+        first = False
+        yield Frame(header, data[span.start * ELEMENT_BYTES : span.stop * ELEMENT_BYTES])
+
+
+def payload_array(frame: Frame) -> npt.NDArray[np.float32]:
+    """The payload as float32 values without copying; checks dtype and size first."""
+    header = frame.header
+    if header.dtype != peer_pb2.DTYPE_FLOAT32:
+        raise InvalidMessage(f"dtype {header.dtype} is not float32")
+    if len(frame.payload) != header.elements * ELEMENT_BYTES:
+        raise InvalidMessage(
+            f"payload holds {len(frame.payload)} bytes, header says {header.elements} float32"
+        )
+    if header.elements and header.first_chunk * CHUNK_ELEMENTS >= header.vector_elements:
+        raise InvalidMessage(f"first chunk {header.first_chunk} is past the vector's end")
+    return np.frombuffer(frame.payload, dtype="<f4")

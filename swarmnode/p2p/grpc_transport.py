@@ -1,0 +1,347 @@
+"""gRPC with mutual TLS, gated by the roster on every call.
+
+grpcio has no custom certificate-verification callback, so trust is built from what it has:
+- the server's TLS layer trusts exactly the roster's certificates (dynamic server
+  credentials whose fetcher returns the current roster when it changed), and requires a
+  client certificate;
+- every RPC then looks up the SHA-256 of the caller's certificate (from the auth context)
+  in the roster before reading any data: a peer deregistered while its connection stays
+  open is refused on its next call;
+- a client trusts exactly the certificate registered for the peer it dials, and checks
+  the name in it (the account, a DNS SubjectAltName) via ssl_target_name_override.
+Frames use a hand-written serializer (frames.py) so that payloads are not copied by
+protobuf. Refusals travel as status codes: PERMISSION_DENIED (not on the roster),
+UNAVAILABLE with a "not ready" detail (retry), FAILED_PRECONDITION (stale),
+INVALID_ARGUMENT (bad data), each with a message naming the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from swarmnode import __version__
+from swarmnode.canonical import num_chunks
+from swarmnode.exceptions import PeerError
+from swarmnode.p2p import frames as codec
+from swarmnode.p2p import peer_pb2
+from swarmnode.p2p.errors import InvalidMessage, NotReady, Stale, Unauthorized
+from swarmnode.p2p.frames import Frame, frames_for
+from swarmnode.p2p.inbox import Inbox
+from swarmnode.p2p.roster import PeerRecord, Roster
+from swarmnode.p2p.transport import FrameSource, Transport
+
+log = logging.getLogger(__name__)
+
+SERVICE = "swarmnode.p2p.Peer"
+NOT_READY = "not ready: "
+MESSAGE_LIMIT = 8 << 20  # frames are 1-4 MiB; a hash list of a 2 GB model is 1 MiB
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+    ("grpc.max_send_message_length", MESSAGE_LIMIT),
+]
+
+T = TypeVar("T")
+
+
+def certificate_fingerprint(pem: bytes) -> bytes:
+    der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(der).digest()
+
+
+class PeerServer:
+    """Serves one node's Inbox to the peers on its roster."""
+
+    def __init__(
+        self,
+        account: str,
+        key_pem: bytes,
+        cert_pem: bytes,
+        roster: Roster,
+        inbox: Inbox,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        workers: int = 8,
+        current_round: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.account = account
+        self._key_pem = key_pem
+        self._cert_pem = cert_pem
+        self._roster = roster
+        self._inbox = inbox
+        self._current_round = current_round
+        self._served_version = -1
+        self._serving = True
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="peer"),
+            options=CHANNEL_OPTIONS,
+        )
+        self._server.add_generic_rpc_handlers((self._handlers(),))
+        credentials = grpc.dynamic_ssl_server_credentials(
+            self._certificate_configuration(),
+            self._fetch_configuration,
+            require_client_authentication=True,
+        )
+        self.port = self._server.add_secure_port(f"{host}:{port}", credentials)
+        self.endpoint = f"{host}:{self.port}"
+
+    # -- TLS trust follows the roster
+    def _certificate_configuration(self) -> Any:
+        self._served_version = self._roster.version
+        roots = b"".join(r.certificate_pem for r in self._roster.records()) or self._cert_pem
+        return grpc.ssl_server_certificate_configuration(
+            [(self._key_pem, self._cert_pem)], root_certificates=roots
+        )
+
+    def _fetch_configuration(self) -> Any:
+        if self._roster.version == self._served_version:
+            return None  # unchanged: keep the current one
+        return self._certificate_configuration()
+
+    def start(self) -> PeerServer:
+        self._server.start()
+        return self
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._serving = False
+        self._server.stop(grace).wait()
+
+    # -- every call starts here
+    def _authenticate(self, context: grpc.ServicerContext) -> str:
+        certificates = context.auth_context().get("x509_pem_cert") or []
+        if not certificates:
+            self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
+        fingerprint = certificate_fingerprint(certificates[0])
+        record = self._roster.by_fingerprint(fingerprint)
+        if record is None:
+            reason = f"certificate sha256 {fingerprint.hex()[:16]}… is not on the roster"
+            log.warning("refused %s: %s", context.peer(), reason)
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, reason)
+        return record.account
+
+    @staticmethod
+    def _refuse(context: grpc.ServicerContext, code: grpc.StatusCode, reason: str) -> NoReturn:
+        context.abort(code, reason)
+        raise AssertionError("abort returns only by raising")
+
+    def _guarded(self, context: grpc.ServicerContext, sender: str, action: Callable[[], T]) -> T:
+        try:
+            return action()
+        except NotReady as exc:
+            self._refuse(context, grpc.StatusCode.UNAVAILABLE, NOT_READY + str(exc))
+        except Stale as exc:
+            self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, f"stale: {exc}")
+        except Unauthorized as exc:
+            log.warning("refused %s: %s", sender, exc)
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except PeerError as exc:
+            log.warning("refused a message from %s: %s", sender, exc)
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    # -- handlers
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Info": grpc.unary_unary_rpc_method_handler(
+                    self._info,
+                    request_deserializer=peer_pb2.InfoRequest.FromString,
+                    response_serializer=peer_pb2.InfoReply.SerializeToString,
+                ),
+                "PushUpdate": grpc.stream_unary_rpc_method_handler(
+                    self._push(peer_pb2.KIND_UPDATE),
+                    request_deserializer=codec.decode_lenient,
+                    response_serializer=peer_pb2.Ack.SerializeToString,
+                ),
+                "PushMerged": grpc.stream_unary_rpc_method_handler(
+                    self._push(peer_pb2.KIND_MERGED),
+                    request_deserializer=codec.decode_lenient,
+                    response_serializer=peer_pb2.Ack.SerializeToString,
+                ),
+                "PushPartials": grpc.unary_unary_rpc_method_handler(
+                    self._partials,
+                    request_deserializer=peer_pb2.Partials.FromString,
+                    response_serializer=peer_pb2.PartialsAck.SerializeToString,
+                ),
+                "FetchModel": grpc.unary_stream_rpc_method_handler(
+                    self._fetch_model,
+                    request_deserializer=peer_pb2.ModelRequest.FromString,
+                    response_serializer=codec.encode,
+                ),
+            },
+        )
+
+    def _info(self, request: peer_pb2.InfoRequest, context: grpc.ServicerContext) -> Any:
+        self._authenticate(context)
+        return peer_pb2.InfoReply(
+            account=self.account,
+            round=self._current_round(),
+            version=__version__,
+            serving=self._serving,
+        )
+
+    def _push(self, kind: int) -> Callable[[Iterator[Any], grpc.ServicerContext], Any]:
+        def handle(frames: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            sender = self._authenticate(context)  # before a single frame is read
+
+            def consume() -> int:
+                total = 0
+                for frame in frames:
+                    if isinstance(frame, InvalidMessage):
+                        raise frame
+                    if frame.header.kind != kind:
+                        raise InvalidMessage(f"a frame of kind {frame.header.kind} on this call")
+                    total += self._inbox.receive(frame, sender)
+                return total
+
+            return peer_pb2.Ack(elements=self._guarded(context, sender, consume))
+
+        return handle
+
+    def _partials(self, message: peer_pb2.Partials, context: grpc.ServicerContext) -> Any:
+        sender = self._authenticate(context)
+        self._guarded(context, sender, lambda: self._inbox.receive_partials(message, sender))
+        return peer_pb2.PartialsAck()
+
+    def _fetch_model(self, request: peer_pb2.ModelRequest, context: grpc.ServicerContext) -> Any:
+        self._authenticate(context)
+        found = self._inbox.model(request.round)
+        if found is None:
+            self._refuse(
+                context, grpc.StatusCode.NOT_FOUND, f"no final model of round {request.round} here"
+            )
+        vector, hashes = found
+        yield from frames_for(
+            vector,
+            range(num_chunks(len(vector))),
+            kind=peer_pb2.KIND_MODEL,
+            round=request.round,
+            attempt=0,
+            segment=0,
+            sender=self.account,
+            chunk_hashes=hashes,
+        )
+
+
+class GrpcTransport(Transport):
+    """Client side: one mutual-TLS channel per peer, pinned to the peer's registered certificate."""
+
+    def __init__(self, account: str, key_pem: bytes, cert_pem: bytes, roster: Roster) -> None:
+        self.account = account
+        self._key_pem = key_pem
+        self._cert_pem = cert_pem
+        self._roster = roster
+        self._lock = threading.Lock()
+        self._channels: dict[str, tuple[PeerRecord, grpc.Channel]] = {}
+
+    def _channel(self, peer: str) -> grpc.Channel:
+        record = self._roster.get(peer)
+        if record is None:
+            raise Unauthorized(f"{peer} is not on the roster")
+        with self._lock:
+            cached = self._channels.get(peer.lower())
+            if cached is not None and cached[0] == record:
+                return cached[1]
+            if cached is not None:
+                cached[1].close()  # re-registered: new endpoint or certificate
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=record.certificate_pem,
+                private_key=self._key_pem,
+                certificate_chain=self._cert_pem,
+            )
+            options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", record.tls_name)]
+            channel = grpc.secure_channel(record.endpoint, credentials, options=options)
+            self._channels[peer.lower()] = (record, channel)
+            return channel
+
+    def _call(self, peer: str, action: Callable[[grpc.Channel], T]) -> T:
+        try:
+            return action(self._channel(peer))
+        except grpc.RpcError as exc:
+            raise _as_peer_error(peer, exc) from exc
+
+    def _push_once(self, peer: str, frames: FrameSource, timeout: float) -> int:
+        def send(channel: grpc.Channel) -> int:
+            stream = iter(frames())
+            first = next(stream, None)
+            if first is None:
+                return 0
+            method = "PushUpdate" if first.header.kind == peer_pb2.KIND_UPDATE else "PushMerged"
+
+            def all_frames() -> Iterator[Frame]:
+                yield first
+                yield from stream
+
+            call = channel.stream_unary(
+                f"/{SERVICE}/{method}",
+                request_serializer=codec.encode,
+                response_deserializer=peer_pb2.Ack.FromString,
+            )
+            ack = call(all_frames(), timeout=timeout)
+            return int(ack.elements)
+
+        return self._call(peer, send)
+
+    def _partials_once(self, peer: str, message: peer_pb2.Partials, timeout: float) -> None:
+        def send(channel: grpc.Channel) -> None:
+            call = channel.unary_unary(
+                f"/{SERVICE}/PushPartials",
+                request_serializer=peer_pb2.Partials.SerializeToString,
+                response_deserializer=peer_pb2.PartialsAck.FromString,
+            )
+            call(message, timeout=timeout)
+
+        self._call(peer, send)
+
+    def _fetch_frames(self, peer: str, round: int, timeout: float) -> Iterator[Frame]:
+        call = self._channel(peer).unary_stream(
+            f"/{SERVICE}/FetchModel",
+            request_serializer=peer_pb2.ModelRequest.SerializeToString,
+            response_deserializer=codec.decode,
+        )
+        try:
+            yield from call(peer_pb2.ModelRequest(round=round), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise _as_peer_error(peer, exc) from exc
+
+    def info(self, peer: str, timeout: float) -> peer_pb2.InfoReply:
+        def ask(channel: grpc.Channel) -> peer_pb2.InfoReply:
+            call = channel.unary_unary(
+                f"/{SERVICE}/Info",
+                request_serializer=peer_pb2.InfoRequest.SerializeToString,
+                response_deserializer=peer_pb2.InfoReply.FromString,
+            )
+            reply: peer_pb2.InfoReply = call(peer_pb2.InfoRequest(), timeout=timeout)
+            return reply
+
+        return self._call(peer, ask)
+
+    def close(self) -> None:
+        with self._lock:
+            for _, channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+
+
+def _as_peer_error(peer: str, exc: grpc.RpcError) -> PeerError:
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
+    if code == grpc.StatusCode.UNAVAILABLE and details.startswith(NOT_READY):
+        return NotReady(f"{peer}: {details.removeprefix(NOT_READY)}")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return Stale(f"{peer}: {details}")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidMessage(f"{peer} refused: {details}")
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return Unauthorized(f"{peer} refused: {details}")
+    name = code.name if code is not None else "error"
+    return PeerError(f"{peer}: {name}: {details}")

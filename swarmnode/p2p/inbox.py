@@ -1,0 +1,366 @@
+"""The receiving side of a node: what it expects, every check on what arrives, and the buffers.
+
+Both transports (gRPC and in-memory) hand each received frame to an Inbox, so the checks
+are the same whichever carried it. The round layer above declares what it expects once the
+round's participants are fixed on chain (who sends which segment, with which commitment);
+the Inbox then accepts exactly that:
+
+- UPDATE data (reduce-scatter) is keyed by (round, sender) and valid in every attempt. Its
+  chunk-hash list must digest to the sender's commitment, and every chunk must match the
+  list, so a segment is checked alone.
+- MERGED data (all-gather) is keyed by (round, attempt, owner): a frame for a future attempt
+  is NotReady (the sender retries), one for a past attempt is Stale (never its fault).
+- Every payload must be float32, finite, inside the expected chunk range, within the size
+  limits. A bad frame is refused with InvalidMessage and never reaches a buffer.
+
+Data is copied once, from the received bytes into a buffer preallocated for the segment.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from swarmnode.canonical import (
+    CHUNK_ELEMENTS,
+    check_finite,
+    element_range,
+    verify_chunks,
+    verify_hash_list,
+)
+from swarmnode.exceptions import PeerError
+from swarmnode.p2p import peer_pb2
+from swarmnode.p2p.errors import InvalidMessage, NotReady, Stale, Unauthorized
+from swarmnode.p2p.frames import Frame, payload_array
+
+DEFAULT_MAX_VECTOR_ELEMENTS = 1 << 30  # 4 GiB of float32
+DEFAULT_MAX_FRAME_ELEMENTS = 1 << 20  # 4 MiB of float32
+MAX_PARTIALS = 1 << 16
+
+
+@dataclass
+class _Segment:
+    """One expected stream's destination, preallocated."""
+
+    chunks: range
+    numel: int
+    hashes: bytes | None = None  # verified chunk-hash list (UPDATE only)
+    buffer: npt.NDArray[np.float32] = field(init=False)
+    start: int = field(init=False)
+    seen: bytearray = field(init=False)
+    missing: int = field(init=False)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        span = element_range(self.chunks, self.numel)
+        self.start = span.start
+        self.buffer = np.empty(len(span), dtype=np.float32)
+        self.seen = bytearray(len(self.chunks))
+        self.missing = len(self.chunks)
+        if self.missing == 0:
+            self.done.set()
+
+    def store(self, first_chunk: int, values: npt.NDArray[np.float32]) -> None:
+        offset = first_chunk * CHUNK_ELEMENTS - self.start
+        self.buffer[offset : offset + len(values)] = values
+        count = -(-len(values) // CHUNK_ELEMENTS)
+        for i in range(first_chunk - self.chunks.start, first_chunk - self.chunks.start + count):
+            if not self.seen[i]:
+                self.seen[i] = 1
+                self.missing -= 1
+        if self.missing == 0:
+            self.done.set()
+
+
+@dataclass
+class _UpdateRound:
+    segment: int
+    chunks: range
+    numel: int
+    commitments: dict[str, bytes]
+    streams: dict[str, _Segment] = field(default_factory=dict)
+
+
+@dataclass
+class _MergedAttempt:
+    attempt: int
+    numel: int
+    owners: dict[str, tuple[int, range]]  # owner account -> (segment index, chunks)
+    streams: dict[str, _Segment] = field(default_factory=dict)
+
+
+class Inbox:
+    """Expectations, checks and buffers for one node. Thread-safe."""
+
+    def __init__(
+        self,
+        account: str,
+        *,
+        max_vector_elements: int = DEFAULT_MAX_VECTOR_ELEMENTS,
+        max_frame_elements: int = DEFAULT_MAX_FRAME_ELEMENTS,
+    ) -> None:
+        self.account = account
+        self.max_vector_elements = max_vector_elements
+        self.max_frame_elements = max_frame_elements
+        self._lock = threading.Condition()
+        self._floor = 0  # rounds below this are over for this node
+        self._updates: dict[int, _UpdateRound] = {}
+        self._merged: dict[int, _MergedAttempt] = {}
+        self._partials: dict[tuple[int, int, int, str], npt.NDArray[np.float64]] = {}
+        self._partials_attempt: dict[int, int] = {}
+        self._models: dict[int, tuple[npt.NDArray[np.float32], bytes]] = {}
+        self.refused = 0  # frames refused as invalid, for tests and metrics
+
+    # ------------------------------------------------------------------ expectations
+
+    def expect_updates(
+        self, round: int, segment: int, chunks: range, numel: int, commitments: Mapping[str, bytes]
+    ) -> None:
+        """This node owns `segment` (`chunks`) in `round`: accept those senders' updates."""
+        with self._lock:
+            key = {account.lower(): bytes(c) for account, c in commitments.items()}
+            self._updates[round] = _UpdateRound(segment, chunks, numel, key)
+            self._lock.notify_all()
+
+    def expect_merged(
+        self, round: int, attempt: int, owners: Mapping[str, tuple[int, range]], numel: int
+    ) -> None:
+        """In this attempt, `owners` send their merged segments; earlier attempts are over."""
+        with self._lock:
+            key = {account.lower(): spec for account, spec in owners.items()}
+            self._merged[round] = _MergedAttempt(attempt, numel, key)
+            self._partials_attempt[round] = attempt
+            self._lock.notify_all()
+
+    def finish_round(self, round: int) -> None:
+        """Drops a round's buffers; later messages for it (or before it) are Stale."""
+        with self._lock:
+            self._floor = max(self._floor, round + 1)
+            for table in (self._updates, self._merged, self._partials_attempt):
+                for old in [r for r in table if r <= round]:
+                    del table[old]
+            for old_key in [k for k in self._partials if k[0] <= round]:
+                del self._partials[old_key]
+            self._lock.notify_all()
+
+    def publish_model(self, round: int, vector: npt.NDArray[np.float32], hashes: bytes) -> None:
+        """Keeps a final round's model for peers that catch up (only the newest is kept)."""
+        with self._lock:
+            self._models = {round: (vector, hashes)}
+
+    def model(self, round: int) -> tuple[npt.NDArray[np.float32], bytes] | None:
+        with self._lock:
+            return self._models.get(round)
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive(self, frame: Frame, sender: str) -> int:
+        """Checks one frame from the authenticated `sender` and stores it; returns elements."""
+        try:
+            return self._receive(frame, sender.lower())
+        except InvalidMessage:
+            with self._lock:
+                self.refused += 1
+            raise
+
+    def _receive(self, frame: Frame, sender: str) -> int:
+        header = frame.header
+        if header.sender.lower() != sender:
+            raise Unauthorized(
+                f"frame claims sender {header.sender or '(none)'}, the certificate is {sender}"
+            )
+        if header.elements > self.max_frame_elements:
+            raise InvalidMessage(
+                f"frame of {header.elements} elements exceeds the limit of "
+                f"{self.max_frame_elements}"
+            )
+        if header.vector_elements > self.max_vector_elements:
+            raise InvalidMessage(
+                f"vector of {header.vector_elements} elements exceeds the limit of "
+                f"{self.max_vector_elements}"
+            )
+        values = payload_array(frame)
+        if header.kind == peer_pb2.KIND_UPDATE:
+            return self._receive_update(header, values, sender)
+        if header.kind == peer_pb2.KIND_MERGED:
+            return self._receive_merged(header, values, sender)
+        raise InvalidMessage(f"frames of kind {header.kind} cannot be pushed")
+
+    def _round_check(self, round: int, known: bool) -> None:
+        if round < self._floor:
+            raise Stale(f"round {round} is over here")
+        if not known:
+            raise NotReady(f"round {round} has not closed here yet")
+
+    def _receive_update(
+        self, header: peer_pb2.FrameHeader, values: npt.NDArray[np.float32], sender: str
+    ) -> int:
+        with self._lock:
+            expected = self._updates.get(header.round)
+            self._round_check(header.round, expected is not None)
+            assert expected is not None
+            commitment = expected.commitments.get(sender)
+            if commitment is None:
+                raise InvalidMessage(f"{sender} is not a participant of round {header.round}")
+            if header.segment != expected.segment:
+                raise InvalidMessage(
+                    f"segment {header.segment} sent to the owner of segment {expected.segment}"
+                )
+            if header.vector_elements != expected.numel:
+                raise InvalidMessage(
+                    f"vector of {header.vector_elements} elements, the model has {expected.numel}"
+                )
+            stream = expected.streams.get(sender)
+            if stream is None:
+                stream = _Segment(expected.chunks, expected.numel)
+                expected.streams[sender] = stream
+            if header.chunk_hashes:  # checked whenever sent: a stream may be retried
+                try:
+                    verify_hash_list(header.chunk_hashes, commitment, expected.numel)
+                except PeerError as exc:
+                    raise InvalidMessage(str(exc)) from exc
+                stream.hashes = bytes(header.chunk_hashes)
+            hashes = stream.hashes
+        if hashes is None:
+            raise InvalidMessage("update frames arrived before the chunk-hash list")
+        self._check_range(header, values, stream.chunks)
+        try:
+            verify_chunks(header.first_chunk, values, hashes, header.vector_elements)
+        except PeerError as exc:
+            raise InvalidMessage(str(exc)) from exc
+        with self._lock:
+            stream.store(header.first_chunk, values)
+            self._lock.notify_all()
+        return len(values)
+
+    def _receive_merged(
+        self, header: peer_pb2.FrameHeader, values: npt.NDArray[np.float32], sender: str
+    ) -> int:
+        with self._lock:
+            expected = self._merged.get(header.round)
+            self._round_check(header.round, expected is not None)
+            assert expected is not None
+            if header.attempt < expected.attempt:
+                raise Stale(f"attempt {header.attempt} of round {header.round} is over here")
+            if header.attempt > expected.attempt:
+                raise NotReady(f"attempt {header.attempt} of round {header.round} not started here")
+            spec = expected.owners.get(sender)
+            if spec is None or spec[0] != header.segment:
+                raise InvalidMessage(
+                    f"{sender} does not own segment {header.segment} in attempt {header.attempt}"
+                )
+            if header.vector_elements != expected.numel:
+                raise InvalidMessage(
+                    f"vector of {header.vector_elements} elements, the model has {expected.numel}"
+                )
+            stream = expected.streams.get(sender)
+            if stream is None:
+                stream = _Segment(spec[1], expected.numel)
+                expected.streams[sender] = stream
+        self._check_range(header, values, stream.chunks)
+        try:
+            check_finite(values, what="merged segment", offset=header.first_chunk * CHUNK_ELEMENTS)
+        except PeerError as exc:
+            raise InvalidMessage(str(exc)) from exc
+        with self._lock:
+            stream.store(header.first_chunk, values)
+            self._lock.notify_all()
+        return len(values)
+
+    @staticmethod
+    def _check_range(
+        header: peer_pb2.FrameHeader, values: npt.NDArray[np.float32], chunks: range
+    ) -> None:
+        count = -(-len(values) // CHUNK_ELEMENTS)
+        last = header.first_chunk + count
+        if len(values) == 0:
+            return
+        if header.first_chunk < chunks.start or last > chunks.stop:
+            raise InvalidMessage(
+                f"chunks {header.first_chunk}..{last - 1} are outside the segment's "
+                f"chunks {chunks.start}..{chunks.stop - 1}"
+            )
+        span = element_range(range(header.first_chunk, last), header.vector_elements)
+        if len(span) != len(values):
+            raise InvalidMessage(
+                f"{len(values)} elements from chunk {header.first_chunk} are not whole chunks"
+            )
+
+    def receive_partials(self, message: peer_pb2.Partials, sender: str) -> None:
+        sender = sender.lower()
+        if message.sender.lower() != sender:
+            raise Unauthorized(
+                f"partials claim sender {message.sender or '(none)'}, the certificate is {sender}"
+            )
+        if len(message.values) > MAX_PARTIALS:
+            raise InvalidMessage(f"{len(message.values)} partial sums exceed {MAX_PARTIALS}")
+        values = np.asarray(message.values, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise InvalidMessage("partial sums hold a non-finite value")
+        with self._lock:
+            attempt = self._partials_attempt.get(message.round)
+            self._round_check(message.round, attempt is not None)
+            assert attempt is not None
+            if message.attempt < attempt:
+                raise Stale(f"attempt {message.attempt} of round {message.round} is over here")
+            if message.attempt > attempt:
+                raise NotReady(f"attempt {message.attempt} of round {message.round} not started")
+            self._partials[(message.round, message.attempt, message.step, sender)] = values
+            self._lock.notify_all()
+
+    # ------------------------------------------------------------------ waiting
+
+    def update(self, round: int, sender: str, timeout: float) -> npt.NDArray[np.float32] | None:
+        """`sender`'s whole update segment for this node, or None if it did not arrive in time."""
+        return self._wait_stream(lambda: self._update_stream(round, sender.lower()), timeout)
+
+    def merged(
+        self, round: int, attempt: int, owner: str, timeout: float
+    ) -> npt.NDArray[np.float32] | None:
+        """`owner`'s merged segment of this attempt, or None if it did not arrive in time."""
+        return self._wait_stream(
+            lambda: self._merged_stream(round, attempt, owner.lower()), timeout
+        )
+
+    def partials(
+        self, round: int, attempt: int, step: int, sender: str, timeout: float
+    ) -> npt.NDArray[np.float64] | None:
+        key = (round, attempt, step, sender.lower())
+        with self._lock:
+            self._lock.wait_for(lambda: key in self._partials, timeout)
+            return self._partials.get(key)
+
+    def _update_stream(self, round: int, sender: str) -> _Segment | None:
+        expected = self._updates.get(round)
+        if expected is None:
+            return None
+        stream = expected.streams.get(sender)
+        if stream is None and sender in expected.commitments:
+            stream = _Segment(expected.chunks, expected.numel)
+            expected.streams[sender] = stream
+        return stream
+
+    def _merged_stream(self, round: int, attempt: int, owner: str) -> _Segment | None:
+        expected = self._merged.get(round)
+        if expected is None or expected.attempt != attempt or owner not in expected.owners:
+            return None
+        stream = expected.streams.get(owner)
+        if stream is None:
+            stream = _Segment(expected.owners[owner][1], expected.numel)
+            expected.streams[owner] = stream
+        return stream
+
+    def _wait_stream(
+        self, find: Callable[[], _Segment | None], timeout: float
+    ) -> npt.NDArray[np.float32] | None:
+        with self._lock:
+            stream = find()
+        if stream is None:
+            return None
+        if not stream.done.wait(timeout):
+            return None
+        return stream.buffer

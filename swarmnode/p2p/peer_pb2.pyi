@@ -1,0 +1,106 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KIND_UNSPECIFIED: _ClassVar[Kind]
+    KIND_UPDATE: _ClassVar[Kind]
+    KIND_MERGED: _ClassVar[Kind]
+    KIND_MODEL: _ClassVar[Kind]
+
+class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DTYPE_UNSPECIFIED: _ClassVar[DType]
+    DTYPE_FLOAT32: _ClassVar[DType]
+KIND_UNSPECIFIED: Kind
+KIND_UPDATE: Kind
+KIND_MERGED: Kind
+KIND_MODEL: Kind
+DTYPE_UNSPECIFIED: DType
+DTYPE_FLOAT32: DType
+
+class FrameHeader(_message.Message):
+    __slots__ = ("kind", "round", "attempt", "segment", "first_chunk", "elements", "dtype", "vector_elements", "chunk_hashes", "sender")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_HASHES_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    kind: Kind
+    round: int
+    attempt: int
+    segment: int
+    first_chunk: int
+    elements: int
+    dtype: DType
+    vector_elements: int
+    chunk_hashes: bytes
+    sender: str
+    def __init__(self, kind: _Optional[_Union[Kind, str]] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., segment: _Optional[int] = ..., first_chunk: _Optional[int] = ..., elements: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., vector_elements: _Optional[int] = ..., chunk_hashes: _Optional[bytes] = ..., sender: _Optional[str] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("header", "payload")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    header: FrameHeader
+    payload: bytes
+    def __init__(self, header: _Optional[_Union[FrameHeader, _Mapping]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("elements",)
+    ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    elements: int
+    def __init__(self, elements: _Optional[int] = ...) -> None: ...
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InfoReply(_message.Message):
+    __slots__ = ("account", "round", "version", "serving")
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    account: str
+    round: int
+    version: str
+    serving: bool
+    def __init__(self, account: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[str] = ..., serving: _Optional[bool] = ...) -> None: ...
+
+class Partials(_message.Message):
+    __slots__ = ("round", "attempt", "step", "segment", "values", "sender")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    attempt: int
+    step: int
+    segment: int
+    values: _containers.RepeatedScalarFieldContainer[float]
+    sender: str
+    def __init__(self, round: _Optional[int] = ..., attempt: _Optional[int] = ..., step: _Optional[int] = ..., segment: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., sender: _Optional[str] = ...) -> None: ...
+
+class PartialsAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelRequest(_message.Message):
+    __slots__ = ("round",)
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    def __init__(self, round: _Optional[int] = ...) -> None: ...

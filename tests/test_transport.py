@@ -1,0 +1,330 @@
+"""One behaviour suite for both peer transports: gRPC with mutual TLS, and in-memory.
+
+Each test builds a few nodes with real identities, a roster, an Inbox each, and a transport;
+the gRPC variant starts a real server per node on 127.0.0.1, port 0, and stops it after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from swarmnode import canonical
+from swarmnode.identity import TlsIdentity
+from swarmnode.p2p import peer_pb2
+from swarmnode.p2p.errors import InvalidMessage, NotReady, Stale, Unauthorized
+from swarmnode.p2p.frames import Frame, frames_for
+from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
+from swarmnode.p2p.inbox import Inbox
+from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
+from swarmnode.p2p.roster import PeerRecord, Roster
+from swarmnode.p2p.transport import Transport
+
+NUMEL = 10 * canonical.CHUNK_ELEMENTS + 123  # 11 chunks, the last one short
+ROUND = 7
+
+
+@dataclass
+class Node:
+    account: str
+    identity: TlsIdentity
+    inbox: Inbox
+    transport: Transport
+    server: PeerServer | None = None
+
+    @property
+    def record(self) -> PeerRecord:
+        endpoint = self.server.endpoint if self.server else "memory"
+        return PeerRecord(self.account, endpoint, self.identity.cert_der)
+
+
+class Cluster:
+    def __init__(self, kind: str, size: int, **inbox_limits: int) -> None:
+        self.kind = kind
+        self.roster = Roster()
+        self.network = MemoryNetwork(self.roster)
+        self.nodes = [self.make_node(**inbox_limits) for _ in range(size)]
+        for node in self.nodes:
+            self.roster.upsert(node.record)
+
+    def make_node(self, **inbox_limits: int) -> Node:
+        account = "0x" + secrets.token_hex(20)
+        identity = TlsIdentity.generate(account)
+        inbox = Inbox(account, **inbox_limits)
+        if self.kind == "memory":
+            self.network.attach(inbox)
+            return Node(account, identity, inbox, MemoryTransport(self.network, account))
+        server = PeerServer(account, identity.key_pem, identity.cert_pem, self.roster, inbox)
+        server.start()
+        transport = GrpcTransport(account, identity.key_pem, identity.cert_pem, self.roster)
+        return Node(account, identity, inbox, transport, server)
+
+    def stop(self, extra: list[Node] | None = None) -> None:
+        for node in self.nodes + (extra or []):
+            node.transport.close()
+            if node.server is not None:
+                node.server.stop(0)
+
+
+@pytest.fixture(params=["memory", "grpc"])
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    built = Cluster(request.param, 3)
+    yield built
+    built.stop()
+
+
+def model(seed: int) -> npt.NDArray[np.float32]:
+    return np.random.default_rng(seed).standard_normal(NUMEL).astype(np.float32)
+
+
+def update_frames(
+    node: Node,
+    vector: npt.NDArray[np.float32],
+    chunks: range,
+    *,
+    segment: int = 1,
+    claim: str | None = None,
+    hashes: bytes | None = None,
+) -> list[Frame]:
+    """The UPDATE frames `node` sends for `chunks` of `vector` (two chunks per frame)."""
+    return list(
+        frames_for(
+            vector,
+            chunks,
+            kind=peer_pb2.KIND_UPDATE,
+            round=ROUND,
+            attempt=1,
+            segment=segment,
+            sender=claim or node.account,
+            chunk_hashes=hashes if hashes is not None else canonical.chunk_hashes(vector),
+            frame_chunks=2,
+        )
+    )
+
+
+SEGMENTS = canonical.segments(canonical.num_chunks(NUMEL), 3)  # 4, 4, 3 chunks
+
+
+def expect_segment_one(cluster: Cluster, vectors: dict[str, npt.NDArray[np.float32]]) -> Node:
+    owner = cluster.nodes[1]
+    commitments = {account: canonical.digest(v) for account, v in vectors.items()}
+    owner.inbox.expect_updates(ROUND, 1, SEGMENTS[1], NUMEL, commitments)
+    return owner
+
+
+def test_reduce_scatter_delivers_every_segment_intact(cluster: Cluster) -> None:
+    a, owner, c = cluster.nodes
+    vectors = {n.account: model(i) for i, n in enumerate(cluster.nodes)}
+    expect_segment_one(cluster, vectors)
+    span = canonical.element_range(SEGMENTS[1], NUMEL)
+    for sender in (a, c):
+        frames = update_frames(sender, vectors[sender.account], SEGMENTS[1])
+        assert len(frames) == 2  # 4 chunks, 2 per frame
+        sent = sender.transport.push(owner.account, lambda f=frames: f, timeout=10)
+        assert sent == len(span)
+        got = owner.inbox.update(ROUND, sender.account, timeout=5)
+        assert got is not None
+        np.testing.assert_array_equal(got, vectors[sender.account][span.start : span.stop])
+
+
+def test_the_last_short_chunk_and_an_empty_segment_travel(cluster: Cluster) -> None:
+    a, owner, _ = cluster.nodes
+    vector = model(3)
+    last = range(10, 11)  # the short chunk
+    owner.inbox.expect_updates(ROUND, 2, last, NUMEL, {a.account: canonical.digest(vector)})
+    frames = update_frames(a, vector, last, segment=2)
+    assert a.transport.push(owner.account, lambda: frames, timeout=10) == 123
+    got = owner.inbox.update(ROUND, a.account, timeout=5)
+    assert got is not None and got.tolist() == vector[-123:].tolist()
+
+
+def test_a_segment_sent_before_the_receiver_is_ready_is_not_ready_then_accepted(
+    cluster: Cluster,
+) -> None:
+    a, owner, _ = cluster.nodes
+    vectors = {a.account: model(1)}
+    frames = update_frames(a, vectors[a.account], SEGMENTS[1])
+    with pytest.raises(NotReady):
+        a.transport.push(owner.account, lambda: frames, timeout=0.2)
+    expect_segment_one(cluster, vectors)
+    assert a.transport.push(owner.account, lambda: frames, timeout=10) > 0
+    assert owner.inbox.update(ROUND, a.account, timeout=5) is not None
+
+
+def test_bad_updates_are_refused_by_name_and_never_reach_the_buffer(cluster: Cluster) -> None:
+    a, owner, c = cluster.nodes
+    honest = model(1)
+    vectors = {a.account: honest, c.account: model(2)}
+    expect_segment_one(cluster, vectors)
+
+    tampered = update_frames(a, honest, SEGMENTS[1])
+    flipped = bytearray(tampered[1].payload)
+    flipped[5] ^= 0xFF
+    tampered[1] = Frame(tampered[1].header, memoryview(bytes(flipped)))
+    with pytest.raises(InvalidMessage, match=r"chunk 6 .* does not match"):
+        a.transport.push(owner.account, lambda: tampered, timeout=10)
+
+    other = model(99)  # hashes that do not digest to the commitment on record
+    with pytest.raises(InvalidMessage, match="committed to"):
+        a.transport.push(
+            owner.account,
+            lambda: update_frames(a, honest, SEGMENTS[1], hashes=canonical.chunk_hashes(other)),
+            timeout=10,
+        )
+    assert owner.inbox.update(ROUND, a.account, timeout=0.05) is None
+
+    # the receiver keeps serving: the honest update still goes through, intact
+    assert a.transport.push(owner.account, lambda: update_frames(a, honest, SEGMENTS[1]), 10)
+    got = owner.inbox.update(ROUND, a.account, timeout=5)
+    span = canonical.element_range(SEGMENTS[1], NUMEL)
+    assert got is not None and np.array_equal(got, honest[span.start : span.stop])
+    assert owner.inbox.refused >= 1
+
+
+def test_non_finite_values_are_refused_even_when_committed_to(cluster: Cluster) -> None:
+    a, owner, _ = cluster.nodes
+    poisoned = model(1)
+    span = canonical.element_range(SEGMENTS[1], NUMEL)
+    poisoned[span.start + 10] = np.nan
+    expect_segment_one(cluster, {a.account: poisoned})
+    with pytest.raises(InvalidMessage, match="non-finite"):
+        a.transport.push(owner.account, lambda: update_frames(a, poisoned, SEGMENTS[1]), 10)
+
+
+def test_frames_outside_the_owned_segment_or_for_another_owner_are_refused(
+    cluster: Cluster,
+) -> None:
+    a, owner, _ = cluster.nodes
+    vector = model(1)
+    expect_segment_one(cluster, {a.account: vector})
+    with pytest.raises(InvalidMessage, match="outside the segment"):
+        a.transport.push(owner.account, lambda: update_frames(a, vector, SEGMENTS[0]), 10)
+    with pytest.raises(InvalidMessage, match="owner of segment 1"):
+        a.transport.push(
+            owner.account, lambda: update_frames(a, vector, SEGMENTS[1], segment=0), 10
+        )
+
+
+def test_a_sender_cannot_speak_for_another_account(cluster: Cluster) -> None:
+    a, owner, c = cluster.nodes
+    vectors = {c.account: model(2)}
+    expect_segment_one(cluster, vectors)
+    forged = update_frames(a, vectors[c.account], SEGMENTS[1], claim=c.account)
+    with pytest.raises(Unauthorized, match="claims sender"):
+        a.transport.push(owner.account, lambda: forged, timeout=10)
+
+
+def test_merged_segments_follow_attempts(cluster: Cluster) -> None:
+    a, b, _ = cluster.nodes
+    merged = model(5)
+    owners = {a.account: (0, SEGMENTS[0]), b.account: (1, SEGMENTS[1])}
+    b.inbox.expect_merged(ROUND, 2, owners, NUMEL)
+
+    def frames(attempt: int, segment: int = 0) -> list[Frame]:
+        return list(
+            frames_for(
+                merged,
+                SEGMENTS[segment],
+                kind=peer_pb2.KIND_MERGED,
+                round=ROUND,
+                attempt=attempt,
+                segment=segment,
+                sender=a.account,
+                frame_chunks=3,
+            )
+        )
+
+    with pytest.raises(Stale):
+        a.transport.push(b.account, lambda: frames(1), timeout=5)
+    with pytest.raises(NotReady):
+        a.transport.push(b.account, lambda: frames(3), timeout=0.2)
+    with pytest.raises(InvalidMessage, match="does not own segment 1"):
+        a.transport.push(b.account, lambda: frames(2, segment=1), timeout=5)
+    assert a.transport.push(b.account, lambda: frames(2), timeout=5) > 0
+    got = b.inbox.merged(ROUND, 2, a.account, timeout=5)
+    span = canonical.element_range(SEGMENTS[0], NUMEL)
+    assert got is not None and np.array_equal(got, merged[span.start : span.stop])
+    b.inbox.finish_round(ROUND)
+    with pytest.raises(Stale):
+        a.transport.push(b.account, lambda: frames(2), timeout=5)
+
+
+def test_partial_sums_travel_and_non_finite_ones_are_refused(cluster: Cluster) -> None:
+    a, b, _ = cluster.nodes
+    b.inbox.expect_merged(ROUND, 1, {a.account: (0, SEGMENTS[0])}, NUMEL)
+    message = peer_pb2.Partials(
+        round=ROUND, attempt=1, step=0, segment=0, values=[1.5, 2.25, 1e300], sender=a.account
+    )
+    a.transport.push_partials(b.account, message, timeout=5)
+    got = b.inbox.partials(ROUND, 1, 0, a.account, timeout=5)
+    assert got is not None and got.tolist() == [1.5, 2.25, 1e300]
+    bad = peer_pb2.Partials(
+        round=ROUND, attempt=1, step=1, segment=0, values=[float("inf")], sender=a.account
+    )
+    with pytest.raises(InvalidMessage, match="non-finite"):
+        a.transport.push_partials(b.account, bad, timeout=5)
+
+
+def test_catch_up_fetches_a_final_model_checked_against_its_digest(cluster: Cluster) -> None:
+    a, b, _ = cluster.nodes
+    final = model(8)
+    b.inbox.publish_model(ROUND, final, canonical.chunk_hashes(final))
+    got = a.transport.fetch_model(b.account, ROUND, canonical.digest(final), NUMEL, timeout=10)
+    assert np.array_equal(got, final)
+    with pytest.raises(InvalidMessage, match="committed to"):
+        a.transport.fetch_model(b.account, ROUND, hashlib.sha256(b"x").digest(), NUMEL, 10)
+
+
+def test_size_limits_are_enforced() -> None:
+    for kind in ("memory", "grpc"):
+        small = Cluster(kind, 2, max_frame_elements=2 * canonical.CHUNK_ELEMENTS)
+        try:
+            a, owner = small.nodes
+            vector = model(1)
+            owner.inbox.expect_updates(
+                ROUND, 1, SEGMENTS[1], NUMEL, {a.account: canonical.digest(vector)}
+            )
+            big = list(
+                frames_for(
+                    vector,
+                    SEGMENTS[1],
+                    kind=peer_pb2.KIND_UPDATE,
+                    round=ROUND,
+                    attempt=1,
+                    segment=1,
+                    sender=a.account,
+                    chunk_hashes=canonical.chunk_hashes(vector),
+                    frame_chunks=4,
+                )
+            )
+            with pytest.raises(InvalidMessage, match="exceeds the limit"):
+                a.transport.push(owner.account, lambda f=big: f, timeout=5)
+        finally:
+            small.stop()
+
+
+def test_peers_off_the_roster_are_refused_before_any_data_moves(cluster: Cluster) -> None:
+    a, owner, _ = cluster.nodes
+    outsider = cluster.make_node()
+    try:
+        cluster.roster.upsert(outsider.record)  # so that it can dial, but then it leaves
+        vectors = {a.account: model(1), outsider.account: model(2)}
+        expect_segment_one(cluster, vectors)
+        assert outsider.transport.info(owner.account, timeout=5).account == owner.account
+        cluster.roster.remove(outsider.account)
+        frames = update_frames(outsider, vectors[outsider.account], SEGMENTS[1])
+        with pytest.raises(Unauthorized):
+            outsider.transport.push(owner.account, lambda: frames, timeout=5)
+        assert owner.inbox.update(ROUND, outsider.account, timeout=0.05) is None
+        with pytest.raises(Unauthorized):
+            a.transport.push(outsider.account, lambda: frames, timeout=5)
+    finally:
+        outsider.transport.close()
+        if outsider.server is not None:
+            outsider.server.stop(0)
