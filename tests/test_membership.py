@@ -1,0 +1,126 @@
+"""The transport's roster follows the chain: late joiners get in, deregistered peers get out,
+without restarting anything; and a certificate other than the registered one is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from swarmnode import canonical
+from swarmnode.exceptions import PeerError
+from swarmnode.identity import TlsIdentity
+from swarmnode.ledger.contract import ContractLedger
+from swarmnode.ledger.embedded import EmbeddedChain
+from swarmnode.membership import RosterFeed
+from swarmnode.p2p import peer_pb2
+from swarmnode.p2p.errors import Unauthorized
+from swarmnode.p2p.frames import frames_for
+from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
+from swarmnode.p2p.inbox import Inbox
+from swarmnode.p2p.roster import PeerRecord, Roster
+from swarmnode.rules import SwarmParams
+
+pytestmark = pytest.mark.chain
+
+
+class ChainNode:
+    """A node with a ledger account, a TLS identity, its own roster fed from the chain, a
+    server and a client."""
+
+    def __init__(self, chain: EmbeddedChain, ledger: ContractLedger) -> None:
+        self.ledger = ledger
+        self.account = ledger.account
+        self.identity = TlsIdentity.generate(self.account)
+        self.feed = RosterFeed(ledger)
+        self.inbox = Inbox(self.account)
+        self.server = PeerServer(
+            self.account,
+            self.identity.key_pem,
+            self.identity.cert_pem,
+            self.feed.roster,
+            self.inbox,
+        ).start()
+        self.transport = GrpcTransport(
+            self.account, self.identity.key_pem, self.identity.cert_pem, self.feed.roster
+        )
+
+    def register(self) -> None:
+        self.ledger.register(self.server.endpoint, self.identity.cert_der)
+
+    def stop(self) -> None:
+        self.transport.close()
+        self.server.stop(0)
+
+
+def test_the_roster_follows_registrations_and_deregistrations() -> None:
+    chain = EmbeddedChain()
+    deployment, _ = chain.deploy(SwarmParams())
+    nodes = [ChainNode(chain, chain.ledger(deployment, chain.new_account())) for _ in range(3)]
+    a, b, late = nodes
+    try:
+        a.register()
+        b.register()
+        for n in nodes:
+            n.feed.refresh()
+        assert a.transport.info(b.account, timeout=5).account == b.account
+        with pytest.raises(Unauthorized):
+            a.transport.info(late.account, timeout=5)  # not registered yet
+
+        late.register()
+        assert a.feed.refresh() == 1 and late.feed.refresh() >= 1
+        assert a.transport.info(late.account, timeout=5).account == late.account
+
+        # b opens a connection to a, then leaves the swarm on chain
+        assert b.transport.info(a.account, timeout=5).account == a.account
+        vector = np.arange(3 * canonical.CHUNK_ELEMENTS, dtype=np.float32)
+        a.inbox.expect_updates(
+            1, 0, range(0, 3), len(vector), {b.account: canonical.digest(vector)}
+        )
+        b.ledger.deregister()
+        a.feed.refresh()
+        frames = list(
+            frames_for(
+                vector,
+                range(0, 3),
+                kind=peer_pb2.KIND_UPDATE,
+                round=1,
+                attempt=1,
+                segment=0,
+                sender=b.account,
+                chunk_hashes=canonical.chunk_hashes(vector),
+            )
+        )
+        with pytest.raises(Unauthorized, match="not on the roster"):
+            b.transport.push(a.account, lambda: frames, timeout=5)
+        assert a.inbox.update(1, b.account, timeout=0.05) is None
+        # a new connection does not get past the TLS handshake any more
+        fresh = GrpcTransport(b.account, b.identity.key_pem, b.identity.cert_pem, b.feed.roster)
+        with pytest.raises(PeerError, match="UNAVAILABLE"):
+            fresh.push(a.account, lambda: frames, timeout=5)
+        fresh.close()
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_a_server_presenting_another_certificate_than_registered_is_refused() -> None:
+    roster = Roster()
+    real = TlsIdentity.generate("0x" + "11" * 20)
+    impostor_identity = TlsIdentity.generate("0x" + "11" * 20)  # same name, other key
+    caller = TlsIdentity.generate("0x" + "22" * 20)
+    impostor = PeerServer(
+        "0x" + "11" * 20,
+        impostor_identity.key_pem,
+        impostor_identity.cert_pem,
+        roster,
+        Inbox("0x" + "11" * 20),
+    ).start()
+    try:
+        roster.upsert(PeerRecord("0x" + "11" * 20, impostor.endpoint, real.cert_der))
+        roster.upsert(PeerRecord("0x" + "22" * 20, "unused:1", caller.cert_der))
+        client = GrpcTransport("0x" + "22" * 20, caller.key_pem, caller.cert_pem, roster)
+        with pytest.raises(PeerError, match="UNAVAILABLE"):
+            client.info("0x" + "11" * 20, timeout=5)
+        client.close()
+    finally:
+        impostor.stop(0)
