@@ -1,0 +1,119 @@
+"""The segmented all-reduce: every participant ends with the same bits, for every rule, and
+moves about 2(n-1)/n x the model each way."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import torch
+
+from swarmnode import canonical
+from swarmnode.allreduce import AllReduceResult, Attempt, all_reduce
+from swarmnode.merge import make_rule
+from swarmnode.p2p.inbox import Inbox
+from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
+from swarmnode.p2p.roster import PeerRecord, Roster
+from swarmnode.rules import MergeRuleId, Rule
+
+NUMEL = 9 * canonical.CHUNK_ELEMENTS + 777
+
+RULES = {
+    "mean": Rule(MergeRuleId.MEAN),
+    "median": Rule(MergeRuleId.MEDIAN),
+    "trimmed_mean": Rule(MergeRuleId.TRIMMED_MEAN, (200_000, 0, 0, 0)),
+    "krum": Rule(MergeRuleId.KRUM, (1, 0, 0, 0)),
+    "multi_krum": Rule(MergeRuleId.KRUM, (1, 3, 0, 0)),
+    "geometric_median": Rule(MergeRuleId.GEOMETRIC_MEDIAN, (1000, 50, 0, 0)),
+    "centered_clip": Rule(MergeRuleId.CENTERED_CLIP, (500_000, 3, 0, 0)),
+}
+
+
+def run(
+    n: int, rule: Rule, numel: int = NUMEL, seed: int = 0
+) -> tuple[list[AllReduceResult], list[npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
+    rng = np.random.default_rng(seed)
+    accounts = [f"0x{i:040x}" for i in range(1, n + 1)]
+    roster = Roster(PeerRecord(a, "memory", a.encode()) for a in accounts)
+    network = MemoryNetwork(roster)
+    inboxes = [Inbox(a) for a in accounts]
+    for inbox in inboxes:
+        network.attach(inbox)
+    updates = [rng.standard_normal(numel).astype(np.float32) for _ in accounts]
+    reference = rng.standard_normal(numel).astype(np.float32)
+    hashes = [canonical.chunk_hashes(u) for u in updates]
+    attempt = Attempt(
+        round=1,
+        attempt=1,
+        participants=tuple(accounts),
+        weights=tuple(10 + 5 * i for i in range(n)),
+        commitments={
+            a: canonical.digest_from_chunk_hashes(h) for a, h in zip(accounts, hashes, strict=True)
+        },
+    )
+    merge = make_rule(rule)
+    results: list[AllReduceResult | None] = [None] * n
+    errors: list[BaseException] = []
+
+    def node(i: int) -> None:
+        try:
+            results[i] = all_reduce(
+                me=accounts[i],
+                attempt=attempt,
+                update=updates[i],
+                hashes=hashes[i],
+                rule=merge,
+                transport=MemoryTransport(network, accounts[i]),
+                inbox=inboxes[i],
+                reference=reference,
+                timeout=30,
+                frame_chunks=3,
+            )
+        except BaseException as exc:  # collected and asserted by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=node, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    done = [r for r in results if r is not None]
+    assert len(done) == n
+    return done, updates, reference
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_every_participant_ends_with_the_same_bits(name: str) -> None:
+    results, updates, reference = run(5, RULES[name])
+    first = results[0]
+    for other in results[1:]:
+        assert other.digest == first.digest
+        assert other.merged.tobytes() == first.merged.tobytes()
+    # and it is the rule's merge of the whole vectors
+    merge = make_rule(RULES[name])
+    whole = merge.merge(
+        torch.from_numpy(np.stack(updates)),
+        [10 + 5 * i for i in range(5)],
+        torch.from_numpy(reference),
+    ).numpy()
+    np.testing.assert_allclose(first.merged, whole, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_each_node_moves_about_two_model_sizes(n: int) -> None:
+    results, _, _ = run(n, RULES["mean"], numel=64 * canonical.CHUNK_ELEMENTS)
+    model_bytes = 64 * canonical.CHUNK_ELEMENTS * 4
+    for r in results:
+        for direction in (r.traffic.sent, r.traffic.received):
+            ratio = direction / model_bytes
+            assert ratio <= 2 * (n - 1) / n + 0.05, ratio  # hash lists are 0.2 % per copy
+            assert ratio >= 2 * (n - 1) / n * 0.85, ratio  # segments differ by one chunk
+
+
+def test_fewer_chunks_than_participants_leaves_some_segments_empty() -> None:
+    results, updates, _ = run(5, RULES["median"], numel=2 * canonical.CHUNK_ELEMENTS + 5)
+    assert len({r.digest for r in results}) == 1
+    np.testing.assert_array_equal(results[0].merged, np.median(np.stack(updates), axis=0))
