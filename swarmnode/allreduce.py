@@ -107,6 +107,7 @@ def all_reduce(
         owned[mine],
         numel,
         {p: attempt.commitments[p] for p in others},
+        attempt=attempt.attempt,
     )
     inbox.expect_merged(
         attempt.round,

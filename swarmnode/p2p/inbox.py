@@ -64,6 +64,18 @@ class _Segment:
         if self.missing == 0:
             self.done.set()
 
+    def moved_to(self, chunks: range) -> _Segment:
+        """A buffer for `chunks` holding whatever of them this one already received."""
+        moved = _Segment(chunks, self.numel, self.hashes)
+        for chunk in range(
+            max(chunks.start, self.chunks.start), min(chunks.stop, self.chunks.stop)
+        ):
+            if self.seen[chunk - self.chunks.start]:
+                span = element_range(range(chunk, chunk + 1), self.numel)
+                values = self.buffer[span.start - self.start : span.stop - self.start]
+                moved.store(chunk, values)
+        return moved
+
     def store(self, first_chunk: int, values: npt.NDArray[np.float32]) -> None:
         offset = first_chunk * CHUNK_ELEMENTS - self.start
         self.buffer[offset : offset + len(values)] = values
@@ -78,6 +90,7 @@ class _Segment:
 
 @dataclass
 class _UpdateRound:
+    attempt: int
     segment: int
     chunks: range
     numel: int
@@ -118,12 +131,27 @@ class Inbox:
     # ------------------------------------------------------------------ expectations
 
     def expect_updates(
-        self, round: int, segment: int, chunks: range, numel: int, commitments: Mapping[str, bytes]
+        self,
+        round: int,
+        segment: int,
+        chunks: range,
+        numel: int,
+        commitments: Mapping[str, bytes],
+        attempt: int = 1,
     ) -> None:
-        """This node owns `segment` (`chunks`) in `round`: accept those senders' updates."""
+        """This node owns `segment` (`chunks`) in this attempt of `round`: accept those
+        senders' updates. Update data stays valid across attempts (it is checked against the
+        sender's commitment), so chunks already received for an earlier attempt's segment
+        are carried over when ownership moves."""
         with self._lock:
             key = {account.lower(): bytes(c) for account, c in commitments.items()}
-            self._updates[round] = _UpdateRound(segment, chunks, numel, key)
+            fresh = _UpdateRound(attempt, segment, chunks, numel, key)
+            old = self._updates.get(round)
+            if old is not None:
+                for sender, stream in old.streams.items():
+                    if sender in key and stream.hashes is not None:
+                        fresh.streams[sender] = stream.moved_to(chunks)
+            self._updates[round] = fresh
             self._lock.notify_all()
 
     def expect_merged(
@@ -203,6 +231,10 @@ class Inbox:
             expected = self._updates.get(header.round)
             self._round_check(header.round, expected is not None)
             assert expected is not None
+            if header.attempt < expected.attempt:
+                raise Stale(f"attempt {header.attempt} of round {header.round} is over here")
+            if header.attempt > expected.attempt:
+                raise NotReady(f"attempt {header.attempt} of round {header.round} not started here")
             commitment = expected.commitments.get(sender)
             if commitment is None:
                 raise InvalidMessage(f"{sender} is not a participant of round {header.round}")

@@ -1,0 +1,205 @@
+"""Whole rounds: join, close, all-reduce, report, final; on the in-memory ledger and transport,
+and on the embedded chain with real gRPC and mutual TLS; and a peer that never delivers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from swarmnode import canonical
+from swarmnode.identity import TlsIdentity
+from swarmnode.ledger.base import Ledger
+from swarmnode.ledger.embedded import EmbeddedChain
+from swarmnode.ledger.memory import InMemoryChain
+from swarmnode.ledger.types import RoundStatus
+from swarmnode.membership import RosterFeed
+from swarmnode.merge import make_rule
+from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
+from swarmnode.p2p.inbox import Inbox
+from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
+from swarmnode.p2p.roster import PeerRecord, Roster
+from swarmnode.p2p.transport import Transport
+from swarmnode.round import RoundResult, run_round
+from swarmnode.rules import MergeRuleId, Rule, SwarmParams
+
+NUMEL = 6 * canonical.CHUNK_ELEMENTS + 99
+
+
+def vectors(n: int) -> list[npt.NDArray[np.float32]]:
+    rng = np.random.default_rng(3)
+    return [rng.standard_normal(NUMEL).astype(np.float32) for _ in range(n)]
+
+
+def in_threads(jobs: list[Callable[[], RoundResult]]) -> list[RoundResult]:
+    results: list[RoundResult | None] = [None] * len(jobs)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = jobs[i]()
+        except BaseException as exc:  # asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    return [r for r in results if r is not None]
+
+
+def memory_swarm(
+    n: int, params: SwarmParams, clock: Callable[[], float] | None = None
+) -> tuple[list[Ledger], list[Inbox], list[Transport]]:
+    chain = InMemoryChain(clock)
+    owner = chain.new_account()
+    address = chain.deploy(params, owner)
+    ledgers = [chain.ledger(address, chain.new_account()) for _ in range(n)]
+    roster = Roster()
+    network = MemoryNetwork(roster)
+    inboxes = []
+    for i, ledger in enumerate(ledgers):
+        ledger.register(f"memory:{i}", f"cert-{i}".encode())
+        roster.upsert(PeerRecord(ledger.account, f"memory:{i}", f"cert-{i}".encode()))
+        inbox = Inbox(ledger.account)
+        network.attach(inbox)
+        inboxes.append(inbox)
+    transports: list[Transport] = [MemoryTransport(network, led.account) for led in ledgers]
+    return ledgers, inboxes, transports
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [Rule(MergeRuleId.MEAN), Rule(MergeRuleId.CENTERED_CLIP, (1_000_000, 2, 0, 0))],
+    ids=["mean", "centered_clip"],
+)
+def test_a_round_on_the_memory_ledger_ends_final_with_one_digest(rule: Rule) -> None:
+    params = SwarmParams(min_peers=2, max_peers=4, merge_rule=rule)
+    ledgers, inboxes, transports = memory_swarm(4, params)
+    updates = vectors(4)
+    reference = np.zeros(NUMEL, dtype=np.float32)
+    merge = make_rule(rule)
+    results = in_threads(
+        [
+            lambda i=i: run_round(
+                ledger=ledgers[i],
+                transport=transports[i],
+                inbox=inboxes[i],
+                vector=updates[i],
+                weight=100 + i,
+                val_loss=0.5,
+                rule=merge,
+                reference=reference,
+                poll=0.01,
+            )
+            for i in range(4)
+        ]
+    )
+    state = ledgers[0].round(1)
+    assert state.status == RoundStatus.FINAL
+    assert {r.status for r in results} == {"final"}
+    assert {r.digest for r in results} == {state.final_digest}
+    assert all(
+        r.merged is not None and r.merged.tobytes() == results[0].merged.tobytes() for r in results
+    )  # type: ignore[union-attr]
+    assert ledgers[0].current_round() == 2
+
+
+def test_a_peer_that_never_delivers_is_voted_out_and_the_rest_finish() -> None:
+    params = SwarmParams(
+        min_peers=2, max_peers=4, join_window=5, transfer_deadline=2, round_deadline=30
+    )
+    ledgers, inboxes, transports = memory_swarm(4, params, clock=time.time)
+    updates = vectors(4)
+    silent = ledgers[3]
+    merge = make_rule(params.merge_rule)
+
+    def crashed_after_join() -> RoundResult:
+        silent.join(1, canonical.digest(updates[3]), 10, 1)
+        return RoundResult(1, 1, "crashed", (), None, None)
+
+    jobs: list[Callable[[], RoundResult]] = [
+        lambda i=i: run_round(
+            ledger=ledgers[i],
+            transport=transports[i],
+            inbox=inboxes[i],
+            vector=updates[i],
+            weight=10,
+            val_loss=0.5,
+            rule=merge,
+            poll=0.02,
+        )
+        for i in range(3)
+    ]
+    results = in_threads([*jobs, crashed_after_join])
+    state = ledgers[0].round(1)
+    assert state.status == RoundStatus.FINAL
+    assert state.attempt == 2  # the first attempt lost the silent peer
+    assert set(state.live_participants) == {led.account for led in ledgers[:3]}
+    assert silent.account not in state.live_participants
+    survivors = [r for r in results if r.status != "crashed"]
+    assert {r.status for r in survivors} == {"final"}
+    assert {r.digest for r in survivors} == {state.final_digest}
+    expected = np.mean(np.stack(updates[:3]), axis=0)
+    np.testing.assert_allclose(survivors[0].merged, expected, rtol=1e-6, atol=1e-6)  # type: ignore[arg-type]
+
+
+@pytest.mark.chain
+def test_a_round_on_the_embedded_chain_over_grpc_with_mutual_tls() -> None:
+    chain = EmbeddedChain()
+    params = SwarmParams(min_peers=2, max_peers=3, transfer_deadline=30, round_deadline=120)
+    deployment, _ = chain.deploy(params)
+    ledgers = [chain.ledger(deployment, chain.new_account()) for _ in range(3)]
+    identities = [TlsIdentity.generate(led.account) for led in ledgers]
+    feeds = [RosterFeed(led) for led in ledgers]
+    inboxes = [Inbox(led.account) for led in ledgers]
+    servers = [
+        PeerServer(led.account, ident.key_pem, ident.cert_pem, feed.roster, inbox).start()
+        for led, ident, feed, inbox in zip(ledgers, identities, feeds, inboxes, strict=True)
+    ]
+    transports = [
+        GrpcTransport(led.account, ident.key_pem, ident.cert_pem, feed.roster)
+        for led, ident, feed in zip(ledgers, identities, feeds, strict=True)
+    ]
+    try:
+        for led, ident, server in zip(ledgers, identities, servers, strict=True):
+            led.register(server.endpoint, ident.cert_der)
+        for feed in feeds:
+            feed.refresh()
+        updates = vectors(3)
+        merge = make_rule(params.merge_rule)
+        results = in_threads(
+            [
+                lambda i=i: run_round(
+                    ledger=ledgers[i],
+                    transport=transports[i],
+                    inbox=inboxes[i],
+                    vector=updates[i],
+                    weight=10 * (i + 1),
+                    val_loss=0.25,
+                    rule=merge,
+                    poll=0.02,
+                    frame_chunks=2,
+                )
+                for i in range(3)
+            ]
+        )
+        state = ledgers[0].round(1)
+        assert state.status == RoundStatus.FINAL
+        assert {r.digest for r in results} == {state.final_digest}
+        weights = np.array([10, 20, 30], dtype=np.float64)
+        expected = (np.stack(updates).astype(np.float64) * weights[:, None]).sum(0) / weights.sum()
+        np.testing.assert_allclose(results[0].merged, expected, rtol=1e-5, atol=1e-6)  # type: ignore[arg-type]
+        for r in results:
+            assert r.traffic.sent > 0 and r.transactions >= 1
+    finally:
+        for transport in transports:
+            transport.close()
+        for server in servers:
+            server.stop(0)
