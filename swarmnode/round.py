@@ -136,27 +136,56 @@ def run_round(
         state = _wait_moved(ledger, number, state.attempt, params, chain, poll, sleep)
 
     inbox.finish_round(number)
-    seconds["total"] = time.perf_counter() - started
     status = _outcome(state, result)
-    if status == "final" and result is not None:
-        if state.final_digest != result.digest:
-            status = "lost"  # our digest lost the quorum: catch-up fetches the winner
-        result.status = status
-        result.seconds, result.traffic, result.transactions = seconds, traffic, transactions
-        if status == "final":
-            inbox.publish_model(number, result.merged, canonical.chunk_hashes(result.merged))  # type: ignore[arg-type]
-        return result
+    merged = result.merged if result is not None else None
+    if status == "final" and result is not None and state.final_digest != result.digest:
+        status = "lost"  # our digest lost the quorum
+    if status == "lost" and state.final_digest is not None:
+        # The round is final without (or against) us: fetch the winner from a participant.
+        t0 = time.perf_counter()
+        peers = [p for p in state.live_participants if p.lower() != me.lower()]
+        merged = catch_up(transport, number, state.final_digest, len(vector), peers)
+        seconds["transfer"] += time.perf_counter() - t0
+        status = "caught_up"
+    if status in ("final", "caught_up") and merged is not None:
+        inbox.publish_model(number, merged, canonical.chunk_hashes(merged))
+    else:
+        merged = None
+    seconds["total"] = time.perf_counter() - started
+    participants = result.participants if result is not None else state.live_participants
     return RoundResult(
         number,
         state.attempt,
         status,
-        state.participants,
-        result.merged if result and status == "lost" else None,
-        state.final_digest,
+        participants,
+        merged,
+        state.final_digest if merged is not None else None,
         seconds,
         traffic,
         transactions,
     )
+
+
+def catch_up(
+    transport: Transport,
+    round: int,
+    digest: bytes,
+    numel: int,
+    peers: list[str] | tuple[str, ...],
+    timeout: float = 60.0,
+) -> npt.NDArray[np.float32]:
+    """A final round's model from the first peer whose copy matches the digest on chain.
+
+    Every chunk is checked against the peer's hash list and the list against the digest, so
+    a peer with a wrong or corrupt model is refused and the next one is asked."""
+    failures: list[str] = []
+    for peer in peers:
+        try:
+            return transport.fetch_model(peer, round, digest, numel, timeout)
+        except PeerError as exc:
+            log.warning("catch-up of round %d from %s refused: %s", round, peer, exc)
+            failures.append(f"{peer}: {exc}")
+    raise PeerError(f"no peer had round {round}'s final model: " + "; ".join(failures))
 
 
 def _outcome(state: RoundState, result: RoundResult | None) -> str:

@@ -3,6 +3,7 @@ and on the embedded chain with real gRPC and mutual TLS; and a peer that never d
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -203,3 +204,81 @@ def test_a_round_on_the_embedded_chain_over_grpc_with_mutual_tls() -> None:
             transport.close()
         for server in servers:
             server.stop(0)
+
+
+def test_catch_up_refuses_a_wrong_model_and_takes_the_next_peer() -> None:
+    from swarmnode.exceptions import PeerError
+    from swarmnode.round import catch_up
+
+    params = SwarmParams(min_peers=2, max_peers=4)
+    ledgers, inboxes, transports = memory_swarm(3, params)
+    final, forged = vectors(2)
+    inboxes[1].publish_model(5, forged, canonical.chunk_hashes(forged))
+    inboxes[2].publish_model(5, final, canonical.chunk_hashes(final))
+    digest = canonical.digest(final)
+    peers = [ledgers[1].account, ledgers[2].account]
+    got = catch_up(transports[0], 5, digest, NUMEL, peers)
+    assert got.tobytes() == final.tobytes()
+    with pytest.raises(PeerError, match="no peer had round 5"):
+        catch_up(transports[0], 5, digest, NUMEL, peers[:1])
+
+
+def test_a_peer_whose_segments_fail_validation_is_dropped_like_a_silent_one() -> None:
+    from swarmnode.allreduce import Attempt, all_reduce
+    from swarmnode.exceptions import SwarmError
+
+    params = SwarmParams(
+        min_peers=2, max_peers=4, join_window=5, transfer_deadline=2, round_deadline=30
+    )
+    ledgers, inboxes, transports = memory_swarm(4, params, clock=time.time)
+    updates = vectors(4)
+    committed, sent = updates[3], -updates[3]  # commits to one vector, streams another
+    byzantine = ledgers[3]
+    merge = make_rule(params.merge_rule)
+
+    def lying() -> RoundResult:
+        byzantine.join(1, canonical.digest(committed), 10, 1)
+        while (state := byzantine.round(1)).status == RoundStatus.OPEN:
+            time.sleep(0.02)
+        seats = {s.account: s for s in state.seats}
+        attempt = Attempt(
+            1,
+            state.attempt,
+            state.live_participants,
+            tuple(seats[p].weight for p in state.live_participants),
+            {p: seats[p].commitment for p in state.live_participants},
+        )
+        with contextlib.suppress(SwarmError):  # its peers refuse it: that is the point
+            all_reduce(
+                me=byzantine.account,
+                attempt=attempt,
+                update=sent,
+                hashes=canonical.chunk_hashes(committed),
+                rule=merge,
+                transport=transports[3],
+                inbox=inboxes[3],
+                timeout=2,
+            )
+        return RoundResult(1, 1, "byzantine", (), None, None)
+
+    jobs: list[Callable[[], RoundResult]] = [
+        lambda i=i: run_round(
+            ledger=ledgers[i],
+            transport=transports[i],
+            inbox=inboxes[i],
+            vector=updates[i],
+            weight=10,
+            val_loss=0.5,
+            rule=merge,
+            poll=0.02,
+        )
+        for i in range(3)
+    ]
+    results = in_threads([*jobs, lying])
+    state = ledgers[0].round(1)
+    assert state.status == RoundStatus.FINAL
+    assert byzantine.account not in state.live_participants
+    honest = [r for r in results if r.status != "byzantine"]
+    assert {r.digest for r in honest} == {state.final_digest}
+    assert sum(inbox.refused for inbox in inboxes[:3]) >= 1
+    np.testing.assert_allclose(honest[0].merged, np.mean(np.stack(updates[:3]), axis=0), atol=1e-6)  # type: ignore[arg-type]
