@@ -1,0 +1,159 @@
+"""Rounds among n in-process nodes over real gRPC with mutual TLS on the embedded chain.
+
+Run: .venv/bin/python simulations/round_benchmark.py [--sizes 10,100] [--nodes 2,4,8]
+     [--rules mean,geometric_median]
+
+For each model size (MB of float32), node count and merge rule, one full round (join,
+close, reduce-scatter, partial-sum exchanges, all-gather, report, final) runs with every
+node in its own thread, and the script prints the bytes each node sent and received as a
+multiple of the model size (the target is about 2(n-1)/n, at most 2.2 at n = 8) and the
+round's wall time split into chain, transfer and merge (medians over the nodes). All nodes
+share this process and its two cores, so times are an upper bound for separate machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from swarmnode.identity import TlsIdentity
+from swarmnode.ledger.embedded import EmbeddedChain
+from swarmnode.membership import RosterFeed
+from swarmnode.merge import make_rule
+from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
+from swarmnode.p2p.inbox import Inbox
+from swarmnode.round import RoundResult, run_round
+from swarmnode.rules import MergeRuleId, Rule, SwarmParams
+
+RULES = {
+    "mean": Rule(MergeRuleId.MEAN),
+    "median": Rule(MergeRuleId.MEDIAN),
+    "geometric_median": Rule(MergeRuleId.GEOMETRIC_MEDIAN, (1000, 20, 0, 0)),
+    "centered_clip": Rule(MergeRuleId.CENTERED_CLIP, (1_000_000, 3, 0, 0)),
+}
+
+
+def one_round(n: int, megabytes: int, rule: Rule) -> list[RoundResult]:
+    numel = megabytes * 1_000_000 // 4
+    chain = EmbeddedChain()
+    params = SwarmParams(
+        min_peers=2,
+        max_peers=n,
+        join_window=5,
+        transfer_deadline=300,
+        round_deadline=900,
+        merge_rule=rule,
+    )
+    deployment, _ = chain.deploy(params)
+    ledgers = [chain.ledger(deployment, chain.new_account()) for _ in range(n)]
+    identities = [TlsIdentity.generate(led.account) for led in ledgers]
+    feeds = [RosterFeed(led) for led in ledgers]
+    inboxes = [Inbox(led.account) for led in ledgers]
+    servers = [
+        PeerServer(led.account, ident.key_pem, ident.cert_pem, feed.roster, inbox).start()
+        for led, ident, feed, inbox in zip(ledgers, identities, feeds, inboxes, strict=True)
+    ]
+    transports = [
+        GrpcTransport(led.account, ident.key_pem, ident.cert_pem, feed.roster)
+        for led, ident, feed in zip(ledgers, identities, feeds, strict=True)
+    ]
+    try:
+        for led, ident, server in zip(ledgers, identities, servers, strict=True):
+            led.register(server.endpoint, ident.cert_der)
+        for feed in feeds:
+            feed.refresh()
+        rng = np.random.default_rng(0)
+        updates = [rng.standard_normal(numel).astype(np.float32) for _ in range(n)]
+        reference = np.zeros(numel, dtype=np.float32)
+        merge = make_rule(rule)
+        results: list[RoundResult | None] = [None] * n
+
+        def node(i: int) -> None:
+            results[i] = run_round(
+                ledger=ledgers[i],
+                transport=transports[i],
+                inbox=inboxes[i],
+                vector=updates[i],
+                weight=100,
+                val_loss=0.5,
+                rule=merge,
+                reference=reference,
+                poll=0.01,
+            )
+
+        threads = [threading.Thread(target=node, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        done = [r for r in results if r is not None]
+        if len(done) != n or len({r.digest for r in done}) != 1:
+            raise SystemExit(
+                f"round did not end with one digest: {[r and r.status for r in results]}"
+            )
+        return done
+    finally:
+        for transport in transports:
+            transport.close()
+        for server in servers:
+            server.stop(0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,100", help="model sizes in MB")
+    parser.add_argument("--nodes", default="2,4,8")
+    parser.add_argument("--rules", default="mean,geometric_median")
+    args = parser.parse_args()
+    table = Table(title="one round per row, in-process nodes, gRPC + mTLS, embedded chain")
+    for column in (
+        "model",
+        "n",
+        "rule",
+        "sent / model",
+        "received / model",
+        "target",
+        "chain s",
+        "transfer s",
+        "merge s",
+        "round s",
+    ):
+        table.add_column(column, justify="right")
+    console = Console()
+    for size in (int(s) for s in args.sizes.split(",")):
+        for n in (int(v) for v in args.nodes.split(",")):
+            for name in args.rules.split(","):
+                t0 = time.perf_counter()
+                results = one_round(n, size, RULES[name])
+                wall = time.perf_counter() - t0
+                model = size * 1_000_000
+                sent = max(r.traffic.sent for r in results) / model
+                received = max(r.traffic.received for r in results) / model
+
+                def median(key: str, rs: list[RoundResult] = results) -> float:
+                    return statistics.median(r.seconds.get(key, 0.0) for r in rs)
+
+                table.add_row(
+                    f"{size} MB",
+                    str(n),
+                    name,
+                    f"{sent:.3f}",
+                    f"{received:.3f}",
+                    f"{2 * (n - 1) / n:.3f}",
+                    f"{median('chain'):.2f}",
+                    f"{median('transfer'):.2f}",
+                    f"{median('merge'):.2f}",
+                    f"{median('total'):.2f}",
+                )
+                console.print(f"done: {size} MB, n={n}, {name} in {wall:.1f} s")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
