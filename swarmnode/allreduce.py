@@ -15,8 +15,9 @@ weights and commitments as the contract fixed them.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,12 +27,67 @@ import numpy.typing as npt
 import torch
 
 from swarmnode import canonical
-from swarmnode.exceptions import PeerError
+from swarmnode.exceptions import ConfigError, PeerError, SwarmError
 from swarmnode.merge import MergeRule
 from swarmnode.p2p import peer_pb2
-from swarmnode.p2p.frames import frames_for
+from swarmnode.p2p.frames import Frame, frames_for
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import FrameSource, Transport
+
+
+class InjectedCrash(SwarmError):
+    """A fault-injection point was reached: this node stops here, as if killed."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Where a node dies on purpose, for fault tests and the simulator's crash scenarios.
+
+    Parsed from "before_reduce_scatter", "reduce_scatter:after_frames=N" (N frames streamed
+    in all, then nothing more) or "all_gather:after_peers=K" (the merged segment reaches
+    exactly K peers). In a separate process the caller turns InjectedCrash into os._exit.
+    """
+
+    phase: str
+    count: int = 0
+
+    PHASES = ("before_reduce_scatter", "reduce_scatter", "all_gather")
+
+    @classmethod
+    def parse(cls, text: str) -> Fault:
+        phase, _, rest = text.partition(":")
+        if phase not in cls.PHASES:
+            raise ConfigError(f"die_at: unknown phase {phase!r} (known: {', '.join(cls.PHASES)})")
+        expected = {"reduce_scatter": "after_frames", "all_gather": "after_peers"}.get(phase)
+        if expected is None:
+            if rest:
+                raise ConfigError(f"die_at: {phase} takes no setting")
+            return cls(phase)
+        key, _, value = rest.partition("=")
+        if key != expected or not value.isdigit():
+            raise ConfigError(f"die_at: write {phase}:{expected}=N")
+        return cls(phase, int(value))
+
+
+class _FrameBudget:
+    """Counts frames across a node's concurrent pushes and cuts them off at the budget."""
+
+    def __init__(self, limit: int) -> None:
+        self._left = limit
+        self._lock = threading.Lock()
+        self.exhausted = threading.Event()
+
+    def wrap(self, source: FrameSource) -> FrameSource:
+        def limited() -> Iterator[Frame]:
+            for frame in source():
+                with self._lock:
+                    if self._left <= 0:
+                        self.exhausted.set()
+                        return
+                    self._left -= 1
+                yield frame
+
+        return limited
 
 
 class MissingContributions(PeerError):
@@ -86,6 +142,7 @@ def all_reduce(
     reference: npt.NDArray[np.float32] | None = None,
     timeout: float = 60.0,
     frame_chunks: int = 128,
+    fault: Fault | None = None,
 ) -> AllReduceResult:
     """Runs this node's part of one attempt and returns the whole merged vector.
 
@@ -116,6 +173,10 @@ def all_reduce(
         numel,
     )
 
+    if fault is not None and fault.phase == "before_reduce_scatter":
+        raise InjectedCrash(f"{me} dies before the reduce-scatter of round {attempt.round}")
+    budget = _FrameBudget(fault.count) if fault and fault.phase == "reduce_scatter" else None
+
     with ThreadPoolExecutor(max_workers=max(1, min(8, n - 1))) as pool:
         # reduce-scatter
         t0 = time.perf_counter()
@@ -126,17 +187,20 @@ def all_reduce(
                 p,
                 traffic,
                 timeout,
-                partial(
-                    frames_for,
-                    update,
-                    owned[j],
-                    kind=peer_pb2.KIND_UPDATE,
-                    round=attempt.round,
-                    attempt=attempt.attempt,
-                    segment=j,
-                    sender=me,
-                    chunk_hashes=hashes,
-                    frame_chunks=frame_chunks,
+                _limited(
+                    budget,
+                    partial(
+                        frames_for,
+                        update,
+                        owned[j],
+                        kind=peer_pb2.KIND_UPDATE,
+                        round=attempt.round,
+                        attempt=attempt.attempt,
+                        segment=j,
+                        sender=me,
+                        chunk_hashes=hashes,
+                        frame_chunks=frame_chunks,
+                    ),
                 ),
                 extra=len(hashes),
             )
@@ -158,6 +222,8 @@ def all_reduce(
                 rows.append(got)
                 traffic.received += got.nbytes + len(hashes)
         _settle(pushes)
+        if budget is not None:
+            raise InjectedCrash(f"{me} dies after {fault.count if fault else 0} update frames")
         if missing:
             raise MissingContributions("reduce-scatter", missing)
         seconds["reduce_scatter"] = time.perf_counter() - t0
@@ -203,8 +269,13 @@ def all_reduce(
                     frame_chunks=frame_chunks,
                 ),
             )
-            for p in others
+            for p in (others[: fault.count] if fault and fault.phase == "all_gather" else others)
         ]
+        if fault is not None and fault.phase == "all_gather":
+            _settle(pushes)
+            raise InjectedCrash(
+                f"{me} dies after sending its merged segment to {fault.count} peers"
+            )
         deadline = time.monotonic() + timeout
         for j, p in enumerate(attempt.participants):
             if j == mine:
@@ -223,6 +294,10 @@ def all_reduce(
             raise MissingContributions("all-gather", missing)
         seconds["all_gather"] = time.perf_counter() - t0
     return AllReduceResult(merged, canonical.digest(merged), traffic, seconds)
+
+
+def _limited(budget: _FrameBudget | None, source: FrameSource) -> FrameSource:
+    return source if budget is None else budget.wrap(source)
 
 
 def _push(

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from swarmnode import canonical
-from swarmnode.allreduce import Attempt, MissingContributions, Traffic, all_reduce
+from swarmnode.allreduce import Attempt, Fault, MissingContributions, Traffic, all_reduce
 from swarmnode.exceptions import ContractError, MergeError, PeerError
 from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.types import RoundState, RoundStatus
@@ -58,6 +58,7 @@ def run_round(
     poll: float = 0.05,
     sleep: Callable[[float], None] = time.sleep,
     frame_chunks: int = 128,
+    fault: Fault | None = None,
 ) -> RoundResult:
     """Contributes `vector` (the snapshot this node commits to) to the current round."""
     me = ledger.account
@@ -114,6 +115,7 @@ def run_round(
                 reference=reference,
                 timeout=max(1.0, state.attempt_start + params.transfer_deadline - ledger.now()),
                 frame_chunks=frame_chunks,
+                fault=fault,
             )
         except MissingContributions as missing:
             log.warning("%s: round %d attempt %d: %s", me, number, state.attempt, missing)

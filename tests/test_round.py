@@ -282,3 +282,64 @@ def test_a_peer_whose_segments_fail_validation_is_dropped_like_a_silent_one() ->
     assert {r.digest for r in honest} == {state.final_digest}
     assert sum(inbox.refused for inbox in inboxes[:3]) >= 1
     np.testing.assert_allclose(honest[0].merged, np.mean(np.stack(updates[:3]), axis=0), atol=1e-6)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "die_at",
+    ["before_reduce_scatter", "reduce_scatter:after_frames=1", "all_gather:after_peers=1"],
+)
+def test_a_peer_dying_mid_round_is_dropped_and_the_survivors_agree(die_at: str) -> None:
+    from swarmnode.allreduce import Fault, InjectedCrash
+
+    params = SwarmParams(
+        min_peers=2, max_peers=4, join_window=5, transfer_deadline=1, round_deadline=30
+    )
+    ledgers, inboxes, transports = memory_swarm(4, params, clock=time.time)
+    updates = vectors(4)
+    merge = make_rule(params.merge_rule)
+    fault = Fault.parse(die_at)
+
+    def node(i: int) -> RoundResult:
+        try:
+            return run_round(
+                ledger=ledgers[i],
+                transport=transports[i],
+                inbox=inboxes[i],
+                vector=updates[i],
+                weight=10,
+                val_loss=0.5,
+                rule=merge,
+                poll=0.02,
+                frame_chunks=1,
+                fault=fault if i == 3 else None,
+            )
+        except InjectedCrash:
+            return RoundResult(1, 0, "crashed", (), None, None)
+
+    results = in_threads([lambda i=i: node(i) for i in range(4)])
+    state = ledgers[0].round(1)
+    assert state.status == RoundStatus.FINAL
+    assert state.attempt == 2
+    assert ledgers[3].account not in state.live_participants
+    survivors = [r for r in results if r.status != "crashed"]
+    assert len(survivors) == 3 and {r.status for r in survivors} == {"final"}
+    assert {r.digest for r in survivors} == {state.final_digest}
+    assert len({r.merged.tobytes() for r in survivors if r.merged is not None}) == 1
+    np.testing.assert_allclose(
+        survivors[0].merged, np.mean(np.stack(updates[:3]), axis=0), atol=1e-6
+    )  # type: ignore[arg-type]
+
+
+def test_die_at_settings_are_checked() -> None:
+    from swarmnode.allreduce import Fault
+    from swarmnode.exceptions import ConfigError
+
+    assert Fault.parse("reduce_scatter:after_frames=3") == Fault("reduce_scatter", 3)
+    for bad in (
+        "sometime",
+        "all_gather:after_frames=1",
+        "reduce_scatter:after_frames=x",
+        "before_reduce_scatter:after_peers=1",
+    ):
+        with pytest.raises(ConfigError, match="die_at"):
+            Fault.parse(bad)
