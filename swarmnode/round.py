@@ -25,9 +25,9 @@ from swarmnode.merge import MergeRule
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import Transport
 from swarmnode.rules import SwarmParams
+from swarmnode.sync import loss_to_int
 
 log = logging.getLogger(__name__)
-LOSS_SCALE = 1_000_000
 
 
 @dataclass
@@ -87,7 +87,8 @@ def run_round(
             seconds["chain"] += time.perf_counter() - t0
 
     number = ledger.current_round()
-    if not chain(lambda: ledger.join(number, commitment, weight, int(val_loss * LOSS_SCALE))):
+    scaled_loss = loss_to_int(val_loss)
+    if not chain(lambda: ledger.join(number, commitment, weight, scaled_loss)):
         return RoundResult(number, 0, "not_admitted", (), None, None, seconds, traffic, 0)
 
     state = _wait_closed(ledger, number, params, chain, poll, sleep)
