@@ -154,7 +154,7 @@ class PeerServer:
             {
                 "Info": grpc.unary_unary_rpc_method_handler(
                     self._info,
-                    request_deserializer=peer_pb2.InfoRequest.FromString,
+                    request_deserializer=_lenient(peer_pb2.InfoRequest),
                     response_serializer=peer_pb2.InfoReply.SerializeToString,
                 ),
                 "PushUpdate": grpc.stream_unary_rpc_method_handler(
@@ -169,19 +169,20 @@ class PeerServer:
                 ),
                 "PushPartials": grpc.unary_unary_rpc_method_handler(
                     self._partials,
-                    request_deserializer=peer_pb2.Partials.FromString,
+                    request_deserializer=_lenient(peer_pb2.Partials),
                     response_serializer=peer_pb2.PartialsAck.SerializeToString,
                 ),
                 "FetchModel": grpc.unary_stream_rpc_method_handler(
                     self._fetch_model,
-                    request_deserializer=peer_pb2.ModelRequest.FromString,
+                    request_deserializer=_lenient(peer_pb2.ModelRequest),
                     response_serializer=codec.encode,
                 ),
             },
         )
 
-    def _info(self, request: peer_pb2.InfoRequest, context: grpc.ServicerContext) -> Any:
-        self._authenticate(context)
+    def _info(self, request: Any, context: grpc.ServicerContext) -> Any:
+        sender = self._authenticate(context)
+        self._guarded(context, sender, lambda: _valid(request))
         return peer_pb2.InfoReply(
             account=self.account,
             round=self._current_round(),
@@ -207,13 +208,16 @@ class PeerServer:
 
         return handle
 
-    def _partials(self, message: peer_pb2.Partials, context: grpc.ServicerContext) -> Any:
+    def _partials(self, message: Any, context: grpc.ServicerContext) -> Any:
         sender = self._authenticate(context)
-        self._guarded(context, sender, lambda: self._inbox.receive_partials(message, sender))
+        self._guarded(
+            context, sender, lambda: self._inbox.receive_partials(_valid(message), sender)
+        )
         return peer_pb2.PartialsAck()
 
-    def _fetch_model(self, request: peer_pb2.ModelRequest, context: grpc.ServicerContext) -> Any:
-        self._authenticate(context)
+    def _fetch_model(self, request: Any, context: grpc.ServicerContext) -> Any:
+        sender = self._authenticate(context)
+        request = self._guarded(context, sender, lambda: _valid(request))
         found = self._inbox.model(request.round)
         if found is None:
             self._refuse(
@@ -330,6 +334,28 @@ class GrpcTransport(Transport):
             for _, channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+
+
+M = TypeVar("M")
+
+
+def _lenient(message_type: type[M]) -> Callable[[bytes], M | InvalidMessage]:
+    """A request deserializer that hands a malformed message to the handler as a value, so
+    the caller gets INVALID_ARGUMENT naming it, not gRPC's INTERNAL and a logged traceback."""
+
+    def parse(data: bytes) -> M | InvalidMessage:
+        try:
+            return message_type.FromString(data)  # type: ignore[attr-defined,no-any-return]
+        except Exception as exc:  # protobuf's DecodeError, bad UTF-8 in a string field
+            return InvalidMessage(f"malformed {message_type.__name__}: {exc}")
+
+    return parse
+
+
+def _valid(request: M | InvalidMessage) -> M:
+    if isinstance(request, InvalidMessage):
+        raise request
+    return request
 
 
 def _as_peer_error(peer: str, exc: grpc.RpcError) -> PeerError:

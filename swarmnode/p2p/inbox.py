@@ -5,9 +5,11 @@ are the same whichever carried it. The round layer above declares what it expect
 round's participants are fixed on chain (who sends which segment, with which commitment);
 the Inbox then accepts exactly that:
 
-- UPDATE data (reduce-scatter) is keyed by (round, sender) and valid in every attempt. Its
+- UPDATE data (reduce-scatter) is keyed by (round, sender) and outlives an attempt: chunks
+  received for an earlier attempt's segment are carried over when ownership moves. Its
   chunk-hash list must digest to the sender's commitment, and every chunk must match the
-  list, so a segment is checked alone.
+  list, so a segment is checked alone. Frames carry the attempt they were sent for, so
+  the rest of a stream cut by a new attempt is refused as Stale, never blamed.
 - MERGED data (all-gather) is keyed by (round, attempt, owner): a frame for a future attempt
   is NotReady (the sender retries), one for a past attempt is Stale (never its fault).
 - Every payload must be float32, finite, inside the expected chunk range, within the size
@@ -40,6 +42,9 @@ from swarmnode.p2p.frames import Frame, payload_array
 DEFAULT_MAX_VECTOR_ELEMENTS = 1 << 30  # 4 GiB of float32
 DEFAULT_MAX_FRAME_ELEMENTS = 1 << 20  # 4 MiB of float32
 MAX_PARTIALS = 1 << 16
+# Each iterative merge step is one exchange; rules are capped at 1000 iterations plus a few
+# extra steps (swarmnode.rules.MAX_ITERATIONS), so a higher step can only be abuse.
+MAX_PARTIAL_STEPS = 2 * 1000 + 8
 
 
 @dataclass
@@ -333,6 +338,8 @@ class Inbox:
         values = np.asarray(message.values, dtype=np.float64)
         if not np.isfinite(values).all():
             raise InvalidMessage("partial sums hold a non-finite value")
+        if message.step > MAX_PARTIAL_STEPS:
+            raise InvalidMessage(f"partial-sum step {message.step} exceeds {MAX_PARTIAL_STEPS}")
         with self._lock:
             attempt = self._partials_attempt.get(message.round)
             self._round_check(message.round, attempt is not None)
@@ -341,6 +348,11 @@ class Inbox:
                 raise Stale(f"attempt {message.attempt} of round {message.round} is over here")
             if message.attempt > attempt:
                 raise NotReady(f"attempt {message.attempt} of round {message.round} not started")
+            owned = self._merged[message.round].owners.get(sender)
+            if owned is None or owned[0] != message.segment:
+                raise InvalidMessage(
+                    f"{sender} does not own segment {message.segment} in attempt {message.attempt}"
+                )
             self._partials[(message.round, message.attempt, message.step, sender)] = values
             self._lock.notify_all()
 
