@@ -32,7 +32,7 @@ $(NPM_STAMP): contracts/package.json contracts/package-lock.json
 	@touch $@
 
 demo: setup
-	$(VENV)/bin/swarmnode demo
+	$(VENV)/bin/swarmnode simulate simulations/demo.toml
 
 test: setup
 	$(PY) -m pytest

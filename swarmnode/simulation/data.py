@@ -1,0 +1,136 @@
+"""Real data sets for simulations, loaded offline from inside scikit-learn, with a test split.
+
+Anything that downloads at run time (torchvision, flwr-datasets, MedMNIST) fails on the
+machines this project runs on (DESIGN.md, Dependencies), so the simulations use the two data
+sets scikit-learn ships inside its wheel:
+
+- ``"digits"``: 1797 8x8 grey-level images of handwritten digits, 10 classes; flattened to 64
+  features (a model that wants images reshapes to 8x8).
+- ``"breast_cancer"``: the Wisconsin diagnostic set, 569 patients x 30 features, 2 classes
+  (malignant, benign): tabular medical data, the setting swarm learning is meant for.
+
+The held-out test split is stratified (every class in the same proportion as the whole) and
+seeded, and no node ever trains on it: the swarm and both baselines (each node alone, all data
+pooled) are scored on exactly these rows. Features are scaled from the training split alone,
+so nothing about the test rows leaks into training:
+
+- digits: divided by 16, the format's fixed range (4-bit intensities 0..16), giving [0, 1].
+  Not a per-pixel z-score: border pixels are almost always 0, so their training std is tiny
+  (0.03 for some) or zero, and a z-score turns one inked border pixel in a test image into an
+  outlier of 50 standard deviations (measured). A fixed scale has no such blow-up and uses no
+  statistics at all, of the train split or any other.
+- breast_cancer: standardized per feature with the training split's mean and (population)
+  standard deviation; the features span five orders of magnitude (areas near 1000, smoothness
+  near 0.1), which plain SGD on raw values handles badly. The test rows use the same
+  statistics, so their mean is near 0 but not exactly 0.
+
+scikit-learn is imported inside ``load_dataset``, so importing this module costs only numpy and
+torch.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from swarmnode.exceptions import ConfigError
+
+__all__ = ["DATASETS", "Dataset", "load_dataset"]
+
+DATASETS: tuple[str, ...] = ("digits", "breast_cancer")
+"""Names ``load_dataset`` knows."""
+
+_DIGITS_MAX = 16.0  # load_digits pixels are integers 0..16
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """One data set, split: training rows for the nodes, held-out rows for scoring.
+
+    ``x_*`` are float32 ``(rows, features)``, ``y_*`` int64 class indices in
+    ``range(classes)``. Frozen so a simulation cannot change the data under its nodes; compared
+    by identity (``eq=False``), since comparing tensors field by field has no single truth value.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: int
+    features: int
+
+
+def load_dataset(name: str, *, test_fraction: float = 0.2, seed: int) -> Dataset:
+    """Load data set ``name`` (one of ``DATASETS``) and split off a stratified test set.
+
+    ``test_fraction`` of the rows (rounded up, as scikit-learn does) go to the test set; the
+    same ``seed`` gives the same split. Raises ConfigError for an unknown name, a fraction
+    outside (0, 1), a negative seed, or a fraction that leaves some class without a row on
+    one side.
+    """
+    if name not in DATASETS:
+        raise ConfigError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    fraction = float(test_fraction)
+    if not (math.isfinite(fraction) and 0.0 < fraction < 1.0):
+        raise ConfigError(f"test_fraction must be between 0 and 1 (exclusive), got {fraction}")
+    if isinstance(seed, bool):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    try:
+        seed = operator.index(seed)
+    except TypeError:
+        raise ConfigError(f"seed must be an integer, got {seed!r}") from None
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {seed}")
+
+    from sklearn.datasets import load_breast_cancer, load_digits
+    from sklearn.model_selection import train_test_split
+
+    loader = load_digits if name == "digits" else load_breast_cancer
+    x, y = loader(return_X_y=True)
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    # scikit-learn takes seeds in [0, 2**32); hashing through a SeedSequence accepts any
+    # non-negative seed and keeps this stream apart from the partition's (seed, attempt) ones.
+    random_state = int(np.random.SeedSequence(seed).generate_state(1)[0])
+    try:
+        split: list[Any] = train_test_split(
+            x, y, test_size=fraction, stratify=y, random_state=random_state
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{name}: test_fraction {fraction} cannot be stratified: {exc}") from None
+    x_train, x_test, y_train, y_test = split
+    if name == "digits":
+        x_train, x_test = x_train / _DIGITS_MAX, x_test / _DIGITS_MAX
+    else:
+        x_train, x_test = _standardize(x_train, x_test)
+    return Dataset(
+        name=name,
+        x_train=_floats(x_train),
+        y_train=torch.from_numpy(np.ascontiguousarray(y_train, dtype=np.int64)),
+        x_test=_floats(x_test),
+        y_test=torch.from_numpy(np.ascontiguousarray(y_test, dtype=np.int64)),
+        classes=int(y.max()) + 1,
+        features=int(x.shape[1]),
+    )
+
+
+def _standardize(
+    train: npt.NDArray[np.float64], test: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Both splits z-scored with the training split's statistics only (a constant training
+    feature is only centred: dividing by its zero std would make it infinite)."""
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return (train - mean) / std, (test - mean) / std
+
+
+def _floats(x: npt.NDArray[np.float64]) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
