@@ -64,3 +64,20 @@ def test_frames_are_valid_protobuf_both_ways() -> None:
 def test_malformed_frames_are_refused_by_name(wire: bytes) -> None:
     with pytest.raises(InvalidMessage, match="malformed"):
         frames.decode(wire)
+
+
+def test_the_first_frame_of_a_model_over_512_mib_fits_its_hash_list() -> None:
+    # 2 GiB of float32 = 131072 chunks: a 4 MiB hash list rides in the first frame's header
+    header = peer_pb2.FrameHeader(
+        kind=peer_pb2.KIND_UPDATE,
+        round=1,
+        attempt=1,
+        elements=0,
+        vector_elements=1 << 29,
+        dtype=peer_pb2.DTYPE_FLOAT32,
+        chunk_hashes=bytes(32 * (1 << 29) // 4096),
+        sender="0xabc",
+    )
+    frame = frames.Frame(header, memoryview(b""))
+    assert frames.decode(frames.encode(frame)).header.chunk_hashes == header.chunk_hashes
+    assert frames.MAX_HEADER_BYTES >= 32 * frames.MAX_VECTOR_ELEMENTS // 4096

@@ -17,12 +17,23 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from swarmnode.canonical import CHUNK_ELEMENTS, ELEMENT_BYTES, element_range, to_le_bytes
+from swarmnode.canonical import (
+    CHUNK_ELEMENTS,
+    ELEMENT_BYTES,
+    HASH_BYTES,
+    element_range,
+    num_chunks,
+    to_le_bytes,
+)
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import InvalidMessage
 
 DEFAULT_FRAME_CHUNKS = 128  # 128 x 16 KiB = 2 MiB of payload per frame
-MAX_HEADER_BYTES = 1 << 20  # a header holds at most the hash list: 1 MiB is 2 GB of model
+MAX_VECTOR_ELEMENTS = 1 << 30  # 4 GiB of float32: the largest model a node accepts by default
+MAX_FRAME_ELEMENTS = 1 << 20  # 4 MiB of float32 per frame
+# The first frame of a stream carries the sender's whole chunk-hash list (32 bytes per 16 KiB
+# chunk): 8 MiB for the largest model, plus room for the other header fields.
+MAX_HEADER_BYTES = HASH_BYTES * num_chunks(MAX_VECTOR_ELEMENTS) + (64 << 10)
 
 _HEADER_TAG = 0x0A  # field 1, length-delimited
 _PAYLOAD_TAG = 0x12  # field 2, length-delimited

@@ -34,7 +34,7 @@ from swarmnode.exceptions import PeerError
 from swarmnode.p2p import frames as codec
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import InvalidMessage, NotReady, Stale, Unauthorized
-from swarmnode.p2p.frames import Frame, frames_for
+from swarmnode.p2p.frames import MAX_FRAME_ELEMENTS, MAX_HEADER_BYTES, Frame, frames_for
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.roster import PeerRecord, Roster
 from swarmnode.p2p.transport import FrameSource, Transport
@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 
 SERVICE = "swarmnode.p2p.Peer"
 NOT_READY = "not ready: "
-MESSAGE_LIMIT = 8 << 20  # frames are 1-4 MiB; a hash list of a 2 GB model is 1 MiB
+# A frame: at most MAX_FRAME_ELEMENTS of payload, and in the first frame the header with the
+# whole chunk-hash list (8 MiB for a 4 GiB model).
+MESSAGE_LIMIT = MAX_HEADER_BYTES + MAX_FRAME_ELEMENTS * 4 + (64 << 10)
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MESSAGE_LIMIT),
     ("grpc.max_send_message_length", MESSAGE_LIMIT),

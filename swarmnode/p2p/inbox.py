@@ -37,10 +37,10 @@ from swarmnode.canonical import (
 from swarmnode.exceptions import PeerError
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import InvalidMessage, NotReady, Stale, Unauthorized
-from swarmnode.p2p.frames import Frame, payload_array
+from swarmnode.p2p.frames import MAX_FRAME_ELEMENTS, MAX_VECTOR_ELEMENTS, Frame, payload_array
 
-DEFAULT_MAX_VECTOR_ELEMENTS = 1 << 30  # 4 GiB of float32
-DEFAULT_MAX_FRAME_ELEMENTS = 1 << 20  # 4 MiB of float32
+DEFAULT_MAX_VECTOR_ELEMENTS = MAX_VECTOR_ELEMENTS
+DEFAULT_MAX_FRAME_ELEMENTS = MAX_FRAME_ELEMENTS
 MAX_PARTIALS = 1 << 16
 # Each iterative merge step is one exchange; rules are capped at 1000 iterations plus a few
 # extra steps (swarmnode.rules.MAX_ITERATIONS), so a higher step can only be abuse.
