@@ -45,7 +45,7 @@ def one_round(n: int, megabytes: int, rule: Rule) -> list[RoundResult]:
     params = SwarmParams(
         min_peers=2,
         max_peers=n,
-        join_window=5,
+        join_window=120,
         transfer_deadline=300,
         round_deadline=900,
         merge_rule=rule,
