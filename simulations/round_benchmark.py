@@ -15,21 +15,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import threading
 import time
+from functools import partial
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from swarmnode.identity import TlsIdentity
-from swarmnode.ledger.embedded import EmbeddedChain
-from swarmnode.membership import RosterFeed
 from swarmnode.merge import make_rule
-from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
-from swarmnode.p2p.inbox import Inbox
 from swarmnode.round import RoundResult, run_round
 from swarmnode.rules import MergeRuleId, Rule, SwarmParams
+from swarmnode.simulation.local import grpc_swarm, run_in_threads
 
 RULES = {
     "mean": Rule(MergeRuleId.MEAN),
@@ -41,7 +37,6 @@ RULES = {
 
 def one_round(n: int, megabytes: int, rule: Rule) -> list[RoundResult]:
     numel = megabytes * 1_000_000 // 4
-    chain = EmbeddedChain()
     params = SwarmParams(
         min_peers=2,
         max_peers=n,
@@ -50,59 +45,34 @@ def one_round(n: int, megabytes: int, rule: Rule) -> list[RoundResult]:
         round_deadline=900,
         merge_rule=rule,
     )
-    deployment, _ = chain.deploy(params)
-    ledgers = [chain.ledger(deployment, chain.new_account()) for _ in range(n)]
-    identities = [TlsIdentity.generate(led.account) for led in ledgers]
-    feeds = [RosterFeed(led) for led in ledgers]
-    inboxes = [Inbox(led.account) for led in ledgers]
-    servers = [
-        PeerServer(led.account, ident.key_pem, ident.cert_pem, feed.roster, inbox).start()
-        for led, ident, feed, inbox in zip(ledgers, identities, feeds, inboxes, strict=True)
-    ]
-    transports = [
-        GrpcTransport(led.account, ident.key_pem, ident.cert_pem, feed.roster)
-        for led, ident, feed in zip(ledgers, identities, feeds, strict=True)
-    ]
+    swarm = grpc_swarm(params, n)
     try:
-        for led, ident, server in zip(ledgers, identities, servers, strict=True):
-            led.register(server.endpoint, ident.cert_der)
-        for feed in feeds:
-            feed.refresh()
         rng = np.random.default_rng(0)
         updates = [rng.standard_normal(numel).astype(np.float32) for _ in range(n)]
         reference = np.zeros(numel, dtype=np.float32)
         merge = make_rule(rule)
-        results: list[RoundResult | None] = [None] * n
-
-        def node(i: int) -> None:
-            results[i] = run_round(
-                ledger=ledgers[i],
-                transport=transports[i],
-                inbox=inboxes[i],
-                vector=updates[i],
-                weight=100,
-                val_loss=0.5,
-                rule=merge,
-                reference=reference,
-                poll=0.01,
-            )
-
-        threads = [threading.Thread(target=node, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        done = [r for r in results if r is not None]
-        if len(done) != n or len({r.digest for r in done}) != 1:
-            raise SystemExit(
-                f"round did not end with one digest: {[r and r.status for r in results]}"
-            )
-        return done
+        results = run_in_threads(
+            [
+                partial(
+                    run_round,
+                    ledger=peer.ledger,
+                    transport=peer.transport,
+                    inbox=peer.inbox,
+                    vector=update,
+                    weight=100,
+                    val_loss=0.5,
+                    rule=merge,
+                    reference=reference,
+                    poll=0.01,
+                )
+                for peer, update in zip(swarm.peers, updates, strict=True)
+            ]
+        )
+        if len({r.digest for r in results}) != 1 or results[0].digest is None:
+            raise SystemExit(f"round did not end with one digest: {[r.status for r in results]}")
+        return results
     finally:
-        for transport in transports:
-            transport.close()
-        for server in servers:
-            server.stop(0)
+        swarm.close()
 
 
 def main() -> None:

@@ -5,7 +5,6 @@ holding the same parameters, with no server anywhere."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,55 +17,27 @@ from torch import nn
 from swarmnode import canonical
 from swarmnode.flower import FlowerNode
 from swarmnode.ledger.base import Ledger
-from swarmnode.ledger.memory import InMemoryChain
 from swarmnode.node import SwarmCallback
 from swarmnode.p2p.inbox import Inbox
-from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
-from swarmnode.p2p.roster import PeerRecord, Roster
+from swarmnode.p2p.transport import Transport
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
+from swarmnode.simulation.local import memory_swarm, run_in_threads
 
 
 def swarm(
     n: int, initial: npt.NDArray[np.float32], every: int
-) -> list[tuple[Ledger, MemoryTransport, Inbox]]:
+) -> list[tuple[Ledger, Transport, Inbox]]:
     params = SwarmParams(
         min_peers=2,
         max_peers=n,
         sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (every, 0, 0, 0)),
         initial_model_digest=canonical.digest(initial),
     )
-    chain = InMemoryChain()
-    address = chain.deploy(params, chain.new_account())
-    roster = Roster()
-    network = MemoryNetwork(roster)
-    out = []
-    for i in range(n):
-        ledger = chain.ledger(address, chain.new_account())
-        ledger.register(f"memory:{i}", f"cert-{i}".encode())
-        roster.upsert(PeerRecord(ledger.account, f"memory:{i}", f"cert-{i}".encode()))
-        inbox = Inbox(ledger.account)
-        network.attach(inbox)
-        out.append((ledger, MemoryTransport(network, ledger.account), inbox))
-    return out
+    return [(p.ledger, p.transport, p.inbox) for p in memory_swarm(params, n).peers]
 
 
 def in_threads(jobs: list[Callable[[], Any]]) -> list[Any]:
-    results: list[Any] = [None] * len(jobs)
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            results[i] = jobs[i]()
-        except BaseException as exc:  # asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == []
-    return results
+    return run_in_threads(jobs, timeout=60)
 
 
 def model() -> nn.Module:

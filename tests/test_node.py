@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from swarmnode import canonical
 from swarmnode.exceptions import ConfigError
-from swarmnode.ledger.memory import InMemoryChain
 from swarmnode.node import NodeRound, SwarmNode
-from swarmnode.p2p.inbox import Inbox
-from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
-from swarmnode.p2p.roster import PeerRecord, Roster
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
+from swarmnode.simulation.local import memory_swarm, run_in_threads
 from swarmnode.training import LocalTrainer, example_task
 
 
@@ -26,48 +21,23 @@ def build(n: int, initial_digest: bytes | None = None) -> list[SwarmNode]:
         sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (8, 0, 0, 0)),
         initial_model_digest=digest,
     )
-    chain = InMemoryChain()
-    address = chain.deploy(params, chain.new_account())
-    roster = Roster()
-    network = MemoryNetwork(roster)
-    nodes = []
-    for i, task in enumerate(tasks):
-        ledger = chain.ledger(address, chain.new_account())
-        ledger.register(f"memory:{i}", f"cert-{i}".encode())
-        roster.upsert(PeerRecord(ledger.account, f"memory:{i}", f"cert-{i}".encode()))
-        inbox = Inbox(ledger.account)
-        network.attach(inbox)
-        nodes.append(
-            SwarmNode(
-                ledger=ledger,
-                transport=MemoryTransport(network, ledger.account),
-                inbox=inbox,
-                task=task,
-                device="cpu",
-                seed=i,
-                poll=0.01,
-            )
+    swarm = memory_swarm(params, n)
+    return [
+        SwarmNode(
+            ledger=peer.ledger,
+            transport=peer.transport,
+            inbox=peer.inbox,
+            task=task,
+            device="cpu",
+            seed=i,
+            poll=0.01,
         )
-    return nodes
+        for i, (peer, task) in enumerate(zip(swarm.peers, tasks, strict=True))
+    ]
 
 
 def step_all(nodes: list[SwarmNode]) -> list[NodeRound]:
-    out: list[NodeRound | None] = [None] * len(nodes)
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            out[i] = nodes[i].step()
-        except BaseException as exc:  # asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(nodes))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == []
-    return [r for r in out if r is not None]
+    return run_in_threads([node.step for node in nodes], timeout=60)
 
 
 def test_nodes_train_sync_and_share_one_model_every_round() -> None:

@@ -4,7 +4,6 @@ and on the embedded chain with real gRPC and mutual TLS; and a peer that never d
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable
 
@@ -13,20 +12,14 @@ import numpy.typing as npt
 import pytest
 
 from swarmnode import canonical
-from swarmnode.identity import TlsIdentity
 from swarmnode.ledger.base import Ledger
-from swarmnode.ledger.embedded import EmbeddedChain
-from swarmnode.ledger.memory import InMemoryChain
 from swarmnode.ledger.types import RoundStatus
-from swarmnode.membership import RosterFeed
 from swarmnode.merge import make_rule
-from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
-from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
-from swarmnode.p2p.roster import PeerRecord, Roster
 from swarmnode.p2p.transport import Transport
 from swarmnode.round import RoundResult, run_round
 from swarmnode.rules import MergeRuleId, Rule, SwarmParams
+from swarmnode.simulation.local import grpc_swarm, memory_swarm, run_in_threads
 
 NUMEL = 6 * canonical.CHUNK_ELEMENTS + 99
 
@@ -37,42 +30,18 @@ def vectors(n: int) -> list[npt.NDArray[np.float32]]:
 
 
 def in_threads(jobs: list[Callable[[], RoundResult]]) -> list[RoundResult]:
-    results: list[RoundResult | None] = [None] * len(jobs)
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            results[i] = jobs[i]()
-        except BaseException as exc:  # asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert errors == []
-    return [r for r in results if r is not None]
+    return run_in_threads(jobs, timeout=120)
 
 
-def memory_swarm(
+def memory_parts(
     n: int, params: SwarmParams, clock: Callable[[], float] | None = None
 ) -> tuple[list[Ledger], list[Inbox], list[Transport]]:
-    chain = InMemoryChain(clock)
-    owner = chain.new_account()
-    address = chain.deploy(params, owner)
-    ledgers = [chain.ledger(address, chain.new_account()) for _ in range(n)]
-    roster = Roster()
-    network = MemoryNetwork(roster)
-    inboxes = []
-    for i, ledger in enumerate(ledgers):
-        ledger.register(f"memory:{i}", f"cert-{i}".encode())
-        roster.upsert(PeerRecord(ledger.account, f"memory:{i}", f"cert-{i}".encode()))
-        inbox = Inbox(ledger.account)
-        network.attach(inbox)
-        inboxes.append(inbox)
-    transports: list[Transport] = [MemoryTransport(network, led.account) for led in ledgers]
-    return ledgers, inboxes, transports
+    swarm = memory_swarm(params, n, clock=clock)
+    return (
+        [p.ledger for p in swarm.peers],
+        [p.inbox for p in swarm.peers],
+        [p.transport for p in swarm.peers],
+    )
 
 
 @pytest.mark.parametrize(
@@ -82,7 +51,7 @@ def memory_swarm(
 )
 def test_a_round_on_the_memory_ledger_ends_final_with_one_digest(rule: Rule) -> None:
     params = SwarmParams(min_peers=2, max_peers=4, merge_rule=rule)
-    ledgers, inboxes, transports = memory_swarm(4, params)
+    ledgers, inboxes, transports = memory_parts(4, params)
     updates = vectors(4)
     reference = np.zeros(NUMEL, dtype=np.float32)
     merge = make_rule(rule)
@@ -116,7 +85,7 @@ def test_a_peer_that_never_delivers_is_voted_out_and_the_rest_finish() -> None:
     params = SwarmParams(
         min_peers=2, max_peers=4, join_window=5, transfer_deadline=2, round_deadline=30
     )
-    ledgers, inboxes, transports = memory_swarm(4, params, clock=time.time)
+    ledgers, inboxes, transports = memory_parts(4, params, clock=time.time)
     updates = vectors(4)
     silent = ledgers[3]
     merge = make_rule(params.merge_rule)
@@ -153,34 +122,18 @@ def test_a_peer_that_never_delivers_is_voted_out_and_the_rest_finish() -> None:
 
 @pytest.mark.chain
 def test_a_round_on_the_embedded_chain_over_grpc_with_mutual_tls() -> None:
-    chain = EmbeddedChain()
     params = SwarmParams(min_peers=2, max_peers=3, transfer_deadline=30, round_deadline=120)
-    deployment, _ = chain.deploy(params)
-    ledgers = [chain.ledger(deployment, chain.new_account()) for _ in range(3)]
-    identities = [TlsIdentity.generate(led.account) for led in ledgers]
-    feeds = [RosterFeed(led) for led in ledgers]
-    inboxes = [Inbox(led.account) for led in ledgers]
-    servers = [
-        PeerServer(led.account, ident.key_pem, ident.cert_pem, feed.roster, inbox).start()
-        for led, ident, feed, inbox in zip(ledgers, identities, feeds, inboxes, strict=True)
-    ]
-    transports = [
-        GrpcTransport(led.account, ident.key_pem, ident.cert_pem, feed.roster)
-        for led, ident, feed in zip(ledgers, identities, feeds, strict=True)
-    ]
+    swarm = grpc_swarm(params, 3)
+    peers = swarm.peers
     try:
-        for led, ident, server in zip(ledgers, identities, servers, strict=True):
-            led.register(server.endpoint, ident.cert_der)
-        for feed in feeds:
-            feed.refresh()
         updates = vectors(3)
         merge = make_rule(params.merge_rule)
         results = in_threads(
             [
                 lambda i=i: run_round(
-                    ledger=ledgers[i],
-                    transport=transports[i],
-                    inbox=inboxes[i],
+                    ledger=peers[i].ledger,
+                    transport=peers[i].transport,
+                    inbox=peers[i].inbox,
                     vector=updates[i],
                     weight=10 * (i + 1),
                     val_loss=0.25,
@@ -191,7 +144,7 @@ def test_a_round_on_the_embedded_chain_over_grpc_with_mutual_tls() -> None:
                 for i in range(3)
             ]
         )
-        state = ledgers[0].round(1)
+        state = peers[0].ledger.round(1)
         assert state.status == RoundStatus.FINAL
         assert {r.digest for r in results} == {state.final_digest}
         weights = np.array([10, 20, 30], dtype=np.float64)
@@ -200,10 +153,7 @@ def test_a_round_on_the_embedded_chain_over_grpc_with_mutual_tls() -> None:
         for r in results:
             assert r.traffic.sent > 0 and r.transactions >= 1
     finally:
-        for transport in transports:
-            transport.close()
-        for server in servers:
-            server.stop(0)
+        swarm.close()
 
 
 def test_catch_up_refuses_a_wrong_model_and_takes_the_next_peer() -> None:
@@ -211,7 +161,7 @@ def test_catch_up_refuses_a_wrong_model_and_takes_the_next_peer() -> None:
     from swarmnode.round import catch_up
 
     params = SwarmParams(min_peers=2, max_peers=4)
-    ledgers, inboxes, transports = memory_swarm(3, params)
+    ledgers, inboxes, transports = memory_parts(3, params)
     final, forged = vectors(2)
     inboxes[1].publish_model(5, forged, canonical.chunk_hashes(forged))
     inboxes[2].publish_model(5, final, canonical.chunk_hashes(final))
@@ -230,7 +180,7 @@ def test_a_peer_whose_segments_fail_validation_is_dropped_like_a_silent_one() ->
     params = SwarmParams(
         min_peers=2, max_peers=4, join_window=5, transfer_deadline=2, round_deadline=30
     )
-    ledgers, inboxes, transports = memory_swarm(4, params, clock=time.time)
+    ledgers, inboxes, transports = memory_parts(4, params, clock=time.time)
     updates = vectors(4)
     committed, sent = updates[3], -updates[3]  # commits to one vector, streams another
     byzantine = ledgers[3]
@@ -294,7 +244,7 @@ def test_a_peer_dying_mid_round_is_dropped_and_the_survivors_agree(die_at: str) 
     params = SwarmParams(
         min_peers=2, max_peers=4, join_window=5, transfer_deadline=1, round_deadline=30
     )
-    ledgers, inboxes, transports = memory_swarm(4, params, clock=time.time)
+    ledgers, inboxes, transports = memory_parts(4, params, clock=time.time)
     updates = vectors(4)
     merge = make_rule(params.merge_rule)
     fault = Fault.parse(die_at)

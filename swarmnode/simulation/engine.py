@@ -8,11 +8,10 @@ would; every figure reported comes from the nodes' own counters and RoundResults
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -21,15 +20,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from swarmnode import canonical
-from swarmnode.identity import TlsIdentity
 from swarmnode.ledger.contract import ContractLedger
-from swarmnode.ledger.embedded import EmbeddedChain
-from swarmnode.membership import RosterFeed
-from swarmnode.node import NodeRound, SwarmNode
-from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
-from swarmnode.p2p.inbox import Inbox
+from swarmnode.node import SwarmNode
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
 from swarmnode.simulation.data import Dataset
+from swarmnode.simulation.local import grpc_swarm, run_in_threads
 from swarmnode.simulation.scenario import Scenario
 from swarmnode.training import LocalTrainer, Task, accuracy
 
@@ -112,42 +107,22 @@ def run_swarm(
         sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (scenario.local_batches, 0, 0, 0)),
         initial_model_digest=canonical.digest(initial),
     )
-    chain = EmbeddedChain()
-    deployment, _ = chain.deploy(params)
-    ledgers: list[ContractLedger] = [chain.ledger(deployment, chain.new_account()) for _ in parts]
-    identities = [TlsIdentity.generate(led.account) for led in ledgers]
-    feeds = [RosterFeed(led) for led in ledgers]
-    inboxes = [Inbox(led.account) for led in ledgers]
-    servers = [
-        PeerServer(led.account, ident.key_pem, ident.cert_pem, feed.roster, inbox, workers=4)
-        for led, ident, feed, inbox in zip(ledgers, identities, feeds, inboxes, strict=True)
-    ]
-    transports = [
-        GrpcTransport(led.account, ident.key_pem, ident.cert_pem, feed.roster)
-        for led, ident, feed in zip(ledgers, identities, feeds, strict=True)
-    ]
+    swarm = grpc_swarm(params, len(parts), server_workers=4)
+    ledgers = [cast(ContractLedger, peer.ledger) for peer in swarm.peers]
     test_set = TensorDataset(data.x_test, data.y_test)
     try:
-        for server in servers:
-            server.start()
-        for led, ident, server in zip(ledgers, identities, servers, strict=True):
-            led.register(server.endpoint, ident.cert_der)
-        for feed in feeds:
-            feed.refresh()
         nodes = [
             SwarmNode(
-                ledger=led,
-                transport=transport,
-                inbox=inbox,
+                ledger=peer.ledger,
+                transport=peer.transport,
+                inbox=peer.inbox,
                 task=task,
                 device="cpu",
                 seed=scenario.seed * 1000 + i,
                 init_seed=scenario.seed,
                 poll=0.01,
             )
-            for i, (led, transport, inbox, task) in enumerate(
-                zip(ledgers, transports, inboxes, tasks, strict=True)
-            )
+            for i, (peer, task) in enumerate(zip(swarm.peers, tasks, strict=True))
         ]
         model_bytes = len(initial) * canonical.ELEMENT_BYTES
         records: list[RoundRecord] = []
@@ -155,7 +130,7 @@ def run_swarm(
             gas_before = [sum(g for _, g in led.gas_log) for led in ledgers]
             tx_before = [len(led.gas_log) for led in ledgers]
             t0 = time.perf_counter()
-            outcomes = _step_all(nodes)
+            outcomes = run_in_threads([node.step for node in nodes])
             seconds = time.perf_counter() - t0
             results = [o.result for o in outcomes]
             final = [r for r in results if r.digest is not None]
@@ -201,27 +176,4 @@ def run_swarm(
             gas_used=sum(r.gas_used for r in records),
         )
     finally:
-        for transport in transports:
-            transport.close()
-        for server in servers:
-            server.stop(0)
-
-
-def _step_all(nodes: list[SwarmNode]) -> list[NodeRound]:
-    out: list[NodeRound | None] = [None] * len(nodes)
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            out[i] = nodes[i].step()
-        except BaseException as exc:  # re-raised below, in the caller's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,), name=f"node-{i}") for i in range(len(nodes))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return [o for o in out if o is not None]
+        swarm.close()
