@@ -1,0 +1,129 @@
+"""Checkpoints a node can trust after kill -9: written atomically, checked before use.
+
+A checkpoint holds the merged model of a final round (its canonical vector), the round
+number, the digest the chain agreed on, and small JSON state (the sync policy's, the
+trainer's counters). It is written to a temporary file in the same folder, fsynced and
+renamed over the old one, then the folder is fsynced: a crash leaves either the old
+checkpoint or the new one, never half of one. On load the vector's digest must match the
+digest stored beside it; a corrupt or truncated file is moved aside with a warning and never
+loaded, and the node falls back to the previous good one (or to catching up from peers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from swarmnode import canonical
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"SWARMCK1"
+_HEADER = struct.Struct("<8sQI")  # magic, vector elements, metadata bytes
+KEEP = 2  # the newest checkpoints kept: the previous one is the fallback for a corrupt one
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    round: int
+    digest: bytes
+    vector: npt.NDArray[np.float32]
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class CheckpointStore:
+    """The checkpoints of one node, in one folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def path_for(self, round: int) -> Path:
+        return self.folder / f"round-{round:08d}.ckpt"
+
+    def save(self, checkpoint: Checkpoint) -> Path:
+        """Writes atomically; refuses a checkpoint whose vector does not match its digest."""
+        vector = np.ascontiguousarray(checkpoint.vector, dtype="<f4")
+        if canonical.digest(vector) != checkpoint.digest:
+            raise ValueError(f"round {checkpoint.round}: the vector does not match its digest")
+        meta = json.dumps(
+            {
+                "round": checkpoint.round,
+                "digest": checkpoint.digest.hex(),
+                "state": checkpoint.state,
+            },
+            sort_keys=True,
+        ).encode()
+        target = self.path_for(checkpoint.round)
+        temporary = target.with_suffix(f".tmp-{os.getpid()}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(_HEADER.pack(MAGIC, len(vector), len(meta)))
+                out.write(meta)
+                out.write(vector.tobytes())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        _fsync_folder(self.folder)
+        for old in self._files()[:-KEEP]:
+            old.unlink(missing_ok=True)
+        return target
+
+    def latest(self) -> Checkpoint | None:
+        """The newest checkpoint that reads back whole; bad ones are set aside, never loaded."""
+        for path in reversed(self._files()):
+            try:
+                return read(path)
+            except (OSError, ValueError) as exc:
+                aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+                path.rename(aside)
+                log.warning("checkpoint %s is unusable (%s): moved to %s", path, exc, aside.name)
+        return None
+
+    def _files(self) -> list[Path]:
+        return sorted(self.folder.glob("round-*.ckpt"))
+
+
+def read(path: Path) -> Checkpoint:
+    """Reads and checks one checkpoint file; ValueError says what is wrong with it."""
+    data = path.read_bytes()
+    if len(data) < _HEADER.size:
+        raise ValueError("truncated header")
+    magic, elements, meta_size = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise ValueError("not a swarmnode checkpoint")
+    expected = _HEADER.size + meta_size + elements * canonical.ELEMENT_BYTES
+    if len(data) != expected:
+        raise ValueError(f"{len(data)} bytes where the header promises {expected}")
+    try:
+        meta = json.loads(data[_HEADER.size : _HEADER.size + meta_size])
+        digest = bytes.fromhex(meta["digest"])
+        round_number = int(meta["round"])
+        state = dict(meta.get("state", {}))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"unreadable metadata ({exc})") from exc
+    vector = np.frombuffer(data, dtype="<f4", offset=_HEADER.size + meta_size).astype(np.float32)
+    if canonical.digest(vector) != digest:
+        raise ValueError("the model does not match the digest stored beside it")
+    return Checkpoint(round_number, digest, vector, state)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
