@@ -46,8 +46,10 @@ class Syncer:
         check_initial_digest: bool = True,
         poll: float = 0.05,
         frame_chunks: int = 128,
+        on_closed: Callable[[], object] | None = None,
     ) -> None:
         self.ledger = ledger
+        self.on_closed = on_closed
         self.transport = transport
         self.inbox = inbox
         params = ledger.params()
@@ -77,6 +79,7 @@ class Syncer:
             reference=self.reference,
             poll=self._poll,
             frame_chunks=self._frame_chunks,
+            on_closed=self.on_closed,
         )
         if result.merged is not None:
             self.reference = result.merged

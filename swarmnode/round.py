@@ -59,6 +59,7 @@ def run_round(
     sleep: Callable[[float], None] = time.sleep,
     frame_chunks: int = 128,
     fault: Fault | None = None,
+    on_closed: Callable[[], object] | None = None,
 ) -> RoundResult:
     """Contributes `vector` (the snapshot this node commits to) to the current round."""
     me = ledger.account
@@ -92,6 +93,8 @@ def run_round(
         return RoundResult(number, 0, "not_admitted", (), None, None, seconds, traffic, 0)
 
     state = _wait_closed(ledger, number, params, chain, poll, sleep)
+    if on_closed is not None and state.status == RoundStatus.CLOSED:
+        on_closed()  # e.g. re-read the roster: a participant may have registered just now
     result: RoundResult | None = None
     while state.status == RoundStatus.CLOSED:
         if me.lower() not in (p.lower() for p in state.live_participants):

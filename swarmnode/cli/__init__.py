@@ -18,6 +18,7 @@ from swarmnode.exceptions import SwarmError
 from swarmnode.cli import chain as _chain  # noqa: F401  isort: skip
 from swarmnode.cli import demo as _demo  # noqa: F401  isort: skip
 from swarmnode.cli import deploy as _deploy  # noqa: F401  isort: skip
+from swarmnode.cli import run as _run  # noqa: F401  isort: skip
 from swarmnode.cli import simulate as _simulate  # noqa: F401  isort: skip
 from swarmnode.cli import init as _init  # noqa: F401  isort: skip
 

@@ -23,7 +23,12 @@ from web3.contract.contract import ContractFunction
 from swarmnode.exceptions import ContractError, LedgerError
 from swarmnode.ledger.artifacts import load
 from swarmnode.ledger.base import Ledger
-from swarmnode.ledger.transactions import Backoff, TransactionSender
+from swarmnode.ledger.transactions import (
+    ROUND_WORK_GAS,
+    ROUND_WORK_GAS_PER_PEER,
+    Backoff,
+    TransactionSender,
+)
 from swarmnode.ledger.types import (
     FailReason,
     LedgerEvent,
@@ -92,6 +97,7 @@ class ContractLedger(Ledger):
             prepare=prepare or (lambda: None),
             estimate_on=estimate_on,
             fixed_gas=fixed_gas,
+            min_gas=self._round_work_gas,
             unavailable=unavailable,
         )
         self._params: SwarmParams | None = None
@@ -138,9 +144,20 @@ class ContractLedger(Ledger):
                     raise
             self._too_early.sleep(delay)
 
+    def _round_work_gas(self) -> int:
+        """Room for the round-level work any join or report may end up doing (see
+        transactions.ROUND_WORK_GAS), from the swarm's max_peers."""
+        return ROUND_WORK_GAS + ROUND_WORK_GAS_PER_PEER * self.params().max_peers
+
     def _name_failure(self, fn: ContractFunction, receipt: Any) -> LedgerError:
         """A status-0 receipt says nothing; replaying the call on the parent state names it."""
         block = int(receipt["blockNumber"])
+        sent = self._w3.eth.get_transaction(receipt["transactionHash"])
+        if int(receipt["gasUsed"]) >= int(sent["gas"]):
+            return LedgerError(
+                f"{fn.fn_name}: transaction {receipt['transactionHash'].hex()} ran out of gas "
+                f"(limit {int(sent['gas']):,}) in block {block}"
+            )
         try:
             self.sender.call(
                 fn, transaction={"from": self._account.address}, block_identifier=max(block - 1, 0)

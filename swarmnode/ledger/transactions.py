@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 # and inclusion (another join lands first and this one closes the round), so leave room.
 GAS_MARGIN = 1.3
 GAS_EXTRA = 50_000
+# A join or report estimated as an ordinary one can land as the one that closes or finalizes
+# the round (another node's transaction got in first), which does the round's work: the
+# limit must cover that. Unused gas is never paid for.
+ROUND_WORK_GAS = 250_000
+ROUND_WORK_GAS_PER_PEER = 3_000
 JOURNAL_SIZE = 256
 _ALREADY_SENT = ("already known", "known transaction", "nonce too low", "already imported")
 
@@ -91,6 +96,7 @@ class TransactionSender:
         prepare: Callable[[], None],
         estimate_on: Literal["pending", "latest"] = "pending",
         fixed_gas: int | None = None,
+        min_gas: Callable[[], int] = lambda: 0,
         unavailable: Backoff | None = None,
         receipt_timeout: float = 120.0,
         poll_interval: float = 0.05,
@@ -101,6 +107,7 @@ class TransactionSender:
         self._prepare = prepare
         self._estimate_on = estimate_on
         self._fixed_gas = fixed_gas
+        self._min_gas = min_gas
         self._unavailable = unavailable or Backoff(first_delay=0.2, max_delay=2.0, attempts=40)
         self._receipt_timeout = receipt_timeout
         self._poll_interval = poll_interval
@@ -187,7 +194,7 @@ class TransactionSender:
         try:
             if self._fixed_gas is None:
                 estimate = fn.estimate_gas({"from": sender}, block_identifier=self._estimate_on)
-                return int(estimate * GAS_MARGIN) + GAS_EXTRA
+                return max(int(estimate * GAS_MARGIN) + GAS_EXTRA, self._min_gas())
             # Preflight on the pending block to name a revert before paying for it.
             fn.call({"from": sender}, block_identifier=self._estimate_on)
             return self._fixed_gas

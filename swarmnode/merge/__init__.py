@@ -34,8 +34,7 @@ from swarmnode.merge.krum import Krum, KrumMerge
 from swarmnode.rules import MergeRuleId, Rule, merge_rule_needs
 
 RULES: dict[MergeRuleId, type[MergeRule]] = {
-    cls.rule_id: cls
-    for cls in (Mean, Median, TrimmedMean, Krum, GeometricMedian, CenteredClipping)
+    cls.rule_id: cls for cls in (Mean, Median, TrimmedMean, Krum, GeometricMedian, CenteredClipping)
 }
 
 

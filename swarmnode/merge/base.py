@@ -207,8 +207,9 @@ def combine_partials(partials: Sequence[torch.Tensor]) -> torch.Tensor:
     total = torch.zeros(shape, dtype=torch.float64)
     for j, part in enumerate(partials):
         if tuple(part.shape) != shape:
-            raise MergeError(f"partial sums of segment {j} have shape {tuple(part.shape)}, "
-                             f"expected {shape}")
+            raise MergeError(
+                f"partial sums of segment {j} have shape {tuple(part.shape)}, expected {shape}"
+            )
         value = part.detach().to(device="cpu", dtype=torch.float64)
         if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
             raise MergeError(f"partial sums of segment {j} are negative or non-finite")
@@ -313,9 +314,7 @@ class MergeRule(ABC):
     def _check(
         self, contributions: torch.Tensor, weights: WeightsLike
     ) -> tuple[torch.Tensor, list[float]]:
-        x = check_contributions(
-            contributions, self.min_contributions, self.name, self.needs_reason
-        )
+        x = check_contributions(contributions, self.min_contributions, self.name, self.needs_reason)
         return x, check_weights(weights, x.shape[0], self.name)
 
     @abstractmethod
@@ -352,4 +351,3 @@ class MergeRule(ABC):
         """Merges a whole vector held as one segment."""
         refs = None if reference is None else [reference]
         return self.merge_segments([contributions], weights, refs)[0]
-

@@ -1,0 +1,77 @@
+"""A node's configuration file (node.toml), validated field by field.
+
+A wrong field is one line naming the file and the field (ConfigError), never a traceback.
+Relative paths are relative to the file's folder, so a node folder can be moved whole.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from swarmnode.exceptions import ConfigError
+
+
+class NodeConfig(BaseModel):
+    """What `swarmnode run` needs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    identity_dir: Path
+    deployment: Path
+    task: str = Field(description="module:attribute of a Task, or of a function returning one")
+    rpc: str | None = None  # default: the URL recorded in the deployment file
+    listen: str = "127.0.0.1:0"
+    checkpoint_dir: Path | None = None  # default: identity_dir / "checkpoints"
+    rounds: int = Field(0, ge=0, description="rounds to take part in; 0: until stopped")
+    seed: int = 0
+    init_seed: int = 0
+    device: str = "auto"
+    log_file: Path | None = None  # default: identity_dir / "node.jsonl"
+
+    @field_validator("task")
+    @classmethod
+    def _module_attribute(cls, value: str) -> str:
+        module, _, attribute = value.partition(":")
+        if not module or not attribute:
+            raise ValueError("write module:attribute, e.g. mypackage.tasks:hospital_task")
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("write host:port, e.g. 127.0.0.1:50051 (port 0: any free one)")
+        return value
+
+    @classmethod
+    def load(cls, path: Path) -> NodeConfig:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not TOML ({exc})") from None
+        data: dict[str, Any] = dict(raw.get("node", raw))
+        base = path.resolve().parent
+        for key in ("identity_dir", "deployment", "checkpoint_dir", "log_file"):
+            if isinstance(data.get(key), str):
+                data[key] = str(base / data[key])
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "node"
+            raise ConfigError(f"{path}: field {field}: {first['msg']}") from None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.checkpoint_dir or self.identity_dir / "checkpoints"
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_file or self.identity_dir / "node.jsonl"

@@ -1,0 +1,221 @@
+"""`swarmnode run`: one node as a long-running process.
+
+Process concerns only: load the identity, the deployment and the task; register (or move
+the endpoint) on the contract; serve peers; train and take part in rounds; checkpoint after
+every final round; resume from the last good checkpoint after a crash; stop cleanly on
+SIGTERM or Ctrl-C after the round in progress. Everything else is the library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from swarmnode.checkpoint import Checkpoint, CheckpointStore
+from swarmnode.config import NodeConfig
+from swarmnode.exceptions import ConfigError, LedgerError, MergeError, PeerError
+from swarmnode.identity import NodeIdentity
+from swarmnode.ledger.deployment import Deployment
+from swarmnode.ledger.keys import PASSPHRASE_ENV
+from swarmnode.ledger.rpc import RpcChain
+from swarmnode.membership import RosterFeed
+from swarmnode.node import SwarmNode
+from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
+from swarmnode.p2p.inbox import Inbox
+from swarmnode.sync import SyncState
+from swarmnode.training import Task
+
+log = logging.getLogger("swarmnode.daemon")
+
+
+def load_task(spec: str) -> Task:
+    """`module:attribute`, a Task or a function that returns one."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"task {spec}: cannot import {module_name} ({exc})") from None
+    try:
+        value = getattr(module, attribute)
+    except AttributeError:
+        raise ConfigError(f"task {spec}: {module_name} has no {attribute}") from None
+    task = value() if callable(value) and not isinstance(value, Task) else value
+    if not isinstance(task, Task):
+        raise ConfigError(f"task {spec}: is a {type(task).__name__}, not a swarmnode Task")
+    return task
+
+
+class JsonLines(logging.Handler):
+    """One JSON object per line: what a log shipper or `jq` reads."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "a", buffering=1)  # noqa: SIM115 - closed in close()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        entry: dict[str, Any] = {
+            "time": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        self._file.write(json.dumps(entry, default=str) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
+    """Runs until `stop` is set (SIGTERM / Ctrl-C) or `config.rounds` rounds are done."""
+    stop = stop or threading.Event()
+    identity = NodeIdentity.load(config.identity_dir, os.environ.get(PASSPHRASE_ENV, ""))
+    deployment = Deployment.load(config.deployment)
+    url = config.rpc or deployment.rpc
+    if not url:
+        raise ConfigError(f"{config.deployment}: names no RPC URL; set rpc in the node config")
+    chain = RpcChain(url)
+    chain.check(deployment)
+    ledger = chain.ledger(deployment, identity.account)
+    task = load_task(config.task)
+    device = None if config.device == "auto" else config.device
+
+    handler = JsonLines(config.log_path)
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    package_log = logging.getLogger("swarmnode")
+    package_log.setLevel(logging.INFO)
+    package_log.addHandler(handler)
+    package_log.addHandler(console)
+    feed = RosterFeed(ledger)
+    inbox = Inbox(ledger.account)
+    host, _, port = config.listen.rpartition(":")
+    server = PeerServer(
+        ledger.account,
+        identity.tls.key_pem,
+        identity.tls.cert_pem,
+        feed.roster,
+        inbox,
+        host=host,
+        port=int(port),
+        current_round=ledger.current_round,
+    ).start()
+    transport = GrpcTransport(
+        ledger.account, identity.tls.key_pem, identity.tls.cert_pem, feed.roster
+    )
+    try:
+        _enrol(ledger, server.endpoint, identity.tls.cert_der)
+        feed.refresh()
+        node = SwarmNode(
+            ledger=ledger,
+            transport=transport,
+            inbox=inbox,
+            task=task,
+            device=device,
+            seed=config.seed,
+            init_seed=config.init_seed,
+            poll=0.05,
+        )
+        node.syncer.on_closed = feed.refresh  # peers that registered after us are in the round
+        store = CheckpointStore(config.checkpoints)
+        _resume(node, store)
+        log.info(
+            "node %s serving on %s",
+            ledger.account,
+            server.endpoint,
+            extra={"fields": {"event": "started", "endpoint": server.endpoint}},
+        )
+        done = 0
+        while not stop.is_set() and (config.rounds == 0 or done < config.rounds):
+            feed.refresh()
+            try:
+                outcome = node.step()
+            except (LedgerError, PeerError, MergeError) as exc:
+                # the chain or a peer failed us this round: keep the model, go on
+                log.error("round failed here: %s", exc, extra={"fields": {"event": "error"}})
+                stop.wait(1.0)
+                continue
+            result = outcome.result
+            fields = {
+                "event": "round",
+                "round": result.round,
+                "status": result.status,
+                "attempt": result.attempt,
+                "digest": (result.digest or b"").hex(),
+                "seconds": result.seconds,
+                "bytes_sent": result.traffic.sent,
+                "val_loss": outcome.val_loss,
+            }
+            log.info("round %d %s", result.round, result.status, extra={"fields": fields})
+            if result.merged is not None and result.digest is not None:
+                state = {
+                    "sync": node.syncer.policy.state.to_dict(),
+                    "batches_done": node.trainer.batches_done,
+                }
+                store.save(Checkpoint(result.round, result.digest, result.merged, state))
+                done += 1
+        log.info("node %s stopping", ledger.account, extra={"fields": {"event": "stopped"}})
+        return 0
+    finally:
+        transport.close()
+        server.stop(1.0)
+        package_log.removeHandler(handler)
+        package_log.removeHandler(console)
+        handler.close()
+
+
+def _enrol(ledger: Any, endpoint: str, certificate: bytes) -> None:
+    """Registers, or moves the endpoint, so that the chain shows this process."""
+    record = ledger.node(ledger.account)
+    fingerprint = hashlib.sha256(certificate).digest()
+    if record is None or not record.active:
+        ledger.register(endpoint, certificate)
+    elif record.fingerprint != fingerprint:
+        ledger.deregister()
+        ledger.register(endpoint, certificate)
+    elif record.endpoint != endpoint:
+        ledger.update_endpoint(endpoint)
+
+
+def _resume(node: SwarmNode, store: CheckpointStore) -> None:
+    """Loads the newest good checkpoint whose digest the chain agrees with."""
+    checkpoint = store.latest()
+    if checkpoint is None:
+        return
+    on_chain = node.ledger.round(checkpoint.round).final_digest
+    if on_chain != checkpoint.digest:
+        log.warning(
+            "checkpoint of round %d does not match the chain's digest: not used",
+            checkpoint.round,
+        )
+        return
+    node.trainer.load(checkpoint.vector)
+    node.syncer.reference = checkpoint.vector
+    sync = checkpoint.state.get("sync")
+    if isinstance(sync, dict):
+        node.syncer.policy.restore(SyncState.from_dict(sync))
+    log.info(
+        "resumed from the checkpoint of round %d",
+        checkpoint.round,
+        extra={"fields": {"event": "resumed", "round": checkpoint.round}},
+    )
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT finish the round in progress, then stop."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)

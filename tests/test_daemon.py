@@ -1,0 +1,136 @@
+"""`swarmnode run` as separate OS processes against anvil: nodes enrol themselves, take part
+in rounds with mutual TLS over loopback, checkpoint every final round, and resume from the
+checkpoint when started again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from swarmnode import canonical
+from swarmnode.checkpoint import CheckpointStore
+from swarmnode.identity import NodeIdentity
+from swarmnode.ledger.devchain import AnvilChain
+from swarmnode.ledger.types import RoundStatus
+from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
+from swarmnode.training import LocalTrainer, example_task
+
+pytestmark = [pytest.mark.chain, pytest.mark.slow]
+
+
+@pytest.fixture
+def anvil() -> Iterator[AnvilChain]:
+    chain = AnvilChain()
+    try:
+        yield chain
+    finally:
+        chain.stop()
+
+
+def start(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "swarmnode", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={"PATH": os.environ["PATH"], "SWARMNODE_KEY_PASSPHRASE": ""},
+    )
+
+
+def finish(processes: list[subprocess.Popen[str]]) -> list[str]:
+    outputs = []
+    try:
+        for process in processes:
+            out, _ = process.communicate(timeout=120)
+            outputs.append(out)
+            assert process.returncode == 0, out
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return outputs
+
+
+def test_two_daemons_enrol_run_rounds_checkpoint_and_resume(
+    anvil: AnvilChain, tmp_path: Path
+) -> None:
+    initial = LocalTrainer(example_task(), "cpu", 0, init_seed=0).snapshot()
+    params = SwarmParams(
+        min_peers=2,
+        max_peers=2,
+        join_window=30,
+        transfer_deadline=60,
+        round_deadline=300,
+        sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (8, 0, 0, 0)),
+        initial_model_digest=canonical.digest(initial),
+    )
+    deployment, _ = anvil.deploy(params)
+    deployment_file = tmp_path / "deployment.json"
+    type(deployment)(
+        deployment.chain_id, deployment.address, deployment.block, params, anvil.url
+    ).save(deployment_file)
+    configs = []
+    for name in ("a", "b"):
+        identity = NodeIdentity.create(tmp_path / name, "", kdf="pbkdf2", iterations=2)
+        anvil.rpc.fund(anvil.funder, identity.address, 10**18)
+        config = tmp_path / f"{name}.toml"
+        config.write_text(
+            "[node]\n"
+            f'identity_dir = "{name}"\n'
+            'deployment = "deployment.json"\n'
+            'task = "swarmnode.training:example_task"\n'
+            'device = "cpu"\n'
+            "rounds = 2\n"
+        )
+        configs.append(config)
+
+    finish([start(c) for c in configs])
+    reader = anvil.ledger(deployment, anvil.new_account())
+    assert reader.current_round() == 3
+    for number in (1, 2):
+        assert reader.round(number).status == RoundStatus.FINAL
+    assert len(reader.active_nodes()) == 2
+    for name in ("a", "b"):
+        latest = CheckpointStore(tmp_path / name / "checkpoints").latest()
+        assert latest is not None and latest.round == 2
+        assert latest.digest == reader.round(2).final_digest
+        events = [
+            json.loads(line) for line in (tmp_path / name / "node.jsonl").read_text().splitlines()
+        ]
+        assert [e["status"] for e in events if e.get("event") == "round"] == ["final", "final"]
+
+    # started again, each resumes from its round-2 checkpoint and goes on to round 3
+    for config in configs:
+        config.write_text(config.read_text().replace("rounds = 2", "rounds = 1"))
+    finish([start(c) for c in configs])
+    assert reader.round(3).status == RoundStatus.FINAL
+    for name in ("a", "b"):
+        events = [
+            json.loads(line) for line in (tmp_path / name / "node.jsonl").read_text().splitlines()
+        ]
+        resumed = [e for e in events if e.get("event") == "resumed"]
+        assert resumed and resumed[-1]["round"] == 2
+        latest = CheckpointStore(tmp_path / name / "checkpoints").latest()
+        assert latest is not None and latest.round == 3
+
+
+def test_a_wrong_config_field_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('[node]\nidentity_dir = "x"\ndeployment = "d.json"\ntask = "nocolon"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "swarmnode", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": os.environ["PATH"]},
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "node.toml: field task" in lines[0], result.stderr
