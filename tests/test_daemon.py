@@ -134,3 +134,47 @@ def test_a_wrong_config_field_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "node.toml: field task" in lines[0], result.stderr
+
+
+def test_the_readme_walk_through_init_deploy_run_status(anvil: AnvilChain, tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "SWARMNODE_KEY_PASSPHRASE": "", "COLUMNS": "200"}
+
+    def swarmnode(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "swarmnode", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    addresses = []
+    for name in ("hospital-a", "hospital-b"):
+        swarmnode("init", "--dir", name)
+        addresses.append(NodeIdentity.inspect(tmp_path / name).address)
+        config = tmp_path / name / "node.toml"
+        assert config.exists()
+        config.write_text(config.read_text().replace("rounds = 0", "rounds = 1"))
+    swarmnode(
+        "deploy",
+        "--rpc",
+        anvil.url,
+        "--out",
+        "deployment.json",
+        "--max-peers",
+        "2",
+        "--initial-task",
+        "swarmnode.training:example_task",
+        "--fund",
+        addresses[0],
+        "--fund",
+        addresses[1],
+    )
+    finish([start(tmp_path / name / "node.toml") for name in ("hospital-a", "hospital-b")])
+    status = json.loads(swarmnode("status", "--deployment", "deployment.json", "--json").stdout)
+    assert status["current_round"] == 2
+    assert status["rounds"][1]["status"] == "final"
+    assert sorted(n["account"] for n in status["nodes"]) == sorted(addresses)

@@ -36,6 +36,15 @@ def _rule(spec: str, ids: type[MergeRuleId] | type[SyncPolicyId], what: str) -> 
     return Rule(rule_id, (numbers[0], numbers[1], numbers[2], numbers[3]))
 
 
+def _task_digest(spec: str) -> bytes:
+    """The digest of the initial model a task's nodes build (init seed 0, as node.toml)."""
+    from swarmnode import canonical
+    from swarmnode.daemon import load_task
+    from swarmnode.training import LocalTrainer
+
+    return canonical.digest(LocalTrainer(load_task(spec), "cpu", 0, init_seed=0).snapshot())
+
+
 def _digest(text: str) -> bytes:
     try:
         value = bytes.fromhex(text.removeprefix("0x"))
@@ -66,6 +75,10 @@ def deploy(
     initial_digest: str = typer.Option(
         "0x" + "01" * 32, help="Digest of the model every node starts from (32 bytes hex)."
     ),
+    initial_task: str | None = typer.Option(
+        None,
+        help="Take the initial digest from this task's model (module:attribute, init seed 0).",
+    ),
     restricted: bool = typer.Option(False, help="Only accounts the owner allows may register."),
     fund: list[str] = typer.Option([], "--fund", help="Also send --fund-amount ETH to ADDR."),
     fund_amount: float = typer.Option(10.0, help="ETH per --fund address."),
@@ -83,7 +96,9 @@ def deploy(
         round_deadline=round_deadline,
         merge_rule=_rule(merge_rule, MergeRuleId, "merge-rule"),
         sync_policy=_rule(sync_policy, SyncPolicyId, "sync-policy"),
-        initial_model_digest=_digest(initial_digest),
+        initial_model_digest=(
+            _task_digest(initial_task) if initial_task else _digest(initial_digest)
+        ),
         restricted=restricted,
     )
     params.validate()

@@ -118,14 +118,36 @@ def init(
         (SUMMARY_FILE, "address and fingerprint, for humans"),
     ):
         typer.echo(f"  {directory / name}  ({what})")
+    config = directory / "node.toml"
+    if force or not config.exists():
+        config.write_text(NODE_TOML)
+        typer.echo(f"  {config}  (node config: runs as is against ../deployment.json)")
     typer.echo(
         "next steps:\n"
         f"  1. fund {summary.address} so it can pay gas (on a dev chain: "
-        f"`swarmnode fund {summary.address} --deployment FILE`)\n"
-        "  2. run the node with this --dir; it registers its endpoint and this certificate on "
-        "the swarm contract when it starts"
+        f"`swarmnode fund {summary.address} --deployment FILE`, or `deploy --fund`)\n"
+        f"  2. `swarmnode run --config {config}`: it registers its endpoint and this "
+        "certificate on the swarm contract when it starts"
         + (f" (keep {PASSPHRASE_ENV} set for it)" if not empty_because else "")
     )
+
+
+NODE_TOML = """\
+# swarmnode node config: `swarmnode run --config node.toml`. Paths are relative to this file.
+[node]
+identity_dir = "."                  # this folder: account.json, tls.key, tls.crt
+deployment = "../deployment.json"   # written by `swarmnode deploy --out deployment.json`
+# rpc = "http://127.0.0.1:8545"     # default: the URL recorded in the deployment file
+# The task: module:attribute of a swarmnode Task, or of a function returning one. The
+# example learns a synthetic classification problem; deploy with
+# --initial-task swarmnode.training:example_task so that the swarm starts from its model.
+task = "swarmnode.training:example_task"
+listen = "127.0.0.1:0"              # gRPC with mutual TLS; port 0: any free one
+rounds = 0                          # rounds to take part in; 0: until Ctrl-C or SIGTERM
+device = "auto"                     # cuda when present, else cpu
+seed = 0                            # this node's data order
+init_seed = 0                       # the swarm's initial model: the same on every node
+"""
 
 
 def _echo_summary(summary: IdentitySummary) -> None:
