@@ -127,6 +127,7 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
             poll=0.05,
         )
         node.syncer.on_closed = feed.refresh  # peers that registered after us are in the round
+        node.syncer.stop = stop  # SIGTERM before a round closes: leave it rather than wait
         store = CheckpointStore(config.checkpoints)
         _resume(node, store)
         log.info(

@@ -12,6 +12,7 @@ so every node keeps the same rhythm.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,6 +51,7 @@ class Syncer:
     ) -> None:
         self.ledger = ledger
         self.on_closed = on_closed
+        self.stop: threading.Event | None = None  # set: leave a round that has not closed
         self.transport = transport
         self.inbox = inbox
         params = ledger.params()
@@ -80,6 +82,7 @@ class Syncer:
             poll=self._poll,
             frame_chunks=self._frame_chunks,
             on_closed=self.on_closed,
+            stop=self.stop,
         )
         if result.merged is not None:
             self.reference = result.merged

@@ -8,6 +8,7 @@ ledger, and a call that only finds the round moved on is read as news, not as an
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ def run_round(
     frame_chunks: int = 128,
     fault: Fault | None = None,
     on_closed: Callable[[], object] | None = None,
+    stop: threading.Event | None = None,
 ) -> RoundResult:
     """Contributes `vector` (the snapshot this node commits to) to the current round."""
     me = ledger.account
@@ -92,7 +94,11 @@ def run_round(
     if not chain(lambda: ledger.join(number, commitment, weight, scaled_loss)):
         return RoundResult(number, 0, "not_admitted", (), None, None, seconds, traffic, 0)
 
-    state = _wait_closed(ledger, number, params, chain, poll, sleep)
+    state = _wait_closed(ledger, number, params, chain, poll, sleep, stop)
+    if state.status == RoundStatus.OPEN:  # asked to stop before the round closed: we left
+        inbox.finish_round(number)
+        seconds["total"] = time.perf_counter() - started
+        return RoundResult(number, 0, "left", (), None, None, seconds, traffic, transactions)
     if on_closed is not None and state.status == RoundStatus.CLOSED:
         on_closed()  # e.g. re-read the roster: a participant may have registered just now
     result: RoundResult | None = None
@@ -213,12 +219,18 @@ def _wait_closed(
     chain: Callable[[Callable[[], None]], bool],
     poll: float,
     sleep: Callable[[float], None],
+    stop: threading.Event | None = None,
 ) -> RoundState:
-    """Until the round closes (closing it ourselves once the window allows) or ends."""
+    """Until the round closes (closing it ourselves once the window allows) or ends; if
+    `stop` is set first, leaves the open round and returns it still open."""
     while True:
         state = ledger.round(number)
         if state.status != RoundStatus.OPEN:
             return state
+        if stop is not None and stop.is_set():
+            if chain(lambda: ledger.leave(number)):
+                return ledger.round(number)
+            continue  # it closed meanwhile: take part after all
         close_at = state.close_allowed_at(params)
         expire_at = state.expires_at(params)
         now = ledger.now()

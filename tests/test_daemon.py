@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +180,52 @@ def test_the_readme_walk_through_init_deploy_run_status(anvil: AnvilChain, tmp_p
     assert status["current_round"] == 2
     assert status["rounds"][1]["status"] == "final"
     assert sorted(n["account"] for n in status["nodes"]) == sorted(addresses)
+
+
+def test_sigterm_stops_both_daemons_cleanly_between_or_after_rounds(
+    anvil: AnvilChain, tmp_path: Path
+) -> None:
+    initial = LocalTrainer(example_task(), "cpu", 0, init_seed=0).snapshot()
+    params = SwarmParams(
+        min_peers=2,
+        max_peers=2,
+        join_window=30,
+        transfer_deadline=60,
+        round_deadline=300,
+        sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (8, 0, 0, 0)),
+        initial_model_digest=canonical.digest(initial),
+    )
+    deployment, _ = anvil.deploy(params)
+    type(deployment)(
+        deployment.chain_id, deployment.address, deployment.block, params, anvil.url
+    ).save(tmp_path / "deployment.json")
+    configs = []
+    for name in ("a", "b"):
+        identity = NodeIdentity.create(tmp_path / name, "", kdf="pbkdf2", iterations=2)
+        anvil.rpc.fund(anvil.funder, identity.address, 10**18)
+        config = tmp_path / f"{name}.toml"
+        config.write_text(
+            f'[node]\nidentity_dir = "{name}"\ndeployment = "deployment.json"\n'
+            'task = "swarmnode.training:example_task"\ndevice = "cpu"\nrounds = 0\n'
+        )
+        configs.append(config)
+    processes = [start(c) for c in configs]
+    logs = [tmp_path / name / "node.jsonl" for name in ("a", "b")]
+
+    def rounds_done(log: Path) -> int:
+        if not log.exists():
+            return 0
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line]
+        return sum(1 for e in lines if e.get("event") == "round" and e["status"] == "final")
+
+    deadline = time.monotonic() + 90
+    while min(rounds_done(log) for log in logs) < 2:  # the daemons' own log is the signal
+        assert time.monotonic() < deadline, "the daemons did not finish two rounds"
+        assert all(p.poll() is None for p in processes)
+        time.sleep(0.1)
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    finish(processes)  # both exit 0, within the timeout
+    for log in logs:
+        events = [json.loads(line) for line in log.read_text().splitlines() if line]
+        assert events[-1]["event"] == "stopped"
