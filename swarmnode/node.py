@@ -127,6 +127,11 @@ class SwarmNode:
     ) -> None:
         self.task = task
         self.trainer = LocalTrainer(task, device, seed, init_seed=init_seed)
+        # (honest snapshot, last merged model) -> what is contributed; None: the snapshot
+        self.contribution: (
+            Callable[[npt.NDArray[np.float32], npt.NDArray[np.float32]], npt.NDArray[np.float32]]
+            | None
+        ) = None
         self.syncer = Syncer(
             ledger=ledger,
             transport=transport,
@@ -150,7 +155,10 @@ class SwarmNode:
         """Contributes the current model to the current round and loads the outcome."""
         metrics = self.trainer.evaluate() if self.task.val_data is not None else {}
         val_loss = float(metrics.get("loss", self.trainer.last_train_loss or 0.0))
-        result = self.syncer.sync(self.trainer.snapshot(), self.trainer.num_samples, val_loss)
+        snapshot = self.trainer.snapshot()
+        if self.contribution is not None:  # a simulated Byzantine node poisons what it sends
+            snapshot = self.contribution(snapshot, self.syncer.reference)
+        result = self.syncer.sync(snapshot, self.trainer.num_samples, val_loss)
         if result.merged is not None:
             self.trainer.load(result.merged)
         return NodeRound(result, batches, val_loss, metrics)

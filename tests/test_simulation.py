@@ -73,3 +73,52 @@ def test_a_wrong_scenario_field_is_named_with_its_file(tmp_path: Path) -> None:
         Scenario.load(None, {"partition": "sideways"})
     with pytest.raises(ConfigError, match="needs at least 5 nodes"):
         Scenario.load(None, {"nodes": 4, "merge_rule": "krum", "merge_params": (1, 0, 0, 0)})
+
+
+@pytest.mark.chain
+@pytest.mark.slow
+def test_sign_flipping_nodes_break_the_mean_and_not_the_median(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from swarmnode.simulation.run import simulate
+
+    accuracy = {}
+    for rule in ("mean", "median"):
+        scenario = Scenario.load(
+            None,
+            {
+                "nodes": 5,
+                "partition": "iid",
+                "rounds": 5,
+                "byzantine": 1,
+                "attack": "sign_flip",
+                "merge_rule": rule,
+                "name": rule,
+            },
+        )
+        with open(os.devnull, "w") as quiet:
+            outcome = simulate(scenario, tmp_path / rule, Console(file=quiet))
+        assert all(r["digest_agreed"] for r in outcome.report["rounds"])
+        accuracy[rule] = outcome.report["swarm"]["accuracy"]
+    assert accuracy["median"] > 0.8
+    assert accuracy["median"] > accuracy["mean"] + 0.3
+
+
+def test_attacks_poison_only_what_is_sent() -> None:
+    import numpy as np
+
+    from swarmnode.simulation.attacks import make_attack
+
+    reference = np.zeros(4, dtype=np.float32)
+    honest = np.array([1, -1, 2, 0], dtype=np.float32)
+    flip = make_attack("sign_flip", seed=0, scale=2.0)
+    assert flip is not None and flip(honest, reference).tolist() == [-2, 2, -4, 0]
+    noise = make_attack("noise", seed=0)
+    assert noise is not None and not np.array_equal(noise(honest, reference), honest)
+    assert make_attack("none", seed=0) is None
+    with pytest.raises(ConfigError, match="unknown attack"):
+        make_attack("bribery", seed=0)
+    with pytest.raises(ConfigError, match="need an attack"):
+        Scenario.load(None, {"byzantine": 2})
+    with pytest.raises(ConfigError, match="at least one honest"):
+        Scenario.load(None, {"nodes": 3, "byzantine": 3, "attack": "noise"})

@@ -24,6 +24,8 @@ def simulate(
     local_batches: int | None = typer.Option(None, help="Batches each node trains between syncs."),
     merge_rule: str | None = typer.Option(None, help="mean, median, trimmed_mean, krum, ..."),
     seed: int | None = typer.Option(None, help="Seed of the split, the data order and init."),
+    byzantine: int | None = typer.Option(None, help="Nodes that poison their contributions."),
+    attack: str | None = typer.Option(None, help="none, sign_flip or noise."),
 ) -> None:
     """Run a swarm of virtual nodes on a real data set and compare it with its baselines."""
     from swarmnode.simulation.run import simulate as run
@@ -40,6 +42,8 @@ def simulate(
             "local_batches": local_batches,
             "merge_rule": merge_rule,
             "seed": seed,
+            "byzantine": byzantine,
+            "attack": attack,
         },
     )
     folder = out or Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-{scenario.name}")

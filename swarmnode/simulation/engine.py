@@ -23,6 +23,7 @@ from swarmnode import canonical
 from swarmnode.ledger.contract import ContractLedger
 from swarmnode.node import SwarmNode
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
+from swarmnode.simulation.attacks import make_attack
 from swarmnode.simulation.data import Dataset
 from swarmnode.simulation.local import grpc_swarm, run_in_threads
 from swarmnode.simulation.scenario import Scenario
@@ -124,6 +125,10 @@ def run_swarm(
             )
             for i, (peer, task) in enumerate(zip(swarm.peers, tasks, strict=True))
         ]
+        for i, node in enumerate(nodes[len(nodes) - scenario.byzantine :]):
+            node.contribution = make_attack(
+                scenario.attack, seed=scenario.seed * 1000 + i, scale=scenario.attack_scale
+            )
         model_bytes = len(initial) * canonical.ELEMENT_BYTES
         records: list[RoundRecord] = []
         for _ in range(scenario.rounds):

@@ -39,11 +39,18 @@ class Scenario(BaseModel):
     merge_params: tuple[int, int, int, int] = (0, 0, 0, 0)
     seed: int = 0
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    byzantine: int = Field(0, ge=0, description="nodes that poison their contributions")
+    attack: Literal["none", "sign_flip", "noise"] = "none"
+    attack_scale: float = Field(4.0, gt=0)
 
     @model_validator(mode="after")
     def _rule_parameters(self) -> Scenario:
         from swarmnode.rules import merge_rule_needs
 
+        if self.byzantine >= self.nodes:
+            raise ValueError("byzantine must leave at least one honest node")
+        if self.byzantine and self.attack == "none":
+            raise ValueError("byzantine nodes need an attack (sign_flip or noise)")
         rule = self.rule()
         needs = merge_rule_needs(rule)
         if needs > self.nodes:
