@@ -18,6 +18,7 @@ import pytest
 from swarmnode import canonical
 from swarmnode.checkpoint import CheckpointStore
 from swarmnode.identity import NodeIdentity
+from swarmnode.ledger.deployment import Deployment
 from swarmnode.ledger.devchain import AnvilChain
 from swarmnode.ledger.types import RoundStatus
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
@@ -60,9 +61,8 @@ def finish(processes: list[subprocess.Popen[str]]) -> list[str]:
     return outputs
 
 
-def test_two_daemons_enrol_run_rounds_checkpoint_and_resume(
-    anvil: AnvilChain, tmp_path: Path
-) -> None:
+def two_nodes(anvil: AnvilChain, folder: Path, rounds: int) -> tuple[Deployment, list[Path]]:
+    """A swarm for the example task on anvil and two node folders with configs, funded."""
     initial = LocalTrainer(example_task(), "cpu", 0, init_seed=0).snapshot()
     params = SwarmParams(
         min_peers=2,
@@ -74,24 +74,30 @@ def test_two_daemons_enrol_run_rounds_checkpoint_and_resume(
         initial_model_digest=canonical.digest(initial),
     )
     deployment, _ = anvil.deploy(params)
-    deployment_file = tmp_path / "deployment.json"
-    type(deployment)(
-        deployment.chain_id, deployment.address, deployment.block, params, anvil.url
-    ).save(deployment_file)
+    Deployment(deployment.chain_id, deployment.address, deployment.block, params, anvil.url).save(
+        folder / "deployment.json"
+    )
     configs = []
     for name in ("a", "b"):
-        identity = NodeIdentity.create(tmp_path / name, "", kdf="pbkdf2", iterations=2)
+        identity = NodeIdentity.create(folder / name, "", kdf="pbkdf2", iterations=2)
         anvil.rpc.fund(anvil.funder, identity.address, 10**18)
-        config = tmp_path / f"{name}.toml"
+        config = folder / f"{name}.toml"
         config.write_text(
             "[node]\n"
             f'identity_dir = "{name}"\n'
             'deployment = "deployment.json"\n'
             'task = "swarmnode.training:example_task"\n'
             'device = "cpu"\n'
-            "rounds = 2\n"
+            f"rounds = {rounds}\n"
         )
         configs.append(config)
+    return deployment, configs
+
+
+def test_two_daemons_enrol_run_rounds_checkpoint_and_resume(
+    anvil: AnvilChain, tmp_path: Path
+) -> None:
+    deployment, configs = two_nodes(anvil, tmp_path, rounds=2)
 
     finish([start(c) for c in configs])
     reader = anvil.ledger(deployment, anvil.new_account())
@@ -185,30 +191,7 @@ def test_the_readme_walk_through_init_deploy_run_status(anvil: AnvilChain, tmp_p
 def test_sigterm_stops_both_daemons_cleanly_between_or_after_rounds(
     anvil: AnvilChain, tmp_path: Path
 ) -> None:
-    initial = LocalTrainer(example_task(), "cpu", 0, init_seed=0).snapshot()
-    params = SwarmParams(
-        min_peers=2,
-        max_peers=2,
-        join_window=30,
-        transfer_deadline=60,
-        round_deadline=300,
-        sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (8, 0, 0, 0)),
-        initial_model_digest=canonical.digest(initial),
-    )
-    deployment, _ = anvil.deploy(params)
-    type(deployment)(
-        deployment.chain_id, deployment.address, deployment.block, params, anvil.url
-    ).save(tmp_path / "deployment.json")
-    configs = []
-    for name in ("a", "b"):
-        identity = NodeIdentity.create(tmp_path / name, "", kdf="pbkdf2", iterations=2)
-        anvil.rpc.fund(anvil.funder, identity.address, 10**18)
-        config = tmp_path / f"{name}.toml"
-        config.write_text(
-            f'[node]\nidentity_dir = "{name}"\ndeployment = "deployment.json"\n'
-            'task = "swarmnode.training:example_task"\ndevice = "cpu"\nrounds = 0\n'
-        )
-        configs.append(config)
+    _, configs = two_nodes(anvil, tmp_path, rounds=0)
     processes = [start(c) for c in configs]
     logs = [tmp_path / name / "node.jsonl" for name in ("a", "b")]
 
