@@ -236,10 +236,7 @@ class Inbox:
             expected = self._updates.get(header.round)
             self._round_check(header.round, expected is not None)
             assert expected is not None
-            if header.attempt < expected.attempt:
-                raise Stale(f"attempt {header.attempt} of round {header.round} is over here")
-            if header.attempt > expected.attempt:
-                raise NotReady(f"attempt {header.attempt} of round {header.round} not started here")
+            _attempt_check(header.round, header.attempt, expected.attempt)
             commitment = expected.commitments.get(sender)
             if commitment is None:
                 raise InvalidMessage(f"{sender} is not a participant of round {header.round}")
@@ -281,10 +278,7 @@ class Inbox:
             expected = self._merged.get(header.round)
             self._round_check(header.round, expected is not None)
             assert expected is not None
-            if header.attempt < expected.attempt:
-                raise Stale(f"attempt {header.attempt} of round {header.round} is over here")
-            if header.attempt > expected.attempt:
-                raise NotReady(f"attempt {header.attempt} of round {header.round} not started here")
+            _attempt_check(header.round, header.attempt, expected.attempt)
             spec = expected.owners.get(sender)
             if spec is None or spec[0] != header.segment:
                 raise InvalidMessage(
@@ -344,10 +338,7 @@ class Inbox:
             attempt = self._partials_attempt.get(message.round)
             self._round_check(message.round, attempt is not None)
             assert attempt is not None
-            if message.attempt < attempt:
-                raise Stale(f"attempt {message.attempt} of round {message.round} is over here")
-            if message.attempt > attempt:
-                raise NotReady(f"attempt {message.attempt} of round {message.round} not started")
+            _attempt_check(message.round, message.attempt, attempt)
             owned = self._merged[message.round].owners.get(sender)
             if owned is None or owned[0] != message.segment:
                 raise InvalidMessage(
@@ -408,3 +399,11 @@ class Inbox:
         if not stream.done.wait(timeout):
             return None
         return stream.buffer
+
+
+def _attempt_check(round: int, given: int, current: int) -> None:
+    """A past attempt's data is Stale (never the sender's fault); a future one is NotReady."""
+    if given < current:
+        raise Stale(f"attempt {given} of round {round} is over here")
+    if given > current:
+        raise NotReady(f"attempt {given} of round {round} not started here")
