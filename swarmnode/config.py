@@ -23,6 +23,9 @@ class NodeConfig(BaseModel):
     identity_dir: Path
     deployment: Path
     task: str = Field(description="module:attribute of a Task, or of a function returning one")
+    task_args: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments for the task's function"
+    )
     rpc: str | None = None  # default: the URL recorded in the deployment file
     listen: str = "127.0.0.1:0"
     checkpoint_dir: Path | None = None  # default: identity_dir / "checkpoints"

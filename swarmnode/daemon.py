@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -36,8 +37,8 @@ from swarmnode.training import Task
 log = logging.getLogger("swarmnode.daemon")
 
 
-def load_task(spec: str) -> Task:
-    """`module:attribute`, a Task or a function that returns one."""
+def load_task(spec: str, args: Mapping[str, Any] | None = None) -> Task:
+    """`module:attribute`, a Task or a function that returns one (called with `args`)."""
     module_name, _, attribute = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -47,7 +48,17 @@ def load_task(spec: str) -> Task:
         value = getattr(module, attribute)
     except AttributeError:
         raise ConfigError(f"task {spec}: {module_name} has no {attribute}") from None
-    task = value() if callable(value) and not isinstance(value, Task) else value
+    if isinstance(value, Task):
+        if args:
+            raise ConfigError(f"task {spec}: is a Task, not a function: task_args not allowed")
+        task: object = value
+    elif callable(value):
+        try:
+            task = value(**dict(args or {}))
+        except TypeError as exc:
+            raise ConfigError(f"task {spec}: {exc}") from None
+    else:
+        task = value
     if not isinstance(task, Task):
         raise ConfigError(f"task {spec}: is a {type(task).__name__}, not a swarmnode Task")
     return task
@@ -87,7 +98,7 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
     chain = RpcChain(url)
     chain.check(deployment)
     ledger = chain.ledger(deployment, identity.account)
-    task = load_task(config.task)
+    task = load_task(config.task, config.task_args)
     device = None if config.device == "auto" else config.device
 
     handler = JsonLines(config.log_path)
