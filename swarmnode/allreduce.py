@@ -38,6 +38,10 @@ from swarmnode.p2p.transport import FrameSource, Transport
 class InjectedCrash(SwarmError):
     """A fault-injection point was reached: this node stops here, as if killed."""
 
+    def __init__(self, message: str, round: int) -> None:
+        super().__init__(message)
+        self.round = round
+
 
 @dataclass(frozen=True)
 class Fault:
@@ -91,12 +95,48 @@ class _FrameBudget:
 
 
 class MissingContributions(PeerError):
-    """Some peers' data did not arrive in time: the round layer votes to drop them."""
+    """Some peers' data did not arrive in time: the round layer votes to drop `peers`, the
+    ones to blame (`why` says when they are not the ones whose data is missing)."""
 
-    def __init__(self, phase: str, peers: Sequence[str]) -> None:
+    def __init__(self, phase: str, peers: Sequence[str], why: str = "") -> None:
         self.phase = phase
         self.peers = tuple(peers)
-        super().__init__(f"{phase}: nothing complete from {', '.join(self.peers)} in time")
+        super().__init__(f"{phase}: nothing complete from {why or ', '.join(self.peers)} in time")
+
+
+BLAME_TIMEOUT = 2.0  # seconds to ask a silent owner what it waits for
+
+
+def _blame(
+    me: str, attempt: Attempt, silent: Sequence[str], transport: Transport
+) -> tuple[list[str], str]:
+    """Whom to vote out for the owners whose merged segments (or partial sums) are missing.
+
+    An owner cannot merge, so cannot send, while a contribution to its segment is missing:
+    blaming the owner would drop a live node for another's fault, and with fewer segments
+    than nodes the dead peer's own contributors may be too few to outvote it. So each
+    silent owner is asked whom it still waits for; those are blamed instead. An owner that
+    does not answer, or waits for nobody, is the one to blame. (A crashed or slow owner is
+    what this protocol defends against; a lying one is outside DESIGN.md's threat model.)
+    """
+    spelled = {p.lower(): p for p in attempt.participants}
+    blamed: list[str] = []
+    reasons: list[str] = []
+    for owner in silent:
+        try:
+            reply = transport.info(owner, BLAME_TIMEOUT, round=attempt.round)
+        except PeerError:
+            reply = None
+        waiting = [spelled[p] for p in reply.waiting_for if p in spelled] if reply else []
+        others = [p for p in waiting if p.lower() != me.lower()]
+        if not waiting:
+            culprits = [owner]
+            reasons.append(owner)
+        else:
+            culprits = others  # empty if only ours is missing there: others will blame us
+            reasons.append(f"{owner} (waits for {', '.join(waiting)})")
+        blamed.extend(c for c in culprits if c.lower() not in {b.lower() for b in blamed})
+    return blamed, ", ".join(reasons)
 
 
 @dataclass
@@ -174,7 +214,7 @@ def all_reduce(
     )
 
     if fault is not None and fault.phase == "before_reduce_scatter":
-        raise InjectedCrash(f"{me} dies before the reduce-scatter of round {attempt.round}")
+        raise InjectedCrash(f"{me} dies before the reduce-scatter", attempt.round)
     budget = _FrameBudget(fault.count) if fault and fault.phase == "reduce_scatter" else None
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, n - 1))) as pool:
@@ -223,7 +263,9 @@ def all_reduce(
                 traffic.received += got.nbytes + len(hashes)
         _settle(pushes)
         if budget is not None:
-            raise InjectedCrash(f"{me} dies after {fault.count if fault else 0} update frames")
+            raise InjectedCrash(
+                f"{me} dies after {fault.count if fault else 0} update frames", attempt.round
+            )
         if missing:
             raise MissingContributions("reduce-scatter", missing)
         seconds["reduce_scatter"] = time.perf_counter() - t0
@@ -274,7 +316,8 @@ def all_reduce(
         if fault is not None and fault.phase == "all_gather":
             _settle(pushes)
             raise InjectedCrash(
-                f"{me} dies after sending its merged segment to {fault.count} peers"
+                f"{me} dies after sending its merged segment to {fault.count} peers",
+                attempt.round,
             )
         deadline = time.monotonic() + timeout
         for j, p in enumerate(attempt.participants):
@@ -291,7 +334,7 @@ def all_reduce(
             traffic.received += got.nbytes
         _settle(pushes)
         if missing:
-            raise MissingContributions("all-gather", missing)
+            raise MissingContributions("all-gather", *_blame(me, attempt, missing, transport))
         seconds["all_gather"] = time.perf_counter() - t0
     return AllReduceResult(merged, canonical.digest(merged), traffic, seconds)
 
@@ -369,5 +412,7 @@ def _exchange_partials(
         traffic.received += got.nbytes
         gathered.append(torch.from_numpy(got).reshape(partials.shape))
     if missing:
-        raise MissingContributions(f"partial sums, step {step}", missing)
+        raise MissingContributions(
+            f"partial sums, step {step}", *_blame(me, attempt, missing, transport)
+        )
     return combine_partials(gathered)

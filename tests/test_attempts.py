@@ -111,3 +111,32 @@ def test_merged_data_of_a_future_attempt_waits_and_of_a_past_one_is_refused() ->
     got = inbox.merged(1, 2, A, timeout=1)
     assert got is not None and np.array_equal(got, merged[: 5 * canonical.CHUNK_ELEMENTS])
     assert inbox.refused == 0
+
+
+def test_a_late_expectation_of_an_older_attempt_does_not_undo_the_newer_one() -> None:
+    """A transfer the round gave up on may register what it expects after the next attempt
+    did: the newer plan stands, so the newer attempt's data is still accepted."""
+    transport, inbox = setup()
+    merged = np.arange(NUMEL, dtype=np.float32)
+    commitment = {A: canonical.digest(merged)}
+    inbox.expect_updates(1, 0, range(0, 10), NUMEL, commitment, attempt=2)
+    inbox.expect_merged(1, 2, {A: (0, range(0, 5))}, NUMEL)
+    inbox.expect_updates(1, 1, range(5, 10), NUMEL, commitment, attempt=1)  # late, older
+    inbox.expect_merged(1, 1, {A: (0, range(0, 10))}, NUMEL)  # late, older
+    transport.push(
+        B,
+        lambda: frames_for(
+            merged,
+            range(0, 5),
+            kind=peer_pb2.KIND_MERGED,
+            round=1,
+            attempt=2,
+            segment=0,
+            sender=A,
+            frame_chunks=2,
+        ),
+        timeout=5,
+    )
+    got = inbox.merged(1, 2, A, timeout=1)
+    assert got is not None and np.array_equal(got, merged[: 5 * canonical.CHUNK_ELEMENTS])
+    assert inbox.waiting_for(1) == [A.lower()]  # still segment 0 of attempt 2 it waits for

@@ -190,6 +190,7 @@ class PeerServer:
             round=self._current_round(),
             version=__version__,
             serving=self._serving,
+            waiting_for=self._inbox.waiting_for(request.round) if request.round else [],
         )
 
     def _push(self, kind: int) -> Callable[[Iterator[Any], grpc.ServicerContext], Any]:
@@ -319,14 +320,14 @@ class GrpcTransport(Transport):
         except grpc.RpcError as exc:
             raise _as_peer_error(peer, exc) from exc
 
-    def info(self, peer: str, timeout: float) -> peer_pb2.InfoReply:
+    def info(self, peer: str, timeout: float, round: int = 0) -> peer_pb2.InfoReply:
         def ask(channel: grpc.Channel) -> peer_pb2.InfoReply:
             call = channel.unary_unary(
                 f"/{SERVICE}/Info",
                 request_serializer=peer_pb2.InfoRequest.SerializeToString,
                 response_deserializer=peer_pb2.InfoReply.FromString,
             )
-            reply: peer_pb2.InfoReply = call(peer_pb2.InfoRequest(), timeout=timeout)
+            reply: peer_pb2.InfoReply = call(peer_pb2.InfoRequest(round=round), timeout=timeout)
             return reply
 
         return self._call(peer, ask)

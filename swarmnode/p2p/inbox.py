@@ -152,6 +152,8 @@ class Inbox:
             key = {account.lower(): bytes(c) for account, c in commitments.items()}
             fresh = _UpdateRound(attempt, segment, chunks, numel, key)
             old = self._updates.get(round)
+            if old is not None and old.attempt > attempt:
+                return  # a transfer given up on, late: the newer attempt's plan stands
             if old is not None:
                 for sender, stream in old.streams.items():
                     if sender in key and stream.hashes is not None:
@@ -164,6 +166,9 @@ class Inbox:
     ) -> None:
         """In this attempt, `owners` send their merged segments; earlier attempts are over."""
         with self._lock:
+            current = self._merged.get(round)
+            if current is not None and current.attempt > attempt:
+                return  # a transfer given up on, late: the newer attempt's plan stands
             key = {account.lower(): spec for account, spec in owners.items()}
             self._merged[round] = _MergedAttempt(attempt, numel, key)
             self._partials_attempt[round] = attempt
@@ -348,6 +353,21 @@ class Inbox:
             self._lock.notify_all()
 
     # ------------------------------------------------------------------ waiting
+
+    def waiting_for(self, round: int) -> list[str]:
+        """Senders whose update segment for `round` this node, as an owner, still lacks:
+        what a peer missing this node's merged segment needs to know whom to blame."""
+        with self._lock:
+            expected = self._updates.get(round)
+            if expected is None:
+                return []
+            me = self.account.lower()
+            return [
+                sender
+                for sender in expected.commitments
+                if sender != me
+                and ((stream := expected.streams.get(sender)) is None or not stream.done.is_set())
+            ]
 
     def update(self, round: int, sender: str, timeout: float) -> npt.NDArray[np.float32] | None:
         """`sender`'s whole update segment for this node, or None if it did not arrive in time."""

@@ -94,9 +94,12 @@ class MemoryTransport(Transport):
         ):
             yield codec.decode(codec.encode(frame))
 
-    def info(self, peer: str, timeout: float) -> peer_pb2.InfoReply:
-        self._network.inbox(self.account, peer)
-        return peer_pb2.InfoReply(account=peer, version=__version__, serving=True)
+    def info(self, peer: str, timeout: float, round: int = 0) -> peer_pb2.InfoReply:
+        inbox = self._network.inbox(self.account, peer)
+        waiting = inbox.waiting_for(round) if round else []
+        return peer_pb2.InfoReply(
+            account=peer, version=__version__, serving=True, waiting_for=waiting
+        )
 
     def close(self) -> None:
         """Nothing to release."""

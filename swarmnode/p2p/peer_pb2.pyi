@@ -64,20 +64,24 @@ class Ack(_message.Message):
     def __init__(self, elements: _Optional[int] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("round",)
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    def __init__(self, round: _Optional[int] = ...) -> None: ...
 
 class InfoReply(_message.Message):
-    __slots__ = ("account", "round", "version", "serving")
+    __slots__ = ("account", "round", "version", "serving", "waiting_for")
     ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVING_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
     account: str
     round: int
     version: str
     serving: bool
-    def __init__(self, account: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[str] = ..., serving: _Optional[bool] = ...) -> None: ...
+    waiting_for: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, account: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[str] = ..., serving: _Optional[bool] = ..., waiting_for: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Partials(_message.Message):
     __slots__ = ("round", "attempt", "step", "segment", "values", "sender")

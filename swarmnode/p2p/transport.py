@@ -80,7 +80,8 @@ class Transport(ABC):
         return vector
 
     @abstractmethod
-    def info(self, peer: str, timeout: float) -> peer_pb2.InfoReply: ...
+    def info(self, peer: str, timeout: float, round: int = 0) -> peer_pb2.InfoReply:
+        """Who `peer` is; with `round`, also whose update segments it still waits for."""
 
     @abstractmethod
     def close(self) -> None: ...
