@@ -9,6 +9,7 @@ import pytest
 
 from swarmnode.exceptions import ContractError
 from swarmnode.ledger.contract import ContractLedger
+from swarmnode.ledger.devchain import AnvilChain
 from swarmnode.ledger.embedded import EmbeddedChain
 from swarmnode.ledger.transactions import Backoff
 from swarmnode.ledger.types import RoundStatus
@@ -122,6 +123,46 @@ def test_a_status_zero_receipt_is_named_by_replaying_the_call() -> None:
     error = ledger._name_failure(fn, receipt)
     assert isinstance(error, ContractError)
     assert error.name == "TooFewJoined"
+
+
+def test_a_report_that_failed_behind_the_finalizing_one_in_its_block_is_named(
+    anvil_chain: AnvilChain,
+) -> None:
+    """Two reports mined in one block: the first finalizes the round, the second reverts.
+    Replayed on the parent state the late one would pass; it must still be named, as a
+    stale view (the round moved on), not as an unknown failure."""
+    deployment, _ = anvil_chain.deploy(SwarmParams(min_peers=2, max_peers=3))
+    ledgers = [anvil_chain.ledger(deployment, anvil_chain.new_account()) for _ in range(3)]
+    for i, ledger in enumerate(ledgers):
+        ledger.register(f"127.0.0.1:{7300 + i}", f"cert-{i}".encode())
+        ledger.join(1, digest(f"u{i}"), 10, 1)  # the third join closes the round
+    ledgers[0].report(1, 1, digest("merged"))
+    w3 = anvil_chain.rpc.w3
+    w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+    try:
+        sent = []
+        for ledger in ledgers[1:]:  # the finalizing report, then the late one
+            fn = ledger._contract.functions.report(1, 1, digest("merged"))
+            account = ledger._account
+            tx = fn.build_transaction(
+                {
+                    "from": account.address,
+                    "nonce": w3.eth.get_transaction_count(account.address),
+                    "gas": 400_000,
+                }
+            )
+            sent.append(
+                (fn, w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction))
+            )
+        w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+    receipts = [w3.eth.wait_for_transaction_receipt(tx_hash) for _, tx_hash in sent]
+    assert receipts[0]["blockNumber"] == receipts[1]["blockNumber"]
+    assert [r["status"] for r in receipts] == [1, 0]
+    error = ledgers[2]._name_failure(sent[1][0], receipts[1])
+    assert isinstance(error, ContractError)
+    assert error.stale_view, error
 
 
 def test_a_participant_that_does_not_finalize_pays_at_most_150k_gas_per_round() -> None:

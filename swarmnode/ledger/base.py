@@ -38,6 +38,12 @@ class Ledger(ABC):
     def now(self) -> int:
         """The clock this node decides deadlines by, in chain seconds."""
 
+    @property
+    def gas_used(self) -> int:
+        """Gas of every mined transaction this handle sent, from the receipts; 0 where
+        there is no gas (the in-memory ledger), so a round can report what it cost."""
+        return 0
+
     # roster
     @abstractmethod
     def register(self, endpoint: str, certificate: bytes) -> None: ...

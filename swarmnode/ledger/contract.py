@@ -124,6 +124,10 @@ class ContractLedger(Ledger):
     def now(self) -> int:
         return int(self._clock())
 
+    @property
+    def gas_used(self) -> int:
+        return sum(gas for _, gas in self.gas_log)
+
     def _view(self, fn: ContractFunction) -> Any:
         return self.sender.call(fn)
 
@@ -150,7 +154,7 @@ class ContractLedger(Ledger):
         return ROUND_WORK_GAS + ROUND_WORK_GAS_PER_PEER * self.params().max_peers
 
     def _name_failure(self, fn: ContractFunction, receipt: Any) -> LedgerError:
-        """A status-0 receipt says nothing; replaying the call on the parent state names it."""
+        """A status-0 receipt says nothing; replaying the call names it."""
         block = int(receipt["blockNumber"])
         sent = self._w3.eth.get_transaction(receipt["transactionHash"])
         if int(receipt["gasUsed"]) >= int(sent["gas"]):
@@ -158,14 +162,18 @@ class ContractLedger(Ledger):
                 f"{fn.fn_name}: transaction {receipt['transactionHash'].hex()} ran out of gas "
                 f"(limit {int(sent['gas']):,}) in block {block}"
             )
-        try:
-            self.sender.call(
-                fn, transaction={"from": self._account.address}, block_identifier=max(block - 1, 0)
-            )
-        except ContractError as named:
-            return named
-        except LedgerError:
-            pass
+        # On the parent state first; then on the block's own state, for a transaction that
+        # another one mined before it in the same block made fail (a late report after the
+        # finalizing one: WrongRound), which the parent state knows nothing of.
+        for state in (max(block - 1, 0), block):
+            try:
+                self.sender.call(
+                    fn, transaction={"from": self._account.address}, block_identifier=state
+                )
+            except ContractError as named:
+                return named
+            except LedgerError:
+                pass
         return LedgerError(
             f"{fn.fn_name}: transaction {receipt['transactionHash'].hex()} reverted in block "
             f"{block} and replaying it did not name the error"
@@ -318,9 +326,12 @@ class ContractLedger(Ledger):
 
         def create() -> str:
             with self.sender.guard("open_filter"):
-                log_filter = self._w3.eth.filter(
-                    {"address": self._address, "fromBlock": max(from_block, self._deploy_block)}
-                )
+                # anvil refuses a filter from a block it has not mined yet (it just restarted
+                # and nothing happened since): start at its head, whose events the cursor
+                # has already read and drops
+                head = int(self._w3.eth.block_number)
+                start = min(max(from_block, self._deploy_block), head)
+                log_filter = self._w3.eth.filter({"address": self._address, "fromBlock": start})
                 return str(log_filter.filter_id)
 
         result: str = self.sender.retry_unavailable("open_filter", create)

@@ -141,8 +141,12 @@ class TransactionSender:
         return self.retry_unavailable(fn.fn_name, once)
 
     def retry_unavailable(self, what: str, action: Callable[[], Any]) -> Any:
-        """Runs `action`, retrying while the chain does not answer."""
+        """Runs `action`, retrying while the chain does not answer.
+
+        One warning per call, at its first retry; the later ones are debug lines, so that
+        an outage does not flood the log with a line per try."""
         delays = self._unavailable.delays()
+        retries = 0
         while True:
             try:
                 return action()
@@ -151,7 +155,9 @@ class TransactionSender:
                 if delay is None:
                     raise
                 self.stats.unavailable_retries += 1
-                log.warning("%s: chain unavailable, retrying in %.2f s", what, delay)
+                level = logging.WARNING if retries == 0 else logging.DEBUG
+                retries += 1
+                log.log(level, "%s: chain unavailable, retrying with backoff", what)
                 self._unavailable.sleep(delay)
 
     # ------------------------------------------------------------------ steps
