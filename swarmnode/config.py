@@ -34,6 +34,15 @@ class NodeConfig(BaseModel):
     init_seed: int = 0
     device: str = "auto"
     log_file: Path | None = None  # default: identity_dir / "node.jsonl"
+    # After SIGTERM, how long the node may go on with the round it is in before it withdraws
+    # from it instead. Default (None): twice the swarm's transfer deadline, what the protocol
+    # takes to vote out one silent peer and run the attempt again without it.
+    stop_grace: float | None = Field(None, ge=0)
+    # Fault injection, for fault tests and the process simulator: after `die_after_rounds`
+    # final rounds, the process SIGKILLs itself at this point of its next round (a phase as
+    # swarmnode.allreduce.Fault parses it, e.g. "reduce_scatter:after_frames=1").
+    die_at: str | None = None
+    die_after_rounds: int = Field(0, ge=0)
 
     @field_validator("task")
     @classmethod

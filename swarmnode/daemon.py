@@ -2,66 +2,49 @@
 
 Process concerns only: load the identity, the deployment and the task; register (or move
 the endpoint) on the contract; serve peers; train and take part in rounds; checkpoint after
-every final round; resume from the last good checkpoint after a crash; stop cleanly on
-SIGTERM or Ctrl-C after the round in progress. Everything else is the library.
+every final round; resume from the last good checkpoint after a crash, giving up the seat
+of a round the crashed process had joined (its state died with it); on SIGTERM or Ctrl-C
+finish the round in progress within `stop_grace`, else withdraw from it, and exit 0.
+Everything else is the library.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import os
 import signal
+import sys
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from swarmnode import progress
+from swarmnode.allreduce import Fault, InjectedCrash
 from swarmnode.checkpoint import Checkpoint, CheckpointStore
 from swarmnode.config import NodeConfig
-from swarmnode.exceptions import ConfigError, LedgerError, MergeError, PeerError
+from swarmnode.exceptions import ChainUnavailable, ConfigError, LedgerError, MergeError, PeerError
 from swarmnode.identity import NodeIdentity
 from swarmnode.ledger.deployment import Deployment
 from swarmnode.ledger.keys import PASSPHRASE_ENV
 from swarmnode.ledger.rpc import RpcChain
+from swarmnode.ledger.transactions import Backoff
 from swarmnode.membership import RosterFeed
 from swarmnode.node import SwarmNode
+from swarmnode.outage import ChainOutage
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
+from swarmnode.round import leave_unfinished
 from swarmnode.sync import SyncState
-from swarmnode.training import Task
+from swarmnode.training import load_task
 
 log = logging.getLogger("swarmnode.daemon")
 
-
-def load_task(spec: str, args: Mapping[str, Any] | None = None) -> Task:
-    """`module:attribute`, a Task or a function that returns one (called with `args`)."""
-    module_name, _, attribute = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"task {spec}: cannot import {module_name} ({exc})") from None
-    try:
-        value = getattr(module, attribute)
-    except AttributeError:
-        raise ConfigError(f"task {spec}: {module_name} has no {attribute}") from None
-    if isinstance(value, Task):
-        if args:
-            raise ConfigError(f"task {spec}: is a Task, not a function: task_args not allowed")
-        task: object = value
-    elif callable(value):
-        try:
-            task = value(**dict(args or {}))
-        except TypeError as exc:
-            raise ConfigError(f"task {spec}: {exc}") from None
-    else:
-        task = value
-    if not isinstance(task, Task):
-        raise ConfigError(f"task {spec}: is a {type(task).__name__}, not a swarmnode Task")
-    return task
+# How long one chain call retries before the daemon calls it an outage (about 6 s): a
+# restarting dev chain is back by then; longer, and the node trains on (swarmnode.outage).
+CALL_RETRIES = Backoff(first_delay=0.25, max_delay=2.0, attempts=6)
 
 
 class JsonLines(logging.Handler):
@@ -97,12 +80,15 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
         raise ConfigError(f"{config.deployment}: names no RPC URL; set rpc in the node config")
     chain = RpcChain(url)
     chain.check(deployment)
-    ledger = chain.ledger(deployment, identity.account)
+    ledger = chain.ledger(deployment, identity.account, unavailable=CALL_RETRIES)
     task = load_task(config.task, config.task_args)
+    fault = Fault.parse(config.die_at) if config.die_at else None
     device = None if config.device == "auto" else config.device
 
     handler = JsonLines(config.log_path)
-    console = logging.StreamHandler()
+    display = progress.for_stream(sys.stderr, rounds=config.rounds)  # bars on a terminal only
+    outage = ChainOutage(lambda: chain.check(deployment), where=url, on_change=display.outage)
+    console = display.log_handler()
     console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     package_log = logging.getLogger("swarmnode")
     package_log.setLevel(logging.INFO)
@@ -138,9 +124,11 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
             poll=0.05,
         )
         node.syncer.on_closed = feed.refresh  # peers that registered after us are in the round
-        node.syncer.stop = stop  # SIGTERM before a round closes: leave it rather than wait
+        node.syncer.stop = stop  # SIGTERM: leave an open round, finish or withdraw a closed one
+        node.syncer.stop_grace = config.stop_grace
         store = CheckpointStore(config.checkpoints)
         _resume(node, store)
+        _give_up_unfinished(node)
         log.info(
             "node %s serving on %s",
             ledger.account,
@@ -149,9 +137,19 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
         )
         done = 0
         while not stop.is_set() and (config.rounds == 0 or done < config.rounds):
-            feed.refresh()
+            if fault is not None and done == config.die_after_rounds:
+                node.syncer.fault = fault
+            mined = len(ledger.gas_log)  # receipts so far: the round's count is the difference
             try:
-                outcome = node.step()
+                feed.refresh()
+                outcome = display.step(node)
+            except InjectedCrash as crash:
+                fields = {"event": "die", "round": crash.round}
+                log.error("fault injection: %s", crash, extra={"fields": fields})
+                os.kill(os.getpid(), signal.SIGKILL)
+            except ChainUnavailable as exc:  # train on until the chain answers again
+                outage.ride_out(node, stop, exc)
+                continue
             except (LedgerError, PeerError, MergeError) as exc:
                 # the chain or a peer failed us this round: keep the model, go on
                 log.error("round failed here: %s", exc, extra={"fields": {"event": "error"}})
@@ -166,6 +164,12 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
                 "digest": (result.digest or b"").hex(),
                 "seconds": result.seconds,
                 "bytes_sent": result.traffic.sent,
+                "bytes_received": result.traffic.received,
+                "participants": len(result.participants),
+                "batches": outcome.batches,
+                "receipts": len(ledger.gas_log) - mined,
+                "transactions": result.transactions,
+                "gas": result.gas,
                 "val_loss": outcome.val_loss,
             }
             log.info("round %d %s", result.round, result.status, extra={"fields": fields})
@@ -179,6 +183,7 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
         log.info("node %s stopping", ledger.account, extra={"fields": {"event": "stopped"}})
         return 0
     finally:
+        display.stop()
         transport.close()
         server.stop(1.0)
         package_log.removeHandler(handler)
@@ -223,8 +228,24 @@ def _resume(node: SwarmNode, store: CheckpointStore) -> None:
     )
 
 
+def _give_up_unfinished(node: SwarmNode) -> None:
+    """A seat the previous process took in the current round: the snapshot it committed to
+    and every segment it received died with it, so leave or withdraw (DESIGN.md point 7)
+    before training, rather than let the others wait out a deadline to vote it out."""
+    given_up = leave_unfinished(node.ledger)
+    if given_up is not None:
+        number, how = given_up
+        log.warning(
+            "round %d was joined before the restart and its state is gone: %s",
+            number,
+            how,
+            extra={"fields": {"event": how, "round": number}},
+        )
+
+
 def install_signal_handlers(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT finish the round in progress, then stop."""
+    """SIGTERM and SIGINT: no new round; the one in progress is left if still open, else
+    finished within the grace or withdrawn from (swarmnode.round.run_round); then exit 0."""
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()

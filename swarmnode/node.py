@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from swarmnode import canonical
+from swarmnode.allreduce import Fault
 from swarmnode.exceptions import ConfigError
 from swarmnode.ledger.base import Ledger
 from swarmnode.merge import make_rule
@@ -52,6 +53,11 @@ class Syncer:
         self.ledger = ledger
         self.on_closed = on_closed
         self.stop: threading.Event | None = None  # set: leave a round that has not closed
+        # with `stop` set, how long a closed round may take before this node withdraws
+        # (None: run_round's default, twice the transfer deadline)
+        self.stop_grace: float | None = None
+        # fault injection (tests, the simulator's crashes): the next round dies at this point
+        self.fault: Fault | None = None
         self.transport = transport
         self.inbox = inbox
         params = ledger.params()
@@ -83,6 +89,8 @@ class Syncer:
             frame_chunks=self._frame_chunks,
             on_closed=self.on_closed,
             stop=self.stop,
+            stop_grace=self.stop_grace,
+            fault=self.fault,
         )
         if result.merged is not None:
             self.reference = result.merged

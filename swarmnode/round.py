@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +31,8 @@ from swarmnode.sync import loss_to_int
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 
 @dataclass
 class RoundResult:
@@ -37,13 +40,16 @@ class RoundResult:
 
     round: int
     attempt: int
-    status: str  # final | failed_too_few | failed_disagreed | expired | not_admitted | lost
+    # final | caught_up | lost | failed_too_few | failed_disagreed | expired | not_admitted,
+    # or, when asked to stop: stopped (before joining) | left (before close) | withdrawn
+    status: str
     participants: tuple[str, ...]
     merged: npt.NDArray[np.float32] | None
     digest: bytes | None
     seconds: dict[str, float] = field(default_factory=dict)
     traffic: Traffic = field(default_factory=Traffic)
     transactions: int = 0
+    gas: int = 0  # what this node's mined transactions of the round used, from receipts
 
 
 def run_round(
@@ -62,14 +68,26 @@ def run_round(
     fault: Fault | None = None,
     on_closed: Callable[[], object] | None = None,
     stop: threading.Event | None = None,
+    stop_grace: float | None = None,
 ) -> RoundResult:
-    """Contributes `vector` (the snapshot this node commits to) to the current round."""
+    """Contributes `vector` (the snapshot this node commits to) to the current round.
+
+    `stop` set (SIGTERM) means: do not join; leave a round that has not closed; finish a
+    closed one if it ends within `stop_grace` seconds of when this round first sees the
+    request (default: twice the transfer deadline, room to vote out a silent peer and run
+    the attempt again), else withdraw from it, so that the others go on at once without
+    waiting out a deadline to vote this node out. A node given `stop` (a long-running one:
+    the daemon) runs each transfer in a helper thread while this one watches the request
+    and the chain: waiting on a silent peer holds neither the withdrawal back nor the move
+    to a new attempt that another participant's withdrawal or drop started.
+    """
     me = ledger.account
     params = ledger.params()
     started = time.perf_counter()
     seconds = {"chain": 0.0, "transfer": 0.0, "merge": 0.0}
     traffic = Traffic()
     transactions = 0
+    gas_before = ledger.gas_used
     hashes = canonical.chunk_hashes(vector)
     commitment = canonical.digest_from_chunk_hashes(hashes)
 
@@ -89,22 +107,70 @@ def run_round(
         finally:
             seconds["chain"] += time.perf_counter() - t0
 
-    number = ledger.current_round()
+    found = _wait_open(ledger, params, chain, poll, sleep, stop)
+    if found is None:  # asked to stop before joining: nothing to leave
+        seconds["total"] = time.perf_counter() - started
+        gas = ledger.gas_used - gas_before
+        number = ledger.current_round()
+        return RoundResult(number, 0, "stopped", (), None, None, seconds, traffic, 0, gas)
+    number = found
     scaled_loss = loss_to_int(val_loss)
     if not chain(lambda: ledger.join(number, commitment, weight, scaled_loss)):
-        return RoundResult(number, 0, "not_admitted", (), None, None, seconds, traffic, 0)
+        # The round closed (or moved on) before our join: wait for it to end, then take its
+        # model like a node that missed it, instead of training a little and knocking again.
+        state = _wait_ended(ledger, number, params, chain, poll, sleep, stop)
+        merged = None
+        if state.status == RoundStatus.FINAL and state.final_digest is not None:
+            t0 = time.perf_counter()
+            try:
+                merged = catch_up(
+                    transport, number, state.final_digest, len(vector), state.live_participants
+                )
+            except PeerError as exc:
+                log.warning("%s: %s", me, exc)
+            seconds["transfer"] += time.perf_counter() - t0
+        seconds["total"] = time.perf_counter() - started
+        gas = ledger.gas_used - gas_before
+        if merged is not None:
+            inbox.publish_model(number, merged, canonical.chunk_hashes(merged))
+        return RoundResult(
+            number,
+            0,
+            "caught_up" if merged is not None else "not_admitted",
+            state.live_participants if merged is not None else (),
+            merged,
+            state.final_digest if merged is not None else None,
+            seconds,
+            traffic,
+            0,
+            gas,
+        )
 
     state = _wait_closed(ledger, number, params, chain, poll, sleep, stop)
     if state.status == RoundStatus.OPEN:  # asked to stop before the round closed: we left
         inbox.finish_round(number)
         seconds["total"] = time.perf_counter() - started
-        return RoundResult(number, 0, "left", (), None, None, seconds, traffic, transactions)
+        gas = ledger.gas_used - gas_before
+        return RoundResult(number, 0, "left", (), None, None, seconds, traffic, transactions, gas)
     if on_closed is not None and state.status == RoundStatus.CLOSED:
         on_closed()  # e.g. re-read the roster: a participant may have registered just now
     result: RoundResult | None = None
+    grace = 2.0 * params.transfer_deadline if stop_grace is None else stop_grace
+    stopping = _Stopping(stop, grace)
+    give_up = stopping.overdue if stop is not None else None
+    withdrawn = False
     while state.status == RoundStatus.CLOSED:
         if me.lower() not in (p.lower() for p in state.live_participants):
-            break  # dropped: the survivors finish without us
+            # dropped: the survivors finish without us; then we catch up like a late node
+            log.warning("%s: dropped from round %d in attempt %d", me, number, state.attempt)
+            state = _wait_ended(ledger, number, params, chain, poll, sleep, stop)
+            break
+        if stopping.overdue():  # asked to stop and the round did not end in time
+            withdrawn = chain(lambda: ledger.withdraw(number))
+            if withdrawn:
+                break
+            state = ledger.round(number)  # it moved on meanwhile: see how
+            continue
         seats = {s.account: s for s in state.seats if s.live}
         attempt = Attempt(
             round=number,
@@ -114,27 +180,38 @@ def run_round(
             commitments={p: seats[p].commitment for p in state.live_participants},
         )
         try:
-            reduced = all_reduce(
-                me=me,
-                attempt=attempt,
-                update=vector,
-                hashes=hashes,
-                rule=rule,
-                transport=transport,
-                inbox=inbox,
-                reference=reference,
-                timeout=max(1.0, state.attempt_start + params.transfer_deadline - ledger.now()),
-                frame_chunks=frame_chunks,
-                fault=fault,
+            reduced = _unless(
+                None if give_up is None else _transfer_watch(ledger, state, give_up),
+                poll,
+                partial(
+                    all_reduce,
+                    me=me,
+                    attempt=attempt,
+                    update=vector,
+                    hashes=hashes,
+                    rule=rule,
+                    transport=transport,
+                    inbox=inbox,
+                    reference=reference,
+                    timeout=max(1.0, state.attempt_start + params.transfer_deadline - ledger.now()),
+                    frame_chunks=frame_chunks,
+                    fault=fault,
+                ),
             )
         except MissingContributions as missing:
             log.warning("%s: round %d attempt %d: %s", me, number, state.attempt, missing)
-            _vote_out(ledger, state, params, missing.peers, chain, sleep)
-            state = _wait_moved(ledger, number, state.attempt, params, chain, poll, sleep)
+            if not stopping.overdue():  # else withdraw rather than vote
+                _vote_out(ledger, state, params, missing.peers, chain, sleep)
+                state = _wait_moved(
+                    ledger, number, state.attempt, params, chain, poll, sleep, give_up
+                )
             continue
         except (MergeError, PeerError) as exc:
             log.warning("%s: round %d attempt %d failed here: %s", me, number, state.attempt, exc)
-            state = _wait_moved(ledger, number, state.attempt, params, chain, poll, sleep)
+            state = _wait_moved(ledger, number, state.attempt, params, chain, poll, sleep, give_up)
+            continue
+        if reduced is None:  # stopping past the grace, or the chain moved to a new attempt
+            state = ledger.round(number)
             continue
         for name, value in reduced.seconds.items():
             seconds["merge" if name == "merge" else "transfer"] += value
@@ -145,9 +222,16 @@ def run_round(
         )
         report = partial(ledger.report, number, attempt.attempt, reduced.digest)
         chain(report)
-        state = _wait_moved(ledger, number, state.attempt, params, chain, poll, sleep)
+        state = _wait_moved(ledger, number, state.attempt, params, chain, poll, sleep, give_up)
 
     inbox.finish_round(number)
+    if withdrawn:
+        log.info("%s withdrew from round %d (attempt %d) to stop", me, number, state.attempt)
+        seconds["total"] = time.perf_counter() - started
+        gas = ledger.gas_used - gas_before
+        return RoundResult(
+            number, state.attempt, "withdrawn", (), None, None, seconds, traffic, transactions, gas
+        )
     status = _outcome(state, result)
     merged = result.merged if result is not None else None
     if status == "final" and result is not None and state.final_digest != result.digest:
@@ -175,7 +259,153 @@ def run_round(
         seconds,
         traffic,
         transactions,
+        ledger.gas_used - gas_before,
     )
+
+
+def leave_unfinished(ledger: Ledger) -> tuple[int, str] | None:
+    """Gives up a seat this account holds in the current round without the round's state.
+
+    A restarted daemon (or a node whose part in a round ended in an error) no longer has the
+    snapshot it committed to or anything it received, so it cannot take part: it leaves the
+    round while open and withdraws while closed (DESIGN.md point 7), so that the others go
+    on at once instead of waiting out the transfer deadline to vote it out; it joins the
+    next round. Returns (round, "left" or "withdrawn"), or None if it held no live seat.
+    """
+    number = ledger.current_round()
+    state = ledger.round(number)
+    if not _holds_seat(state, ledger.account):
+        return None
+    try:
+        if state.status == RoundStatus.OPEN:
+            ledger.leave(number)
+            return number, "left"
+        if state.status == RoundStatus.CLOSED:
+            ledger.withdraw(number)
+            return number, "withdrawn"
+    except ContractError as err:
+        if err.stale_view or err.name == "NotLive":
+            return None  # the round moved on, or the others voted us out, meanwhile
+        raise
+    return None
+
+
+def _holds_seat(state: RoundState, account: str) -> bool:
+    """A live seat in a round that is still under way."""
+    if state.status not in (RoundStatus.OPEN, RoundStatus.CLOSED):
+        return False
+    return any(s.live and s.account.lower() == account.lower() for s in state.seats)
+
+
+class _Stopping:
+    """A stop request as one round sees it: the grace counts from the first time the round
+    notices it, which is within a poll (transfers run in a helper thread meanwhile)."""
+
+    def __init__(self, stop: threading.Event | None, grace: float) -> None:
+        self._stop = stop
+        self._grace = grace
+        self._seen: float | None = None
+
+    def overdue(self) -> bool:
+        if self._stop is None or not self._stop.is_set():
+            return False
+        now = time.monotonic()
+        if self._seen is None:
+            self._seen = now
+            log.info("asked to stop: finishing this round if it ends within %.1f s", self._grace)
+        return now - self._seen >= self._grace
+
+
+WATCH_EVERY = 0.5  # seconds between reads of the round while a transfer runs
+
+
+def _transfer_watch(
+    ledger: Ledger, state: RoundState, give_up: Callable[[], bool]
+) -> Callable[[], bool]:
+    """True once `give_up()` is, or once the chain has left `state`'s attempt: its result
+    could no longer be reported, and the next attempt reuses what was received.
+
+    The first read comes WATCH_EVERY after the transfer started, by which time it has long
+    declared its expectations to the inbox: an abandoned transfer never overwrites the next
+    attempt's (those calls come first in all_reduce and do not block)."""
+    next_read = time.monotonic() + WATCH_EVERY
+
+    def stop_waiting() -> bool:
+        nonlocal next_read
+        if give_up():
+            return True
+        if time.monotonic() < next_read:
+            return False
+        next_read = time.monotonic() + WATCH_EVERY
+        now = ledger.round(state.number)
+        return now.status != RoundStatus.CLOSED or now.attempt != state.attempt
+
+    return stop_waiting
+
+
+def _unless(give_up: Callable[[], bool] | None, poll: float, work: Callable[[], _T]) -> _T | None:
+    """`work()`, or None as soon as `give_up()` is true while it runs.
+
+    Without `give_up` it runs here. With it, it runs in a daemon thread that is abandoned
+    when giving up: an all-reduce only waits on peers and the inbox, never on the chain, and
+    it ends by its own timeout.
+    """
+    if give_up is None:
+        return work()
+    outcome: list[tuple[bool, object]] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="round-transfer", daemon=True).start()
+    while not done.wait(poll):
+        if give_up():
+            return None
+    ok, value = outcome[0]
+    if not ok:
+        assert isinstance(value, BaseException)
+        raise value
+    return cast(_T, value)
+
+
+def _wait_open(
+    ledger: Ledger,
+    params: SwarmParams,
+    chain: Callable[[Callable[[], None]], bool],
+    poll: float,
+    sleep: Callable[[float], None],
+    stop: threading.Event | None,
+) -> int | None:
+    """The current round once this node can join it; None if `stop` is set first.
+
+    A round under way without this node is waited out (a join would only be refused, and
+    training on meanwhile would drift from the swarm); a seat it holds without the round's
+    state is given up first (`leave_unfinished`)."""
+    while True:
+        if stop is not None and stop.is_set():
+            return None
+        number = ledger.current_round()
+        state = ledger.round(number)
+        if _holds_seat(state, ledger.account):
+            given_up = leave_unfinished(ledger)
+            if given_up is not None:
+                log.warning(
+                    "%s held a seat in round %d without its state: %s", ledger.account, *given_up
+                )
+            continue
+        if state.status == RoundStatus.OPEN:
+            return number
+        expire_at = state.expires_at(params)
+        if expire_at is not None and ledger.now() >= expire_at:
+            chain(partial(ledger.expire, number))
+        else:
+            sleep(poll)
 
 
 def catch_up(
@@ -205,6 +435,8 @@ def _outcome(state: RoundState, result: RoundResult | None) -> str:
 
     if state.status == RoundStatus.FINAL:
         return "final" if result is not None else "lost"
+    if state.status == RoundStatus.CLOSED:
+        return "dropped"  # and asked to stop before the survivors finished
     return {
         FailReason.EXPIRED: "expired",
         FailReason.TOO_FEW_LIVE: "failed_too_few",
@@ -242,6 +474,30 @@ def _wait_closed(
             sleep(poll)
 
 
+def _wait_ended(
+    ledger: Ledger,
+    number: int,
+    params: SwarmParams,
+    chain: Callable[[Callable[[], None]], bool],
+    poll: float,
+    sleep: Callable[[float], None],
+    stop: threading.Event | None = None,
+) -> RoundState:
+    """Until a round this node is not (or no longer) part of is final or failed; expires it
+    when its deadline passes, so nothing waits forever. Returns early if `stop` is set."""
+    while True:
+        state = ledger.round(number)
+        if state.status in (RoundStatus.FINAL, RoundStatus.FAILED):
+            return state
+        if stop is not None and stop.is_set():
+            return state
+        expire_at = state.expires_at(params)
+        if expire_at is not None and ledger.now() >= expire_at:
+            chain(lambda: ledger.expire(number))
+        else:
+            sleep(poll)
+
+
 def _wait_moved(
     ledger: Ledger,
     number: int,
@@ -250,13 +506,17 @@ def _wait_moved(
     chain: Callable[[Callable[[], None]], bool],
     poll: float,
     sleep: Callable[[float], None],
+    give_up: Callable[[], bool] | None = None,
 ) -> RoundState:
-    """Until the round ends or starts a new attempt; votes out silent peers and expires the
-    round when their deadlines pass, so nothing waits forever."""
+    """Until the round ends or starts a new attempt, or `give_up()` says to stop waiting;
+    votes out silent peers and expires the round when their deadlines pass, so nothing
+    waits forever."""
     voted: set[str] = set()
     while True:
         state = ledger.round(number)
         if state.status != RoundStatus.CLOSED or state.attempt != attempt:
+            return state
+        if give_up is not None and give_up():
             return state
         now = ledger.now()
         expire_at = state.expires_at(params)
@@ -287,8 +547,7 @@ def _vote_out(
     allowed = state.drop_allowed_at(params)
     if allowed is None:
         return
-    wait = allowed - ledger.now()
-    if wait > 0:
+    while (wait := allowed - ledger.now()) > 0:  # again if the clock lagged the sleep
         sleep(wait)
     me = ledger.account.lower()
     for peer in peers:

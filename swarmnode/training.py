@@ -20,6 +20,7 @@ neither web3, eth_tester, flwr nor pydantic. Merging happens elsewhere (swarmnod
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from contextlib import contextmanager
 from typing import Any, TypeAlias
@@ -584,3 +585,30 @@ def example_task(
         drop_last=batchnorm,
         name="example-linear",
     )
+
+
+def load_task(spec: str, args: Mapping[str, Any] | None = None) -> Task:
+    """`module:attribute`, a Task or a function that returns one (called with `args`)."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"task {spec}: cannot import {module_name} ({exc})") from None
+    try:
+        value = getattr(module, attribute)
+    except AttributeError:
+        raise ConfigError(f"task {spec}: {module_name} has no {attribute}") from None
+    if isinstance(value, Task):
+        if args:
+            raise ConfigError(f"task {spec}: is a Task, not a function: task_args not allowed")
+        task: object = value
+    elif callable(value):
+        try:
+            task = value(**dict(args or {}))
+        except TypeError as exc:
+            raise ConfigError(f"task {spec}: {exc}") from None
+    else:
+        task = value
+    if not isinstance(task, Task):
+        raise ConfigError(f"task {spec}: is a {type(task).__name__}, not a swarmnode Task")
+    return task

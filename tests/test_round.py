@@ -79,6 +79,7 @@ def test_a_round_on_the_memory_ledger_ends_final_with_one_digest(rule: Rule) -> 
         r.merged is not None and r.merged.tobytes() == results[0].merged.tobytes() for r in results
     )  # type: ignore[union-attr]
     assert ledgers[0].current_round() == 2
+    assert {r.gas for r in results} == {0}  # no gas without a chain
 
 
 def test_a_peer_that_never_delivers_is_voted_out_and_the_rest_finish() -> None:
@@ -128,6 +129,7 @@ def test_a_round_on_the_embedded_chain_over_grpc_with_mutual_tls() -> None:
     try:
         updates = vectors(3)
         merge = make_rule(params.merge_rule)
+        logged = [len(peer.ledger.gas_log) for peer in peers]  # type: ignore[attr-defined]
         results = in_threads(
             [
                 lambda i=i: run_round(
@@ -150,8 +152,16 @@ def test_a_round_on_the_embedded_chain_over_grpc_with_mutual_tls() -> None:
         weights = np.array([10, 20, 30], dtype=np.float64)
         expected = (np.stack(updates).astype(np.float64) * weights[:, None]).sum(0) / weights.sum()
         np.testing.assert_allclose(results[0].merged, expected, rtol=1e-5, atol=1e-6)  # type: ignore[arg-type]
-        for r in results:
+        reports = 0
+        for r, peer, before in zip(results, peers, logged, strict=True):
             assert r.traffic.sent > 0 and r.transactions >= 1
+            # gas from this round's receipts, a late report that reverted included (it is
+            # paid for even though it did nothing)
+            log = peer.ledger.gas_log[before:]  # type: ignore[attr-defined]
+            assert r.gas == sum(gas for _, gas in log) > 0
+            assert "join" in {name for name, _ in log}
+            reports += sum(name == "report" for name, _ in log)
+        assert reports >= 2
     finally:
         swarm.close()
 
@@ -278,6 +288,45 @@ def test_a_peer_dying_mid_round_is_dropped_and_the_survivors_agree(die_at: str) 
     np.testing.assert_allclose(
         survivors[0].merged, np.mean(np.stack(updates[:3]), axis=0), atol=1e-6
     )  # type: ignore[arg-type]
+
+
+def test_with_fewer_chunks_than_nodes_the_dead_peer_is_blamed_not_the_owner_it_starves() -> None:
+    """One chunk among five nodes: one owner, four empty segments. A peer dying before the
+    reduce-scatter starves the owner, so the others miss the owner's merged segment; asked,
+    the owner says whom it waits for, and that peer alone is voted out."""
+    from swarmnode.allreduce import Fault, InjectedCrash
+
+    params = SwarmParams(
+        min_peers=2, max_peers=5, join_window=5, transfer_deadline=1, round_deadline=30
+    )
+    ledgers, inboxes, transports = memory_parts(5, params, clock=time.time)
+    rng = np.random.default_rng(5)
+    updates = [rng.standard_normal(100).astype(np.float32) for _ in range(5)]
+    merge = make_rule(params.merge_rule)
+
+    def node(i: int) -> RoundResult:
+        try:
+            return run_round(
+                ledger=ledgers[i],
+                transport=transports[i],
+                inbox=inboxes[i],
+                vector=updates[i],
+                weight=10,
+                val_loss=0.5,
+                rule=merge,
+                poll=0.02,
+                fault=Fault.parse("before_reduce_scatter") if i == 4 else None,
+            )
+        except InjectedCrash:
+            return RoundResult(1, 0, "crashed", (), None, None)
+
+    results = in_threads([lambda i=i: node(i) for i in range(5)])
+    state = ledgers[0].round(1)
+    assert state.status == RoundStatus.FINAL and state.attempt == 2
+    assert set(state.participants) - set(state.live_participants) == {ledgers[4].account}
+    assert {r.status for r in results[:4]} == {"final"}
+    assert {r.digest for r in results[:4]} == {state.final_digest}
+    np.testing.assert_allclose(results[0].merged, np.mean(np.stack(updates[:4]), axis=0), atol=1e-6)  # type: ignore[arg-type]
 
 
 def test_die_at_settings_are_checked() -> None:

@@ -10,10 +10,9 @@ import pytest
 
 from swarmnode import canonical
 from swarmnode.config import NodeConfig
-from swarmnode.daemon import load_task
 from swarmnode.exceptions import ConfigError
 from swarmnode.simulation.tasks import dataset_task, held_out
-from swarmnode.training import LocalTrainer
+from swarmnode.training import LocalTrainer, load_task
 
 SPEC = "swarmnode.simulation.tasks:dataset_task"
 

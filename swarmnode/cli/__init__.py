@@ -26,7 +26,9 @@ from swarmnode.cli import init as _init  # noqa: F401  isort: skip
 def main() -> None:
     """Entry point: a usage error or a SwarmError is one line on stderr, never a traceback."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C into this return value when not standalone
+            raise KeyboardInterrupt
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

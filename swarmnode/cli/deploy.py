@@ -39,8 +39,7 @@ def _rule(spec: str, ids: type[MergeRuleId] | type[SyncPolicyId], what: str) -> 
 def _task_digest(spec: str) -> bytes:
     """The digest of the initial model a task's nodes build (init seed 0, as node.toml)."""
     from swarmnode import canonical
-    from swarmnode.daemon import load_task
-    from swarmnode.training import LocalTrainer
+    from swarmnode.training import LocalTrainer, load_task
 
     return canonical.digest(LocalTrainer(load_task(spec), "cpu", 0, init_seed=0).snapshot())
 
@@ -201,8 +200,14 @@ def status(
     rpc: str | None = RpcOption,
     rounds: int = typer.Option(5, min=1, help="How many recent rounds to show."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    node: str | None = typer.Option(
+        None, "--node", help="Show this account's rounds instead: its reports, and if it agreed."
+    ),
+    identity: Path | None = typer.Option(
+        None, "--identity", help="Like --node, for the account of this identity folder."
+    ),
 ) -> None:
-    """Show a swarm's parameters, nodes and recent rounds."""
+    """Show a swarm's parameters, nodes and recent rounds, or one node's rounds."""
     from eth_account import Account
 
     from swarmnode.ledger.deployment import Deployment
@@ -210,10 +215,16 @@ def status(
 
     if deployment is None:
         raise ConfigError("no deployment given: pass --deployment FILE")
+    if node is not None and identity is not None:
+        raise ConfigError("--node and --identity both name a node: pass one of them")
+    account = _node_account(node, identity)
     known = Deployment.load(deployment)
     chain = RpcChain(resolve_rpc(rpc, known.rpc))
     chain.check(known)
     reader = chain.ledger(known, Account.create())  # reads only: any account will do
+    if account is not None:
+        _node_status(reader, known.chain_id, account, rounds, as_json)
+        return
     current = reader.current_round()
     latest_round, latest_digest = reader.latest_model()
     report: dict[str, Any] = {
@@ -289,3 +300,63 @@ def _print_status(report: dict[str, Any]) -> None:
             digest,
         )
     console.print(rounds)
+
+
+def _node_account(node: str | None, identity: Path | None) -> str | None:
+    if node is not None:
+        return _address(node)
+    if identity is not None:
+        from swarmnode.identity import NodeIdentity
+
+        return str(NodeIdentity.inspect(identity).address)
+    return None
+
+
+def _node_status(reader: Any, chain_id: int, account: str, rounds: int, as_json: bool) -> None:
+    """`status --node`: the rounds one node joined, what it reported and if it agreed."""
+    from swarmnode.ledger.history import node_rounds
+
+    record = reader.node(account)
+    joined = node_rounds(reader, account, limit=rounds)
+    if record is None and not joined:
+        raise ConfigError(f"{account} never registered on the swarm at {reader.address}")
+    report: dict[str, Any] = {
+        "chain_id": chain_id,
+        "address": reader.address,
+        "node": {
+            "account": account,
+            "active": bool(record is not None and record.active),
+            "endpoint": None if record is None else record.endpoint,
+        },
+        "rounds": [entry.to_dict() for entry in joined],
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console = Console()
+    where = f"serving on {record.endpoint}" if record is not None and record.active else "inactive"
+    console.print(
+        f"[bold]node[/] {account} ({where}) in swarm {report['address']} on chain id {chain_id}"
+    )
+    table = Table(title=f"its {len(joined)} most recent rounds" if joined else "no rounds yet")
+    for column in ("round", "status", "attempt", "this node", "its report", "final digest"):
+        table.add_column(column)
+    table.add_column("agreed")
+    for r in report["rounds"]:
+        status = r["status"] + (f" ({r['fail_reason']})" if r["status"] == "failed" else "")
+        part = r["part"] + (
+            f" (attempt {r['report_attempt']})"
+            if r["report"] is not None and r["report_attempt"] != r["attempt"]
+            else ""
+        )
+        agreed = {True: "yes", False: "no", None: "-"}[r["agreed"]]
+        table.add_row(
+            str(r["round"]),
+            status,
+            str(r["attempt"]),
+            part,
+            (r["report"] or "")[:18],
+            (r["final_digest"] or "")[:18],
+            agreed,
+        )
+    console.print(table)

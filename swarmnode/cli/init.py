@@ -147,6 +147,13 @@ rounds = 0                          # rounds to take part in; 0: until Ctrl-C or
 device = "auto"                     # cuda when present, else cpu
 seed = 0                            # this node's data order
 init_seed = 0                       # the swarm's initial model: the same on every node
+# On SIGTERM in a round that has closed: seconds to finish it before withdrawing (default
+# 2 x the swarm's transfer deadline). Keep it below your service manager's kill timeout.
+# stop_grace = 60
+# Keyword arguments for the task's function, e.g. for the bundled digits task
+# (task = "swarmnode.simulation.tasks:dataset_task"), the classes this node holds:
+# [node.task_args]
+# classes = [0, 1, 2, 3]
 """
 
 

@@ -25,11 +25,84 @@ def simulate(
     merge_rule: str | None = typer.Option(None, help="mean, median, trimmed_mean, krum, ..."),
     seed: int | None = typer.Option(None, help="Seed of the split, the data order and init."),
     byzantine: int | None = typer.Option(None, help="Nodes that poison their contributions."),
-    attack: str | None = typer.Option(None, help="none, sign_flip or noise."),
+    attack: str | None = typer.Option(
+        None, help="none, sign_flip, noise, label_flip or alie (with --byzantine)."
+    ),
+    processes: bool | None = typer.Option(
+        None,
+        "--processes/--in-process",
+        help="Each node a `swarmnode run` process of its own, against anvil.",
+    ),
+    task: str | None = typer.Option(
+        None, help="Your own data: module:function, called as f(node=, nodes=, seed=) -> Task."
+    ),
+    test_set: str | None = typer.Option(
+        None, help="With --task: module:attribute of the held-out Dataset (or f(seed=))."
+    ),
+    sweep: bool = typer.Option(
+        False, "--sweep", help="Final accuracy per merge rule x attack x seed x data set."
+    ),
+    rules: str | None = typer.Option(
+        None, help="--sweep: merge rules, comma-separated (default: 4 rules)."
+    ),
+    attacks: str | None = typer.Option(
+        None, help="--sweep: attacks, comma-separated (default: none,sign_flip,alie)."
+    ),
+    seeds: str | None = typer.Option(
+        None, help="--sweep: seeds, comma-separated (default: 0,1,2)."
+    ),
+    datasets: str | None = typer.Option(
+        None, help="--sweep: data sets, comma-separated (default: both)."
+    ),
+    full_check: str = typer.Option(
+        "first",
+        help="--sweep: the cell re-run at full fidelity (DATASET/RULE/ATTACK/SEED), or none.",
+    ),
 ) -> None:
     """Run a swarm of virtual nodes on a real data set and compare it with its baselines."""
-    from swarmnode.simulation.run import simulate as run
+    from swarmnode.exceptions import ConfigError
     from swarmnode.simulation.scenario import Scenario
+
+    if sweep:
+        # --- the sweep (swarmnode.simulation.sweep); the single run follows below
+        from swarmnode.simulation.sweep import parse_grid
+        from swarmnode.simulation.sweep import sweep as run_sweep
+
+        for flag, value, instead in (
+            ("--merge-rule", merge_rule, "--rules"),
+            ("--attack", attack, "--attacks"),
+            ("--dataset", dataset, "--datasets"),
+            ("--seed", seed, "--seeds"),
+            ("--processes", processes, "nothing: a sweep runs in memory"),
+            ("--task", task, "nothing: a sweep runs on the bundled data sets"),
+        ):
+            if value is not None and value is not False:  # --seed 0 counts, --in-process not
+                raise ConfigError(f"{flag} sets a single run; with --sweep use {instead}")
+        grid = parse_grid(
+            datasets=datasets, rules=rules, attacks=attacks, seeds=seeds, byzantine=byzantine
+        )
+        base = Scenario.load(
+            scenario_file,
+            {
+                "nodes": nodes,
+                "partition": partition,
+                "alpha": alpha,
+                "rounds": rounds,
+                "local_batches": local_batches,
+            },
+        )
+        folder = out or Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-{base.name}-sweep")
+        run_sweep(base, grid, folder, check=full_check)
+        return
+    for flag, given in (
+        ("--rules", rules),
+        ("--attacks", attacks),
+        ("--seeds", seeds),
+        ("--datasets", datasets),
+    ):
+        if given is not None:
+            raise ConfigError(f"{flag} goes with --sweep")
+    from swarmnode.simulation.run import simulate as run
 
     scenario = Scenario.load(
         scenario_file,
@@ -44,6 +117,9 @@ def simulate(
             "seed": seed,
             "byzantine": byzantine,
             "attack": attack,
+            "processes": processes,
+            "task": task,
+            "test_set": test_set,
         },
     )
     folder = out or Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-{scenario.name}")

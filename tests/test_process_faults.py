@@ -1,0 +1,154 @@
+"""Peers that die mid-round as real OS processes: `swarmnode run` daemons against anvil, each
+victim SIGKILLing itself at one exact point of the all-reduce (die_at). The survivors vote
+it out on chain, merge again without it in a new attempt, and end every round on the same
+digest as the chain's; a round never waits on the dead for longer than its deadlines.
+
+One swarm of five covers the phases in turn, so the processes start once: round 1 is clean;
+in round 2 a victim dies before sending anything, in round 3 one dies after a single update
+frame (reduce-scatter), in round 4 one dies after its merged segment reached exactly one
+peer (all-gather). Chain time is never moved: the drop votes wait out the real deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swarmnode import canonical
+from swarmnode.checkpoint import CheckpointStore
+from swarmnode.identity import NodeIdentity
+from swarmnode.ledger.deployment import Deployment
+from swarmnode.ledger.devchain import AnvilChain
+from swarmnode.ledger.types import RoundStatus
+from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
+from swarmnode.training import LocalTrainer, example_task
+
+pytestmark = [pytest.mark.chain, pytest.mark.slow]
+
+TRANSFER_DEADLINE = 3
+VICTIMS = {  # node name -> (die_at, final rounds before it dies, what its last log line says)
+    "v2": ("before_reduce_scatter", 1, "dies before the reduce-scatter"),
+    "v3": ("reduce_scatter:after_frames=1", 2, "dies after 1 update frames"),
+    "v4": ("all_gather:after_peers=1", 3, "merged segment to 1 peers"),
+}
+SURVIVORS = ("s1", "s2")
+HIDDEN = 1024  # 21,508 parameters: 6 chunks, so that no participant owns an empty segment
+ROUNDS = 4
+
+
+def events(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "node.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def write_swarm(anvil: AnvilChain, folder: Path) -> tuple[Deployment, dict[str, Path]]:
+    initial = LocalTrainer(example_task(hidden=HIDDEN), "cpu", 0, init_seed=0).snapshot()
+    assert len(initial) > 5 * canonical.CHUNK_ELEMENTS  # every one of five owns a segment
+    params = SwarmParams(
+        min_peers=2,
+        max_peers=5,
+        join_window=4,  # once a victim is gone, the round closes this long after the first join
+        transfer_deadline=TRANSFER_DEADLINE,
+        round_deadline=120,
+        sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (4, 0, 0, 0)),
+        initial_model_digest=canonical.digest(initial),
+    )
+    deployment, _ = anvil.deploy(params)
+    Deployment(deployment.chain_id, deployment.address, deployment.block, params, anvil.url).save(
+        folder / "deployment.json"
+    )
+    configs = {}
+    for name in (*SURVIVORS, *VICTIMS):
+        identity = NodeIdentity.create(folder / name, "", kdf="pbkdf2", iterations=2)
+        anvil.rpc.fund(anvil.funder, identity.address, 10**18)
+        fault = ""
+        if name in VICTIMS:
+            die_at, after, _ = VICTIMS[name]
+            fault = f'die_at = "{die_at}"\ndie_after_rounds = {after}\n'
+        config = folder / f"{name}.toml"
+        config.write_text(
+            f'identity_dir = "{name}"\ndeployment = "deployment.json"\n'
+            f'task = "swarmnode.training:example_task"\ndevice = "cpu"\nrounds = {ROUNDS}\n'
+            + fault
+            + f"[task_args]\nhidden = {HIDDEN}\n"
+        )
+        configs[name] = config
+    return deployment, configs
+
+
+@pytest.fixture
+def anvil_chain() -> Iterator[AnvilChain]:
+    """A chain of its own: the session's anvil has had its time moved by other tests, and
+    daemons judge deadlines by their own clocks against the block times."""
+    chain = AnvilChain()
+    try:
+        yield chain
+    finally:
+        chain.stop()
+
+
+def test_victims_sigkilled_in_each_phase_are_voted_out_and_survivors_agree(
+    anvil_chain: AnvilChain, tmp_path: Path
+) -> None:
+    deployment, configs = write_swarm(anvil_chain, tmp_path)
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "swarmnode", "run", "--config", str(config)],
+            stdout=(tmp_path / f"{name}.out").open("w"),
+            stderr=subprocess.STDOUT,
+            env={"PATH": os.environ["PATH"], "SWARMNODE_KEY_PASSPHRASE": ""},
+        )
+        for name, config in configs.items()
+    }
+    try:
+        codes = {name: p.wait(timeout=240) for name, p in processes.items()}
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    # the victims really died by SIGKILL, at the point they were told, after their rounds
+    for name, (_, after, last_words) in VICTIMS.items():
+        log = events(tmp_path / name)
+        assert codes[name] == -signal.SIGKILL, (name, (tmp_path / f"{name}.out").read_text())
+        assert [e["status"] for e in log if e.get("event") == "round"] == ["final"] * after
+        assert log[-1]["event"] == "die" and last_words in log[-1]["message"], log[-1]
+    assert [codes[name] for name in SURVIVORS] == [0, 0]
+
+    reader = anvil_chain.ledger(deployment, anvil_chain.new_account())
+    accounts = {
+        name: NodeIdentity.load(tmp_path / name, "").address for name in (*SURVIVORS, *VICTIMS)
+    }
+    died_in = {name: events(tmp_path / name)[-1]["round"] for name in VICTIMS}
+    assert len(set(died_in.values())) == 3  # one victim per round
+    for name, number in died_in.items():
+        # the victim was voted out and the rest merged again without it, in the same round
+        state = reader.round(number)
+        assert state.status == RoundStatus.FINAL and state.attempt >= 2
+        live = {p.lower() for p in state.live_participants}
+        assert accounts[name].lower() not in live
+        assert {accounts[s].lower() for s in SURVIVORS} <= live
+
+    # every survivor ends every round on the chain's digest, and checkpointed it
+    for name in SURVIVORS:
+        rounds = [e for e in events(tmp_path / name) if e.get("event") == "round"]
+        assert [e["status"] for e in rounds] == ["final"] * ROUNDS
+        for entry in rounds:
+            assert bytes.fromhex(entry["digest"]) == reader.round(entry["round"]).final_digest
+            assert entry["gas"] > 0
+        latest = CheckpointStore(tmp_path / name / "checkpoints").latest()
+        assert latest is not None and latest.round == ROUNDS
+        assert latest.digest == reader.round(ROUNDS).final_digest
+        # a fault round is bounded by the deadlines: the wait for the dead peer is the
+        # transfer deadline plus the vote, not an open-ended election
+        for entry in rounds[1:]:
+            assert entry["seconds"]["total"] < 6 * TRANSFER_DEADLINE + 30
