@@ -34,6 +34,7 @@ class LocalPeer:
     inbox: Inbox
     transport: Transport
     server: PeerServer | None = None
+    identity: TlsIdentity | None = None  # kept so a crashed peer can restart its server
 
 
 @dataclass
@@ -73,7 +74,7 @@ def grpc_swarm(params: SwarmParams, n: int, *, server_workers: int = 8) -> Local
             transport = GrpcTransport(
                 ledger.account, identity.key_pem, identity.cert_pem, feed.roster
             )
-            peers.append(LocalPeer(ledger, inbox, transport, server))
+            peers.append(LocalPeer(ledger, inbox, transport, server, identity))
             feeds.append(feed)
             ledger.register(server.endpoint, identity.cert_der)
         for feed in feeds:

@@ -39,6 +39,9 @@ def build_report(
                 "transactions": r.transactions,
                 "gas_used": r.gas_used,
                 "accuracy": r.accuracy,
+                "calls": r.calls,  # mined transactions per contract function, from receipts
+                "events": r.events,  # the contract's events of this round, by name
+                "faults": r.faults,  # who crashed, was down, sat out, came back, was dropped
             }
             for r in swarm.rounds
         ],

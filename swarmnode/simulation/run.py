@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from torch.utils.data import TensorDataset
 
 from swarmnode.simulation.baselines import centralized_baseline, local_baselines
-from swarmnode.simulation.data import load_dataset
-from swarmnode.simulation.engine import RoundRecord, run_swarm
-from swarmnode.simulation.partition import partition
+from swarmnode.simulation.data import Dataset, load_dataset
+from swarmnode.simulation.engine import RoundRecord, make_task, run_swarm, run_tasks
+from swarmnode.simulation.partition import IndexArray, partition
+from swarmnode.simulation.processes import NodeTask, run_processes
 from swarmnode.simulation.report import build_report, write_outputs
 from swarmnode.simulation.scenario import Scenario
+from swarmnode.simulation.tasks import (
+    DATASET_TASK,
+    dataset_task_args,
+    own_baselines,
+    own_task_args,
+    own_tasks,
+)
+from swarmnode.training import Data, Task
 
 
 @dataclass
@@ -25,24 +35,66 @@ class Outcome:
     files: list[Path]
 
 
-def simulate(scenario: Scenario, out: Path, console: Console | None = None) -> Outcome:
-    console = console or Console()
-    started = time.perf_counter()
-    data = load_dataset(scenario.dataset, test_fraction=scenario.test_fraction, seed=scenario.seed)
+@dataclass
+class _Nodes:
+    """What the nodes train, whichever way the scenario names it: slices of a bundled data
+    set (`data`, `parts`) or a user's own Task (`scenario.task`)."""
+
+    tasks: list[Task]
+    test_set: Data
+    node_tasks: list[NodeTask]  # what each --processes daemon's node.toml names
+    described: str
+    data: Dataset | None = None
+    parts: list[IndexArray] = field(default_factory=list)
+
+
+def _nodes(scenario: Scenario) -> _Nodes:
+    n, seed = scenario.nodes, scenario.seed
+    if scenario.task is not None and scenario.test_set is not None:
+        tasks, test_set = own_tasks(scenario.task, scenario.test_set, n, seed)
+        node_tasks = [(scenario.task, own_task_args(i, n, seed)) for i in range(n)]
+        sizes = [t.num_samples for t in tasks]
+        return _Nodes(
+            tasks,
+            test_set,
+            node_tasks,
+            f"{n} nodes on {scenario.task} (sizes {min(sizes)}-{max(sizes)}; "
+            f"held-out test set {scenario.test_set})",
+        )
+    data = load_dataset(scenario.dataset, test_fraction=scenario.test_fraction, seed=seed)
     parts = partition(
         data.y_train.numpy(),
-        scenario.nodes,
+        n,
         scenario.partition,
-        seed=scenario.seed,
+        seed=seed,
         alpha=scenario.alpha,
         shards_per_node=scenario.shards_per_node,
     )
+    return _Nodes(
+        [make_task(scenario, data, part) for part in parts],
+        TensorDataset(data.x_test, data.y_test),
+        [(DATASET_TASK, dataset_task_args(scenario, part)) for part in parts],
+        f"{n} nodes on {scenario.dataset} ({len(data.y_train)} train / {len(data.y_test)} "
+        f"held-out test), {scenario.partition} split "
+        f"(sizes {min(len(p) for p in parts)}-{max(len(p) for p in parts)})",
+        data,
+        parts,
+    )
+
+
+def simulate(scenario: Scenario, out: Path, console: Console | None = None) -> Outcome:
+    console = console or Console()
+    started = time.perf_counter()
+    nodes = _nodes(scenario)
+    where = (
+        f"{scenario.nodes} `swarmnode run` processes against anvil"
+        if scenario.processes
+        else "embedded EVM chain"
+    )
     console.print(
-        f"[bold]{scenario.name}[/]: {scenario.nodes} nodes on {scenario.dataset} "
-        f"({len(data.y_train)} train / {len(data.y_test)} held-out test), {scenario.partition} "
-        f"split (sizes {min(len(p) for p in parts)}-{max(len(p) for p in parts)}), "
+        f"[bold]{scenario.name}[/]: {nodes.described}, "
         f"{scenario.rounds} rounds of {scenario.local_batches} batches, "
-        f"rule {scenario.merge_rule}; embedded EVM chain, gRPC with mutual TLS over loopback"
+        f"rule {scenario.merge_rule}; {where}, gRPC with mutual TLS over loopback"
     )
     with Progress(
         TextColumn("{task.description}"),
@@ -63,10 +115,20 @@ def simulate(scenario: Scenario, out: Path, console: Console | None = None) -> O
                 f"digests agree: {record.digest_agreed}",
             )
 
-        swarm = run_swarm(scenario, data, parts, on_round)
+        if scenario.processes:
+            swarm = run_processes(
+                scenario, nodes.tasks, nodes.test_set, nodes.node_tasks, out, on_round
+            )
+        elif nodes.data is not None:
+            swarm = run_swarm(scenario, nodes.data, nodes.parts, on_round)
+        else:
+            swarm = run_tasks(scenario, nodes.tasks, nodes.test_set, on_round)
         progress.update(bar, status="baselines: each node alone, all data pooled")
-        local = local_baselines(scenario, data, parts)
-        pooled = centralized_baseline(scenario, data, parts)
+        if nodes.data is not None:
+            local = local_baselines(scenario, nodes.data, nodes.parts)
+            pooled = centralized_baseline(scenario, nodes.data, nodes.parts)
+        else:
+            local, pooled = own_baselines(scenario, nodes.tasks, nodes.test_set)
     wall = time.perf_counter() - started
     report = build_report(scenario, swarm, local, pooled, wall)
     files = write_outputs(out, report, swarm, local, pooled)
@@ -91,4 +153,32 @@ def _print_summary(console: Console, report: dict[str, Any], files: list[Path]) 
         f"sent per node per round; {report['chain']['transactions']} transactions, "
         f"{report['chain']['gas_used']:,} gas; {report['wall_seconds']:.0f} s"
     )
+    faults = _fault_table(rounds)
+    if faults is not None:
+        console.print(faults)
     console.print("wrote " + ", ".join(str(f) for f in files))
+
+
+_FAULT_COLUMNS = {
+    "crashed": "crashed",
+    "down": "down",
+    "sat_out": "sat out",
+    "restarted": "restarted",
+    "caught_up": "caught up first",
+    "dropped": "voted out",
+}
+
+
+def _fault_table(rounds: list[dict[str, Any]]) -> Table | None:
+    """The rounds in which a fault touched someone, by node number; None if none did."""
+    touched = [r for r in rounds if any(r.get("faults", {}).get(key) for key in _FAULT_COLUMNS)]
+    if not touched:
+        return None
+    table = Table(title="faults: who, round by round (nodes numbered from 0)")
+    for title in ("round", "participants", "attempts", *_FAULT_COLUMNS.values()):
+        table.add_column(title)
+    for r in touched:
+        f = r["faults"]
+        cells = [", ".join(str(i) for i in f[key]) for key in _FAULT_COLUMNS]
+        table.add_row(str(r["round"]), str(r["participants"]), str(f["attempts"]), *cells)
+    return table

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from swarmnode.exceptions import ConfigError
+from swarmnode.simulation.faults import Crash, Straggler, check_faults, has_faults
 
 MERGE_RULES = ("mean", "median", "trimmed_mean", "krum", "geometric_median", "centered_clip")
 
@@ -40,8 +41,47 @@ class Scenario(BaseModel):
     seed: int = 0
     test_fraction: float = Field(0.2, gt=0, lt=1)
     byzantine: int = Field(0, ge=0, description="nodes that poison their contributions")
-    attack: Literal["none", "sign_flip", "noise"] = "none"
+    attack: Literal["none", "sign_flip", "noise", "label_flip", "alie"] = "none"
     attack_scale: float = Field(4.0, gt=0)
+    # --processes: every node a `swarmnode run` daemon of its own against one anvil
+    processes: bool = False
+    # A user's own data set (README, "Your own data in the simulator"): `task` names a
+    # function called once per node as f(node=i, nodes=n, seed=s) -> Task, `test_set` the
+    # held-out rows (a Dataset, or f(seed=s) returning one); both replace `dataset`.
+    task: str | None = None
+    test_set: str | None = None
+    # Faults (swarmnode/simulation/faults.py; README, "Faults"); the defaults inject none.
+    crash: tuple[Crash, ...] = ()
+    dropout: float = Field(0.0, ge=0, lt=1, description="chance a node sits a round out")
+    stragglers: tuple[Straggler, ...] = ()
+    latency: float = Field(0.0, ge=0, le=60, description="seconds added to every peer call")
+    bandwidth: float = Field(0.0, ge=0, description="bytes/s per link between peers; 0: no cap")
+    join_window: int = Field(60, ge=1, le=3600, description="seconds, from a round's first join")
+    transfer_deadline: int = Field(60, ge=1, le=3600, description="seconds before drop votes")
+
+    @model_validator(mode="after")
+    def _faults(self) -> Scenario:
+        check_faults(self)
+        if self.processes and has_faults(self):
+            raise ValueError("processes: fault settings run in process only (drop --processes)")
+        return self
+
+    @model_validator(mode="after")
+    def _own_task(self) -> Scenario:
+        for name in ("task", "test_set"):
+            spec = getattr(self, name)
+            if spec is not None:
+                module, _, attribute = spec.partition(":")
+                if not module or not attribute:
+                    raise ValueError(f"{name} {spec!r}: write module:attribute")
+        if (self.task is None) != (self.test_set is None):
+            raise ValueError(
+                "task and test_set go together: the baselines and the swarm are scored "
+                "on the held-out test_set that no node trains on"
+            )
+        if self.processes and self.byzantine:
+            raise ValueError("processes: the daemons run no Byzantine nodes; run it in process")
+        return self
 
     @model_validator(mode="after")
     def _rule_parameters(self) -> Scenario:
@@ -50,11 +90,41 @@ class Scenario(BaseModel):
         if self.byzantine >= self.nodes:
             raise ValueError("byzantine must leave at least one honest node")
         if self.byzantine and self.attack == "none":
-            raise ValueError("byzantine nodes need an attack (sign_flip or noise)")
+            raise ValueError("byzantine nodes need an attack (sign_flip, noise, label_flip, alie)")
         rule = self.rule()
         needs = merge_rule_needs(rule)
         if needs > self.nodes:
             raise ValueError(f"merge rule {self.merge_rule} needs at least {needs} nodes")
+        return self
+
+    @model_validator(mode="after")
+    def _byzantine_tolerated(self) -> Scenario:
+        """A robust rule holds only against as many Byzantine nodes as it was built for; past
+        that its result is the attackers' choice, and a run would only show that. The mean
+        tolerates none and is still allowed: it is the undefended baseline attack runs
+        compare with."""
+        from swarmnode.rules import PPM
+
+        b, n, p = self.byzantine, self.nodes, self.merge_params
+        if b and self.attack == "label_flip" and self.task is not None:
+            raise ValueError("label_flip flips a bundled data set's labels, not a task's own")
+        if not b or self.merge_rule == "mean":
+            return self
+        cut = p[0] * n // PPM  # what swarmnode.merge's trimmed mean cuts from each side
+        if self.merge_rule == "trimmed_mean" and cut < b:
+            raise ValueError(
+                f"trimmed_mean with beta_ppm {p[0]} cuts {cut} of {n} values per side, "
+                f"fewer than the {b} byzantine nodes: raise merge_params[0]"
+            )
+        if self.merge_rule == "krum" and p[0] < b:
+            raise ValueError(
+                f"krum with f={p[0]} (merge_params[0]) tolerates {p[0]} byzantine, not {b}"
+            )
+        if 2 * b >= n:
+            raise ValueError(
+                f"{self.merge_rule} holds only while byzantine nodes are fewer than half: "
+                f"{b} of {n} are not"
+            )
         return self
 
     def rule(self) -> Any:

@@ -1,0 +1,467 @@
+"""`swarmnode simulate --processes`: every virtual node a `swarmnode run` daemon of its own.
+
+Full isolation: each node is a separate OS process with its own interpreter, identity folder
+(account keystore, TLS key and certificate), node.toml, JSON log and checkpoints, exactly
+what a hospital would run; the nodes share nothing but one anvil chain and loopback. The
+simulator only sets the stage (anvil, the contract with the scenario's parameters, funded
+accounts, one config per node), watches, and cleans up:
+
+- per round, what each node did comes from its own JSON log line (the daemon writes its
+  RoundResult there: status, digest, bytes, transactions and the gas of its receipts), and
+  who took part and which digest won from the chain;
+- the merged model is scored from the checkpoint a daemon writes after each final round
+  (read back against its digest), on the same held-out test set as in process;
+- every process is stopped by its pid when the run ends, fails, or is interrupted (Ctrl-C,
+  SIGTERM): SIGTERM first (a daemon leaves after the round in progress), SIGKILL after a
+  grace period. The pids are in processes.json in the run folder while it runs.
+
+The node identities are throwaway dev-chain accounts: empty passphrase and a cheap key
+derivation, so that a daemon starts in a second, not in the seconds scrypt takes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from swarmnode import canonical
+from swarmnode.checkpoint import read as read_checkpoint
+from swarmnode.exceptions import ConfigError, SwarmError
+from swarmnode.identity import NodeIdentity
+from swarmnode.ledger.anvil import DEV_KEY, AnvilProcess
+from swarmnode.ledger.base import Ledger
+from swarmnode.ledger.keys import PASSPHRASE_ENV
+from swarmnode.ledger.rpc import RpcChain
+from swarmnode.ledger.types import RoundStatus
+from swarmnode.rules import SwarmParams
+from swarmnode.simulation.engine import RoundRecord, SwarmRun, swarm_params
+from swarmnode.simulation.scenario import Scenario
+from swarmnode.training import Data, LocalTrainer, Task
+
+NodeTask = tuple[str, dict[str, Any]]
+"""What one daemon's node.toml names: the task spec and its task_args."""
+
+FUNDING_WEI = 10**18  # 1 dev ether: thousands of rounds of gas at anvil's prices
+GRACE_SECONDS = 10.0  # a SIGTERMed daemon that has not left by then is SIGKILLed
+START_SECONDS = 180.0  # interpreter, torch, web3, enrolment; 8 of them share two cores here
+POLL_SECONDS = 0.1
+
+
+class _Node:
+    """One daemon: its folder, its process, and the log lines it has written so far."""
+
+    def __init__(self, index: int, folder: Path, process: subprocess.Popen[bytes]) -> None:
+        self.index = index
+        self.folder = folder
+        self.process = process
+        self.rounds: dict[int, dict[str, Any]] = {}  # round -> its last "round" log line
+        self.started_at: float | None = None
+        self.asked_to_stop = False  # sent SIGTERM: a signal may end it during its own exit
+        self._offset = 0
+        self._partial = b""
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "node.jsonl"
+
+    def read_log(self) -> bool:
+        """Takes in the lines written since the last call; True if there were any."""
+        try:
+            with open(self.log, "rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return False
+        self._offset += len(chunk)
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()  # a line still being written
+        for line in lines:
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            if event.get("event") == "started":
+                self.started_at = float(event["time"])
+            elif event.get("event") == "round":
+                self.rounds[int(event["round"])] = event
+        return bool(lines)
+
+    @property
+    def finals(self) -> int:
+        """Final rounds so far: what a daemon counts towards its `rounds`."""
+        return sum(1 for e in self.rounds.values() if e["status"] == "final")
+
+    def last_words(self) -> str:
+        """The last line the daemon printed, to say why it went wrong."""
+        try:
+            text = (self.folder / "stdout.log").read_text(errors="replace").strip()
+        except FileNotFoundError:
+            return "(no output)"
+        return text.splitlines()[-1] if text else "(no output)"
+
+
+def run_processes(
+    scenario: Scenario,
+    tasks: list[Task],
+    test_set: Data,
+    node_tasks: list[NodeTask],
+    folder: Path,
+    on_round: Callable[[RoundRecord], None] = lambda record: None,
+) -> SwarmRun:
+    """Runs the scenario with one `swarmnode run` process per node task, against anvil.
+
+    `tasks` are the same tasks built in this process: the first gives the initial model
+    (its digest goes into the contract) and scores the checkpoints on `test_set`.
+    """
+    if len(tasks) != len(node_tasks):
+        raise ConfigError(f"{len(tasks)} tasks for {len(node_tasks)} nodes")
+    if (folder / "nodes").exists():
+        raise ConfigError(f"{folder}: holds the nodes of an earlier run; give a fresh --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    scorer = LocalTrainer(tasks[0], "cpu", 0, init_seed=scenario.seed)
+    initial = scorer.snapshot()
+    params = swarm_params(scenario, len(tasks), initial)
+    anvil = AnvilProcess(log_path=folder / "anvil.log")
+    nodes: list[_Node] = []
+    with _sigterm_interrupts():
+        try:
+            anvil.start()
+            _write_pids(folder, anvil, nodes)
+            watch = _Watch(scenario, anvil, nodes, scorer, test_set, on_round)
+            watch.stage(params, node_tasks, folder)
+            records = watch.run(model_bytes=len(initial) * canonical.ELEMENT_BYTES)
+        finally:
+            _stop_all(anvil, nodes)
+    return SwarmRun(
+        rounds=records,
+        accuracy=records[-1].accuracy,
+        loss=records[-1].loss,
+        transactions=sum(r.transactions for r in records),
+        gas_used=sum(r.gas_used for r in records),
+    )
+
+
+class _Watch:
+    """Sets up the swarm, then follows the nodes' logs and checkpoints round by round."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        anvil: AnvilProcess,
+        nodes: list[_Node],
+        scorer: LocalTrainer,
+        test_set: Data,
+        on_round: Callable[[RoundRecord], None],
+    ) -> None:
+        self.scenario = scenario
+        self.anvil = anvil
+        self.nodes = nodes
+        self.scorer = scorer
+        self.test_set = test_set
+        self.on_round = on_round
+        self.scores: dict[int, tuple[bytes, float, float]] = {}  # round -> digest, acc, loss
+        self.reader: Ledger | None = None
+        self.stall_seconds = 60.0
+
+    def stage(self, params: SwarmParams, node_tasks: list[NodeTask], folder: Path) -> None:
+        """Deploys, makes and funds one identity per node, writes its config, starts it."""
+        from eth_account import Account
+
+        chain = RpcChain(self.anvil.url)
+        funder = Account.from_key(DEV_KEY)
+        deployment = chain.deploy(params, funder)
+        deployment.save(folder / "deployment.json")
+        self.reader = chain.ledger(deployment, Account.create())
+        self.stall_seconds = params.round_deadline + 60.0
+        env = _child_environment()
+        configs = []
+        for i, (task, task_args) in enumerate(node_tasks):
+            home = folder / "nodes" / f"node-{i:02d}"
+            identity = NodeIdentity.create(home, "", kdf="pbkdf2", iterations=2)
+            chain.fund(funder, identity.address, FUNDING_WEI)
+            config = home / "node.toml"
+            config.write_text(_node_toml(self.scenario, i, task, task_args))
+            configs.append((home, config))
+        for i, (home, config) in enumerate(configs):
+            with open(home / "stdout.log", "wb") as out:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "swarmnode", "run", "--config", str(config)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    # Ctrl-C at a terminal reaches the simulator alone, which then stops
+                    # every node in order instead of all of them racing each other
+                    start_new_session=True,
+                )
+            self.nodes.append(_Node(i, home, process))
+            _write_pids(folder, self.anvil, self.nodes)
+
+    def run(self, model_bytes: int) -> list[RoundRecord]:
+        """Until every node has stopped: one record per round, the first `rounds` rounds."""
+        records: list[RoundRecord] = []
+        began = time.monotonic()
+        last_news = time.monotonic()
+        wanted = self.scenario.rounds
+        while True:
+            news = [node.read_log() for node in self.nodes]
+            if any(news):
+                last_news = time.monotonic()
+            self._score_checkpoints()
+            exited = [node.process.poll() is not None for node in self.nodes]
+            for node in self.nodes:
+                code = node.process.poll()
+                if code not in (None, 0) and not (node.asked_to_stop and code == -signal.SIGTERM):
+                    raise SwarmError(
+                        f"node {node.index} (pid {node.process.pid}) exited with code {code}: "
+                        f"{node.last_words()}"
+                    )
+            while len(records) < wanted:
+                record = self._record(len(records), records, model_bytes, all(exited))
+                if record is None:
+                    break
+                records.append(record)
+                self.on_round(record)
+            if all(exited):
+                break
+            if len(records) >= wanted:
+                # a failed round does not count towards a daemon's `rounds`, so one that saw
+                # one goes on after the swarm's rounds are done: ask it to leave
+                for node in self.nodes:
+                    if not node.asked_to_stop and node.finals < wanted:
+                        node.asked_to_stop = node.process.poll() is None
+                        if node.asked_to_stop:
+                            node.process.send_signal(signal.SIGTERM)
+            now = time.monotonic()
+            for node in self.nodes:
+                if node.started_at is None and now - began > START_SECONDS:
+                    raise SwarmError(
+                        f"node {node.index} (pid {node.process.pid}) did not start within "
+                        f"{START_SECONDS:.0f} s: {node.last_words()}"
+                    )
+            if now - last_news > self.stall_seconds:
+                raise SwarmError(
+                    f"no node logged anything for {self.stall_seconds:.0f} s; their logs are "
+                    f"in {self.nodes[0].folder.parent}"
+                )
+            time.sleep(POLL_SECONDS)  # the daemons' log files are what there is to watch
+        if not records:
+            raise SwarmError("the nodes stopped before any round ended")
+        return records
+
+    def _round_numbers(self) -> list[int]:
+        return sorted({r for node in self.nodes for r in node.rounds})
+
+    def _record(
+        self, position: int, records: list[RoundRecord], model_bytes: int, over: bool
+    ) -> RoundRecord | None:
+        """The `position`-th round, once every node is past it and its model is scored."""
+        numbers = self._round_numbers()
+        if position >= len(numbers):
+            return None
+        number = numbers[position]
+        behind = [
+            node
+            for node in self.nodes
+            if node.process.poll() is None and max(node.rounds, default=0) < number
+        ]
+        if behind and not over:
+            return None
+        events = [(node, node.rounds[number]) for node in self.nodes if number in node.rounds]
+        merged = any(e["digest"] for _, e in events)  # a node with a digest checkpoints it
+        if merged and number not in self.scores and not over:
+            return None  # the checkpoint is written just after the log line
+        assert self.reader is not None
+        state = self.reader.round(number)
+        chain_digest = state.final_digest if state.status == RoundStatus.FINAL else None
+        score = self.scores.get(number)
+        agreed = (  # every node ended the round holding the model whose digest is on chain
+            chain_digest is not None
+            and len(events) == len(self.nodes)
+            and {e["digest"] for _, e in events} == {chain_digest.hex()}
+            and score is not None
+            and score[0] == chain_digest
+        )
+        if score is not None:
+            accuracy, loss = score[1], score[2]
+        elif records:
+            accuracy, loss = records[-1].accuracy, records[-1].loss  # no new model
+        else:
+            accuracy, loss = self._initial_score()
+        ended = max(float(e["time"]) for _, e in events)
+        if records:
+            began = max(float(e["time"]) for e in records[-1].per_node)
+        else:
+            starts = [n.started_at for n in self.nodes if n.started_at is not None]
+            began = max(starts) if starts else ended
+        return RoundRecord(
+            round=number,
+            participants=len(state.participants),
+            seconds=max(0.0, ended - began),
+            bytes_sent_per_node=float(max(int(e.get("bytes_sent", 0)) for _, e in events)),
+            model_bytes=model_bytes,
+            digest_agreed=agreed,
+            digest=chain_digest.hex() if agreed and chain_digest is not None else "",
+            transactions=sum(int(e.get("receipts", 0)) for _, e in events),
+            gas_used=sum(int(e.get("gas", 0)) for _, e in events),
+            accuracy=accuracy,
+            loss=loss,
+            per_node=[
+                {
+                    "node": node.index,
+                    "pid": node.process.pid,
+                    "status": e["status"],
+                    "batches": e.get("batches"),
+                    "val_loss": e.get("val_loss"),
+                    "bytes_sent": e.get("bytes_sent"),
+                    "bytes_received": e.get("bytes_received"),
+                    "transactions": e.get("transactions"),
+                    "gas": e.get("gas"),
+                    "seconds": e.get("seconds"),
+                    "time": e["time"],
+                }
+                for node, e in events
+            ],
+        )
+
+    def _score_checkpoints(self) -> None:
+        """Scores each round's merged model as soon as any node's checkpoint of it appears
+        (a daemon keeps only its newest two, so this cannot wait for the end)."""
+        for node in self.nodes:
+            for path in sorted((node.folder / "checkpoints").glob("round-*.ckpt")):
+                number = int(path.stem.removeprefix("round-"))
+                if number in self.scores:
+                    continue
+                try:
+                    checkpoint = read_checkpoint(path)
+                except (OSError, ValueError):
+                    continue  # replaced by a newer one while we looked
+                self.scorer.load(checkpoint.vector)
+                metrics = self.scorer.evaluate(self.test_set)
+                self.scores[number] = (checkpoint.digest, metrics["accuracy"], metrics["loss"])
+
+    def _initial_score(self) -> tuple[float, float]:
+        trainer = LocalTrainer(self.scorer.task, "cpu", 0, init_seed=self.scenario.seed)
+        metrics = trainer.evaluate(self.test_set)
+        return metrics["accuracy"], metrics["loss"]
+
+
+def _node_toml(scenario: Scenario, index: int, task: str, task_args: dict[str, Any]) -> str:
+    """The node's config: the seeds the in-process engine gives node `index`."""
+    lines = [
+        "# written by `swarmnode simulate --processes`; run alone with",
+        "# `swarmnode run --config node.toml` while the run's anvil is up",
+        "[node]",
+        'identity_dir = "."',
+        'deployment = "../../deployment.json"',
+        f"task = {_toml(task)}",
+        'listen = "127.0.0.1:0"',
+        'device = "cpu"',
+        f"rounds = {scenario.rounds}",
+        f"seed = {scenario.seed * 1000 + index}",
+        f"init_seed = {scenario.seed}",
+        "",
+        "[node.task_args]",
+    ]
+    lines += [f"{key} = {_toml(value)}" for key, value in task_args.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: Any) -> str:
+    """TOML for the plain values task_args hold (a JSON string or array is TOML as well)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise ConfigError(f"task_args: {value!r} cannot be written to node.toml")
+
+
+def _child_environment() -> dict[str, str]:
+    """The daemons' environment: this one, the (empty) passphrase of their throwaway keys,
+    one math thread each (several of them share few cores), and this interpreter's own
+    import folders, so that a user's task module imports there as it does here."""
+    env = dict(os.environ)
+    env[PASSPHRASE_ENV] = ""
+    env.setdefault("OMP_NUM_THREADS", "1")
+    system = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    own = []
+    for entry in sys.path:
+        path = Path(entry or os.getcwd()).resolve()
+        if path.is_dir() and not any(path.is_relative_to(s) for s in system):
+            own.append(str(path))
+    if env.get("PYTHONPATH"):
+        own.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(own))
+    return env
+
+
+def _write_pids(folder: Path, anvil: AnvilProcess, nodes: list[_Node]) -> None:
+    """processes.json: what is running for this run, for a person (or a test) to check."""
+    pids = {
+        "anvil": {"pid": anvil.pid, "url": anvil.url},
+        "nodes": [
+            {"node": n.index, "pid": n.process.pid, "config": str(n.folder / "node.toml")}
+            for n in nodes
+        ],
+    }
+    temporary = folder / "processes.json.tmp"
+    temporary.write_text(json.dumps(pids, indent=2) + "\n")
+    temporary.replace(folder / "processes.json")
+
+
+def _stop_all(anvil: AnvilProcess, nodes: list[_Node]) -> None:
+    """Every node, then anvil, by pid: SIGTERM, then SIGKILL after the grace period. Ctrl-C
+    and SIGTERM are held off meanwhile, so that a second one cannot leave a process behind."""
+    with _signals_held():
+        for node in nodes:
+            if node.process.poll() is None:
+                node.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS
+        for node in nodes:
+            try:
+                node.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()
+        anvil.stop()
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM to the simulator ends the run as Ctrl-C does, through the same clean-up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
