@@ -78,7 +78,8 @@ class NodeConfig(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "node"
-            raise ConfigError(f"{path}: field {field}: {first['msg']}") from None
+            message = first["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"{path}: field {field}: {message}") from None
 
     @property
     def checkpoints(self) -> Path:

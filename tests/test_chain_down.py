@@ -156,6 +156,10 @@ def test_daemons_train_through_a_chain_outage_and_rejoin(
     try:
         daemons = [run("a", terminal.follower), run("b", plain.fileno())]
 
+        def plain_text() -> str:
+            return (tmp_path / "b.out").read_text(errors="replace")
+
+
         def alive() -> None:
             outputs = [terminal.text(), (tmp_path / "b.out").read_text(errors="replace")]
             for daemon, output in zip(daemons, outputs, strict=True):
@@ -198,8 +202,8 @@ def test_daemons_train_through_a_chain_outage_and_rejoin(
         wait_until(both(final_after_outage), 180, "a final round after the outage")
         for daemon in daemons:
             daemon.send_signal(signal.SIGTERM)
-        for daemon in daemons:
-            assert daemon.wait(120) == 0
+        for daemon, output in zip(daemons, (terminal.text, plain_text), strict=True):
+            assert daemon.wait(120) == 0, output()[-4000:]
     finally:
         terminal.close()
         plain.close()

@@ -161,3 +161,29 @@ def test_nodes_join_in_node_order_whatever_order_their_threads_run() -> None:
     late = OrderedJoins(other.peers[1].ledger, turns, 1)
     late.join(1, b"\x07" * 32, 10, 0)
     assert late.round(1).participants == (late.account,)
+
+
+def test_set_reaches_every_scenario_field_and_a_wrong_one_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from swarmnode.cli.simulate import _parse_settings
+
+    settings = _parse_settings(
+        ["dropout=0.25", "crash=[{node = 1, round = 2, rejoin = 3}]", "name=trial", "hidden=16"]
+    )
+    scenario = Scenario.load(None, settings)
+    assert scenario.dropout == 0.25 and scenario.name == "trial" and scenario.hidden == 16
+    assert [(c.node, c.round, c.rejoin) for c in scenario.crash] == [(1, 2, 3)]
+    for bad, needle in (
+        ("dropout=2", "field dropout"),
+        ("colour=blue", "field colour"),
+        ("dropout", "write FIELD=VALUE"),
+    ):
+        out = tmp_path / "never"
+        monkeypatch.setattr(sys, "argv", ["swarmnode", "simulate", "--set", bad, "--out", str(out)])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        assert exited.value.code == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], lines
+        assert not out.exists()

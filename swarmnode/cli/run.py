@@ -22,6 +22,7 @@ def run(
     from swarmnode.daemon import install_signal_handlers, run_daemon
 
     settings = NodeConfig.load(config)
+    faulthandler.enable()  # a fatal error (SIGABRT, SIGSEGV) prints every thread's stack
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
     stop = threading.Event()
     install_signal_handlers(stop)

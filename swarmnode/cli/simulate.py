@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -54,6 +56,12 @@ def simulate(
     datasets: str | None = typer.Option(
         None, help="--sweep: data sets, comma-separated (default: both)."
     ),
+    settings: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Any scenario field as FIELD=VALUE, the value in TOML syntax, e.g. --set dropout=0.2 "
+        "--set 'crash=[{node=3, round=4, rejoin=6}]'. Repeatable.",
+    ),
     full_check: str = typer.Option(
         "first",
         help="--sweep: the cell re-run at full fidelity (DATASET/RULE/ATTACK/SEED), or none.",
@@ -62,6 +70,8 @@ def simulate(
     """Run a swarm of virtual nodes on a real data set and compare it with its baselines."""
     from swarmnode.exceptions import ConfigError
     from swarmnode.simulation.scenario import Scenario
+
+    extra = _parse_settings(settings)
 
     if sweep:
         # --- the sweep (swarmnode.simulation.sweep); the single run follows below
@@ -89,6 +99,7 @@ def simulate(
                 "alpha": alpha,
                 "rounds": rounds,
                 "local_batches": local_batches,
+                **extra,
             },
         )
         folder = out or Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-{base.name}-sweep")
@@ -120,7 +131,26 @@ def simulate(
             "processes": processes,
             "task": task,
             "test_set": test_set,
+            **extra,
         },
     )
     folder = out or Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-{scenario.name}")
     run(scenario, folder)
+
+
+def _parse_settings(settings: list[str]) -> dict[str, Any]:
+    """`--set FIELD=VALUE` pairs: VALUE is read as TOML (numbers, booleans, lists, inline
+    tables), or taken as a plain string when it is not TOML, so --set name=trial works."""
+    from swarmnode.exceptions import ConfigError
+
+    parsed: dict[str, Any] = {}
+    for item in settings:
+        field, sep, value = item.partition("=")
+        field = field.strip()
+        if not sep or not field:
+            raise ConfigError(f"--set {item}: write FIELD=VALUE, e.g. --set dropout=0.2")
+        try:
+            parsed[field] = tomllib.loads(f"value = {value}")["value"]
+        except tomllib.TOMLDecodeError:
+            parsed[field] = value
+    return parsed

@@ -152,6 +152,7 @@ class Scenario(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "scenario"
-            raise ConfigError(f"{where}: field {field}: {first['msg']}") from None
+            message = first["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"{where}: field {field}: {message}") from None
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
