@@ -107,44 +107,63 @@ def run_round(
         finally:
             seconds["chain"] += time.perf_counter() - t0
 
+    def fetch_final(state: RoundState) -> npt.NDArray[np.float32] | None:
+        """A final round's model from its participants, checked against its digest."""
+        if state.status != RoundStatus.FINAL or state.final_digest is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            return catch_up(
+                transport, state.number, state.final_digest, len(vector), state.live_participants
+            )
+        except PeerError as exc:
+            log.warning("%s: %s", me, exc)
+            return None
+        finally:
+            seconds["transfer"] += time.perf_counter() - t0
+
+    def caught_up(state: RoundState, merged: npt.NDArray[np.float32]) -> RoundResult:
+        inbox.publish_model(state.number, merged, canonical.chunk_hashes(merged))
+        seconds["total"] = time.perf_counter() - started
+        gas = ledger.gas_used - gas_before
+        return RoundResult(
+            state.number,
+            0,
+            "caught_up",
+            state.live_participants,
+            merged,
+            state.final_digest,
+            seconds,
+            traffic,
+            transactions,
+            gas,
+        )
+
     found = _wait_open(ledger, params, chain, poll, sleep, stop)
     if found is None:  # asked to stop before joining: nothing to leave
         seconds["total"] = time.perf_counter() - started
         gas = ledger.gas_used - gas_before
         number = ledger.current_round()
         return RoundResult(number, 0, "stopped", (), None, None, seconds, traffic, 0, gas)
-    number = found
+    number, missed = found
+    if missed is not None:
+        # A round went on without us: take its model (DESIGN.md point 6, a node that missed
+        # rounds catches up) rather than join the next one with a model that never saw it.
+        missed_state = ledger.round(missed)
+        merged = fetch_final(missed_state)
+        if merged is not None:
+            return caught_up(missed_state, merged)
     scaled_loss = loss_to_int(val_loss)
     if not chain(lambda: ledger.join(number, commitment, weight, scaled_loss)):
         # The round closed (or moved on) before our join: wait for it to end, then take its
         # model like a node that missed it, instead of training a little and knocking again.
         state = _wait_ended(ledger, number, params, chain, poll, sleep, stop)
-        merged = None
-        if state.status == RoundStatus.FINAL and state.final_digest is not None:
-            t0 = time.perf_counter()
-            try:
-                merged = catch_up(
-                    transport, number, state.final_digest, len(vector), state.live_participants
-                )
-            except PeerError as exc:
-                log.warning("%s: %s", me, exc)
-            seconds["transfer"] += time.perf_counter() - t0
+        merged = fetch_final(state)
+        if merged is not None:
+            return caught_up(state, merged)
         seconds["total"] = time.perf_counter() - started
         gas = ledger.gas_used - gas_before
-        if merged is not None:
-            inbox.publish_model(number, merged, canonical.chunk_hashes(merged))
-        return RoundResult(
-            number,
-            0,
-            "caught_up" if merged is not None else "not_admitted",
-            state.live_participants if merged is not None else (),
-            merged,
-            state.final_digest if merged is not None else None,
-            seconds,
-            traffic,
-            0,
-            gas,
-        )
+        return RoundResult(number, 0, "not_admitted", (), None, None, seconds, traffic, 0, gas)
 
     state = _wait_closed(ledger, number, params, chain, poll, sleep, stop)
     if state.status == RoundStatus.OPEN:  # asked to stop before the round closed: we left
@@ -381,12 +400,14 @@ def _wait_open(
     poll: float,
     sleep: Callable[[float], None],
     stop: threading.Event | None,
-) -> int | None:
-    """The current round once this node can join it; None if `stop` is set first.
+) -> tuple[int, int | None] | None:
+    """(the current round once this node can join it, the round it waited out or None);
+    None if `stop` is set first.
 
     A round under way without this node is waited out (a join would only be refused, and
     training on meanwhile would drift from the swarm); a seat it holds without the round's
     state is given up first (`leave_unfinished`)."""
+    missed: int | None = None
     while True:
         if stop is not None and stop.is_set():
             return None
@@ -400,7 +421,8 @@ def _wait_open(
                 )
             continue
         if state.status == RoundStatus.OPEN:
-            return number
+            return number, missed
+        missed = number
         expire_at = state.expires_at(params)
         if expire_at is not None and ledger.now() >= expire_at:
             chain(partial(ledger.expire, number))

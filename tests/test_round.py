@@ -342,3 +342,42 @@ def test_die_at_settings_are_checked() -> None:
     ):
         with pytest.raises(ConfigError, match="die_at"):
             Fault.parse(bad)
+
+
+def test_a_node_that_finds_a_round_under_way_waits_it_out_and_takes_its_model() -> None:
+    """Nodes 0 and 1 close round 1 without node 2; node 2 asks to sync meanwhile. It does
+    not knock on the closed round: it waits, fetches round 1's final model from a
+    participant (checked against the digest on chain) and returns caught_up, unjoined."""
+    params = SwarmParams(
+        min_peers=2, max_peers=3, join_window=1, transfer_deadline=20, round_deadline=60
+    )
+    ledgers, inboxes, transports = memory_parts(3, params, clock=time.time)
+    updates = vectors(3)
+    merge = make_rule(params.merge_rule)
+
+    def node(i: int) -> RoundResult:
+        if i == 2:  # comes late: round 1 has closed with the other two
+            deadline = time.monotonic() + 30
+            while ledgers[2].round(1).status == RoundStatus.OPEN:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)  # polls the ledger's state
+        return run_round(
+            ledger=ledgers[i],
+            transport=transports[i],
+            inbox=inboxes[i],
+            vector=updates[i],
+            weight=10,
+            val_loss=0.5,
+            rule=merge,
+            poll=0.01,
+        )
+
+    results = in_threads([lambda i=i: node(i) for i in range(3)])
+    state = ledgers[0].round(1)
+    assert state.status == RoundStatus.FINAL
+    assert ledgers[2].account not in state.participants
+    assert [r.status for r in results] == ["final", "final", "caught_up"]
+    late = results[2]
+    assert late.round == 1 and late.digest == state.final_digest
+    assert late.merged is not None and late.merged.tobytes() == results[0].merged.tobytes()  # type: ignore[union-attr]
+    assert ledgers[0].round(2).joined == 0  # it returned to train before joining round 2
