@@ -587,17 +587,22 @@ def example_task(
     )
 
 
-def load_task(spec: str, args: Mapping[str, Any] | None = None) -> Task:
-    """`module:attribute`, a Task or a function that returns one (called with `args`)."""
+def import_attribute(spec: str, what: str) -> Any:
+    """The object `module:attribute` names; a ConfigError saying `what` it was for if not."""
     module_name, _, attribute = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"task {spec}: cannot import {module_name} ({exc})") from None
+        raise ConfigError(f"{what} {spec}: cannot import {module_name} ({exc})") from None
     try:
-        value = getattr(module, attribute)
+        return getattr(module, attribute)
     except AttributeError:
-        raise ConfigError(f"task {spec}: {module_name} has no {attribute}") from None
+        raise ConfigError(f"{what} {spec}: {module_name} has no {attribute}") from None
+
+
+def load_task(spec: str, args: Mapping[str, Any] | None = None) -> Task:
+    """`module:attribute`, a Task or a function that returns one (called with `args`)."""
+    value = import_attribute(spec, "task")
     if isinstance(value, Task):
         if args:
             raise ConfigError(f"task {spec}: is a Task, not a function: task_args not allowed")

@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
 from swarmnode.simulation.baselines import Curve
 from swarmnode.simulation.engine import SwarmRun
 from swarmnode.simulation.scenario import Scenario
@@ -88,3 +91,16 @@ def plot(path: Path, swarm: SwarmRun, local: list[Curve], centralized: Curve, ti
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def progress_bar(console: Console) -> Progress:
+    """The simulator's bar: what runs, how far, its last status; gone when not a terminal."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=not console.is_terminal,
+    )

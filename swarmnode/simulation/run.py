@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from torch.utils.data import TensorDataset
 
@@ -17,7 +16,7 @@ from swarmnode.simulation.data import Dataset, load_dataset
 from swarmnode.simulation.engine import RoundRecord, make_task, run_swarm, run_tasks
 from swarmnode.simulation.partition import IndexArray, partition
 from swarmnode.simulation.processes import NodeTask, run_processes
-from swarmnode.simulation.report import build_report, write_outputs
+from swarmnode.simulation.report import build_report, progress_bar, write_outputs
 from swarmnode.simulation.scenario import Scenario
 from swarmnode.simulation.tasks import (
     DATASET_TASK,
@@ -96,15 +95,7 @@ def simulate(scenario: Scenario, out: Path, console: Console | None = None) -> O
         f"{scenario.rounds} rounds of {scenario.local_batches} batches, "
         f"rule {scenario.merge_rule}; {where}, gRPC with mutual TLS over loopback"
     )
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=not console.is_terminal,
-    ) as progress:
+    with progress_bar(console) as progress:
         bar = progress.add_task("swarm rounds", total=scenario.rounds, status="")
 
         def on_round(record: RoundRecord) -> None:

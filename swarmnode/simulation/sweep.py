@@ -22,7 +22,6 @@ from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from swarmnode.exceptions import ConfigError
@@ -31,6 +30,7 @@ from swarmnode.simulation.attacks import ATTACKS
 from swarmnode.simulation.data import DATASETS, load_dataset
 from swarmnode.simulation.engine import Backend, run_swarm
 from swarmnode.simulation.partition import partition
+from swarmnode.simulation.report import progress_bar
 from swarmnode.simulation.scenario import MERGE_RULES, Scenario
 
 RULES = ("mean", "median", "trimmed_mean", "centered_clip")
@@ -253,15 +253,7 @@ def sweep(
         + (f"; {checked.label} again at full fidelity" if checked else "")
     )
     results: list[CellResult] = []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=not console.is_terminal,
-    ) as progress:
+    with progress_bar(console) as progress:
         bar = progress.add_task("sweep", total=len(cells), status="")
         for cell, scenario in zip(cells, scenarios, strict=True):
             progress.update(bar, status=cell.label)

@@ -9,7 +9,6 @@ one on chain.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence, Sized
 from typing import Any, cast
 
@@ -25,7 +24,7 @@ from swarmnode.simulation.baselines import Curve
 from swarmnode.simulation.data import DATASETS, load_dataset
 from swarmnode.simulation.engine import MLP
 from swarmnode.simulation.scenario import Scenario
-from swarmnode.training import Data, LocalTrainer, Task, accuracy
+from swarmnode.training import Data, LocalTrainer, Task, accuracy, import_attribute
 
 
 def dataset_task(
@@ -191,15 +190,7 @@ def own_tasks(spec: str, test_spec: str, nodes: int, seed: int) -> tuple[list[Ta
 
 def own_test_set(spec: str, seed: int) -> Data:
     """`spec` names a Dataset or DataLoader, or a function called as f(seed=seed) for one."""
-    module_name, _, attribute = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"test_set {spec}: cannot import {module_name} ({exc})") from None
-    try:
-        value = getattr(module, attribute)
-    except AttributeError:
-        raise ConfigError(f"test_set {spec}: {module_name} has no {attribute}") from None
+    value = import_attribute(spec, "test_set")
     if callable(value) and not isinstance(value, TorchDataset | DataLoader):
         try:
             value = value(seed=seed)
