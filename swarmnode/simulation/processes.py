@@ -66,6 +66,7 @@ class _Node:
         self.rounds: dict[int, dict[str, Any]] = {}  # round -> its last "round" log line
         self.started_at: float | None = None
         self.asked_to_stop = False  # sent SIGTERM: a signal may end it during its own exit
+        self.drained = False  # it had exited before its log was last read: nothing more comes
         self._offset = 0
         self._partial = b""
 
@@ -212,11 +213,13 @@ class _Watch:
         last_news = time.monotonic()
         wanted = self.scenario.rounds
         while True:
+            for node in self.nodes:  # exited before this read: the read has its last line
+                node.drained = node.process.poll() is not None
             news = [node.read_log() for node in self.nodes]
             if any(news):
                 last_news = time.monotonic()
             self._score_checkpoints()
-            exited = [node.process.poll() is not None for node in self.nodes]
+            exited = [node.drained for node in self.nodes]  # and every line of theirs read
             for node in self.nodes:
                 code = node.process.poll()
                 if code not in (None, 0) and not (node.asked_to_stop and code == -signal.SIGTERM):
@@ -271,7 +274,7 @@ class _Watch:
         behind = [
             node
             for node in self.nodes
-            if node.process.poll() is None and max(node.rounds, default=0) < number
+            if not node.drained and max(node.rounds, default=0) < number
         ]
         if behind and not over:
             return None
