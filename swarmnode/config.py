@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -62,24 +62,12 @@ class NodeConfig(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
-        try:
-            raw = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not TOML ({exc})") from None
-        data: dict[str, Any] = dict(raw.get("node", raw))
+        data = read_toml_table(path, "node", "config")
         base = path.resolve().parent
         for key in ("identity_dir", "deployment", "checkpoint_dir", "log_file"):
             if isinstance(data.get(key), str):
                 data[key] = str(base / data[key])
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "node"
-            message = first["msg"].removeprefix("Value error, ")
-            raise ConfigError(f"{path}: field {field}: {message}") from None
+        return validated(cls, data, str(path), "node")
 
     @property
     def checkpoints(self) -> Path:
@@ -88,3 +76,30 @@ class NodeConfig(BaseModel):
     @property
     def log_path(self) -> Path:
         return self.log_file or self.identity_dir / "node.jsonl"
+
+
+def read_toml_table(path: Path, table: str, what: str) -> dict[str, Any]:
+    """`[table]` of a TOML file, or the whole file when it has no such table."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {what} file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not TOML ({exc})") from None
+    return dict(raw.get(table, raw))
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validated(model: type[Model], data: dict[str, Any], where: str, whole: str) -> Model:
+    """`data` as `model`; the first thing wrong is one line naming `where` (and the field)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or whole  # a check of several fields
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{where}: field {field}: {message}") from None
+    except ConfigError as exc:  # a validator that checks with the project's own rules
+        raise ConfigError(f"{where}: {exc}") from None

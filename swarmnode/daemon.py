@@ -216,8 +216,7 @@ def _resume(node: SwarmNode, store: CheckpointStore) -> None:
             checkpoint.round,
         )
         return
-    node.trainer.load(checkpoint.vector)
-    node.syncer.reference = checkpoint.vector
+    node.adopt(checkpoint.round, checkpoint.vector)  # peers catching up may fetch it here
     sync = checkpoint.state.get("sync")
     if isinstance(sync, dict):
         node.syncer.policy.restore(SyncState.from_dict(sync))

@@ -28,7 +28,7 @@ from swarmnode.ledger.base import Ledger
 from swarmnode.merge import make_rule
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import Transport
-from swarmnode.round import RoundResult, run_round
+from swarmnode.round import RoundResult, catch_up, run_round
 from swarmnode.sync import make_policy
 from swarmnode.training import LocalTrainer, Task
 
@@ -158,6 +158,26 @@ class SwarmNode:
         """Trains until a sync is due, then syncs."""
         batches = self.trainer.train_batches(self.syncer.policy.interval)
         return self.sync_now(batches)
+
+    def adopt(self, round: int, vector: npt.NDArray[np.float32]) -> None:
+        """Takes a final round's model as this node's own (a checkpoint it resumes from, or a
+        model it caught up on) and serves it to peers catching up in turn."""
+        self.trainer.load(vector)
+        self.syncer.reference = vector
+        self.syncer.inbox.publish_model(round, vector, canonical.chunk_hashes(vector))
+
+    def catch_up(self) -> int | None:
+        """Takes the swarm's last final model, fetched from that round's participants and
+        checked against the digest on chain; returns its round, or None if already held."""
+        ledger = self.ledger
+        number, digest = ledger.latest_model()
+        reference = self.syncer.reference
+        if canonical.digest(reference) == digest:
+            return None
+        me = ledger.account.lower()
+        peers = [p for p in ledger.round(number).live_participants if p.lower() != me]
+        self.adopt(number, catch_up(self.syncer.transport, number, digest, len(reference), peers))
+        return number
 
     def sync_now(self, batches: int = 0) -> NodeRound:
         """Contributes the current model to the current round and loads the outcome."""

@@ -122,29 +122,39 @@ def run_round(
         finally:
             seconds["transfer"] += time.perf_counter() - t0
 
-    def caught_up(state: RoundState, merged: npt.NDArray[np.float32]) -> RoundResult:
-        inbox.publish_model(state.number, merged, canonical.chunk_hashes(merged))
+    def finish(
+        number: int,
+        status: str,
+        attempt: int = 0,
+        participants: tuple[str, ...] = (),
+        merged: npt.NDArray[np.float32] | None = None,
+        digest: bytes | None = None,
+    ) -> RoundResult:
+        """The result, with the round's total time and the gas its receipts show."""
         seconds["total"] = time.perf_counter() - started
         gas = ledger.gas_used - gas_before
         return RoundResult(
-            state.number,
-            0,
-            "caught_up",
-            state.live_participants,
+            number,
+            attempt,
+            status,
+            participants,
             merged,
-            state.final_digest,
+            digest,
             seconds,
             traffic,
             transactions,
             gas,
         )
 
+    def caught_up(state: RoundState, merged: npt.NDArray[np.float32]) -> RoundResult:
+        inbox.publish_model(state.number, merged, canonical.chunk_hashes(merged))
+        return finish(
+            state.number, "caught_up", 0, state.live_participants, merged, state.final_digest
+        )
+
     found = _wait_open(ledger, params, chain, poll, sleep, stop)
     if found is None:  # asked to stop before joining: nothing to leave
-        seconds["total"] = time.perf_counter() - started
-        gas = ledger.gas_used - gas_before
-        number = ledger.current_round()
-        return RoundResult(number, 0, "stopped", (), None, None, seconds, traffic, 0, gas)
+        return finish(ledger.current_round(), "stopped")
     number, missed = found
     if missed is not None:
         # A round went on without us: take its model (DESIGN.md point 6, a node that missed
@@ -161,16 +171,12 @@ def run_round(
         merged = fetch_final(state)
         if merged is not None:
             return caught_up(state, merged)
-        seconds["total"] = time.perf_counter() - started
-        gas = ledger.gas_used - gas_before
-        return RoundResult(number, 0, "not_admitted", (), None, None, seconds, traffic, 0, gas)
+        return finish(number, "not_admitted")
 
     state = _wait_closed(ledger, number, params, chain, poll, sleep, stop)
     if state.status == RoundStatus.OPEN:  # asked to stop before the round closed: we left
         inbox.finish_round(number)
-        seconds["total"] = time.perf_counter() - started
-        gas = ledger.gas_used - gas_before
-        return RoundResult(number, 0, "left", (), None, None, seconds, traffic, transactions, gas)
+        return finish(number, "left")
     if on_closed is not None and state.status == RoundStatus.CLOSED:
         on_closed()  # e.g. re-read the roster: a participant may have registered just now
     result: RoundResult | None = None
@@ -246,11 +252,7 @@ def run_round(
     inbox.finish_round(number)
     if withdrawn:
         log.info("%s withdrew from round %d (attempt %d) to stop", me, number, state.attempt)
-        seconds["total"] = time.perf_counter() - started
-        gas = ledger.gas_used - gas_before
-        return RoundResult(
-            number, state.attempt, "withdrawn", (), None, None, seconds, traffic, transactions, gas
-        )
+        return finish(number, "withdrawn", state.attempt)
     status = _outcome(state, result)
     merged = result.merged if result is not None else None
     if status == "final" and result is not None and state.final_digest != result.digest:
@@ -266,19 +268,14 @@ def run_round(
         inbox.publish_model(number, merged, canonical.chunk_hashes(merged))
     else:
         merged = None
-    seconds["total"] = time.perf_counter() - started
     participants = result.participants if result is not None else state.live_participants
-    return RoundResult(
+    return finish(
         number,
-        state.attempt,
         status,
+        state.attempt,
         participants,
         merged,
         state.final_digest if merged is not None else None,
-        seconds,
-        traffic,
-        transactions,
-        ledger.gas_used - gas_before,
     )
 
 
@@ -423,10 +420,7 @@ def _wait_open(
         if state.status == RoundStatus.OPEN:
             return number, missed
         missed = number
-        expire_at = state.expires_at(params)
-        if expire_at is not None and ledger.now() >= expire_at:
-            chain(partial(ledger.expire, number))
-        else:
+        if not _expire_if_due(ledger, state, params, chain):
             sleep(poll)
 
 
@@ -466,6 +460,20 @@ def _outcome(state: RoundState, result: RoundResult | None) -> str:
     }.get(state.fail_reason, "failed_too_few")
 
 
+def _expire_if_due(
+    ledger: Ledger,
+    state: RoundState,
+    params: SwarmParams,
+    chain: Callable[[Callable[[], None]], bool],
+) -> bool:
+    """Expires the round once its deadline has passed by our clock; True if it tried."""
+    expire_at = state.expires_at(params)
+    if expire_at is None or ledger.now() < expire_at:
+        return False
+    chain(partial(ledger.expire, state.number))
+    return True
+
+
 def _wait_closed(
     ledger: Ledger,
     number: int,
@@ -486,11 +494,9 @@ def _wait_closed(
                 return ledger.round(number)
             continue  # it closed meanwhile: take part after all
         close_at = state.close_allowed_at(params)
-        expire_at = state.expires_at(params)
-        now = ledger.now()
-        if expire_at is not None and now >= expire_at:
-            chain(lambda: ledger.expire(number))
-        elif close_at is not None and now >= close_at:
+        if _expire_if_due(ledger, state, params, chain):
+            continue
+        if close_at is not None and ledger.now() >= close_at:
             chain(lambda: ledger.close(number))
         else:
             sleep(poll)
@@ -513,10 +519,7 @@ def _wait_ended(
             return state
         if stop is not None and stop.is_set():
             return state
-        expire_at = state.expires_at(params)
-        if expire_at is not None and ledger.now() >= expire_at:
-            chain(lambda: ledger.expire(number))
-        else:
+        if not _expire_if_due(ledger, state, params, chain):
             sleep(poll)
 
 
@@ -540,13 +543,10 @@ def _wait_moved(
             return state
         if give_up is not None and give_up():
             return state
-        now = ledger.now()
-        expire_at = state.expires_at(params)
-        overdue = state.report_overdue_at(params)
-        if expire_at is not None and now >= expire_at:
-            chain(lambda: ledger.expire(number))
+        if _expire_if_due(ledger, state, params, chain):
             continue
-        if overdue is not None and now >= overdue:
+        overdue = state.report_overdue_at(params)
+        if overdue is not None and ledger.now() >= overdue:
             silent = [
                 s.account
                 for s in state.seats

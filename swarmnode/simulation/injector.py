@@ -16,7 +16,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from swarmnode import canonical
 from swarmnode.allreduce import Fault, InjectedCrash
 from swarmnode.exceptions import SwarmError
 from swarmnode.ledger.types import RoundState
@@ -27,7 +26,6 @@ from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
 from swarmnode.p2p.shaping import ShapedTransport
 from swarmnode.p2p.transport import Transport
-from swarmnode.round import catch_up
 from swarmnode.simulation.faults import FaultPlan, link, nodes_of
 from swarmnode.simulation.local import LocalPeer, LocalSwarm
 from swarmnode.simulation.scenario import Scenario
@@ -47,23 +45,6 @@ def shaped(scenario: Scenario, node: int, transport: Transport) -> Transport:
     return ShapedTransport(
         transport, latency=slow.latency, bandwidth=slow.bandwidth, send_delay=slow.send_delay
     )
-
-
-def catch_up_node(node: SwarmNode) -> int | None:
-    """Loads the swarm's last final model into `node`, fetched from that round's participants
-    and checked against the digest on chain; returns its round, or None if `node` holds it."""
-    ledger = node.ledger
-    number, digest = ledger.latest_model()
-    reference = node.syncer.reference
-    if canonical.digest(reference) == digest:
-        return None
-    me = ledger.account.lower()
-    peers = [p for p in ledger.round(number).live_participants if p.lower() != me]
-    model = catch_up(node.syncer.transport, number, digest, len(reference), peers)
-    node.trainer.load(model)
-    node.syncer.reference = model
-    node.syncer.inbox.publish_model(number, model, canonical.chunk_hashes(model))
-    return number
 
 
 class FaultInjector:
@@ -100,7 +81,7 @@ class FaultInjector:
             self._restart(i)
         self.caught_up = []
         for i in sorted(plan.restarting | plan.returning):
-            if catch_up_node(self.nodes[i]) is not None:
+            if self.nodes[i].catch_up() is not None:
                 self.caught_up.append(i)
         return [i for i in range(len(self.nodes)) if i not in self._status]
 

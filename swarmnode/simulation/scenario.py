@@ -6,13 +6,12 @@ traceback.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from swarmnode.exceptions import ConfigError
+from swarmnode.config import read_toml_table, validated
 from swarmnode.simulation.faults import Crash, Straggler, check_faults, has_faults
 
 MERGE_RULES = ("mean", "median", "trimmed_mean", "krum", "geometric_median", "centered_clip")
@@ -139,20 +138,6 @@ class Scenario(BaseModel):
         where = "flags"
         if path is not None:
             where = str(path)
-            try:
-                data = tomllib.loads(path.read_text())
-            except FileNotFoundError:
-                raise ConfigError(f"{path}: no such scenario file") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"{path}: not TOML ({exc})") from None
-            data = data.get("scenario", data)
+            data = read_toml_table(path, "scenario", "scenario")
         data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "scenario"
-            message = first["msg"].removeprefix("Value error, ")
-            raise ConfigError(f"{where}: field {field}: {message}") from None
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+        return validated(cls, data, where, "scenario")
