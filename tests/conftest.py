@@ -27,6 +27,19 @@ def anvil_chain() -> Iterator[AnvilChain]:
         chain.stop()
 
 
+@pytest.fixture
+def own_anvil() -> Iterator[AnvilChain]:
+    """An anvil for one test alone: daemons judge deadlines by their own clocks against the
+    block times, and the session's anvil has had its time moved by other tests."""
+    from swarmnode.ledger.devchain import AnvilChain
+
+    chain = AnvilChain()
+    try:
+        yield chain
+    finally:
+        chain.stop()
+
+
 @pytest.fixture(params=BACKEND_NAMES, ids=lambda name: name)
 def backend(request: pytest.FixtureRequest) -> Backend:
     """Every behaviour test runs once per ledger backend; chain-backed runs carry the chain mark."""

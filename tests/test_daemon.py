@@ -1,4 +1,4 @@
-"""`swarmnode run` as separate OS processes against anvil: nodes enrol themselves, take part
+"""`swarmnode run` as separate OS processes against own_anvil: nodes enrol themselves, take part
 in rounds with mutual TLS over loopback, checkpoint every final round, and resume from the
 checkpoint when started again."""
 
@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,6 @@ from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
 from swarmnode.training import LocalTrainer, example_task
 
 pytestmark = [pytest.mark.chain, pytest.mark.slow]
-
-
-@pytest.fixture
-def anvil() -> Iterator[AnvilChain]:
-    chain = AnvilChain()
-    try:
-        yield chain
-    finally:
-        chain.stop()
 
 
 def start(config: Path) -> subprocess.Popen[str]:
@@ -61,8 +51,8 @@ def finish(processes: list[subprocess.Popen[str]]) -> list[str]:
     return outputs
 
 
-def two_nodes(anvil: AnvilChain, folder: Path, rounds: int) -> tuple[Deployment, list[Path]]:
-    """A swarm for the example task on anvil and two node folders with configs, funded."""
+def two_nodes(own_anvil: AnvilChain, folder: Path, rounds: int) -> tuple[Deployment, list[Path]]:
+    """A swarm for the example task on own_anvil and two node folders with configs, funded."""
     initial = LocalTrainer(example_task(), "cpu", 0, init_seed=0).snapshot()
     params = SwarmParams(
         min_peers=2,
@@ -73,14 +63,14 @@ def two_nodes(anvil: AnvilChain, folder: Path, rounds: int) -> tuple[Deployment,
         sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (8, 0, 0, 0)),
         initial_model_digest=canonical.digest(initial),
     )
-    deployment, _ = anvil.deploy(params)
-    Deployment(deployment.chain_id, deployment.address, deployment.block, params, anvil.url).save(
-        folder / "deployment.json"
-    )
+    deployment, _ = own_anvil.deploy(params)
+    Deployment(
+        deployment.chain_id, deployment.address, deployment.block, params, own_anvil.url
+    ).save(folder / "deployment.json")
     configs = []
     for name in ("a", "b"):
         identity = NodeIdentity.create(folder / name, "", kdf="pbkdf2", iterations=2)
-        anvil.rpc.fund(anvil.funder, identity.address, 10**18)
+        own_anvil.rpc.fund(own_anvil.funder, identity.address, 10**18)
         config = folder / f"{name}.toml"
         config.write_text(
             "[node]\n"
@@ -95,12 +85,12 @@ def two_nodes(anvil: AnvilChain, folder: Path, rounds: int) -> tuple[Deployment,
 
 
 def test_two_daemons_enrol_run_rounds_checkpoint_and_resume(
-    anvil: AnvilChain, tmp_path: Path
+    own_anvil: AnvilChain, tmp_path: Path
 ) -> None:
-    deployment, configs = two_nodes(anvil, tmp_path, rounds=2)
+    deployment, configs = two_nodes(own_anvil, tmp_path, rounds=2)
 
     finish([start(c) for c in configs])
-    reader = anvil.ledger(deployment, anvil.new_account())
+    reader = own_anvil.ledger(deployment, own_anvil.new_account())
     assert reader.current_round() == 3
     for number in (1, 2):
         assert reader.round(number).status == RoundStatus.FINAL
@@ -144,7 +134,9 @@ def test_a_wrong_config_field_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "node.toml: field task" in lines[0], result.stderr
 
 
-def test_the_readme_walk_through_init_deploy_run_status(anvil: AnvilChain, tmp_path: Path) -> None:
+def test_the_readme_walk_through_init_deploy_run_status(
+    own_anvil: AnvilChain, tmp_path: Path
+) -> None:
     env = {"PATH": os.environ["PATH"], "SWARMNODE_KEY_PASSPHRASE": "", "COLUMNS": "200"}
 
     def swarmnode(*args: str) -> subprocess.CompletedProcess[str]:
@@ -169,7 +161,7 @@ def test_the_readme_walk_through_init_deploy_run_status(anvil: AnvilChain, tmp_p
     swarmnode(
         "deploy",
         "--rpc",
-        anvil.url,
+        own_anvil.url,
         "--out",
         "deployment.json",
         "--max-peers",
@@ -189,9 +181,9 @@ def test_the_readme_walk_through_init_deploy_run_status(anvil: AnvilChain, tmp_p
 
 
 def test_sigterm_stops_both_daemons_cleanly_between_or_after_rounds(
-    anvil: AnvilChain, tmp_path: Path
+    own_anvil: AnvilChain, tmp_path: Path
 ) -> None:
-    _, configs = two_nodes(anvil, tmp_path, rounds=0)
+    _, configs = two_nodes(own_anvil, tmp_path, rounds=0)
     processes = [start(c) for c in configs]
     logs = [tmp_path / name / "node.jsonl" for name in ("a", "b")]
 

@@ -1,4 +1,4 @@
-"""The daemon as an operator runs it: three `swarmnode run` processes against anvil, mutual
+"""The daemon as an operator runs it: three `swarmnode run` processes against own_anvil, mutual
 TLS over loopback, learning digits together although each holds only four of the ten
 classes; a daemon killed with SIGKILL that resumes from its checkpoint and rejoins; and what
 a daemon does when it must stop, or restarts, in the middle of a round (DESIGN.md round
@@ -197,16 +197,6 @@ def sync_batches() -> int:
     return EPOCHS * math.ceil(rows / BATCH)
 
 
-@pytest.fixture
-def anvil() -> Iterator[AnvilChain]:
-    """A fresh chain per test: no other test's time travel reaches these daemons' clocks."""
-    chain = AnvilChain()
-    try:
-        yield chain
-    finally:
-        chain.stop()
-
-
 class Daemon:
     """One `swarmnode run` process and its folder. Output goes to a file: a pipe that nobody
     reads fills up and blocks the daemon."""
@@ -312,7 +302,7 @@ def wait_for(
 
 
 def digits_swarm(
-    anvil: AnvilChain,
+    own_anvil: AnvilChain,
     folder: Path,
     nodes: dict[str, tuple[int, ...]],
     *,
@@ -322,7 +312,7 @@ def digits_swarm(
     rounds: int = 0,
     extra: dict[str, str] | None = None,
 ) -> tuple[ContractLedger, dict[str, Daemon]]:
-    """A swarm contract for the digits task on anvil, one funded node folder and node.toml
+    """A swarm contract for the digits task on own_anvil, one funded node folder and node.toml
     per name (holding those classes), and a reader's ledger handle."""
     initial = LocalTrainer(dataset_task("digits"), "cpu", 0, init_seed=0).snapshot()
     params = SwarmParams(
@@ -334,14 +324,14 @@ def digits_swarm(
         sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (sync_batches(), 0, 0, 0)),
         initial_model_digest=canonical.digest(initial),
     )
-    deployment, _ = anvil.deploy(params)
-    Deployment(deployment.chain_id, deployment.address, deployment.block, params, anvil.url).save(
-        folder / "deployment.json"
-    )
+    deployment, _ = own_anvil.deploy(params)
+    Deployment(
+        deployment.chain_id, deployment.address, deployment.block, params, own_anvil.url
+    ).save(folder / "deployment.json")
     daemons = {}
     for name, classes in nodes.items():
         identity = NodeIdentity.create(folder / name, "", kdf="pbkdf2", iterations=2)
-        anvil.rpc.fund(anvil.funder, identity.address, 10**18)
+        own_anvil.rpc.fund(own_anvil.funder, identity.address, 10**18)
         daemon = Daemon(folder, name)
         daemon.config.write_text(
             f'identity_dir = "{name}"\n'
@@ -353,7 +343,7 @@ def digits_swarm(
             + f"\n[task_args]\nclasses = {list(classes)}\n"
         )
         daemons[name] = daemon
-    return anvil.ledger(deployment, anvil.new_account()), daemons
+    return own_anvil.ledger(deployment, own_anvil.new_account()), daemons
 
 
 def account_of(daemon: Daemon) -> str:
@@ -386,11 +376,11 @@ def accuracy_of(vector: npt.NDArray[np.float32], classes: tuple[int, ...] | None
 @pytest.mark.chain
 @pytest.mark.slow
 def test_three_daemons_learn_digits_that_none_of_them_could_alone(
-    anvil: AnvilChain, tmp_path: Path, daemons: list[Daemon]
+    own_anvil: AnvilChain, tmp_path: Path, daemons: list[Daemon]
 ) -> None:
     rounds = 10
     reader, nodes = digits_swarm(
-        anvil, tmp_path, dict(CLASSES), min_peers=3, transfer_deadline=30, rounds=rounds
+        own_anvil, tmp_path, dict(CLASSES), min_peers=3, transfer_deadline=30, rounds=rounds
     )
     daemons.extend(nodes.values())
     for daemon in daemons:
@@ -453,7 +443,7 @@ def test_three_daemons_learn_digits_that_none_of_them_could_alone(
 @pytest.mark.chain
 @pytest.mark.slow
 def test_killed_daemons_withdraw_from_the_round_they_lost_resume_and_rejoin(
-    anvil: AnvilChain, tmp_path: Path, daemons: list[Daemon]
+    own_anvil: AnvilChain, tmp_path: Path, daemons: list[Daemon]
 ) -> None:
     """Two kills of the same node v. First it SIGKILLs itself inside a round it joined
     (die_at, before sending anything); restarted, it withdraws from that round, the other
@@ -464,7 +454,7 @@ def test_killed_daemons_withdraw_from_the_round_they_lost_resume_and_rejoin(
     # back before the others would vote it out. Nothing waits for it when v withdraws.
     transfer = 90
     reader, nodes = digits_swarm(
-        anvil,
+        own_anvil,
         tmp_path,
         {"a": CLASSES["a"], "b": CLASSES["b"], "v": CLASSES["c"]},
         min_peers=2,
@@ -553,7 +543,7 @@ def test_killed_daemons_withdraw_from_the_round_they_lost_resume_and_rejoin(
 @pytest.mark.chain
 @pytest.mark.slow
 def test_sigterm_mid_round_finishes_within_the_grace_or_withdraws(
-    anvil: AnvilChain, tmp_path: Path, daemons: list[Daemon]
+    own_anvil: AnvilChain, tmp_path: Path, daemons: list[Daemon]
 ) -> None:
     """Four daemons; in its second round node c dies before sending anything, so the round
     can end only after the transfer deadline, when c is voted out. Then b and d get SIGTERM: b, with
@@ -561,7 +551,7 @@ def test_sigterm_mid_round_finishes_within_the_grace_or_withdraws(
     Both exit 0."""
     transfer = 8
     reader, nodes = digits_swarm(
-        anvil,
+        own_anvil,
         tmp_path,
         {"a": CLASSES["a"], "b": CLASSES["b"], "c": CLASSES["c"], "d": (2, 5, 8)},
         min_peers=2,

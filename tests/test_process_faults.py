@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,21 +83,10 @@ def write_swarm(anvil: AnvilChain, folder: Path) -> tuple[Deployment, dict[str, 
     return deployment, configs
 
 
-@pytest.fixture
-def anvil_chain() -> Iterator[AnvilChain]:
-    """A chain of its own: the session's anvil has had its time moved by other tests, and
-    daemons judge deadlines by their own clocks against the block times."""
-    chain = AnvilChain()
-    try:
-        yield chain
-    finally:
-        chain.stop()
-
-
 def test_victims_sigkilled_in_each_phase_are_voted_out_and_survivors_agree(
-    anvil_chain: AnvilChain, tmp_path: Path
+    own_anvil: AnvilChain, tmp_path: Path
 ) -> None:
-    deployment, configs = write_swarm(anvil_chain, tmp_path)
+    deployment, configs = write_swarm(own_anvil, tmp_path)
     processes = {
         name: subprocess.Popen(
             [sys.executable, "-m", "swarmnode", "run", "--config", str(config)],
@@ -124,7 +112,7 @@ def test_victims_sigkilled_in_each_phase_are_voted_out_and_survivors_agree(
         assert log[-1]["event"] == "die" and last_words in log[-1]["message"], log[-1]
     assert [codes[name] for name in SURVIVORS] == [0, 0]
 
-    reader = anvil_chain.ledger(deployment, anvil_chain.new_account())
+    reader = own_anvil.ledger(deployment, own_anvil.new_account())
     accounts = {
         name: NodeIdentity.load(tmp_path / name, "").address for name in (*SURVIVORS, *VICTIMS)
     }

@@ -2,7 +2,7 @@
 
 The history itself (which rounds, what was reported, who agreed) is checked on the in-memory
 ledger, where withdrawals and stale reports are cheap to stage; the command is checked
-against anvil after a real round of three SwarmNodes.
+against own_anvil after a real round of three SwarmNodes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,15 +73,6 @@ def test_history_names_each_nodes_part_report_and_agreement() -> None:
     assert first.final_digest == digest("merged") and first.attempt == 2
 
 
-@pytest.fixture
-def anvil() -> Iterator[AnvilChain]:
-    chain = AnvilChain()
-    try:
-        yield chain
-    finally:
-        chain.stop()
-
-
 def swarmnode(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "swarmnode", "status", *args],
@@ -96,7 +86,9 @@ def swarmnode(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.chain
 @pytest.mark.slow
-def test_status_of_a_node_after_a_real_round_on_anvil(anvil: AnvilChain, tmp_path: Path) -> None:
+def test_status_of_a_node_after_a_real_round_on_anvil(
+    own_anvil: AnvilChain, tmp_path: Path
+) -> None:
     task = example_task(samples=128)
     initial = LocalTrainer(task, "cpu", 0).snapshot()
     params = SwarmParams(
@@ -105,18 +97,18 @@ def test_status_of_a_node_after_a_real_round_on_anvil(anvil: AnvilChain, tmp_pat
         sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (2, 0, 0, 0)),
         initial_model_digest=canonical.digest(initial),
     )
-    deployment, _ = anvil.deploy(params)
-    Deployment(deployment.chain_id, deployment.address, deployment.block, params, anvil.url).save(
-        tmp_path / "deployment.json"
-    )
+    deployment, _ = own_anvil.deploy(params)
+    Deployment(
+        deployment.chain_id, deployment.address, deployment.block, params, own_anvil.url
+    ).save(tmp_path / "deployment.json")
     identity = NodeIdentity.create(tmp_path / "node-b", "", kdf="pbkdf2", iterations=2)
-    anvil.rpc.fund(anvil.funder, identity.address, 10**18)
-    accounts = [anvil.new_account(), identity.account, anvil.new_account()]
+    own_anvil.rpc.fund(own_anvil.funder, identity.address, 10**18)
+    accounts = [own_anvil.new_account(), identity.account, own_anvil.new_account()]
     roster = Roster()
     network = MemoryNetwork(roster)
     nodes = []
     for i, account in enumerate(accounts):
-        ledger = anvil.ledger(deployment, account)
+        ledger = own_anvil.ledger(deployment, account)
         certificate = f"certificate-{i}".encode()
         ledger.register(f"memory:{i}", certificate)
         roster.upsert(PeerRecord(ledger.account, f"memory:{i}", certificate))
