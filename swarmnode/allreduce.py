@@ -151,6 +151,7 @@ class Traffic:
 class AllReduceResult:
     merged: npt.NDArray[np.float32]
     digest: bytes
+    hashes: bytes  # the merged vector's chunk hashes: its digest, and what catch-up serves
     traffic: Traffic
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -336,7 +337,9 @@ def all_reduce(
         if missing:
             raise MissingContributions("all-gather", *_blame(me, attempt, missing, transport))
         seconds["all_gather"] = time.perf_counter() - t0
-    return AllReduceResult(merged, canonical.digest(merged), traffic, seconds)
+    merged_hashes = canonical.chunk_hashes(merged)
+    digest = canonical.digest_from_chunk_hashes(merged_hashes)
+    return AllReduceResult(merged, digest, merged_hashes, traffic, seconds)
 
 
 def _limited(budget: _FrameBudget | None, source: FrameSource) -> FrameSource:

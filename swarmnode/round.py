@@ -180,6 +180,7 @@ def run_round(
     if on_closed is not None and state.status == RoundStatus.CLOSED:
         on_closed()  # e.g. re-read the roster: a participant may have registered just now
     result: RoundResult | None = None
+    merged_hashes = b""  # of our own merged vector, hashed once by the all-reduce
     grace = 2.0 * params.transfer_deadline if stop_grace is None else stop_grace
     stopping = _Stopping(stop, grace)
     give_up = stopping.overdue if stop is not None else None
@@ -245,6 +246,7 @@ def run_round(
         result = RoundResult(
             number, state.attempt, "final", attempt.participants, reduced.merged, reduced.digest
         )
+        merged_hashes = reduced.hashes
         report = partial(ledger.report, number, attempt.attempt, reduced.digest)
         chain(report)
         state = _wait_moved(ledger, number, state.attempt, params, chain, poll, sleep, give_up)
@@ -265,7 +267,8 @@ def run_round(
         seconds["transfer"] += time.perf_counter() - t0
         status = "caught_up"
     if status in ("final", "caught_up") and merged is not None:
-        inbox.publish_model(number, merged, canonical.chunk_hashes(merged))
+        hashes = merged_hashes if status == "final" else canonical.chunk_hashes(merged)
+        inbox.publish_model(number, merged, hashes)
     else:
         merged = None
     participants = result.participants if result is not None else state.live_participants
