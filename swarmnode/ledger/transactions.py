@@ -27,6 +27,14 @@ from typing import Any, Literal, cast
 
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_base,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 from web3 import Web3
 from web3.contract.contract import ContractFunction
 from web3.exceptions import TransactionNotFound
@@ -52,14 +60,34 @@ _ALREADY_SENT = ("already known", "known transaction", "nonce too low", "already
 
 @dataclass(frozen=True)
 class Backoff:
-    """Exponential backoff with a bounded number of tries and an injectable sleep."""
+    """Exponential backoff with a bounded number of tries and an injectable sleep.
+
+    `attempts` counts tries, the first included. The sleep is injectable so that tests can
+    move a chain's clock instead of waiting; tenacity takes it as is."""
 
     first_delay: float = 0.25
     max_delay: float = 2.0
     attempts: int = 12
     sleep: Callable[[float], None] = field(default=time.sleep)
 
+    def retrying(
+        self,
+        retry: retry_base,
+        before_sleep: Callable[[RetryCallState], None] | None = None,
+    ) -> Retrying:
+        """A tenacity loop with these knobs; the last failure is raised as itself."""
+        return Retrying(
+            retry=retry,
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(multiplier=self.first_delay, max=self.max_delay),
+            sleep=self.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
     def delays(self) -> Iterator[float]:
+        """The waits between tries, for loops whose retry test is not an exception type
+        (contract.py's clock-skew retry)."""
         delay = self.first_delay
         for _ in range(self.attempts - 1):
             yield delay
@@ -145,20 +173,14 @@ class TransactionSender:
 
         One warning per call, at its first retry; the later ones are debug lines, so that
         an outage does not flood the log with a line per try."""
-        delays = self._unavailable.delays()
-        retries = 0
-        while True:
-            try:
-                return action()
-            except ChainUnavailable:
-                delay = next(delays, None)
-                if delay is None:
-                    raise
-                self.stats.unavailable_retries += 1
-                level = logging.WARNING if retries == 0 else logging.DEBUG
-                retries += 1
-                log.log(level, "%s: chain unavailable, retrying with backoff", what)
-                self._unavailable.sleep(delay)
+
+        def note_retry(state: RetryCallState) -> None:
+            self.stats.unavailable_retries += 1
+            level = logging.WARNING if state.attempt_number == 1 else logging.DEBUG
+            log.log(level, "%s: chain unavailable, retrying with backoff", what)
+
+        unavailable = retry_if_exception_type(ChainUnavailable)
+        return self._unavailable.retrying(unavailable, note_retry)(action)
 
     # ------------------------------------------------------------------ steps
 
