@@ -36,6 +36,7 @@ from swarmnode.node import SwarmNode
 from swarmnode.outage import ChainOutage
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
+from swarmnode.records import ROUND_EVENT, NodeRoundRecord
 from swarmnode.round import leave_unfinished
 from swarmnode.sync import SyncState
 from swarmnode.training import load_task
@@ -156,22 +157,8 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
                 stop.wait(1.0)
                 continue
             result = outcome.result
-            fields = {
-                "event": "round",
-                "round": result.round,
-                "status": result.status,
-                "attempt": result.attempt,
-                "digest": (result.digest or b"").hex(),
-                "seconds": result.seconds,
-                "bytes_sent": result.traffic.sent,
-                "bytes_received": result.traffic.received,
-                "participants": len(result.participants),
-                "batches": outcome.batches,
-                "receipts": len(ledger.gas_log) - mined,
-                "transactions": result.transactions,
-                "gas": result.gas,
-                "val_loss": outcome.val_loss,
-            }
+            record = NodeRoundRecord.from_round(outcome, receipts=len(ledger.gas_log) - mined)
+            fields = {"event": ROUND_EVENT, **record.to_json()}
             log.info("round %d %s", result.round, result.status, extra={"fields": fields})
             if result.merged is not None and result.digest is not None:
                 state = {
