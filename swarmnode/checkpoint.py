@@ -7,6 +7,15 @@ renamed over the old one, then the folder is fsynced: a crash leaves either the 
 checkpoint or the new one, never half of one. On load the vector's digest must match the
 digest stored beside it; a corrupt or truncated file is moved aside with a warning and never
 loaded, and the node falls back to the previous good one (or to catching up from peers).
+
+The header names the hash scheme its digest was computed with (the chunk hash and the chunk
+size), so that a change of either (BLAKE3 chunk hashes are planned) does not make every
+existing checkpoint look corrupt (docs/canonical-vector.md#checkpoints). A checkpoint of
+another scheme is whole, so it is left in place, named with both schemes in a warning and not
+loaded; it is not re-hashed: its digest is the one the chain agreed on for that round, and a
+re-hashed digest is one no chain ever agreed on, so the resume check against the chain
+could not pass, and re-hashing would mean keeping every old hash to verify the file first.
+A header without a scheme was written before it had one, under LEGACY.
 """
 
 from __future__ import annotations
@@ -30,6 +39,34 @@ log = logging.getLogger(__name__)
 MAGIC = b"SWARMCK1"
 _HEADER = struct.Struct("<8sQI")  # magic, vector elements, metadata bytes
 KEEP = 2  # the newest checkpoints kept: the previous one is the fallback for a corrupt one
+CHUNK_HASH = "sha256"
+"""The name of canonical.py's chunk hash (tests/test_checkpoint.py checks they agree)."""
+
+
+@dataclass(frozen=True)
+class HashScheme:
+    """How a digest was computed from a vector: which chunk hash, over how many elements."""
+
+    chunk_hash: str
+    chunk_elements: int
+
+    def __str__(self) -> str:
+        return f"{self.chunk_hash} over {self.chunk_elements}-element chunks"
+
+
+CURRENT = HashScheme(CHUNK_HASH, canonical.CHUNK_ELEMENTS)
+LEGACY = HashScheme("sha256", 4096)  # fixed: the scheme of files whose header names none
+
+
+class OtherHashScheme(ValueError):
+    """A whole checkpoint whose digest was computed under another scheme than this node's.
+
+    A ValueError, so that callers that skip unreadable files skip it too; CheckpointStore
+    tells it apart from a corrupt file."""
+
+    def __init__(self, scheme: HashScheme) -> None:
+        self.scheme = scheme
+        super().__init__(f"hashed with {scheme}, this node hashes with {CURRENT}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +96,8 @@ class CheckpointStore:
             {
                 "round": checkpoint.round,
                 "digest": checkpoint.digest.hex(),
+                "chunk_hash": CURRENT.chunk_hash,
+                "chunk_elements": CURRENT.chunk_elements,
                 "state": checkpoint.state,
             },
             sort_keys=True,
@@ -87,6 +126,8 @@ class CheckpointStore:
         for path in reversed(self._files()):
             try:
                 return read(path)
+            except OtherHashScheme as exc:
+                log.warning("checkpoint %s is %s: left in place, not loaded", path, exc)
             except (OSError, ValueError) as exc:
                 aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
                 path.rename(aside)
@@ -98,27 +139,47 @@ class CheckpointStore:
 
 
 def read(path: Path) -> Checkpoint:
-    """Reads and checks one checkpoint file; ValueError says what is wrong with it."""
+    """Reads and checks one checkpoint file; ValueError says what is wrong with it.
+
+    OtherHashScheme says instead that the file is whole but hashed another way."""
     data = path.read_bytes()
-    if len(data) < _HEADER.size:
-        raise ValueError("truncated header")
-    magic, elements, meta_size = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise ValueError("not a swarmnode checkpoint")
-    expected = _HEADER.size + meta_size + elements * canonical.ELEMENT_BYTES
-    if len(data) != expected:
-        raise ValueError(f"{len(data)} bytes where the header promises {expected}")
+    meta, vector_offset = _metadata(data)
     try:
-        meta = json.loads(data[_HEADER.size : _HEADER.size + meta_size])
+        scheme = HashScheme(
+            str(meta.get("chunk_hash", LEGACY.chunk_hash)),
+            int(meta.get("chunk_elements", LEGACY.chunk_elements)),
+        )
         digest = bytes.fromhex(meta["digest"])
         round_number = int(meta["round"])
         state = dict(meta.get("state", {}))
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"unreadable metadata ({exc})") from exc
-    vector = np.frombuffer(data, dtype="<f4", offset=_HEADER.size + meta_size).astype(np.float32)
+    if scheme != CURRENT:
+        raise OtherHashScheme(scheme)
+    vector = np.frombuffer(data, dtype="<f4", offset=vector_offset).astype(np.float32)
     if canonical.digest(vector) != digest:
         raise ValueError("the model does not match the digest stored beside it")
     return Checkpoint(round_number, digest, vector, state)
+
+
+def _metadata(data: bytes) -> tuple[dict[str, Any], int]:
+    """The header's JSON metadata and where the vector starts, once the sizes add up."""
+    if len(data) < _HEADER.size:
+        raise ValueError("truncated header")
+    magic, elements, meta_size = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise ValueError("not a swarmnode checkpoint")
+    vector_offset = _HEADER.size + meta_size
+    expected = vector_offset + elements * canonical.ELEMENT_BYTES
+    if len(data) != expected:
+        raise ValueError(f"{len(data)} bytes where the header promises {expected}")
+    try:
+        meta = json.loads(data[_HEADER.size : vector_offset])
+    except ValueError as exc:
+        raise ValueError(f"unreadable metadata ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ValueError("unreadable metadata (not a JSON object)")
+    return meta, vector_offset
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from swarmnode import canonical
-from swarmnode.checkpoint import Checkpoint, CheckpointStore, read
+from swarmnode import checkpoint as checkpoint_module
+from swarmnode.checkpoint import (
+    CHUNK_HASH,
+    MAGIC,
+    Checkpoint,
+    CheckpointStore,
+    HashScheme,
+    OtherHashScheme,
+    read,
+)
 
 
 def checkpoint(round: int, seed: int = 0) -> Checkpoint:
@@ -68,3 +81,84 @@ def test_a_crash_before_the_rename_leaves_the_old_checkpoint(tmp_path: Path) -> 
     (tmp_path / "round-00000002.tmp-999").write_bytes(b"half a checkpoint")  # killed mid-write
     latest = store.latest()
     assert latest is not None and latest.round == 1
+
+
+def write_by_hand(path: Path, meta: dict[str, Any], vector: np.ndarray[Any, Any]) -> None:
+    """A checkpoint file laid out byte by byte, so the test does not depend on save()."""
+    encoded = json.dumps(meta).encode()
+    header = MAGIC + len(vector).to_bytes(8, "little") + len(encoded).to_bytes(4, "little")
+    path.write_bytes(header + encoded + vector.astype("<f4").tobytes())
+
+
+def test_the_header_names_the_hash_scheme(tmp_path: Path) -> None:
+    path = CheckpointStore(tmp_path).save(checkpoint(1))
+    text = path.read_bytes()
+    assert b'"chunk_hash": "sha256"' in text
+    assert b'"chunk_elements": 4096' in text
+
+
+def test_the_scheme_name_is_canonicals_chunk_hash() -> None:
+    """If canonical.py changes its chunk hash, checkpoint.CHUNK_HASH must say so."""
+    one_chunk = np.arange(canonical.CHUNK_ELEMENTS, dtype="<f4")
+    expected = hashlib.new(CHUNK_HASH, one_chunk.tobytes()).digest()
+    assert canonical.chunk_hashes(one_chunk) == expected
+
+
+def test_a_checkpoint_from_before_the_scheme_field_still_loads(tmp_path: Path) -> None:
+    old = checkpoint(7, seed=7)
+    meta = {"round": 7, "digest": old.digest.hex(), "state": old.state}
+    write_by_hand(CheckpointStore(tmp_path).path_for(7), meta, old.vector)
+    latest = CheckpointStore(tmp_path).latest()
+    assert latest is not None and latest.round == 7 and latest.digest == old.digest
+    assert latest.vector.tobytes() == old.vector.tobytes()
+
+
+def assert_left_in_place(store: CheckpointStore, path: Path) -> None:
+    latest = store.latest()
+    assert latest is not None and latest.round == 1  # the other scheme's round 2 is skipped
+    assert path.exists()
+    assert list(store.folder.glob("*.corrupt-*")) == []
+
+
+@pytest.mark.parametrize(("chunk_hash", "chunk_elements"), [("blake3", 4096), ("sha256", 1024)])
+def test_a_checkpoint_of_another_scheme_is_named_not_set_aside_as_corrupt(
+    tmp_path: Path, chunk_hash: str, chunk_elements: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = CheckpointStore(tmp_path)
+    store.save(checkpoint(1, seed=1))
+    other = checkpoint(2, seed=2)
+    meta = {
+        "round": 2,
+        "digest": "ab" * 32,  # whatever the other scheme made of it: never checked here
+        "chunk_hash": chunk_hash,
+        "chunk_elements": chunk_elements,
+    }
+    path = store.path_for(2)
+    write_by_hand(path, meta, other.vector)
+    with pytest.raises(OtherHashScheme) as named:
+        read(path)
+    assert named.value.scheme == HashScheme(chunk_hash, chunk_elements)
+    assert f"{chunk_hash} over {chunk_elements}-element chunks" in str(named.value)
+    with caplog.at_level(logging.WARNING, logger="swarmnode.checkpoint"):
+        assert_left_in_place(store, path)
+    assert "left in place" in caplog.text and "corrupt" not in caplog.text
+
+
+def test_after_a_change_of_chunk_hash_an_old_checkpoint_is_another_scheme(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The case the header exists for: files written before the change, with or without
+    the scheme field, are reported as sha256 files, not as corrupt ones."""
+    store = CheckpointStore(tmp_path)
+    store.save(checkpoint(1, seed=1))
+    written = store.save(checkpoint(2, seed=2))
+    headerless = checkpoint(3, seed=3)
+    meta = {"round": 3, "digest": headerless.digest.hex()}
+    write_by_hand(store.path_for(3), meta, headerless.vector)
+    monkeypatch.setattr(checkpoint_module, "CURRENT", HashScheme("blake3", 4096))
+    for path in (written, store.path_for(3)):
+        with pytest.raises(OtherHashScheme, match="hashed with sha256 over 4096"):
+            read(path)
+    assert store.latest() is None  # every file is sha256: catch up from peers instead
+    assert len(list(tmp_path.glob("round-*.ckpt"))) == 3
+    assert list(tmp_path.glob("*.corrupt-*")) == []
