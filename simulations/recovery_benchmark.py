@@ -33,7 +33,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc loads: no lines 
 
 from swarmnode.allreduce import Fault, InjectedCrash
 from swarmnode.merge import make_rule
-from swarmnode.round import RoundResult, run_round
+from swarmnode.round import Round, RoundResult, RoundSettings
 from swarmnode.rules import SwarmParams
 from swarmnode.simulation.local import LocalSwarm, grpc_swarm, run_in_threads
 
@@ -67,7 +67,7 @@ def one_round(
         def node(i: int, update: npt.NDArray[np.float32]) -> RoundResult | None:
             peer = swarm.peers[i]
             try:
-                result = run_round(
+                result = Round(
                     ledger=peer.ledger,
                     transport=peer.transport,
                     inbox=peer.inbox,
@@ -75,10 +75,9 @@ def one_round(
                     weight=100,
                     val_loss=0.5,
                     rule=make_rule(params.merge_rule),
-                    poll=0.01,
-                    frame_chunks=16,
                     fault=fault if i == n - 1 else None,
-                )
+                    settings=RoundSettings(poll=0.01, frame_chunks=16),
+                ).run()
             except InjectedCrash:
                 died_at.append(time.perf_counter())
                 if peer.server is not None:

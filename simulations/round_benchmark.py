@@ -19,13 +19,14 @@ import time
 from functools import partial
 
 import numpy as np
+import numpy.typing as npt
 from rich.console import Console
 from rich.table import Table
 
 from swarmnode.merge import make_rule
-from swarmnode.round import RoundResult, run_round
+from swarmnode.round import Round, RoundResult, RoundSettings
 from swarmnode.rules import MergeRuleId, Rule, SwarmParams
-from swarmnode.simulation.local import grpc_swarm, run_in_threads
+from swarmnode.simulation.local import LocalPeer, grpc_swarm, run_in_threads
 
 RULES = {
     "mean": Rule(MergeRuleId.MEAN),
@@ -51,22 +52,22 @@ def one_round(n: int, megabytes: int, rule: Rule) -> list[RoundResult]:
         updates = [rng.standard_normal(numel).astype(np.float32) for _ in range(n)]
         reference = np.zeros(numel, dtype=np.float32)
         merge = make_rule(rule)
+
+        def node(peer: LocalPeer, update: npt.NDArray[np.float32]) -> RoundResult:
+            return Round(
+                ledger=peer.ledger,
+                transport=peer.transport,
+                inbox=peer.inbox,
+                vector=update,
+                weight=100,
+                val_loss=0.5,
+                rule=merge,
+                reference=reference,
+                settings=RoundSettings(poll=0.01),
+            ).run()
+
         results = run_in_threads(
-            [
-                partial(
-                    run_round,
-                    ledger=peer.ledger,
-                    transport=peer.transport,
-                    inbox=peer.inbox,
-                    vector=update,
-                    weight=100,
-                    val_loss=0.5,
-                    rule=merge,
-                    reference=reference,
-                    poll=0.01,
-                )
-                for peer, update in zip(swarm.peers, updates, strict=True)
-            ]
+            [partial(node, peer, update) for peer, update in zip(swarm.peers, updates, strict=True)]
         )
         if len({r.digest for r in results}) != 1 or results[0].digest is None:
             raise SystemExit(f"round did not end with one digest: {[r.status for r in results]}")

@@ -37,7 +37,7 @@ from swarmnode.outage import ChainOutage
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.records import ROUND_EVENT, NodeRoundRecord
-from swarmnode.round import leave_unfinished
+from swarmnode.round import RoundSettings, leave_unfinished
 from swarmnode.sync import SyncState
 from swarmnode.training import load_task
 
@@ -122,11 +122,13 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
             device=device,
             seed=config.seed,
             init_seed=config.init_seed,
-            poll=0.05,
+            settings=RoundSettings(
+                poll=0.05,
+                stop=stop,  # SIGTERM: leave an open round, finish or withdraw a closed one
+                stop_grace=config.stop_grace,
+                on_closed=feed.refresh,  # peers that registered after us are in the round
+            ),
         )
-        node.syncer.on_closed = feed.refresh  # peers that registered after us are in the round
-        node.syncer.stop = stop  # SIGTERM: leave an open round, finish or withdraw a closed one
-        node.syncer.stop_grace = config.stop_grace
         store = CheckpointStore(config.checkpoints)
         _resume(node, store)
         _give_up_unfinished(node)
@@ -231,7 +233,7 @@ def _give_up_unfinished(node: SwarmNode) -> None:
 
 def install_signal_handlers(stop: threading.Event) -> None:
     """SIGTERM and SIGINT: no new round; the one in progress is left if still open, else
-    finished within the grace or withdrawn from (swarmnode.round.run_round); then exit 0."""
+    finished within the grace or withdrawn from (swarmnode.round.Round); then exit 0."""
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from swarmnode.error_names import ErrorName
+
 
 class SwarmError(Exception):
     """Root of every error swarmnode raises on purpose."""
@@ -23,14 +25,23 @@ class ChainUnavailable(LedgerError):
 
 
 # Reverts that only say the caller's view of the round was out of date: the node re-reads the
-# round and goes on (DESIGN.md, round protocol point 8).
-STALE_VIEW_ERRORS = frozenset({"RoundNotOpen", "RoundNotClosed", "WrongRound", "WrongAttempt"})
+# round and goes on (docs/round-protocol.md#clocks).
+STALE_VIEW_ERRORS = frozenset(
+    {
+        ErrorName.ROUND_NOT_OPEN,
+        ErrorName.ROUND_NOT_CLOSED,
+        ErrorName.WRONG_ROUND,
+        ErrorName.WRONG_ATTEMPT,
+    }
+)
 
 
 class ContractError(LedgerError):
     """The contract reverted with one of its named custom errors."""
 
-    def __init__(self, name: str, args: Mapping[str, Any] | None = None, call: str = "") -> None:
+    def __init__(
+        self, name: ErrorName, args: Mapping[str, Any] | None = None, call: str = ""
+    ) -> None:
         self.name = name
         self.details: dict[str, Any] = dict(args or {})
         self.call = call
@@ -40,7 +51,7 @@ class ContractError(LedgerError):
 
     @property
     def too_early(self) -> bool:
-        return self.name == "TooEarly"
+        return self.name == ErrorName.TOO_EARLY
 
     @property
     def stale_view(self) -> bool:

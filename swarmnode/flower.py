@@ -24,7 +24,7 @@ from swarmnode.ledger.base import Ledger
 from swarmnode.node import Syncer
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import Transport
-from swarmnode.round import RoundResult
+from swarmnode.round import DEFAULT_SETTINGS, RoundResult, RoundSettings
 
 Arrays = list[npt.NDArray[Any]]
 
@@ -62,7 +62,7 @@ class FlowerNode:
         config: dict[str, Any] | None = None,
         evaluate: bool = True,
         check_initial_digest: bool = True,
-        poll: float = 0.05,
+        settings: RoundSettings = DEFAULT_SETTINGS,
     ) -> None:
         self.client = client
         self.config = dict(config or {})
@@ -75,7 +75,7 @@ class FlowerNode:
             inbox=inbox,
             initial=self._vector(self.parameters),
             check_initial_digest=check_initial_digest,
-            poll=poll,
+            settings=settings,
         )
 
     @staticmethod

@@ -12,7 +12,6 @@ so every node keeps the same rhythm.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ from swarmnode.ledger.base import Ledger
 from swarmnode.merge import make_rule
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import Transport
-from swarmnode.round import RoundResult, catch_up, run_round
+from swarmnode.round import DEFAULT_SETTINGS, Round, RoundResult, RoundSettings, catch_up
 from swarmnode.sync import make_policy
 from swarmnode.training import LocalTrainer, Task
 
@@ -46,16 +45,10 @@ class Syncer:
         inbox: Inbox,
         initial: npt.NDArray[np.float32],
         check_initial_digest: bool = True,
-        poll: float = 0.05,
-        frame_chunks: int = 128,
-        on_closed: Callable[[], object] | None = None,
+        settings: RoundSettings = DEFAULT_SETTINGS,
     ) -> None:
         self.ledger = ledger
-        self.on_closed = on_closed
-        self.stop: threading.Event | None = None  # set: leave a round that has not closed
-        # with `stop` set, how long a closed round may take before this node withdraws
-        # (None: run_round's default, twice the transfer deadline)
-        self.stop_grace: float | None = None
+        self.settings = settings  # how every round runs: polling, frames, stop and its grace
         # fault injection (tests, the simulator's crashes): the next round dies at this point
         self.fault: Fault | None = None
         self.transport = transport
@@ -71,27 +64,21 @@ class Syncer:
                 f"{params.initial_model_digest.hex()[:16]}…): every node must start from the "
                 "same model (same model_factory and init_seed)"
             )
-        self._poll = poll
-        self._frame_chunks = frame_chunks
 
     def sync(self, vector: npt.NDArray[np.float32], weight: int, val_loss: float) -> RoundResult:
         """Contributes `vector` to the current round; returns the round (merged may be None)."""
-        result = run_round(
+        result = Round(
             ledger=self.ledger,
             transport=self.transport,
             inbox=self.inbox,
+            rule=self.rule,
             vector=vector,
             weight=weight,
             val_loss=val_loss,
-            rule=self.rule,
             reference=self.reference,
-            poll=self._poll,
-            frame_chunks=self._frame_chunks,
-            on_closed=self.on_closed,
-            stop=self.stop,
-            stop_grace=self.stop_grace,
+            settings=self.settings,
             fault=self.fault,
-        )
+        ).run()
         if result.merged is not None:
             self.reference = result.merged
             joins = self.ledger.round(result.round).seats
@@ -130,8 +117,7 @@ class SwarmNode:
         seed: int = 0,
         init_seed: int = 0,
         check_initial_digest: bool = True,
-        poll: float = 0.05,
-        frame_chunks: int = 128,
+        settings: RoundSettings = DEFAULT_SETTINGS,
     ) -> None:
         self.task = task
         self.trainer = LocalTrainer(task, device, seed, init_seed=init_seed)
@@ -146,8 +132,7 @@ class SwarmNode:
             inbox=inbox,
             initial=self.trainer.snapshot(),
             check_initial_digest=check_initial_digest,
-            poll=poll,
-            frame_chunks=frame_chunks,
+            settings=settings,
         )
 
     @property
@@ -174,8 +159,7 @@ class SwarmNode:
         reference = self.syncer.reference
         if canonical.digest(reference) == digest:
             return None
-        me = ledger.account.lower()
-        peers = [p for p in ledger.round(number).live_participants if p.lower() != me]
+        peers = [p for p in ledger.round(number).live_participants if p != ledger.account]
         self.adopt(number, catch_up(self.syncer.transport, number, digest, len(reference), peers))
         return number
 
@@ -213,7 +197,7 @@ class SwarmCallback:
         num_samples: int,
         val_loss: Callable[[], float] | None = None,
         check_initial_digest: bool = True,
-        poll: float = 0.05,
+        settings: RoundSettings = DEFAULT_SETTINGS,
     ) -> None:
         if num_samples < 1:
             raise ConfigError(f"num_samples must be at least 1, got {num_samples}")
@@ -227,7 +211,7 @@ class SwarmCallback:
             inbox=inbox,
             initial=canonical.flatten(model, self.layout).numpy(),
             check_initial_digest=check_initial_digest,
-            poll=poll,
+            settings=settings,
         )
         self.batches_since_sync = 0
         self.rounds: list[RoundResult] = []

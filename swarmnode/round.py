@@ -1,8 +1,15 @@
-"""One swarm round, end to end: join, close, all-reduce, report, final (DESIGN.md, the round
-protocol). The chain decides everything that must be agreed: who is in, in which order,
-who was dropped, which digest won. Deadlines are judged by this node's clock from the start
-times the chain stores; a deadline call that the chain finds too early is retried by the
-ledger, and a call that only finds the round moved on is read as news, not as an error.
+"""One swarm round, end to end, as one node takes part in it: join, close, all-reduce,
+report, final (docs/round-protocol.md).
+
+The chain decides everything that must be agreed: who is in, in which order, who was
+dropped, which digest won. Deadlines are judged by this node's clock from the start times
+the chain stores (docs/round-protocol.md#clocks); a deadline call that the chain finds too
+early is retried by the ledger, and a call that only finds the round moved on is read as
+news, not as an error.
+
+`Round` is one node's part in one round: its steps (wait for an open round, join, await the
+close, one attempt, settle) are methods that share the round's running totals, and
+`RoundSettings` holds what a node fixes once for all its rounds.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import partial
 from typing import TypeVar, cast
 
@@ -19,19 +27,71 @@ import numpy as np
 import numpy.typing as npt
 
 from swarmnode import canonical
-from swarmnode.allreduce import Attempt, Fault, MissingContributions, Traffic, all_reduce
+from swarmnode.allreduce import (
+    AllReduceResult,
+    Attempt,
+    Fault,
+    MissingContributions,
+    Traffic,
+    all_reduce,
+)
+from swarmnode.error_names import ErrorName
 from swarmnode.exceptions import ContractError, MergeError, PeerError
 from swarmnode.ledger.base import Ledger
-from swarmnode.ledger.types import RoundState, RoundStatus
+from swarmnode.ledger.types import FailReason, RoundState, RoundStatus
 from swarmnode.merge import MergeRule
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import Transport
-from swarmnode.rules import SwarmParams
 from swarmnode.sync import loss_to_int
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+
+class RoundOutcome(StrEnum):
+    """How a round ended for this node (docs/round-protocol.md#outcomes).
+
+    The values are what log lines, node.jsonl and report.json carry: a member compares equal
+    to its string, formats as it and is written to JSON as it."""
+
+    FINAL = "final"  # the round finalized the digest this node reported
+    CAUGHT_UP = "caught_up"  # final without or against this node: it fetched the winner
+    LOST = "lost"  # final against this node (on the way to caught_up)
+    FAILED_TOO_FEW = "failed_too_few"  # drops or withdrawals left too few live participants
+    FAILED_DISAGREED = "failed_disagreed"  # the reports could no longer make a quorum
+    EXPIRED = "expired"  # the round deadline passed first
+    NOT_ADMITTED = "not_admitted"  # the round closed before this node's join
+    STOPPED = "stopped"  # asked to stop before joining
+    LEFT = "left"  # asked to stop (or restarted) before the round closed
+    WITHDRAWN = "withdrawn"  # asked to stop, and the closed round did not end within the grace
+    DROPPED = "dropped"  # voted out, and asked to stop before the survivors finished
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """How a node runs all its rounds, fixed when the node is made (Syncer, SwarmNode,
+    SwarmCallback and FlowerNode take one) instead of patched onto it afterwards."""
+
+    poll: float = 0.05  # seconds between reads of the round while waiting on the chain
+    frame_chunks: int = 128  # chunks per data-plane frame (docs/round-protocol.md#data-plane)
+    # set (SIGTERM): do not join; leave a round that has not closed; finish a closed one if
+    # it ends within `stop_grace`, else withdraw (docs/round-protocol.md#withdrawing)
+    stop: threading.Event | None = None
+    # seconds a closed round may still take once this round sees `stop`; None: twice the
+    # transfer deadline, room to vote out a silent peer and run the attempt again
+    stop_grace: float | None = None
+    # called once the round has closed, e.g. to re-read the roster: a participant may have
+    # registered just now
+    on_closed: Callable[[], object] | None = None
+    sleep: Callable[[float], None] = time.sleep  # how a wait between polls passes
+
+
+DEFAULT_SETTINGS = RoundSettings()
+
+# Refusals that say the round moved on, or that this node's call had already counted: the
+# node reads the round again (docs/round-protocol.md#clocks).
+_NEWS = frozenset({ErrorName.DUPLICATE_REPORT, ErrorName.DUPLICATE_VOTE, ErrorName.NOT_LIVE})
 
 
 @dataclass
@@ -40,9 +100,7 @@ class RoundResult:
 
     round: int
     attempt: int
-    # final | caught_up | lost | failed_too_few | failed_disagreed | expired | not_admitted,
-    # or, when asked to stop: stopped (before joining) | left (before close) | withdrawn
-    status: str
+    status: RoundOutcome
     participants: tuple[str, ...]
     merged: npt.NDArray[np.float32] | None
     digest: bytes | None
@@ -52,244 +110,386 @@ class RoundResult:
     gas: int = 0  # what this node's mined transactions of the round used, from receipts
 
 
-def run_round(
-    *,
-    ledger: Ledger,
-    transport: Transport,
-    inbox: Inbox,
-    vector: npt.NDArray[np.float32],
-    weight: int,
-    val_loss: float,
-    rule: MergeRule,
-    reference: npt.NDArray[np.float32] | None = None,
-    poll: float = 0.05,
-    sleep: Callable[[float], None] = time.sleep,
-    frame_chunks: int = 128,
-    fault: Fault | None = None,
-    on_closed: Callable[[], object] | None = None,
-    stop: threading.Event | None = None,
-    stop_grace: float | None = None,
-) -> RoundResult:
-    """Contributes `vector` (the snapshot this node commits to) to the current round.
+class Round:
+    """This node's part in one round: make one per round and call `run()` once.
 
-    `stop` set (SIGTERM) means: do not join; leave a round that has not closed; finish a
-    closed one if it ends within `stop_grace` seconds of when this round first sees the
-    request (default: twice the transfer deadline, room to vote out a silent peer and run
-    the attempt again), else withdraw from it, so that the others go on at once without
-    waiting out a deadline to vote this node out. A node given `stop` (a long-running one:
-    the daemon) runs each transfer in a helper thread while this one watches the request
-    and the chain: waiting on a silent peer holds neither the withdrawal back nor the move
-    to a new attempt that another participant's withdrawal or drop started.
+    The steps add to the round's totals (seconds per kind, traffic, transactions) and record
+    what they learn (the attempt this node last reduced, whether it withdrew); `run()` turns
+    them into a RoundResult.
+
+    With `settings.stop`, each transfer runs in a helper thread while this one watches the
+    request and the chain: waiting on a silent peer holds neither the withdrawal back nor
+    the move to a new attempt that another participant's withdrawal or drop started.
     """
-    me = ledger.account
-    params = ledger.params()
-    started = time.perf_counter()
-    seconds = {"chain": 0.0, "transfer": 0.0, "merge": 0.0}
-    traffic = Traffic()
-    transactions = 0
-    gas_before = ledger.gas_used
-    hashes = canonical.chunk_hashes(vector)
-    commitment = canonical.digest_from_chunk_hashes(hashes)
 
-    def chain(call: Callable[[], None]) -> bool:
-        """Sends one transaction; False when the round had moved on (a stale view)."""
-        nonlocal transactions
-        t0 = time.perf_counter()
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        transport: Transport,
+        inbox: Inbox,
+        rule: MergeRule,
+        vector: npt.NDArray[np.float32],
+        weight: int,
+        val_loss: float,
+        reference: npt.NDArray[np.float32] | None = None,
+        settings: RoundSettings = DEFAULT_SETTINGS,
+        fault: Fault | None = None,
+    ) -> None:
+        self.ledger, self.transport, self.inbox, self.rule = ledger, transport, inbox, rule
+        self.settings = settings
+        self.fault = fault
+        self.me = ledger.account
+        self.params = ledger.params()
+        self._started = time.perf_counter()
+        self.seconds = {"chain": 0.0, "transfer": 0.0, "merge": 0.0}
+        self.traffic = Traffic()
+        self.transactions = 0
+        self._gas_before = ledger.gas_used
+        self.vector, self.weight, self.val_loss = vector, weight, val_loss
+        self.reference = reference  # the last merged model, for rules that need one
+        self.hashes = canonical.chunk_hashes(vector)
+        self.commitment = canonical.digest_from_chunk_hashes(self.hashes)
+        grace = settings.stop_grace
+        self._stopping = _Stopping(
+            settings.stop, 2.0 * self.params.transfer_deadline if grace is None else grace
+        )
+        self._give_up = self._stopping.overdue if settings.stop is not None else None
+        self._reduced: tuple[Attempt, AllReduceResult] | None = None  # the last one reported
+        self._withdrawn = False
+
+    # -- the steps
+
+    def run(self) -> RoundResult:
+        """Contributes `vector` (the snapshot this node commits to) to the current round."""
+        found = self._wait_open()
+        if found is None:  # asked to stop before joining: nothing to leave
+            return self._finish(self.ledger.current_round(), RoundOutcome.STOPPED)
+        number, missed = found
+        if missed is not None:
+            # A round went on without us: take its model (docs/round-protocol.md#catch-up)
+            # rather than join the next one with a model that never saw it.
+            caught = self._catch_up_on(self.ledger.round(missed))
+            if caught is not None:
+                return caught
+        if not self._join(number):
+            return self._after_late_join(number)
+        state = self._wait_closed(number)
+        if state.status == RoundStatus.OPEN:  # asked to stop before the round closed: we left
+            self.inbox.finish_round(number)
+            return self._finish(number, RoundOutcome.LEFT)
+        if self.settings.on_closed is not None and state.status == RoundStatus.CLOSED:
+            self.settings.on_closed()
+        state = self._take_part(state)
+        self.inbox.finish_round(number)
+        return self._settle(state)
+
+    def _join(self, number: int) -> bool:
+        """Joins with the commitment, weight and loss (docs/round-protocol.md#joining);
+        False if the round had closed or moved on first."""
+        loss = loss_to_int(self.val_loss)
+        return self._chain(partial(self.ledger.join, number, self.commitment, self.weight, loss))
+
+    def _after_late_join(self, number: int) -> RoundResult:
+        """The round closed (or moved on) before our join: wait for it to end, then take its
+        model like a node that missed it, instead of training a little and knocking again."""
+        caught = self._catch_up_on(self._wait_ended(number))
+        return caught if caught is not None else self._finish(number, RoundOutcome.NOT_ADMITTED)
+
+    def _take_part(self, state: RoundState) -> RoundState:
+        """Attempts until the closed round ends, this node is dropped (it then waits the
+        round out, to catch up like a late node), or it withdraws to stop."""
+        while state.status == RoundStatus.CLOSED:
+            if self.me not in state.live_participants:
+                log.warning("%s: dropped from round %d in attempt %d", *self._where(state))
+                return self._wait_ended(state.number)
+            if self._stopping.overdue():  # asked to stop and the round did not end in time
+                self._withdrawn = self._chain(partial(self.ledger.withdraw, state.number))
+                if self._withdrawn:
+                    return state
+                state = self.ledger.round(state.number)  # it moved on meanwhile: see how
+                continue
+            state = self._attempt(state)
+        return state
+
+    def _attempt(self, state: RoundState) -> RoundState:
+        """One attempt: the all-reduce, then the report (docs/round-protocol.md#reporting),
+        or votes against the peers it missed (docs/round-protocol.md#faults-and-votes).
+        Returns the round as it stands once the attempt is over for this node."""
+        attempt = _attempt_of(state)
         try:
-            call()
-            transactions += 1
-            return True
-        except ContractError as err:
-            if err.stale_view or err.name in ("DuplicateReport", "DuplicateVote", "NotLive"):
-                log.info("%s: %s", me, err)
-                return False
-            raise
-        finally:
-            seconds["chain"] += time.perf_counter() - t0
+            reduced = self._transfer(state, attempt)
+        except MissingContributions as missing:
+            log.warning("%s: round %d attempt %d: %s", *self._where(state), missing)
+            if self._stopping.overdue():  # withdraw rather than vote
+                return state
+            self._vote_out(state, missing.peers)
+            return self._wait_moved(state)
+        except (MergeError, PeerError) as exc:
+            log.warning("%s: round %d attempt %d failed here: %s", *self._where(state), exc)
+            return self._wait_moved(state)
+        if reduced is None:  # stopping past the grace, or the chain moved to a new attempt
+            return self.ledger.round(state.number)
+        self._count(reduced)
+        self._reduced = (attempt, reduced)
+        self._chain(partial(self.ledger.report, state.number, attempt.attempt, reduced.digest))
+        return self._wait_moved(state)
 
-    def fetch_final(state: RoundState) -> npt.NDArray[np.float32] | None:
-        """A final round's model from its participants, checked against its digest."""
+    def _transfer(self, state: RoundState, attempt: Attempt) -> AllReduceResult | None:
+        """This attempt's all-reduce, bounded by its transfer deadline; None if abandoned
+        (with `stop`, it runs in a helper thread watched against the request and the chain)."""
+        deadline = state.attempt_start + self.params.transfer_deadline
+        work = partial(
+            all_reduce,
+            me=self.me,
+            attempt=attempt,
+            update=self.vector,
+            hashes=self.hashes,
+            rule=self.rule,
+            transport=self.transport,
+            inbox=self.inbox,
+            reference=self.reference,
+            timeout=max(1.0, deadline - self.ledger.now()),
+            frame_chunks=self.settings.frame_chunks,
+            fault=self.fault,
+        )
+        give_up = self._give_up
+        watch = None if give_up is None else _transfer_watch(self.ledger, state, give_up)
+        return _unless(watch, self.settings.poll, work)
+
+    def _settle(self, state: RoundState) -> RoundResult:
+        """The result once the round ended for this node, with the model it ends with, which
+        it then serves to peers catching up."""
+        if self._withdrawn:
+            log.info("%s withdrew from round %d (attempt %d) to stop", *self._where(state))
+            return self._finish(state.number, RoundOutcome.WITHDRAWN, state.attempt)
+        outcome, merged, hashes = self._model(state)
+        if merged is not None:
+            self.inbox.publish_model(state.number, merged, hashes)
+        digest = state.final_digest if merged is not None else None
+        last = self._reduced[0].participants if self._reduced is not None else None
+        participants = state.live_participants if last is None else last
+        return self._finish(state.number, outcome, state.attempt, participants, merged, digest)
+
+    def _model(
+        self, state: RoundState
+    ) -> tuple[RoundOutcome, npt.NDArray[np.float32] | None, bytes]:
+        """How the round ended for this node, and the model it ends with and its chunk
+        hashes: its own merge if its digest won, else the winner fetched from a participant;
+        none if the round failed."""
+        reduced = self._reduced[1] if self._reduced is not None else None
+        outcome = _ended(state, reduced is not None)
+        if outcome == RoundOutcome.FINAL and reduced is not None:
+            if state.final_digest == reduced.digest:
+                return outcome, reduced.merged, reduced.hashes  # hashed once, by the all-reduce
+            outcome = RoundOutcome.LOST  # our digest lost the quorum
+        if outcome == RoundOutcome.LOST and state.final_digest is not None:
+            merged = self._fetch_winner(state, state.final_digest)
+            return RoundOutcome.CAUGHT_UP, merged, canonical.chunk_hashes(merged)
+        return outcome, None, b""
+
+    # -- catching up (docs/round-protocol.md#catch-up)
+
+    def _catch_up_on(self, state: RoundState) -> RoundResult | None:
+        """caught_up with a final round's model from its participants, checked against its
+        digest; None if the round is not final or no participant had the model."""
         if state.status != RoundStatus.FINAL or state.final_digest is None:
             return None
         t0 = time.perf_counter()
         try:
-            return catch_up(
-                transport, state.number, state.final_digest, len(vector), state.live_participants
+            merged = catch_up(
+                self.transport,
+                state.number,
+                state.final_digest,
+                len(self.vector),
+                state.live_participants,
             )
         except PeerError as exc:
-            log.warning("%s: %s", me, exc)
+            log.warning("%s: %s", self.me, exc)
             return None
         finally:
-            seconds["transfer"] += time.perf_counter() - t0
+            self.seconds["transfer"] += time.perf_counter() - t0
+        self.inbox.publish_model(state.number, merged, canonical.chunk_hashes(merged))
+        participants = state.live_participants
+        return self._finish(
+            state.number, RoundOutcome.CAUGHT_UP, 0, participants, merged, state.final_digest
+        )
 
-    def finish(
+    def _fetch_winner(self, state: RoundState, digest: bytes) -> npt.NDArray[np.float32]:
+        """The round is final without (or against) us: its model, from another participant."""
+        t0 = time.perf_counter()
+        peers = [p for p in state.live_participants if p != self.me]
+        merged = catch_up(self.transport, state.number, digest, len(self.vector), peers)
+        self.seconds["transfer"] += time.perf_counter() - t0
+        return merged
+
+    # -- the chain
+
+    def _chain(self, call: Callable[[], None]) -> bool:
+        """Sends one transaction; False when the round had moved on (a stale view)."""
+        t0 = time.perf_counter()
+        try:
+            call()
+            self.transactions += 1
+            return True
+        except ContractError as err:
+            if err.stale_view or err.name in _NEWS:
+                log.info("%s: %s", self.me, err)
+                return False
+            raise
+        finally:
+            self.seconds["chain"] += time.perf_counter() - t0
+
+    def _wait_open(self) -> tuple[int, int | None] | None:
+        """(the current round once this node can join it, the round it waited out or None);
+        None if asked to stop first.
+
+        A round under way without this node is waited out (a join would only be refused,
+        and training on meanwhile would drift from the swarm); a seat it holds without the
+        round's state is given up first (`leave_unfinished`)."""
+        missed: int | None = None
+        while not self._stop_requested():
+            number = self.ledger.current_round()
+            state = self.ledger.round(number)
+            if _holds_seat(state, self.me):
+                given_up = leave_unfinished(self.ledger)
+                if given_up is not None:
+                    log.warning(
+                        "%s held a seat in round %d without its state: %s", self.me, *given_up
+                    )
+                continue
+            if state.status == RoundStatus.OPEN:
+                return number, missed
+            missed = number
+            if not self._expire_if_due(state):
+                self.settings.sleep(self.settings.poll)
+        return None
+
+    def _wait_closed(self, number: int) -> RoundState:
+        """Until the round closes (closing it ourselves once the window allows, see
+        docs/round-protocol.md#closing) or ends; if asked to stop first, leaves the open
+        round and returns it still open."""
+        while True:
+            state = self.ledger.round(number)
+            if state.status != RoundStatus.OPEN:
+                return state
+            if self._stop_requested():
+                if self._chain(partial(self.ledger.leave, number)):
+                    return self.ledger.round(number)
+                continue  # it closed meanwhile: take part after all
+            close_at = state.close_allowed_at(self.params)
+            if self._expire_if_due(state):
+                continue
+            if close_at is not None and self.ledger.now() >= close_at:
+                self._chain(partial(self.ledger.close, number))
+            else:
+                self.settings.sleep(self.settings.poll)
+
+    def _wait_ended(self, number: int) -> RoundState:
+        """Until a round this node is not (or no longer) part of is final or failed; expires
+        it when its deadline passes, so nothing waits forever. Returns early if asked to
+        stop."""
+        while True:
+            state = self.ledger.round(number)
+            if state.status in (RoundStatus.FINAL, RoundStatus.FAILED):
+                return state
+            if self._stop_requested():
+                return state
+            if not self._expire_if_due(state):
+                self.settings.sleep(self.settings.poll)
+
+    def _wait_moved(self, seen: RoundState) -> RoundState:
+        """Until the round ends or leaves `seen`'s attempt, or stopping says to stop waiting;
+        votes out peers that have not reported and expires the round when their deadlines
+        pass, so nothing waits forever."""
+        voted: set[str] = set()
+        while True:
+            state = self.ledger.round(seen.number)
+            if state.status != RoundStatus.CLOSED or state.attempt != seen.attempt:
+                return state
+            if self._give_up is not None and self._give_up():
+                return state
+            if self._expire_if_due(state):
+                continue
+            overdue = state.report_overdue_at(self.params)
+            if overdue is not None and self.ledger.now() >= overdue:
+                silent = [
+                    s.account
+                    for s in state.seats
+                    if s.live and s.reported_at != seen.attempt and s.account not in voted
+                ]
+                self._vote_out(state, silent)  # past the drop deadline already: votes at once
+                voted.update(silent)
+            self.settings.sleep(self.settings.poll)
+
+    def _vote_out(self, state: RoundState, peers: tuple[str, ...] | list[str]) -> None:
+        """Votes to drop `peers` once the attempt's transfer deadline has passed by our clock."""
+        allowed = state.drop_allowed_at(self.params)
+        if allowed is None:
+            return
+        while (wait := allowed - self.ledger.now()) > 0:  # again if the clock lagged the sleep
+            self.settings.sleep(wait)
+        for peer in peers:
+            if peer != self.me:
+                self._chain(partial(self.ledger.drop, state.number, state.attempt, peer))
+
+    def _expire_if_due(self, state: RoundState) -> bool:
+        """Expires the round once its deadline has passed by our clock; True if it tried."""
+        expire_at = state.expires_at(self.params)
+        if expire_at is None or self.ledger.now() < expire_at:
+            return False
+        self._chain(partial(self.ledger.expire, state.number))
+        return True
+
+    # -- bookkeeping
+
+    def _stop_requested(self) -> bool:
+        return self.settings.stop is not None and self.settings.stop.is_set()
+
+    def _where(self, state: RoundState) -> tuple[str, int, int]:
+        return self.me, state.number, state.attempt
+
+    def _count(self, reduced: AllReduceResult) -> None:
+        for name, value in reduced.seconds.items():
+            self.seconds["merge" if name == "merge" else "transfer"] += value
+        self.traffic.sent += reduced.traffic.sent
+        self.traffic.received += reduced.traffic.received
+
+    def _finish(
+        self,
         number: int,
-        status: str,
+        outcome: RoundOutcome,
         attempt: int = 0,
         participants: tuple[str, ...] = (),
         merged: npt.NDArray[np.float32] | None = None,
         digest: bytes | None = None,
     ) -> RoundResult:
         """The result, with the round's total time and the gas its receipts show."""
-        seconds["total"] = time.perf_counter() - started
-        gas = ledger.gas_used - gas_before
+        self.seconds["total"] = time.perf_counter() - self._started
+        gas = self.ledger.gas_used - self._gas_before
         return RoundResult(
             number,
             attempt,
-            status,
+            outcome,
             participants,
             merged,
             digest,
-            seconds,
-            traffic,
-            transactions,
+            self.seconds,
+            self.traffic,
+            self.transactions,
             gas,
         )
 
-    def caught_up(state: RoundState, merged: npt.NDArray[np.float32]) -> RoundResult:
-        inbox.publish_model(state.number, merged, canonical.chunk_hashes(merged))
-        return finish(
-            state.number, "caught_up", 0, state.live_participants, merged, state.final_digest
-        )
 
-    found = _wait_open(ledger, params, chain, poll, sleep, stop)
-    if found is None:  # asked to stop before joining: nothing to leave
-        return finish(ledger.current_round(), "stopped")
-    number, missed = found
-    if missed is not None:
-        # A round went on without us: take its model (DESIGN.md point 6, a node that missed
-        # rounds catches up) rather than join the next one with a model that never saw it.
-        missed_state = ledger.round(missed)
-        merged = fetch_final(missed_state)
-        if merged is not None:
-            return caught_up(missed_state, merged)
-    scaled_loss = loss_to_int(val_loss)
-    if not chain(lambda: ledger.join(number, commitment, weight, scaled_loss)):
-        # The round closed (or moved on) before our join: wait for it to end, then take its
-        # model like a node that missed it, instead of training a little and knocking again.
-        state = _wait_ended(ledger, number, params, chain, poll, sleep, stop)
-        merged = fetch_final(state)
-        if merged is not None:
-            return caught_up(state, merged)
-        return finish(number, "not_admitted")
-
-    state = _wait_closed(ledger, number, params, chain, poll, sleep, stop)
-    if state.status == RoundStatus.OPEN:  # asked to stop before the round closed: we left
-        inbox.finish_round(number)
-        return finish(number, "left")
-    if on_closed is not None and state.status == RoundStatus.CLOSED:
-        on_closed()  # e.g. re-read the roster: a participant may have registered just now
-    result: RoundResult | None = None
-    merged_hashes = b""  # of our own merged vector, hashed once by the all-reduce
-    grace = 2.0 * params.transfer_deadline if stop_grace is None else stop_grace
-    stopping = _Stopping(stop, grace)
-    give_up = stopping.overdue if stop is not None else None
-    withdrawn = False
-    while state.status == RoundStatus.CLOSED:
-        if me.lower() not in (p.lower() for p in state.live_participants):
-            # dropped: the survivors finish without us; then we catch up like a late node
-            log.warning("%s: dropped from round %d in attempt %d", me, number, state.attempt)
-            state = _wait_ended(ledger, number, params, chain, poll, sleep, stop)
-            break
-        if stopping.overdue():  # asked to stop and the round did not end in time
-            withdrawn = chain(lambda: ledger.withdraw(number))
-            if withdrawn:
-                break
-            state = ledger.round(number)  # it moved on meanwhile: see how
-            continue
-        seats = {s.account: s for s in state.seats if s.live}
-        attempt = Attempt(
-            round=number,
-            attempt=state.attempt,
-            participants=state.live_participants,
-            weights=tuple(seats[p].weight for p in state.live_participants),
-            commitments={p: seats[p].commitment for p in state.live_participants},
-        )
-        try:
-            reduced = _unless(
-                None if give_up is None else _transfer_watch(ledger, state, give_up),
-                poll,
-                partial(
-                    all_reduce,
-                    me=me,
-                    attempt=attempt,
-                    update=vector,
-                    hashes=hashes,
-                    rule=rule,
-                    transport=transport,
-                    inbox=inbox,
-                    reference=reference,
-                    timeout=max(1.0, state.attempt_start + params.transfer_deadline - ledger.now()),
-                    frame_chunks=frame_chunks,
-                    fault=fault,
-                ),
-            )
-        except MissingContributions as missing:
-            log.warning("%s: round %d attempt %d: %s", me, number, state.attempt, missing)
-            if not stopping.overdue():  # else withdraw rather than vote
-                _vote_out(ledger, state, params, missing.peers, chain, sleep)
-                state = _wait_moved(
-                    ledger, number, state.attempt, params, chain, poll, sleep, give_up
-                )
-            continue
-        except (MergeError, PeerError) as exc:
-            log.warning("%s: round %d attempt %d failed here: %s", me, number, state.attempt, exc)
-            state = _wait_moved(ledger, number, state.attempt, params, chain, poll, sleep, give_up)
-            continue
-        if reduced is None:  # stopping past the grace, or the chain moved to a new attempt
-            state = ledger.round(number)
-            continue
-        for name, value in reduced.seconds.items():
-            seconds["merge" if name == "merge" else "transfer"] += value
-        traffic.sent += reduced.traffic.sent
-        traffic.received += reduced.traffic.received
-        result = RoundResult(
-            number, state.attempt, "final", attempt.participants, reduced.merged, reduced.digest
-        )
-        merged_hashes = reduced.hashes
-        report = partial(ledger.report, number, attempt.attempt, reduced.digest)
-        chain(report)
-        state = _wait_moved(ledger, number, state.attempt, params, chain, poll, sleep, give_up)
-
-    inbox.finish_round(number)
-    if withdrawn:
-        log.info("%s withdrew from round %d (attempt %d) to stop", me, number, state.attempt)
-        return finish(number, "withdrawn", state.attempt)
-    status = _outcome(state, result)
-    merged = result.merged if result is not None else None
-    if status == "final" and result is not None and state.final_digest != result.digest:
-        status = "lost"  # our digest lost the quorum
-    if status == "lost" and state.final_digest is not None:
-        # The round is final without (or against) us: fetch the winner from a participant.
-        t0 = time.perf_counter()
-        peers = [p for p in state.live_participants if p.lower() != me.lower()]
-        merged = catch_up(transport, number, state.final_digest, len(vector), peers)
-        seconds["transfer"] += time.perf_counter() - t0
-        status = "caught_up"
-    if status in ("final", "caught_up") and merged is not None:
-        hashes = merged_hashes if status == "final" else canonical.chunk_hashes(merged)
-        inbox.publish_model(number, merged, hashes)
-    else:
-        merged = None
-    participants = result.participants if result is not None else state.live_participants
-    return finish(
-        number,
-        status,
-        state.attempt,
-        participants,
-        merged,
-        state.final_digest if merged is not None else None,
-    )
-
-
-def leave_unfinished(ledger: Ledger) -> tuple[int, str] | None:
+def leave_unfinished(ledger: Ledger) -> tuple[int, RoundOutcome] | None:
     """Gives up a seat this account holds in the current round without the round's state.
 
     A restarted daemon (or a node whose part in a round ended in an error) no longer has the
     snapshot it committed to or anything it received, so it cannot take part: it leaves the
-    round while open and withdraws while closed (DESIGN.md point 7), so that the others go
-    on at once instead of waiting out the transfer deadline to vote it out; it joins the
-    next round. Returns (round, "left" or "withdrawn"), or None if it held no live seat.
+    round while open and withdraws while closed (docs/round-protocol.md#withdrawing), so
+    that the others go on at once instead of waiting out the transfer deadline to vote it
+    out; it joins the next round. Returns (round, left or withdrawn), or None if it held no
+    live seat.
     """
     number = ledger.current_round()
     state = ledger.round(number)
@@ -298,22 +498,71 @@ def leave_unfinished(ledger: Ledger) -> tuple[int, str] | None:
     try:
         if state.status == RoundStatus.OPEN:
             ledger.leave(number)
-            return number, "left"
+            return number, RoundOutcome.LEFT
         if state.status == RoundStatus.CLOSED:
             ledger.withdraw(number)
-            return number, "withdrawn"
+            return number, RoundOutcome.WITHDRAWN
     except ContractError as err:
-        if err.stale_view or err.name == "NotLive":
+        if err.stale_view or err.name == ErrorName.NOT_LIVE:
             return None  # the round moved on, or the others voted us out, meanwhile
         raise
     return None
+
+
+def catch_up(
+    transport: Transport,
+    round: int,
+    digest: bytes,
+    numel: int,
+    peers: list[str] | tuple[str, ...],
+    timeout: float = 60.0,
+) -> npt.NDArray[np.float32]:
+    """A final round's model from the first peer whose copy matches the digest on chain.
+
+    Every chunk is checked against the peer's hash list and the list against the digest, so
+    a peer with a wrong or corrupt model is refused and the next one is asked."""
+    failures: list[str] = []
+    for peer in peers:
+        try:
+            return transport.fetch_model(peer, round, digest, numel, timeout)
+        except PeerError as exc:
+            log.warning("catch-up of round %d from %s refused: %s", round, peer, exc)
+            failures.append(f"{peer}: {exc}")
+    raise PeerError(f"no peer had round {round}'s final model: " + "; ".join(failures))
 
 
 def _holds_seat(state: RoundState, account: str) -> bool:
     """A live seat in a round that is still under way."""
     if state.status not in (RoundStatus.OPEN, RoundStatus.CLOSED):
         return False
-    return any(s.live and s.account.lower() == account.lower() for s in state.seats)
+    return any(s.live and s.account == account for s in state.seats)
+
+
+def _attempt_of(state: RoundState) -> Attempt:
+    """What the chain fixed for the current attempt, in the contract's participant order."""
+    seats = {s.account: s for s in state.seats if s.live}
+    live = state.live_participants
+    return Attempt(
+        round=state.number,
+        attempt=state.attempt,
+        participants=live,
+        weights=tuple(seats[p].weight for p in live),
+        commitments={p: seats[p].commitment for p in live},
+    )
+
+
+def _ended(state: RoundState, reduced: bool) -> RoundOutcome:
+    """How the round ended, as far as the chain says, for a node that did (or did not)
+    finish an attempt's all-reduce."""
+    if state.status == RoundStatus.FINAL:
+        return RoundOutcome.FINAL if reduced else RoundOutcome.LOST
+    if state.status == RoundStatus.CLOSED:
+        return RoundOutcome.DROPPED  # and asked to stop before the survivors finished
+    return {
+        FailReason.EXPIRED: RoundOutcome.EXPIRED,
+        FailReason.TOO_FEW_LIVE: RoundOutcome.FAILED_TOO_FEW,
+        FailReason.REPORTS_DISAGREE: RoundOutcome.FAILED_DISAGREED,
+    }.get(state.fail_reason, RoundOutcome.FAILED_TOO_FEW)
 
 
 class _Stopping:
@@ -391,191 +640,3 @@ def _unless(give_up: Callable[[], bool] | None, poll: float, work: Callable[[], 
         assert isinstance(value, BaseException)
         raise value
     return cast(_T, value)
-
-
-def _wait_open(
-    ledger: Ledger,
-    params: SwarmParams,
-    chain: Callable[[Callable[[], None]], bool],
-    poll: float,
-    sleep: Callable[[float], None],
-    stop: threading.Event | None,
-) -> tuple[int, int | None] | None:
-    """(the current round once this node can join it, the round it waited out or None);
-    None if `stop` is set first.
-
-    A round under way without this node is waited out (a join would only be refused, and
-    training on meanwhile would drift from the swarm); a seat it holds without the round's
-    state is given up first (`leave_unfinished`)."""
-    missed: int | None = None
-    while True:
-        if stop is not None and stop.is_set():
-            return None
-        number = ledger.current_round()
-        state = ledger.round(number)
-        if _holds_seat(state, ledger.account):
-            given_up = leave_unfinished(ledger)
-            if given_up is not None:
-                log.warning(
-                    "%s held a seat in round %d without its state: %s", ledger.account, *given_up
-                )
-            continue
-        if state.status == RoundStatus.OPEN:
-            return number, missed
-        missed = number
-        if not _expire_if_due(ledger, state, params, chain):
-            sleep(poll)
-
-
-def catch_up(
-    transport: Transport,
-    round: int,
-    digest: bytes,
-    numel: int,
-    peers: list[str] | tuple[str, ...],
-    timeout: float = 60.0,
-) -> npt.NDArray[np.float32]:
-    """A final round's model from the first peer whose copy matches the digest on chain.
-
-    Every chunk is checked against the peer's hash list and the list against the digest, so
-    a peer with a wrong or corrupt model is refused and the next one is asked."""
-    failures: list[str] = []
-    for peer in peers:
-        try:
-            return transport.fetch_model(peer, round, digest, numel, timeout)
-        except PeerError as exc:
-            log.warning("catch-up of round %d from %s refused: %s", round, peer, exc)
-            failures.append(f"{peer}: {exc}")
-    raise PeerError(f"no peer had round {round}'s final model: " + "; ".join(failures))
-
-
-def _outcome(state: RoundState, result: RoundResult | None) -> str:
-    from swarmnode.ledger.types import FailReason
-
-    if state.status == RoundStatus.FINAL:
-        return "final" if result is not None else "lost"
-    if state.status == RoundStatus.CLOSED:
-        return "dropped"  # and asked to stop before the survivors finished
-    return {
-        FailReason.EXPIRED: "expired",
-        FailReason.TOO_FEW_LIVE: "failed_too_few",
-        FailReason.REPORTS_DISAGREE: "failed_disagreed",
-    }.get(state.fail_reason, "failed_too_few")
-
-
-def _expire_if_due(
-    ledger: Ledger,
-    state: RoundState,
-    params: SwarmParams,
-    chain: Callable[[Callable[[], None]], bool],
-) -> bool:
-    """Expires the round once its deadline has passed by our clock; True if it tried."""
-    expire_at = state.expires_at(params)
-    if expire_at is None or ledger.now() < expire_at:
-        return False
-    chain(partial(ledger.expire, state.number))
-    return True
-
-
-def _wait_closed(
-    ledger: Ledger,
-    number: int,
-    params: SwarmParams,
-    chain: Callable[[Callable[[], None]], bool],
-    poll: float,
-    sleep: Callable[[float], None],
-    stop: threading.Event | None = None,
-) -> RoundState:
-    """Until the round closes (closing it ourselves once the window allows) or ends; if
-    `stop` is set first, leaves the open round and returns it still open."""
-    while True:
-        state = ledger.round(number)
-        if state.status != RoundStatus.OPEN:
-            return state
-        if stop is not None and stop.is_set():
-            if chain(lambda: ledger.leave(number)):
-                return ledger.round(number)
-            continue  # it closed meanwhile: take part after all
-        close_at = state.close_allowed_at(params)
-        if _expire_if_due(ledger, state, params, chain):
-            continue
-        if close_at is not None and ledger.now() >= close_at:
-            chain(lambda: ledger.close(number))
-        else:
-            sleep(poll)
-
-
-def _wait_ended(
-    ledger: Ledger,
-    number: int,
-    params: SwarmParams,
-    chain: Callable[[Callable[[], None]], bool],
-    poll: float,
-    sleep: Callable[[float], None],
-    stop: threading.Event | None = None,
-) -> RoundState:
-    """Until a round this node is not (or no longer) part of is final or failed; expires it
-    when its deadline passes, so nothing waits forever. Returns early if `stop` is set."""
-    while True:
-        state = ledger.round(number)
-        if state.status in (RoundStatus.FINAL, RoundStatus.FAILED):
-            return state
-        if stop is not None and stop.is_set():
-            return state
-        if not _expire_if_due(ledger, state, params, chain):
-            sleep(poll)
-
-
-def _wait_moved(
-    ledger: Ledger,
-    number: int,
-    attempt: int,
-    params: SwarmParams,
-    chain: Callable[[Callable[[], None]], bool],
-    poll: float,
-    sleep: Callable[[float], None],
-    give_up: Callable[[], bool] | None = None,
-) -> RoundState:
-    """Until the round ends or starts a new attempt, or `give_up()` says to stop waiting;
-    votes out silent peers and expires the round when their deadlines pass, so nothing
-    waits forever."""
-    voted: set[str] = set()
-    while True:
-        state = ledger.round(number)
-        if state.status != RoundStatus.CLOSED or state.attempt != attempt:
-            return state
-        if give_up is not None and give_up():
-            return state
-        if _expire_if_due(ledger, state, params, chain):
-            continue
-        overdue = state.report_overdue_at(params)
-        if overdue is not None and ledger.now() >= overdue:
-            silent = [
-                s.account
-                for s in state.seats
-                if s.live and s.reported_at != attempt and s.account not in voted
-            ]
-            _vote_out(ledger, state, params, silent, chain, lambda _: None)
-            voted.update(silent)
-        sleep(poll)
-
-
-def _vote_out(
-    ledger: Ledger,
-    state: RoundState,
-    params: SwarmParams,
-    peers: tuple[str, ...] | list[str],
-    chain: Callable[[Callable[[], None]], bool],
-    sleep: Callable[[float], None],
-) -> None:
-    """Votes to drop `peers` once the attempt's transfer deadline has passed by our clock."""
-    allowed = state.drop_allowed_at(params)
-    if allowed is None:
-        return
-    while (wait := allowed - ledger.now()) > 0:  # again if the clock lagged the sleep
-        sleep(wait)
-    me = ledger.account.lower()
-    for peer in peers:
-        if peer.lower() == me:
-            continue
-        chain(partial(ledger.drop, state.number, state.attempt, peer))

@@ -39,7 +39,7 @@ from swarmnode.ledger.deployment import Deployment
 from swarmnode.ledger.devchain import AnvilChain
 from swarmnode.ledger.types import RoundStatus
 from swarmnode.merge import make_rule
-from swarmnode.round import RoundResult, leave_unfinished, run_round
+from swarmnode.round import Round, RoundResult, RoundSettings, leave_unfinished
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
 from swarmnode.simulation.local import memory_swarm, run_in_threads
 from swarmnode.simulation.tasks import dataset_task, held_out
@@ -61,7 +61,7 @@ def _round_with_a_silent_peer(
 ) -> tuple[list[Ledger], RoundResult, RoundResult, Any]:
     """Node 0 runs the round; node 1 runs it and is asked to stop once it has closed; node 2
     joins and never sends anything. Returns the ledgers, both results, and the round as node
-    1's ledger saw it the moment its run_round returned."""
+    1's ledger saw it the moment its round returned."""
     params = SwarmParams(
         min_peers=2,
         max_peers=3,
@@ -76,7 +76,7 @@ def _round_with_a_silent_peer(
     seen: list[Any] = []
 
     def run(i: int, stop_event: threading.Event | None) -> RoundResult:
-        result = run_round(
+        result = Round(
             ledger=ledgers[i],
             transport=swarm.peers[i].transport,
             inbox=swarm.peers[i].inbox,
@@ -84,10 +84,8 @@ def _round_with_a_silent_peer(
             weight=10,
             val_loss=0.5,
             rule=rule,
-            poll=0.02,
-            stop=stop_event,
-            stop_grace=stop_grace,
-        )
+            settings=RoundSettings(poll=0.02, stop=stop_event, stop_grace=stop_grace),
+        ).run()
         if i == 1:
             seen.append(ledgers[0].round(1))
         return result
@@ -141,7 +139,7 @@ def test_a_node_asked_to_stop_before_joining_does_not_join() -> None:
     stop.set()
     try:
         peer = swarm.peers[0]
-        result = run_round(
+        result = Round(
             ledger=peer.ledger,
             transport=peer.transport,
             inbox=peer.inbox,
@@ -149,8 +147,8 @@ def test_a_node_asked_to_stop_before_joining_does_not_join() -> None:
             weight=1,
             val_loss=0.0,
             rule=make_rule(Rule(0)),
-            stop=stop,
-        )
+            settings=RoundSettings(stop=stop),
+        ).run()
         assert result.status == "stopped"
         assert peer.ledger.round(1).joined == 0
     finally:

@@ -20,6 +20,7 @@ from swarmnode.ledger.base import Ledger
 from swarmnode.node import SwarmCallback
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import Transport
+from swarmnode.round import RoundSettings
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
 from swarmnode.simulation.local import memory_swarm, run_in_threads
 
@@ -65,7 +66,7 @@ def test_a_hook_in_a_users_own_loop_merges_in_place() -> None:
             inbox=inbox,
             num_samples=len(x),
             val_loss=lambda: nn.functional.mse_loss(net(x), y).item(),
-            poll=0.01,
+            settings=RoundSettings(poll=0.01),
         )
         for _ in range(2):  # two epochs of 8 batches: syncs after batches 5, 10, 15, then end
             for start in range(0, 80, 10):
@@ -125,7 +126,14 @@ def test_an_unmodified_flower_client_runs_as_a_swarm_node() -> None:
     initial = canonical.flatten(FlowerNode._state(clients[0].get_parameters({}))).numpy()
     nodes = swarm(3, initial, every=1)
     flower_nodes = [
-        FlowerNode(c, ledger=led, transport=t, inbox=ib, config={"steps": 5}, poll=0.01)
+        FlowerNode(
+            c,
+            ledger=led,
+            transport=t,
+            inbox=ib,
+            config={"steps": 5},
+            settings=RoundSettings(poll=0.01),
+        )
         for c, (led, t, ib) in zip(clients, nodes, strict=True)
     ]
     losses = []

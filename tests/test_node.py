@@ -7,6 +7,7 @@ import pytest
 from swarmnode import canonical
 from swarmnode.exceptions import ConfigError
 from swarmnode.node import NodeRound, SwarmNode
+from swarmnode.round import RoundSettings
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
 from swarmnode.simulation.local import memory_swarm, run_in_threads
 from swarmnode.training import LocalTrainer, example_task
@@ -30,7 +31,7 @@ def build(n: int, initial_digest: bytes | None = None) -> list[SwarmNode]:
             task=task,
             device="cpu",
             seed=i,
-            poll=0.01,
+            settings=RoundSettings(poll=0.01),
         )
         for i, (peer, task) in enumerate(zip(swarm.peers, tasks, strict=True))
     ]

@@ -17,7 +17,7 @@ from swarmnode.ledger.types import RoundStatus
 from swarmnode.merge import make_rule
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import Transport
-from swarmnode.round import RoundResult, run_round
+from swarmnode.round import Round, RoundResult, RoundSettings
 from swarmnode.rules import MergeRuleId, Rule, SwarmParams
 from swarmnode.simulation.local import grpc_swarm, memory_swarm, run_in_threads
 
@@ -57,7 +57,7 @@ def test_a_round_on_the_memory_ledger_ends_final_with_one_digest(rule: Rule) -> 
     merge = make_rule(rule)
     results = in_threads(
         [
-            lambda i=i: run_round(
+            lambda i=i: Round(
                 ledger=ledgers[i],
                 transport=transports[i],
                 inbox=inboxes[i],
@@ -66,8 +66,8 @@ def test_a_round_on_the_memory_ledger_ends_final_with_one_digest(rule: Rule) -> 
                 val_loss=0.5,
                 rule=merge,
                 reference=reference,
-                poll=0.01,
-            )
+                settings=RoundSettings(poll=0.01),
+            ).run()
             for i in range(4)
         ]
     )
@@ -96,7 +96,7 @@ def test_a_peer_that_never_delivers_is_voted_out_and_the_rest_finish() -> None:
         return RoundResult(1, 1, "crashed", (), None, None)
 
     jobs: list[Callable[[], RoundResult]] = [
-        lambda i=i: run_round(
+        lambda i=i: Round(
             ledger=ledgers[i],
             transport=transports[i],
             inbox=inboxes[i],
@@ -104,8 +104,8 @@ def test_a_peer_that_never_delivers_is_voted_out_and_the_rest_finish() -> None:
             weight=10,
             val_loss=0.5,
             rule=merge,
-            poll=0.02,
-        )
+            settings=RoundSettings(poll=0.02),
+        ).run()
         for i in range(3)
     ]
     results = in_threads([*jobs, crashed_after_join])
@@ -132,7 +132,7 @@ def test_a_round_on_the_embedded_chain_over_grpc_with_mutual_tls() -> None:
         logged = [len(peer.ledger.gas_log) for peer in peers]  # type: ignore[attr-defined]
         results = in_threads(
             [
-                lambda i=i: run_round(
+                lambda i=i: Round(
                     ledger=peers[i].ledger,
                     transport=peers[i].transport,
                     inbox=peers[i].inbox,
@@ -140,9 +140,8 @@ def test_a_round_on_the_embedded_chain_over_grpc_with_mutual_tls() -> None:
                     weight=10 * (i + 1),
                     val_loss=0.25,
                     rule=merge,
-                    poll=0.02,
-                    frame_chunks=2,
-                )
+                    settings=RoundSettings(poll=0.02, frame_chunks=2),
+                ).run()
                 for i in range(3)
             ]
         )
@@ -222,7 +221,7 @@ def test_a_peer_whose_segments_fail_validation_is_dropped_like_a_silent_one() ->
         return RoundResult(1, 1, "byzantine", (), None, None)
 
     jobs: list[Callable[[], RoundResult]] = [
-        lambda i=i: run_round(
+        lambda i=i: Round(
             ledger=ledgers[i],
             transport=transports[i],
             inbox=inboxes[i],
@@ -230,8 +229,8 @@ def test_a_peer_whose_segments_fail_validation_is_dropped_like_a_silent_one() ->
             weight=10,
             val_loss=0.5,
             rule=merge,
-            poll=0.02,
-        )
+            settings=RoundSettings(poll=0.02),
+        ).run()
         for i in range(3)
     ]
     results = in_threads([*jobs, lying])
@@ -261,7 +260,7 @@ def test_a_peer_dying_mid_round_is_dropped_and_the_survivors_agree(die_at: str) 
 
     def node(i: int) -> RoundResult:
         try:
-            return run_round(
+            return Round(
                 ledger=ledgers[i],
                 transport=transports[i],
                 inbox=inboxes[i],
@@ -269,10 +268,9 @@ def test_a_peer_dying_mid_round_is_dropped_and_the_survivors_agree(die_at: str) 
                 weight=10,
                 val_loss=0.5,
                 rule=merge,
-                poll=0.02,
-                frame_chunks=1,
                 fault=fault if i == 3 else None,
-            )
+                settings=RoundSettings(poll=0.02, frame_chunks=1),
+            ).run()
         except InjectedCrash:
             return RoundResult(1, 0, "crashed", (), None, None)
 
@@ -306,7 +304,7 @@ def test_with_fewer_chunks_than_nodes_the_dead_peer_is_blamed_not_the_owner_it_s
 
     def node(i: int) -> RoundResult:
         try:
-            return run_round(
+            return Round(
                 ledger=ledgers[i],
                 transport=transports[i],
                 inbox=inboxes[i],
@@ -314,9 +312,9 @@ def test_with_fewer_chunks_than_nodes_the_dead_peer_is_blamed_not_the_owner_it_s
                 weight=10,
                 val_loss=0.5,
                 rule=merge,
-                poll=0.02,
                 fault=Fault.parse("before_reduce_scatter") if i == 4 else None,
-            )
+                settings=RoundSettings(poll=0.02),
+            ).run()
         except InjectedCrash:
             return RoundResult(1, 0, "crashed", (), None, None)
 
@@ -361,7 +359,7 @@ def test_a_node_that_finds_a_round_under_way_waits_it_out_and_takes_its_model() 
             while ledgers[2].round(1).status == RoundStatus.OPEN:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)  # polls the ledger's state
-        return run_round(
+        return Round(
             ledger=ledgers[i],
             transport=transports[i],
             inbox=inboxes[i],
@@ -369,8 +367,8 @@ def test_a_node_that_finds_a_round_under_way_waits_it_out_and_takes_its_model() 
             weight=10,
             val_loss=0.5,
             rule=merge,
-            poll=0.01,
-        )
+            settings=RoundSettings(poll=0.01),
+        ).run()
 
     results = in_threads([lambda i=i: node(i) for i in range(3)])
     state = ledgers[0].round(1)

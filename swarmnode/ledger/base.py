@@ -1,8 +1,9 @@
 """The ledger interface every backend implements: the contract, seen from one account.
 
-Three backends stand behind it: the embedded py-evm chain and (later) any JSON-RPC
-endpoint, both through `ContractLedger`, and `InMemoryLedger` for fast tests of the layers
-above. One behaviour suite (tests/ledger_suite.py) runs against each of them.
+Three backends stand behind it: the embedded py-evm chain and a JSON-RPC chain (anvil, or
+any node), both through `ContractLedger`, and `InMemoryLedger` for fast tests of the layers
+above. One behaviour suite (tests/test_ledger_behaviour.py) runs against every one of them
+(docs/architecture.md#backends-and-behaviour-suites).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class Ledger(ABC):
     @property
     @abstractmethod
     def account(self) -> str:
-        """This handle's checksummed account address."""
+        """This handle's checksummed account address; every account a backend returns is
+        checksummed too, so callers compare with `==` (docs/architecture.md#addresses)."""
 
     @property
     @abstractmethod

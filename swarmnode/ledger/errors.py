@@ -16,10 +16,11 @@ from eth_abi.abi import decode as abi_decode
 from eth_utils.abi import function_signature_to_4byte_selector
 from eth_utils.address import to_checksum_address
 
+from swarmnode.error_names import ErrorName
 from swarmnode.exceptions import ContractError
 from swarmnode.ledger.artifacts import load
 
-_ErrorSpec = tuple[str, list[str], list[str]]
+_ErrorSpec = tuple[ErrorName, list[str], list[str]]
 
 
 @cache
@@ -31,7 +32,7 @@ def _error_table() -> dict[bytes, _ErrorSpec]:
         types = [i["type"] for i in entry["inputs"]]
         names = [i["name"] for i in entry["inputs"]]
         selector = function_signature_to_4byte_selector(f"{entry['name']}({','.join(types)})")
-        table[bytes(selector)] = (entry["name"], names, types)
+        table[bytes(selector)] = (ErrorName(entry["name"]), names, types)
     return table
 
 

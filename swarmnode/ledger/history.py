@@ -60,15 +60,14 @@ class _Seen:
 
 
 def node_rounds(ledger: Ledger, account: str, *, limit: int | None = None) -> list[Participation]:
-    """The rounds `account` joined, newest first (at most `limit` of them)."""
-    me = account.lower()
+    """The rounds `account` (checksummed, as ledgers give accounts and event arguments,
+    docs/architecture.md#addresses) joined, newest first (at most `limit` of them)."""
     seen: dict[int, _Seen] = {}
     events, _ = ledger.events(ledger.start_cursor())
     for event in events:
         if event.name not in _PARTS:
             continue
-        who = str(event.args.get("node", event.args.get("peer", ""))).lower()
-        if who != me:
+        if event.args.get("node", event.args.get("peer")) != account:
             continue
         number = int(event.args["round"])
         if event.name == "Joined":

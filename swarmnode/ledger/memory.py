@@ -2,8 +2,9 @@
 
 It exists for fast tests of the layers above the ledger (sync, all-reduce, node, the
 simulator's sweeps), where a real chain would cost seconds per round. It is not a second
-source of truth: tests/ledger_suite.py runs the same behaviour tests against it and
-against the compiled contract on py-evm, so the two cannot drift apart unnoticed.
+source of truth: tests/test_ledger_behaviour.py runs the same behaviour tests against it
+and against the compiled contract on py-evm and anvil, so they cannot drift apart unnoticed
+(docs/architecture.md#backends-and-behaviour-suites).
 Every check runs before any state changes, as in the contract, so a refused call leaves
 nothing behind.
 """
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from swarmnode.error_names import ErrorName
 from swarmnode.exceptions import ConfigError, ContractError
 from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.types import (
@@ -32,10 +34,18 @@ from swarmnode.ledger.types import (
 from swarmnode.rules import SwarmParams
 
 
-def _checksum(raw: bytes) -> str:
-    from eth_utils.address import to_checksum_address
+def _account(value: str) -> str:
+    """`value` in the one spelling the layers above compare with `==`: every account that
+    enters this ledger passes here, as a contract read does (docs/architecture.md#addresses)."""
+    # imported here: eth_utils takes about 0.6 s to import, and fast tests of the layers
+    # above need nothing else from it
+    from swarmnode.address import normalize
 
-    return str(to_checksum_address(raw))
+    return normalize(value)
+
+
+def _random_address() -> str:
+    return _account("0x" + secrets.token_hex(20))
 
 
 class ManualClock:
@@ -79,7 +89,7 @@ class _Swarm:
         try:
             params.validate()
         except ConfigError as exc:  # the contract's constructor refuses the same way
-            raise ContractError("BadParameters", {"reason": str(exc)}, "deploy") from exc
+            raise ContractError(ErrorName.BAD_PARAMETERS, {"reason": str(exc)}, "deploy") from exc
         self.address = address
         self.owner = owner
         self.params = params
@@ -126,22 +136,24 @@ class _Swarm:
 
     def _only_owner(self, sender: str) -> None:
         if sender != self.owner:
-            raise ContractError("NotOwner", {"caller": sender})
+            raise ContractError(ErrorName.NOT_OWNER, {"caller": sender})
 
     # -- roster
     def register(self, sender: str, endpoint: str, certificate: bytes) -> None:
         if self.params.restricted and not self.allowed.get(sender, False):
-            raise ContractError("NotAllowed", {"account": sender})
+            raise ContractError(ErrorName.NOT_ALLOWED, {"account": sender})
         node = self.nodes.get(sender)
         if node is not None and node.active:
-            raise ContractError("AlreadyRegistered", {"account": sender})
+            raise ContractError(ErrorName.ALREADY_REGISTERED, {"account": sender})
         _check_endpoint(endpoint)
         if not 0 < len(certificate) <= 8192:
-            raise ContractError("BadParameters", {"reason": "certificate must be 1-8192 bytes"})
+            raise ContractError(
+                ErrorName.BAD_PARAMETERS, {"reason": "certificate must be 1-8192 bytes"}
+            )
         fingerprint = hashlib.sha256(certificate).digest()
         holder = self.cert_owner.get(fingerprint)
         if holder is not None and holder != sender and self.nodes[holder].active:
-            raise ContractError("CertificateInUse", {"fingerprint": fingerprint})
+            raise ContractError(ErrorName.CERTIFICATE_IN_USE, {"fingerprint": fingerprint})
         if node is None:
             self.order_registered.append(sender)
         elif node.fingerprint != fingerprint and self.cert_owner.get(node.fingerprint) == sender:
@@ -159,7 +171,7 @@ class _Swarm:
     def update_endpoint(self, sender: str, endpoint: str) -> None:
         node = self.nodes.get(sender)
         if node is None or not node.active:
-            raise ContractError("NotRegistered", {"account": sender})
+            raise ContractError(ErrorName.NOT_REGISTERED, {"account": sender})
         _check_endpoint(endpoint)
         self.nodes[sender] = NodeRecord(sender, endpoint, node.fingerprint, True)
         self.emit("EndpointUpdated", node=sender, endpoint=endpoint)
@@ -167,7 +179,7 @@ class _Swarm:
     def deregister(self, sender: str, now: int) -> None:
         node = self.nodes.get(sender)
         if node is None or not node.active:
-            raise ContractError("NotRegistered", {"account": sender})
+            raise ContractError(ErrorName.NOT_REGISTERED, {"account": sender})
         self._deregister(sender, now)
 
     def _deregister(self, account: str, now: int) -> None:
@@ -190,13 +202,13 @@ class _Swarm:
         rd = self._open_round_for(number)
         node = self.nodes.get(sender)
         if node is None or not node.active:
-            raise ContractError("NotRegistered", {"account": sender})
+            raise ContractError(ErrorName.NOT_REGISTERED, {"account": sender})
         if sender in rd.seats:
-            raise ContractError("AlreadyJoined", {"round": number, "node": sender})
+            raise ContractError(ErrorName.ALREADY_JOINED, {"round": number, "node": sender})
         if not any(commitment):
-            raise ContractError("BadParameters", {"reason": "commitment must be set"})
+            raise ContractError(ErrorName.BAD_PARAMETERS, {"reason": "commitment must be set"})
         if weight == 0:
-            raise ContractError("BadParameters", {"reason": "weight must be positive"})
+            raise ContractError(ErrorName.BAD_PARAMETERS, {"reason": "weight must be positive"})
         _check_uint(weight, 64, "weight")
         _check_uint(val_loss, 64, "valLoss")
         index = len(rd.order)
@@ -224,7 +236,7 @@ class _Swarm:
     def leave(self, sender: str, number: int) -> None:
         rd = self._open_round_for(number)
         if sender not in rd.seats:
-            raise ContractError("NotAParticipant", {"round": number, "node": sender})
+            raise ContractError(ErrorName.NOT_A_PARTICIPANT, {"round": number, "node": sender})
         self._leave(number, sender)
 
     def _leave(self, number: int, account: str) -> None:
@@ -243,7 +255,7 @@ class _Swarm:
         rd = self._open_round_for(number)
         if len(rd.order) < self.params.min_peers:
             raise ContractError(
-                "TooFewJoined",
+                ErrorName.TOO_FEW_JOINED,
                 {"round": number, "joined": len(rd.order), "needed": self.params.min_peers},
             )
         _not_before(rd.first_join_at + self.params.join_window, now)
@@ -261,11 +273,11 @@ class _Swarm:
         self._require_live(number, sender)
         self._require_live(number, peer)
         if peer == sender:
-            raise ContractError("BadParameters", {"reason": "cannot vote to drop oneself"})
+            raise ContractError(ErrorName.BAD_PARAMETERS, {"reason": "cannot vote to drop oneself"})
         _not_before(rd.attempt_start + self.params.transfer_deadline, now)
         if (attempt, sender, peer) in rd.voted:
             raise ContractError(
-                "DuplicateVote",
+                ErrorName.DUPLICATE_VOTE,
                 {"round": number, "attempt": attempt, "voter": sender, "peer": peer},
             )
         rd.voted.add((attempt, sender, peer))
@@ -278,9 +290,9 @@ class _Swarm:
 
     def withdraw(self, sender: str, number: int, now: int) -> None:
         if number != self.current:
-            raise ContractError("WrongRound", {"current": self.current, "given": number})
+            raise ContractError(ErrorName.WRONG_ROUND, {"current": self.current, "given": number})
         if self.rounds[number].status != RoundStatus.CLOSED:
-            raise ContractError("RoundNotClosed", {"round": number})
+            raise ContractError(ErrorName.ROUND_NOT_CLOSED, {"round": number})
         self._require_live(number, sender)
         self._withdraw(number, sender, now)
 
@@ -299,14 +311,15 @@ class _Swarm:
 
     def expire(self, number: int, now: int) -> None:
         if number != self.current:
-            raise ContractError("WrongRound", {"current": self.current, "given": number})
+            raise ContractError(ErrorName.WRONG_ROUND, {"current": self.current, "given": number})
         rd = self.rounds[number]
         if rd.status == RoundStatus.CLOSED:
             start = rd.closed_at
         else:
             if not rd.order:
                 raise ContractError(
-                    "TooFewJoined", {"round": number, "joined": 0, "needed": self.params.min_peers}
+                    ErrorName.TOO_FEW_JOINED,
+                    {"round": number, "joined": 0, "needed": self.params.min_peers},
                 )
             start = rd.first_join_at
         _not_before(start + self.params.round_deadline, now)
@@ -317,10 +330,10 @@ class _Swarm:
         seat = self._require_live(number, sender)
         if seat["reported_at"] == attempt:
             raise ContractError(
-                "DuplicateReport", {"round": number, "attempt": attempt, "node": sender}
+                ErrorName.DUPLICATE_REPORT, {"round": number, "attempt": attempt, "node": sender}
             )
         if not any(digest) or digest == _NO_DIGEST:
-            raise ContractError("BadParameters", {"reason": "digest must be set"})
+            raise ContractError(ErrorName.BAD_PARAMETERS, {"reason": "digest must be set"})
         seat["reported_at"] = attempt
         self.emit("Reported", round=number, attempt=attempt, node=sender, digest=bytes(digest))
         if rd.lead is None or rd.lead == digest:
@@ -345,28 +358,28 @@ class _Swarm:
     # -- helpers
     def _open_round_for(self, number: int) -> _Round:
         if number != self.current:
-            raise ContractError("WrongRound", {"current": self.current, "given": number})
+            raise ContractError(ErrorName.WRONG_ROUND, {"current": self.current, "given": number})
         rd = self.rounds[number]
         if rd.status != RoundStatus.OPEN:
-            raise ContractError("RoundNotOpen", {"round": number})
+            raise ContractError(ErrorName.ROUND_NOT_OPEN, {"round": number})
         return rd
 
     def _closed_round_for(self, number: int, attempt: int) -> _Round:
         if number != self.current:
-            raise ContractError("WrongRound", {"current": self.current, "given": number})
+            raise ContractError(ErrorName.WRONG_ROUND, {"current": self.current, "given": number})
         rd = self.rounds[number]
         if rd.status != RoundStatus.CLOSED:
-            raise ContractError("RoundNotClosed", {"round": number})
+            raise ContractError(ErrorName.ROUND_NOT_CLOSED, {"round": number})
         if attempt != rd.attempt:
-            raise ContractError("WrongAttempt", {"current": rd.attempt, "given": attempt})
+            raise ContractError(ErrorName.WRONG_ATTEMPT, {"current": rd.attempt, "given": attempt})
         return rd
 
     def _require_live(self, number: int, account: str) -> dict[str, Any]:
         seat = self.rounds[number].seats.get(account)
         if seat is None:
-            raise ContractError("NotAParticipant", {"round": number, "node": account})
+            raise ContractError(ErrorName.NOT_A_PARTICIPANT, {"round": number, "node": account})
         if seat["dropped_at"] != 0:
-            raise ContractError("NotLive", {"round": number, "node": account})
+            raise ContractError(ErrorName.NOT_LIVE, {"round": number, "node": account})
         return seat
 
     def _start_attempt(self, number: int, rd: _Round, attempt: int, now: int) -> None:
@@ -421,17 +434,19 @@ _NO_DIGEST = (1).to_bytes(32, "big")
 
 def _not_before(not_before: int, now: int) -> None:
     if now < not_before:
-        raise ContractError("TooEarly", {"notBefore": not_before, "now": now})
+        raise ContractError(ErrorName.TOO_EARLY, {"notBefore": not_before, "now": now})
 
 
 def _check_endpoint(endpoint: str) -> None:
     if not 0 < len(endpoint.encode()) <= 255:
-        raise ContractError("BadParameters", {"reason": "endpoint must be 1-255 bytes"})
+        raise ContractError(ErrorName.BAD_PARAMETERS, {"reason": "endpoint must be 1-255 bytes"})
 
 
 def _check_uint(value: int, bits: int, name: str) -> None:
     if not 0 <= value < 2**bits:
-        raise ContractError("BadParameters", {"reason": f"{name} does not fit in uint{bits}"})
+        raise ContractError(
+            ErrorName.BAD_PARAMETERS, {"reason": f"{name} does not fit in uint{bits}"}
+        )
 
 
 class InMemoryChain:
@@ -452,19 +467,20 @@ class InMemoryChain:
         self._clock.advance(seconds)
 
     def new_account(self) -> str:
-        return _checksum(secrets.token_bytes(20))
+        return _random_address()
 
     def deploy(self, params: SwarmParams, owner: str, *, validate: bool = True) -> str:
         """`validate=False` skips the caller-side check so that tests reach the swarm's own."""
         if validate:
             params.validate()
+        owner = _account(owner)
         with self._lock:
-            address = _checksum(secrets.token_bytes(20))
+            address = _random_address()
             self._swarms[address] = _Swarm(address, owner, params, self.now())
             return address
 
     def ledger(self, address: str, account: str) -> InMemoryLedger:
-        return InMemoryLedger(self, self._swarms[address], account)
+        return InMemoryLedger(self, self._swarms[_account(address)], account)
 
     def _call(self, swarm: _Swarm, fn: Callable[[], None]) -> None:
         """Runs one state change as one 'block', all or nothing (checks precede writes)."""
@@ -479,7 +495,7 @@ class InMemoryLedger(Ledger):
     def __init__(self, chain: InMemoryChain, swarm: _Swarm, account: str) -> None:
         self._chain = chain
         self._swarm = swarm
-        self._account = account
+        self._account = _account(account)
 
     @property
     def account(self) -> str:
@@ -506,20 +522,22 @@ class InMemoryLedger(Ledger):
         self._do(lambda: self._swarm.deregister(self._account, self.now()))
 
     def allow(self, account: str) -> None:
+        account = _account(account)
         self._do(lambda: self._swarm.allow(self._account, account))
 
     def revoke(self, account: str) -> None:
+        account = _account(account)
         self._do(lambda: self._swarm.revoke(self._account, account, self.now()))
 
     def node(self, account: str) -> NodeRecord | None:
-        return self._swarm.nodes.get(account)
+        return self._swarm.nodes.get(_account(account))
 
     def active_nodes(self) -> list[NodeRecord]:
         nodes = self._swarm.nodes
         return [nodes[a] for a in self._swarm.order_registered if nodes[a].active]
 
     def is_allowed(self, account: str) -> bool:
-        return self._swarm.allowed.get(account, False)
+        return self._swarm.allowed.get(_account(account), False)
 
     def params(self) -> SwarmParams:
         return self._swarm.params
@@ -545,7 +563,7 @@ class InMemoryLedger(Ledger):
 
     def drop_votes(self, number: int, attempt: int, peer: str) -> int:
         rd = self._swarm.rounds.get(number)
-        return 0 if rd is None else rd.votes.get((attempt, peer), 0)
+        return 0 if rd is None else rd.votes.get((attempt, _account(peer)), 0)
 
     def join(self, number: int, commitment: bytes, weight: int, val_loss: int) -> None:
         self._do(
@@ -561,6 +579,7 @@ class InMemoryLedger(Ledger):
         self._do(lambda: self._swarm.close(number, self.now()))
 
     def drop(self, number: int, attempt: int, peer: str) -> None:
+        peer = _account(peer)
         self._do(lambda: self._swarm.drop(self._account, number, attempt, peer, self.now()))
 
     def withdraw(self, number: int) -> None:

@@ -23,7 +23,7 @@ from swarmnode import canonical
 from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.contract import ContractLedger
 from swarmnode.node import SwarmNode
-from swarmnode.round import RoundResult
+from swarmnode.round import RoundResult, RoundSettings
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
 from swarmnode.simulation.attacks import byzantine_hooks, flip_labels, trains_on_flipped_labels
 from swarmnode.simulation.chainlog import ChainLog
@@ -181,7 +181,7 @@ def run_tasks(
                 device="cpu",
                 seed=scenario.seed * 1000 + i,
                 init_seed=scenario.seed,
-                poll=0.01,
+                settings=RoundSettings(poll=0.01),
             )
 
         nodes = [make_node(i, peer) for i, peer in enumerate(swarm.peers)]
