@@ -9,7 +9,8 @@ exact point (the die_at fault injection): before sending anything, after one upd
 (reduce-scatter), after its merged segment reached one peer (all-gather). A dying node
 stops its gRPC server at once, as a killed process would. Printed per phase: the round's
 wall time, the recovery time (from the death to the last survivor's final), how many
-attempts the round took, and recovery / deadline. DESIGN.md bounds it: the survivors may
+attempts the round took, and recovery / deadline. The protocol bounds it
+(docs/round-protocol.md#faults-and-votes): the survivors may
 vote a silent peer out at attempt start + transfer deadline (a peer that never reports,
 at + 2 x the deadline), and the new attempt then reuses every update already received.
 HPE Swarm Learning waits up to 600 s for a new leader instead.

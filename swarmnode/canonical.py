@@ -3,7 +3,7 @@
 The commitment a node puts on chain, the segments each participant owns in the segmented
 all-reduce, the digest of the merged model and the check a catching-up node makes all read
 the model through this module, so no two parts can disagree on what was hashed or sent
-(DESIGN.md, "The canonical vector").
+(docs/canonical-vector.md).
 
 Definition (any change here is a protocol change; tests/test_canonical.py pins literals):
 

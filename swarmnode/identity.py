@@ -2,7 +2,7 @@
 
 No certificate authority: the swarm contract is the roster, and peers accept a certificate
 only if its SHA-256 is registered there. The account address goes into a DNS
-SubjectAltName because gRPC clients always check a name (DESIGN.md "Trust").
+SubjectAltName because gRPC clients always check a name (docs/trust.md#mutual-tls).
 
 On disk a node's identity is a directory (`swarmnode init --dir NODE_DIR`):
 

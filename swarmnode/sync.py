@@ -1,6 +1,6 @@
 """When to sync: the swarm's sync policy, and what a node does once its own training is done.
 
-The sync policy is a swarm parameter fixed at deploy (DESIGN.md, round protocol point 2): an id
+The sync policy is a swarm parameter fixed at deploy (docs/round-protocol.md#joining): an id
 plus four uint64 stored on chain (swarmnode.rules). Every node builds its policy from that same
 Rule and feeds it the same on-chain numbers, so every node decides alike with no messages:
 

@@ -1,6 +1,6 @@
 """The chain goes away and comes back: every logical call lands exactly once.
 
-Two ways anvil restarts (DESIGN.md "The chain"): SIGTERM writes its state file, so the
+Two ways anvil restarts (docs/chain.md#three-chains): SIGTERM writes its state file, so the
 chain comes back whole but forgets its log filters; SIGKILL under --state-interval 1 comes
 back with the state of its last periodic write, without the transactions after it, even
 those whose receipts the client already had.

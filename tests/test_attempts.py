@@ -1,4 +1,4 @@
-"""Messages crossing attempts (DESIGN.md round protocol point 5): update data outlives an
+"""Messages crossing attempts (docs/round-protocol.md#data-plane): update data outlives an
 attempt and is reused, merged data of a past attempt is stale and never the sender's fault,
 and a future attempt's data is retried until the receiver gets there."""
 

@@ -1,8 +1,8 @@
 """The daemon as an operator runs it: three `swarmnode run` processes against own_anvil, mutual
 TLS over loopback, learning digits together although each holds only four of the ten
 classes; a daemon killed with SIGKILL that resumes from its checkpoint and rejoins; and what
-a daemon does when it must stop, or restarts, in the middle of a round (DESIGN.md round
-protocol point 7).
+a daemon does when it must stop, or restarts, in the middle of a round
+(docs/round-protocol.md#withdrawing).
 
 First the stop rules at the round level, on the in-memory ledger (fast); then the processes.
 Every process is stopped by its pid in a finally; every wait is on a log line or chain state,

@@ -24,7 +24,8 @@ Status families: INVALID_ARGUMENT for bad data, FAILED_PRECONDITION for stale, U
 with details starting "not ready" for future rounds and attempts, PERMISSION_DENIED for a
 forged sender; INTERNAL or UNKNOWN would mean an unhandled exception and always fails.
 
-MERGED segments carry no hash list: their owner is trusted to merge them (DESIGN.md, Trust),
+MERGED segments carry no hash list: their owner is trusted to merge them
+(docs/trust.md#threat-model),
 so a MERGED frame moved to another chunk inside the owner's own segment is accepted by
 design. The header mutations never move a MERGED frame inside its segment, which keeps the
 "buffers hold exactly the honest data" check exact.

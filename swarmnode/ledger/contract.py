@@ -2,9 +2,9 @@
 
 Used for the embedded py-evm chain and for any JSON-RPC endpoint. It signs its own
 transactions with the node's key (no unlocked accounts on the chain), names every revert
-(ContractError), and follows DESIGN.md point 8 for deadline calls: the caller decides by its
-own clock; a "too early" revert that the caller's clock disagrees with is clock skew between
-node and chain, and is retried with backoff instead of failing.
+(ContractError), and follows docs/round-protocol.md#clocks for deadline calls: the caller
+decides by its own clock; a "too early" revert that the caller's clock disagrees with is
+clock skew between node and chain, and is retried with backoff instead of failing.
 """
 
 from __future__ import annotations

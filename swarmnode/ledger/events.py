@@ -1,11 +1,11 @@
 """Following a swarm's events without rescanning the chain.
 
 A cursor remembers the next block to read, so each poll asks only for blocks mined since
-the last one (get_logs over a whole py-evm chain takes seconds; DESIGN.md "The chain").
-Where the ledger offers node-side log filters (a JSON-RPC chain), the cursor polls a filter
-instead, and when the node has forgotten it (filters do not survive a restart) falls back
-to get_logs from the last block it saw and opens a new one. Events are handed out in chain
-order, each once, whichever path brought them.
+the last one: get_logs over a whole py-evm chain takes seconds. Where the ledger offers
+node-side log filters (a JSON-RPC chain), the cursor polls a filter instead, and when the
+node has forgotten it (filters do not survive a restart) falls back to get_logs from the
+last block it saw and opens a new one. Events are handed out in chain order, each once,
+whichever path brought them (docs/chain.md#events-and-the-roster-feed).
 """
 
 from __future__ import annotations

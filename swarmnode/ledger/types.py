@@ -78,8 +78,9 @@ class RoundState:
         """Live participants in the contract's order: segment j belongs to the j-th of these."""
         return tuple(s.account for s in self.seats if s.live)
 
-    # Deadlines, from the start times the chain stores (DESIGN.md point 8): a node compares
-    # these with its own clock before sending, instead of waiting for chain time to move.
+    # Deadlines, from the start times the chain stores (docs/round-protocol.md#clocks): a node
+    # compares these with its own clock before sending, instead of waiting for chain time to
+    # move.
 
     def close_allowed_at(self, params: SwarmParams) -> int | None:
         """When anyone may close this round; None unless open with min_peers joined."""

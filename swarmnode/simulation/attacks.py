@@ -1,6 +1,7 @@
 """Byzantine nodes, for the simulator's attack scenarios.
 
-A Byzantine node attacks only through what it contributes (DESIGN.md "Trust"): it takes part
+A Byzantine node attacks only through what it contributes (docs/simulator.md#attacks; what
+the protocol does and does not defend: docs/trust.md#threat-model): it takes part
 in every round by the protocol's rules and commits to and sends a poisoned vector. The robust
 merge rules are what stand against it. Four attacks:
 

@@ -1,8 +1,8 @@
 """Real data sets for simulations, loaded offline from inside scikit-learn, with a test split.
 
 Anything that downloads at run time (torchvision, flwr-datasets, MedMNIST) fails on the
-machines this project runs on (DESIGN.md, Dependencies), so the simulations use the two data
-sets scikit-learn ships inside its wheel:
+machines this project runs on (docs/simulator.md#partitions), so the simulations use the two
+data sets scikit-learn ships inside its wheel:
 
 - ``"digits"``: 1797 8x8 grey-level images of handwritten digits, 10 classes; flattened to 64
   features (a model that wants images reshapes to 8x8).

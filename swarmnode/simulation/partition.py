@@ -1,8 +1,7 @@
 """Split a training set among virtual nodes: IID, label skew, label shards and quantity skew.
 
 A swarm's value shows only against data that is spread unevenly, so a simulation names how the
-training indices are dealt to its nodes (DESIGN.md, Simulation: "IID and non-IID partitions
-(Dirichlet alpha, label shards, quantity skew)"):
+training indices are dealt to its nodes (docs/simulator.md#partitions):
 
 - ``"iid"``: one shuffle, cut into near-equal parts (sizes differ by at most one), the
   baseline every skewed split is compared with.
