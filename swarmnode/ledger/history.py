@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from swarmnode.ledger.base import Ledger
-from swarmnode.ledger.types import RoundStatus
+from swarmnode.ledger.types import LedgerEvent, RoundState, RoundStatus
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,15 @@ class _Seen:
 def node_rounds(ledger: Ledger, account: str, *, limit: int | None = None) -> list[Participation]:
     """The rounds `account` (checksummed, as ledgers give accounts and event arguments,
     docs/architecture.md#addresses) joined, newest first (at most `limit` of them)."""
-    seen: dict[int, _Seen] = {}
     events, _ = ledger.events(ledger.start_cursor())
+    seen = _parts(events, account)
+    numbers = sorted(seen, reverse=True)[:limit]
+    return [_participation(ledger.round(number), seen[number]) for number in numbers]
+
+
+def _parts(events: list[LedgerEvent], account: str) -> dict[int, _Seen]:
+    """What `account` last did in each round it joined, from the events in chain order."""
+    seen: dict[int, _Seen] = {}
     for event in events:
         if event.name not in _PARTS:
             continue
@@ -81,25 +88,21 @@ def node_rounds(ledger: Ledger, account: str, *, limit: int | None = None) -> li
             entry.report_attempt = int(event.args["attempt"])
         else:
             seen[number].part = _PARTS[event.name]
-    numbers = sorted(seen, reverse=True)[:limit]
-    found = []
-    for number in numbers:
-        state = ledger.round(number)
-        entry = seen[number]
-        agreed = None  # sent no report in the deciding attempt (the quorum came first, ...)
-        if state.status == RoundStatus.FINAL and entry.report_attempt == state.attempt:
-            agreed = entry.report == state.final_digest
-        found.append(
-            Participation(
-                round=number,
-                status=state.status.name.lower(),
-                fail_reason=state.fail_reason.name.lower(),
-                attempt=state.attempt,
-                part=entry.part,
-                report=entry.report,
-                report_attempt=entry.report_attempt,
-                final_digest=state.final_digest,
-                agreed=agreed,
-            )
-        )
-    return found
+    return seen
+
+
+def _participation(state: RoundState, entry: _Seen) -> Participation:
+    agreed = None  # sent no report in the deciding attempt (the quorum came first, ...)
+    if state.status == RoundStatus.FINAL and entry.report_attempt == state.attempt:
+        agreed = entry.report == state.final_digest
+    return Participation(
+        round=state.number,
+        status=state.status.name.lower(),
+        fail_reason=state.fail_reason.name.lower(),
+        attempt=state.attempt,
+        part=entry.part,
+        report=entry.report,
+        report_attempt=entry.report_attempt,
+        final_digest=state.final_digest,
+        agreed=agreed,
+    )
