@@ -379,3 +379,32 @@ def test_a_node_that_finds_a_round_under_way_waits_it_out_and_takes_its_model() 
     assert late.round == 1 and late.digest == state.final_digest
     assert late.merged is not None and late.merged.tobytes() == results[0].merged.tobytes()  # type: ignore[union-attr]
     assert ledgers[0].round(2).joined == 0  # it returned to train before joining round 2
+
+
+def test_an_outcome_is_written_and_logged_as_its_plain_string() -> None:
+    import dataclasses
+    import json
+    import logging
+
+    from swarmnode.round import RoundOutcome
+
+    assert {o.value for o in RoundOutcome} == {
+        "final",
+        "caught_up",
+        "lost",
+        "failed_too_few",
+        "failed_disagreed",
+        "expired",
+        "not_admitted",
+        "stopped",
+        "left",
+        "withdrawn",
+        "dropped",
+    }
+    assert RoundOutcome.CAUGHT_UP == "caught_up"
+    assert json.dumps({"status": RoundOutcome.CAUGHT_UP}) == '{"status": "caught_up"}'
+    assert f"{RoundOutcome.FINAL}" == str(RoundOutcome.FINAL) == "final"
+    logged = logging.LogRecord("r", logging.INFO, "", 0, "round %s", (RoundOutcome.LEFT,), None)
+    assert logged.getMessage() == "round left"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RoundSettings().poll = 1.0  # type: ignore[misc]
