@@ -1,7 +1,7 @@
 """The ledger backends the behaviour suite runs against, behind one small test-only shape.
 
 Each backend deploys a swarm, hands out ledgers for fresh funded accounts, and moves chain
-time without sleeping. The anvil backend (real chains issue) plugs in here as a third.
+time without sleeping: in memory, on the embedded py-evm chain, and on anvil.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The SwarmLedger contract's behaviour, run against every ledger backend.
 
-contracts/src/SwarmLedger.sol is the specification; each test here runs once on the
-in-memory ledger and once on the compiled contract inside the embedded py-evm chain, so the
-two cannot drift apart. Chain time is moved, never slept for. On the embedded chain every
-mined block moves time by at least one second, so a "too early" call is made right after
-the event that starts its timer, with a margin of many seconds.
+contracts/src/SwarmLedger.sol is the specification; each test here runs on every backend
+(the in-memory ledger, the compiled contract inside the embedded py-evm chain, and the same
+contract on anvil), so they cannot drift apart (docs/architecture.md#backends-and-behaviour-suites).
+Chain time is moved, never slept for. On the embedded chain every mined block moves time
+by at least one second, so a "too early" call is made right after the event that starts
+its timer, with a margin of many seconds.
 """
 
 from __future__ import annotations
