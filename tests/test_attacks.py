@@ -12,10 +12,11 @@ from torch.utils.data import TensorDataset
 from swarmnode.exceptions import ConfigError
 from swarmnode.simulation.attacks import Colluders, alie_z, make_attack
 from swarmnode.simulation.data import load_dataset
-from swarmnode.simulation.engine import node_tasks, run_swarm
+from swarmnode.simulation.engine import run_swarm
 from swarmnode.simulation.local import run_in_threads
 from swarmnode.simulation.partition import partition
 from swarmnode.simulation.scenario import Scenario
+from swarmnode.simulation.tasks import node_tasks
 from swarmnode.training import LocalTrainer
 
 

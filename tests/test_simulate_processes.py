@@ -26,10 +26,9 @@ from swarmnode import canonical
 from swarmnode.checkpoint import CheckpointStore
 from swarmnode.exceptions import ConfigError
 from swarmnode.simulation.data import load_dataset
-from swarmnode.simulation.engine import make_task
 from swarmnode.simulation.partition import partition
 from swarmnode.simulation.scenario import Scenario
-from swarmnode.simulation.tasks import dataset_task, dataset_task_args
+from swarmnode.simulation.tasks import dataset_task, dataset_task_args, make_task
 from swarmnode.training import LocalTrainer
 
 ENV = {"PATH": os.environ["PATH"], "COLUMNS": "200"}

@@ -22,8 +22,8 @@ from swarmnode.exceptions import ConfigError
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.frames import Frame, frames_for
 from swarmnode.p2p.shaping import ShapedTransport, frame_bytes
-from swarmnode.simulation.engine import RoundRecord, SwarmRun
 from swarmnode.simulation.faults import FaultPlan
+from swarmnode.simulation.results import RoundRecord, SwarmRun
 from swarmnode.simulation.scenario import Scenario
 from tests.test_transport import (
     NUMEL,
@@ -201,11 +201,11 @@ def run(**fields: Any) -> SwarmRun:
 
 
 def statuses(record: RoundRecord) -> list[str]:
-    return [line["status"] for line in record.per_node]
+    return [line.status for line in record.per_node]
 
 
 def digests(record: RoundRecord) -> set[str]:
-    return {line["digest"] for line in record.per_node if line.get("digest")}
+    return {line.digest for line in record.per_node if line.digest}
 
 
 @pytest.mark.chain

@@ -4,111 +4,46 @@ Each node has its own chain account on the embedded py-evm chain, its own TLS id
 roster fed from the contract's events, a gRPC server with mutual TLS on 127.0.0.1, and its
 own slice of a real data set. The nodes run their rounds in threads, exactly as the daemon
 would; every figure reported comes from the nodes' own counters and RoundResults.
+
+A runner (docs/simulator.md#layers): it takes the scenario and the nodes' tasks from the
+layers below and gives a SwarmRun (results.py) for the reports above to read.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-import torch
-from torch import nn
 from torch.utils.data import TensorDataset
 
 from swarmnode import canonical
 from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.contract import ContractLedger
-from swarmnode.node import SwarmNode
+from swarmnode.node import NodeRound, SwarmNode
+from swarmnode.records import NodeRoundRecord
 from swarmnode.round import RoundResult, RoundSettings
-from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
-from swarmnode.simulation.attacks import byzantine_hooks, flip_labels, trains_on_flipped_labels
+from swarmnode.simulation.attacks import byzantine_hooks
 from swarmnode.simulation.chainlog import ChainLog
 from swarmnode.simulation.data import Dataset
 from swarmnode.simulation.injector import FaultInjector, shaped
-from swarmnode.simulation.local import LocalPeer, grpc_swarm, memory_swarm, run_in_threads
+from swarmnode.simulation.local import (
+    LocalPeer,
+    LocalSwarm,
+    grpc_swarm,
+    memory_swarm,
+    run_in_threads,
+)
+from swarmnode.simulation.results import RoundRecord, SwarmRun
 from swarmnode.simulation.scenario import Scenario
+from swarmnode.simulation.tasks import node_tasks
 from swarmnode.simulation.turns import JoinTurns, OrderedJoins
-from swarmnode.training import Data, LocalTrainer, Task, accuracy
+from swarmnode.training import Data, LocalTrainer, Task
 
 Backend = Literal["grpc", "memory"]
 """Full fidelity (embedded chain, gRPC with mutual TLS) or the in-memory ledger and transport."""
-
-
-class MLP(nn.Module):
-    """The simulator's model: small enough for many nodes on two cores, big enough to learn."""
-
-    def __init__(self, features: int, hidden: int, classes: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.net(x)
-        return out
-
-
-def make_task(
-    scenario: Scenario, data: Dataset, indices: npt.NDArray[np.int64], *, flip: bool = False
-) -> Task:
-    """A node's task: the shared model, its own slice, its slice as validation signal; with
-    `flip`, a label-flipping Byzantine node's (its slice with every label flipped)."""
-    chosen = torch.as_tensor(indices, dtype=torch.long)
-    labels = data.y_train[chosen]
-    if flip:
-        labels = flip_labels(labels, data.classes)
-    own = TensorDataset(data.x_train[chosen], labels)
-    lr = scenario.learning_rate
-
-    def optimizer(params: Any) -> torch.optim.Optimizer:
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-
-    return Task(
-        model_factory=lambda: MLP(data.features, scenario.hidden, data.classes),
-        train_data=own,
-        val_data=own,
-        loss_fn=nn.CrossEntropyLoss(),
-        optimizer_factory=optimizer,
-        batch_size=scenario.batch_size,
-        metrics={"accuracy": accuracy},
-        name=f"{data.name}-mlp",
-    )
-
-
-@dataclass
-class RoundRecord:
-    round: int
-    participants: int
-    seconds: float
-    bytes_sent_per_node: float
-    model_bytes: int
-    digest_agreed: bool
-    transactions: int
-    gas_used: int
-    accuracy: float
-    loss: float
-    per_node: list[dict[str, Any]] = field(default_factory=list)
-    digest: str = ""  # the round's final digest (hex) when every node holds it, else ""
-    # faults: who crashed, was down, sat out, restarted, caught up, was voted out (chain)
-    faults: dict[str, Any] = field(default_factory=dict)
-    events: dict[str, int] = field(default_factory=dict)  # the contract's, for this round
-    calls: dict[str, int] = field(default_factory=dict)  # mined transactions, from receipts
-
-
-@dataclass
-class SwarmRun:
-    rounds: list[RoundRecord]
-    accuracy: float
-    loss: float
-    transactions: int
-    gas_used: int
-
-    @property
-    def digest(self) -> str:
-        """The last round's final digest (hex); "" if the nodes did not all end holding it."""
-        return self.rounds[-1].digest if self.rounds else ""
 
 
 def run_swarm(
@@ -121,32 +56,6 @@ def run_swarm(
     """Runs the scenario's rounds with one real SwarmNode per part."""
     test_set = TensorDataset(data.x_test, data.y_test)
     return run_tasks(scenario, node_tasks(scenario, data, parts), test_set, on_round, backend)
-
-
-def node_tasks(scenario: Scenario, data: Dataset, parts: list[npt.NDArray[np.int64]]) -> list[Task]:
-    """One task per part; the Byzantine nodes are the last ones, and with `label_flip` they
-    train on their slices with the labels flipped."""
-    flipped = len(parts) - scenario.byzantine if trains_on_flipped_labels(scenario.attack) else None
-    return [
-        make_task(scenario, data, part, flip=flipped is not None and i >= flipped)
-        for i, part in enumerate(parts)
-    ]
-
-
-def swarm_params(scenario: Scenario, nodes: int, initial: npt.NDArray[np.float32]) -> SwarmParams:
-    """The contract's parameters for a scenario: the same in-process and with --processes."""
-    return SwarmParams(
-        min_peers=2,
-        max_peers=nodes,
-        # every node joins each round, and the last join closes it: the window only
-        # matters if a node falls behind, which it may on two busy cores, or is away (faults)
-        join_window=scenario.join_window,
-        transfer_deadline=scenario.transfer_deadline,
-        round_deadline=max(300, 2 * scenario.transfer_deadline + 1, scenario.join_window + 1),
-        merge_rule=scenario.rule(),
-        sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (scenario.local_batches, 0, 0, 0)),
-        initial_model_digest=canonical.digest(initial),
-    )
 
 
 def run_tasks(
@@ -163,102 +72,115 @@ def run_tasks(
     same nodes on the in-memory ledger and transport, with a real clock, for sweeps. Joins
     go in node order on both (swarmnode.simulation.turns), so both end with the same bits."""
     initial = LocalTrainer(tasks[0], "cpu", 0, init_seed=scenario.seed).snapshot()
-    params = swarm_params(scenario, len(tasks), initial)
+    params = scenario.swarm_params(len(tasks), canonical.digest(initial))
     if backend == "grpc":
         swarm = grpc_swarm(params, len(tasks), server_workers=4)
     else:
         swarm = memory_swarm(params, len(tasks), clock=time.monotonic)
-    ledgers = [peer.ledger for peer in swarm.peers]
-    turns = JoinTurns()
     try:
-
-        def make_node(i: int, peer: LocalPeer) -> SwarmNode:
-            return SwarmNode(
-                ledger=OrderedJoins(peer.ledger, turns, i),
-                transport=shaped(scenario, i, peer.transport),  # slow links, stragglers
-                inbox=peer.inbox,
-                task=tasks[i],
-                device="cpu",
-                seed=scenario.seed * 1000 + i,
-                init_seed=scenario.seed,
-                settings=RoundSettings(poll=0.01),
-            )
-
-        nodes = [make_node(i, peer) for i, peer in enumerate(swarm.peers)]
-        hooks = byzantine_hooks(
-            scenario.attack,
-            len(nodes),
-            scenario.byzantine,
-            seed=scenario.seed,
-            scale=scenario.attack_scale,
-        )
-        for node, hook in zip(nodes[len(nodes) - scenario.byzantine :], hooks, strict=True):
-            node.contribution = hook
-        model_bytes = len(initial) * canonical.ELEMENT_BYTES
+        run = _Run(scenario, tasks, test_set, swarm, backend)
+        run.model_bytes = len(initial) * canonical.ELEMENT_BYTES  # what a node holds
         records: list[RoundRecord] = []
-        faults = FaultInjector(scenario, swarm, nodes, make_node)  # replaces restarted nodes
-        chain_log = ChainLog(ledgers)
         for k in range(1, scenario.rounds + 1):
-            tx_before, gas_before = _mined(ledgers)
-            turns.expect(faults.start_round(k))  # the nodes that join round k
-            t0 = time.perf_counter()
-            outcomes = run_in_threads([faults.job(k, i) for i in range(len(nodes))])
-            seconds = time.perf_counter() - t0
-            # None: away or crashed (faults.status); the others' results, in node order
-            present = {i: o for i, o in enumerate(outcomes) if o is not None}
-            results = [o.result for o in present.values()]
-            final = [r for r in results if r.digest is not None]
-            lead = next((i for i, o in present.items() if o.result.digest), next(iter(present)))
-            lead_result = present[lead].result
-            evaluation = nodes[lead].trainer.evaluate(test_set)
-            record = RoundRecord(
-                round=lead_result.round,
-                participants=len(lead_result.participants),
-                seconds=seconds,
-                bytes_sent_per_node=float(max(r.traffic.sent for r in results)),
-                model_bytes=model_bytes,
-                digest_agreed=len({r.digest for r in final}) == 1 and len(final) == len(results),
-                digest=_agreed_digest(results),
-                transactions=(
-                    _mined(ledgers)[0] - tx_before
-                    if backend == "grpc"
-                    else sum(r.transactions for r in results)  # no receipts in memory
-                ),
-                gas_used=_mined(ledgers)[1] - gas_before,
-                accuracy=evaluation["accuracy"],
-                loss=evaluation["loss"],
-                per_node=[
-                    {
-                        "node": i,
-                        "status": o.result.status,
-                        "batches": o.batches,
-                        "val_loss": o.val_loss,
-                        "bytes_sent": o.result.traffic.sent,
-                        "bytes_received": o.result.traffic.received,
-                        "transactions": o.result.transactions,
-                        "seconds": o.result.seconds,
-                        "digest": (o.result.digest or b"").hex(),
-                    }
-                    if o is not None
-                    else {"node": i, "status": faults.status(i)}
-                    for i, o in enumerate(outcomes)
-                ],
-                faults=faults.summary(k, ledgers[0].round(lead_result.round)),
-                events=chain_log.events(lead_result.round),
-                calls=chain_log.calls(),
-            )
-            records.append(record)
-            on_round(record)
-        last = records[-1]
-        return SwarmRun(
-            rounds=records,
-            accuracy=last.accuracy,
-            loss=last.loss,
-            transactions=sum(r.transactions for r in records),
-            gas_used=sum(r.gas_used for r in records),
-        )
+            records.append(run.round(k))
+            on_round(records[-1])
+        return SwarmRun.of(records)
     finally:
         swarm.close()
+
+
+class _Run:
+    """One in-process swarm's virtual nodes, and how their rounds are run and recorded."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        tasks: list[Task],
+        test_set: Data,
+        swarm: LocalSwarm,
+        backend: Backend,
+    ) -> None:
+        self.scenario = scenario
+        self.tasks = tasks
+        self.test_set = test_set
+        self.backend = backend
+        self.model_bytes = 0
+        self.ledgers = [peer.ledger for peer in swarm.peers]
+        self.turns = JoinTurns()
+        self.nodes = [self._make_node(i, peer) for i, peer in enumerate(swarm.peers)]
+        self._arm_byzantine()
+        # replaces restarted nodes in self.nodes, with _make_node
+        self.faults = FaultInjector(scenario, swarm, self.nodes, self._make_node)
+        self.chain_log = ChainLog(self.ledgers)
+
+    def _make_node(self, i: int, peer: LocalPeer) -> SwarmNode:
+        return SwarmNode(
+            ledger=OrderedJoins(peer.ledger, self.turns, i),
+            transport=shaped(self.scenario, i, peer.transport),  # slow links, stragglers
+            inbox=peer.inbox,
+            task=self.tasks[i],
+            device="cpu",
+            seed=self.scenario.seed * 1000 + i,
+            init_seed=self.scenario.seed,
+            settings=RoundSettings(poll=0.01),
+        )
+
+    def _arm_byzantine(self) -> None:
+        """The last `byzantine` nodes send their attack's vector instead of their update."""
+        s, n = self.scenario, len(self.nodes)
+        hooks = byzantine_hooks(s.attack, n, s.byzantine, seed=s.seed, scale=s.attack_scale)
+        for node, hook in zip(self.nodes[n - s.byzantine :], hooks, strict=True):
+            node.contribution = hook
+
+    def round(self, k: int) -> RoundRecord:
+        """The run's k-th round: every node due in it runs it in a thread of its own."""
+        mined = _mined(self.ledgers)
+        self.turns.expect(self.faults.start_round(k))  # the nodes that join round k
+        t0 = time.perf_counter()
+        outcomes = run_in_threads([self.faults.job(k, i) for i in range(len(self.nodes))])
+        return self._record(k, outcomes, time.perf_counter() - t0, mined)
+
+    def _record(
+        self, k: int, outcomes: list[NodeRound | None], seconds: float, mined: tuple[int, int]
+    ) -> RoundRecord:
+        """What round k did, from the nodes' results (None: away or crashed, faults.status)
+        and the chain; the swarm's model scored is the one a node with a digest holds."""
+        present = {i: o for i, o in enumerate(outcomes) if o is not None}
+        results = [o.result for o in present.values()]
+        final = [r for r in results if r.digest is not None]
+        lead = next((i for i, o in present.items() if o.result.digest), next(iter(present)))
+        number = present[lead].result.round
+        evaluation = self.nodes[lead].trainer.evaluate(self.test_set)
+        now = _mined(self.ledgers)
+        transactions, gas = now[0] - mined[0], now[1] - mined[1]
+        if self.backend != "grpc":  # no receipts in memory: the nodes' own counts
+            transactions = sum(r.transactions for r in results)
+        return RoundRecord(
+            round=number,
+            participants=len(present[lead].result.participants),
+            seconds=seconds,
+            bytes_sent_per_node=float(max(r.traffic.sent for r in results)),
+            model_bytes=self.model_bytes,
+            digest_agreed=len({r.digest for r in final}) == 1 and len(final) == len(results),
+            digest=_agreed_digest(results),
+            transactions=transactions,
+            gas_used=gas,
+            accuracy=evaluation["accuracy"],
+            loss=evaluation["loss"],
+            per_node=self._node_records(number, outcomes),
+            faults=self.faults.summary(k, self.ledgers[0].round(number)),
+            events=self.chain_log.events(number),
+            calls=self.chain_log.calls(),
+        )
+
+    def _node_records(self, number: int, outcomes: list[NodeRound | None]) -> list[NodeRoundRecord]:
+        """Each node's record of round `number`; an away node's says why (faults.status)."""
+        return [
+            NodeRoundRecord.from_round(o, node=i)
+            if o is not None
+            else NodeRoundRecord(round=number, status=self.faults.status(i) or "away", node=i)
+            for i, o in enumerate(outcomes)
+        ]
 
 
 def _mined(ledgers: list[Ledger]) -> tuple[int, int]:

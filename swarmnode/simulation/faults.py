@@ -5,6 +5,9 @@ the scenario); `FaultPlan` turns them into what happens to each node in each rou
 up front from the seed, so that a run repeats exactly and the report can say who was meant to
 be away. Carrying the plan out on live nodes is swarmnode/simulation/injector.py.
 
+This is the bottom of the simulator (docs/simulator.md#layers): it reads a scenario through
+`FaultSettings`, the fields it needs, and never imports scenario.py, which imports it.
+
 Nodes are numbered from 0 as in metrics.jsonl; rounds from 1, the run's n-th round.
 """
 
@@ -13,22 +16,20 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from swarmnode.exceptions import ConfigError
-
-if TYPE_CHECKING:
-    from swarmnode.simulation.scenario import Scenario
+from swarmnode.p2p.faults import Fault
 
 MIN_ACTIVE = 2  # the contract's smallest round: faults never leave fewer nodes to hold one
 
 
 class Crash(BaseModel):
     """Node `node` dies at point `at` of round `round` (a die_at point, as
-    swarmnode.allreduce.Fault parses it) and, with `rejoin`, comes back as a fresh process
+    swarmnode.p2p.faults.Fault parses it) and, with `rejoin`, comes back as a fresh process
     at that round, catching up from its peers before it joins."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -41,8 +42,6 @@ class Crash(BaseModel):
     @field_validator("at")
     @classmethod
     def _known_point(cls, value: str) -> str:
-        from swarmnode.allreduce import Fault
-
         try:
             Fault.parse(value)
         except ConfigError as exc:
@@ -61,7 +60,30 @@ class Straggler(BaseModel):
     delay: float = Field(gt=0, le=600)
 
 
-def check_faults(scenario: Scenario) -> None:
+class FaultSettings(Protocol):
+    """The scenario's fields that faults are made of (simulation.scenario.Scenario)."""
+
+    @property
+    def nodes(self) -> int: ...
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def join_window(self) -> int: ...
+    @property
+    def crash(self) -> tuple[Crash, ...]: ...
+    @property
+    def dropout(self) -> float: ...
+    @property
+    def stragglers(self) -> tuple[Straggler, ...]: ...
+    @property
+    def latency(self) -> float: ...
+    @property
+    def bandwidth(self) -> float: ...
+
+
+def check_faults(scenario: FaultSettings) -> None:
     """Raises ValueError naming the first fault setting the scenario cannot run."""
     n = scenario.nodes
     if scenario.join_window < n:
@@ -114,12 +136,12 @@ class Link(NamedTuple):
         return bool(self.latency or self.bandwidth or self.send_delay)
 
 
-def link(scenario: Scenario, node: int) -> Link:
+def link(scenario: FaultSettings, node: int) -> Link:
     delay = sum(s.delay for s in scenario.stragglers if s.node == node)
     return Link(scenario.latency, scenario.bandwidth, delay)
 
 
-def has_faults(scenario: Scenario) -> bool:
+def has_faults(scenario: FaultSettings) -> bool:
     return bool(
         scenario.crash
         or scenario.dropout
@@ -152,7 +174,7 @@ class RoundPlan:
 class FaultPlan:
     """Every round's RoundPlan, drawn once from the scenario's seed."""
 
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: FaultSettings) -> None:
         self.rounds: list[RoundPlan] = []
         previous: frozenset[int] = frozenset()
         for k in range(1, scenario.rounds + 1):
@@ -164,7 +186,7 @@ class FaultPlan:
         return self.rounds[k - 1]
 
 
-def _plan_round(scenario: Scenario, k: int, sat_out_before: frozenset[int]) -> RoundPlan:
+def _plan_round(scenario: FaultSettings, k: int, sat_out_before: frozenset[int]) -> RoundPlan:
     crashing = {c.node: c.at for c in scenario.crash if c.round == k}
     down = frozenset(c.node for c in scenario.crash if _down(c, k))
     restarting = frozenset(c.node for c in scenario.crash if c.rejoin == k)
@@ -190,6 +212,7 @@ def _plan_round(scenario: Scenario, k: int, sat_out_before: frozenset[int]) -> R
 
 
 def nodes_of(accounts: Sequence[str], chosen: Sequence[str]) -> list[int]:
-    """Node numbers of `chosen` accounts, in node order."""
-    lowered = {a.lower() for a in chosen}
-    return [i for i, a in enumerate(accounts) if a.lower() in lowered]
+    """Node numbers of `chosen` accounts, in node order (both as the ledger gives them,
+    normalized where they entered: docs/architecture.md#addresses)."""
+    wanted = set(chosen)
+    return [i for i, a in enumerate(accounts) if a in wanted]

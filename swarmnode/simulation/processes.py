@@ -17,6 +17,9 @@ accounts, one config per node), watches, and cleans up:
 
 The node identities are throwaway dev-chain accounts: empty passphrase and a cheap key
 derivation, so that a daemon starts in a second, not in the seconds scrypt takes.
+
+A runner, beside the in-process engine (docs/simulator.md#processes): the same scenario in,
+the same SwarmRun (results.py) out.
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from eth_account import Account
 
 from swarmnode import canonical
 from swarmnode.checkpoint import read as read_checkpoint
@@ -42,8 +48,9 @@ from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.keys import PASSPHRASE_ENV
 from swarmnode.ledger.rpc import RpcChain
 from swarmnode.ledger.types import RoundStatus
+from swarmnode.records import ROUND_EVENT, NodeRoundRecord
 from swarmnode.rules import SwarmParams
-from swarmnode.simulation.engine import RoundRecord, SwarmRun, swarm_params
+from swarmnode.simulation.results import RoundRecord, SwarmRun
 from swarmnode.simulation.scenario import Scenario
 from swarmnode.training import Data, LocalTrainer, Task
 
@@ -63,7 +70,7 @@ class _Node:
         self.index = index
         self.folder = folder
         self.process = process
-        self.rounds: dict[int, dict[str, Any]] = {}  # round -> its last "round" log line
+        self.rounds: dict[int, NodeRoundRecord] = {}  # round -> its last record in the log
         self.started_at: float | None = None
         self.asked_to_stop = False  # sent SIGTERM: a signal may end it during its own exit
         self.drained = False  # it had exited before its log was last read: nothing more comes
@@ -91,14 +98,15 @@ class _Node:
             event = json.loads(line)
             if event.get("event") == "started":
                 self.started_at = float(event["time"])
-            elif event.get("event") == "round":
-                self.rounds[int(event["round"])] = event
+            elif event.get("event") == ROUND_EVENT:
+                record = NodeRoundRecord.from_json(event)
+                self.rounds[record.round] = record
         return bool(lines)
 
     @property
     def finals(self) -> int:
         """Final rounds so far: what a daemon counts towards its `rounds`."""
-        return sum(1 for e in self.rounds.values() if e["status"] == "final")
+        return sum(1 for r in self.rounds.values() if r.status == "final")
 
     def last_words(self) -> str:
         """The last line the daemon printed, to say why it went wrong."""
@@ -129,7 +137,7 @@ def run_processes(
     folder.mkdir(parents=True, exist_ok=True)
     scorer = LocalTrainer(tasks[0], "cpu", 0, init_seed=scenario.seed)
     initial = scorer.snapshot()
-    params = swarm_params(scenario, len(tasks), initial)
+    params = scenario.swarm_params(len(tasks), canonical.digest(initial))
     anvil = AnvilProcess(log_path=folder / "anvil.log")
     nodes: list[_Node] = []
     with _sigterm_interrupts():
@@ -141,13 +149,7 @@ def run_processes(
             records = watch.run(model_bytes=len(initial) * canonical.ELEMENT_BYTES)
         finally:
             _stop_all(anvil, nodes)
-    return SwarmRun(
-        rounds=records,
-        accuracy=records[-1].accuracy,
-        loss=records[-1].loss,
-        transactions=sum(r.transactions for r in records),
-        gas_used=sum(r.gas_used for r in records),
-    )
+    return SwarmRun.of(records)
 
 
 class _Watch:
@@ -174,8 +176,6 @@ class _Watch:
 
     def stage(self, params: SwarmParams, node_tasks: list[NodeTask], folder: Path) -> None:
         """Deploys, makes and funds one identity per node, writes its config, starts it."""
-        from eth_account import Account
-
         chain = RpcChain(self.anvil.url)
         funder = Account.from_key(DEV_KEY)
         deployment = chain.deploy(params, funder)
@@ -209,56 +209,66 @@ class _Watch:
     def run(self, model_bytes: int) -> list[RoundRecord]:
         """Until every node has stopped: one record per round, the first `rounds` rounds."""
         records: list[RoundRecord] = []
-        began = time.monotonic()
-        last_news = time.monotonic()
+        began = last_news = time.monotonic()
         wanted = self.scenario.rounds
         while True:
             for node in self.nodes:  # exited before this read: the read has its last line
                 node.drained = node.process.poll() is not None
-            news = [node.read_log() for node in self.nodes]
-            if any(news):
+            if any([node.read_log() for node in self.nodes]):
                 last_news = time.monotonic()
             self._score_checkpoints()
-            exited = [node.drained for node in self.nodes]  # and every line of theirs read
-            for node in self.nodes:
-                code = node.process.poll()
-                if code not in (None, 0) and not (node.asked_to_stop and code == -signal.SIGTERM):
-                    raise SwarmError(
-                        f"node {node.index} (pid {node.process.pid}) exited with code {code}: "
-                        f"{node.last_words()}"
-                    )
+            over = all(node.drained for node in self.nodes)  # and every line of theirs read
+            self._check_exits()
             while len(records) < wanted:
-                record = self._record(len(records), records, model_bytes, all(exited))
+                record = self._record(len(records), records, model_bytes, over)
                 if record is None:
                     break
                 records.append(record)
                 self.on_round(record)
-            if all(exited):
+            if over:
                 break
             if len(records) >= wanted:
-                # a failed round does not count towards a daemon's `rounds`, so one that saw
-                # one goes on after the swarm's rounds are done: ask it to leave
-                for node in self.nodes:
-                    if not node.asked_to_stop and node.finals < wanted:
-                        node.asked_to_stop = node.process.poll() is None
-                        if node.asked_to_stop:
-                            node.process.send_signal(signal.SIGTERM)
-            now = time.monotonic()
-            for node in self.nodes:
-                if node.started_at is None and now - began > START_SECONDS:
-                    raise SwarmError(
-                        f"node {node.index} (pid {node.process.pid}) did not start within "
-                        f"{START_SECONDS:.0f} s: {node.last_words()}"
-                    )
-            if now - last_news > self.stall_seconds:
-                raise SwarmError(
-                    f"no node logged anything for {self.stall_seconds:.0f} s; their logs are "
-                    f"in {self.nodes[0].folder.parent}"
-                )
+                self._ask_to_leave(wanted)
+            self._check_progress(began, last_news)
             time.sleep(POLL_SECONDS)  # the daemons' log files are what there is to watch
         if not records:
             raise SwarmError("the nodes stopped before any round ended")
         return records
+
+    def _check_exits(self) -> None:
+        """A node that exited on its own with an error ends the run, naming it."""
+        for node in self.nodes:
+            code = node.process.poll()
+            if code not in (None, 0) and not (node.asked_to_stop and code == -signal.SIGTERM):
+                raise SwarmError(
+                    f"node {node.index} (pid {node.process.pid}) exited with code {code}: "
+                    f"{node.last_words()}"
+                )
+
+    def _ask_to_leave(self, wanted: int) -> None:
+        """SIGTERM to the nodes still short of `wanted` final rounds: a failed round does
+        not count towards a daemon's `rounds`, so one that saw one goes on after the
+        swarm's rounds are done."""
+        for node in self.nodes:
+            if not node.asked_to_stop and node.finals < wanted:
+                node.asked_to_stop = node.process.poll() is None
+                if node.asked_to_stop:
+                    node.process.send_signal(signal.SIGTERM)
+
+    def _check_progress(self, began: float, last_news: float) -> None:
+        """A node that never started, or a swarm that went quiet, ends the run."""
+        now = time.monotonic()
+        for node in self.nodes:
+            if node.started_at is None and now - began > START_SECONDS:
+                raise SwarmError(
+                    f"node {node.index} (pid {node.process.pid}) did not start within "
+                    f"{START_SECONDS:.0f} s: {node.last_words()}"
+                )
+        if now - last_news > self.stall_seconds:
+            raise SwarmError(
+                f"no node logged anything for {self.stall_seconds:.0f} s; their logs are "
+                f"in {self.nodes[0].folder.parent}"
+            )
 
     def _round_numbers(self) -> list[int]:
         return sorted({r for node in self.nodes for r in node.rounds})
@@ -267,73 +277,70 @@ class _Watch:
         self, position: int, records: list[RoundRecord], model_bytes: int, over: bool
     ) -> RoundRecord | None:
         """The `position`-th round, once every node is past it and its model is scored."""
+        number = self._ready(position, over)
+        if number is None:
+            return None
+        mine = [
+            replace(node.rounds[number], node=node.index, pid=node.process.pid)
+            for node in self.nodes
+            if number in node.rounds
+        ]
+        assert self.reader is not None
+        state = self.reader.round(number)
+        chain_digest = state.final_digest if state.status == RoundStatus.FINAL else None
+        agreed = self._agreed(number, mine, chain_digest)
+        accuracy, loss = self._score(number, records)
+        return RoundRecord(
+            round=number,
+            participants=len(state.participants),
+            seconds=_seconds(mine, records, self.nodes),
+            bytes_sent_per_node=float(max(r.bytes_sent for r in mine)),
+            model_bytes=model_bytes,
+            digest_agreed=agreed,
+            digest=chain_digest.hex() if agreed and chain_digest is not None else "",
+            transactions=sum(r.receipts or 0 for r in mine),
+            gas_used=sum(r.gas for r in mine),
+            accuracy=accuracy,
+            loss=loss,
+            per_node=mine,
+        )
+
+    def _ready(self, position: int, over: bool) -> int | None:
+        """The number of the `position`-th round if it can be recorded: every node is past
+        it and the model it merged is scored, or the nodes are all gone (`over`)."""
         numbers = self._round_numbers()
         if position >= len(numbers):
             return None
         number = numbers[position]
-        behind = [
-            node
-            for node in self.nodes
-            if not node.drained and max(node.rounds, default=0) < number
-        ]
-        if behind and not over:
+        if over:
+            return number
+        if any(not n.drained and max(n.rounds, default=0) < number for n in self.nodes):
             return None
-        events = [(node, node.rounds[number]) for node in self.nodes if number in node.rounds]
-        merged = any(e["digest"] for _, e in events)  # a node with a digest checkpoints it
-        if merged and number not in self.scores and not over:
-            return None  # the checkpoint is written just after the log line
-        assert self.reader is not None
-        state = self.reader.round(number)
-        chain_digest = state.final_digest if state.status == RoundStatus.FINAL else None
+        merged = any(n.rounds[number].digest for n in self.nodes if number in n.rounds)
+        if merged and number not in self.scores:
+            return None  # a node with a digest checkpoints it just after the log line
+        return number
+
+    def _agreed(self, number: int, mine: list[NodeRoundRecord], chain_digest: bytes | None) -> bool:
+        """Every node ended the round holding the model whose digest is on chain."""
         score = self.scores.get(number)
-        agreed = (  # every node ended the round holding the model whose digest is on chain
+        return (
             chain_digest is not None
-            and len(events) == len(self.nodes)
-            and {e["digest"] for _, e in events} == {chain_digest.hex()}
+            and len(mine) == len(self.nodes)
+            and {r.digest for r in mine} == {chain_digest.hex()}
             and score is not None
             and score[0] == chain_digest
         )
+
+    def _score(self, number: int, records: list[RoundRecord]) -> tuple[float, float]:
+        """(accuracy, loss) of the model round `number` left: its checkpoint's, or, with no
+        new model, the last round's (the initial model's before any)."""
+        score = self.scores.get(number)
         if score is not None:
-            accuracy, loss = score[1], score[2]
-        elif records:
-            accuracy, loss = records[-1].accuracy, records[-1].loss  # no new model
-        else:
-            accuracy, loss = self._initial_score()
-        ended = max(float(e["time"]) for _, e in events)
+            return score[1], score[2]
         if records:
-            began = max(float(e["time"]) for e in records[-1].per_node)
-        else:
-            starts = [n.started_at for n in self.nodes if n.started_at is not None]
-            began = max(starts) if starts else ended
-        return RoundRecord(
-            round=number,
-            participants=len(state.participants),
-            seconds=max(0.0, ended - began),
-            bytes_sent_per_node=float(max(int(e.get("bytes_sent", 0)) for _, e in events)),
-            model_bytes=model_bytes,
-            digest_agreed=agreed,
-            digest=chain_digest.hex() if agreed and chain_digest is not None else "",
-            transactions=sum(int(e.get("receipts", 0)) for _, e in events),
-            gas_used=sum(int(e.get("gas", 0)) for _, e in events),
-            accuracy=accuracy,
-            loss=loss,
-            per_node=[
-                {
-                    "node": node.index,
-                    "pid": node.process.pid,
-                    "status": e["status"],
-                    "batches": e.get("batches"),
-                    "val_loss": e.get("val_loss"),
-                    "bytes_sent": e.get("bytes_sent"),
-                    "bytes_received": e.get("bytes_received"),
-                    "transactions": e.get("transactions"),
-                    "gas": e.get("gas"),
-                    "seconds": e.get("seconds"),
-                    "time": e["time"],
-                }
-                for node, e in events
-            ],
-        )
+            return records[-1].accuracy, records[-1].loss
+        return self._initial_score()
 
     def _score_checkpoints(self) -> None:
         """Scores each round's merged model as soon as any node's checkpoint of it appears
@@ -355,6 +362,18 @@ class _Watch:
         trainer = LocalTrainer(self.scorer.task, "cpu", 0, init_seed=self.scenario.seed)
         metrics = trainer.evaluate(self.test_set)
         return metrics["accuracy"], metrics["loss"]
+
+
+def _seconds(mine: list[NodeRoundRecord], records: list[RoundRecord], nodes: list[_Node]) -> float:
+    """From the previous round's last log line (the last daemon's start, for the first
+    round) to this round's last."""
+    ended = max(r.time or 0.0 for r in mine)
+    if records:
+        began = max(r.time or 0.0 for r in records[-1].per_node)
+    else:
+        starts = [n.started_at for n in nodes if n.started_at is not None]
+        began = max(starts) if starts else ended
+    return max(0.0, ended - began)
 
 
 def _node_toml(scenario: Scenario, index: int, task: str, task_args: dict[str, Any]) -> str:

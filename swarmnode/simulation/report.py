@@ -1,4 +1,8 @@
-"""What a simulation leaves in its output folder: report.json, metrics.jsonl and a plot."""
+"""What a simulation leaves: report.json, metrics.jsonl, a plot, its summary on the terminal.
+
+A report (docs/simulator.md#reports): it reads a SwarmRun and the baselines' curves
+(results.py), whichever runner made them, and runs nothing itself.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from swarmnode.simulation.baselines import Curve
-from swarmnode.simulation.engine import SwarmRun
+from swarmnode.simulation.results import Curve, SwarmRun
 from swarmnode.simulation.scenario import Scenario
 
 
@@ -62,14 +66,16 @@ def write_outputs(
     with open(out / "metrics.jsonl", "w") as metrics:
         for record in swarm.rounds:
             for node in record.per_node:
-                line = {"round": record.round, **node, "swarm_test_accuracy": record.accuracy}
+                # the swarm's round number, also for a node that was away from it
+                line = {**node.to_json(), "round": record.round}
+                line["swarm_test_accuracy"] = record.accuracy
                 metrics.write(json.dumps(line) + "\n")
     plot(out / "accuracy.png", swarm, local, centralized, report["scenario"]["name"])
     return written
 
 
 def plot(path: Path, swarm: SwarmRun, local: list[Curve], centralized: Curve, title: str) -> None:
-    import matplotlib
+    import matplotlib  # here: over half a second to import, for the plot alone
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -104,3 +110,52 @@ def progress_bar(console: Console) -> Progress:
         console=console,
         transient=not console.is_terminal,
     )
+
+
+def print_summary(console: Console, report: dict[str, Any], files: list[Path]) -> None:
+    """The accuracies side by side, the chain's and the network's figures, the faults."""
+    table = Table(title="test accuracy on the held-out set")
+    table.add_column("model")
+    table.add_column("accuracy", justify="right")
+    table.add_row("swarm (every node holds it)", f"{report['swarm']['accuracy']:.3f}")
+    table.add_row("all data pooled (centralized)", f"{report['centralized']['accuracy']:.3f}")
+    table.add_row("each node alone: mean", f"{report['local']['mean_accuracy']:.3f}")
+    table.add_row("each node alone: best", f"{report['local']['best_accuracy']:.3f}")
+    console.print(table)
+    rounds = report["rounds"]
+    agreed = sum(r["digest_agreed"] for r in rounds)
+    ratio = max(r["bytes_sent_per_node"] / r["model_bytes"] for r in rounds)
+    console.print(
+        f"{len(rounds)} rounds, digests agreed in {agreed}; at most {ratio:.2f} x the model "
+        f"sent per node per round; {report['chain']['transactions']} transactions, "
+        f"{report['chain']['gas_used']:,} gas; {report['wall_seconds']:.0f} s"
+    )
+    faults = _fault_table(rounds)
+    if faults is not None:
+        console.print(faults)
+    console.print("wrote " + ", ".join(str(f) for f in files))
+
+
+_FAULT_COLUMNS = {
+    "crashed": "crashed",
+    "down": "down",
+    "sat_out": "sat out",
+    "restarted": "restarted",
+    "caught_up": "caught up first",
+    "dropped": "voted out",
+}
+
+
+def _fault_table(rounds: list[dict[str, Any]]) -> Table | None:
+    """The rounds in which a fault touched someone, by node number; None if none did."""
+    touched = [r for r in rounds if any(r.get("faults", {}).get(key) for key in _FAULT_COLUMNS)]
+    if not touched:
+        return None
+    table = Table(title="faults: who, round by round (nodes numbered from 0)")
+    for title in ("round", "participants", "attempts", *_FAULT_COLUMNS.values()):
+        table.add_column(title)
+    for r in touched:
+        f = r["faults"]
+        cells = [", ".join(str(i) for i in f[key]) for key in _FAULT_COLUMNS]
+        table.add_row(str(r["round"]), str(r["participants"]), str(f["attempts"]), *cells)
+    return table

@@ -1,29 +1,48 @@
-"""`swarmnode simulate`: the scenario, the swarm, the baselines, the report."""
+"""`swarmnode simulate` and `swarmnode simulate sweep`: a command's runners, then its report.
+
+The top of the simulator (docs/simulator.md#layers): the only module that knows both the
+runners (engine, processes, baselines, sweep) and the reports (report, sweep_report).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.progress import Progress, TaskID
 from torch.utils.data import TensorDataset
 
-from swarmnode.simulation.baselines import centralized_baseline, local_baselines
-from swarmnode.simulation.data import Dataset, load_dataset
-from swarmnode.simulation.engine import RoundRecord, make_task, run_swarm, run_tasks
-from swarmnode.simulation.partition import IndexArray, partition
+from swarmnode.simulation import report as run_report
+from swarmnode.simulation import sweep_report
+from swarmnode.simulation.baselines import centralized_baseline, local_baselines, own_baselines
+from swarmnode.simulation.data import Dataset
+from swarmnode.simulation.engine import run_swarm, run_tasks
+from swarmnode.simulation.partition import IndexArray
 from swarmnode.simulation.processes import NodeTask, run_processes
-from swarmnode.simulation.report import build_report, progress_bar, write_outputs
+from swarmnode.simulation.report import progress_bar
+from swarmnode.simulation.results import Curve, RoundRecord, SwarmRun
 from swarmnode.simulation.scenario import Scenario
+from swarmnode.simulation.sweep import (
+    Cell,
+    CellResult,
+    Grid,
+    cell_scenario,
+    checked_cell,
+    full_fidelity,
+    grid_cells,
+    run_cells,
+)
 from swarmnode.simulation.tasks import (
     DATASET_TASK,
     dataset_task_args,
-    own_baselines,
+    make_task,
     own_task_args,
     own_tasks,
+    scenario_data,
 )
 from swarmnode.training import Data, Task
 
@@ -60,15 +79,7 @@ def _nodes(scenario: Scenario) -> _Nodes:
             f"{n} nodes on {scenario.task} (sizes {min(sizes)}-{max(sizes)}; "
             f"held-out test set {scenario.test_set})",
         )
-    data = load_dataset(scenario.dataset, test_fraction=scenario.test_fraction, seed=seed)
-    parts = partition(
-        data.y_train.numpy(),
-        n,
-        scenario.partition,
-        seed=seed,
-        alpha=scenario.alpha,
-        shards_per_node=scenario.shards_per_node,
-    )
+    data, parts = scenario_data(scenario)
     return _Nodes(
         [make_task(scenario, data, part) for part in parts],
         TensorDataset(data.x_test, data.y_test),
@@ -82,6 +93,7 @@ def _nodes(scenario: Scenario) -> _Nodes:
 
 
 def simulate(scenario: Scenario, out: Path, console: Console | None = None) -> Outcome:
+    """The swarm, its two baselines, and the report of the three in `out`."""
     console = console or Console()
     started = time.perf_counter()
     nodes = _nodes(scenario)
@@ -97,79 +109,93 @@ def simulate(scenario: Scenario, out: Path, console: Console | None = None) -> O
     )
     with progress_bar(console) as progress:
         bar = progress.add_task("swarm rounds", total=scenario.rounds, status="")
-
-        def on_round(record: RoundRecord) -> None:
-            progress.update(
-                bar,
-                advance=1,
-                status=f"accuracy {record.accuracy:.3f}, {record.seconds:.1f} s, "
-                f"digests agree: {record.digest_agreed}",
-            )
-
-        if scenario.processes:
-            swarm = run_processes(
-                scenario, nodes.tasks, nodes.test_set, nodes.node_tasks, out, on_round
-            )
-        elif nodes.data is not None:
-            swarm = run_swarm(scenario, nodes.data, nodes.parts, on_round)
-        else:
-            swarm = run_tasks(scenario, nodes.tasks, nodes.test_set, on_round)
+        swarm = _swarm(scenario, nodes, out, _round_status(progress, bar))
         progress.update(bar, status="baselines: each node alone, all data pooled")
-        if nodes.data is not None:
-            local = local_baselines(scenario, nodes.data, nodes.parts)
-            pooled = centralized_baseline(scenario, nodes.data, nodes.parts)
-        else:
-            local, pooled = own_baselines(scenario, nodes.tasks, nodes.test_set)
+        local, pooled = _baselines(scenario, nodes)
     wall = time.perf_counter() - started
-    report = build_report(scenario, swarm, local, pooled, wall)
-    files = write_outputs(out, report, swarm, local, pooled)
-    _print_summary(console, report, files)
+    report = run_report.build_report(scenario, swarm, local, pooled, wall)
+    files = run_report.write_outputs(out, report, swarm, local, pooled)
+    run_report.print_summary(console, report, files)
     return Outcome(report, files)
 
 
-def _print_summary(console: Console, report: dict[str, Any], files: list[Path]) -> None:
-    table = Table(title="test accuracy on the held-out set")
-    table.add_column("model")
-    table.add_column("accuracy", justify="right")
-    table.add_row("swarm (every node holds it)", f"{report['swarm']['accuracy']:.3f}")
-    table.add_row("all data pooled (centralized)", f"{report['centralized']['accuracy']:.3f}")
-    table.add_row("each node alone: mean", f"{report['local']['mean_accuracy']:.3f}")
-    table.add_row("each node alone: best", f"{report['local']['best_accuracy']:.3f}")
-    console.print(table)
-    rounds = report["rounds"]
-    agreed = sum(r["digest_agreed"] for r in rounds)
-    ratio = max(r["bytes_sent_per_node"] / r["model_bytes"] for r in rounds)
-    console.print(
-        f"{len(rounds)} rounds, digests agreed in {agreed}; at most {ratio:.2f} x the model "
-        f"sent per node per round; {report['chain']['transactions']} transactions, "
-        f"{report['chain']['gas_used']:,} gas; {report['wall_seconds']:.0f} s"
-    )
-    faults = _fault_table(rounds)
-    if faults is not None:
-        console.print(faults)
+def _swarm(
+    scenario: Scenario, nodes: _Nodes, out: Path, on_round: Callable[[RoundRecord], None]
+) -> SwarmRun:
+    """The swarm's run: daemons (--processes), or virtual nodes in this process."""
+    if scenario.processes:
+        return run_processes(scenario, nodes.tasks, nodes.test_set, nodes.node_tasks, out, on_round)
+    if nodes.data is not None:
+        return run_swarm(scenario, nodes.data, nodes.parts, on_round)
+    return run_tasks(scenario, nodes.tasks, nodes.test_set, on_round)
+
+
+def _baselines(scenario: Scenario, nodes: _Nodes) -> tuple[list[Curve], Curve]:
+    if nodes.data is not None:
+        local = local_baselines(scenario, nodes.data, nodes.parts)
+        return local, centralized_baseline(scenario, nodes.data, nodes.parts)
+    return own_baselines(scenario, nodes.tasks, nodes.test_set)
+
+
+def _round_status(progress: Progress, bar: TaskID) -> Callable[[RoundRecord], None]:
+    def on_round(record: RoundRecord) -> None:
+        progress.update(
+            bar,
+            advance=1,
+            status=f"accuracy {record.accuracy:.3f}, {record.seconds:.1f} s, "
+            f"digests agree: {record.digest_agreed}",
+        )
+
+    return on_round
+
+
+def sweep(
+    base: Scenario,
+    grid: Grid,
+    out: Path,
+    *,
+    check: str = "first",
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Runs every cell of `grid` on the in-memory backend, then `check` ("first", "none" or a
+    cell label) at full fidelity; writes sweep.json and sweep.png into `out`."""
+    console = console or Console()
+    started = time.perf_counter()
+    # every refusal before any run
+    scenarios = {cell: cell_scenario(base, grid, cell) for cell in grid_cells(grid)}
+    checked = checked_cell(check, grid)
+    console.print(_sweep_header(base, grid, len(scenarios), checked))
+    with progress_bar(console) as progress:
+        bar = progress.add_task("sweep", total=len(scenarios), status="")
+        results = run_cells(scenarios, _cell_status(progress, bar))
+        check_report = None
+        if checked is not None:
+            progress.update(bar, status=f"{checked.label} at full fidelity (embedded chain, gRPC)")
+            memory = next(r for r in results if r.cell == checked)
+            check_report = full_fidelity(scenarios[checked], memory)
+    wall = time.perf_counter() - started
+    report = sweep_report.build_report(base, grid, results, check_report, wall)
+    files = sweep_report.write_outputs(out, report, grid)
+    sweep_report.print_tables(console, report, grid)
     console.print("wrote " + ", ".join(str(f) for f in files))
+    return report
 
 
-_FAULT_COLUMNS = {
-    "crashed": "crashed",
-    "down": "down",
-    "sat_out": "sat out",
-    "restarted": "restarted",
-    "caught_up": "caught up first",
-    "dropped": "voted out",
-}
+def _sweep_header(base: Scenario, grid: Grid, runs: int, checked: Cell | None) -> str:
+    return (
+        f"[bold]sweep[/]: {len(grid.rules)} rules x {len(grid.attacks)} attacks x "
+        f"{len(grid.seeds)} seeds x {len(grid.datasets)} data sets = {runs} runs of "
+        f"{base.nodes} nodes ({grid.byzantine} Byzantine under attack), {base.rounds} rounds "
+        "each, in-memory ledger and transport"
+        + (f"; {checked.label} again at full fidelity" if checked else "")
+    )
 
 
-def _fault_table(rounds: list[dict[str, Any]]) -> Table | None:
-    """The rounds in which a fault touched someone, by node number; None if none did."""
-    touched = [r for r in rounds if any(r.get("faults", {}).get(key) for key in _FAULT_COLUMNS)]
-    if not touched:
-        return None
-    table = Table(title="faults: who, round by round (nodes numbered from 0)")
-    for title in ("round", "participants", "attempts", *_FAULT_COLUMNS.values()):
-        table.add_column(title)
-    for r in touched:
-        f = r["faults"]
-        cells = [", ".join(str(i) for i in f[key]) for key in _FAULT_COLUMNS]
-        table.add_row(str(r["round"]), str(r["participants"]), str(f["attempts"]), *cells)
-    return table
+def _cell_status(progress: Progress, bar: TaskID) -> Callable[[Cell, CellResult | None], None]:
+    def on_cell(cell: Cell, result: CellResult | None) -> None:
+        if result is None:
+            progress.update(bar, status=cell.label)
+        else:
+            progress.update(bar, advance=1, status=f"{cell.label}: {result.accuracy:.3f}")
+
+    return on_cell

@@ -1,7 +1,9 @@
 """A simulation scenario: every setting validated, from a TOML file and command-line flags.
 
 A wrong field is named with its file and field in one line (ConfigError), never a pydantic
-traceback.
+traceback. With faults.py this is the simulator's bottom layer (docs/simulator.md#layers):
+everything else in swarmnode/simulation reads a Scenario, and this module reads nothing of
+theirs.
 """
 
 from __future__ import annotations
@@ -9,12 +11,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from swarmnode.config import read_toml_table, validated
+from swarmnode.rules import (
+    PPM,
+    MergeRuleId,
+    Rule,
+    SwarmParams,
+    SyncPolicyId,
+    merge_rule_needs,
+)
 from swarmnode.simulation.faults import Crash, Straggler, check_faults, has_faults
 
-MERGE_RULES = ("mean", "median", "trimmed_mean", "krum", "geometric_median", "centered_clip")
+MERGE_RULES: tuple[str, ...] = tuple(rule.name.lower() for rule in MergeRuleId)
+"""The merge rules by the names scenarios, flags and sweeps give them: the contract's own."""
 
 
 class Scenario(BaseModel):
@@ -33,9 +44,7 @@ class Scenario(BaseModel):
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(0.05, gt=0)
     hidden: int = Field(64, ge=1)
-    merge_rule: Literal[
-        "mean", "median", "trimmed_mean", "krum", "geometric_median", "centered_clip"
-    ] = "mean"
+    merge_rule: str = Field("mean", description="one of MERGE_RULES")
     merge_params: tuple[int, int, int, int] = (0, 0, 0, 0)
     seed: int = 0
     test_fraction: float = Field(0.2, gt=0, lt=1)
@@ -57,6 +66,13 @@ class Scenario(BaseModel):
     bandwidth: float = Field(0.0, ge=0, description="bytes/s per link between peers; 0: no cap")
     join_window: int = Field(60, ge=1, le=3600, description="seconds, from a round's first join")
     transfer_deadline: int = Field(60, ge=1, le=3600, description="seconds before drop votes")
+
+    @field_validator("merge_rule")
+    @classmethod
+    def _known_rule(cls, value: str) -> str:
+        if value not in MERGE_RULES:
+            raise ValueError(f"unknown merge rule {value!r} (known: {', '.join(MERGE_RULES)})")
+        return value
 
     @model_validator(mode="after")
     def _faults(self) -> Scenario:
@@ -84,8 +100,6 @@ class Scenario(BaseModel):
 
     @model_validator(mode="after")
     def _rule_parameters(self) -> Scenario:
-        from swarmnode.rules import merge_rule_needs
-
         if self.byzantine >= self.nodes:
             raise ValueError("byzantine must leave at least one honest node")
         if self.byzantine and self.attack == "none":
@@ -102,8 +116,6 @@ class Scenario(BaseModel):
         that its result is the attackers' choice, and a run would only show that. The mean
         tolerates none and is still allowed: it is the undefended baseline attack runs
         compare with."""
-        from swarmnode.rules import PPM
-
         b, n, p = self.byzantine, self.nodes, self.merge_params
         if b and self.attack == "label_flip" and self.task is not None:
             raise ValueError("label_flip flips a bundled data set's labels, not a task's own")
@@ -126,10 +138,23 @@ class Scenario(BaseModel):
             )
         return self
 
-    def rule(self) -> Any:
-        from swarmnode.rules import MergeRuleId, Rule
-
+    def rule(self) -> Rule:
         return Rule(MergeRuleId[self.merge_rule.upper()], self.merge_params)
+
+    def swarm_params(self, nodes: int, initial_digest: bytes) -> SwarmParams:
+        """The contract's parameters for this scenario, in process and with --processes alike."""
+        return SwarmParams(
+            min_peers=2,
+            max_peers=nodes,
+            # every node joins each round, and the last join closes it: the window only
+            # matters if a node falls behind, which it may on two busy cores, or is away
+            join_window=self.join_window,
+            transfer_deadline=self.transfer_deadline,
+            round_deadline=max(300, 2 * self.transfer_deadline + 1, self.join_window + 1),
+            merge_rule=self.rule(),
+            sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (self.local_batches, 0, 0, 0)),
+            initial_model_digest=initial_digest,
+        )
 
     @classmethod
     def load(cls, path: Path | None, overrides: dict[str, Any] | None = None) -> Scenario:

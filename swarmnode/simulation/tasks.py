@@ -1,30 +1,46 @@
-"""Ready-made Tasks on the bundled data sets, for `swarmnode run` and the process simulator.
+"""The Tasks simulated nodes train: on the bundled data sets, or a user's own.
 
-A daemon names its task as `module:attribute` with keyword arguments from node.toml's
+The in-process engine builds each node's task with `make_task`; a `swarmnode run` daemon of
+the process simulator names `dataset_task` in its node.toml, which builds the same one. A
+daemon names its task as `module:attribute` with keyword arguments from node.toml's
 `task_args`, so one function serves every node of a swarm: each passes the classes (or the
 slice) it holds. The model depends only on the data set and `hidden`, never on the slice, so
 every node builds the same architecture and the digest of its initial model matches the
-one on chain.
+one on chain. Part of the simulator's data layer (docs/simulator.md#layers): it reads the
+scenario and the data sets, and nothing that runs a swarm.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence, Sized
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, IterableDataset, TensorDataset
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from torch.utils.data import Dataset as TorchDataset
 
 from swarmnode import canonical
 from swarmnode.exceptions import ConfigError
-from swarmnode.simulation.baselines import Curve
-from swarmnode.simulation.data import DATASETS, load_dataset
-from swarmnode.simulation.engine import MLP
+from swarmnode.simulation.attacks import flip_labels, trains_on_flipped_labels
+from swarmnode.simulation.data import DATASETS, Dataset, load_dataset
+from swarmnode.simulation.partition import IndexArray, partition
 from swarmnode.simulation.scenario import Scenario
-from swarmnode.training import Data, LocalTrainer, Task, accuracy, import_attribute
+from swarmnode.training import Data, LocalTrainer, Task, accuracy, import_attribute, load_task
+
+
+class MLP(nn.Module):
+    """The simulator's model: small enough for many nodes on two cores, big enough to learn."""
+
+    def __init__(self, features: int, hidden: int, classes: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)
+        return out
 
 
 def dataset_task(
@@ -127,6 +143,58 @@ def _indices(indices: Sequence[int], rows: int, dataset: str) -> torch.Tensor:
 
 # ---------------------------------------------------------------- the simulator's node tasks
 
+
+def scenario_data(scenario: Scenario) -> tuple[Dataset, list[IndexArray]]:
+    """The scenario's bundled data set, and each node's slice of its training rows."""
+    data = load_dataset(scenario.dataset, test_fraction=scenario.test_fraction, seed=scenario.seed)
+    parts = partition(
+        data.y_train.numpy(),
+        scenario.nodes,
+        scenario.partition,
+        seed=scenario.seed,
+        alpha=scenario.alpha,
+        shards_per_node=scenario.shards_per_node,
+    )
+    return data, parts
+
+
+def make_task(
+    scenario: Scenario, data: Dataset, indices: npt.NDArray[np.int64], *, flip: bool = False
+) -> Task:
+    """A node's task: the shared model, its own slice, its slice as validation signal; with
+    `flip`, a label-flipping Byzantine node's (its slice with every label flipped)."""
+    chosen = torch.as_tensor(indices, dtype=torch.long)
+    labels = data.y_train[chosen]
+    if flip:
+        labels = flip_labels(labels, data.classes)
+    own = TensorDataset(data.x_train[chosen], labels)
+    lr = scenario.learning_rate
+
+    def optimizer(params: Any) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+    return Task(
+        model_factory=lambda: MLP(data.features, scenario.hidden, data.classes),
+        train_data=own,
+        val_data=own,
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer_factory=optimizer,
+        batch_size=scenario.batch_size,
+        metrics={"accuracy": accuracy},
+        name=f"{data.name}-mlp",
+    )
+
+
+def node_tasks(scenario: Scenario, data: Dataset, parts: list[npt.NDArray[np.int64]]) -> list[Task]:
+    """One task per part; the Byzantine nodes are the last ones, and with `label_flip` they
+    train on their slices with the labels flipped."""
+    flipped = len(parts) - scenario.byzantine if trains_on_flipped_labels(scenario.attack) else None
+    return [
+        make_task(scenario, data, part, flip=flipped is not None and i >= flipped)
+        for i, part in enumerate(parts)
+    ]
+
+
 DATASET_TASK = "swarmnode.simulation.tasks:dataset_task"
 """What a --processes node's node.toml names for a bundled data set."""
 
@@ -135,7 +203,7 @@ def dataset_task_args(
     scenario: Scenario, indices: Sequence[int] | npt.NDArray[np.int64]
 ) -> dict[str, Any]:
     """node.toml's task_args that make `dataset_task` build the task the in-process engine
-    builds for the same slice (engine.make_task): same split, rows, model and optimizer."""
+    builds for the same slice (make_task): same split, rows, model and optimizer."""
     return {
         "dataset": scenario.dataset,
         "indices": [int(i) for i in indices],
@@ -161,8 +229,6 @@ def own_tasks(spec: str, test_spec: str, nodes: int, seed: int) -> tuple[list[Ta
     initial model (else the contract's initial digest cannot match them all), and the
     training data can be pooled for the centralized baseline.
     """
-    from swarmnode.training import load_task
-
     tasks = [load_task(spec, own_task_args(i, nodes, seed)) for i in range(nodes)]
     first: bytes | None = None
     for i, task in enumerate(tasks):
@@ -203,36 +269,3 @@ def own_test_set(spec: str, seed: int) -> Data:
     if isinstance(value, Sized) and len(value) == 0:
         raise ConfigError(f"test_set {spec}: is empty")
     return value
-
-
-def own_baselines(
-    scenario: Scenario, tasks: list[Task], test_set: Data
-) -> tuple[list[Curve], Curve]:
-    """baselines.py's two baselines for a user's Tasks, with the same seeds and budget: each
-    node alone trains its swarm batches, the pooled model (every node's rows, node 0's model,
-    loss and optimizer) trains all the nodes' batches together, round by round."""
-    local = []
-    for i, task in enumerate(tasks):
-        trainer = LocalTrainer(task, "cpu", scenario.seed * 1000 + i, init_seed=scenario.seed)
-        points = []
-        for _ in range(scenario.rounds):
-            trainer.train_batches(scenario.local_batches)
-            points.append(trainer.evaluate(test_set)["accuracy"])
-        local.append(Curve(points))
-    model = tasks[0]
-    pooled = Task(
-        model_factory=model.model_factory,
-        train_data=ConcatDataset([cast(TorchDataset[Any], t.train_data) for t in tasks]),
-        loss_fn=model.loss_fn,
-        optimizer_factory=model.optimizer_factory,
-        batch_size=model.batch_size,
-        metrics=model.metrics,
-        drop_last=model.drop_last,
-        name=f"{model.name}-pooled",
-    )
-    trainer = LocalTrainer(pooled, "cpu", scenario.seed, init_seed=scenario.seed)
-    points = []
-    for _ in range(scenario.rounds):
-        trainer.train_batches(scenario.local_batches * len(tasks))
-        points.append(trainer.evaluate(test_set)["accuracy"])
-    return local, Curve(points)

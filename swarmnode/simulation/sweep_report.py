@@ -1,0 +1,182 @@
+"""What a sweep leaves: sweep.json, sweep.png, and its tables on the terminal.
+
+A report (docs/simulator.md#sweeps): it reads the sweep's grid and cell results, and runs
+nothing itself.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from swarmnode.simulation.scenario import Scenario
+from swarmnode.simulation.sweep import Cell, CellResult, Grid, rule_params
+
+ROBUST_MARGIN = 0.03  # "stays within 3 points of the clean run" (issue 8, point 7)
+
+Rows = dict[tuple[str, str, str], dict[str, Any]]  # the summary by data set, rule, attack
+
+
+def summarize(results: list[CellResult], grid: Grid) -> list[dict[str, Any]]:
+    """Per data set, rule and attack: mean accuracy over seeds, spread (sample standard
+    deviation, min, max) and the distance to the same rule's clean run."""
+    rows: list[dict[str, Any]] = []
+    for d in grid.datasets:
+        for r in grid.rules:
+            acc = {
+                a: [
+                    x.accuracy
+                    for x in results
+                    if (x.cell.dataset, x.cell.rule, x.cell.attack) == (d, r, a)
+                ]
+                for a in grid.attacks
+            }
+            clean = statistics.fmean(acc["none"]) if "none" in acc else None
+            rows += [_summary_row(d, r, a, runs, clean) for a, runs in acc.items()]
+    return rows
+
+
+def _summary_row(
+    dataset: str, rule: str, attack: str, runs: list[float], clean: float | None
+) -> dict[str, Any]:
+    mean = statistics.fmean(runs)
+    return {
+        "dataset": dataset,
+        "rule": rule,
+        "attack": attack,
+        "seeds": len(runs),
+        "mean": mean,
+        "std": statistics.stdev(runs) if len(runs) > 1 else 0.0,
+        "min": min(runs),
+        "max": max(runs),
+        "vs_clean": None if clean is None else mean - clean,
+    }
+
+
+def build_report(
+    base: Scenario,
+    grid: Grid,
+    results: list[CellResult],
+    check: dict[str, Any] | None,
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """sweep.json's content."""
+    return {
+        "base_scenario": base.model_dump(),
+        "grid": {**asdict(grid), "nodes": base.nodes, "rounds": base.rounds},
+        "merge_params": {r: list(rule_params(r, base, grid)) for r in grid.rules},
+        "cells": [
+            {**asdict(x.cell), **{k: v for k, v in asdict(x).items() if k != "cell"}}
+            for x in results
+        ],
+        "summary": summarize(results, grid),
+        "full_fidelity_check": check,
+        "wall_seconds": wall_seconds,
+    }
+
+
+def write_outputs(out: Path, report: dict[str, Any], grid: Grid) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(out / "sweep.png", report["summary"], grid)
+    return [out / "sweep.json", out / "sweep.png"]
+
+
+def print_tables(console: Console, report: dict[str, Any], grid: Grid) -> None:
+    """Per data set: the accuracy table, and which rules held against every attack; then
+    the full-fidelity check."""
+    rows = {(s["dataset"], s["rule"], s["attack"]): s for s in report["summary"]}
+    for d in grid.datasets:
+        console.print(_accuracy_table(d, rows, grid))
+        if "none" in grid.attacks and len(grid.attacks) > 1:
+            console.print(_held(d, rows, grid))
+    check = report["full_fidelity_check"]
+    if check is not None:
+        verdict = "[green]equal[/]" if check["equal"] else "[red]DIFFERENT[/]"
+        console.print(
+            f"full-fidelity re-run of {Cell(**check['cell']).label} (embedded chain, gRPC with "
+            f"mutual TLS, {check['full_fidelity_seconds']:.0f} s): final digest "
+            f"{check['full_fidelity_digest'][:16] or '-'}…, in memory "
+            f"{check['memory_digest'][:16] or '-'}…: {verdict}"
+        )
+    console.print(f"{len(report['cells'])} runs in {report['wall_seconds']:.0f} s")
+
+
+def _accuracy_table(dataset: str, rows: Rows, grid: Grid) -> Table:
+    table = Table(
+        title=f"{dataset}: final swarm accuracy, mean ± std over {len(grid.seeds)} seed(s) "
+        f"(in parentheses: points against the rule's clean run)"
+    )
+    table.add_column("merge rule")
+    for a in grid.attacks:
+        name = a if a == "none" else f"{a} ({grid.byzantine} Byzantine)"
+        table.add_column(name, justify="right")
+    for r in grid.rules:
+        cells = []
+        for a in grid.attacks:
+            s = rows[(dataset, r, a)]
+            text = f"{s['mean']:.3f} ± {s['std']:.3f}"
+            if a != "none" and s["vs_clean"] is not None:
+                colour = "green" if s["vs_clean"] >= -ROBUST_MARGIN else "red"
+                text += f" [{colour}]({100 * s['vs_clean']:+.1f})[/]"
+            cells.append(text)
+        table.add_row(r, *cells)
+    return table
+
+
+def _held(dataset: str, rows: Rows, grid: Grid) -> str:
+    """Which rules stayed within the margin of their clean run under every attack."""
+    held: list[str] = []
+    fell: list[str] = []
+    for r in grid.rules:
+        attacked = [rows[(dataset, r, a)] for a in grid.attacks if a != "none"]
+        lost = [
+            f"{s['attack']} {100 * s['vs_clean']:+.1f}"
+            for s in attacked
+            if s["vs_clean"] is not None and s["vs_clean"] < -ROBUST_MARGIN
+        ]
+        if lost:
+            fell.append(f"{r} ({', '.join(lost)})")
+        else:
+            held.append(r)
+    return (
+        f"within {100 * ROBUST_MARGIN:.0f} points of their clean run under every attack: "
+        f"{', '.join(held) or 'none'}; not: {', '.join(fell) or 'none'}"
+    )
+
+
+def plot(path: Path, summary: list[dict[str, Any]], grid: Grid) -> None:
+    """Grouped bars per data set: rules along x, one bar per attack, whiskers min to max."""
+    import matplotlib  # here: over half a second to import, for the plot alone
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {(s["dataset"], s["rule"], s["attack"]): s for s in summary}
+    fig, axes = plt.subplots(
+        1, len(grid.datasets), figsize=(6 * len(grid.datasets), 4.5), dpi=110, squeeze=False
+    )
+    width = 0.8 / len(grid.attacks)
+    for ax, d in zip(axes[0], grid.datasets, strict=True):
+        for j, a in enumerate(grid.attacks):
+            stats = [rows[(d, r, a)] for r in grid.rules]
+            xs = [i + (j - (len(grid.attacks) - 1) / 2) * width for i in range(len(grid.rules))]
+            means = [s["mean"] for s in stats]
+            spread = [[s["mean"] - s["min"] for s in stats], [s["max"] - s["mean"] for s in stats]]
+            ax.bar(xs, means, width, yerr=spread, capsize=3, label=a)
+        ax.set_xticks(range(len(grid.rules)), grid.rules)
+        ax.set_ylim(0, 1.12)  # headroom for the legend, above the bars
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        ax.set_ylabel("final swarm test accuracy")
+        ax.set_title(f"{d} ({len(grid.seeds)} seed(s), whiskers: min-max)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="upper center", ncol=len(grid.attacks), fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
