@@ -1,4 +1,4 @@
-"""`swarmnode simulate --sweep` as a user runs it, and its full-fidelity re-run."""
+"""`swarmnode simulate sweep` as a user runs it, and its full-fidelity re-run."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from rich.console import Console
 from swarmnode.cli import main
 from swarmnode.rules import SwarmParams
 from swarmnode.simulation.local import memory_swarm, run_in_threads
+from swarmnode.simulation.run import sweep
 from swarmnode.simulation.scenario import Scenario
-from swarmnode.simulation.sweep import Grid, sweep
+from swarmnode.simulation.sweep import Grid
 from swarmnode.simulation.turns import JoinTurns, OrderedJoins
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -36,7 +37,7 @@ def swarmnode(*args: str) -> subprocess.CompletedProcess[str]:
 def test_a_tiny_sweep_writes_every_cell_a_summary_and_a_plot(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     result = swarmnode(
-        "--sweep",
+        "sweep",
         "--datasets",
         "breast_cancer",
         "--rules",
@@ -111,8 +112,8 @@ def test_the_full_fidelity_rerun_ends_with_the_in_memory_digest(tmp_path: Path) 
         (("--seeds", "one"), "--seeds: 'one' is not"),
         (("--seeds", "-1"), "--seeds: give one or more integers >= 0"),
         (("--byzantine", "0"), "--byzantine: a sweep needs at least 1"),
-        (("--attack", "alie"), "--attack sets a single run; with --sweep use --attacks"),
-        (("--seed", "0"), "--seed sets a single run; with --sweep use --seeds"),
+        (("--attack", "alie"), "--attack sets a single run, not a sweep; a sweep takes --attacks"),
+        (("--seed", "0"), "--seed sets a single run, not a sweep; a sweep takes --seeds"),
         (("--full-check", "digits/mean"), "--full-check: 'digits/mean' is not a cell"),
         # 4 of 8 Byzantine: more than the median (or any robust rule) can stand
         (("--byzantine", "4"), "sweep cell digits/median/sign_flip/0"),
@@ -126,7 +127,7 @@ def test_a_bad_sweep_flag_is_one_line_before_anything_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "never"
-    monkeypatch.setattr(sys, "argv", ["swarmnode", "simulate", "--sweep", *args, "--out", str(out)])
+    monkeypatch.setattr(sys, "argv", ["swarmnode", "simulate", "sweep", *args, "--out", str(out)])
     with pytest.raises(SystemExit) as exited:
         main()
     assert exited.value.code == 1
@@ -138,7 +139,22 @@ def test_a_bad_sweep_flag_is_one_line_before_anything_runs(
 def test_grid_flags_without_sweep_are_refused_as_a_subprocess_sees_it() -> None:
     result = swarmnode("--rules", "mean")
     assert result.returncode == 1
-    assert result.stderr.strip() == "swarmnode: --rules goes with --sweep"
+    assert result.stderr.strip() == "swarmnode: --rules goes with `swarmnode simulate sweep`"
+
+
+def test_the_old_sweep_flag_still_reaches_the_sweep_and_says_it_is_going(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "never"
+    argv = ["swarmnode", "simulate", "--sweep", "--rules", "mean,mode", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    notice, error = capsys.readouterr().err.strip().splitlines()
+    assert "`simulate --sweep` is now `simulate sweep`" in notice and "next" in notice
+    assert error.startswith("swarmnode: --rules: unknown 'mode'")  # the sweep's own check
+    assert not out.exists()
 
 
 def test_nodes_join_in_node_order_whatever_order_their_threads_run() -> None:

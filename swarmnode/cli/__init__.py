@@ -1,7 +1,7 @@
 """The `swarmnode` command: parses, then calls the library. A user's mistake is one line.
 
-Each command lives in its own module under swarmnode/cli/ and registers itself on `app`;
-this module only collects them and turns errors into one line on stderr.
+The command tree is built in swarmnode/cli/app.py; this module only runs it and turns
+errors into one line on stderr.
 """
 
 from __future__ import annotations
@@ -13,14 +13,6 @@ import typer
 
 from swarmnode.cli.app import app
 from swarmnode.exceptions import SwarmError
-
-# Importing a command module registers its commands on `app`.
-from swarmnode.cli import chain as _chain  # noqa: F401  isort: skip
-from swarmnode.cli import demo as _demo  # noqa: F401  isort: skip
-from swarmnode.cli import deploy as _deploy  # noqa: F401  isort: skip
-from swarmnode.cli import run as _run  # noqa: F401  isort: skip
-from swarmnode.cli import simulate as _simulate  # noqa: F401  isort: skip
-from swarmnode.cli import init as _init  # noqa: F401  isort: skip
 
 
 def main() -> None:

@@ -1,10 +1,22 @@
-"""The typer application every command module registers on."""
+"""The `swarmnode` command: every command and group, registered here and nowhere else.
+
+Each command is a plain function in a module of its own (init, chain, deploy, status, run,
+simulate, demo); this module decides what the command line calls it and where it sits, so
+that one file shows the whole command tree.
+"""
 
 from __future__ import annotations
 
 import typer
 
 from swarmnode import __version__
+from swarmnode.cli import chain, demo, deploy, init, run, simulate, status
+
+
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
 
 app = typer.Typer(
     add_completion=False,
@@ -13,8 +25,33 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+identity_app = typer.Typer(help="Look at a node's identity.", no_args_is_help=True)
+identity_app.command("show")(init.identity_show)
 
-@app.command()
-def version() -> None:
-    """Print the version."""
-    typer.echo(__version__)
+admin_app = typer.Typer(
+    help="Owner's admission tools for a restricted swarm.", no_args_is_help=True
+)
+admin_app.command("allow")(deploy.admin_allow)
+admin_app.command("revoke")(deploy.admin_revoke)
+
+simulate_app = typer.Typer(
+    cls=simulate.SimulateGroup,
+    help="Many virtual nodes on real data, against baselines: one scenario (`run`, the "
+    "default) or a sweep over merge rules, attacks, seeds and data sets (`sweep`).",
+)
+simulate_app.command(simulate.DEFAULT_COMMAND)(simulate.run)
+simulate_app.command("sweep")(simulate.sweep)
+
+# a node's operator: identity, chain, contract, the node itself, what the chain shows
+app.command()(init.init)
+app.add_typer(identity_app, name="identity")
+app.command()(chain.chain)
+app.command()(deploy.deploy)
+app.command("fund")(deploy.fund_command)
+app.add_typer(admin_app, name="admin")
+app.command()(run.run)
+app.command()(status.status)
+# trying it out
+app.add_typer(simulate_app, name="simulate")
+app.command()(demo.demo)
+app.command()(version)

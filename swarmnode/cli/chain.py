@@ -9,10 +9,9 @@ from types import FrameType
 
 import typer
 
-from swarmnode.cli.app import app
+from swarmnode.ledger.anvil import DEV_ACCOUNT, DEV_CHAIN_ID, AnvilProcess
 
 
-@app.command()
 def chain(
     port: int = typer.Option(8545, min=0, max=65535, help="Port on 127.0.0.1 (0: any free one)."),
     state: Path | None = typer.Option(
@@ -20,8 +19,6 @@ def chain(
     ),
 ) -> None:
     """Start a local dev chain (anvil, prague) until Ctrl-C or SIGTERM."""
-    from swarmnode.ledger.anvil import DEV_ACCOUNT, DEV_CHAIN_ID, AnvilProcess
-
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from swarmnode.cli.app import app
 
-
-@app.command()
 def demo(
     nodes: int = typer.Option(3, min=2, max=16, help="How many nodes take part."),
     seed: int = typer.Option(0, help="Seed of the nodes' random updates."),
 ) -> None:
     """Run one swarm round on an embedded EVM chain and print what happened."""
-    from swarmnode.demo import run_demo
+    from swarmnode.demo import run_demo  # here: web3 and py-evm take seconds to load
 
     run_demo(nodes=nodes, seed=seed)

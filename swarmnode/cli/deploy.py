@@ -1,17 +1,19 @@
-"""`swarmnode deploy / fund / admin / status`: the owner's tools for a swarm on a chain."""
+"""`swarmnode deploy / fund / admin`: the owner's tools for a swarm on a chain."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from swarmnode.cli.app import app
-from swarmnode.cli.options import DeploymentOption, KeystoreOption, RpcOption, resolve_rpc
+from swarmnode.cli.options import (
+    DeploymentOption,
+    KeystoreOption,
+    RpcOption,
+    account_address,
+    resolve_rpc,
+)
 from swarmnode.exceptions import ConfigError
 from swarmnode.rules import MergeRuleId, Rule, SwarmParams, SyncPolicyId
 
@@ -38,6 +40,7 @@ def _rule(spec: str, ids: type[MergeRuleId] | type[SyncPolicyId], what: str) -> 
 
 def _task_digest(spec: str) -> bytes:
     """The digest of the initial model a task's nodes build (init seed 0, as node.toml)."""
+    # here, not at the top: torch takes seconds to load, and only --initial-task needs it
     from swarmnode import canonical
     from swarmnode.training import LocalTrainer, load_task
 
@@ -54,7 +57,6 @@ def _digest(text: str) -> bytes:
     return value
 
 
-@app.command()
 def deploy(
     rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain."),
     out: Path = typer.Option(
@@ -84,6 +86,7 @@ def deploy(
     keystore: Path | None = KeystoreOption,
 ) -> None:
     """Deploy a swarm contract and write its deployment file."""
+    # here, not at the top: web3 takes over a second to load, which other commands skip
     from swarmnode.ledger.keys import load_signer
     from swarmnode.ledger.rpc import RpcChain
 
@@ -112,19 +115,10 @@ def deploy(
         f"(block {deployment.block}), owner {signer.address}; wrote {out}"
     )
     for address in fund:
-        chain.fund(signer, _address(address), int(fund_amount * ETHER))
+        chain.fund(signer, account_address(address), int(fund_amount * ETHER))
         typer.echo(f"funded {address} with {fund_amount:g} ETH")
 
 
-def _address(text: str) -> str:
-    from web3 import Web3
-
-    if not Web3.is_address(text):
-        raise ConfigError(f"{text!r} is not an account address")
-    return str(Web3.to_checksum_address(text))
-
-
-@app.command("fund")
 def fund_command(
     address: str = typer.Argument(..., help="Account to fund."),
     amount: float = typer.Option(10.0, help="ETH to send."),
@@ -133,6 +127,7 @@ def fund_command(
     keystore: Path | None = KeystoreOption,
 ) -> None:
     """Send ETH to an account so that it can pay gas (dev chains: from anvil's dev account)."""
+    # here, not at the top: web3 takes over a second to load, which other commands skip
     from swarmnode.ledger.deployment import Deployment
     from swarmnode.ledger.keys import load_signer
     from swarmnode.ledger.rpc import RpcChain
@@ -142,20 +137,15 @@ def fund_command(
     if known is not None:
         chain.check(known)
     signer = load_signer(chain.chain_id, keystore=keystore)
-    target = _address(address)
+    target = account_address(address)
     chain.fund(signer, target, int(amount * ETHER))
     typer.echo(
         f"funded {target} with {amount:g} ETH; balance {chain.balance(target) / ETHER:g} ETH"
     )
 
 
-admin_app = typer.Typer(
-    help="Owner's admission tools for a restricted swarm.", no_args_is_help=True
-)
-app.add_typer(admin_app, name="admin")
-
-
 def _owner_ledger(rpc: str | None, deployment: Path | None, keystore: Path | None) -> Any:
+    # here, not at the top: web3 takes over a second to load, which other commands skip
     from swarmnode.ledger.deployment import Deployment
     from swarmnode.ledger.keys import load_signer
     from swarmnode.ledger.rpc import RpcChain
@@ -168,7 +158,6 @@ def _owner_ledger(rpc: str | None, deployment: Path | None, keystore: Path | Non
     return chain.ledger(known, load_signer(chain.chain_id, keystore=keystore))
 
 
-@admin_app.command("allow")
 def admin_allow(
     address: str = typer.Argument(..., help="Account to admit."),
     deployment: Path | None = DeploymentOption,
@@ -177,11 +166,10 @@ def admin_allow(
 ) -> None:
     """Let an account register."""
     ledger = _owner_ledger(rpc, deployment, keystore)
-    ledger.allow(_address(address))
-    typer.echo(f"allowed {_address(address)}")
+    ledger.allow(account_address(address))
+    typer.echo(f"allowed {account_address(address)}")
 
 
-@admin_app.command("revoke")
 def admin_revoke(
     address: str = typer.Argument(..., help="Account to revoke; a registered node is removed."),
     deployment: Path | None = DeploymentOption,
@@ -190,173 +178,5 @@ def admin_revoke(
 ) -> None:
     """Take an account's admission back."""
     ledger = _owner_ledger(rpc, deployment, keystore)
-    ledger.revoke(_address(address))
-    typer.echo(f"revoked {_address(address)}")
-
-
-@app.command()
-def status(
-    deployment: Path | None = DeploymentOption,
-    rpc: str | None = RpcOption,
-    rounds: int = typer.Option(5, min=1, help="How many recent rounds to show."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-    node: str | None = typer.Option(
-        None, "--node", help="Show this account's rounds instead: its reports, and if it agreed."
-    ),
-    identity: Path | None = typer.Option(
-        None, "--identity", help="Like --node, for the account of this identity folder."
-    ),
-) -> None:
-    """Show a swarm's parameters, nodes and recent rounds, or one node's rounds."""
-    from eth_account import Account
-
-    from swarmnode.ledger.deployment import Deployment
-    from swarmnode.ledger.rpc import RpcChain
-
-    if deployment is None:
-        raise ConfigError("no deployment given: pass --deployment FILE")
-    if node is not None and identity is not None:
-        raise ConfigError("--node and --identity both name a node: pass one of them")
-    account = _node_account(node, identity)
-    known = Deployment.load(deployment)
-    chain = RpcChain(resolve_rpc(rpc, known.rpc))
-    chain.check(known)
-    reader = chain.ledger(known, Account.create())  # reads only: any account will do
-    if account is not None:
-        _node_status(reader, known.chain_id, account, rounds, as_json)
-        return
-    current = reader.current_round()
-    latest_round, latest_digest = reader.latest_model()
-    report: dict[str, Any] = {
-        "chain_id": known.chain_id,
-        "address": known.address,
-        "owner": reader.owner(),
-        "params": known.to_dict()["params"],
-        "current_round": current,
-        "latest_model": {"round": latest_round, "digest": "0x" + latest_digest.hex()},
-        "nodes": [
-            {
-                "account": n.account,
-                "endpoint": n.endpoint,
-                "fingerprint": "0x" + n.fingerprint.hex(),
-            }
-            for n in reader.active_nodes()
-        ],
-        "rounds": [],
-    }
-    for number in range(current, max(0, current - rounds), -1):
-        state = reader.round(number)
-        report["rounds"].append(
-            {
-                "round": number,
-                "status": state.status.name.lower(),
-                "fail_reason": state.fail_reason.name.lower(),
-                "attempt": state.attempt,
-                "joined": state.joined,
-                "live": state.live,
-                "reports": state.reports,
-                "participants": list(state.participants),
-                "final_digest": None
-                if state.final_digest is None
-                else "0x" + state.final_digest.hex(),
-            }
-        )
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-        return
-    _print_status(report)
-
-
-def _print_status(report: dict[str, Any]) -> None:
-    console = Console()
-    p = report["params"]
-    console.print(
-        f"[bold]swarm[/] {report['address']} on chain id {report['chain_id']}, owner "
-        f"{report['owner']}\n  peers {p['min_peers']}-{p['max_peers']}, join window "
-        f"{p['join_window']}s, transfer deadline {p['transfer_deadline']}s, round deadline "
-        f"{p['round_deadline']}s, merge rule {MergeRuleId(p['merge_rule']['id']).name.lower()}, "
-        f"{'restricted' if p['restricted'] else 'open'} admission\n  latest model: round "
-        f"{report['latest_model']['round']} {report['latest_model']['digest'][:18]}…"
-    )
-    nodes = Table(title=f"{len(report['nodes'])} active nodes")
-    for column in ("account", "endpoint", "certificate sha256"):
-        nodes.add_column(column)
-    for n in report["nodes"]:
-        nodes.add_row(n["account"], n["endpoint"], n["fingerprint"][:18] + "…")
-    console.print(nodes)
-    rounds = Table(title="recent rounds")
-    for column in ("round", "status", "attempt", "joined", "live", "reports", "final digest"):
-        rounds.add_column(column)
-    for r in report["rounds"]:
-        status = r["status"] + (f" ({r['fail_reason']})" if r["status"] == "failed" else "")
-        digest = (r["final_digest"] or "")[:18]
-        rounds.add_row(
-            str(r["round"]),
-            status,
-            str(r["attempt"]),
-            str(r["joined"]),
-            str(r["live"]),
-            str(r["reports"]),
-            digest,
-        )
-    console.print(rounds)
-
-
-def _node_account(node: str | None, identity: Path | None) -> str | None:
-    if node is not None:
-        return _address(node)
-    if identity is not None:
-        from swarmnode.identity import NodeIdentity
-
-        return str(NodeIdentity.inspect(identity).address)
-    return None
-
-
-def _node_status(reader: Any, chain_id: int, account: str, rounds: int, as_json: bool) -> None:
-    """`status --node`: the rounds one node joined, what it reported and if it agreed."""
-    from swarmnode.ledger.history import node_rounds
-
-    record = reader.node(account)
-    joined = node_rounds(reader, account, limit=rounds)
-    if record is None and not joined:
-        raise ConfigError(f"{account} never registered on the swarm at {reader.address}")
-    report: dict[str, Any] = {
-        "chain_id": chain_id,
-        "address": reader.address,
-        "node": {
-            "account": account,
-            "active": bool(record is not None and record.active),
-            "endpoint": None if record is None else record.endpoint,
-        },
-        "rounds": [entry.to_dict() for entry in joined],
-    }
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-        return
-    console = Console()
-    where = f"serving on {record.endpoint}" if record is not None and record.active else "inactive"
-    console.print(
-        f"[bold]node[/] {account} ({where}) in swarm {report['address']} on chain id {chain_id}"
-    )
-    table = Table(title=f"its {len(joined)} most recent rounds" if joined else "no rounds yet")
-    for column in ("round", "status", "attempt", "this node", "its report", "final digest"):
-        table.add_column(column)
-    table.add_column("agreed")
-    for r in report["rounds"]:
-        status = r["status"] + (f" ({r['fail_reason']})" if r["status"] == "failed" else "")
-        part = r["part"] + (
-            f" (attempt {r['report_attempt']})"
-            if r["report"] is not None and r["report_attempt"] != r["attempt"]
-            else ""
-        )
-        agreed = {True: "yes", False: "no", None: "-"}[r["agreed"]]
-        table.add_row(
-            str(r["round"]),
-            status,
-            str(r["attempt"]),
-            part,
-            (r["report"] or "")[:18],
-            (r["final_digest"] or "")[:18],
-            agreed,
-        )
-    console.print(table)
+    ledger.revoke(account_address(address))
+    typer.echo(f"revoked {account_address(address)}")

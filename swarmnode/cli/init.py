@@ -18,7 +18,6 @@ from pathlib import Path
 
 import typer
 
-from swarmnode.cli.app import app
 from swarmnode.identity import (
     ACCOUNT_FILE,
     SUMMARY_FILE,
@@ -84,7 +83,6 @@ def _identity_warnings_printed() -> Iterator[None]:
             )
 
 
-@app.command()
 def init(
     directory: Path = DirOption,
     force: bool = typer.Option(
@@ -166,11 +164,6 @@ def _echo_summary(summary: IdentitySummary) -> None:
     )
 
 
-identity_app = typer.Typer(help="Look at a node's identity.", no_args_is_help=True)
-app.add_typer(identity_app, name="identity")
-
-
-@identity_app.command("show")
 def identity_show(
     directory: Path = DirOption,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),

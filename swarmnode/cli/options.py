@@ -32,3 +32,14 @@ def require_file(path: Path | None, what: str) -> Path:
     if path is None:
         raise ConfigError(f"no {what} given")
     return path
+
+
+def account_address(text: str) -> str:
+    """An account address as typed, normalized where it enters (docs/architecture.md#addresses);
+    ConfigError if it is none."""
+    # here, not at the top: eth_utils adds 0.2 s to the start of commands that take no address
+    from swarmnode.address import is_address, normalize
+
+    if not is_address(text):
+        raise ConfigError(f"{text!r} is not an account address")
+    return normalize(text)

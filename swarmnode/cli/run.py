@@ -12,14 +12,12 @@ from pathlib import Path
 
 import typer
 
-from swarmnode.cli.app import app
 
-
-@app.command()
 def run(
     config: Path = typer.Option(..., "--config", "-c", help="The node's TOML config file."),
 ) -> None:
     """Serve peers, train, and take part in rounds until Ctrl-C or SIGTERM."""
+    # here, not at the top: the daemon loads torch, web3 and grpc, seconds other commands skip
     from swarmnode.config import NodeConfig
     from swarmnode.daemon import install_signal_handlers, run_daemon
 

@@ -1,0 +1,196 @@
+"""`swarmnode status`: what the chain shows of a swarm, or of one node in it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from swarmnode.cli.options import DeploymentOption, RpcOption, account_address, resolve_rpc
+from swarmnode.exceptions import ConfigError
+from swarmnode.identity import NodeIdentity
+from swarmnode.ledger.history import node_rounds
+from swarmnode.rules import MergeRuleId
+
+if TYPE_CHECKING:
+    from swarmnode.ledger.deployment import Deployment
+
+
+def status(
+    deployment: Path | None = DeploymentOption,
+    rpc: str | None = RpcOption,
+    rounds: int = typer.Option(5, min=1, help="How many recent rounds to show."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    node: str | None = typer.Option(
+        None, "--node", help="Show this account's rounds instead: its reports, and if it agreed."
+    ),
+    identity: Path | None = typer.Option(
+        None, "--identity", help="Like --node, for the account of this identity folder."
+    ),
+) -> None:
+    """Show a swarm's parameters, nodes and recent rounds, or one node's rounds."""
+    # here, not at the top: web3 takes over a second to load, which other commands skip
+    from eth_account import Account
+
+    from swarmnode.ledger.deployment import Deployment
+    from swarmnode.ledger.rpc import RpcChain
+
+    if deployment is None:
+        raise ConfigError("no deployment given: pass --deployment FILE")
+    if node is not None and identity is not None:
+        raise ConfigError("--node and --identity both name a node: pass one of them")
+    account = _node_account(node, identity)
+    known = Deployment.load(deployment)
+    chain = RpcChain(resolve_rpc(rpc, known.rpc))
+    chain.check(known)
+    reader = chain.ledger(known, Account.create())  # reads only: any account will do
+    if account is not None:
+        _node_status(reader, known.chain_id, account, rounds, as_json)
+        return
+    report = _swarm_report(reader, known, rounds)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    _print_status(report)
+
+
+def _swarm_report(reader: Any, known: Deployment, rounds: int) -> dict[str, Any]:
+    """The swarm as `status --json` prints it: parameters, active nodes, recent rounds."""
+    current = reader.current_round()
+    latest_round, latest_digest = reader.latest_model()
+    return {
+        "chain_id": known.chain_id,
+        "address": known.address,
+        "owner": reader.owner(),
+        "params": known.to_dict()["params"],
+        "current_round": current,
+        "latest_model": {"round": latest_round, "digest": "0x" + latest_digest.hex()},
+        "nodes": [
+            {
+                "account": n.account,
+                "endpoint": n.endpoint,
+                "fingerprint": "0x" + n.fingerprint.hex(),
+            }
+            for n in reader.active_nodes()
+        ],
+        "rounds": [
+            _round_entry(number, reader.round(number))
+            for number in range(current, max(0, current - rounds), -1)
+        ],
+    }
+
+
+def _round_entry(number: int, state: Any) -> dict[str, Any]:
+    return {
+        "round": number,
+        "status": state.status.name.lower(),
+        "fail_reason": state.fail_reason.name.lower(),
+        "attempt": state.attempt,
+        "joined": state.joined,
+        "live": state.live,
+        "reports": state.reports,
+        "participants": list(state.participants),
+        "final_digest": None if state.final_digest is None else "0x" + state.final_digest.hex(),
+    }
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    console = Console()
+    p = report["params"]
+    console.print(
+        f"[bold]swarm[/] {report['address']} on chain id {report['chain_id']}, owner "
+        f"{report['owner']}\n  peers {p['min_peers']}-{p['max_peers']}, join window "
+        f"{p['join_window']}s, transfer deadline {p['transfer_deadline']}s, round deadline "
+        f"{p['round_deadline']}s, merge rule {MergeRuleId(p['merge_rule']['id']).name.lower()}, "
+        f"{'restricted' if p['restricted'] else 'open'} admission\n  latest model: round "
+        f"{report['latest_model']['round']} {report['latest_model']['digest'][:18]}…"
+    )
+    nodes = Table(title=f"{len(report['nodes'])} active nodes")
+    for column in ("account", "endpoint", "certificate sha256"):
+        nodes.add_column(column)
+    for n in report["nodes"]:
+        nodes.add_row(n["account"], n["endpoint"], n["fingerprint"][:18] + "…")
+    console.print(nodes)
+    rounds = Table(title="recent rounds")
+    for column in ("round", "status", "attempt", "joined", "live", "reports", "final digest"):
+        rounds.add_column(column)
+    for r in report["rounds"]:
+        status = r["status"] + (f" ({r['fail_reason']})" if r["status"] == "failed" else "")
+        digest = (r["final_digest"] or "")[:18]
+        rounds.add_row(
+            str(r["round"]),
+            status,
+            str(r["attempt"]),
+            str(r["joined"]),
+            str(r["live"]),
+            str(r["reports"]),
+            digest,
+        )
+    console.print(rounds)
+
+
+def _node_account(node: str | None, identity: Path | None) -> str | None:
+    if node is not None:
+        return account_address(node)
+    if identity is not None:
+        return str(NodeIdentity.inspect(identity).address)
+    return None
+
+
+def _node_status(reader: Any, chain_id: int, account: str, rounds: int, as_json: bool) -> None:
+    """`status --node`: the rounds one node joined, what it reported and if it agreed."""
+    record = reader.node(account)
+    joined = node_rounds(reader, account, limit=rounds)
+    if record is None and not joined:
+        raise ConfigError(f"{account} never registered on the swarm at {reader.address}")
+    report: dict[str, Any] = {
+        "chain_id": chain_id,
+        "address": reader.address,
+        "node": {
+            "account": account,
+            "active": bool(record is not None and record.active),
+            "endpoint": None if record is None else record.endpoint,
+        },
+        "rounds": [entry.to_dict() for entry in joined],
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    _print_node_status(report)
+
+
+def _print_node_status(report: dict[str, Any]) -> None:
+    console = Console()
+    node = report["node"]
+    where = f"serving on {node['endpoint']}" if node["active"] else "inactive"
+    console.print(
+        f"[bold]node[/] {node['account']} ({where}) in swarm {report['address']} on chain id "
+        f"{report['chain_id']}"
+    )
+    joined = report["rounds"]
+    table = Table(title=f"its {len(joined)} most recent rounds" if joined else "no rounds yet")
+    for column in ("round", "status", "attempt", "this node", "its report", "final digest"):
+        table.add_column(column)
+    table.add_column("agreed")
+    for r in report["rounds"]:
+        status = r["status"] + (f" ({r['fail_reason']})" if r["status"] == "failed" else "")
+        part = r["part"] + (
+            f" (attempt {r['report_attempt']})"
+            if r["report"] is not None and r["report_attempt"] != r["attempt"]
+            else ""
+        )
+        agreed = {True: "yes", False: "no", None: "-"}[r["agreed"]]
+        table.add_row(
+            str(r["round"]),
+            status,
+            str(r["attempt"]),
+            part,
+            (r["report"] or "")[:18],
+            (r["final_digest"] or "")[:18],
+            agreed,
+        )
+    console.print(table)
