@@ -6,92 +6,41 @@ of its update to participant j. Owner j merges its segment from all contribution
 swarm's rule; rules that need global quantities exchange per-segment partial sums, and every
 node adds them up in participant order, so every owner takes the same decisions. All-gather:
 each owner streams its merged segment to every other node. Each node thus sends and receives
-about 2(n-1)/n x the model, whatever n, and nobody waits on a leader.
+about 2(n-1)/n x the model, whatever n, and nobody waits on a leader
+(docs/round-protocol.md#data-plane, docs/round-protocol.md#partial-sums).
 
 Nothing here talks to the chain: the round layer hands in the attempt's live participants,
-weights and commitments as the contract fixed them.
+weights and commitments as the contract fixed them. Nothing here is protobuf either: the
+transport speaks swarmnode.p2p.messages' types.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from swarmnode import canonical
-from swarmnode.exceptions import ConfigError, PeerError, SwarmError
-from swarmnode.merge import MergeRule
-from swarmnode.p2p import peer_pb2
-from swarmnode.p2p.frames import Frame, frames_for
+from swarmnode.address import normalize
+from swarmnode.exceptions import PeerError
+from swarmnode.merge import MergeRule, combine_partials
+from swarmnode.p2p.frames import frames_for
 from swarmnode.p2p.inbox import Inbox
+from swarmnode.p2p.messages import Kind, Partials
 from swarmnode.p2p.transport import FrameSource, Transport
 
+T = TypeVar("T")
 
-class InjectedCrash(SwarmError):
-    """A fault-injection point was reached: this node stops here, as if killed."""
-
-    def __init__(self, message: str, round: int) -> None:
-        super().__init__(message)
-        self.round = round
-
-
-@dataclass(frozen=True)
-class Fault:
-    """Where a node dies on purpose, for fault tests and the simulator's crash scenarios.
-
-    Parsed from "before_reduce_scatter", "reduce_scatter:after_frames=N" (N frames streamed
-    in all, then nothing more) or "all_gather:after_peers=K" (the merged segment reaches
-    exactly K peers). In a separate process the caller turns InjectedCrash into os._exit.
-    """
-
-    phase: str
-    count: int = 0
-
-    PHASES = ("before_reduce_scatter", "reduce_scatter", "all_gather")
-
-    @classmethod
-    def parse(cls, text: str) -> Fault:
-        phase, _, rest = text.partition(":")
-        if phase not in cls.PHASES:
-            raise ConfigError(f"die_at: unknown phase {phase!r} (known: {', '.join(cls.PHASES)})")
-        expected = {"reduce_scatter": "after_frames", "all_gather": "after_peers"}.get(phase)
-        if expected is None:
-            if rest:
-                raise ConfigError(f"die_at: {phase} takes no setting")
-            return cls(phase)
-        key, _, value = rest.partition("=")
-        if key != expected or not value.isdigit():
-            raise ConfigError(f"die_at: write {phase}:{expected}=N")
-        return cls(phase, int(value))
-
-
-class _FrameBudget:
-    """Counts frames across a node's concurrent pushes and cuts them off at the budget."""
-
-    def __init__(self, limit: int) -> None:
-        self._left = limit
-        self._lock = threading.Lock()
-        self.exhausted = threading.Event()
-
-    def wrap(self, source: FrameSource) -> FrameSource:
-        def limited() -> Iterator[Frame]:
-            for frame in source():
-                with self._lock:
-                    if self._left <= 0:
-                        self.exhausted.set()
-                        return
-                    self._left -= 1
-                yield frame
-
-        return limited
+BLAME_TIMEOUT = 2.0  # seconds to ask a silent owner what it waits for
+LOOK = 0.05  # seconds between looks at this node's own sends while it waits for data
 
 
 class MissingContributions(PeerError):
@@ -102,41 +51,6 @@ class MissingContributions(PeerError):
         self.phase = phase
         self.peers = tuple(peers)
         super().__init__(f"{phase}: nothing complete from {why or ', '.join(self.peers)} in time")
-
-
-BLAME_TIMEOUT = 2.0  # seconds to ask a silent owner what it waits for
-
-
-def _blame(
-    me: str, attempt: Attempt, silent: Sequence[str], transport: Transport
-) -> tuple[list[str], str]:
-    """Whom to vote out for the owners whose merged segments (or partial sums) are missing.
-
-    An owner cannot merge, so cannot send, while a contribution to its segment is missing:
-    blaming the owner would drop a live node for another's fault, and with fewer segments
-    than nodes the dead peer's own contributors may be too few to outvote it. So each
-    silent owner is asked whom it still waits for; those are blamed instead. An owner that
-    does not answer, or waits for nobody, is the one to blame. (A crashed or slow owner is
-    what this protocol defends against; a lying one is outside DESIGN.md's threat model.)
-    """
-    spelled = {p.lower(): p for p in attempt.participants}
-    blamed: list[str] = []
-    reasons: list[str] = []
-    for owner in silent:
-        try:
-            reply = transport.info(owner, BLAME_TIMEOUT, round=attempt.round)
-        except PeerError:
-            reply = None
-        waiting = [spelled[p] for p in reply.waiting_for if p in spelled] if reply else []
-        others = [p for p in waiting if p.lower() != me.lower()]
-        if not waiting:
-            culprits = [owner]
-            reasons.append(owner)
-        else:
-            culprits = others  # empty if only ours is missing there: others will blame us
-            reasons.append(f"{owner} (waits for {', '.join(waiting)})")
-        blamed.extend(c for c in culprits if c.lower() not in {b.lower() for b in blamed})
-    return blamed, ", ".join(reasons)
 
 
 @dataclass
@@ -158,7 +72,11 @@ class AllReduceResult:
 
 @dataclass(frozen=True)
 class Attempt:
-    """What the chain fixed for this attempt, in the contract's participant order."""
+    """What the chain fixed for this attempt, in the contract's participant order.
+
+    Accounts are normalized here, the all-reduce's one way in, so that whoever built the
+    attempt (the round from the ledger, a test by hand) everything below compares with `==`
+    (docs/architecture.md#addresses)."""
 
     round: int
     attempt: int
@@ -166,9 +84,13 @@ class Attempt:
     weights: tuple[int, ...]
     commitments: Mapping[str, bytes]
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "participants", tuple(normalize(p) for p in self.participants))
+        commitments = {normalize(p): c for p, c in self.commitments.items()}
+        object.__setattr__(self, "commitments", commitments)
+
     def index_of(self, account: str) -> int:
-        lowered = [p.lower() for p in self.participants]
-        return lowered.index(account.lower())
+        return self.participants.index(normalize(account))
 
 
 def all_reduce(
@@ -183,7 +105,6 @@ def all_reduce(
     reference: npt.NDArray[np.float32] | None = None,
     timeout: float = 60.0,
     frame_chunks: int = 128,
-    fault: Fault | None = None,
 ) -> AllReduceResult:
     """Runs this node's part of one attempt and returns the whole merged vector.
 
@@ -191,231 +112,285 @@ def all_reduce(
     list. Raises MissingContributions naming the peers whose data did not arrive before
     `timeout`, so that the round layer can vote them out.
     """
-    numel = len(update)
-    n = len(attempt.participants)
-    mine = attempt.index_of(me)
-    owned = canonical.segments(canonical.num_chunks(numel), n)
-    others = [p for j, p in enumerate(attempt.participants) if j != mine]
-    traffic = Traffic()
-    seconds: dict[str, float] = {}
-
-    inbox.expect_updates(
-        attempt.round,
-        mine,
-        owned[mine],
-        numel,
-        {p: attempt.commitments[p] for p in others},
-        attempt=attempt.attempt,
+    runner = AllReduceRunner(
+        me=me,
+        attempt=attempt,
+        update=update,
+        hashes=hashes,
+        rule=rule,
+        transport=transport,
+        inbox=inbox,
+        reference=reference,
+        timeout=timeout,
+        frame_chunks=frame_chunks,
     )
-    inbox.expect_merged(
-        attempt.round,
-        attempt.attempt,
-        {p: (j, owned[j]) for j, p in enumerate(attempt.participants) if j != mine},
-        numel,
-    )
+    return runner.run()
 
-    if fault is not None and fault.phase == "before_reduce_scatter":
-        raise InjectedCrash(f"{me} dies before the reduce-scatter", attempt.round)
-    budget = _FrameBudget(fault.count) if fault and fault.phase == "reduce_scatter" else None
 
-    with ThreadPoolExecutor(max_workers=max(1, min(8, n - 1))) as pool:
-        # reduce-scatter
-        t0 = time.perf_counter()
+class AllReduceRunner:
+    """One node's part of one attempt, phase by phase: reduce-scatter, merge (with its
+    partial-sum exchanges), all-gather. Each phase raises MissingContributions when data
+    does not arrive within `timeout`; a send that fails with anything but a PeerError (an
+    InjectedCrash from swarmnode.p2p.faults, a bug) ends the attempt at once."""
+
+    def __init__(
+        self,
+        *,
+        me: str,
+        attempt: Attempt,
+        update: npt.NDArray[np.float32],
+        hashes: bytes,
+        rule: MergeRule,
+        transport: Transport,
+        inbox: Inbox,
+        reference: npt.NDArray[np.float32] | None = None,
+        timeout: float = 60.0,
+        frame_chunks: int = 128,
+    ) -> None:
+        self.me = normalize(me)
+        self.attempt = attempt
+        self.update = update
+        self.hashes = hashes
+        self.rule = rule
+        self.transport = transport
+        self.inbox = inbox
+        self.reference = reference
+        self.timeout = timeout
+        self.frame_chunks = frame_chunks
+        self.numel = len(update)
+        self.mine = attempt.index_of(self.me)
+        count = len(attempt.participants)
+        self.owned = canonical.segments(canonical.num_chunks(self.numel), count)
+        self.span = canonical.element_range(self.owned[self.mine], self.numel)
+        self.others = [(j, p) for j, p in enumerate(attempt.participants) if j != self.mine]
+        self.traffic = Traffic()
+        self.seconds: dict[str, float] = {}
+        self._failure: BaseException | None = None  # set by a send's worker, read by waits
+
+    def run(self) -> AllReduceResult:
+        self._expect()
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(self.others)))) as pool:
+            rows = self._timed("reduce_scatter", lambda: self.reduce_scatter(pool))
+            segment = self._timed("merge", lambda: self.merge(rows))
+            merged = self._timed("all_gather", lambda: self.all_gather(pool, segment))
+        hashes = canonical.chunk_hashes(merged)  # once: the digest, and what catch-up serves
+        digest = canonical.digest_from_chunk_hashes(hashes)
+        return AllReduceResult(merged, digest, hashes, self.traffic, self.seconds)
+
+    def _expect(self) -> None:
+        """Declares what this node accepts in this attempt, before anything can block: peers
+        that get there first are told NotReady and retry until then."""
+        round, attempt = self.attempt.round, self.attempt.attempt
+        commitments = {p: self.attempt.commitments[p] for _, p in self.others}
+        owned = self.owned[self.mine]
+        self.inbox.expect_updates(round, self.mine, owned, self.numel, commitments, attempt)
+        owners = {p: (j, self.owned[j]) for j, p in self.others}
+        self.inbox.expect_merged(round, attempt, owners, self.numel)
+
+    # ------------------------------------------------------------------ phases
+
+    def reduce_scatter(self, pool: ThreadPoolExecutor) -> list[npt.NDArray[np.float32]]:
+        """Streams segment j of this node's update to owner j; returns every participant's
+        contribution to this node's segment, in participant order."""
         pushes = [
-            _push(
-                pool,
-                transport,
-                p,
-                traffic,
-                timeout,
-                _limited(
-                    budget,
-                    partial(
-                        frames_for,
-                        update,
-                        owned[j],
-                        kind=peer_pb2.KIND_UPDATE,
-                        round=attempt.round,
-                        attempt=attempt.attempt,
-                        segment=j,
-                        sender=me,
-                        chunk_hashes=hashes,
-                        frame_chunks=frame_chunks,
-                    ),
-                ),
-                extra=len(hashes),
-            )
-            for j, p in enumerate(attempt.participants)
-            if j != mine
+            self._push(pool, p, self._frames(self.update, j, Kind.UPDATE), extra=len(self.hashes))
+            for j, p in self.others
         ]
-        span = canonical.element_range(owned[mine], numel)
         rows: list[npt.NDArray[np.float32]] = []
         missing: list[str] = []
-        deadline = time.monotonic() + timeout
-        for j, p in enumerate(attempt.participants):
-            if j == mine:
-                rows.append(update[span.start : span.stop])
+        deadline = time.monotonic() + self.timeout
+        for j, p in enumerate(self.attempt.participants):
+            if j == self.mine:
+                rows.append(self.update[self.span.start : self.span.stop])
                 continue
-            got = inbox.update(attempt.round, p, max(0.0, deadline - time.monotonic()))
+            got = self._await(partial(self.inbox.update, self.attempt.round, p), deadline)
             if got is None:
                 missing.append(p)
-            else:
-                rows.append(got)
-                traffic.received += got.nbytes + len(hashes)
-        _settle(pushes)
-        if budget is not None:
-            raise InjectedCrash(
-                f"{me} dies after {fault.count if fault else 0} update frames", attempt.round
-            )
+                continue
+            rows.append(got)
+            self.traffic.received += got.nbytes + len(self.hashes)
+        self.traffic.sent += self._settle(pushes)
         if missing:
             raise MissingContributions("reduce-scatter", missing)
-        seconds["reduce_scatter"] = time.perf_counter() - t0
+        return rows
 
-        # merge, with partial-sum exchanges where the rule needs them
-        t0 = time.perf_counter()
+    def merge(self, rows: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+        """This node's segment merged with the swarm's rule, exchanging partial sums for as
+        many steps as the rule needs."""
+        n = len(rows)
         contributions = torch.from_numpy(np.stack(rows)) if rows[0].size else torch.zeros((n, 0))
         ref = None
-        if reference is not None:
-            ref = torch.from_numpy(np.ascontiguousarray(reference[span.start : span.stop]))
-        state = rule.begin(contributions, list(attempt.weights), ref)
+        if self.reference is not None:
+            ours = self.reference[self.span.start : self.span.stop]
+            ref = torch.from_numpy(np.ascontiguousarray(ours))
+        state = self.rule.begin(contributions, list(self.attempt.weights), ref)
         step = 0
         while not state.done:
-            state.advance(
-                _exchange_partials(
-                    me, attempt, mine, step, state.partials(), transport, inbox, traffic, timeout
-                )
-            )
+            state.advance(self.exchange_partials(step, state.partials()))
             step += 1
-        merged_mine = state.result().detach().to("cpu", torch.float32).numpy()
-        seconds["merge"] = time.perf_counter() - t0
+        return state.result().detach().to("cpu", torch.float32).numpy()
 
-        # all-gather
-        t0 = time.perf_counter()
-        merged = np.empty(numel, dtype=np.float32)
-        merged[span.start : span.stop] = merged_mine
-        pushes = [
-            _push(
-                pool,
-                transport,
-                p,
-                traffic,
-                timeout,
-                partial(
-                    frames_for,
-                    merged,
-                    owned[mine],
-                    kind=peer_pb2.KIND_MERGED,
-                    round=attempt.round,
-                    attempt=attempt.attempt,
-                    segment=mine,
-                    sender=me,
-                    frame_chunks=frame_chunks,
-                ),
-            )
-            for p in (others[: fault.count] if fault and fault.phase == "all_gather" else others)
-        ]
-        if fault is not None and fault.phase == "all_gather":
-            _settle(pushes)
-            raise InjectedCrash(
-                f"{me} dies after sending its merged segment to {fault.count} peers",
-                attempt.round,
-            )
-        deadline = time.monotonic() + timeout
-        for j, p in enumerate(attempt.participants):
-            if j == mine:
+    def exchange_partials(self, step: int, partials: torch.Tensor) -> torch.Tensor:
+        """Sends this segment's partial sums to every peer, gathers theirs, and adds all of
+        them in participant order, so that every owner gets the same bits."""
+        values = partials.detach().to("cpu", torch.float64).reshape(-1)
+        message = Partials(
+            self.attempt.round,
+            self.attempt.attempt,
+            step,
+            self.mine,
+            tuple(values.tolist()),
+            self.me,
+        )
+        for _, p in self.others:
+            self.transport.push_partials(p, message, self.timeout)
+            self.traffic.sent += values.numel() * 8
+        gathered: list[torch.Tensor] = []
+        missing: list[str] = []
+        for j, p in enumerate(self.attempt.participants):
+            if j == self.mine:
+                gathered.append(partials.detach().to("cpu", torch.float64))
                 continue
-            got = inbox.merged(
-                attempt.round, attempt.attempt, p, max(0.0, deadline - time.monotonic())
-            )
+            got = self._partials_from(p, step, values.numel())
             if got is None:
                 missing.append(p)
                 continue
-            theirs = canonical.element_range(owned[j], numel)
-            merged[theirs.start : theirs.stop] = got
-            traffic.received += got.nbytes
-        _settle(pushes)
+            gathered.append(torch.from_numpy(got).reshape(partials.shape))
         if missing:
-            raise MissingContributions("all-gather", *_blame(me, attempt, missing, transport))
-        seconds["all_gather"] = time.perf_counter() - t0
-    merged_hashes = canonical.chunk_hashes(merged)
-    digest = canonical.digest_from_chunk_hashes(merged_hashes)
-    return AllReduceResult(merged, digest, merged_hashes, traffic, seconds)
+            raise MissingContributions(f"partial sums, step {step}", *self._blame(missing))
+        return combine_partials(gathered)
 
+    def all_gather(
+        self, pool: ThreadPoolExecutor, segment: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        """Streams this node's merged segment to every peer; returns the whole merged vector
+        once every owner's segment arrived."""
+        merged = np.empty(self.numel, dtype=np.float32)
+        merged[self.span.start : self.span.stop] = segment
+        pushes = [
+            self._push(pool, p, self._frames(merged, self.mine, Kind.MERGED))
+            for _, p in self.others
+        ]
+        missing: list[str] = []
+        deadline = time.monotonic() + self.timeout
+        round, attempt = self.attempt.round, self.attempt.attempt
+        for j, p in self.others:
+            got = self._await(partial(self.inbox.merged, round, attempt, p), deadline)
+            if got is None:
+                missing.append(p)
+                continue
+            theirs = canonical.element_range(self.owned[j], self.numel)
+            merged[theirs.start : theirs.stop] = got
+            self.traffic.received += got.nbytes
+        self.traffic.sent += self._settle(pushes)
+        if missing:
+            raise MissingContributions("all-gather", *self._blame(missing))
+        return merged
 
-def _limited(budget: _FrameBudget | None, source: FrameSource) -> FrameSource:
-    return source if budget is None else budget.wrap(source)
+    # ------------------------------------------------------------------ parts
 
-
-def _push(
-    pool: ThreadPoolExecutor,
-    transport: Transport,
-    peer: str,
-    traffic: Traffic,
-    timeout: float,
-    frames: FrameSource,
-    extra: int = 0,
-) -> Future[None]:
-    def run() -> None:
-        elements = transport.push(peer, frames, timeout)
-        traffic.sent += elements * canonical.ELEMENT_BYTES + extra
-
-    return pool.submit(run)
-
-
-def _settle(pushes: Sequence[Future[None]]) -> None:
-    """Waits for this node's own sends; a peer that refused or vanished shows up as missing
-    data on its side, so failures here are not fatal to this node's merge."""
-    for push in pushes:
-        with contextlib.suppress(PeerError):
-            push.result()
-
-
-def _exchange_partials(
-    me: str,
-    attempt: Attempt,
-    mine: int,
-    step: int,
-    partials: torch.Tensor,
-    transport: Transport,
-    inbox: Inbox,
-    traffic: Traffic,
-    timeout: float,
-) -> torch.Tensor:
-    """Sends this segment's partial sums to every peer, gathers theirs, and adds all of them
-    in participant order, so that every owner gets the same bits."""
-    from swarmnode.merge import combine_partials
-
-    values = partials.detach().to("cpu", torch.float64).reshape(-1)
-    message = peer_pb2.Partials(
-        round=attempt.round,
-        attempt=attempt.attempt,
-        step=step,
-        segment=mine,
-        values=values.tolist(),
-        sender=me,
-    )
-    for j, p in enumerate(attempt.participants):
-        if j != mine:
-            transport.push_partials(p, message, timeout)
-            traffic.sent += values.numel() * 8
-    gathered: list[torch.Tensor] = []
-    missing: list[str] = []
-    for j, p in enumerate(attempt.participants):
-        if j == mine:
-            gathered.append(partials.detach().to("cpu", torch.float64))
-            continue
-        got = inbox.partials(attempt.round, attempt.attempt, step, p, timeout)
-        if got is None:
-            missing.append(p)
-            continue
-        if got.size != values.numel():
-            raise PeerError(
-                f"{p} sent {got.size} partial sums for step {step}, expected {values.numel()}"
-            )
-        traffic.received += got.nbytes
-        gathered.append(torch.from_numpy(got).reshape(partials.shape))
-    if missing:
-        raise MissingContributions(
-            f"partial sums, step {step}", *_blame(me, attempt, missing, transport)
+    def _frames(self, vector: npt.NDArray[np.float32], segment: int, kind: Kind) -> FrameSource:
+        """Segment `segment` of `vector` as frames; an update's first frame carries this
+        node's chunk-hash list, which the owner checks against its commitment."""
+        return partial(
+            frames_for,
+            vector,
+            self.owned[segment],
+            kind=kind,
+            round=self.attempt.round,
+            attempt=self.attempt.attempt,
+            segment=segment,
+            sender=self.me,
+            chunk_hashes=self.hashes if kind == Kind.UPDATE else b"",
+            frame_chunks=self.frame_chunks,
         )
-    return combine_partials(gathered)
+
+    def _push(
+        self, pool: ThreadPoolExecutor, peer: str, frames: FrameSource, extra: int = 0
+    ) -> Future[int]:
+        """Sends in a worker thread; the future's result is the bytes sent."""
+
+        def send() -> int:
+            elements = self.transport.push(peer, frames, self.timeout)
+            return elements * canonical.ELEMENT_BYTES + extra
+
+        future = pool.submit(send)
+        future.add_done_callback(self._watch)
+        return future
+
+    def _watch(self, push: Future[int]) -> None:
+        """Notes a send that failed for a reason of this node's own, for the waits to raise."""
+        error = push.exception()
+        if error is not None and not isinstance(error, PeerError) and self._failure is None:
+            self._failure = error
+
+    def _await(self, fetch: Callable[[float], T | None], deadline: float) -> T | None:
+        """`fetch(seconds)` until it returns data or `deadline` passes, looking between tries
+        whether one of this node's own sends failed for good: that ends the wait at once."""
+        while True:
+            left = deadline - time.monotonic()
+            got = fetch(max(0.0, min(left, LOOK)))
+            if got is not None:
+                return got
+            if self._failure is not None:
+                raise self._failure
+            if left <= LOOK:
+                return None
+
+    @staticmethod
+    def _settle(pushes: Sequence[Future[int]]) -> int:
+        """Waits for this node's own sends and adds up the bytes they sent; a peer that
+        refused or vanished shows up as missing data on its side, so failures here are not
+        fatal to this node's merge."""
+        sent = 0
+        for push in pushes:
+            with contextlib.suppress(PeerError):
+                sent += push.result()
+        return sent
+
+    def _partials_from(self, peer: str, step: int, size: int) -> npt.NDArray[np.float64] | None:
+        """`peer`'s partial sums for `step`, None if they did not arrive in time."""
+        round, attempt = self.attempt.round, self.attempt.attempt
+        fetch = partial(self.inbox.partials, round, attempt, step, peer)
+        got = self._await(fetch, time.monotonic() + self.timeout)
+        if got is not None and got.size != size:
+            raise PeerError(f"{peer} sent {got.size} partial sums for step {step}, expected {size}")
+        if got is not None:
+            self.traffic.received += got.nbytes
+        return got
+
+    def _blame(self, silent: Sequence[str]) -> tuple[list[str], str]:
+        """Whom to vote out for the owners whose merged segments (or partial sums) are
+        missing, and why (docs/round-protocol.md#faults-and-votes).
+
+        An owner cannot merge, so cannot send, while a contribution to its segment is
+        missing: blaming the owner would drop a live node for another's fault, and with fewer
+        segments than nodes the dead peer's own contributors may be too few to outvote it. So
+        each silent owner is asked whom it still waits for; those are blamed instead. An
+        owner that does not answer, or waits for nobody, is the one to blame. (A crashed or
+        slow owner is what this protocol defends against; a lying one is outside the threat
+        model, docs/trust.md#threat-model.)
+        """
+        blamed: list[str] = []
+        reasons: list[str] = []
+        for owner in silent:
+            try:
+                reply = self.transport.info(owner, BLAME_TIMEOUT, round=self.attempt.round)
+            except PeerError:
+                reply = None
+            known = self.attempt.participants
+            waiting = [p for p in reply.waiting_for if p in known] if reply else []
+            if not waiting:
+                culprits = [owner]
+                reasons.append(owner)
+            else:  # empty if only ours is missing there: the others will blame us
+                culprits = [p for p in waiting if p != self.me]
+                reasons.append(f"{owner} (waits for {', '.join(waiting)})")
+            blamed.extend(c for c in culprits if c not in blamed)
+        return blamed, ", ".join(reasons)
+
+    def _timed(self, phase: str, run: Callable[[], T]) -> T:
+        started = time.perf_counter()
+        result = run()
+        self.seconds[phase] = time.perf_counter() - started
+        return result

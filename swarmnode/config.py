@@ -40,7 +40,7 @@ class NodeConfig(BaseModel):
     stop_grace: float | None = Field(None, ge=0)
     # Fault injection, for fault tests and the process simulator: after `die_after_rounds`
     # final rounds, the process SIGKILLs itself at this point of its next round (a phase as
-    # swarmnode.allreduce.Fault parses it, e.g. "reduce_scatter:after_frames=1").
+    # swarmnode.p2p.faults.Fault parses it, e.g. "reduce_scatter:after_frames=1").
     die_at: str | None = None
     die_after_rounds: int = Field(0, ge=0)
 

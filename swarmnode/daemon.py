@@ -22,7 +22,6 @@ from types import FrameType
 from typing import Any
 
 from swarmnode import progress
-from swarmnode.allreduce import Fault, InjectedCrash
 from swarmnode.checkpoint import Checkpoint, CheckpointStore
 from swarmnode.config import NodeConfig
 from swarmnode.exceptions import ChainUnavailable, ConfigError, LedgerError, MergeError, PeerError
@@ -34,6 +33,7 @@ from swarmnode.ledger.transactions import Backoff
 from swarmnode.membership import RosterFeed
 from swarmnode.node import SwarmNode
 from swarmnode.outage import ChainOutage
+from swarmnode.p2p.faults import Fault, FaultyTransport, InjectedCrash
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.records import ROUND_EVENT, NodeRoundRecord
@@ -108,8 +108,8 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
         port=int(port),
         current_round=ledger.current_round,
     ).start()
-    transport = GrpcTransport(
-        ledger.account, identity.tls.key_pem, identity.tls.cert_pem, feed.roster
+    transport = FaultyTransport(  # armed below when die_at says so, for fault tests
+        GrpcTransport(ledger.account, identity.tls.key_pem, identity.tls.cert_pem, feed.roster)
     )
     try:
         _enrol(ledger, server.endpoint, identity.tls.cert_der)
@@ -141,7 +141,7 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
         done = 0
         while not stop.is_set() and (config.rounds == 0 or done < config.rounds):
             if fault is not None and done == config.die_after_rounds:
-                node.syncer.fault = fault
+                transport.arm(fault)
             mined = len(ledger.gas_log)  # receipts so far: the round's count is the difference
             try:
                 feed.refresh()

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from swarmnode import canonical
-from swarmnode.allreduce import Fault
 from swarmnode.exceptions import ConfigError
 from swarmnode.ledger.base import Ledger
 from swarmnode.merge import make_rule
@@ -49,8 +48,6 @@ class Syncer:
     ) -> None:
         self.ledger = ledger
         self.settings = settings  # how every round runs: polling, frames, stop and its grace
-        # fault injection (tests, the simulator's crashes): the next round dies at this point
-        self.fault: Fault | None = None
         self.transport = transport
         self.inbox = inbox
         params = ledger.params()
@@ -77,7 +74,6 @@ class Syncer:
             val_loss=val_loss,
             reference=self.reference,
             settings=self.settings,
-            fault=self.fault,
         ).run()
         if result.merged is not None:
             self.reference = result.merged

@@ -30,7 +30,6 @@ from swarmnode import canonical
 from swarmnode.allreduce import (
     AllReduceResult,
     Attempt,
-    Fault,
     MissingContributions,
     Traffic,
     all_reduce,
@@ -134,11 +133,9 @@ class Round:
         val_loss: float,
         reference: npt.NDArray[np.float32] | None = None,
         settings: RoundSettings = DEFAULT_SETTINGS,
-        fault: Fault | None = None,
     ) -> None:
         self.ledger, self.transport, self.inbox, self.rule = ledger, transport, inbox, rule
         self.settings = settings
-        self.fault = fault
         self.me = ledger.account
         self.params = ledger.params()
         self._started = time.perf_counter()
@@ -251,7 +248,6 @@ class Round:
             reference=self.reference,
             timeout=max(1.0, deadline - self.ledger.now()),
             frame_chunks=self.settings.frame_chunks,
-            fault=self.fault,
         )
         give_up = self._give_up
         watch = None if give_up is None else _transfer_watch(self.ledger, state, give_up)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from swarmnode import canonical
+from swarmnode.address import normalize
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import NotReady, Stale
 from swarmnode.p2p.frames import Frame, frames_for
@@ -139,4 +140,4 @@ def test_a_late_expectation_of_an_older_attempt_does_not_undo_the_newer_one() ->
     )
     got = inbox.merged(1, 2, A, timeout=1)
     assert got is not None and np.array_equal(got, merged[: 5 * canonical.CHUNK_ELEMENTS])
-    assert inbox.waiting_for(1) == [A.lower()]  # still segment 0 of attempt 2 it waits for
+    assert inbox.waiting_for(1) == [normalize(A)]  # still segment 0 of attempt 2 it waits for

@@ -248,7 +248,7 @@ def test_a_peer_whose_segments_fail_validation_is_dropped_like_a_silent_one() ->
     ["before_reduce_scatter", "reduce_scatter:after_frames=1", "all_gather:after_peers=1"],
 )
 def test_a_peer_dying_mid_round_is_dropped_and_the_survivors_agree(die_at: str) -> None:
-    from swarmnode.allreduce import Fault, InjectedCrash
+    from swarmnode.p2p.faults import Fault, FaultyTransport, InjectedCrash
 
     params = SwarmParams(
         min_peers=2, max_peers=4, join_window=5, transfer_deadline=1, round_deadline=30
@@ -256,7 +256,9 @@ def test_a_peer_dying_mid_round_is_dropped_and_the_survivors_agree(die_at: str) 
     ledgers, inboxes, transports = memory_parts(4, params, clock=time.time)
     updates = vectors(4)
     merge = make_rule(params.merge_rule)
-    fault = Fault.parse(die_at)
+    victim = FaultyTransport(transports[3])
+    victim.arm(Fault.parse(die_at))
+    transports[3] = victim
 
     def node(i: int) -> RoundResult:
         try:
@@ -268,7 +270,6 @@ def test_a_peer_dying_mid_round_is_dropped_and_the_survivors_agree(die_at: str) 
                 weight=10,
                 val_loss=0.5,
                 rule=merge,
-                fault=fault if i == 3 else None,
                 settings=RoundSettings(poll=0.02, frame_chunks=1),
             ).run()
         except InjectedCrash:
@@ -292,12 +293,15 @@ def test_with_fewer_chunks_than_nodes_the_dead_peer_is_blamed_not_the_owner_it_s
     """One chunk among five nodes: one owner, four empty segments. A peer dying before the
     reduce-scatter starves the owner, so the others miss the owner's merged segment; asked,
     the owner says whom it waits for, and that peer alone is voted out."""
-    from swarmnode.allreduce import Fault, InjectedCrash
+    from swarmnode.p2p.faults import Fault, FaultyTransport, InjectedCrash
 
     params = SwarmParams(
         min_peers=2, max_peers=5, join_window=5, transfer_deadline=1, round_deadline=30
     )
     ledgers, inboxes, transports = memory_parts(5, params, clock=time.time)
+    victim = FaultyTransport(transports[4])
+    victim.arm(Fault.parse("before_reduce_scatter"))
+    transports[4] = victim
     rng = np.random.default_rng(5)
     updates = [rng.standard_normal(100).astype(np.float32) for _ in range(5)]
     merge = make_rule(params.merge_rule)
@@ -312,7 +316,6 @@ def test_with_fewer_chunks_than_nodes_the_dead_peer_is_blamed_not_the_owner_it_s
                 weight=10,
                 val_loss=0.5,
                 rule=merge,
-                fault=Fault.parse("before_reduce_scatter") if i == 4 else None,
                 settings=RoundSettings(poll=0.02),
             ).run()
         except InjectedCrash:
@@ -328,8 +331,8 @@ def test_with_fewer_chunks_than_nodes_the_dead_peer_is_blamed_not_the_owner_it_s
 
 
 def test_die_at_settings_are_checked() -> None:
-    from swarmnode.allreduce import Fault
     from swarmnode.exceptions import ConfigError
+    from swarmnode.p2p.faults import Fault
 
     assert Fault.parse("reduce_scatter:after_frames=3") == Fault("reduce_scatter", 3)
     for bad in (

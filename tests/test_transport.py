@@ -16,6 +16,7 @@ import numpy.typing as npt
 import pytest
 
 from swarmnode import canonical
+from swarmnode.address import normalize
 from swarmnode.identity import TlsIdentity
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import InvalidMessage, NotReady, Stale, Unauthorized
@@ -23,6 +24,7 @@ from swarmnode.p2p.frames import Frame, frames_for
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
+from swarmnode.p2p.messages import Partials
 from swarmnode.p2p.roster import PeerRecord, Roster
 from swarmnode.p2p.transport import Transport
 
@@ -54,7 +56,7 @@ class Cluster:
             self.roster.upsert(node.record)
 
     def make_node(self, **inbox_limits: int) -> Node:
-        account = "0x" + secrets.token_hex(20)
+        account = normalize("0x" + secrets.token_hex(20))  # as a ledger or roster gives it
         identity = TlsIdentity.generate(account)
         inbox = Inbox(account, **inbox_limits)
         if self.kind == "memory":
@@ -258,15 +260,13 @@ def test_merged_segments_follow_attempts(cluster: Cluster) -> None:
 def test_partial_sums_travel_and_non_finite_ones_are_refused(cluster: Cluster) -> None:
     a, b, _ = cluster.nodes
     b.inbox.expect_merged(ROUND, 1, {a.account: (0, SEGMENTS[0])}, NUMEL)
-    message = peer_pb2.Partials(
-        round=ROUND, attempt=1, step=0, segment=0, values=[1.5, 2.25, 1e300], sender=a.account
+    message = Partials(
+        ROUND, attempt=1, step=0, segment=0, values=(1.5, 2.25, 1e300), sender=a.account
     )
     a.transport.push_partials(b.account, message, timeout=5)
     got = b.inbox.partials(ROUND, 1, 0, a.account, timeout=5)
     assert got is not None and got.tolist() == [1.5, 2.25, 1e300]
-    bad = peer_pb2.Partials(
-        round=ROUND, attempt=1, step=1, segment=0, values=[float("inf")], sender=a.account
-    )
+    bad = Partials(ROUND, attempt=1, step=1, segment=0, values=(float("inf"),), sender=a.account)
     with pytest.raises(InvalidMessage, match="non-finite"):
         a.transport.push_partials(b.account, bad, timeout=5)
 

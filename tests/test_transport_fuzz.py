@@ -54,6 +54,7 @@ from hypothesis import HealthCheck, currently_in_test_context, given, note, sett
 from hypothesis import strategies as st
 
 from swarmnode import __version__, canonical
+from swarmnode.address import normalize
 from swarmnode.identity import TlsIdentity
 from swarmnode.p2p import frames as codec
 from swarmnode.p2p import peer_pb2
@@ -67,6 +68,7 @@ from swarmnode.p2p.grpc_transport import (
     PeerServer,
 )
 from swarmnode.p2p.inbox import MAX_PARTIAL_STEPS, MAX_PARTIALS, Inbox
+from swarmnode.p2p.messages import Partials
 from swarmnode.p2p.roster import PeerRecord, Roster
 
 pytestmark = pytest.mark.slow
@@ -98,7 +100,7 @@ def account(name: str) -> str:
     return "0x" + hashlib.sha256(name.encode()).hexdigest()[:40]
 
 
-R = account("receiver")
+R = normalize(account("receiver"))  # as its Info reply names it
 A = account("attacker")
 H = account("honest")
 
@@ -1089,9 +1091,7 @@ def test_afterwards_honest_peers_are_served_and_only_honest_data_was_kept(swarm:
     # (2) the server still answers Info, partial sums and catch-up correctly
     info = swarm.honest.info(R, TIMEOUT)
     assert (info.account, info.version, info.serving) == (R, __version__, True)
-    sums = peer_pb2.Partials(
-        round=ROUND, attempt=ATTEMPT, step=3, segment=1, values=[0.5, -2.0], sender=H
-    )
+    sums = Partials(ROUND, ATTEMPT, step=3, segment=1, values=(0.5, -2.0), sender=H)
     swarm.honest.push_partials(R, sums, TIMEOUT)
     stored = inbox.partials(ROUND, ATTEMPT, 3, H, timeout=5)
     assert stored is not None and stored.tolist() == [0.5, -2.0]

@@ -27,6 +27,7 @@ from swarmnode.canonical import (
 )
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import InvalidMessage
+from swarmnode.p2p.messages import Kind
 
 DEFAULT_FRAME_CHUNKS = 128  # 128 x 16 KiB = 2 MiB of payload per frame
 MAX_VECTOR_ELEMENTS = 1 << 30  # 4 GiB of float32: the largest model a node accepts by default
@@ -43,6 +44,14 @@ _PAYLOAD_TAG = 0x12  # field 2, length-delimited
 class Frame:
     header: peer_pb2.FrameHeader
     payload: memoryview  # little-endian float32 bytes
+
+    @property
+    def kind(self) -> Kind | None:
+        """What the frame carries; None for a kind this node does not know."""
+        try:
+            return Kind(self.header.kind)
+        except ValueError:
+            return None
 
 
 def _varint(value: int) -> bytes:
@@ -125,7 +134,7 @@ def frames_for(
     vector: npt.NDArray[np.float32],
     chunks: range,
     *,
-    kind: int,
+    kind: Kind,
     round: int,
     attempt: int,
     segment: int,

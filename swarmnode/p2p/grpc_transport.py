@@ -12,7 +12,8 @@ grpcio has no custom certificate-verification callback, so trust is built from w
 Frames use a hand-written serializer (frames.py) so that payloads are not copied by
 protobuf. Refusals travel as status codes: PERMISSION_DENIED (not on the roster),
 UNAVAILABLE with a "not ready" detail (retry), FAILED_PRECONDITION (stale),
-INVALID_ARGUMENT (bad data), each with a message naming the problem.
+INVALID_ARGUMENT (bad data), each with a message naming the problem (docs/trust.md#mutual-tls).
+Partial sums and Info replies cross into the transport's own types (messages.py) here.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from swarmnode import __version__
+from swarmnode.address import normalize
 from swarmnode.canonical import num_chunks
 from swarmnode.exceptions import PeerError
 from swarmnode.p2p import frames as codec
@@ -36,6 +38,15 @@ from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import InvalidMessage, NotReady, Stale, Unauthorized
 from swarmnode.p2p.frames import MAX_FRAME_ELEMENTS, MAX_HEADER_BYTES, Frame, frames_for
 from swarmnode.p2p.inbox import Inbox
+from swarmnode.p2p.messages import (
+    Kind,
+    Partials,
+    PeerInfo,
+    info_from_wire,
+    info_to_wire,
+    partials_from_wire,
+    partials_to_wire,
+)
 from swarmnode.p2p.roster import PeerRecord, Roster
 from swarmnode.p2p.transport import FrameSource, Transport
 
@@ -75,7 +86,7 @@ class PeerServer:
         workers: int = 8,
         current_round: Callable[[], int] = lambda: 0,
     ) -> None:
-        self.account = account
+        self.account = normalize(account)
         self._key_pem = key_pem
         self._cert_pem = cert_pem
         self._roster = roster
@@ -160,12 +171,12 @@ class PeerServer:
                     response_serializer=peer_pb2.InfoReply.SerializeToString,
                 ),
                 "PushUpdate": grpc.stream_unary_rpc_method_handler(
-                    self._push(peer_pb2.KIND_UPDATE),
+                    self._push(Kind.UPDATE),
                     request_deserializer=codec.decode_lenient,
                     response_serializer=peer_pb2.Ack.SerializeToString,
                 ),
                 "PushMerged": grpc.stream_unary_rpc_method_handler(
-                    self._push(peer_pb2.KIND_MERGED),
+                    self._push(Kind.MERGED),
                     request_deserializer=codec.decode_lenient,
                     response_serializer=peer_pb2.Ack.SerializeToString,
                 ),
@@ -185,15 +196,11 @@ class PeerServer:
     def _info(self, request: Any, context: grpc.ServicerContext) -> Any:
         sender = self._authenticate(context)
         self._guarded(context, sender, lambda: _valid(request))
-        return peer_pb2.InfoReply(
-            account=self.account,
-            round=self._current_round(),
-            version=__version__,
-            serving=self._serving,
-            waiting_for=self._inbox.waiting_for(request.round) if request.round else [],
-        )
+        waiting = tuple(self._inbox.waiting_for(request.round)) if request.round else ()
+        info = PeerInfo(self.account, self._current_round(), __version__, self._serving, waiting)
+        return info_to_wire(info)
 
-    def _push(self, kind: int) -> Callable[[Iterator[Any], grpc.ServicerContext], Any]:
+    def _push(self, kind: Kind) -> Callable[[Iterator[Any], grpc.ServicerContext], Any]:
         def handle(frames: Iterator[Any], context: grpc.ServicerContext) -> Any:
             sender = self._authenticate(context)  # before a single frame is read
 
@@ -202,7 +209,7 @@ class PeerServer:
                 for frame in frames:
                     if isinstance(frame, InvalidMessage):
                         raise frame
-                    if frame.header.kind != kind:
+                    if frame.kind != kind:
                         raise InvalidMessage(f"a frame of kind {frame.header.kind} on this call")
                     total += self._inbox.receive(frame, sender)
                 return total
@@ -214,7 +221,9 @@ class PeerServer:
     def _partials(self, message: Any, context: grpc.ServicerContext) -> Any:
         sender = self._authenticate(context)
         self._guarded(
-            context, sender, lambda: self._inbox.receive_partials(_valid(message), sender)
+            context,
+            sender,
+            lambda: self._inbox.receive_partials(partials_from_wire(_valid(message)), sender),
         )
         return peer_pb2.PartialsAck()
 
@@ -230,7 +239,7 @@ class PeerServer:
         yield from frames_for(
             vector,
             range(num_chunks(len(vector))),
-            kind=peer_pb2.KIND_MODEL,
+            kind=Kind.MODEL,
             round=request.round,
             attempt=0,
             segment=0,
@@ -243,7 +252,7 @@ class GrpcTransport(Transport):
     """Client side: one mutual-TLS channel per peer, pinned to the peer's registered certificate."""
 
     def __init__(self, account: str, key_pem: bytes, cert_pem: bytes, roster: Roster) -> None:
-        self.account = account
+        self.account = normalize(account)
         self._key_pem = key_pem
         self._cert_pem = cert_pem
         self._roster = roster
@@ -255,7 +264,7 @@ class GrpcTransport(Transport):
         if record is None:
             raise Unauthorized(f"{peer} is not on the roster")
         with self._lock:
-            cached = self._channels.get(peer.lower())
+            cached = self._channels.get(record.account)
             if cached is not None and cached[0] == record:
                 return cached[1]
             if cached is not None:
@@ -267,7 +276,7 @@ class GrpcTransport(Transport):
             )
             options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", record.tls_name)]
             channel = grpc.secure_channel(record.endpoint, credentials, options=options)
-            self._channels[peer.lower()] = (record, channel)
+            self._channels[record.account] = (record, channel)
             return channel
 
     def _call(self, peer: str, action: Callable[[grpc.Channel], T]) -> T:
@@ -282,7 +291,7 @@ class GrpcTransport(Transport):
             first = next(stream, None)
             if first is None:
                 return 0
-            method = "PushUpdate" if first.header.kind == peer_pb2.KIND_UPDATE else "PushMerged"
+            method = "PushUpdate" if first.kind == Kind.UPDATE else "PushMerged"
 
             def all_frames() -> Iterator[Frame]:
                 yield first
@@ -298,14 +307,14 @@ class GrpcTransport(Transport):
 
         return self._call(peer, send)
 
-    def _partials_once(self, peer: str, message: peer_pb2.Partials, timeout: float) -> None:
+    def _partials_once(self, peer: str, partials: Partials, timeout: float) -> None:
         def send(channel: grpc.Channel) -> None:
             call = channel.unary_unary(
                 f"/{SERVICE}/PushPartials",
                 request_serializer=peer_pb2.Partials.SerializeToString,
                 response_deserializer=peer_pb2.PartialsAck.FromString,
             )
-            call(message, timeout=timeout)
+            call(partials_to_wire(partials), timeout=timeout)
 
         self._call(peer, send)
 
@@ -320,15 +329,15 @@ class GrpcTransport(Transport):
         except grpc.RpcError as exc:
             raise _as_peer_error(peer, exc) from exc
 
-    def info(self, peer: str, timeout: float, round: int = 0) -> peer_pb2.InfoReply:
-        def ask(channel: grpc.Channel) -> peer_pb2.InfoReply:
+    def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
+        def ask(channel: grpc.Channel) -> PeerInfo:
             call = channel.unary_unary(
                 f"/{SERVICE}/Info",
                 request_serializer=peer_pb2.InfoRequest.SerializeToString,
                 response_deserializer=peer_pb2.InfoReply.FromString,
             )
             reply: peer_pb2.InfoReply = call(peer_pb2.InfoRequest(round=round), timeout=timeout)
-            return reply
+            return info_from_wire(reply)
 
         return self._call(peer, ask)
 

@@ -16,6 +16,9 @@ the Inbox then accepts exactly that:
   limits. A bad frame is refused with InvalidMessage and never reaches a buffer.
 
 Data is copied once, from the received bytes into a buffer preallocated for the segment.
+Accounts are normalized where they enter the Inbox (its callers' arguments, the sender a
+frame claims) and compared with `==` inside (docs/architecture.md#addresses); every check is
+listed in docs/trust.md#checks-on-received-data.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from swarmnode.address import is_address, normalize
 from swarmnode.canonical import (
     CHUNK_ELEMENTS,
     check_finite,
@@ -38,6 +42,7 @@ from swarmnode.exceptions import PeerError
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import InvalidMessage, NotReady, Stale, Unauthorized
 from swarmnode.p2p.frames import MAX_FRAME_ELEMENTS, MAX_VECTOR_ELEMENTS, Frame, payload_array
+from swarmnode.p2p.messages import Kind, Partials, wire_account
 
 DEFAULT_MAX_VECTOR_ELEMENTS = MAX_VECTOR_ELEMENTS
 DEFAULT_MAX_FRAME_ELEMENTS = MAX_FRAME_ELEMENTS
@@ -121,7 +126,7 @@ class Inbox:
         max_vector_elements: int = DEFAULT_MAX_VECTOR_ELEMENTS,
         max_frame_elements: int = DEFAULT_MAX_FRAME_ELEMENTS,
     ) -> None:
-        self.account = account
+        self.account = normalize(account)
         self.max_vector_elements = max_vector_elements
         self.max_frame_elements = max_frame_elements
         self._lock = threading.Condition()
@@ -149,7 +154,7 @@ class Inbox:
         sender's commitment), so chunks already received for an earlier attempt's segment
         are carried over when ownership moves."""
         with self._lock:
-            key = {account.lower(): bytes(c) for account, c in commitments.items()}
+            key = {normalize(account): bytes(c) for account, c in commitments.items()}
             fresh = _UpdateRound(attempt, segment, chunks, numel, key)
             old = self._updates.get(round)
             if old is not None and old.attempt > attempt:
@@ -169,7 +174,7 @@ class Inbox:
             current = self._merged.get(round)
             if current is not None and current.attempt > attempt:
                 return  # a transfer given up on, late: the newer attempt's plan stands
-            key = {account.lower(): spec for account, spec in owners.items()}
+            key = {normalize(account): spec for account, spec in owners.items()}
             self._merged[round] = _MergedAttempt(attempt, numel, key)
             self._partials_attempt[round] = attempt
             self._lock.notify_all()
@@ -199,7 +204,7 @@ class Inbox:
     def receive(self, frame: Frame, sender: str) -> int:
         """Checks one frame from the authenticated `sender` and stores it; returns elements."""
         try:
-            return self._receive(frame, sender.lower())
+            return self._receive(frame, normalize(sender))
         except InvalidMessage:
             with self._lock:
                 self.refused += 1
@@ -207,10 +212,7 @@ class Inbox:
 
     def _receive(self, frame: Frame, sender: str) -> int:
         header = frame.header
-        if header.sender.lower() != sender:
-            raise Unauthorized(
-                f"frame claims sender {header.sender or '(none)'}, the certificate is {sender}"
-            )
+        _check_claim("frame", header.sender, sender)
         if header.elements > self.max_frame_elements:
             raise InvalidMessage(
                 f"frame of {header.elements} elements exceeds the limit of "
@@ -222,9 +224,9 @@ class Inbox:
                 f"{self.max_vector_elements}"
             )
         values = payload_array(frame)
-        if header.kind == peer_pb2.KIND_UPDATE:
+        if frame.kind == Kind.UPDATE:
             return self._receive_update(header, values, sender)
-        if header.kind == peer_pb2.KIND_MERGED:
+        if frame.kind == Kind.MERGED:
             return self._receive_merged(header, values, sender)
         raise InvalidMessage(f"frames of kind {header.kind} cannot be pushed")
 
@@ -326,12 +328,9 @@ class Inbox:
                 f"{len(values)} elements from chunk {header.first_chunk} are not whole chunks"
             )
 
-    def receive_partials(self, message: peer_pb2.Partials, sender: str) -> None:
-        sender = sender.lower()
-        if message.sender.lower() != sender:
-            raise Unauthorized(
-                f"partials claim sender {message.sender or '(none)'}, the certificate is {sender}"
-            )
+    def receive_partials(self, message: Partials, sender: str) -> None:
+        sender = normalize(sender)
+        _check_claim("partials", message.sender, sender)
         if len(message.values) > MAX_PARTIALS:
             raise InvalidMessage(f"{len(message.values)} partial sums exceed {MAX_PARTIALS}")
         values = np.asarray(message.values, dtype=np.float64)
@@ -361,30 +360,36 @@ class Inbox:
             expected = self._updates.get(round)
             if expected is None:
                 return []
-            me = self.account.lower()
             return [
                 sender
                 for sender in expected.commitments
-                if sender != me
+                if sender != self.account
                 and ((stream := expected.streams.get(sender)) is None or not stream.done.is_set())
             ]
 
     def update(self, round: int, sender: str, timeout: float) -> npt.NDArray[np.float32] | None:
         """`sender`'s whole update segment for this node, or None if it did not arrive in time."""
-        return self._wait_stream(lambda: self._update_stream(round, sender.lower()), timeout)
+        key = _lookup(sender)
+        return self._wait_stream(
+            lambda: None if key is None else self._update_stream(round, key), timeout
+        )
 
     def merged(
         self, round: int, attempt: int, owner: str, timeout: float
     ) -> npt.NDArray[np.float32] | None:
         """`owner`'s merged segment of this attempt, or None if it did not arrive in time."""
+        key = _lookup(owner)
         return self._wait_stream(
-            lambda: self._merged_stream(round, attempt, owner.lower()), timeout
+            lambda: None if key is None else self._merged_stream(round, attempt, key), timeout
         )
 
     def partials(
         self, round: int, attempt: int, step: int, sender: str, timeout: float
     ) -> npt.NDArray[np.float64] | None:
-        key = (round, attempt, step, sender.lower())
+        account = _lookup(sender)
+        if account is None:
+            return None
+        key = (round, attempt, step, account)
         with self._lock:
             self._lock.wait_for(lambda: key in self._partials, timeout)
             return self._partials.get(key)
@@ -419,6 +424,23 @@ class Inbox:
         if not stream.done.wait(timeout):
             return None
         return stream.buffer
+
+
+def _lookup(account: str) -> str | None:
+    """`account` as the Inbox keys it; None (nobody's data) if it is not an address."""
+    return normalize(account) if is_address(account) else None
+
+
+def _check_claim(what: str, claimed: str, sender: str) -> None:
+    """The sender a message names must be the account its certificate belongs to; a name
+    that is not an address names nobody, so it is refused the same way."""
+    try:
+        named: str | None = wire_account(claimed)
+    except InvalidMessage:
+        named = None
+    if named != sender:
+        shown = claimed[:50] or "(none)"
+        raise Unauthorized(f"{what} claims sender {shown}, the certificate is {sender}")
 
 
 def _attempt_check(round: int, given: int, current: int) -> None:

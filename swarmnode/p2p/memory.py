@@ -1,8 +1,10 @@
 """An in-memory transport: no sockets, the same frames, codec and Inbox checks as gRPC.
 
 For the upper layers' unit tests and the simulator's sweeps, where hundreds of rounds over
-loopback TLS would cost minutes. Frames are encoded and decoded as on the wire, so a
-malformed or refused frame fails here exactly as it would over gRPC.
+loopback TLS would cost minutes (docs/simulator.md#in-memory-backend). Frames, partial sums
+and Info replies are encoded and decoded as on the wire, so a malformed or refused message
+fails here exactly as it would over gRPC, and the sender an Inbox sees is the roster's
+record of the caller, as the certificate check gives it over gRPC.
 """
 
 from __future__ import annotations
@@ -11,12 +13,23 @@ import threading
 from collections.abc import Iterator
 
 from swarmnode import __version__
+from swarmnode.address import normalize
 from swarmnode.canonical import num_chunks
+from swarmnode.exceptions import PeerError
 from swarmnode.p2p import frames as codec
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import InvalidMessage, Unauthorized
 from swarmnode.p2p.frames import Frame, frames_for
 from swarmnode.p2p.inbox import Inbox
+from swarmnode.p2p.messages import (
+    Kind,
+    Partials,
+    PeerInfo,
+    info_from_wire,
+    info_to_wire,
+    partials_from_wire,
+    partials_to_wire,
+)
 from swarmnode.p2p.roster import Roster
 from swarmnode.p2p.transport import FrameSource, Transport
 
@@ -31,33 +44,35 @@ class MemoryNetwork:
 
     def attach(self, inbox: Inbox) -> None:
         with self._lock:
-            self._inboxes[inbox.account.lower()] = inbox
+            self._inboxes[inbox.account] = inbox
 
     def detach(self, account: str) -> None:
         with self._lock:
-            self._inboxes.pop(account.lower(), None)
+            self._inboxes.pop(normalize(account), None)
 
-    def inbox(self, caller: str, peer: str) -> Inbox:
-        if self.roster.get(caller) is None:
+    def inbox(self, caller: str, peer: str) -> tuple[str, Inbox]:
+        """`peer`'s inbox, and the caller's account as the roster spells it (what a
+        certificate check would give the receiver)."""
+        calling = self.roster.get(caller)
+        if calling is None:
             raise Unauthorized(f"{peer} refused: {caller} is not on the roster")
-        if self.roster.get(peer) is None:
+        called = self.roster.get(peer)
+        if called is None:
             raise Unauthorized(f"{peer} is not on the roster")
         with self._lock:
-            inbox = self._inboxes.get(peer.lower())
+            inbox = self._inboxes.get(called.account)
         if inbox is None:
-            from swarmnode.exceptions import PeerError
-
             raise PeerError(f"{peer}: UNAVAILABLE: nobody listens there")
-        return inbox
+        return calling.account, inbox
 
 
 class MemoryTransport(Transport):
     def __init__(self, network: MemoryNetwork, account: str) -> None:
-        self.account = account
+        self.account = normalize(account)
         self._network = network
 
     def _push_once(self, peer: str, frames: FrameSource, timeout: float) -> int:
-        inbox = self._network.inbox(self.account, peer)
+        sender, inbox = self._network.inbox(self.account, peer)
         total = 0
         kind = None
         for frame in frames():
@@ -65,27 +80,24 @@ class MemoryTransport(Transport):
             kind = kind or wire.header.kind
             if wire.header.kind != kind:
                 raise InvalidMessage(f"{peer} refused: a frame of kind {wire.header.kind}")
-            total += inbox.receive(wire, self.account)
+            total += inbox.receive(wire, sender)
         return total
 
-    def _partials_once(self, peer: str, message: peer_pb2.Partials, timeout: float) -> None:
-        inbox = self._network.inbox(self.account, peer)
-        inbox.receive_partials(
-            peer_pb2.Partials.FromString(message.SerializeToString()), self.account
-        )
+    def _partials_once(self, peer: str, partials: Partials, timeout: float) -> None:
+        sender, inbox = self._network.inbox(self.account, peer)
+        wire = partials_to_wire(partials).SerializeToString()
+        inbox.receive_partials(partials_from_wire(peer_pb2.Partials.FromString(wire)), sender)
 
     def _fetch_frames(self, peer: str, round: int, timeout: float) -> Iterator[Frame]:
-        inbox = self._network.inbox(self.account, peer)
+        _, inbox = self._network.inbox(self.account, peer)
         found = inbox.model(round)
         if found is None:
-            from swarmnode.exceptions import PeerError
-
             raise PeerError(f"{peer}: NOT_FOUND: no final model of round {round} here")
         vector, hashes = found
         for frame in frames_for(
             vector,
             range(num_chunks(len(vector))),
-            kind=peer_pb2.KIND_MODEL,
+            kind=Kind.MODEL,
             round=round,
             attempt=0,
             segment=0,
@@ -94,12 +106,11 @@ class MemoryTransport(Transport):
         ):
             yield codec.decode(codec.encode(frame))
 
-    def info(self, peer: str, timeout: float, round: int = 0) -> peer_pb2.InfoReply:
-        inbox = self._network.inbox(self.account, peer)
-        waiting = inbox.waiting_for(round) if round else []
-        return peer_pb2.InfoReply(
-            account=peer, version=__version__, serving=True, waiting_for=waiting
-        )
+    def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
+        _, inbox = self._network.inbox(self.account, peer)
+        waiting = tuple(inbox.waiting_for(round)) if round else ()
+        reply = info_to_wire(PeerInfo(inbox.account, 0, __version__, True, waiting))
+        return info_from_wire(peer_pb2.InfoReply.FromString(reply.SerializeToString()))
 
     def close(self) -> None:
         """Nothing to release."""

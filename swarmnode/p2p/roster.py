@@ -2,7 +2,9 @@
 
 In a node it mirrors the contract's active roster (fed from Registered / Deregistered
 events); in tests it is filled by hand. Peers are identified by the SHA-256 of their
-DER certificate, never by a name.
+DER certificate, never by a name (docs/trust.md#the-roster). A record's account is
+normalized when the record is made, so the roster is keyed by one spelling and lookups
+compare with `==` (docs/architecture.md#addresses).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from swarmnode.address import is_address, normalize
+
 
 @dataclass(frozen=True)
 class PeerRecord:
@@ -24,6 +28,7 @@ class PeerRecord:
     fingerprint: bytes = field(init=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "account", normalize(self.account))
         object.__setattr__(self, "fingerprint", hashlib.sha256(self.certificate).digest())
 
     @property
@@ -33,7 +38,8 @@ class PeerRecord:
 
     @property
     def tls_name(self) -> str:
-        """The name the certificate carries (DNS SubjectAltName): the account, lowercased."""
+        """The name the certificate carries (DNS SubjectAltName): the account, lowercased,
+        since DNS names compare without case (the one place an account is lowercase)."""
         return self.account.lower()
 
 
@@ -50,23 +56,27 @@ class Roster:
 
     def upsert(self, record: PeerRecord) -> None:
         with self._lock:
-            old = self._by_account.pop(record.account.lower(), None)
+            old = self._by_account.pop(record.account, None)
             if old is not None:
                 self._by_fingerprint.pop(old.fingerprint, None)
-            self._by_account[record.account.lower()] = record
+            self._by_account[record.account] = record
             self._by_fingerprint[record.fingerprint] = record
             self.version += 1
 
     def remove(self, account: str) -> None:
         with self._lock:
-            old = self._by_account.pop(account.lower(), None)
+            old = self._by_account.pop(normalize(account), None)
             if old is not None:
                 self._by_fingerprint.pop(old.fingerprint, None)
                 self.version += 1
 
     def get(self, account: str) -> PeerRecord | None:
+        """The record for `account`; None if there is none, or `account` is not an address."""
+        if not is_address(account):
+            return None
+        key = normalize(account)
         with self._lock:
-            return self._by_account.get(account.lower())
+            return self._by_account.get(key)
 
     def by_fingerprint(self, fingerprint: bytes) -> PeerRecord | None:
         with self._lock:

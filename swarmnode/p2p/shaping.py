@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from swarmnode.exceptions import ConfigError
-from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.frames import Frame
+from swarmnode.p2p.messages import Partials, PeerInfo, partials_to_wire
 from swarmnode.p2p.transport import FrameSource, Transport
 
 
@@ -100,10 +100,10 @@ class ShapedTransport(Transport):
 
         return self.inner._push_once(peer, paced, self._left(timeout, send=True))
 
-    def _partials_once(self, peer: str, message: peer_pb2.Partials, timeout: float) -> None:
+    def _partials_once(self, peer: str, partials: Partials, timeout: float) -> None:
         self._delay(send=True)
-        self._pace(message.ByteSize())
-        self.inner._partials_once(peer, message, self._left(timeout, send=True))
+        self._pace(partials_to_wire(partials).ByteSize())
+        self.inner._partials_once(peer, partials, self._left(timeout, send=True))
 
     def _fetch_frames(self, peer: str, round: int, timeout: float) -> Iterator[Frame]:
         self._delay()
@@ -111,7 +111,7 @@ class ShapedTransport(Transport):
             self._pace(frame_bytes(frame))
             yield frame
 
-    def info(self, peer: str, timeout: float, round: int = 0) -> peer_pb2.InfoReply:
+    def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
         self._delay()
         return self.inner.info(peer, self._left(timeout), round)
 

@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import numpy.typing as npt
+from tenacity import Retrying, retry_if_exception_type, stop_before_delay, wait_exponential
 
 from swarmnode.canonical import CHUNK_ELEMENTS, verify_chunks, verify_hash_list
 from swarmnode.exceptions import PeerError
-from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import InvalidMessage, NotReady
 from swarmnode.p2p.frames import Frame, payload_array
+from swarmnode.p2p.messages import Kind, Partials, PeerInfo
 
 FrameSource = Callable[[], Iterable[Frame]]
 
@@ -37,9 +38,9 @@ class Transport(ABC):
             lambda remaining: self._push_once(peer, frames, remaining), timeout
         )
 
-    def push_partials(self, peer: str, message: peer_pb2.Partials, timeout: float) -> None:
+    def push_partials(self, peer: str, partials: Partials, timeout: float) -> None:
         def once(remaining: float) -> int:
-            self._partials_once(peer, message, remaining)
+            self._partials_once(peer, partials, remaining)
             return 0
 
         self._until_ready(once, timeout)
@@ -53,7 +54,7 @@ class Transport(ABC):
         filled = 0
         for frame in self._fetch_frames(peer, round, timeout):
             header = frame.header
-            if header.kind != peer_pb2.KIND_MODEL or header.round != round:
+            if frame.kind != Kind.MODEL or header.round != round:
                 raise InvalidMessage(
                     f"{peer} answered with kind {header.kind}, round {header.round}"
                 )
@@ -80,7 +81,7 @@ class Transport(ABC):
         return vector
 
     @abstractmethod
-    def info(self, peer: str, timeout: float, round: int = 0) -> peer_pb2.InfoReply:
+    def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
         """Who `peer` is; with `round`, also whose update segments it still waits for."""
 
     @abstractmethod
@@ -90,21 +91,21 @@ class Transport(ABC):
     def _push_once(self, peer: str, frames: FrameSource, timeout: float) -> int: ...
 
     @abstractmethod
-    def _partials_once(self, peer: str, message: peer_pb2.Partials, timeout: float) -> None: ...
+    def _partials_once(self, peer: str, partials: Partials, timeout: float) -> None: ...
 
     @abstractmethod
     def _fetch_frames(self, peer: str, round: int, timeout: float) -> Iterable[Frame]: ...
 
     @staticmethod
     def _until_ready(action: Callable[[float], int], timeout: float) -> int:
+        """`action(time left)`, tried again while the receiver answers NotReady (it has not
+        seen the round close yet: give it a moment), 20 ms apart and doubling up to 0.5 s,
+        as long as the next try still starts before the deadline; then NotReady is raised."""
         deadline = time.monotonic() + timeout
-        delay = 0.02
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                return action(max(remaining, 0.001))
-            except NotReady:
-                if time.monotonic() + delay >= deadline:
-                    raise
-            time.sleep(delay)  # the receiver has not seen the close yet: give it a moment
-            delay = min(delay * 2, 0.5)
+        retrying = Retrying(
+            retry=retry_if_exception_type(NotReady),
+            wait=wait_exponential(multiplier=0.02, max=0.5),
+            stop=stop_before_delay(timeout),
+            reraise=True,
+        )
+        return retrying(lambda: action(max(deadline - time.monotonic(), 0.001)))

@@ -1,13 +1,14 @@
 """Carries a FaultPlan out on live in-process nodes: kills, restarts, dropouts, catch-ups.
 
-A crash is the node's own fault injection (swarmnode.allreduce.Fault, raising InjectedCrash
-at that point of its round) followed by what a dying process leaves behind: its server stops
-answering and its connections close. The survivors see only that, and deal with it as they
-would in production: they wait out the transfer deadline, vote the node out on chain and
-finish the round without it. A rejoin is a fresh process: a new inbox and server for the same
-identity and account, the new endpoint on chain, and a fresh SwarmNode (fresh model and
-optimizer) that fetches the last final model from its peers, checked against the digest on
-chain, before it joins. A node back from sitting rounds out catches up the same way.
+A crash is the node's own fault injection (its transport, a swarmnode.p2p.faults
+FaultyTransport armed for the round, raises InjectedCrash at that point) followed by what a
+dying process leaves behind: its server stops answering and its connections close. The
+survivors see only that, and deal with it as they would in production: they wait out the
+transfer deadline, vote the node out on chain and finish the round without it. A rejoin is
+a fresh process: a new inbox and server for the same identity and account, the new endpoint
+on chain, and a fresh SwarmNode (fresh model and optimizer) that fetches the last final
+model from its peers, checked against the digest on chain, before it joins. A node back
+from sitting rounds out catches up the same way.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from swarmnode.allreduce import Fault, InjectedCrash
 from swarmnode.exceptions import SwarmError
 from swarmnode.ledger.types import RoundState
 from swarmnode.membership import RosterFeed
 from swarmnode.node import NodeRound, SwarmNode
+from swarmnode.p2p.faults import Fault, FaultyTransport, InjectedCrash
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
@@ -96,14 +97,16 @@ class FaultInjector:
         if at is None:
             return node.step
 
+        transport = self._swarm.peers[i].transport
+
         def crashing() -> NodeRound | None:
-            node.syncer.fault = Fault.parse(at)
+            transport.arm(Fault.parse(at))
             try:
                 node.step()  # a round that ends before the fault point still ends in a crash
             except InjectedCrash as crash:
                 log.info("node %d: %s", i, crash)
             finally:
-                node.syncer.fault = None
+                transport.disarm()
             self._kill(i)
             self._status[i] = "crashed"
             return None
@@ -161,7 +164,7 @@ class FaultInjector:
             network = self._swarm.extra["network"]
             network.attach(inbox)
             transport = MemoryTransport(network, account)
-        peer = LocalPeer(old.ledger, inbox, transport, server, old.identity)
+        peer = LocalPeer(old.ledger, inbox, FaultyTransport(transport), server, old.identity)
         self._swarm.peers[i] = peer
         fresh = self._make_node(i, peer)
         fresh.contribution = self.nodes[i].contribution

@@ -3,7 +3,9 @@
 `grpc_swarm`: full fidelity, each peer with an account on the embedded chain, a TLS
 identity, a roster fed from the contract's events and a gRPC server with mutual TLS on
 127.0.0.1. `memory_swarm`: the in-memory ledger and transport, for fast runs. Either way
-each peer is registered and sees the others; `close()` stops every server and channel.
+each peer is registered and sees the others; `close()` stops every server and channel. Each
+peer's transport can be made to die on purpose (swarmnode.p2p.faults.FaultyTransport, idle
+until armed), which is how the simulator's crashes happen (docs/simulator.md#faults).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.embedded import EmbeddedChain
 from swarmnode.ledger.memory import InMemoryChain
 from swarmnode.membership import RosterFeed
+from swarmnode.p2p.faults import FaultyTransport
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
 from swarmnode.p2p.roster import PeerRecord, Roster
-from swarmnode.p2p.transport import Transport
 from swarmnode.rules import SwarmParams
 
 T = TypeVar("T")
@@ -32,7 +34,7 @@ T = TypeVar("T")
 class LocalPeer:
     ledger: Ledger
     inbox: Inbox
-    transport: Transport
+    transport: FaultyTransport  # idle until armed: how the simulator crashes a peer
     server: PeerServer | None = None
     identity: TlsIdentity | None = None  # kept so a crashed peer can restart its server
 
@@ -74,7 +76,7 @@ def grpc_swarm(params: SwarmParams, n: int, *, server_workers: int = 8) -> Local
             transport = GrpcTransport(
                 ledger.account, identity.key_pem, identity.cert_pem, feed.roster
             )
-            peers.append(LocalPeer(ledger, inbox, transport, server, identity))
+            peers.append(LocalPeer(ledger, inbox, FaultyTransport(transport), server, identity))
             feeds.append(feed)
             ledger.register(server.endpoint, identity.cert_der)
         for feed in feeds:
@@ -101,7 +103,8 @@ def memory_swarm(
         roster.upsert(PeerRecord(ledger.account, f"memory:{i}", certificate))
         inbox = Inbox(ledger.account)
         network.attach(inbox)
-        peers.append(LocalPeer(ledger, inbox, MemoryTransport(network, ledger.account)))
+        transport = FaultyTransport(MemoryTransport(network, ledger.account))
+        peers.append(LocalPeer(ledger, inbox, transport))
     return LocalSwarm(peers, chain, {"network": network, "roster": roster})
 
 
