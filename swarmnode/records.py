@@ -5,18 +5,59 @@ process simulator reads them back from there; the in-process engine builds the s
 from the node's own result; metrics.jsonl holds them one per line. Written in one place, the
 field names cannot drift apart between the three (docs/simulator.md#reports).
 
-Only the standard library is imported here, so that a log reader (a test, a notebook)
-reads the records without loading torch, web3 or grpc.
+Only the standard library is imported here, not even the node it describes (it reads a
+node's step through the `Step` protocol): this sits at the bottom of the package
+(docs/architecture.md#layers), and a log reader (a test, a notebook) reads the records
+without loading torch, web3 or grpc.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from swarmnode.node import NodeRound
+
+class _Traffic(Protocol):
+    @property
+    def sent(self) -> int: ...
+    @property
+    def received(self) -> int: ...
+
+
+class _Result(Protocol):
+    """What the record reads of a swarmnode.round.RoundResult."""
+
+    @property
+    def round(self) -> int: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def participants(self) -> Sized: ...
+    @property
+    def digest(self) -> bytes | None: ...
+    @property
+    def seconds(self) -> Mapping[str, float]: ...
+    @property
+    def traffic(self) -> _Traffic: ...
+    @property
+    def transactions(self) -> int: ...
+    @property
+    def gas(self) -> int: ...
+
+
+class Step(Protocol):
+    """What the record reads of a node's step (swarmnode.node.NodeRound)."""
+
+    @property
+    def result(self) -> _Result: ...
+    @property
+    def batches(self) -> int: ...
+    @property
+    def val_loss(self) -> float: ...
+
 
 ROUND_EVENT = "round"
 """The `event` of a round's line in the daemon's JSON log."""
@@ -49,7 +90,7 @@ class NodeRoundRecord:
     pid: int | None = None  # the process simulator's daemon
 
     @classmethod
-    def from_round(cls, outcome: NodeRound, **known: Any) -> NodeRoundRecord:
+    def from_round(cls, outcome: Step, **known: Any) -> NodeRoundRecord:
         """The record of `outcome`, a node's step; `known` adds what only the caller knows
         (the node's number, the receipts counted)."""
         result = outcome.result

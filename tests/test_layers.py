@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "swarmnode"
 LAYERS: list[set[str]] = [
     {"cli", "__main__"},
     {"daemon", "simulation", "demo", "flower", "outage", "progress"},
-    {"node", "records", "membership"},
+    {"node", "membership"},
     {"round"},
     {"allreduce"},
     {"p2p", "ledger"},
@@ -35,6 +35,7 @@ LAYERS: list[set[str]] = [
         "config",
         "checkpoint",
         "canonical",
+        "records",
         "rules",
         "error_names",
         "address",
