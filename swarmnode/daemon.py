@@ -218,8 +218,9 @@ def _resume(node: SwarmNode, store: CheckpointStore) -> None:
 
 def _give_up_unfinished(node: SwarmNode) -> None:
     """A seat the previous process took in the current round: the snapshot it committed to
-    and every segment it received died with it, so leave or withdraw (DESIGN.md point 7)
-    before training, rather than let the others wait out a deadline to vote it out."""
+    and every segment it received died with it, so leave or withdraw
+    (docs/round-protocol.md#withdrawing) before training, rather than let the others wait
+    out a deadline to vote it out."""
     given_up = leave_unfinished(node.ledger)
     if given_up is not None:
         number, how = given_up

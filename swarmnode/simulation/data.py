@@ -89,6 +89,7 @@ def load_dataset(name: str, *, test_fraction: float = 0.2, seed: int) -> Dataset
     if seed < 0:
         raise ConfigError(f"seed must be >= 0, got {seed}")
 
+    # here, not at the top: scikit-learn takes over a second to import; only loading needs it
     from sklearn.datasets import load_breast_cancer, load_digits
     from sklearn.model_selection import train_test_split
 
