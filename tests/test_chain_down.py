@@ -29,6 +29,7 @@ from swarmnode.ledger.deployment import Deployment
 from swarmnode.ledger.events import EventCursor
 from swarmnode.ledger.rpc import RpcChain
 from swarmnode.ledger.types import RoundStatus
+from swarmnode.records import round_records
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
 from swarmnode.training import LocalTrainer, example_task
 
@@ -53,11 +54,7 @@ def events(log: Path) -> list[dict[str, Any]]:
 
 
 def finals(log: Path) -> dict[int, str]:
-    return {
-        e["round"]: e["digest"]
-        for e in events(log)
-        if e.get("event") == "round" and e["status"] == "final"
-    }
+    return {r.round: r.digest for r in round_records(events(log)) if r.status == "final"}
 
 
 class Terminal:
@@ -195,8 +192,8 @@ def test_daemons_train_through_a_chain_outage_and_rejoin(
         def final_after_outage(log: Path) -> bool:
             up = [i for i, e in enumerate(events(log)) if e.get("event") == "chain_up"]
             return bool(up) and any(
-                e.get("event") == "round" and e["status"] == "final" and e["round"] > before
-                for e in events(log)[up[0] :]
+                r.status == "final" and r.round > before
+                for r in round_records(events(log)[up[0] :])
             )
 
         wait_until(both(final_after_outage), 180, "a final round after the outage")

@@ -20,6 +20,7 @@ from swarmnode.identity import NodeIdentity
 from swarmnode.ledger.deployment import Deployment
 from swarmnode.ledger.devchain import AnvilChain
 from swarmnode.ledger.types import RoundStatus
+from swarmnode.records import round_records
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
 from swarmnode.training import LocalTrainer, example_task
 
@@ -102,7 +103,7 @@ def test_two_daemons_enrol_run_rounds_checkpoint_and_resume(
         events = [
             json.loads(line) for line in (tmp_path / name / "node.jsonl").read_text().splitlines()
         ]
-        assert [e["status"] for e in events if e.get("event") == "round"] == ["final", "final"]
+        assert [r.status for r in round_records(events)] == ["final", "final"]
 
     # started again, each resumes from its round-2 checkpoint and goes on to round 3
     for config in configs:
@@ -191,7 +192,7 @@ def test_sigterm_stops_both_daemons_cleanly_between_or_after_rounds(
         if not log.exists():
             return 0
         lines = [json.loads(line) for line in log.read_text().splitlines() if line]
-        return sum(1 for e in lines if e.get("event") == "round" and e["status"] == "final")
+        return sum(1 for r in round_records(lines) if r.status == "final")
 
     deadline = time.monotonic() + 90
     while min(rounds_done(log) for log in logs) < 2:  # the daemons' own log is the signal

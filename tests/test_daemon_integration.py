@@ -39,6 +39,7 @@ from swarmnode.ledger.deployment import Deployment
 from swarmnode.ledger.devchain import AnvilChain
 from swarmnode.ledger.types import RoundStatus
 from swarmnode.merge import make_rule
+from swarmnode.records import NodeRoundRecord, round_records
 from swarmnode.round import Round, RoundResult, RoundSettings, leave_unfinished
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
 from swarmnode.simulation.local import memory_swarm, run_in_threads
@@ -259,12 +260,8 @@ class Daemon:
     def lines(self) -> int:
         return len(self.events())
 
-    def rounds(self, since: int = 0, status: str = "final") -> list[dict[str, Any]]:
-        return [
-            e
-            for e in self.events(since)
-            if e.get("event") == "round" and (status == "" or e["status"] == status)
-        ]
+    def rounds(self, since: int = 0, status: str = "final") -> list[NodeRoundRecord]:
+        return [r for r in round_records(self.events(since)) if status in ("", r.status)]
 
     def tail(self) -> str:
         return self.output.read_text()[-4000:] if self.output.exists() else "(no output)"
@@ -393,9 +390,9 @@ def test_three_daemons_learn_digits_that_none_of_them_could_alone(
         assert set(state.live_participants) == accounts
     for daemon in daemons:  # each logged every round with the digest the chain holds
         logged = daemon.rounds()
-        assert [e["round"] for e in logged] == list(range(1, rounds + 1)), daemon.tail()
+        assert [e.round for e in logged] == list(range(1, rounds + 1)), daemon.tail()
         for event in logged:
-            assert bytes.fromhex(event["digest"]) == reader.round(event["round"]).final_digest
+            assert bytes.fromhex(event.digest) == reader.round(event.round).final_digest
 
     final = [CheckpointStore(d.folder / "checkpoints").latest() for d in daemons]
     assert all(c is not None and c.round == rounds for c in final)
@@ -422,7 +419,7 @@ def test_three_daemons_learn_digits_that_none_of_them_could_alone(
     print("round seconds per daemon, median (mean) over the rounds:")
     for daemon in daemons:
         split = {
-            key: [e["seconds"].get(key, 0.0) for e in daemon.rounds()]
+            key: [e.seconds.get(key, 0.0) for e in daemon.rounds()]
             for key in ("chain", "transfer", "merge", "total")
         }
         print(
@@ -498,9 +495,9 @@ def test_killed_daemons_withdraw_from_the_round_they_lost_resume_and_rejoin(
     # moved a and b to the new attempt while they were still waiting on v's data
     assert not [e for e in chain_events(reader, "DropVoted") if e["round"] == r]
     back = wait_for("v's first final round", lambda: v.rounds(seen), [a, b, v])[0]
-    assert back["round"] > r
-    assert me in reader.round(back["round"]).live_participants
-    assert bytes.fromhex(back["digest"]) == reader.round(back["round"]).final_digest
+    assert back.round > r
+    assert me in reader.round(back.round).live_participants
+    assert bytes.fromhex(back.digest) == reader.round(back.round).final_digest
 
     # 2. the test kills v with SIGKILL wherever it is; v comes back with the same config
     wait_for("v's second final round", lambda: len(v.rounds(seen)) >= 2, [a, b, v])
@@ -516,19 +513,19 @@ def test_killed_daemons_withdraw_from_the_round_they_lost_resume_and_rejoin(
     resumed = [e for e in events if e.get("event") == "resumed"]
     assert resumed and resumed[0]["round"] == checkpoint.round
     gave_up = [e["event"] for e in events if e.get("event") in ("withdrawn", "left")]
-    number = first["round"]
-    digest = bytes.fromhex(first["digest"])
+    number = first.round
+    digest = bytes.fromhex(first.digest)
     assert digest == reader.round(number).final_digest
 
-    def logged(daemon: Daemon) -> list[dict[str, Any]]:
-        return [e for e in daemon.rounds() if e["round"] == number]
+    def logged(daemon: Daemon) -> list[NodeRoundRecord]:
+        return [e for e in daemon.rounds() if e.round == number]
 
     for other in (a, b):  # the same digest as the others logged for that round
         same = wait_for(f"{other.name}'s round {number}", partial(logged, other), [a, b, v])
-        assert [e["digest"] for e in same] == [first["digest"]]
+        assert [e.digest for e in same] == [first.digest]
     print(
         f"\nkill -9 to the restarted node's first final round (round {number}): "
-        f"{first['time'] - killed_at:.1f} s (transfer deadline {transfer} s; resumed from the "
+        f"{(first.time or 0.0) - killed_at:.1f} s (transfer deadline {transfer} s; resumed from the "
         f"round-{checkpoint.round} checkpoint; seat given up at restart: {gave_up or 'none'})"
     )
 
@@ -577,15 +574,15 @@ def test_sigterm_mid_round_finishes_within_the_grace_or_withdraws(
     # b withdrew in attempt 1: before the transfer deadline, when c would have been voted out
     assert withdrawals(reader, account_of(b)) == [(r, 1)]
     b_rounds = b.rounds(status="")
-    assert b_rounds[-1]["round"] == r and b_rounds[-1]["status"] == "withdrawn"
+    assert b_rounds[-1].round == r and b_rounds[-1].status == "withdrawn"
     assert b.events()[-1]["event"] == "stopped"
     # d finished round r with a: c voted out, b withdrawn
     state = reader.round(r)
     assert state.status == RoundStatus.FINAL
     assert set(state.live_participants) == {account_of(a), account_of(d)}
     d_rounds = d.rounds(status="")
-    assert d_rounds[-1]["round"] == r and d_rounds[-1]["status"] == "final"
-    assert bytes.fromhex(d_rounds[-1]["digest"]) == state.final_digest
+    assert d_rounds[-1].round == r and d_rounds[-1].status == "final"
+    assert bytes.fromhex(d_rounds[-1].digest) == state.final_digest
     assert not [e for e in d.events() if e.get("event") == "withdrawn"]
     assert d.events()[-1]["event"] == "stopped"
     a.signal(signal.SIGTERM)

@@ -27,6 +27,7 @@ from swarmnode.identity import NodeIdentity
 from swarmnode.ledger.deployment import Deployment
 from swarmnode.ledger.devchain import AnvilChain
 from swarmnode.ledger.types import RoundStatus
+from swarmnode.records import round_records
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
 from swarmnode.training import LocalTrainer, example_task
 
@@ -108,7 +109,7 @@ def test_victims_sigkilled_in_each_phase_are_voted_out_and_survivors_agree(
     for name, (_, after, last_words) in VICTIMS.items():
         log = events(tmp_path / name)
         assert codes[name] == -signal.SIGKILL, (name, (tmp_path / f"{name}.out").read_text())
-        assert [e["status"] for e in log if e.get("event") == "round"] == ["final"] * after
+        assert [r.status for r in round_records(log)] == ["final"] * after
         assert log[-1]["event"] == "die" and last_words in log[-1]["message"], log[-1]
     assert [codes[name] for name in SURVIVORS] == [0, 0]
 
@@ -128,15 +129,15 @@ def test_victims_sigkilled_in_each_phase_are_voted_out_and_survivors_agree(
 
     # every survivor ends every round on the chain's digest, and checkpointed it
     for name in SURVIVORS:
-        rounds = [e for e in events(tmp_path / name) if e.get("event") == "round"]
-        assert [e["status"] for e in rounds] == ["final"] * ROUNDS
+        rounds = round_records(events(tmp_path / name))
+        assert [r.status for r in rounds] == ["final"] * ROUNDS
         for entry in rounds:
-            assert bytes.fromhex(entry["digest"]) == reader.round(entry["round"]).final_digest
-            assert entry["gas"] > 0
+            assert bytes.fromhex(entry.digest) == reader.round(entry.round).final_digest
+            assert entry.gas > 0
         latest = CheckpointStore(tmp_path / name / "checkpoints").latest()
         assert latest is not None and latest.round == ROUNDS
         assert latest.digest == reader.round(ROUNDS).final_digest
         # a fault round is bounded by the deadlines: the wait for the dead peer is the
         # transfer deadline plus the vote, not an open-ended election
         for entry in rounds[1:]:
-            assert entry["seconds"]["total"] < 6 * TRANSFER_DEADLINE + 30
+            assert entry.seconds["total"] < 6 * TRANSFER_DEADLINE + 30

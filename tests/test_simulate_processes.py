@@ -25,6 +25,7 @@ from torch.utils.data import TensorDataset
 from swarmnode import canonical
 from swarmnode.checkpoint import CheckpointStore
 from swarmnode.exceptions import ConfigError
+from swarmnode.records import round_records
 from swarmnode.simulation.data import load_dataset
 from swarmnode.simulation.partition import partition
 from swarmnode.simulation.scenario import Scenario
@@ -136,7 +137,7 @@ def test_three_daemons_run_the_scenario_and_the_report_is_theirs(tmp_path: Path)
     # every daemon logged the same digest each round and checkpointed the last one
     logs = node_logs(out)
     for number in (1, 2):
-        digests = {e["digest"] for log in logs for e in log if e.get("round") == number}
+        digests = {r.digest for log in logs for r in round_records(log) if r.round == number}
         assert len(digests) == 1 and "" not in digests
     checkpoints = [
         CheckpointStore(out / "nodes" / f"node-{i:02d}" / "checkpoints") for i in (0, 1, 2)
@@ -180,7 +181,7 @@ def test_no_process_outlives_an_interrupted_or_failed_run(tmp_path: Path, ending
         try:
             deadline = time.monotonic() + 240
             while not (out / "nodes").exists() or not all(
-                any(e.get("event") == "round" for e in log) for log in _logs_so_far(out)
+                round_records(log) for log in _logs_so_far(out)
             ):  # every daemon has ended a round: the whole swarm is up
                 assert simulator.poll() is None, simulator.communicate()[1]
                 assert time.monotonic() < deadline, "the swarm did not get going"
