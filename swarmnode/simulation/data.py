@@ -75,20 +75,7 @@ def load_dataset(name: str, *, test_fraction: float = 0.2, seed: int) -> Dataset
     outside (0, 1), a negative seed, or a fraction that leaves some class without a row on
     one side.
     """
-    if name not in DATASETS:
-        raise ConfigError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
-    fraction = float(test_fraction)
-    if not (math.isfinite(fraction) and 0.0 < fraction < 1.0):
-        raise ConfigError(f"test_fraction must be between 0 and 1 (exclusive), got {fraction}")
-    if isinstance(seed, bool):
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
-    try:
-        seed = operator.index(seed)
-    except TypeError:
-        raise ConfigError(f"seed must be an integer, got {seed!r}") from None
-    if seed < 0:
-        raise ConfigError(f"seed must be >= 0, got {seed}")
-
+    fraction, seed = _check_request(name, test_fraction, seed)
     # here, not at the top: scikit-learn takes over a second to import; only loading needs it
     from sklearn.datasets import load_breast_cancer, load_digits
     from sklearn.model_selection import train_test_split
@@ -120,6 +107,25 @@ def load_dataset(name: str, *, test_fraction: float = 0.2, seed: int) -> Dataset
         classes=int(y.max()) + 1,
         features=int(x.shape[1]),
     )
+
+
+def _check_request(name: str, test_fraction: float, seed: int) -> tuple[float, int]:
+    """(test_fraction, seed) as a float and an int, checked; ConfigError naming the first
+    that is wrong."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    fraction = float(test_fraction)
+    if not (math.isfinite(fraction) and 0.0 < fraction < 1.0):
+        raise ConfigError(f"test_fraction must be between 0 and 1 (exclusive), got {fraction}")
+    if isinstance(seed, bool):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    try:
+        seed = operator.index(seed)
+    except TypeError:
+        raise ConfigError(f"seed must be an integer, got {seed!r}") from None
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {seed}")
+    return fraction, seed
 
 
 def _standardize(

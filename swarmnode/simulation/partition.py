@@ -94,9 +94,31 @@ def partition(
     n = _check_int("n", n, minimum=1)
     seed = _check_int("seed", seed, minimum=0)
     min_samples = _check_int("min_samples", min_samples, minimum=0)
+    total = len(y)
+    alpha, shards_per_node = _check_request(kind, n, total, alpha, shards_per_node, min_samples)
+    draw = _DRAWS[kind]
+    for attempt in range(MAX_TRIES):
+        # A fresh Generator per attempt, seeded from (seed, attempt): attempt k's draw does not
+        # depend on how many random numbers the failed attempts before it consumed.
+        rng = np.random.default_rng([seed, attempt])
+        parts = draw(y, n, rng, alpha, shards_per_node, min_samples)
+        if min(len(part) for part in parts) >= min_samples:
+            return [np.sort(part).astype(np.int64, copy=False) for part in parts]
+    raise ConfigError(
+        f"{kind} partition: no draw in {MAX_TRIES} gave each of {n} nodes at least "
+        f"{min_samples} of the {total} samples (alpha={alpha}, shards_per_node="
+        f"{shards_per_node}); use fewer nodes, a lower min_samples, or a larger alpha / more "
+        "shards per node"
+    )
+
+
+def _check_request(
+    kind: str, n: int, total: int, alpha: float, shards_per_node: int, min_samples: int
+) -> tuple[float, int]:
+    """(alpha, shards_per_node) checked for `kind`, which must be known and ask for no more
+    samples than `total`; the parameters a kind ignores pass unchecked."""
     if kind not in PARTITION_KINDS:
         raise ConfigError(f"unknown partition kind {kind!r}; known: {', '.join(PARTITION_KINDS)}")
-    total = len(y)
     if n * min_samples > total:
         raise ConfigError(
             f"{kind} partition: {n} nodes x min_samples {min_samples} = {n * min_samples} "
@@ -113,20 +135,7 @@ def partition(
                 f"shards partition: {n} nodes x {shards_per_node} shards = "
                 f"{n * shards_per_node} shards, more than the {total} samples"
             )
-    draw = _DRAWS[kind]
-    for attempt in range(MAX_TRIES):
-        # A fresh Generator per attempt, seeded from (seed, attempt): attempt k's draw does not
-        # depend on how many random numbers the failed attempts before it consumed.
-        rng = np.random.default_rng([seed, attempt])
-        parts = draw(y, n, rng, alpha, shards_per_node, min_samples)
-        if min(len(part) for part in parts) >= min_samples:
-            return [np.sort(part).astype(np.int64, copy=False) for part in parts]
-    raise ConfigError(
-        f"{kind} partition: no draw in {MAX_TRIES} gave each of {n} nodes at least "
-        f"{min_samples} of the {total} samples (alpha={alpha}, shards_per_node="
-        f"{shards_per_node}); use fewer nodes, a lower min_samples, or a larger alpha / more "
-        "shards per node"
-    )
+    return alpha, shards_per_node
 
 
 def label_histogram(

@@ -77,33 +77,53 @@ def dataset_task(
         raise ConfigError("indices name the rows themselves: give them without classes or parts")
     data = load_dataset(dataset, test_fraction=test_fraction, seed=data_seed)
     if indices is not None:
-        keep = _indices(indices, len(data.y_train), dataset)
-        held = keep
-        val_x, val_y = data.x_train, data.y_train
+        own = _own_rows(data, indices)
+        train, val = own, own
     else:
-        keep = _rows(data.y_train, classes, data.classes)[part::parts]
-        held = _rows(data.y_test, classes, data.classes)
-        val_x, val_y = data.x_test, data.y_test
-    if len(keep) == 0:
-        raise ConfigError(f"classes {list(classes or [])}: no training rows in {dataset}")
-    train = TensorDataset(data.x_train[keep], data.y_train[keep])
-    val = TensorDataset(val_x[held], val_y[held])
+        train, val = _class_rows(data, classes, part, parts)
+    return _mlp_task(data, train, val, hidden, batch_size, learning_rate)
 
-    def make_model() -> torch.nn.Module:
-        return MLP(data.features, hidden, data.classes)
+
+def _own_rows(data: Dataset, indices: Sequence[int]) -> TensorDataset:
+    keep = _indices(indices, len(data.y_train), data.name)
+    return TensorDataset(data.x_train[keep], data.y_train[keep])
+
+
+def _class_rows(
+    data: Dataset, classes: Sequence[int] | None, part: int, parts: int
+) -> tuple[TensorDataset, TensorDataset]:
+    """The training rows of `classes` this part holds, and the held-out rows of `classes`."""
+    keep = _rows(data.y_train, classes, data.classes)[part::parts]
+    if len(keep) == 0:
+        raise ConfigError(f"classes {list(classes or [])}: no training rows in {data.name}")
+    held = _rows(data.y_test, classes, data.classes)
+    train = TensorDataset(data.x_train[keep], data.y_train[keep])
+    return train, TensorDataset(data.x_test[held], data.y_test[held])
+
+
+def _mlp_task(
+    data: Dataset,
+    train: TensorDataset,
+    val: TensorDataset,
+    hidden: int,
+    batch_size: int,
+    learning_rate: float,
+) -> Task:
+    """The simulator's model and optimizer on `train`: built here alone, for the in-process
+    engine and a daemon alike, so that every node starts from the same model digest."""
 
     def make_optimizer(params: Any) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=learning_rate, momentum=0.9)
 
     return Task(
-        model_factory=make_model,
+        model_factory=lambda: MLP(data.features, hidden, data.classes),
         train_data=train,
         val_data=val,
-        loss_fn=torch.nn.CrossEntropyLoss(),
+        loss_fn=nn.CrossEntropyLoss(),
         optimizer_factory=make_optimizer,
         batch_size=batch_size,
         metrics={"accuracy": accuracy},
-        name=f"{dataset}-mlp",
+        name=f"{data.name}-mlp",
     )
 
 
@@ -168,21 +188,8 @@ def make_task(
     if flip:
         labels = flip_labels(labels, data.classes)
     own = TensorDataset(data.x_train[chosen], labels)
-    lr = scenario.learning_rate
-
-    def optimizer(params: Any) -> torch.optim.Optimizer:
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-
-    return Task(
-        model_factory=lambda: MLP(data.features, scenario.hidden, data.classes),
-        train_data=own,
-        val_data=own,
-        loss_fn=nn.CrossEntropyLoss(),
-        optimizer_factory=optimizer,
-        batch_size=scenario.batch_size,
-        metrics={"accuracy": accuracy},
-        name=f"{data.name}-mlp",
-    )
+    s = scenario
+    return _mlp_task(data, own, own, s.hidden, s.batch_size, s.learning_rate)
 
 
 def node_tasks(scenario: Scenario, data: Dataset, parts: list[npt.NDArray[np.int64]]) -> list[Task]:
