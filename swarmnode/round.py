@@ -52,7 +52,11 @@ class RoundOutcome(StrEnum):
     """How a round ended for this node (docs/round-protocol.md#outcomes).
 
     The values are what log lines, node.jsonl and report.json carry: a member compares equal
-    to its string, formats as it and is written to JSON as it."""
+    to its string, formats as it and is written to JSON as it; its repr is the string's too,
+    so that a list of outcomes prints as a user reads it (['final', 'caught_up'])."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
 
     FINAL = "final"  # the round finalized the digest this node reported
     CAUGHT_UP = "caught_up"  # final without or against this node: it fetched the winner

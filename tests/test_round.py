@@ -407,6 +407,7 @@ def test_an_outcome_is_written_and_logged_as_its_plain_string() -> None:
     assert RoundOutcome.CAUGHT_UP == "caught_up"
     assert json.dumps({"status": RoundOutcome.CAUGHT_UP}) == '{"status": "caught_up"}'
     assert f"{RoundOutcome.FINAL}" == str(RoundOutcome.FINAL) == "final"
+    assert repr([RoundOutcome.FINAL, RoundOutcome.LEFT]) == "['final', 'left']"
     logged = logging.LogRecord("r", logging.INFO, "", 0, "round %s", (RoundOutcome.LEFT,), None)
     assert logged.getMessage() == "round left"
     with pytest.raises(dataclasses.FrozenInstanceError):
