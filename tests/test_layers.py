@@ -21,7 +21,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "swarmnode"
 # Top to bottom; a module may import its own layer's and the ones below, never one above.
 # A name is a module or subpackage directly under swarmnode/.
 LAYERS: list[set[str]] = [
-    {"cli", "__main__"},
+    # __init__ is the public facade: it names classes from every layer and loads each on
+    # first use (PEP 562), so importing any module below never runs an upward import.
+    {"cli", "__main__", "__init__"},
     {"daemon", "simulation", "demo", "flower", "outage", "progress"},
     {"node", "membership"},
     {"round"},
@@ -40,7 +42,7 @@ LAYERS: list[set[str]] = [
         "error_names",
         "address",
         "exceptions",
-        "__init__",
+        "version",
     },
 ]
 

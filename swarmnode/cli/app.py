@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import typer
 
-from swarmnode import __version__
 from swarmnode.cli import chain, demo, deploy, init, run, simulate, status
+from swarmnode.version import __version__
 
 
 def version() -> None:

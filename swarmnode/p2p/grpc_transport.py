@@ -29,7 +29,6 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from swarmnode import __version__
 from swarmnode.address import normalize
 from swarmnode.canonical import num_chunks
 from swarmnode.exceptions import PeerError
@@ -49,6 +48,7 @@ from swarmnode.p2p.messages import (
 )
 from swarmnode.p2p.roster import PeerRecord, Roster
 from swarmnode.p2p.transport import FrameSource, Transport
+from swarmnode.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from swarmnode import __version__
 from swarmnode.address import normalize
 from swarmnode.canonical import num_chunks
 from swarmnode.exceptions import PeerError
@@ -32,6 +31,7 @@ from swarmnode.p2p.messages import (
 )
 from swarmnode.p2p.roster import Roster
 from swarmnode.p2p.transport import FrameSource, Transport
+from swarmnode.version import __version__
 
 
 class MemoryNetwork:
