@@ -526,7 +526,8 @@ def test_killed_daemons_withdraw_from_the_round_they_lost_resume_and_rejoin(
     print(
         f"\nkill -9 to the restarted node's first final round (round {number}): "
         f"{(first.time or 0.0) - killed_at:.1f} s (transfer deadline {transfer} s; resumed "
-        f"from the round-{checkpoint.round} checkpoint; seat given up at restart: {gave_up or 'none'})"
+        f"from the round-{checkpoint.round} checkpoint; "
+        f"seat given up at restart: {gave_up or 'none'})"
     )
 
     for daemon in (a, b, v):
