@@ -135,7 +135,8 @@ def test_daemons_train_through_a_chain_outage_and_rejoin(
             'device = "cpu"\n'
         )
     logs = [tmp_path / name / "node.jsonl" for name in ("a", "b")]
-    env = {"PATH": os.environ["PATH"], "SWARMNODE_KEY_PASSPHRASE": ""}
+    # one torch thread each: two daemons share two cores (with pytest -n 2, beside a worker)
+    env = {"PATH": os.environ["PATH"], "SWARMNODE_KEY_PASSPHRASE": "", "OMP_NUM_THREADS": "1"}
 
     def run(name: str, out: int) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(

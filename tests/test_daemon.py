@@ -33,7 +33,8 @@ def start(config: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={"PATH": os.environ["PATH"], "SWARMNODE_KEY_PASSPHRASE": ""},
+        # one torch thread each: two daemons share two cores (with pytest -n 2, beside a worker)
+        env={"PATH": os.environ["PATH"], "SWARMNODE_KEY_PASSPHRASE": "", "OMP_NUM_THREADS": "1"},
     )
 
 

@@ -93,7 +93,12 @@ def test_victims_sigkilled_in_each_phase_are_voted_out_and_survivors_agree(
             [sys.executable, "-m", "swarmnode", "run", "--config", str(config)],
             stdout=(tmp_path / f"{name}.out").open("w"),
             stderr=subprocess.STDOUT,
-            env={"PATH": os.environ["PATH"], "SWARMNODE_KEY_PASSPHRASE": ""},
+            # one torch thread each: the daemons share two cores
+            env={
+                "PATH": os.environ["PATH"],
+                "SWARMNODE_KEY_PASSPHRASE": "",
+                "OMP_NUM_THREADS": "1",
+            },
         )
         for name, config in configs.items()
     }
