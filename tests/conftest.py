@@ -18,7 +18,11 @@ BACKEND_NAMES = ("anvil", "embedded", "memory")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """One torch thread per pytest-xdist worker (`pytest -n 2 --dist loadgroup`).
+    """One torch thread per pytest-xdist worker (`pytest -n 2 --dist loadfile`).
+
+    loadfile, not load: a module's tests share module fixtures (one transport-fuzz server,
+    one dev chain for the chain CLI tests) and some run in order. Not loadgroup either:
+    with pytest 9.2 and xdist 3.8 it ignores xdist_group (pytest-xdist issue 1386).
 
     A worker shares the cores with the others: torch's default of one thread per core made
     the in-process simulation tests spend a third of their CPU time spinning (two workers on

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-# one dev chain for the module, also under pytest-xdist
-pytestmark = [pytest.mark.chain, pytest.mark.slow, pytest.mark.xdist_group("chain_cli")]
+pytestmark = [pytest.mark.chain, pytest.mark.slow]
 
 NODE = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 

@@ -71,9 +71,7 @@ from swarmnode.p2p.inbox import MAX_PARTIAL_STEPS, MAX_PARTIALS, Inbox
 from swarmnode.p2p.messages import Partials
 from swarmnode.p2p.roster import PeerRecord, Roster
 
-# One worker runs the module in order under pytest-xdist: the tests share one server, and
-# the last one checks what the others left behind.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("transport_fuzz")]
+pytestmark = pytest.mark.slow
 
 CHUNK = canonical.CHUNK_ELEMENTS
 NUMEL = 6 * CHUNK + 123  # 7 chunks, the last one short
