@@ -34,8 +34,10 @@ $(NPM_STAMP): contracts/package.json contracts/package-lock.json
 demo: setup
 	$(VENV)/bin/swarmnode simulate simulations/demo.toml
 
+# Two workers (pytest-xdist), a test module per worker: most tests wait on chains, sockets
+# and daemons, not on the CPU. --durations keeps each issue's test-time budget visible.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile --durations=20
 
 lint: setup
 	$(VENV)/bin/ruff check swarmnode tests simulations protocol

@@ -17,8 +17,14 @@ __all__ = ["is_address", "normalize"]
 
 
 def is_address(value: object) -> bool:
-    """A 20-byte account address in hex, in any letter case."""
-    return isinstance(value, str) and bool(is_hex_address(value))
+    """A 20-byte account address: "0x" and 40 hex digits, in any letter case.
+
+    The prefix is required (eth_utils alone also takes bare hex), so that an account has
+    exactly one accepted spelling up to letter case: a peer cannot name someone else with
+    a second spelling that only normalizes to them."""
+    return (
+        isinstance(value, str) and value[:2] in ("0x", "0X") and bool(is_hex_address(value))
+    )
 
 
 @lru_cache(maxsize=4096)

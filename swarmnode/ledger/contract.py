@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
+from tenacity import retry_if_exception
 from web3 import Web3
 from web3.contract.contract import ContractFunction
 
@@ -133,20 +134,22 @@ class ContractLedger(Ledger):
 
     def _transact(self, fn: ContractFunction) -> Any:
         """Sends one state-changing call and returns its receipt; retries clock-skew reverts."""
-        delays = self._too_early.delays()
-        while True:
-            try:
-                receipt = self.sender.send(fn)
-                self.gas_log.append((fn.fn_name, int(receipt["gasUsed"])))
-                if receipt["status"] != 1:
-                    raise self._name_failure(fn, receipt)
-                return receipt
-            except ContractError as err:
-                skew = err.too_early and self.now() >= int(err.details.get("notBefore", 0))
-                delay = next(delays, None) if skew else None
-                if delay is None:
-                    raise
-            self._too_early.sleep(delay)
+        retrying = self._too_early.retrying(retry_if_exception(self._chain_clock_behind))
+        return retrying(self._transact_once, fn)
+
+    def _transact_once(self, fn: ContractFunction) -> Any:
+        receipt = self.sender.send(fn)
+        self.gas_log.append((fn.fn_name, int(receipt["gasUsed"])))
+        if receipt["status"] != 1:
+            raise self._name_failure(fn, receipt)
+        return receipt
+
+    def _chain_clock_behind(self, exc: BaseException) -> bool:
+        """TooEarly although this node's clock says the time has come: the chain's clock
+        lags, so the call waits for it. TooEarly by this node's clock too is not retried."""
+        if not isinstance(exc, ContractError) or not exc.too_early:
+            return False
+        return self.now() >= int(exc.details.get("notBefore", 0))
 
     def _round_work_gas(self) -> int:
         """Room for the round-level work any join or report may end up doing (see

@@ -85,14 +85,6 @@ class Backoff:
             reraise=True,
         )
 
-    def delays(self) -> Iterator[float]:
-        """The waits between tries, for loops whose retry test is not an exception type
-        (contract.py's clock-skew retry)."""
-        delay = self.first_delay
-        for _ in range(self.attempts - 1):
-            yield delay
-            delay = min(delay * 2, self.max_delay)
-
 
 @dataclass(frozen=True)
 class SentTransaction:

@@ -54,11 +54,8 @@ class PeerInfo:
 
 
 def wire_account(value: str) -> str:
-    """An account as a peer wrote it, normalized; InvalidMessage if it is not one.
-
-    Stricter than normalize(): the 0x prefix is required, as every node writes it, so that
-    one account has exactly one accepted spelling up to letter case."""
-    if value[:2] not in ("0x", "0X") or not is_address(value):
+    """An account as a peer wrote it, normalized; InvalidMessage if it is not one."""
+    if not is_address(value):
         raise InvalidMessage(f"not an account address: {value[:50]!r}")
     return normalize(value)
 
