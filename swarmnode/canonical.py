@@ -49,6 +49,7 @@ from swarmnode.exceptions import ConfigError, PeerError
 __all__ = [
     "CHUNK_BYTES",
     "CHUNK_ELEMENTS",
+    "CHUNK_HASH",
     "ELEMENT_BYTES",
     "EMPTY_DIGEST",
     "HASH_BYTES",
@@ -78,6 +79,9 @@ ELEMENT_BYTES = 4
 CHUNK_BYTES = CHUNK_ELEMENTS * ELEMENT_BYTES
 """16 KiB: small enough that a hash list costs 0.2% of the data, large enough that the
 per-chunk Python overhead (about a microsecond) is noise next to hashing 16 KiB."""
+CHUNK_HASH = "sha256"
+"""The chunk hash's name (hashlib's), written into checkpoint headers so that a file hashed
+under another scheme is recognised as such (docs/canonical-vector.md#checkpoints)."""
 HASH_BYTES = 32
 """SHA-256 output size; a hash list is HASH_BYTES x num_chunks bytes."""
 EMPTY_DIGEST = hashlib.sha256(b"").digest()

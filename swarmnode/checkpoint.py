@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 MAGIC = b"SWARMCK1"
 _HEADER = struct.Struct("<8sQI")  # magic, vector elements, metadata bytes
 KEEP = 2  # the newest checkpoints kept: the previous one is the fallback for a corrupt one
-CHUNK_HASH = "sha256"
-"""The name of canonical.py's chunk hash (tests/test_checkpoint.py checks they agree)."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ class HashScheme:
         return f"{self.chunk_hash} over {self.chunk_elements}-element chunks"
 
 
-CURRENT = HashScheme(CHUNK_HASH, canonical.CHUNK_ELEMENTS)
+CURRENT = HashScheme(canonical.CHUNK_HASH, canonical.CHUNK_ELEMENTS)
 LEGACY = HashScheme("sha256", 4096)  # fixed: the scheme of files whose header names none
 
 

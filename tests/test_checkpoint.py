@@ -15,7 +15,6 @@ import pytest
 from swarmnode import canonical
 from swarmnode import checkpoint as checkpoint_module
 from swarmnode.checkpoint import (
-    CHUNK_HASH,
     MAGIC,
     Checkpoint,
     CheckpointStore,
@@ -98,9 +97,10 @@ def test_the_header_names_the_hash_scheme(tmp_path: Path) -> None:
 
 
 def test_the_scheme_name_is_canonicals_chunk_hash() -> None:
-    """If canonical.py changes its chunk hash, checkpoint.CHUNK_HASH must say so."""
+    """If canonical.py changes its chunk hash, canonical.CHUNK_HASH (what checkpoint headers
+    record) must say so."""
     one_chunk = np.arange(canonical.CHUNK_ELEMENTS, dtype="<f4")
-    expected = hashlib.new(CHUNK_HASH, one_chunk.tobytes()).digest()
+    expected = hashlib.new(canonical.CHUNK_HASH, one_chunk.tobytes()).digest()
     assert canonical.chunk_hashes(one_chunk) == expected
 
 
