@@ -287,7 +287,7 @@ class NodeIdentity:
         keeps them fast. Emits IdentityWarning when an existing directory is open to group
         or others.
         """
-        # here, not at the top: eth_account takes about a second to import, and the TLS half
+        # here, not at the top: eth_account takes over half a second to import, and the TLS half
         # of an identity (all that p2p and the simulator use) never needs it
         from eth_account import Account
 
@@ -334,7 +334,7 @@ class NodeIdentity:
         decrypts with `passphrase` to the account its address field states; the certificate
         is intact, its key is tls.key, it names that account and has not expired.
         """
-        # here, not at the top: eth_account takes about a second to import, and the TLS half
+        # here, not at the top: eth_account takes over half a second to import, and the TLS half
         # of an identity (all that p2p and the simulator use) never needs it
         from eth_account import Account
 
@@ -362,7 +362,7 @@ def _read_public(directory: Path) -> tuple[str, dict[str, Any], TlsIdentity]:
 
     Returns the keystore's stated address, the keystore and the TLS identity.
     """
-    # here, not at the top: eth_utils costs about half a second, for the keystore check alone;
+    # here, not at the top: eth_utils costs about 0.2 s to import, for the keystore check alone;
     # a keystore's address field is bare hex, which address.normalize rightly refuses
     from eth_utils.address import is_hex_address, to_checksum_address
 
