@@ -185,7 +185,10 @@ class AllReduceRunner:
         owned = self.owned[self.mine]
         self.inbox.expect_updates(round, self.mine, owned, self.numel, commitments, attempt)
         owners = {p: (j, self.owned[j]) for j, p in self.others}
-        self.inbox.expect_merged(round, attempt, owners, self.numel)
+        bound = self.rule.partials_bound(len(self.attempt.participants))
+        self.inbox.expect_merged(
+            round, attempt, owners, self.numel, partial_steps=bound.steps, partial_sizes=bound.sizes
+        )
 
     # ------------------------------------------------------------------ phases
 
@@ -234,6 +237,8 @@ class AllReduceRunner:
         """Sends this segment's partial sums to every peer, gathers theirs, and adds all of
         them in participant order, so that every owner gets the same bits."""
         values = partials.detach().to("cpu", torch.float64).reshape(-1)
+        # before sending: no peer can be at this step before it has this node's sums
+        self.inbox.partials_step(self.attempt.round, self.attempt.attempt, step, values.numel())
         message = Partials(
             self.attempt.round,
             self.attempt.attempt,

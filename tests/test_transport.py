@@ -259,7 +259,8 @@ def test_merged_segments_follow_attempts(cluster: Cluster) -> None:
 
 def test_partial_sums_travel_and_non_finite_ones_are_refused(cluster: Cluster) -> None:
     a, b, _ = cluster.nodes
-    b.inbox.expect_merged(ROUND, 1, {a.account: (0, SEGMENTS[0])}, NUMEL)
+    owners = {a.account: (0, SEGMENTS[0])}
+    b.inbox.expect_merged(ROUND, 1, owners, NUMEL, partial_steps=2, partial_sizes={3, 1})
     message = Partials(
         ROUND, attempt=1, step=0, segment=0, values=(1.5, 2.25, 1e300), sender=a.account
     )

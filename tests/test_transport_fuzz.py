@@ -67,7 +67,7 @@ from swarmnode.p2p.grpc_transport import (
     GrpcTransport,
     PeerServer,
 )
-from swarmnode.p2p.inbox import MAX_PARTIAL_STEPS, MAX_PARTIALS, Inbox
+from swarmnode.p2p.inbox import MAX_PARTIALS, Inbox
 from swarmnode.p2p.messages import Partials
 from swarmnode.p2p.roster import PeerRecord, Roster
 
@@ -90,6 +90,8 @@ NAN_ROUND = 8
 MODEL_ROUND = 4
 UPDATE_ATTEMPT = 1  # the receiver's current attempt for UPDATE frames of round 7
 ATTEMPT = 2  # ... and for MERGED frames and partial sums
+PARTIAL_STEPS = 2  # R's rule takes two exchanges here, of up to 16 values
+PARTIAL_SIZES = range(17)
 TIMEOUT = 10.0
 U64 = 2**64 - 1
 U32 = 2**32 - 1
@@ -338,7 +340,9 @@ def swarm(request: pytest.FixtureRequest) -> Iterator[Swarm]:
     commitments = {A: canonical.digest(A_UPDATE), H: canonical.digest(H_UPDATE)}
     inbox.expect_updates(ROUND, 2, UPDATE_CHUNKS, NUMEL, commitments, attempt=UPDATE_ATTEMPT)
     owners = {A: (0, MERGED_CHUNKS), H: (1, H_MERGED_CHUNKS)}
-    inbox.expect_merged(ROUND, ATTEMPT, owners, NUMEL)
+    inbox.expect_merged(
+        ROUND, ATTEMPT, owners, NUMEL, partial_steps=PARTIAL_STEPS, partial_sizes=PARTIAL_SIZES
+    )
     inbox.publish_model(MODEL_ROUND, FINAL, canonical.chunk_hashes(FINAL))
     roster = Roster()
     server = PeerServer(R, ids[R].key_pem, ids[R].cert_pem, roster, inbox)
@@ -955,7 +959,7 @@ def test_partial_sums_get_the_status_of_what_they_break(swarm: Swarm) -> None:
             INVALID if len(sums) > MAX_PARTIALS or not np.isfinite(sums).all() else OK,
             STALE if round < FLOOR else OK if round == ROUND else UNAVAILABLE,
             STALE if attempt < ATTEMPT else OK if attempt == ATTEMPT else UNAVAILABLE,
-            INVALID if step > MAX_PARTIAL_STEPS else OK,
+            INVALID if step >= PARTIAL_STEPS else OK,  # steps past the rule's: refused
             INVALID if segment != 0 else OK,  # A owns segment 0 in this attempt
         }
         outcome = swarm.raw.unary("PushPartials", message.SerializeToString())
@@ -1091,9 +1095,9 @@ def test_afterwards_honest_peers_are_served_and_only_honest_data_was_kept(swarm:
     # (2) the server still answers Info, partial sums and catch-up correctly
     info = swarm.honest.info(R, TIMEOUT)
     assert (info.account, info.version, info.serving) == (R, __version__, True)
-    sums = Partials(ROUND, ATTEMPT, step=3, segment=1, values=(0.5, -2.0), sender=H)
+    sums = Partials(ROUND, ATTEMPT, step=1, segment=1, values=(0.5, -2.0), sender=H)
     swarm.honest.push_partials(R, sums, TIMEOUT)
-    stored = inbox.partials(ROUND, ATTEMPT, 3, H, timeout=5)
+    stored = inbox.partials(ROUND, ATTEMPT, 1, H, timeout=5)
     assert stored is not None and stored.tolist() == [0.5, -2.0]
     fetched = swarm.attacker.fetch_model(R, MODEL_ROUND, canonical.digest(FINAL), NUMEL, TIMEOUT)
     assert fetched.tobytes() == FINAL.tobytes()

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from swarmnode.exceptions import ConfigError
 from swarmnode.merge.base import (
+    NO_PARTIALS,
     FinishedMerge,
     MergeRule,
+    PartialsBound,
     SegmentMerge,
     WeightsLike,
     combine_partials,
@@ -49,6 +51,7 @@ def make_rule(rule: Rule) -> MergeRule:
 
 
 __all__ = [
+    "NO_PARTIALS",
     "RULES",
     "CenteredClipping",
     "CenteredClippingMerge",
@@ -59,6 +62,7 @@ __all__ = [
     "Mean",
     "Median",
     "MergeRule",
+    "PartialsBound",
     "SegmentMerge",
     "TrimmedMean",
     "WeightsLike",

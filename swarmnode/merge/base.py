@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -282,6 +283,21 @@ def drive(states: Sequence[SegmentMerge]) -> list[torch.Tensor]:
             state.advance(totals)
 
 
+@dataclass(frozen=True)
+class PartialsBound:
+    """The most partial-sum exchanges a rule's merge takes and the sizes (values per owner)
+    an exchange can carry, for a given number of participants: what a receiver accepts from
+    a peer, so that nobody can make it hold partial sums the rule never asks for
+    (docs/trust.md#checks-on-received-data)."""
+
+    steps: int
+    sizes: frozenset[int]
+
+
+NO_PARTIALS = PartialsBound(0, frozenset())
+"""The bound of the rules that finish at begin(): no exchange at all."""
+
+
 class MergeRule(ABC):
     """A merge rule built from the swarm's Rule (id + four uint64, fractions in PPM).
 
@@ -310,6 +326,10 @@ class MergeRule(ABC):
     def name(self) -> str:
         """The rule and its parameters, for messages."""
         return self.rule_id.name.lower()
+
+    def partials_bound(self, participants: int) -> PartialsBound:
+        """The exchanges a merge of `participants` contributions can take, at most."""
+        return NO_PARTIALS
 
     def _check(
         self, contributions: torch.Tensor, weights: WeightsLike

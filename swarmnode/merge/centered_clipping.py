@@ -23,6 +23,7 @@ import torch
 
 from swarmnode.merge.base import (
     MergeRule,
+    PartialsBound,
     SegmentMerge,
     WeightsLike,
     anchored_sum,
@@ -109,6 +110,10 @@ class CenteredClipping(MergeRule):
     @property
     def name(self) -> str:
         return f"centered clipping (tau={self.tau:g}, iterations={self.iterations})"
+
+    def partials_bound(self, participants: int) -> PartialsBound:
+        """One exchange of (n,) squared norms per iteration."""
+        return PartialsBound(max(1, self.iterations), frozenset({participants}))
 
     def begin(
         self,

@@ -40,6 +40,7 @@ import torch
 from swarmnode.merge.base import (
     ACCUMULATE,
     MergeRule,
+    PartialsBound,
     SegmentMerge,
     WeightsLike,
     anchored_sum,
@@ -158,6 +159,11 @@ class GeometricMedian(MergeRule):
     @property
     def name(self) -> str:
         return f"geometric median (tolerance={self.tolerance:g}, cap={self.max_iterations})"
+
+    def partials_bound(self, participants: int) -> PartialsBound:
+        """Up to two exchanges per Weiszfeld step (the distances, then the Vardi-Zhang norm),
+        and the iteration ends at the cap's step."""
+        return PartialsBound(2 * max(1, self.max_iterations), frozenset({participants + 1, 1}))
 
     def begin(
         self,

@@ -16,6 +16,7 @@ import torch
 from swarmnode.merge.base import (
     ACCUMULATE,
     MergeRule,
+    PartialsBound,
     SegmentMerge,
     WeightsLike,
     anchored_sum,
@@ -133,6 +134,10 @@ class Krum(MergeRule):
     @property
     def name(self) -> str:
         return f"krum (f={self.f}, m={self.m})"
+
+    def partials_bound(self, participants: int) -> PartialsBound:
+        """One exchange of the (n, n) squared distances."""
+        return PartialsBound(1, frozenset({participants * participants}))
 
     def begin(
         self,
