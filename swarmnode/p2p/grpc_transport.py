@@ -26,6 +26,8 @@ from concurrent import futures
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -236,11 +238,19 @@ class PeerServer:
                 context, grpc.StatusCode.NOT_FOUND, f"no final model of round {request.round} here"
             )
         vector, hashes = found
-        yield from frames_for(
+        yield from self._model_frames(request.round, vector, hashes)
+
+    def _model_frames(
+        self, round: int, vector: npt.NDArray[np.float32], hashes: bytes
+    ) -> Iterator[Frame]:
+        """Every chunk of a final model once, the hash list first. A method of its own so
+        that the attack tests can serve a dishonest stream over real mutual TLS
+        (docs/trust.md#checks-on-received-data)."""
+        return frames_for(
             vector,
             range(num_chunks(len(vector))),
             kind=Kind.MODEL,
-            round=request.round,
+            round=round,
             attempt=0,
             segment=0,
             sender=self.account,
@@ -324,10 +334,13 @@ class GrpcTransport(Transport):
             request_serializer=peer_pb2.ModelRequest.SerializeToString,
             response_deserializer=codec.decode,
         )
+        responses = call(peer_pb2.ModelRequest(round=round), timeout=timeout)
         try:
-            yield from call(peer_pb2.ModelRequest(round=round), timeout=timeout)
+            yield from responses
         except grpc.RpcError as exc:
             raise _as_peer_error(peer, exc) from exc
+        finally:
+            responses.cancel()  # a stream refused half-way: the peer stops sending now
 
     def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
         def ask(channel: grpc.Channel) -> PeerInfo:

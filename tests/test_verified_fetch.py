@@ -1,0 +1,158 @@
+"""A peer serving catch-up cannot feed a node a model other than the one on chain
+(docs/trust.md#checks-on-received-data, docs/round-protocol.md#catch-up).
+
+The attacks run on real mutual-TLS gRPC: the dishonest peer is a PeerServer whose model
+stream is rewritten (chunk 0 twice and never chunk 1; a wrong chunk under the honest hash
+list; a stream that stops early; overlapping frames), next to an honest peer holding the
+model whose digest the chain finalized.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from swarmnode import canonical
+from swarmnode.address import normalize
+from swarmnode.exceptions import PeerError
+from swarmnode.identity import TlsIdentity
+from swarmnode.p2p import peer_pb2
+from swarmnode.p2p.errors import InvalidMessage
+from swarmnode.p2p.frames import Frame, frames_for
+from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
+from swarmnode.p2p.inbox import Inbox
+from swarmnode.p2p.roster import PeerRecord, Roster
+from swarmnode.round import catch_up
+
+NUMEL = 3 * canonical.CHUNK_ELEMENTS + 77  # 4 chunks, the last one short
+ROUND = 4
+MODEL = np.random.default_rng(1).standard_normal(NUMEL).astype(np.float32)
+DIGEST = canonical.digest(MODEL)
+HASHES = canonical.chunk_hashes(MODEL)
+
+Stream = Callable[[str], list[Frame]]  # the serving account -> the frames it sends
+
+
+def _frames(chunks: range, vector: npt.NDArray[np.float32], sender: str, **kw: int) -> list[Frame]:
+    return list(
+        frames_for(
+            vector,
+            chunks,
+            kind=peer_pb2.KIND_MODEL,
+            round=ROUND,
+            attempt=0,
+            segment=0,
+            sender=sender,
+            chunk_hashes=HASHES,  # the honest list: it matches the chain's digest
+            **kw,
+        )
+    )
+
+
+def chunk_zero_twice(sender: str) -> list[Frame]:
+    """The attack seen on main: as many elements as the model, chunk 1 never sent."""
+    one = _frames(range(4), MODEL, sender, frame_chunks=1)
+    return [one[0], one[0], one[2], one[3]]
+
+
+def wrong_chunk(sender: str) -> list[Frame]:
+    forged = MODEL.copy()
+    forged[canonical.CHUNK_ELEMENTS + 5] += 1.0
+    return _frames(range(4), forged, sender, frame_chunks=1)
+
+
+def stops_early(sender: str) -> list[Frame]:
+    return _frames(range(4), MODEL, sender, frame_chunks=1)[:-1]
+
+
+def overlapping(sender: str) -> list[Frame]:
+    """Chunks 0-1, then 1-2, then 3: every chunk covered, chunk 1 twice, in the right count
+    of frames but one chunk too many."""
+    pairs = _frames(range(3), MODEL, sender, frame_chunks=2)
+    middle = _frames(range(1, 3), MODEL, sender, frame_chunks=2)
+    last = _frames(range(3, 4), MODEL, sender, frame_chunks=1)
+    return [pairs[0], middle[0], last[0]]
+
+
+ATTACKS = [chunk_zero_twice, wrong_chunk, stops_early, overlapping]
+
+
+class DishonestServer(PeerServer):
+    """Serves its model through `stream` instead of every chunk once."""
+
+    stream: Stream = staticmethod(chunk_zero_twice)
+
+    def _model_frames(
+        self, round: int, vector: npt.NDArray[np.float32], hashes: bytes
+    ) -> Iterator[Frame]:
+        return iter(self.stream(self.account))
+
+
+class Peers:
+    """A fetching node, a dishonest server and an honest one, all on one roster."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.roster = Roster()
+        self.servers: list[PeerServer] = []
+        self.bad = self._serve(DishonestServer, stream)
+        self.good = self._serve(PeerServer, None)
+        account, identity = self._identity()
+        self.roster.upsert(PeerRecord(account, "fetcher", identity.cert_der))
+        self.transport = GrpcTransport(account, identity.key_pem, identity.cert_pem, self.roster)
+
+    @staticmethod
+    def _identity() -> tuple[str, TlsIdentity]:
+        account = normalize("0x" + secrets.token_hex(20))
+        return account, TlsIdentity.generate(account)
+
+    def _serve(self, kind: type[PeerServer], stream: Stream | None) -> str:
+        account, identity = self._identity()
+        inbox = Inbox(account)
+        inbox.publish_model(ROUND, MODEL, HASHES)
+        server = kind(account, identity.key_pem, identity.cert_pem, self.roster, inbox)
+        if stream is not None:
+            server.stream = stream  # type: ignore[attr-defined]
+        self.servers.append(server.start())
+        self.roster.upsert(PeerRecord(account, server.endpoint, identity.cert_der))
+        return account
+
+    def close(self) -> None:
+        self.transport.close()
+        for server in self.servers:
+            server.stop(0)
+
+
+@pytest.fixture(params=ATTACKS, ids=[a.__name__ for a in ATTACKS])
+def peers(request: pytest.FixtureRequest) -> Iterator[Peers]:
+    built = Peers(request.param)
+    yield built
+    built.close()
+
+
+def test_a_dishonest_stream_is_refused(peers: Peers) -> None:
+    with pytest.raises(InvalidMessage, match=peers.bad):
+        peers.transport.fetch_model(peers.bad, ROUND, DIGEST, NUMEL, timeout=10)
+
+
+def test_catch_up_skips_the_dishonest_peer_and_ends_on_the_chains_digest(peers: Peers) -> None:
+    got = catch_up(peers.transport, ROUND, DIGEST, NUMEL, [peers.bad, peers.good], timeout=10)
+    assert canonical.digest(got) == DIGEST
+    assert got.tobytes() == MODEL.tobytes()
+
+
+def test_with_only_dishonest_peers_catch_up_names_them(peers: Peers) -> None:
+    with pytest.raises(PeerError, match=f"no peer had round {ROUND}.*{peers.bad}"):
+        catch_up(peers.transport, ROUND, DIGEST, NUMEL, [peers.bad], timeout=10)
+
+
+def test_the_honest_stream_still_arrives_in_frames_of_one_chunk() -> None:
+    built = Peers(lambda sender: _frames(range(4), MODEL, sender, frame_chunks=1))
+    try:
+        got = built.transport.fetch_model(built.bad, ROUND, DIGEST, NUMEL, timeout=10)
+        assert got.tobytes() == MODEL.tobytes()
+    finally:
+        built.close()
