@@ -25,9 +25,8 @@ from swarmnode import progress
 from swarmnode.checkpoint import Checkpoint, CheckpointStore
 from swarmnode.config import NodeConfig
 from swarmnode.exceptions import ChainUnavailable, ConfigError, LedgerError, MergeError, PeerError
-from swarmnode.identity import NodeIdentity
+from swarmnode.identity import NodeIdentity, take_passphrase
 from swarmnode.ledger.deployment import Deployment
-from swarmnode.ledger.keys import PASSPHRASE_ENV
 from swarmnode.ledger.rpc import RpcChain
 from swarmnode.ledger.transactions import Backoff
 from swarmnode.membership import RosterFeed
@@ -74,7 +73,7 @@ class JsonLines(logging.Handler):
 def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
     """Runs until `stop` is set (SIGTERM / Ctrl-C) or `config.rounds` rounds are done."""
     stop = stop or threading.Event()
-    identity = NodeIdentity.load(config.identity_dir, os.environ.get(PASSPHRASE_ENV, ""))
+    identity = load_identity(config)
     deployment = Deployment.load(config.deployment)
     url = config.rpc or deployment.rpc
     if not url:
@@ -178,6 +177,13 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
         package_log.removeHandler(handler)
         package_log.removeHandler(console)
         handler.close()
+
+
+def load_identity(config: NodeConfig) -> NodeIdentity:
+    """The node's keys, decrypted with the passphrase from the environment (empty if none),
+    which is taken out of it: a daemon runs for months, and neither what it starts nor a
+    look at its os.environ should find the secret there (docs/trust.md#keys)."""
+    return NodeIdentity.load(config.identity_dir, take_passphrase() or "")
 
 
 def _enrol(ledger: Any, endpoint: str, certificate: bytes) -> None:

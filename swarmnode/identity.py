@@ -30,6 +30,7 @@ import os
 import secrets
 import stat
 import warnings
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -544,9 +545,74 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+# The account keystore's passphrase, for every command that decrypts or writes one
+# (docs/trust.md#keys): the variable itself, or the path of a file holding it (a systemd
+# credential, a container secret), so that the secret itself need not sit in an environment.
+PASSPHRASE_ENV = "SWARMNODE_KEY_PASSPHRASE"
+PASSPHRASE_FILE_ENV = "SWARMNODE_KEY_PASSPHRASE_FILE"
+
+
+def take_passphrase(environ: MutableMapping[str, str] | None = None) -> str | None:
+    """The passphrase given in the environment, or None when none is; both variables are
+    removed as they are read, so that nothing the process starts later inherits them and a
+    long-running daemon's os.environ no longer holds them (docs/trust.md#keys)."""
+    env = os.environ if environ is None else environ
+    direct = env.pop(PASSPHRASE_ENV, None)
+    named = env.pop(PASSPHRASE_FILE_ENV, None)
+    if direct is not None and named is not None:
+        raise ConfigError(
+            f"both {PASSPHRASE_ENV} and {PASSPHRASE_FILE_ENV} are set: give the passphrase one way"
+        )
+    if named is not None:
+        return read_passphrase_file(Path(named))
+    return direct
+
+
+def read_passphrase_file(path: Path) -> str:
+    """The file's text less one trailing newline (what `echo` or an editor adds).
+
+    Refused unless owner-only, like the keys themselves: a passphrase that group or others
+    can read is one they can use with a copied keystore, and one they can write is one they
+    choose for the next `init`. systemd credentials already are owner-only; a container
+    secret needs its mode set (0400).
+    """
+    where = f"{path} ({PASSPHRASE_FILE_ENV})"
+    try:
+        # O_NONBLOCK: a FIFO at that path must not hang the process before the check below
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)  # the file opened, not whatever the path names by now
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{where}: not a regular file")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & _LOOSE_BITS:
+            raise ConfigError(
+                f"{where}: mode {mode:04o} lets group or others at the passphrase; "
+                f"it must be owner-only (chmod 600 {path})"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read()
+    finally:
+        os.close(fd)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not UTF-8 text") from None
+    for newline in ("\r\n", "\n"):
+        if text.endswith(newline):
+            return text[: -len(newline)]
+    return text
+
+
 __all__ = [
     "ACCOUNT_FILE",
     "IDENTITY_FILES",
+    "PASSPHRASE_ENV",
+    "PASSPHRASE_FILE_ENV",
     "SECRET_FILES",
     "SUMMARY_FILE",
     "TLS_CERT_FILE",
@@ -555,4 +621,6 @@ __all__ = [
     "IdentityWarning",
     "NodeIdentity",
     "TlsIdentity",
+    "read_passphrase_file",
+    "take_passphrase",
 ]

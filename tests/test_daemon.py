@@ -155,7 +155,7 @@ def test_the_readme_walk_through_init_deploy_run_status(
 
     addresses = []
     for name in ("hospital-a", "hospital-b"):
-        swarmnode("init", "--dir", name)
+        swarmnode("init", "--dir", name, "--empty-passphrase")  # a dev chain's throwaway keys
         addresses.append(NodeIdentity.inspect(tmp_path / name).address)
         config = tmp_path / name / "node.toml"
         assert config.exists()

@@ -412,10 +412,11 @@ def test_cli_init_refuses_to_overwrite_and_force_replaces(node_dir: Path) -> Non
 
 
 @pytest.mark.slow
-def test_cli_init_without_passphrase_or_terminal_warns_and_uses_the_empty_one(
+def test_cli_init_with_empty_passphrase_warns_and_uses_the_empty_one(
     node_dir: Path,
 ) -> None:
-    result = swarmnode("init", "--dir", str(node_dir))
+    # without --empty-passphrase, init refuses here (tests/test_passphrase.py)
+    result = swarmnode("init", "--dir", str(node_dir), "--empty-passphrase")
     assert result.returncode == 0, result.stderr
     warnings = result.stderr.splitlines()
     assert warnings and all(line.startswith("swarmnode: warning: ") for line in warnings)

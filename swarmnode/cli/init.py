@@ -1,15 +1,16 @@
 """`swarmnode init` and `swarmnode identity show`: make a node's keys, and look at them.
 
-The passphrase that encrypts the account keystore comes from SWARMNODE_KEY_PASSPHRASE (the
-variable `--keystore` and the node read too), else from a hidden prompt when a person is at
-a terminal, else it is empty, with a warning: a script without a terminal must never hang
-waiting for an answer nobody can give.
+The passphrase that encrypts the account keystore comes from SWARMNODE_KEY_PASSPHRASE, or
+from the file SWARMNODE_KEY_PASSPHRASE_FILE names (what `--keystore` and the node read too),
+else from a hidden prompt when a person is at a terminal. Without any of them `init`
+refuses rather than hang waiting for an answer nobody can give, or write a key anyone who
+reads the file can spend with: the empty passphrase only when `--empty-passphrase` says so
+(docs/trust.md#keys).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -18,19 +19,24 @@ from pathlib import Path
 
 import typer
 
+from swarmnode.exceptions import ConfigError
 from swarmnode.identity import (
     ACCOUNT_FILE,
+    PASSPHRASE_ENV,
+    PASSPHRASE_FILE_ENV,
     SUMMARY_FILE,
     TLS_CERT_FILE,
     TLS_KEY_FILE,
     IdentitySummary,
     IdentityWarning,
     NodeIdentity,
+    take_passphrase,
 )
 
-# The same name as swarmnode.ledger.keys.PASSPHRASE_ENV; not imported from there so that
-# `init` does not load the ledger (web3) to make two keys.
-PASSPHRASE_ENV = "SWARMNODE_KEY_PASSPHRASE"
+GIVE_ONE = (
+    f"set {PASSPHRASE_ENV}, or {PASSPHRASE_FILE_ENV} to a file holding it, run at a "
+    "terminal to be asked, or pass --empty-passphrase to encrypt the key with none"
+)
 
 DirOption = typer.Option(
     ...,
@@ -45,13 +51,21 @@ def _stdin_is_a_terminal() -> bool:
     return sys.stdin.isatty()
 
 
-def _passphrase() -> tuple[str, str | None]:
-    """The passphrase and, when it is empty, the warning to print about that."""
-    from_env = os.environ.get(PASSPHRASE_ENV)
-    if from_env is not None:
-        if from_env:
-            return from_env, None
-        return "", f"{PASSPHRASE_ENV} is set but empty"
+def _passphrase(empty: bool) -> tuple[str, str | None]:
+    """The passphrase and, when it is empty, the warning to print about that; a ConfigError
+    when there is none and nobody said that none is meant."""
+    given = take_passphrase()
+    if empty:
+        if given:
+            raise ConfigError(
+                f"--empty-passphrase, yet a passphrase is given ({PASSPHRASE_ENV} or "
+                f"{PASSPHRASE_FILE_ENV}): give one or the other"
+            )
+        return "", "--empty-passphrase"
+    if given:
+        return given, None
+    if given is not None:  # set, but to nothing: an unset shell variable, a blank file
+        raise ConfigError(f"the passphrase given is empty: {GIVE_ONE}")
     if _stdin_is_a_terminal():
         answer: str = typer.prompt(
             "Passphrase for the account keystore (empty for none)",
@@ -61,7 +75,7 @@ def _passphrase() -> tuple[str, str | None]:
             confirmation_prompt=True,
         )
         return answer, None if answer else "no passphrase entered"
-    return "", f"{PASSPHRASE_ENV} is not set and there is no terminal to ask"
+    raise ConfigError(f"no passphrase for the account key and no terminal to ask: {GIVE_ONE}")
 
 
 def _warn(message: str) -> None:
@@ -88,12 +102,18 @@ def init(
     force: bool = typer.Option(
         False, "--force", help="Replace an existing identity (its account key is lost)."
     ),
+    empty_passphrase: bool = typer.Option(
+        False,
+        "--empty-passphrase",
+        help="Encrypt the account key with the empty passphrase, on purpose: anyone who can "
+        "read account.json can then spend from the account.",
+    ),
 ) -> None:
     """Create a node's chain account and TLS certificate in --dir."""
     existing = NodeIdentity.existing_files(directory)
     if not force:  # before the prompt: never ask for a passphrase, then refuse
         NodeIdentity.refuse_overwrite(directory)
-    passphrase, empty_because = _passphrase()
+    passphrase, empty_because = _passphrase(empty_passphrase)
     with _identity_warnings_printed():
         identity = NodeIdentity.create(directory, passphrase, force=force)
     if existing:
@@ -102,7 +122,8 @@ def init(
         _warn(
             f"{empty_because}: {directory / ACCOUNT_FILE} is encrypted with the empty "
             f"passphrase, so anyone who can read it can spend from the account; to protect "
-            f"it, run `swarmnode init --force` with {PASSPHRASE_ENV} set"
+            f"it, run `swarmnode init --force` with a passphrase ({PASSPHRASE_ENV} or "
+            f"{PASSPHRASE_FILE_ENV})"
         )
     protection = "the EMPTY passphrase" if empty_because else "your passphrase"
     summary = identity.summary()
@@ -126,7 +147,11 @@ def init(
         f"`swarmnode fund {summary.address} --deployment FILE`, or `deploy --fund`)\n"
         f"  2. `swarmnode run --config {config}`: it registers its endpoint and this "
         "certificate on the swarm contract when it starts"
-        + (f" (keep {PASSPHRASE_ENV} set for it)" if not empty_because else "")
+        + (
+            f" (give it the passphrase: {PASSPHRASE_ENV} or {PASSPHRASE_FILE_ENV})"
+            if not empty_because
+            else ""
+        )
     )
 
 

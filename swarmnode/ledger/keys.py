@@ -10,10 +10,10 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from swarmnode.exceptions import ConfigError
+from swarmnode.identity import PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, take_passphrase
 from swarmnode.ledger.anvil import DEV_CHAIN_ID, DEV_KEY
 
 PRIVATE_KEY_ENV = "SWARMNODE_PRIVATE_KEY"
-PASSPHRASE_ENV = "SWARMNODE_KEY_PASSPHRASE"
 
 
 def load_signer(
@@ -45,12 +45,17 @@ def _from_keystore(path: Path, passphrase: str | None) -> LocalAccount:
         raise ConfigError(f"{path}: no such keystore file") from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: not a keystore file ({exc})") from exc
-    secret = passphrase if passphrase is not None else os.environ.get(PASSPHRASE_ENV, "")
+    if passphrase is None:  # none given: the environment's, else the empty one
+        passphrase = take_passphrase() or ""
     try:
-        key = Account.decrypt(data, secret)
+        key = Account.decrypt(data, passphrase)
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(
-            f"{path}: cannot decrypt (wrong passphrase in {PASSPHRASE_ENV}?)"
+            f"{path}: cannot decrypt (wrong passphrase in {PASSPHRASE_ENV} "
+            f"or the file {PASSPHRASE_FILE_ENV} names?)"
         ) from exc
     account: LocalAccount = Account.from_key(key)
     return account
+
+
+__all__ = ["PASSPHRASE_ENV", "PASSPHRASE_FILE_ENV", "PRIVATE_KEY_ENV", "load_signer"]

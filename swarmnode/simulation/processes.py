@@ -42,10 +42,9 @@ from eth_account import Account
 from swarmnode import canonical
 from swarmnode.checkpoint import read as read_checkpoint
 from swarmnode.exceptions import ConfigError, SwarmError
-from swarmnode.identity import NodeIdentity
+from swarmnode.identity import PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, NodeIdentity
 from swarmnode.ledger.anvil import DEV_KEY, AnvilProcess
 from swarmnode.ledger.base import Ledger
-from swarmnode.ledger.keys import PASSPHRASE_ENV
 from swarmnode.ledger.rpc import RpcChain
 from swarmnode.ledger.types import RoundStatus
 from swarmnode.records import ROUND_EVENT, NodeRoundRecord
@@ -409,11 +408,14 @@ def _toml(value: Any) -> str:
 
 
 def _child_environment() -> dict[str, str]:
-    """The daemons' environment: this one, the (empty) passphrase of their throwaway keys,
-    one math thread each (several of them share few cores), and this interpreter's own
-    import folders, so that a user's task module imports there as it does here."""
+    """The daemons' environment: this one, the (empty) passphrase of their throwaway keys
+    (in place of any passphrase file this process was given: one way only, and each daemon
+    takes it out of its environment as it reads it, docs/trust.md#keys), one math thread
+    each (several of them share few cores), and this interpreter's own import folders, so
+    that a user's task module imports there as it does here."""
     env = dict(os.environ)
     env[PASSPHRASE_ENV] = ""
+    env.pop(PASSPHRASE_FILE_ENV, None)
     env.setdefault("OMP_NUM_THREADS", "1")
     system = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
     own = []
