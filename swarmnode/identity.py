@@ -557,6 +557,9 @@ def take_passphrase(environ: MutableMapping[str, str] | None = None) -> str | No
     removed as they are read, so that nothing the process starts later inherits them and a
     long-running daemon's os.environ no longer holds them (docs/trust.md#keys)."""
     env = os.environ if environ is None else environ
+    if env is os.environ:
+        for name in (PASSPHRASE_ENV, PASSPHRASE_FILE_ENV):
+            _blank_in_initial_environment(name)
     direct = env.pop(PASSPHRASE_ENV, None)
     named = env.pop(PASSPHRASE_FILE_ENV, None)
     if direct is not None and named is not None:
@@ -566,6 +569,40 @@ def take_passphrase(environ: MutableMapping[str, str] | None = None) -> str | No
     if named is not None:
         return read_passphrase_file(Path(named))
     return direct
+
+
+def _blank_in_initial_environment(name: str) -> None:
+    """Overwrite `name`'s value with NULs where the kernel keeps the environment the process
+    was started with (before it is unset, which only drops glibc's pointer to it).
+
+    os.environ.pop leaves that copy in place, and /proc/PID/environ shows it for the life of
+    the process (proc(5)); writing over it there, as setproctitle does with argv, is what
+    takes it out of that view (its length stays). Only bytes inside that block are touched,
+    never a string setenv allocated; on anything but Linux, or if anything looks unexpected,
+    it does nothing.
+    """
+    # here, not at the top: ctypes is needed only on the way a passphrase is taken
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        # fields 50 and 51 of /proc/self/stat (after the parenthesised name: 3 on)
+        fields = Path("/proc/self/stat").read_bytes().rsplit(b")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])
+        environ = ctypes.POINTER(ctypes.c_void_p).in_dll(ctypes.CDLL(None), "environ")
+    except (OSError, ValueError, IndexError):
+        return
+    prefix = name.encode() + b"="
+    index = 0
+    while (address := environ[index]) is not None:
+        index += 1
+        if not start <= address < end:
+            continue
+        entry = ctypes.string_at(address)
+        if entry.startswith(prefix) and address + len(entry) <= end:
+            ctypes.memset(address + len(prefix), 0, len(entry) - len(prefix))
 
 
 def read_passphrase_file(path: Path) -> str:

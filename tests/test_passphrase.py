@@ -139,6 +139,27 @@ def test_the_daemon_keeps_no_passphrase_in_its_environment(
     assert "SWARMNODE_KEY_PASSPHRASE" not in child.stdout  # what it starts inherits neither
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/PID/environ")
+def test_proc_environ_no_longer_shows_the_passphrase_once_taken() -> None:
+    """Unsetting alone leaves the value in the block the process started with, which
+    /proc/PID/environ (what `ps e` and anyone with the same uid read) shows until it exits."""
+    probe = (
+        "import os; from swarmnode.identity import take_passphrase; "
+        "before = open('/proc/self/environ', 'rb').read(); taken = take_passphrase(); "
+        "after = open('/proc/self/environ', 'rb').read(); secret = taken.encode(); "
+        "print(secret in before, secret in after, 'SWARMNODE_KEY_PASSPHRASE' in os.environ)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={"PATH": os.environ.get("PATH", ""), PASSPHRASE_ENV: SECRET},
+    )
+    assert done.stdout.split() == ["True", "False", "False"], done.stderr
+
+
 @pytest.mark.parametrize("fault", ["missing", "group-readable", "others-readable", "a-dir"])
 def test_a_bad_passphrase_file_is_one_line_naming_it(tmp_path: Path, fault: str) -> None:
     if fault == "missing":
