@@ -36,7 +36,7 @@ from swarmnode.p2p.faults import Fault, FaultyTransport, InjectedCrash
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.records import ROUND_EVENT, NodeRoundRecord
-from swarmnode.round import RoundSettings, leave_unfinished
+from swarmnode.round import RoundResult, RoundSettings, leave_unfinished
 from swarmnode.sync import SyncState
 from swarmnode.training import load_task
 
@@ -161,12 +161,7 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
             record = NodeRoundRecord.from_round(outcome, receipts=len(ledger.gas_log) - mined)
             fields = {"event": ROUND_EVENT, **record.to_json()}
             log.info("round %d %s", result.round, result.status, extra={"fields": fields})
-            if result.merged is not None and result.digest is not None:
-                state = {
-                    "sync": node.syncer.policy.state.to_dict(),
-                    "batches_done": node.trainer.batches_done,
-                }
-                store.save(Checkpoint(result.round, result.digest, result.merged, state))
+            if _save_checkpoint(store, node, result):
                 done += 1
         log.info("node %s stopping", ledger.account, extra={"fields": {"event": "stopped"}})
         return 0
@@ -184,6 +179,26 @@ def load_identity(config: NodeConfig) -> NodeIdentity:
     which is taken out of it: a daemon runs for months, and neither what it starts nor a
     look at its os.environ should find the secret there (docs/trust.md#keys)."""
     return NodeIdentity.load(config.identity_dir, take_passphrase() or "")
+
+
+def _save_checkpoint(store: CheckpointStore, node: SwarmNode, result: RoundResult) -> bool:
+    """Checkpoints a final round's model. Every fetched model was checked against the chain
+    before it got here (docs/trust.md#checks-on-received-data); should one still not match
+    its digest, the store refuses it and the node logs that and trains on, rather than die
+    on a model a peer served. True when the round ended with a model (a round done)."""
+    if result.merged is None or result.digest is None:
+        return False
+    state = {"sync": node.syncer.policy.state.to_dict(), "batches_done": node.trainer.batches_done}
+    try:
+        store.save(Checkpoint(result.round, result.digest, result.merged, state))
+    except ValueError as exc:
+        log.error(
+            "checkpoint of round %d not saved: %s",
+            result.round,
+            exc,
+            extra={"fields": {"event": "error", "round": result.round}},
+        )
+    return True
 
 
 def _enrol(ledger: Any, endpoint: str, certificate: bytes) -> None:

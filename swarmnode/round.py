@@ -60,7 +60,7 @@ class RoundOutcome(StrEnum):
 
     FINAL = "final"  # the round finalized the digest this node reported
     CAUGHT_UP = "caught_up"  # final without or against this node: it fetched the winner
-    LOST = "lost"  # final against this node (on the way to caught_up)
+    LOST = "lost"  # final against this node (on the way to caught_up, unless no peer served)
     FAILED_TOO_FEW = "failed_too_few"  # drops or withdrawals left too few live participants
     FAILED_DISAGREED = "failed_disagreed"  # the reports could no longer make a quorum
     EXPIRED = "expired"  # the round deadline passed first
@@ -285,7 +285,8 @@ class Round:
             outcome = RoundOutcome.LOST  # our digest lost the quorum
         if outcome == RoundOutcome.LOST and state.final_digest is not None:
             merged = self._fetch_winner(state, state.final_digest)
-            return RoundOutcome.CAUGHT_UP, merged, canonical.chunk_hashes(merged)
+            if merged is not None:
+                return RoundOutcome.CAUGHT_UP, merged, canonical.chunk_hashes(merged)
         return outcome, None, b""
 
     # -- catching up (docs/round-protocol.md#catch-up)
@@ -315,13 +316,20 @@ class Round:
             state.number, RoundOutcome.CAUGHT_UP, 0, participants, merged, state.final_digest
         )
 
-    def _fetch_winner(self, state: RoundState, digest: bytes) -> npt.NDArray[np.float32]:
-        """The round is final without (or against) us: its model, from another participant."""
+    def _fetch_winner(self, state: RoundState, digest: bytes) -> npt.NDArray[np.float32] | None:
+        """The round is final without (or against) us: its model, from another participant;
+        None (the round ends lost, the local model kept) if no participant served the model
+        whose digest is on chain, so that a dishonest or failing peer costs this node one
+        round's merge, never its process (docs/round-protocol.md#catch-up)."""
         t0 = time.perf_counter()
         peers = [p for p in state.live_participants if p != self.me]
-        merged = catch_up(self.transport, state.number, digest, len(self.vector), peers)
-        self.seconds["transfer"] += time.perf_counter() - t0
-        return merged
+        try:
+            return catch_up(self.transport, state.number, digest, len(self.vector), peers)
+        except PeerError as exc:
+            log.warning("%s: round %d: %s", self.me, state.number, exc)
+            return None
+        finally:
+            self.seconds["transfer"] += time.perf_counter() - t0
 
     # -- the chain
 

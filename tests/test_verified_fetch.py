@@ -12,6 +12,9 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +31,10 @@ from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.roster import PeerRecord, Roster
 from swarmnode.round import catch_up
+
+if TYPE_CHECKING:
+    from swarmnode.ledger.types import RoundState
+    from swarmnode.node import SwarmNode
 
 NUMEL = 3 * canonical.CHUNK_ELEMENTS + 77  # 4 chunks, the last one short
 ROUND = 4
@@ -162,3 +169,47 @@ def test_the_honest_stream_still_arrives_in_frames_of_one_chunk() -> None:
         assert got.tobytes() == MODEL.tobytes()
     finally:
         built.close()
+
+
+def test_a_node_whose_digest_lost_keeps_its_model_when_only_dishonest_peers_serve(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Round._fetch_winner with the dishonest peer as the only other participant: the round
+    ends lost for this node (logged), instead of a PeerError ending its process."""
+    from swarmnode.round import Round
+
+    built = Peers(chunk_zero_twice)
+    me = SimpleNamespace(
+        me="0x" + "0" * 40, transport=built.transport, vector=MODEL, seconds={"transfer": 0.0}
+    )
+    state = SimpleNamespace(number=ROUND, live_participants=(me.me, built.bad))
+    try:
+        with caplog.at_level(logging.WARNING, logger="swarmnode.round"):
+            got = Round._fetch_winner(cast(Round, me), cast("RoundState", state), DIGEST)
+    finally:
+        built.close()
+    assert got is None
+    assert f"no peer had round {ROUND}'s final model" in caplog.text and built.bad in caplog.text
+
+
+def test_the_daemon_logs_a_model_that_does_not_match_its_digest_and_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The crash seen on main: the checkpoint store refuses a model whose digest is not the
+    chain's; the daemon logs that and counts the round, rather than exit."""
+    from swarmnode.checkpoint import CheckpointStore
+    from swarmnode.daemon import _save_checkpoint
+    from swarmnode.round import RoundOutcome, RoundResult
+
+    store = CheckpointStore(tmp_path)
+    node = SimpleNamespace(
+        syncer=SimpleNamespace(policy=SimpleNamespace(state=SimpleNamespace(to_dict=dict))),
+        trainer=SimpleNamespace(batches_done=3),
+    )
+    wrong = MODEL.copy()
+    wrong[canonical.CHUNK_ELEMENTS :] = 0.0
+    result = RoundResult(ROUND, 0, RoundOutcome.CAUGHT_UP, (), wrong, DIGEST)
+    with caplog.at_level(logging.ERROR, logger="swarmnode.daemon"):
+        assert _save_checkpoint(store, cast("SwarmNode", node), result)
+    assert f"checkpoint of round {ROUND} not saved" in caplog.text
+    assert store.latest() is None
