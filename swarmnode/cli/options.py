@@ -16,8 +16,9 @@ KeystoreOption = typer.Option(
     None,
     "--keystore",
     help="Ethereum keystore file that signs; its passphrase comes from "
-    "SWARMNODE_KEY_PASSPHRASE. Without it: SWARMNODE_PRIVATE_KEY, or anvil's dev key "
-    "on chain id 31337.",
+    "SWARMNODE_KEY_PASSPHRASE, or from the owner-only file SWARMNODE_KEY_PASSPHRASE_FILE "
+    "names (empty if neither is set). Without --keystore: SWARMNODE_PRIVATE_KEY, or anvil's "
+    "dev key on chain id 31337.",
 )
 
 
