@@ -20,6 +20,7 @@ from eth_utils.address import to_checksum_address
 from tenacity import retry_if_exception
 from web3 import Web3
 from web3.contract.contract import ContractFunction
+from web3.exceptions import BlockNotFound
 
 from swarmnode.exceptions import ContractError, LedgerError
 from swarmnode.ledger.artifacts import load
@@ -365,7 +366,25 @@ class ContractLedger(Ledger):
         }
         if "participants" in args:
             args["participants"] = [to_checksum_address(a) for a in args["participants"]]
-        return LedgerEvent(decoded["event"], (int(log["blockNumber"]), int(log["logIndex"])), args)
+        position = (int(log["blockNumber"]), int(log["logIndex"]))
+        return LedgerEvent(decoded["event"], position, args, bool(log.get("removed", False)))
+
+    def block_id(self, height: int | None = None) -> tuple[int, bytes] | None:
+        """(number, hash) of the block at `height`, or of the head; None where the chain has
+        no block there: it lost blocks, and what was read from them may be untrue
+        (docs/chain.md#events-and-the-roster-feed)."""
+
+        def read() -> tuple[int, bytes] | None:
+            with self.sender.guard("block_id"):
+                try:
+                    block = self._w3.eth.get_block("latest" if height is None else height)
+                except BlockNotFound:
+                    return None
+                return int(block["number"]), bytes(block["hash"])
+
+        result: tuple[int, bytes] | None = self.sender.retry_unavailable("block_id", read)
+        return result
+
 
     def start_cursor(self) -> int:
         return self._deploy_block

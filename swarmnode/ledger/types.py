@@ -111,8 +111,11 @@ class RoundState:
 
 @dataclass(frozen=True)
 class LedgerEvent:
-    """A contract event. `position` orders events on one chain: (block, log index)."""
+    """A contract event. `position` orders events on one chain: (block, log index).
+    `removed`: a log filter says a reorganization took it back
+    (docs/chain.md#events-and-the-roster-feed)."""
 
     name: str
     position: tuple[int, int]
     args: Mapping[str, Any] = field(default_factory=dict)
+    removed: bool = False
