@@ -385,6 +385,5 @@ class ContractLedger(Ledger):
         result: tuple[int, bytes] | None = self.sender.retry_unavailable("block_id", read)
         return result
 
-
     def start_cursor(self) -> int:
         return self._deploy_block
