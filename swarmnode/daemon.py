@@ -24,7 +24,15 @@ from typing import Any
 from swarmnode import progress
 from swarmnode.checkpoint import Checkpoint, CheckpointStore
 from swarmnode.config import NodeConfig
-from swarmnode.exceptions import ChainUnavailable, ConfigError, LedgerError, MergeError, PeerError
+from swarmnode.error_names import ErrorName
+from swarmnode.exceptions import (
+    ChainUnavailable,
+    ConfigError,
+    ContractError,
+    LedgerError,
+    MergeError,
+    PeerError,
+)
 from swarmnode.identity import NodeIdentity, take_passphrase
 from swarmnode.ledger.deployment import Deployment
 from swarmnode.ledger.rpc import RpcChain
@@ -111,7 +119,7 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
         GrpcTransport(ledger.account, identity.tls.key_pem, identity.tls.cert_pem, feed.roster)
     )
     try:
-        _enrol(ledger, server.endpoint, identity.tls.cert_der)
+        _enrol(ledger, server.endpoint, identity.tls.cert_der, config.deployment)
         feed.refresh()
         node = SwarmNode(
             ledger=ledger,
@@ -201,8 +209,23 @@ def _save_checkpoint(store: CheckpointStore, node: SwarmNode, result: RoundResul
     return True
 
 
-def _enrol(ledger: Any, endpoint: str, certificate: bytes) -> None:
-    """Registers, or moves the endpoint, so that the chain shows this process."""
+def _enrol(ledger: Any, endpoint: str, certificate: bytes, deployment: Path) -> None:
+    """Registers, or moves the endpoint, so that the chain shows this process; an account the
+    swarm does not admit is told in one line who can fix that, and how
+    (docs/trust.md#the-roster)."""
+    try:
+        _register_or_move(ledger, endpoint, certificate)
+    except ContractError as exc:
+        if exc.name != ErrorName.NOT_ALLOWED:
+            raise
+        raise ConfigError(
+            f"account {ledger.account} is not admitted to the swarm in {deployment}: its "
+            f"owner admits it with `swarmnode admin allow {ledger.account} "
+            f"--deployment {deployment}`"
+        ) from None
+
+
+def _register_or_move(ledger: Any, endpoint: str, certificate: bytes) -> None:
     record = ledger.node(ledger.account)
     fingerprint = hashlib.sha256(certificate).digest()
     if record is None or not record.active:

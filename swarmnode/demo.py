@@ -61,8 +61,10 @@ def run_demo(nodes: int = 3, seed: int = 0, console: Console | None = None) -> b
         round_deadline=120,
         merge_rule=Rule(MergeRuleId.MEAN),
         initial_model_digest=hashlib.sha256(b"initial model").digest(),
+        restricted=True,  # as `swarmnode deploy` makes it (docs/trust.md#the-roster)
     )
-    deployment, _ = chain.deploy(params)
+    deployment, owner = chain.deploy(params)
+    admin = chain.ledger(deployment, owner)
     out.print(
         f"[bold]1. deployed[/] SwarmLedger at {deployment.address} on the embedded py-evm chain "
         f"(chain id {deployment.chain_id}, block {deployment.block}): "
@@ -74,6 +76,7 @@ def run_demo(nodes: int = 3, seed: int = 0, console: Console | None = None) -> b
     for i in range(nodes):
         ledger = chain.ledger(deployment, chain.new_account())
         identity = TlsIdentity.generate(ledger.account)
+        admin.allow(ledger.account)
         ledger.register(f"127.0.0.1:{50051 + i}", identity.cert_der)
         samples = int(rng.integers(50, 500))
         update = rng.standard_normal(VECTOR_SIZE).astype(np.float32)

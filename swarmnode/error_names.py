@@ -21,7 +21,7 @@ class ErrorName(StrEnum):
     ALREADY_JOINED = "AlreadyJoined"  # (round, node)
     ALREADY_REGISTERED = "AlreadyRegistered"  # (account)
     BAD_PARAMETERS = "BadParameters"  # (reason)
-    CERTIFICATE_IN_USE = "CertificateInUse"  # (fingerprint)
+    CERTIFICATE_NOT_BOUND = "CertificateNotBound"  # (account, sanOffset)
     DUPLICATE_REPORT = "DuplicateReport"  # (round, attempt, node)
     DUPLICATE_VOTE = "DuplicateVote"  # (round, attempt, voter, peer)
     NOT_A_PARTICIPANT = "NotAParticipant"  # (round, node)

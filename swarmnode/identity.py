@@ -184,6 +184,20 @@ class TlsIdentity:
         )
 
 
+def certificate_names(certificate_der: bytes, account: str) -> bool:
+    """Whether a peer's DER certificate names `account` (its one DNS SubjectAltName).
+
+    A node accepts a peer only on this, so that a certificate copied from the chain is worth
+    nothing to an account it does not name: the handshake proves the key, this proves whose
+    key it is (docs/trust.md#the-roster). Anything that does not parse names nobody.
+    """
+    try:
+        named = TlsIdentity(key_pem=b"", cert_pem=b"", cert_der=certificate_der).account_name
+    except ValueError:
+        return False
+    return named is not None and named == account.lower()
+
+
 @dataclass(frozen=True)
 class IdentitySummary:
     """What anyone may see of a node's identity: no key, so no passphrase needed."""

@@ -16,12 +16,24 @@ from __future__ import annotations
 import hashlib
 import logging
 
+from swarmnode.identity import certificate_names
 from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.events import ChainRewound, EventCursor
 from swarmnode.ledger.types import LedgerEvent
 from swarmnode.p2p.roster import PeerRecord, Roster
 
 log = logging.getLogger(__name__)
+
+
+def accepts_certificate(roster: Roster, account: str, certificate: bytes) -> bool:
+    """Whether a registered certificate may stand for `account`: it must name that account,
+    or anyone could register another node's certificate and be taken for that node
+    (docs/trust.md#the-roster). A refused one also takes the account off the roster."""
+    if certificate_names(certificate, account):
+        return True
+    log.warning("%s registered a certificate that does not name it; not a peer", account)
+    roster.remove(account)
+    return False
 
 
 class RosterFeed:
@@ -83,6 +95,8 @@ class RosterFeed:
         for event in events:
             args = event.args
             if event.name == "Registered":
+                if not accepts_certificate(self.roster, args["node"], bytes(args["certificate"])):
+                    continue
                 self.roster.upsert(
                     PeerRecord(args["node"], args["endpoint"], bytes(args["certificate"]))
                 )

@@ -103,7 +103,12 @@ def test_sigterm_restart_on_the_same_port_loses_nothing(
     cursor = EventCursor(swarm.ledgers[0])
     cursor.poll()
     for i in (0, 1):
-        swarm.do(i, lambda led, i=i: led.register(f"127.0.0.1:{9100 + i}", f"cert-{i}".encode()))
+        swarm.do(
+            i,
+            lambda led, i=i: led.register(
+                f"127.0.0.1:{9100 + i}", f"cert-{i}:{led.account.lower()}".encode()
+            ),
+        )
     swarm.play_round(1)
     assert [e.name for e in cursor.poll()][-3:] == ["Reported", "RoundFinalized", "RoundOpened"]
 
@@ -145,7 +150,10 @@ def test_sigkill_loses_blocks_and_the_client_resends_the_same_transactions(
         swarm = Swarm(url)
         for i in (0, 1):
             swarm.do(
-                i, lambda led, i=i: led.register(f"127.0.0.1:{9200 + i}", f"cert-{i}".encode())
+                i,
+                lambda led, i=i: led.register(
+                    f"127.0.0.1:{9200 + i}", f"cert-{i}:{led.account.lower()}".encode()
+                ),
             )
         swarm.play_round(1)
         wait_until(state.exists, 10, "anvil's first state write")

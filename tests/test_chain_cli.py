@@ -67,7 +67,8 @@ def test_deploy_fund_admin_and_status_on_a_dev_chain(
         url,
         "--out",
         str(out),
-        "--restricted",
+        "--allow",  # restricted by default: no --restricted needed
+        NODE,
         "--max-peers",
         "4",
         "--merge-rule",
@@ -81,6 +82,8 @@ def test_deploy_fund_admin_and_status_on_a_dev_chain(
     assert saved["params"]["max_peers"] == 4
     assert saved["params"]["merge_rule"] == {"id": 2, "params": [100000, 0, 0, 0]}
     assert f"funded {NODE}" in deployed.stdout
+    assert f"allowed {NODE}" in deployed.stdout and "admin allow" in deployed.stdout
+    assert "warning" not in deployed.stderr
 
     allowed = swarmnode("admin", "allow", NODE, "--deployment", str(out))
     assert allowed.returncode == 0, allowed.stderr
@@ -98,6 +101,21 @@ def test_deploy_fund_admin_and_status_on_a_dev_chain(
     assert report["params"]["restricted"] is True
     table = swarmnode("status", "--deployment", str(out))
     assert table.returncode == 0 and "trimmed_mean" in table.stdout
+    assert "restricted admission" in table.stdout
+
+    opened = swarmnode("deploy", "--rpc", url, "--out", str(tmp_path / "open.json"), "--open")
+    assert opened.returncode == 0, opened.stderr
+    warning = " ".join(opened.stderr.split())
+    for exposed in ("any account with gas", "every node's roster", "downloads the model"):
+        assert exposed in warning, warning
+    assert "update segments" in warning and "fill a round" in warning
+    assert json.loads((tmp_path / "open.json").read_text())["params"]["restricted"] is False
+    one_line_error(
+        swarmnode(
+            "deploy", "--rpc", url, "--out", str(tmp_path / "x.json"), "--open", "--allow", NODE
+        ),
+        "--allow",
+    )
 
 
 def test_each_mistake_is_one_line_without_a_traceback(

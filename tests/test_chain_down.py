@@ -157,7 +157,6 @@ def test_daemons_train_through_a_chain_outage_and_rejoin(
         def plain_text() -> str:
             return (tmp_path / "b.out").read_text(errors="replace")
 
-
         def alive() -> None:
             outputs = [terminal.text(), (tmp_path / "b.out").read_text(errors="replace")]
             for daemon, output in zip(daemons, outputs, strict=True):
@@ -259,5 +258,5 @@ def test_an_event_cursor_outlives_a_restart_of_a_quiet_chain(
     second.start()
     assert cursor.poll() == []  # the filter died with the first anvil: reopened at the head
     assert cursor.filter_fallbacks == 1
-    ledger.register("127.0.0.1:9400", b"certificate")
+    ledger.register("127.0.0.1:9400", f"certificate:{ledger.account.lower()}".encode())
     assert [e.name for e in cursor.poll()] == ["Registered"]

@@ -32,7 +32,7 @@ def test_eight_nodes_sending_at_once_all_land() -> None:
     def enrol_and_join(i: int, ledger: ContractLedger) -> None:
         try:
             start.wait()
-            ledger.register(f"127.0.0.1:{6000 + i}", f"cert-{i}".encode())
+            ledger.register(f"127.0.0.1:{6000 + i}", f"cert-{i}:{ledger.account.lower()}".encode())
             ledger.join(1, digest(f"update-{i}"), 10 + i, 1000)
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
@@ -59,7 +59,7 @@ def test_too_early_by_the_chain_but_not_by_the_node_is_retried_until_it_lands() 
     deployment, _ = chain.deploy(params)
     a, b = (chain.ledger(deployment, chain.new_account()) for _ in range(2))
     for i, ledger in enumerate((a, b)):
-        ledger.register(f"127.0.0.1:{7000 + i}", f"cert-{i}".encode())
+        ledger.register(f"127.0.0.1:{7000 + i}", f"cert-{i}:{ledger.account.lower()}".encode())
         ledger.join(1, digest(f"u{i}"), 10, 1)
     first_join = a.round(1).first_join_at
     waits: list[float] = []
@@ -95,7 +95,7 @@ def test_too_early_by_the_nodes_own_clock_is_not_retried() -> None:
         for _ in range(2)
     ]
     for i, ledger in enumerate(ledgers):
-        ledger.register(f"127.0.0.1:{7100 + i}", f"cert-{i}".encode())
+        ledger.register(f"127.0.0.1:{7100 + i}", f"cert-{i}:{ledger.account.lower()}".encode())
         ledger.join(1, digest(f"u{i}"), 10, 1)
     with pytest.raises(ContractError) as refused:
         ledgers[0].close(1)
@@ -134,7 +134,7 @@ def test_a_report_that_failed_behind_the_finalizing_one_in_its_block_is_named(
     deployment, _ = anvil_chain.deploy(SwarmParams(min_peers=2, max_peers=3))
     ledgers = [anvil_chain.ledger(deployment, anvil_chain.new_account()) for _ in range(3)]
     for i, ledger in enumerate(ledgers):
-        ledger.register(f"127.0.0.1:{7300 + i}", f"cert-{i}".encode())
+        ledger.register(f"127.0.0.1:{7300 + i}", f"cert-{i}:{ledger.account.lower()}".encode())
         ledger.join(1, digest(f"u{i}"), 10, 1)  # the third join closes the round
     ledgers[0].report(1, 1, digest("merged"))
     w3 = anvil_chain.rpc.w3
@@ -170,7 +170,7 @@ def test_a_participant_that_does_not_finalize_pays_at_most_150k_gas_per_round() 
     deployment, _ = chain.deploy(SwarmParams(min_peers=2, max_peers=8, join_window=10))
     ledgers = [chain.ledger(deployment, chain.new_account()) for _ in range(8)]
     for i, ledger in enumerate(ledgers):
-        ledger.register(f"127.0.0.1:{7200 + i}", f"cert-{i}".encode())
+        ledger.register(f"127.0.0.1:{7200 + i}", f"cert-{i}:{ledger.account.lower()}".encode())
     for rnd in (1, 2):  # the second round runs on warm storage, as in a long swarm
         for i, ledger in enumerate(ledgers[:6]):
             ledger.join(rnd, digest(f"u{rnd}-{i}"), 10, 1)

@@ -174,12 +174,50 @@ def test_the_readme_walk_through_init_deploy_run_status(
         addresses[0],
         "--fund",
         addresses[1],
+        "--allow",
+        addresses[0],
+        "--allow",
+        addresses[1],
     )
     finish([start(tmp_path / name / "node.toml") for name in ("hospital-a", "hospital-b")])
     status = json.loads(swarmnode("status", "--deployment", "deployment.json", "--json").stdout)
     assert status["current_round"] == 2
     assert status["rounds"][1]["status"] == "final"
     assert sorted(n["account"] for n in status["nodes"]) == sorted(addresses)
+
+
+def test_a_strangers_run_is_refused_at_registration_in_one_line(
+    own_anvil: AnvilChain, tmp_path: Path
+) -> None:
+    """Before: a swarm was open unless deployed --restricted, and a stranger with gas
+    registered and was on every roster. Now the stranger's daemon stops at registration and
+    says who can admit it (docs/trust.md#the-roster)."""
+    params = SwarmParams(min_peers=2, max_peers=2, restricted=True)
+    deployment, _ = own_anvil.deploy(params)
+    Deployment(
+        deployment.chain_id, deployment.address, deployment.block, params, own_anvil.url
+    ).save(tmp_path / "deployment.json")
+    stranger = NodeIdentity.create(tmp_path / "stranger", "", kdf="pbkdf2", iterations=2)
+    own_anvil.rpc.fund(own_anvil.funder, stranger.address, 10**18)
+    config = tmp_path / "stranger.toml"
+    config.write_text(
+        '[node]\nidentity_dir = "stranger"\ndeployment = "deployment.json"\n'
+        'task = "swarmnode.training:example_task"\ndevice = "cpu"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "swarmnode", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": os.environ["PATH"], "SWARMNODE_KEY_PASSPHRASE": "", "OMP_NUM_THREADS": "1"},
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1, done.stderr
+    assert len(lines) == 1, done.stderr
+    assert stranger.address in lines[0]
+    assert f"swarmnode admin allow {stranger.address}" in lines[0]
+    reader = own_anvil.ledger(deployment, own_anvil.new_account())
+    assert reader.active_nodes() == []
 
 
 def test_sigterm_stops_both_daemons_cleanly_between_or_after_rounds(

@@ -28,7 +28,7 @@ def test_deadline_helpers_match_what_the_contract_accepts(backend: Backend) -> N
     owner = backend.deploy(PARAMS)
     a, b, c = (backend.new_ledger() for _ in range(3))
     for i, node in enumerate((a, b, c)):
-        node.register(f"127.0.0.1:{8000 + i}", f"cert-{i}".encode())
+        node.register(f"127.0.0.1:{8000 + i}", f"cert-{i}:{node.account.lower()}".encode())
     params = owner.params()
     assert owner.round(1).close_allowed_at(params) is None  # nobody joined
     assert owner.round(1).expires_at(params) is None
@@ -73,8 +73,8 @@ def test_cursor_hands_out_each_event_once_and_waits_for_one(backend: Backend) ->
     cursor = EventCursor(owner)
     assert [e.name for e in cursor.poll()] == ["RoundOpened"]
     assert cursor.poll() == []
-    a.register("127.0.0.1:1", b"cert-a")
-    b.register("127.0.0.1:2", b"cert-b")
+    a.register("127.0.0.1:1", f"cert-a:{a.account.lower()}".encode())
+    b.register("127.0.0.1:2", f"cert-b:{b.account.lower()}".encode())
 
     # wait_for returns the matching event and keeps the later ones for the next poll
     first = cursor.wait_for(lambda e: e.name == "Registered", timeout=0)
@@ -119,7 +119,7 @@ def test_polling_reads_only_new_blocks_in_bounded_ranges() -> None:
     for _ in range(EVENT_BLOCK_RANGE + 20):  # empty blocks: a long idle spell
         chain.w3.provider.ethereum_tester.mine_blocks()  # type: ignore[attr-defined]
     node = chain.ledger(deployment, chain.new_account())
-    node.register("127.0.0.1:1", b"cert")
+    node.register("127.0.0.1:1", f"cert:{node.account.lower()}".encode())
     events = cursor.poll()
     assert [e.name for e in events] == ["Registered"]
     assert ranges[0][0] == seen  # starts where the last poll ended, not at the deployment
@@ -138,14 +138,14 @@ def test_a_forgotten_filter_falls_back_to_logs_and_loses_nothing() -> None:
     cursor = EventCursor(owner)
     assert [e.name for e in cursor.poll()] == ["RoundOpened"]
     nodes = [chain.ledger(deployment, chain.new_account()) for _ in range(3)]
-    nodes[0].register("127.0.0.1:1", b"cert-0")
+    nodes[0].register("127.0.0.1:1", f"cert-0:{nodes[0].account.lower()}".encode())
     assert [e.args["node"] for e in cursor.poll()] == [nodes[0].account]  # through the filter
 
     # The chain forgets the filter (as a restarted node does); two events land meanwhile.
     assert cursor._filter_id is not None
     chain.w3.eth.uninstall_filter(cursor._filter_id)
-    nodes[1].register("127.0.0.1:2", b"cert-1")
-    nodes[2].register("127.0.0.1:3", b"cert-2")
+    nodes[1].register("127.0.0.1:2", f"cert-1:{nodes[1].account.lower()}".encode())
+    nodes[2].register("127.0.0.1:3", f"cert-2:{nodes[2].account.lower()}".encode())
     events = cursor.poll()
     assert [e.args["node"] for e in events] == [nodes[1].account, nodes[2].account]
     assert cursor.filter_fallbacks == 1

@@ -67,8 +67,10 @@ def make_params(**overrides: Any) -> SwarmParams:
     return dataclasses.replace(BASE_PARAMS, **overrides)
 
 
-def certificate(i: int) -> bytes:
-    return f"cert-{i}".encode()
+def certificate(i: int, account: str) -> bytes:
+    """A stand-in certificate that names `account` where the contract looks for it: as the
+    lowercase DNS SubjectAltName of a real one (docs/trust.md#the-roster)."""
+    return f"cert-{i}:".encode() + account.lower().encode()
 
 
 def endpoint(i: int) -> str:
@@ -99,7 +101,7 @@ def deploy(backend: Backend, n: int, **overrides: Any) -> Swarm:
     owner = backend.deploy(make_params(**overrides))
     nodes = [backend.new_ledger() for _ in range(n)]
     for i, node in enumerate(nodes):
-        node.register(endpoint(i), certificate(i))
+        node.register(endpoint(i), certificate(i, node.account))
     return Swarm(backend, owner, nodes)
 
 
@@ -177,7 +179,7 @@ def test_register_stores_node_and_emits_full_certificate(backend: Backend) -> No
     assert owner.active_nodes() == []
     tail = EventTail(owner)
 
-    cert = certificate(7) * 40  # a few hundred bytes, stored only in the event
+    cert = certificate(7, node.account) * 10  # a few hundred bytes, stored only in the event
     node.register("10.0.0.7:50051", cert)
 
     event = only(tail.take(), "Registered")
@@ -209,7 +211,7 @@ def test_update_endpoint_moves_the_node_and_keeps_its_certificate(backend: Backe
     assert record is not None
     assert (record.endpoint, record.fingerprint, record.active) == (
         "moved.swarm.test:6000",
-        fingerprint(certificate(0)),
+        fingerprint(certificate(0, node.account)),
         True,
     )
     roster = {r.account: r.endpoint for r in node.active_nodes()}
@@ -230,17 +232,18 @@ def test_deregister_then_register_again(backend: Backend) -> None:
     assert names(tail.take()) == ["Deregistered"]
     record = leaving.node(leaving.account)
     assert record is not None and record.active is False
-    assert record.fingerprint == fingerprint(certificate(0))
+    assert record.fingerprint == fingerprint(certificate(0, leaving.account))
     assert [r.account for r in leaving.active_nodes()] == [staying.account]
     refused("NotRegistered", leaving.deregister)
     refused("NotRegistered", lambda: leaving.update_endpoint("again:1"))
     refused("NotRegistered", lambda: join(leaving, 1))
 
-    leaving.register("back.swarm.test:1", certificate(0))
+    leaving.register("back.swarm.test:1", certificate(0, leaving.account))
 
     record = leaving.node(leaving.account)
     assert record is not None and (record.active, record.endpoint) == (True, "back.swarm.test:1")
-    assert [r.account for r in leaving.active_nodes()] == [leaving.account, staying.account]
+    # back at the end of the live roster (docs/chain.md#gas: a live set, not every account)
+    assert [r.account for r in leaving.active_nodes()] == [staying.account, leaving.account]
     join(leaving, 1)
     assert leaving.round(1).participants == (leaving.account,)
 
@@ -250,12 +253,12 @@ def test_roster_errors(backend: Backend) -> None:
     first, second = swarm.nodes
     stranger = backend.new_ledger()
 
-    err = refused("AlreadyRegistered", lambda: first.register("other:1", certificate(99)))
+    err = refused(
+        "AlreadyRegistered", lambda: first.register("other:1", certificate(99, first.account))
+    )
     assert err.details["account"] == first.account
-    err = refused("CertificateInUse", lambda: stranger.register("s:1", certificate(0)))
-    assert bytes(err.details["fingerprint"]) == fingerprint(certificate(0))
-    refused("BadParameters", lambda: stranger.register("", certificate(5)))
-    refused("BadParameters", lambda: stranger.register("x" * 256, certificate(5)))
+    refused("BadParameters", lambda: stranger.register("", certificate(5, stranger.account)))
+    refused("BadParameters", lambda: stranger.register("x" * 256, certificate(5, stranger.account)))
     refused("BadParameters", lambda: stranger.register("s:1", b""))
     err = refused("NotRegistered", lambda: stranger.update_endpoint("s:2"))
     assert err.details["account"] == stranger.account
@@ -264,16 +267,54 @@ def test_roster_errors(backend: Backend) -> None:
     assert stranger.node(stranger.account) is None
     assert [r.account for r in first.active_nodes()] == [first.account, second.account]
 
-    # A certificate is freed when its holder leaves, and then belongs to whoever takes it.
-    first.deregister()
-    stranger.register("s:1", certificate(0))
-    refused("CertificateInUse", lambda: first.register("first:1", certificate(0)))
-    first.register("first:2", certificate(10))
-    assert [(r.account, r.fingerprint) for r in first.active_nodes()] == [
-        (first.account, fingerprint(certificate(10))),
-        (second.account, fingerprint(certificate(1))),
-        (stranger.account, fingerprint(certificate(0))),
+
+def test_a_certificate_not_naming_the_sender_is_refused(backend: Backend) -> None:
+    swarm = deploy(backend, 1)
+    stranger = backend.new_ledger()
+    other = swarm.nodes[0].account
+
+    for cert in (b"cert-without-an-account", certificate(1, other), b"0x"):
+        err = refused("CertificateNotBound", lambda c=cert: stranger.register("s:1", c))
+        assert err.details["account"] == stranger.account
+    assert stranger.node(stranger.account) is None
+    assert [r.account for r in stranger.active_nodes()] == [other]
+
+
+def test_a_copied_certificate_cannot_block_its_owner(backend: Backend) -> None:
+    """Before: a stranger registering the owner's certificate first got the owner refused
+    with CertificateInUse. Now the copy names the owner, so the stranger is the one refused,
+    and nothing is reserved for whoever registers first (docs/trust.md#the-roster)."""
+    owner = backend.deploy(make_params())
+    victim = backend.new_ledger()
+    copier = backend.new_ledger()
+    cert = certificate(0, victim.account)
+
+    refused("CertificateNotBound", lambda: copier.register("copier:1", cert))
+    victim.register("victim:1", cert)
+    victim.deregister()
+    refused("CertificateNotBound", lambda: copier.register("copier:1", cert))
+    victim.register("victim:2", cert)
+    assert [(r.account, r.fingerprint) for r in owner.active_nodes()] == [
+        (victim.account, fingerprint(cert))
     ]
+
+
+def test_active_nodes_follows_many_registrations_and_deregistrations(backend: Backend) -> None:
+    """activeNodes() walks the live roster only (docs/chain.md#gas): a deregistration moves
+    the last entry into its place, so the order is registration order with those moves."""
+    swarm = deploy(backend, 12)
+    live = swarm.accounts()
+    for i in (0, 5, 11, 3, 1, 9, 2):
+        swarm.nodes[i].deregister()
+        index = live.index(swarm.nodes[i].account)
+        last = live.pop()
+        if index < len(live):
+            live[index] = last
+        assert [r.account for r in swarm.owner.active_nodes()] == live
+    swarm.nodes[5].register("back:1", certificate(50, swarm.nodes[5].account))
+    live.append(swarm.nodes[5].account)
+    assert [r.account for r in swarm.owner.active_nodes()] == live
+    assert all(r.active for r in swarm.owner.active_nodes())
 
 
 # ---------------------------------------------------------------------------- admission
@@ -283,13 +324,13 @@ def test_restricted_admission(backend: Backend) -> None:
     owner = backend.deploy(make_params(restricted=True))
     node = backend.new_ledger()
     assert owner.is_allowed(node.account) is False
-    err = refused("NotAllowed", lambda: node.register(endpoint(0), certificate(0)))
+    err = refused("NotAllowed", lambda: node.register(endpoint(0), certificate(0, node.account)))
     assert err.details["account"] == node.account
     tail = EventTail(owner)
 
     owner.allow(node.account)
     assert owner.is_allowed(node.account) is True
-    node.register(endpoint(0), certificate(0))
+    node.register(endpoint(0), certificate(0, node.account))
     assert [r.account for r in owner.active_nodes()] == [node.account]
 
     owner.revoke(node.account)
@@ -298,7 +339,7 @@ def test_restricted_admission(backend: Backend) -> None:
     record = owner.node(node.account)
     assert record is not None and record.active is False
     assert owner.active_nodes() == []
-    refused("NotAllowed", lambda: node.register(endpoint(0), certificate(0)))
+    refused("NotAllowed", lambda: node.register(endpoint(0), certificate(0, node.account)))
 
 
 def test_only_the_owner_allows_and_revokes(backend: Backend) -> None:
@@ -329,7 +370,7 @@ def test_revoke_of_a_live_participant_withdraws_it(backend: Backend) -> None:
     nodes = [backend.new_ledger() for _ in range(3)]
     for i, node in enumerate(nodes):
         owner.allow(node.account)
-        node.register(endpoint(i), certificate(i))
+        node.register(endpoint(i), certificate(i, node.account))
         join(node, 1)
     assert owner.round(1).status == RoundStatus.CLOSED
     tail = EventTail(owner)
@@ -673,7 +714,7 @@ def test_withdrawal_starts_a_new_attempt(backend: Backend) -> None:
     leaving.deregister()  # already out of the round: only the roster changes
     assert names(tail.take()) == ["Deregistered"]
     assert (n0.round(1).attempt, n0.round(1).live) == (2, 2)
-    leaving.register(endpoint(2), certificate(2))
+    leaving.register(endpoint(2), certificate(2, leaving.account))
     n0.report(1, 2, DIGEST_A)
     n1.report(1, 2, DIGEST_A)
     assert_round_ended(n0, 1, RoundStatus.FINAL)

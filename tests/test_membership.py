@@ -3,14 +3,21 @@ without restarting anything; and a certificate other than the registered one is 
 
 from __future__ import annotations
 
+import datetime
+
 import numpy as np
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from swarmnode import canonical
 from swarmnode.exceptions import PeerError
 from swarmnode.identity import TlsIdentity
 from swarmnode.ledger.contract import ContractLedger
 from swarmnode.ledger.embedded import EmbeddedChain
+from swarmnode.ledger.memory import InMemoryChain
 from swarmnode.membership import RosterFeed
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import Unauthorized
@@ -124,3 +131,42 @@ def test_a_server_presenting_another_certificate_than_registered_is_refused() ->
         client.close()
     finally:
         impostor.stop(0)
+
+
+def _forged_certificate(names: str, also_carries: str) -> bytes:
+    """A self-signed certificate whose DNS SubjectAltName names `names`, with `also_carries`
+    in its subject: enough for the contract's byte check by `also_carries`, which looks for
+    its account anywhere at the offset it is given."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, also_carries.lower())])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(names.lower())]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_a_registered_certificate_that_names_another_account_is_not_a_peer() -> None:
+    """Before: the feed put whatever certificate an account registered on the roster, so a
+    certificate naming another node stood for the account that registered it. Now a peer's
+    certificate must name the registering account (docs/trust.md#the-roster)."""
+    chain = InMemoryChain()
+    address = chain.deploy(SwarmParams(), chain.new_account())
+    victim = chain.ledger(address, chain.new_account())
+    forger = chain.ledger(address, chain.new_account())
+    victim.register("victim:1", TlsIdentity.generate(victim.account).cert_der)
+    forger.register("forger:1", _forged_certificate(victim.account, forger.account))
+
+    feed = RosterFeed(victim)
+
+    assert feed.roster.get(victim.account) is not None
+    assert feed.roster.get(forger.account) is None
+    assert [r.account for r in victim.active_nodes()] == [victim.account, forger.account]

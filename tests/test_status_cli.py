@@ -41,7 +41,7 @@ def test_history_names_each_nodes_part_report_and_agreement() -> None:
     address = chain.deploy(SwarmParams(min_peers=2, max_peers=6), chain.new_account())
     a, b, c, d, e, f = ledgers = [chain.ledger(address, chain.new_account()) for _ in range(6)]
     for i, ledger in enumerate(ledgers):
-        ledger.register(f"memory:{i}", f"certificate-{i}".encode())
+        ledger.register(f"memory:{i}", f"certificate-{i}:{ledger.account.lower()}".encode())
     for ledger in ledgers:  # the sixth join closes round 1
         ledger.join(1, digest(ledger.account), 10, 1)
     f.report(1, 1, digest("other"))  # for attempt 1 only
@@ -109,7 +109,7 @@ def test_status_of_a_node_after_a_real_round_on_anvil(
     nodes = []
     for i, account in enumerate(accounts):
         ledger = own_anvil.ledger(deployment, account)
-        certificate = f"certificate-{i}".encode()
+        certificate = f"certificate-{i}:{ledger.account.lower()}".encode()
         ledger.register(f"memory:{i}", certificate)
         roster.upsert(PeerRecord(ledger.account, f"memory:{i}", certificate))
         inbox = Inbox(ledger.account)

@@ -50,6 +50,7 @@ contract SwarmLedger {
         bytes32 fingerprint;
         string endpoint;
         bool active;
+        uint32 activeIndex1; // position in _active plus one; 0: not active. Packed with active.
     }
 
     /// @dev One slot: everything a join or a report touches besides its own slots.
@@ -82,7 +83,7 @@ contract SwarmLedger {
     error NotAllowed(address account);
     error NotRegistered(address account);
     error AlreadyRegistered(address account);
-    error CertificateInUse(bytes32 fingerprint);
+    error CertificateNotBound(address account, uint256 sanOffset);
     error AlreadyJoined(uint256 round, address node);
     error RoundNotOpen(uint256 round);
     error RoundNotClosed(uint256 round);
@@ -160,9 +161,9 @@ contract SwarmLedger {
     /// @notice Accounts the owner admitted (used while restricted).
     mapping(address => bool) public allowed;
     mapping(address => Node) internal _nodes;
-    /// @notice The account that last registered a certificate, by the certificate's SHA-256.
-    mapping(bytes32 => address) public certificateOwner;
-    address[] internal _everRegistered;
+    /// @dev The active roster: a list with swap-and-pop removal, so that activeNodes() costs
+    ///      what the live roster costs, never what every account that ever registered costs.
+    address[] internal _active;
 
     /// @notice The one round that is open or closed now; every earlier round has ended.
     uint256 public currentRound;
@@ -293,9 +294,16 @@ contract SwarmLedger {
     // ------------------------------------------------------------------ roster
 
     /// @notice Registers the caller as a node of this swarm.
+    /// @dev The certificate must carry the caller's account, as the "0x" plus lowercase hex the
+    ///      certificate's DNS SubjectAltName holds, at sanOffset. Nodes accept a peer only when
+    ///      the SubjectAltName names the registering account, so a copied certificate is
+    ///      useless to anyone else, and no certificate is ever reserved by an account: nobody
+    ///      can block its owner by registering it first. The signature is not verified here
+    ///      (no P-256 precompile under prague); peers verify it in the TLS handshake.
     /// @param endpoint The node's gRPC endpoint, host:port.
     /// @param certificate The node's full TLS certificate (DER); only its SHA-256 is stored.
-    function register(string calldata endpoint, bytes calldata certificate) external {
+    /// @param sanOffset Where in the certificate the caller's account name starts.
+    function register(string calldata endpoint, bytes calldata certificate, uint256 sanOffset) external {
         if (restricted && !allowed[msg.sender]) revert NotAllowed(msg.sender);
         Node storage n = _nodes[msg.sender];
         if (n.active) revert AlreadyRegistered(msg.sender);
@@ -305,21 +313,34 @@ contract SwarmLedger {
         if (certificate.length == 0 || certificate.length > 8192) {
             revert BadParameters("certificate must be 1-8192 bytes");
         }
+        if (!_namesAccount(certificate, sanOffset, msg.sender)) {
+            revert CertificateNotBound(msg.sender, sanOffset);
+        }
         bytes32 fingerprint = sha256(certificate);
-        address holder = certificateOwner[fingerprint];
-        if (holder != address(0) && holder != msg.sender && _nodes[holder].active) {
-            revert CertificateInUse(fingerprint);
-        }
-        if (n.fingerprint == bytes32(0)) {
-            _everRegistered.push(msg.sender);
-        } else if (n.fingerprint != fingerprint && certificateOwner[n.fingerprint] == msg.sender) {
-            delete certificateOwner[n.fingerprint]; // a replaced certificate blocks nobody
-        }
         n.fingerprint = fingerprint;
         n.endpoint = endpoint;
         n.active = true;
-        certificateOwner[fingerprint] = msg.sender;
+        _active.push(msg.sender);
+        n.activeIndex1 = uint32(_active.length);
         emit Registered(msg.sender, endpoint, fingerprint, certificate);
+    }
+
+    /// @dev Whether certificate[offset:offset+42] is "0x" and the 40 lowercase hex digits of account.
+    function _namesAccount(bytes calldata certificate, uint256 offset, address account)
+        internal
+        pure
+        returns (bool)
+    {
+        if (offset > certificate.length || certificate.length - offset < 42) return false;
+        if (certificate[offset] != "0" || certificate[offset + 1] != "x") return false;
+        uint160 value = uint160(account);
+        for (uint256 i = 41; i >= 2; i--) {
+            uint8 digit = uint8(value & 0xf);
+            value >>= 4;
+            bytes1 want = bytes1(digit < 10 ? 48 + digit : 87 + digit);
+            if (certificate[offset + i] != want) return false;
+        }
+        return true;
     }
 
     /// @notice Moves the caller's gRPC endpoint; the certificate stays.
@@ -341,7 +362,17 @@ contract SwarmLedger {
     }
 
     function _deregister(address account) internal {
-        _nodes[account].active = false;
+        Node storage n = _nodes[account];
+        uint256 index = n.activeIndex1 - 1;
+        n.active = false;
+        n.activeIndex1 = 0;
+        uint256 last = _active.length - 1;
+        if (index != last) {
+            address moved = _active[last];
+            _active[index] = moved;
+            _nodes[moved].activeIndex1 = uint32(index + 1);
+        }
+        _active.pop();
         emit Deregistered(account);
         uint256 r = currentRound;
         Seat storage s = _seats[r][account];
@@ -361,7 +392,8 @@ contract SwarmLedger {
         return (n.fingerprint, n.endpoint, n.active);
     }
 
-    /// @notice The active roster, for peers that check certificates against it.
+    /// @notice The active roster, for peers that check certificates against it. Order: the
+    ///         registration order, except that a deregistration moves the last entry into its place.
     /// @return accounts The active nodes' accounts.
     /// @return endpoints Their gRPC endpoints.
     /// @return fingerprints SHA-256 of their TLS certificates.
@@ -370,23 +402,16 @@ contract SwarmLedger {
         view
         returns (address[] memory accounts, string[] memory endpoints, bytes32[] memory fingerprints)
     {
-        uint256 total = _everRegistered.length;
-        uint256 count = 0;
-        for (uint256 i = 0; i < total; i++) {
-            if (_nodes[_everRegistered[i]].active) count++;
-        }
+        uint256 count = _active.length;
         accounts = new address[](count);
         endpoints = new string[](count);
         fingerprints = new bytes32[](count);
-        uint256 j = 0;
-        for (uint256 i = 0; i < total; i++) {
-            address a = _everRegistered[i];
+        for (uint256 i = 0; i < count; i++) {
+            address a = _active[i];
             Node storage n = _nodes[a];
-            if (!n.active) continue;
-            accounts[j] = a;
-            endpoints[j] = n.endpoint;
-            fingerprints[j] = n.fingerprint;
-            j++;
+            accounts[i] = a;
+            endpoints[i] = n.endpoint;
+            fingerprints[i] = n.fingerprint;
         }
     }
 

@@ -19,6 +19,14 @@ from swarmnode.rules import MergeRuleId, Rule, SwarmParams, SyncPolicyId
 
 ETHER = 10**18
 
+# What an open swarm gives away, said where the choice is made (docs/trust.md#threat-model).
+OPEN_WARNING = (
+    "warning: open admission: any account with gas can register, is then on every node's "
+    "roster, downloads the model, joins rounds, receives the other nodes' update segments, "
+    "and can fill a round with accounts of its own. Deploy without --open and admit "
+    "members with --allow ADDR or `swarmnode admin allow ADDR`."
+)
+
 
 def _rule(spec: str, ids: type[MergeRuleId] | type[SyncPolicyId], what: str) -> Rule:
     """'trimmed_mean:100000' -> Rule(TRIMMED_MEAN, (100000, 0, 0, 0))."""
@@ -80,7 +88,14 @@ def deploy(
         None,
         help="Take the initial digest from this task's model (module:attribute, init seed 0).",
     ),
-    restricted: bool = typer.Option(False, help="Only accounts the owner allows may register."),
+    restricted: bool = typer.Option(
+        True,
+        "--restricted/--open",
+        help="Only accounts the owner allows may register (the default); --open admits anyone.",
+    ),
+    allow: list[str] = typer.Option(
+        [], "--allow", help="Admit ADDR right after deploying (repeatable)."
+    ),
     fund: list[str] = typer.Option([], "--fund", help="Also send --fund-amount ETH to ADDR."),
     fund_amount: float = typer.Option(10.0, help="ETH per --fund address."),
     keystore: Path | None = KeystoreOption,
@@ -106,6 +121,11 @@ def deploy(
     params.validate()
     if out.exists() and not out.is_file():
         raise ConfigError(f"--out {out}: not a file")
+    members = [account_address(a) for a in allow]
+    if members and not restricted:
+        raise ConfigError("--allow: an open swarm admits everyone; drop --open or --allow")
+    if not restricted:
+        typer.echo(OPEN_WARNING, err=True)
     chain = RpcChain(rpc)
     signer = load_signer(chain.chain_id, keystore=keystore)
     deployment = chain.deploy(params, signer)
@@ -117,6 +137,19 @@ def deploy(
     for address in fund:
         chain.fund(signer, account_address(address), int(fund_amount * ETHER))
         typer.echo(f"funded {address} with {fund_amount:g} ETH")
+    _admit(chain.ledger(deployment, signer) if members else None, members, out, restricted)
+
+
+def _admit(ledger: Any, members: list[str], out: Path, restricted: bool) -> None:
+    """Allows the --allow accounts, and tells a restricted swarm's owner how to add more."""
+    for account in members:
+        ledger.allow(account)
+        typer.echo(f"allowed {account}")
+    if restricted:
+        typer.echo(
+            "admission is restricted: admit each node with "
+            f"`swarmnode admin allow ACCOUNT --deployment {out}`"
+        )
 
 
 def fund_command(

@@ -38,6 +38,7 @@ from swarmnode.ledger.types import (
     RoundState,
     RoundStatus,
     Seat,
+    san_offset,
 )
 from swarmnode.rules import Rule, SwarmParams
 
@@ -186,7 +187,8 @@ class ContractLedger(Ledger):
     # ------------------------------------------------------------------ roster
 
     def register(self, endpoint: str, certificate: bytes) -> None:
-        self._transact(self._contract.functions.register(endpoint, certificate))
+        offset = san_offset(certificate, self.account)
+        self._transact(self._contract.functions.register(endpoint, certificate, offset))
 
     def update_endpoint(self, endpoint: str) -> None:
         self._transact(self._contract.functions.updateEndpoint(endpoint))

@@ -30,6 +30,7 @@ from swarmnode.ledger.types import (
     RoundState,
     RoundStatus,
     Seat,
+    san_offset,
 )
 from swarmnode.rules import SwarmParams
 
@@ -96,8 +97,7 @@ class _Swarm:
         self.min_live = params.min_live
         self.allowed: dict[str, bool] = {}
         self.nodes: dict[str, NodeRecord] = {}
-        self.cert_owner: dict[bytes, str] = {}
-        self.order_registered: list[str] = []
+        self.active: list[str] = []  # the contract's _active: swap-and-pop on deregister
         self.rounds: dict[int, _Round] = defaultdict(_Round)
         self.current = 0
         self.last_final = 0
@@ -150,16 +150,14 @@ class _Swarm:
             raise ContractError(
                 ErrorName.BAD_PARAMETERS, {"reason": "certificate must be 1-8192 bytes"}
             )
+        offset = san_offset(certificate, sender)
+        if offset == len(certificate):
+            raise ContractError(
+                ErrorName.CERTIFICATE_NOT_BOUND, {"account": sender, "sanOffset": offset}
+            )
         fingerprint = hashlib.sha256(certificate).digest()
-        holder = self.cert_owner.get(fingerprint)
-        if holder is not None and holder != sender and self.nodes[holder].active:
-            raise ContractError(ErrorName.CERTIFICATE_IN_USE, {"fingerprint": fingerprint})
-        if node is None:
-            self.order_registered.append(sender)
-        elif node.fingerprint != fingerprint and self.cert_owner.get(node.fingerprint) == sender:
-            del self.cert_owner[node.fingerprint]  # a replaced certificate blocks nobody
         self.nodes[sender] = NodeRecord(sender, endpoint, fingerprint, True)
-        self.cert_owner[fingerprint] = sender
+        self.active.append(sender)
         self.emit(
             "Registered",
             node=sender,
@@ -185,6 +183,10 @@ class _Swarm:
     def _deregister(self, account: str, now: int) -> None:
         node = self.nodes[account]
         self.nodes[account] = NodeRecord(account, node.endpoint, node.fingerprint, False)
+        index = self.active.index(account)
+        last = self.active.pop()
+        if last != account:
+            self.active[index] = last
         self.emit("Deregistered", node=account)
         rd = self.rounds[self.current]
         seat = rd.seats.get(account)
@@ -534,7 +536,7 @@ class InMemoryLedger(Ledger):
 
     def active_nodes(self) -> list[NodeRecord]:
         nodes = self._swarm.nodes
-        return [nodes[a] for a in self._swarm.order_registered if nodes[a].active]
+        return [nodes[a] for a in self._swarm.active]
 
     def is_allowed(self, account: str) -> bool:
         return self._swarm.allowed.get(_account(account), False)

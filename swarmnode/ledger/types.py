@@ -36,6 +36,14 @@ class NodeRecord:
     active: bool
 
 
+def san_offset(certificate: bytes, account: str) -> int:
+    """Where `certificate` carries `account` as its DNS SubjectAltName spells it ("0x" and
+    lowercase hex), for the contract's register check; len(certificate) when it does not, so
+    that the contract refuses with CertificateNotBound (docs/trust.md#the-roster)."""
+    found = certificate.find(account.lower().encode("ascii"))
+    return len(certificate) if found < 0 else found
+
+
 @dataclass(frozen=True)
 class Seat:
     """One participant of a round, in join order."""

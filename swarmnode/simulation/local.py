@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
 
 from swarmnode.identity import TlsIdentity
@@ -52,10 +52,17 @@ class LocalSwarm:
                 peer.server.stop(0)
 
 
+def restricted(params: SwarmParams) -> SwarmParams:
+    """`params` with admission restricted: a simulated swarm admits its own peers and nobody
+    else, as `swarmnode deploy` does by default (docs/trust.md#the-roster)."""
+    return replace(params, restricted=True)
+
+
 def grpc_swarm(params: SwarmParams, n: int, *, server_workers: int = 8) -> LocalSwarm:
     """n peers on a fresh embedded chain, talking gRPC with mutual TLS over loopback."""
     chain = EmbeddedChain()
-    deployment, _ = chain.deploy(params)
+    deployment, owner = chain.deploy(restricted(params))
+    admin = chain.ledger(deployment, owner)
     peers: list[LocalPeer] = []
     feeds: list[RosterFeed] = []
     swarm = LocalSwarm(peers, chain, {"deployment": deployment, "feeds": feeds})
@@ -78,6 +85,7 @@ def grpc_swarm(params: SwarmParams, n: int, *, server_workers: int = 8) -> Local
             )
             peers.append(LocalPeer(ledger, inbox, FaultyTransport(transport), server, identity))
             feeds.append(feed)
+            admin.allow(ledger.account)
             ledger.register(server.endpoint, identity.cert_der)
         for feed in feeds:
             feed.refresh()
@@ -92,13 +100,16 @@ def memory_swarm(
 ) -> LocalSwarm:
     """n peers on the in-memory ledger and transport; `clock` defaults to a manual clock."""
     chain = InMemoryChain(clock)
-    address = chain.deploy(params, chain.new_account())
+    owner = chain.new_account()
+    address = chain.deploy(restricted(params), owner)
+    admin = chain.ledger(address, owner)
     roster = Roster()
     network = MemoryNetwork(roster)
     peers = []
     for i in range(n):
         ledger = chain.ledger(address, chain.new_account())
-        certificate = f"memory-certificate-{i}".encode()
+        certificate = f"memory-certificate-{i}:{ledger.account.lower()}".encode()
+        admin.allow(ledger.account)
         ledger.register(f"memory:{i}", certificate)
         roster.upsert(PeerRecord(ledger.account, f"memory:{i}", certificate))
         inbox = Inbox(ledger.account)

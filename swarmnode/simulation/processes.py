@@ -177,8 +177,11 @@ class _Watch:
         """Deploys, makes and funds one identity per node, writes its config, starts it."""
         chain = RpcChain(self.anvil.url)
         funder = Account.from_key(DEV_KEY)
-        deployment = chain.deploy(params, funder)
+        # restricted, as `swarmnode deploy` makes it: the swarm admits its nodes and nobody
+        # else (docs/trust.md#the-roster)
+        deployment = chain.deploy(replace(params, restricted=True), funder)
         deployment.save(folder / "deployment.json")
+        admin = chain.ledger(deployment, funder)
         self.reader = chain.ledger(deployment, Account.create())
         self.stall_seconds = params.round_deadline + 60.0
         env = _child_environment()
@@ -187,6 +190,7 @@ class _Watch:
             home = folder / "nodes" / f"node-{i:02d}"
             identity = NodeIdentity.create(home, "", kdf="pbkdf2", iterations=2)
             chain.fund(funder, identity.address, FUNDING_WEI)
+            admin.allow(identity.address)
             config = home / "node.toml"
             config.write_text(_node_toml(self.scenario, i, task, task_args))
             configs.append((home, config))
