@@ -28,7 +28,7 @@ from swarmnode import canonical
 from swarmnode.address import normalize
 from swarmnode.allreduce import AllReduceResult, Attempt, all_reduce
 from swarmnode.identity import TlsIdentity
-from swarmnode.merge import make_rule
+from swarmnode.merge import combine_partials, make_rule
 from swarmnode.p2p.errors import InvalidMessage, NotReady, Stale
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import MAX_PARTIALS, Inbox
@@ -269,3 +269,38 @@ def test_an_honest_round_with_partial_sums_still_merges(nodes: list[Node], rule:
         assert node.inbox.held_bytes() > 0  # the round's segments, until it is finished
         node.inbox.finish_round(ROUND)
         assert node.inbox.held_bytes() == 0
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        MEAN,
+        Rule(MergeRuleId.MEDIAN),
+        KRUM,
+        Rule(MergeRuleId.KRUM, (1, 3, 0, 0)),
+        GEOMETRIC_MEDIAN,
+        Rule(MergeRuleId.GEOMETRIC_MEDIAN, (1, 3, 0, 0)),  # runs to its cap
+        Rule(MergeRuleId.CENTERED_CLIP, (500_000, 4, 0, 0)),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("on_a_contribution", [False, True])
+def test_a_rule_never_exchanges_beyond_its_bound(rule: Rule, on_a_contribution: bool) -> None:
+    """What the Inbox accepts covers every exchange an honest merge takes, the geometric
+    median's Vardi-Zhang steps included (a contribution between the others in every
+    coordinate puts the start on it)."""
+    n = 5
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((n, 300)).astype(np.float32)
+    if on_a_contribution:
+        x[2] = np.median(x, axis=0)
+    merge = make_rule(rule)
+    bound = merge.partials_bound(n)
+    state = merge.begin(torch.from_numpy(x), [1.0] * n, torch.zeros(300))
+    steps = 0
+    while not state.done:
+        partials = state.partials()
+        assert partials.numel() in bound.sizes
+        state.advance(combine_partials([partials]))
+        steps += 1
+    assert steps <= bound.steps
