@@ -32,8 +32,8 @@ from rich.table import Table
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc loads: no lines on dead peers
 
-from swarmnode.allreduce import Fault, InjectedCrash
 from swarmnode.merge import make_rule
+from swarmnode.p2p.faults import Fault, InjectedCrash
 from swarmnode.round import Round, RoundResult, RoundSettings
 from swarmnode.rules import SwarmParams
 from swarmnode.simulation.local import LocalSwarm, grpc_swarm, run_in_threads
@@ -67,6 +67,8 @@ def one_round(
 
         def node(i: int, update: npt.NDArray[np.float32]) -> RoundResult | None:
             peer = swarm.peers[i]
+            if fault is not None and i == n - 1:
+                peer.transport.arm(fault)  # the last node dies at that point of the round
             try:
                 result = Round(
                     ledger=peer.ledger,
@@ -76,7 +78,6 @@ def one_round(
                     weight=100,
                     val_loss=0.5,
                     rule=make_rule(params.merge_rule),
-                    fault=fault if i == n - 1 else None,
                     settings=RoundSettings(poll=0.01, frame_chunks=16),
                 ).run()
             except InjectedCrash:

@@ -155,11 +155,13 @@ class PeerServer:
             self._refuse(context, grpc.StatusCode.UNAVAILABLE, NOT_READY + str(exc))
         except Stale as exc:
             self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, f"stale: {exc}")
+        # the log gets the message's text, not the exception: a kept record would keep the
+        # traceback, and through its frames the refused payload, alive
         except Unauthorized as exc:
-            log.warning("refused %s: %s", sender, exc)
+            log.warning("refused %s: %s", sender, str(exc))
             self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except PeerError as exc:
-            log.warning("refused a message from %s: %s", sender, exc)
+            log.warning("refused a message from %s: %s", sender, str(exc))
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     # -- handlers
