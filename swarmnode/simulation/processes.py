@@ -181,19 +181,22 @@ class _Watch:
         # else (docs/trust.md#the-roster)
         deployment = chain.deploy(replace(params, restricted=True), funder)
         deployment.save(folder / "deployment.json")
-        admin = chain.ledger(deployment, funder)
         self.reader = chain.ledger(deployment, Account.create())
         self.stall_seconds = params.round_deadline + 60.0
         env = _child_environment()
         configs = []
+        members: list[str] = []
         for i, (task, task_args) in enumerate(node_tasks):
             home = folder / "nodes" / f"node-{i:02d}"
             identity = NodeIdentity.create(home, "", kdf="pbkdf2", iterations=2)
             chain.fund(funder, identity.address, FUNDING_WEI)
-            admin.allow(identity.address)
+            members.append(identity.address)
             config = home / "node.toml"
             config.write_text(_node_toml(self.scenario, i, task, task_args))
             configs.append((home, config))
+        admin = chain.ledger(deployment, funder)  # after funding: it reads the nonce once
+        for account in members:
+            admin.allow(account)
         for i, (home, config) in enumerate(configs):
             with open(home / "stdout.log", "wb") as out:
                 process = subprocess.Popen(
