@@ -72,7 +72,7 @@ class RosterFeed:
             certificate = certificates.get((node.account, node.fingerprint))
             if certificate is None:
                 log.info("%s registered after the events read; next refresh", node.account)
-            else:
+            elif accepts_certificate(self.roster, node.account, certificate):
                 records[node.account] = PeerRecord(node.account, node.endpoint, certificate)
         self._built = True
         return self._replace(records)
