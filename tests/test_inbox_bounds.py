@@ -44,7 +44,11 @@ MEAN = Rule(MergeRuleId.MEAN)
 KRUM = Rule(MergeRuleId.KRUM, (0, 0, 0, 0))
 GEOMETRIC_MEDIAN = Rule(MergeRuleId.GEOMETRIC_MEDIAN, (1000, 20, 0, 0))
 ATTACK_STEPS = 24  # of MAX_PARTIALS float64 each: 12 MiB held without the checks
-SMALL = 2 << 20  # what the attacks may leave behind, in bytes (Inbox or tracemalloc)
+SMALL = 2 << 20  # what the attacks may leave behind in the Inbox, in bytes
+# tracemalloc sees the whole process, the attacking client included, whose last request (a
+# 64 Ki-value tuple and its 512 KiB encoding, about 2.6 MB) may still be referenced by
+# grpc's call objects: a third of the 12 MiB attack, far below what the unchecked inbox kept
+TRACED = 4 << 20
 TIMEOUT = 10.0
 
 
@@ -129,7 +133,7 @@ def test_partial_sums_under_the_mean_rule_are_refused_and_cost_nothing(nodes: li
     print(f"mean rule, {ATTACK_STEPS} steps: held {held} bytes, tracemalloc +{growth} bytes")
     assert set(kinds) == {"InvalidMessage"}
     assert held == 0 and receiver.inbox.held_bytes() == 0
-    assert growth < SMALL
+    assert growth < TRACED
     with pytest.raises(InvalidMessage, match="takes no steps"):
         push(0)
 
@@ -149,7 +153,7 @@ def test_far_future_steps_are_refused_and_a_peer_holds_at_most_two(nodes: list[N
     kinds, growth = refusals(push, ATTACK_STEPS)
     assert set(kinds) == {"InvalidMessage"}
     assert receiver.inbox.held_bytes(attacker.account) == held
-    assert growth < SMALL
+    assert growth < TRACED
     with pytest.raises(InvalidMessage, match="more than one step ahead"):
         push(0)
     with pytest.raises(InvalidMessage, match="rule takes 40 steps"):
@@ -174,7 +178,7 @@ def test_vectors_of_the_wrong_size_are_refused(nodes: list[Node]) -> None:
     kinds, growth = refusals(push, 2 * len(sizes))
     assert set(kinds) == {"InvalidMessage"}
     assert receiver.inbox.held_bytes() == 0
-    assert growth < SMALL
+    assert growth < TRACED
     with pytest.raises(InvalidMessage, match="the rule's step has 9"):
         push(0)
     attacker.transport.push_partials(receiver.account, sums(attacker, 0, PEERS**2), TIMEOUT)
