@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from statistics import NormalDist
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from swarmnode.exceptions import ConfigError
-from swarmnode.simulation.attacks import Colluders, alie_z, make_attack
+from swarmnode.simulation.attacks import IPM_EPSILON, Colluders, alie_z, make_attack
 from swarmnode.simulation.data import load_dataset
 from swarmnode.simulation.engine import run_swarm
 from swarmnode.simulation.local import run_in_threads
@@ -44,9 +45,11 @@ def test_a_label_flipper_trains_on_flipped_labels_and_learns_the_opposite() -> N
     assert make_attack("label_flip", seed=0) is None
 
 
+@functools.cache
 def _honest_updates(nodes: int) -> tuple[np.ndarray, np.ndarray]:
     """(reference, one row per node): each node's model after 10 batches on its own
-    label-skewed slice of digits, from the same start."""
+    label-skewed slice of digits, from the same start. Cached: the ALIE and IPM tests read
+    the same updates and never write to them."""
     scenario = Scenario.load(None, {"nodes": nodes})
     data = load_dataset("digits", seed=0)
     parts = partition(data.y_train.numpy(), nodes, "dirichlet", seed=0, alpha=0.5)
@@ -115,6 +118,65 @@ def test_alie_z_is_the_papers_and_a_lone_colluder_goes_on_alone() -> None:
     assert np.array_equal(hook(honest, reference), honest)
     with pytest.raises(ConfigError, match="needs its colluders"):
         make_attack("alie", seed=0)
+
+
+def _krum_pick(vectors: np.ndarray, f: int) -> int:
+    """Krum's choice (Blanchard et al. 2017): the vector with the least sum of squared
+    distances to its n - f - 2 nearest others; here only to check the paper's claim."""
+    d = ((vectors[:, None, :] - vectors[None, :, :]) ** 2).sum(axis=2)
+    nearest = np.sort(d, axis=1)[:, 1 : len(vectors) - f - 1]
+    return int(nearest.sum(axis=1).argmin())
+
+
+def test_ipm_colluders_reverse_the_honest_direction_and_krum_picks_them() -> None:
+    reference, honest = _honest_updates(8)
+    colluders = Colluders(2)
+    hooks = [make_attack("ipm", seed=m, colluders=colluders, member=m) for m in range(2)]
+    for hook in hooks:
+        assert hook is not None
+    sent = run_in_threads([lambda m=m: hooks[m](honest[6 + m], reference) for m in range(2)])
+    assert np.array_equal(sent[0], sent[1])
+    # reference - epsilon x the colluders' mean update, epsilon 0.1 by default...
+    own = (honest[6:].astype(np.float64) - reference).mean(axis=0)
+    assert IPM_EPSILON == 0.1
+    np.testing.assert_allclose(sent[0] - reference, -0.1 * own, atol=1e-6)
+    # ...whose inner product with the honest nodes' mean update, which they never saw, is
+    # negative: merged in, it moves the model against the descent direction
+    true = (honest[:6].astype(np.float64) - reference).mean(axis=0)
+    assert float(np.dot(sent[0] - reference, true)) < 0
+    # Fall of Empires' point about Krum (f = 2): two identical vectors near the reference are
+    # closer to everything than the skewed honest updates are to each other, so Krum picks
+    # one, where it would never pick a sign flip
+    pool = np.concatenate([honest[:6], np.stack(sent)]).astype(np.float64)
+    assert _krum_pick(pool, 2) in (6, 7)
+    flip = make_attack("sign_flip", seed=0)
+    assert flip is not None
+    flipped = np.concatenate([honest[:6], [flip(h, reference) for h in honest[6:]]])
+    assert _krum_pick(flipped.astype(np.float64), 2) < 6
+    # attack_scale is epsilon; without colluders there is nothing to take the mean of
+    large = make_attack("ipm", seed=0, scale=8.0, colluders=Colluders(1), member=0)
+    assert large is not None
+    np.testing.assert_allclose(
+        large(honest[7], reference) - reference, -8.0 * (honest[7] - reference), rtol=1e-5
+    )
+    with pytest.raises(ConfigError, match="ipm attack needs its colluders"):
+        make_attack("ipm", seed=0)
+
+
+def test_ipm_pulls_the_mean_backwards() -> None:
+    # As for ALIE: 8 nodes, 8 rounds in memory, the same seed with and without the two
+    # colluders; the mean takes their reversed update into every round.
+    data = load_dataset("digits", seed=0)
+    parts = partition(data.y_train.numpy(), 8, "dirichlet", seed=0, alpha=0.5)
+    loss = {}
+    for attack in ("none", "ipm"):
+        scenario = Scenario.load(
+            None, {"rounds": 8, "attack": attack, "byzantine": 0 if attack == "none" else 2}
+        )
+        run = run_swarm(scenario, data, parts, backend="memory")
+        assert all(r.digest_agreed for r in run.rounds)
+        loss[attack] = run.loss
+    assert loss["ipm"] > loss["none"]
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 A Byzantine node attacks only through what it contributes (docs/simulator.md#attacks; what
 the protocol does and does not defend: docs/trust.md#threat-model): it takes part
 in every round by the protocol's rules and commits to and sends a poisoned vector. The robust
-merge rules are what stand against it. Four attacks:
+merge rules are what stand against it. Five attacks:
 
 - ``sign_flip``: sends the last merged model minus ``scale`` x its honest update.
 - ``noise``: sends Gaussian noise of ``scale`` standard deviations around the last merged model.
@@ -15,6 +15,13 @@ merge rules are what stand against it. Four attacks:
   inside the spread of honest updates in every coordinate, where coordinate-wise rules cannot
   tell it from an honest vector, but the same way in every coordinate and from every colluder,
   so it adds up. See `Colluders` for where their mean and std come from and `alie_z` for z.
+- ``ipm``: inner product manipulation (Xie, Koyejo and Gupta, "Fall of Empires", UAI 2020).
+  The colluders send the last merged model minus epsilon x the mean of their honest updates:
+  a vector whose inner product with the true update is negative. With a small epsilon
+  (``IPM_EPSILON``, 0.1, the paper's choice against Krum) the colluders' identical vectors sit
+  close to each other and to every honest one, so distance-based rules pick them; a large
+  epsilon (about the node count) drags the mean and coordinate-wise rules backwards. The
+  scenario's ``attack_scale`` is epsilon.
 """
 
 from __future__ import annotations
@@ -35,7 +42,18 @@ from swarmnode.exceptions import ConfigError
 Vector = npt.NDArray[np.float32]
 Attack = Callable[[Vector, Vector], Vector]  # (honest snapshot, last merged model) -> sent
 
-ATTACKS = ("none", "sign_flip", "noise", "label_flip", "alie")
+ATTACKS = ("none", "sign_flip", "noise", "label_flip", "alie", "ipm")
+COLLUDING = ("alie", "ipm")  # attacks whose nodes share their honest updates (`Colluders`)
+
+IPM_EPSILON = 0.1
+SCALES = {"sign_flip": 4.0, "noise": 4.0, "ipm": IPM_EPSILON}
+"""Each sized attack's scale when the scenario names none (its ``attack_scale``)."""
+
+
+def attack_scale(attack: str, scale: float | None) -> float:
+    """`scale`, or the attack's own default: one number means sign flip's multiple and IPM's
+    epsilon, which differ by forty times, so a shared default would fit neither."""
+    return SCALES.get(attack, 0.0) if scale is None else scale
 
 
 def flip_labels(labels: torch.Tensor, classes: int) -> torch.Tensor:
@@ -63,7 +81,7 @@ def alie_z(nodes: int, attackers: int) -> float:
 
 
 class Colluders:
-    """The ALIE colluders' private channel: each puts in its honest update and gets back all
+    """The ALIE and IPM colluders' private channel: each puts in its honest update and gets back all
     the colluders' updates of the same round.
 
     The colluders estimate the honest mean and std from their own honest updates of the
@@ -80,7 +98,7 @@ class Colluders:
     not depend on thread timing.
     """
 
-    def __init__(self, members: int, z: float, *, wait: float = 30.0) -> None:
+    def __init__(self, members: int, z: float = 0.0, *, wait: float = 30.0) -> None:
         if members < 1:
             raise ConfigError(f"colluders need at least one member, got {members}")
         self.members = members
@@ -107,34 +125,50 @@ class Colluders:
                 self._cond.wait(left)
             return [pool[m] for m in sorted(pool)]
 
+    def updates(self, member: int, reference: Vector, honest: Vector) -> npt.NDArray[np.float64]:
+        """The colluders' honest updates of this round, one row each, in float64."""
+        shared = self.share(member, reference, honest)
+        return np.stack([v.astype(np.float64) - reference for v in shared])
+
     def attack(self, member: int) -> Attack:
-        """Colluder `member`'s contribution: reference + mean(updates) - z x std(updates)."""
+        """Colluder `member`'s ALIE contribution: reference + mean(updates) - z x std(updates)."""
 
         def alie(honest: Vector, reference: Vector) -> Vector:
-            updates = np.stack(
-                [v.astype(np.float64) - reference for v in self.share(member, reference, honest)]
-            )
+            updates = self.updates(member, reference, honest)
             shifted = updates.mean(axis=0) - self.z * updates.std(axis=0)
             sent: Vector = (reference + shifted).astype(np.float32)
             return sent
 
         return alie
 
+    def ipm(self, member: int, epsilon: float) -> Attack:
+        """Colluder `member`'s IPM contribution: reference - epsilon x mean(updates), the
+        honest direction reversed and shrunk (or grown) by epsilon."""
+
+        def ipm(honest: Vector, reference: Vector) -> Vector:
+            mean = self.updates(member, reference, honest).mean(axis=0)
+            sent: Vector = (reference - epsilon * mean).astype(np.float32)
+            return sent
+
+        return ipm
+
 
 def make_attack(
     name: str,
     *,
     seed: int,
-    scale: float = 4.0,
+    scale: float | None = None,
     colluders: Colluders | None = None,
     member: int = 0,
 ) -> Attack | None:
     """One Byzantine node's contribution hook; None where it sends its honest update (no
-    attack, or `label_flip`, whose harm is in its training data). `alie` needs the
-    `colluders` it belongs to and its `member` number there."""
+    attack, or `label_flip`, whose harm is in its training data). `alie` and `ipm` need the
+    `colluders` they belong to and their `member` number there; `scale` None is the
+    attack's default (`SCALES`)."""
     if name in ("none", "label_flip"):
         return None
     rng = np.random.default_rng(seed)
+    scale = attack_scale(name, scale)
     if name == "sign_flip":
 
         def flip(honest: Vector, reference: Vector) -> Vector:
@@ -147,21 +181,22 @@ def make_attack(
             return (reference + scale * rng.standard_normal(len(reference))).astype(np.float32)
 
         return noise
-    if name == "alie":
+    if name in COLLUDING:
         if colluders is None:
-            raise ConfigError("the alie attack needs its colluders")
-        return colluders.attack(member)
+            raise ConfigError(f"the {name} attack needs its colluders")
+        return colluders.attack(member) if name == "alie" else colluders.ipm(member, scale)
     raise ConfigError(f"unknown attack {name!r} (known: {', '.join(ATTACKS)})")
 
 
 def byzantine_hooks(
-    attack: str, nodes: int, byzantine: int, *, seed: int, scale: float
+    attack: str, nodes: int, byzantine: int, *, seed: int, scale: float | None
 ) -> list[Attack | None]:
     """The contribution hooks of the last `byzantine` of `nodes` nodes, in node order; ALIE
-    colluders are wired to one shared `Colluders`."""
+    and IPM colluders are wired to one shared `Colluders`."""
     colluders = None
-    if attack == "alie" and byzantine:
-        colluders = Colluders(byzantine, alie_z(nodes, byzantine))
+    if attack in COLLUDING and byzantine:
+        z = alie_z(nodes, byzantine) if attack == "alie" else 0.0
+        colluders = Colluders(byzantine, z)
     return [
         make_attack(attack, seed=seed * 1000 + i, scale=scale, colluders=colluders, member=i)
         for i in range(byzantine)

@@ -49,8 +49,10 @@ class Scenario(BaseModel):
     seed: int = 0
     test_fraction: float = Field(0.2, gt=0, lt=1)
     byzantine: int = Field(0, ge=0, description="nodes that poison their contributions")
-    attack: Literal["none", "sign_flip", "noise", "label_flip", "alie"] = "none"
-    attack_scale: float = Field(4.0, gt=0)
+    attack: Literal["none", "sign_flip", "noise", "label_flip", "alie", "ipm"] = "none"
+    attack_scale: float | None = Field(
+        None, gt=0, description="sign flip's multiple, noise's std, ipm's epsilon; None: 4, 4, 0.1"
+    )
     # --processes: every node a `swarmnode run` daemon of its own against one anvil
     processes: bool = False
     # A user's own data set (README, "Your own data in the simulator"): `task` names a
@@ -103,7 +105,9 @@ class Scenario(BaseModel):
         if self.byzantine >= self.nodes:
             raise ValueError("byzantine must leave at least one honest node")
         if self.byzantine and self.attack == "none":
-            raise ValueError("byzantine nodes need an attack (sign_flip, noise, label_flip, alie)")
+            raise ValueError(
+                "byzantine nodes need an attack (sign_flip, noise, label_flip, alie, ipm)"
+            )
         rule = self.rule()
         needs = merge_rule_needs(rule)
         if needs > self.nodes:
