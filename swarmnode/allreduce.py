@@ -1,10 +1,10 @@
-"""One attempt's data plane: segmented reduce-scatter, partial-sum exchanges, all-gather.
+"""One attempt's data plane: segmented reduce-scatter, a local merge per segment, all-gather.
 
 Every live participant j of the attempt owns segment j of the canonical vector (whole-chunk
 ranges, sizes differing by at most one chunk). Reduce-scatter: each node streams segment j
 of its update to participant j. Owner j merges its segment from all contributions with the
-swarm's rule; rules that need global quantities exchange per-segment partial sums, and every
-node adds them up in participant order, so every owner takes the same decisions. All-gather:
+swarm's rule, deciding from the rows it holds only: no rule exchanges partial sums, so no peer
+can steer an owner's decision by lying about them (docs/trust.md#threat-model). All-gather:
 each owner streams its merged segment to every other node. Each node thus sends and receives
 about 2(n-1)/n x the model, whatever n, and nobody waits on a leader
 (docs/round-protocol.md#data-plane, docs/round-protocol.md#partial-sums).
@@ -31,10 +31,10 @@ import torch
 from swarmnode import canonical
 from swarmnode.address import normalize
 from swarmnode.exceptions import PeerError
-from swarmnode.merge import MergeRule, combine_partials
+from swarmnode.merge import MergeRule
 from swarmnode.p2p.frames import frames_for
 from swarmnode.p2p.inbox import Inbox
-from swarmnode.p2p.messages import Kind, Partials
+from swarmnode.p2p.messages import Kind
 from swarmnode.p2p.transport import FrameSource, Transport
 
 T = TypeVar("T")
@@ -218,52 +218,16 @@ class AllReduceRunner:
         return rows
 
     def merge(self, rows: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
-        """This node's segment merged with the swarm's rule, exchanging partial sums for as
-        many steps as the rule needs."""
+        """This node's segment merged with the swarm's rule from the rows it holds only: no
+        peer's partial sums enter the decision (docs/round-protocol.md#partial-sums)."""
         n = len(rows)
         contributions = torch.from_numpy(np.stack(rows)) if rows[0].size else torch.zeros((n, 0))
         ref = None
         if self.reference is not None:
             ours = self.reference[self.span.start : self.span.stop]
             ref = torch.from_numpy(np.ascontiguousarray(ours))
-        state = self.rule.begin(contributions, list(self.attempt.weights), ref)
-        step = 0
-        while not state.done:
-            state.advance(self.exchange_partials(step, state.partials()))
-            step += 1
-        return state.result().detach().to("cpu", torch.float32).numpy()
-
-    def exchange_partials(self, step: int, partials: torch.Tensor) -> torch.Tensor:
-        """Sends this segment's partial sums to every peer, gathers theirs, and adds all of
-        them in participant order, so that every owner gets the same bits."""
-        values = partials.detach().to("cpu", torch.float64).reshape(-1)
-        # before sending: no peer can be at this step before it has this node's sums
-        self.inbox.partials_step(self.attempt.round, self.attempt.attempt, step, values.numel())
-        message = Partials(
-            self.attempt.round,
-            self.attempt.attempt,
-            step,
-            self.mine,
-            tuple(values.tolist()),
-            self.me,
-        )
-        for _, p in self.others:
-            self.transport.push_partials(p, message, self.timeout)
-            self.traffic.sent += values.numel() * 8
-        gathered: list[torch.Tensor] = []
-        missing: list[str] = []
-        for j, p in enumerate(self.attempt.participants):
-            if j == self.mine:
-                gathered.append(partials.detach().to("cpu", torch.float64))
-                continue
-            got = self._partials_from(p, step, values.numel())
-            if got is None:
-                missing.append(p)
-                continue
-            gathered.append(torch.from_numpy(got).reshape(partials.shape))
-        if missing:
-            raise MissingContributions(f"partial sums, step {step}", *self._blame(missing))
-        return combine_partials(gathered)
+        merged = self.rule.merge_segment(contributions, list(self.attempt.weights), ref)
+        return merged.detach().to("cpu", torch.float32).numpy()
 
     def all_gather(
         self, pool: ThreadPoolExecutor, segment: npt.NDArray[np.float32]
@@ -353,19 +317,8 @@ class AllReduceRunner:
                 sent += push.result()
         return sent
 
-    def _partials_from(self, peer: str, step: int, size: int) -> npt.NDArray[np.float64] | None:
-        """`peer`'s partial sums for `step`, None if they did not arrive in time."""
-        round, attempt = self.attempt.round, self.attempt.attempt
-        fetch = partial(self.inbox.partials, round, attempt, step, peer)
-        got = self._await(fetch, time.monotonic() + self.timeout)
-        if got is not None and got.size != size:
-            raise PeerError(f"{peer} sent {got.size} partial sums for step {step}, expected {size}")
-        if got is not None:
-            self.traffic.received += got.nbytes
-        return got
-
     def _blame(self, silent: Sequence[str]) -> tuple[list[str], str]:
-        """Whom to vote out for the owners whose merged segments (or partial sums) are
+        """Whom to vote out for the owners whose merged segments are
         missing, and why (docs/round-protocol.md#faults-and-votes).
 
         An owner cannot merge, so cannot send, while a contribution to its segment is

@@ -1,9 +1,12 @@
 """The segmented all-reduce: every participant ends with the same bits, for every rule, and
-moves about 2(n-1)/n x the model each way."""
+moves about 2(n-1)/n x the model each way; nothing a peer sends besides its rows changes an
+owner's merge."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -13,9 +16,12 @@ import torch
 from swarmnode import canonical
 from swarmnode.allreduce import AllReduceResult, Attempt, all_reduce
 from swarmnode.merge import make_rule
+from swarmnode.p2p.errors import PeerError
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
+from swarmnode.p2p.messages import Partials
 from swarmnode.p2p.roster import PeerRecord, Roster
+from swarmnode.p2p.transport import FrameSource, Transport
 from swarmnode.rules import MergeRuleId, Rule
 
 NUMEL = 9 * canonical.CHUNK_ELEMENTS + 777
@@ -31,9 +37,20 @@ RULES = {
 }
 
 
+Updates = list[npt.NDArray[np.float32]]
+TransportFor = Callable[[MemoryNetwork, str], Transport]
+
+
 def run(
-    n: int, rule: Rule, numel: int = NUMEL, seed: int = 0
-) -> tuple[list[AllReduceResult], list[npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
+    n: int,
+    rule: Rule,
+    numel: int = NUMEL,
+    seed: int = 0,
+    given: Updates | None = None,
+    transport_for: TransportFor = MemoryTransport,
+) -> tuple[list[AllReduceResult], Updates, npt.NDArray[np.float32]]:
+    """One attempt of n in-memory nodes; `given` replaces the random updates, and
+    `transport_for` builds each node's transport (a lying one, for attacks)."""
     rng = np.random.default_rng(seed)
     accounts = [f"0x{i:040x}" for i in range(1, n + 1)]
     roster = Roster(PeerRecord(a, "memory", a.encode()) for a in accounts)
@@ -41,7 +58,7 @@ def run(
     inboxes = [Inbox(a) for a in accounts]
     for inbox in inboxes:
         network.attach(inbox)
-    updates = [rng.standard_normal(numel).astype(np.float32) for _ in accounts]
+    updates = given or [rng.standard_normal(numel).astype(np.float32) for _ in accounts]
     reference = rng.standard_normal(numel).astype(np.float32)
     hashes = [canonical.chunk_hashes(u) for u in updates]
     attempt = Attempt(
@@ -65,7 +82,7 @@ def run(
                 update=updates[i],
                 hashes=hashes[i],
                 rule=merge,
-                transport=MemoryTransport(network, accounts[i]),
+                transport=transport_for(network, accounts[i]),
                 inbox=inboxes[i],
                 reference=reference,
                 timeout=30,
@@ -92,14 +109,28 @@ def test_every_participant_ends_with_the_same_bits(name: str) -> None:
     for other in results[1:]:
         assert other.digest == first.digest
         assert other.merged.tobytes() == first.merged.tobytes()
-    # and it is the rule's merge of the whole vectors
-    merge = make_rule(RULES[name])
-    whole = merge.merge(
-        torch.from_numpy(np.stack(updates)),
-        [10 + 5 * i for i in range(5)],
-        torch.from_numpy(reference),
-    ).numpy()
-    np.testing.assert_allclose(first.merged, whole, rtol=1e-5, atol=1e-5)
+    # and it is the rule's merge of each owner's segment
+    np.testing.assert_allclose(first.merged, per_segment(RULES[name], updates, reference))
+
+
+def per_segment(
+    rule: Rule, updates: Updates, reference: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """The rule's merge of each segment on its own, as the owners compute it."""
+    numel = updates[0].size
+    spans = [
+        canonical.element_range(s, numel)
+        for s in canonical.segments(canonical.num_chunks(numel), len(updates))
+    ]
+    stacked, ref = torch.from_numpy(np.stack(updates)), torch.from_numpy(reference)
+    merge = make_rule(rule)
+    pieces = merge.merge_segments(
+        [stacked[:, s.start : s.stop] for s in spans],
+        [10 + 5 * i for i in range(len(updates))],
+        [ref[s.start : s.stop] for s in spans] if merge.uses_reference else None,
+    )
+    out: npt.NDArray[np.float32] = torch.cat(pieces).numpy()
+    return out
 
 
 @pytest.mark.parametrize("n", [2, 4, 8])
@@ -117,3 +148,57 @@ def test_fewer_chunks_than_participants_leaves_some_segments_empty() -> None:
     results, updates, _ = run(5, RULES["median"], numel=2 * canonical.CHUNK_ELEMENTS + 5)
     assert len({r.digest for r in results}) == 1
     np.testing.assert_array_equal(results[0].merged, np.median(np.stack(updates), axis=0))
+
+
+class ForgingTransport(MemoryTransport):
+    """A participant that sends every peer forged partial sums for Krum's distances: zero to
+    itself, 1e30 between honest nodes, so that summed with anyone's true distances it would
+    look closest to all. It offers them on its own with its first push to a peer, and in
+    place of its true sums wherever the all-reduce asks it to send some."""
+
+    def __init__(self, network: MemoryNetwork, account: str, n: int) -> None:
+        super().__init__(network, account)
+        self.forged = tuple(
+            0.0 if 0 in (i, j) or i == j else 1e30 for i in range(n) for j in range(n)
+        )
+        self.offered: set[str] = set()
+        self.accepted = 0
+
+    def push(self, peer: str, frames: FrameSource, timeout: float) -> int:
+        self.push_partials(peer, Partials(1, 1, 0, 0, self.forged, self.account), timeout)
+        return super().push(peer, frames, timeout)
+
+    def push_partials(self, peer: str, partials: Partials, timeout: float) -> None:
+        if peer in self.offered:  # sent already, forged, on its own
+            return
+        self.offered.add(peer)
+        with contextlib.suppress(PeerError):  # refused: the owners take no partial sums
+            super().push_partials(peer, Partials(1, 1, 0, 0, self.forged, self.account), timeout)
+            self.accepted += 1
+
+
+def test_forged_partial_sums_do_not_move_krum() -> None:
+    """One participant among five under Krum (f = 1) commits a far-off update and sends every
+    owner forged partial sums (docs/trust.md#threat-model). On the code that combined partial
+    sums, the honest owners selected its update for their segments (0.8 of the model); now
+    they are refused, every owner decides from its own rows, and the round ends on the honest
+    merge with one digest."""
+    n = 5
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(NUMEL).astype(np.float32)
+    updates = [base + 0.01 * rng.standard_normal(NUMEL).astype(np.float32) for _ in range(n)]
+    updates[0] = base + 10.0
+    forgers: list[ForgingTransport] = []
+
+    def transport_for(network: MemoryNetwork, account: str) -> Transport:
+        if account != f"0x{1:040x}":
+            return MemoryTransport(network, account)
+        forgers.append(ForgingTransport(network, account, n))
+        return forgers[0]
+
+    results, _, reference = run(n, RULES["krum"], given=updates, transport_for=transport_for)
+    assert len({r.digest for r in results}) == 1
+    taken = float(np.mean(results[1].merged == updates[0]))
+    print(f"share of the merged model taken from the forger: {taken:.2f}")
+    assert taken == 0.0 and forgers[0].accepted == 0
+    np.testing.assert_array_equal(results[1].merged, per_segment(RULES["krum"], updates, reference))

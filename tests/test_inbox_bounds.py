@@ -7,6 +7,11 @@ takes, for the step the node is at or the next, with that step's number of value
 drops them with their attempt (docs/trust.md#checks-on-received-data). Every attack runs over
 real mutual-TLS gRPC; the tests assert on the Inbox's own accounting and on tracemalloc (not
 on RSS: glibc keeps freed arenas).
+
+No rule exchanges partial sums any more (each owner decides from its own segment,
+docs/round-protocol.md#partial-sums), so every rule's bound refuses them all; the step-bounded
+Inbox path stays on the wire, and the tests of its bounds declare the bounds that Krum and the
+geometric median had while they exchanged sums.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from swarmnode import canonical
 from swarmnode.address import normalize
 from swarmnode.allreduce import AllReduceResult, Attempt, all_reduce
 from swarmnode.identity import TlsIdentity
-from swarmnode.merge import combine_partials, make_rule
+from swarmnode.merge import NO_PARTIALS, PartialsBound, combine_partials, make_rule
 from swarmnode.p2p.errors import InvalidMessage, NotReady, Stale
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import MAX_PARTIALS, Inbox
@@ -43,6 +48,10 @@ SEGMENTS = canonical.segments(canonical.num_chunks(NUMEL), PEERS)
 MEAN = Rule(MergeRuleId.MEAN)
 KRUM = Rule(MergeRuleId.KRUM, (0, 0, 0, 0))
 GEOMETRIC_MEDIAN = Rule(MergeRuleId.GEOMETRIC_MEDIAN, (1000, 20, 0, 0))
+# The bounds Krum (one step of n x n) and the geometric median with a cap of 20 (two steps per
+# iteration, of n + 1 or 1 values) had while they exchanged partial sums.
+KRUM_STEPS = PartialsBound(1, frozenset({PEERS * PEERS}))
+GEOMETRIC_MEDIAN_STEPS = PartialsBound(40, frozenset({PEERS + 1, 1}))
 ATTACK_STEPS = 24  # of MAX_PARTIALS float64 each: 12 MiB held without the checks
 SMALL = 2 << 20  # what the attacks may leave behind in the Inbox, in bytes
 # tracemalloc sees the whole process, the attacking client included, whose last request (a
@@ -79,9 +88,14 @@ def nodes() -> Iterator[list[Node]]:
         node.server.stop(0)
 
 
-def expect(receiver: Node, everyone: list[Node], rule: Rule, attempt: int = 1) -> None:
-    """What the all-reduce declares at the start of an attempt (AllReduceRunner._expect)."""
-    bound = make_rule(rule).partials_bound(len(everyone))
+def expect(
+    receiver: Node, everyone: list[Node], rule: Rule | PartialsBound, attempt: int = 1
+) -> None:
+    """What the all-reduce declares at the start of an attempt (AllReduceRunner._expect), for a
+    rule or for a bound given directly."""
+    bound = (
+        rule if isinstance(rule, PartialsBound) else make_rule(rule).partials_bound(len(everyone))
+    )
     owners = {n.account: (j, SEGMENTS[j]) for j, n in enumerate(everyone) if n is not receiver}
     receiver.inbox.expect_merged(
         ROUND, attempt, owners, NUMEL, partial_steps=bound.steps, partial_sizes=bound.sizes
@@ -140,7 +154,7 @@ def test_partial_sums_under_the_mean_rule_are_refused_and_cost_nothing(nodes: li
 
 def test_far_future_steps_are_refused_and_a_peer_holds_at_most_two(nodes: list[Node]) -> None:
     attacker, receiver = nodes[0], nodes[1]
-    expect(receiver, nodes, GEOMETRIC_MEDIAN)  # 40 steps of 4 or 1 values
+    expect(receiver, nodes, GEOMETRIC_MEDIAN_STEPS)  # 40 steps of 4 or 1 values
     attacker.transport.push_partials(receiver.account, sums(attacker, 0, PEERS + 1), TIMEOUT)
     attacker.transport.push_partials(receiver.account, sums(attacker, 1, 1), TIMEOUT)
     held = receiver.inbox.held_bytes(attacker.account)
@@ -168,7 +182,7 @@ def test_far_future_steps_are_refused_and_a_peer_holds_at_most_two(nodes: list[N
 
 def test_vectors_of_the_wrong_size_are_refused(nodes: list[Node]) -> None:
     attacker, receiver = nodes[0], nodes[1]
-    expect(receiver, nodes, KRUM)  # one step of n x n = 9 values
+    expect(receiver, nodes, KRUM_STEPS)  # one step of n x n = 9 values
     sizes = [MAX_PARTIALS, MAX_PARTIALS + 1, 10, 8, 1]
 
     def push(i: int) -> None:
@@ -187,10 +201,10 @@ def test_vectors_of_the_wrong_size_are_refused(nodes: list[Node]) -> None:
 
 def test_partial_sums_are_freed_with_their_attempt_and_round(nodes: list[Node]) -> None:
     attacker, receiver = nodes[0], nodes[1]
-    expect(receiver, nodes, GEOMETRIC_MEDIAN, attempt=1)
+    expect(receiver, nodes, GEOMETRIC_MEDIAN_STEPS, attempt=1)
     attacker.transport.push_partials(receiver.account, sums(attacker, 0, PEERS + 1), TIMEOUT)
     assert receiver.inbox.held_bytes(attacker.account) > 0
-    expect(receiver, nodes, GEOMETRIC_MEDIAN, attempt=2)
+    expect(receiver, nodes, GEOMETRIC_MEDIAN_STEPS, attempt=2)
     assert receiver.inbox.held_bytes() == 0  # the old attempt's sums are gone
     with pytest.raises(Stale):
         attacker.transport.push_partials(receiver.account, sums(attacker, 1, 1), TIMEOUT)
@@ -206,7 +220,7 @@ def test_the_caps_per_peer_and_in_all_hold_back_what_the_steps_allow(nodes: list
     attacker, honest, receiver = nodes
     receiver.inbox.max_partial_bytes_per_peer = 5 * 8
     receiver.inbox.max_partial_bytes = 8 * 8
-    expect(receiver, nodes, GEOMETRIC_MEDIAN)
+    expect(receiver, nodes, GEOMETRIC_MEDIAN_STEPS)
     attacker.transport.push_partials(receiver.account, sums(attacker, 0, PEERS + 1), TIMEOUT)
     with pytest.raises(NotReady, match="over the cap of 40"):
         attacker.transport.push_partials(receiver.account, sums(attacker, 1, PEERS + 1), 0.3)
@@ -258,7 +272,9 @@ def merge_over_grpc(nodes: list[Node], rule: Rule) -> list[AllReduceResult]:
         t.join(60)
     assert errors == []
     stacked = torch.from_numpy(np.stack(updates))
-    want: npt.NDArray[np.float32] = merge.merge(stacked, attempt.weights).numpy()
+    spans = [canonical.element_range(s, NUMEL) for s in SEGMENTS]
+    pieces = [stacked[:, span.start : span.stop] for span in spans]
+    want: npt.NDArray[np.float32] = torch.cat(merge.merge_segments(pieces, attempt.weights)).numpy()
     done = [r for r in results if r is not None]
     assert len(done) == len(nodes)
     assert all(np.allclose(r.merged, want, rtol=1e-5, atol=1e-6) for r in done)
@@ -267,7 +283,7 @@ def merge_over_grpc(nodes: list[Node], rule: Rule) -> list[AllReduceResult]:
 
 
 @pytest.mark.parametrize("rule", [KRUM, GEOMETRIC_MEDIAN], ids=["krum", "geometric_median"])
-def test_an_honest_round_with_partial_sums_still_merges(nodes: list[Node], rule: Rule) -> None:
+def test_an_honest_round_under_robust_rules_still_merges(nodes: list[Node], rule: Rule) -> None:
     merge_over_grpc(nodes, rule)
     for node in nodes:
         assert node.inbox.held_bytes() > 0  # the round's segments, until it is finished
@@ -289,22 +305,19 @@ def test_an_honest_round_with_partial_sums_still_merges(nodes: list[Node], rule:
     ids=str,
 )
 @pytest.mark.parametrize("on_a_contribution", [False, True])
-def test_a_rule_never_exchanges_beyond_its_bound(rule: Rule, on_a_contribution: bool) -> None:
-    """What the Inbox accepts covers every exchange an honest merge takes, the geometric
-    median's Vardi-Zhang steps included (a contribution between the others in every
-    coordinate puts the start on it)."""
+def test_no_rule_exchanges_partial_sums(rule: Rule, on_a_contribution: bool) -> None:
+    """Every rule's bound refuses all partial sums, and an owner's merge needs none: it steps
+    on its own segment's sums alone, the geometric median's Vardi-Zhang steps included (a
+    contribution between the others in every coordinate puts the start on it)."""
     n = 5
     rng = np.random.default_rng(9)
     x = rng.standard_normal((n, 300)).astype(np.float32)
     if on_a_contribution:
         x[2] = np.median(x, axis=0)
     merge = make_rule(rule)
-    bound = merge.partials_bound(n)
-    state = merge.begin(torch.from_numpy(x), [1.0] * n, torch.zeros(300))
-    steps = 0
+    assert merge.partials_bound(n) == NO_PARTIALS
+    rows, ref = torch.from_numpy(x), torch.zeros(300)
+    state = merge.begin(rows, [1.0] * n, ref)
     while not state.done:
-        partials = state.partials()
-        assert partials.numel() in bound.sizes
-        state.advance(combine_partials([partials]))
-        steps += 1
-    assert steps <= bound.steps
+        state.advance(combine_partials([state.partials()]))
+    assert torch.equal(state.result(), merge.merge_segment(rows, [1.0] * n, ref))

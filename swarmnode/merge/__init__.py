@@ -2,8 +2,9 @@
 
 `make_rule(rule)` turns the swarm's on-chain Rule (id + four uint64, fractions in PPM) into a
 MergeRule, refusing bad parameters with ConfigError at configuration time. A segment owner then
-runs `rule.begin(...)` and the exchange loop described in swarmnode.merge.base; `rule.merge` and
-`rule.merge_segments` run that loop locally.
+calls `rule.merge_segment(...)`, which decides from that segment's rows only (no partial sums
+from peers, docs/round-protocol.md#partial-sums); `rule.merge` treats a whole vector as one
+segment.
 
 | id | rule | params[0] | params[1] | weights used |
 |---|---|---|---|---|

@@ -1,33 +1,32 @@
 """What every merge rule shares: input checks, the step protocol, and the exact-order arithmetic.
 
-A segment owner merges one segment of the canonical vector from all contributions. Some rules
-need quantities over the whole vector (distances, norms); those are sums over segments, so each
-owner computes its segment's *partial sums*, the owners exchange them, and every node adds them
-up in participant order (`combine_partials`). A rule therefore runs as explicit steps:
+A segment owner merges one segment of the canonical vector from all contributions, and decides
+from the rows it holds only (the ButterflyClip idea of Gorbunov et al., ICML 2022). Rules that
+iterate on distances or norms (Krum, the geometric median, centered clipping) take them within
+the segment: no partial sum comes from another party, so no peer can steer an owner's decision
+by lying about its part (docs/round-protocol.md#partial-sums, docs/trust.md#threat-model).
+A rule still runs as explicit steps, because the iteration is easier to test that way:
 
     state = rule.begin(segment, weights, reference)
     while not state.done:
-        send(state.partials()); totals = combine_partials(all owners' partials in order)
-        state.advance(totals)
+        state.advance(combine_partials([state.partials()]))
     merged_segment = state.result()
 
-`drive` runs that loop in one process over a list of segments (tests, the simulator's fast
-path); the all-reduce runs it over the network with one exchange per iteration.
+`drive` runs that loop for each segment on its own; `MergeRule.merge_segment` is what an owner
+(the all-reduce, the simulator) calls.
 
 Determinism, and why the arithmetic looks the way it does:
-- Every decision taken from exchanged totals (Krum's selection, Weiszfeld's weights and stopping
-  test, centered clipping's clip factors) is computed in Python float64 on the CPU from the
-  combined totals, so every owner takes the same decision with the same bits whatever device it
-  merges on. Otherwise two owners could stop Weiszfeld after different iteration counts and the
-  segments would not fit together.
+- Every decision (Krum's selection, Weiszfeld's weights and stopping test, centered clipping's
+  clip factors) is computed in Python float64 on the CPU from the segment's sums, so a
+  segment's merge depends only on its rows, weights and reference, whatever device it runs on.
 - Sums over contributions are written as `anchor + sum_i c_i * (x_i - anchor)`, added one row at
   a time in participant order with separate elementwise ops (no fused or atomic reductions),
   in float64, rounded to float32 once. Contributions are models that differ by small updates,
   so the differences carry the information and lose nothing; equal inputs give back exactly
   that input; and elementwise IEEE ops give the same bits on CPU and CUDA.
-- The only reductions over the segment length are the partial sums of squares (float64, so a
-  huge Byzantine value cannot overflow them), which use torch.sum: deterministic on CPU and on
-  CUDA for a given shape, though not bit-identical between the two.
+- The only reductions over the segment length are the sums of squares (float64, so a huge
+  Byzantine value cannot overflow them), which use torch.sum: deterministic on CPU and on CUDA
+  for a given shape, though not bit-identical between the two.
 """
 
 from __future__ import annotations
@@ -196,11 +195,11 @@ def sq_distances_to(contributions: torch.Tensor, point: torch.Tensor) -> torch.T
 
 
 def combine_partials(partials: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The segments' float64 partial sums added in the given (participant) order, on the CPU.
+    """Float64 sums added in the given order, on the CPU, checked.
 
-    Every node calls this on the same float32 partials in the same order, so every node gets
-    the same bits. All partials of the rules here are sums of squares: a negative or non-finite
-    value, or a shape that differs from the others, can only come from a faulty owner.
+    An owner passes its own segment's sums alone (no rule takes another party's any more), so
+    this moves them to the CPU and refuses what a sum of squares cannot be: negative or
+    non-finite values, or shapes that differ.
     """
     if not partials:
         raise MergeError("no partial sums to combine")
@@ -219,26 +218,26 @@ def combine_partials(partials: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 class SegmentMerge(ABC):
-    """One owner's merge of one segment, as steps a driver loops over (see the module doc)."""
+    """One owner's merge of one segment, as steps driven locally (see the module doc)."""
 
     @property
     @abstractmethod
     def done(self) -> bool:
-        """True once result() is ready; the same on every segment after the same exchanges."""
+        """True once result() is ready."""
 
     @property
     def partials_shape(self) -> tuple[int, ...]:
-        """Shape of the partial sums of the next exchange, so a receiver can check a peer's.
+        """Shape of the sums the next step takes, so advance() can check them.
 
-        It can change from one exchange to the next (the geometric median's extra step)."""
+        It can change from one step to the next (the geometric median's extra step)."""
         raise MergeError("this merge exchanges no partial sums")
 
     def partials(self) -> torch.Tensor:
-        """This segment's partial sums for the next exchange (float64, this segment's device)."""
+        """This segment's sums for the next step (float64, this segment's device)."""
         raise MergeError("this merge exchanges no partial sums")
 
     def advance(self, totals: torch.Tensor) -> None:
-        """Takes the partial sums of all segments, combined by combine_partials, one step on."""
+        """Takes this segment's sums, checked by combine_partials, one step on."""
         raise MergeError("this merge exchanges no partial sums")
 
     @abstractmethod
@@ -270,17 +269,17 @@ class FinishedMerge(SegmentMerge):
         return self._merged
 
 
+def run_locally(state: SegmentMerge) -> torch.Tensor:
+    """Steps one segment's merge to its end on its own sums only."""
+    while not state.done:
+        state.advance(combine_partials([state.partials()]))
+    return state.result()
+
+
 def drive(states: Sequence[SegmentMerge]) -> list[torch.Tensor]:
-    """Runs the exchange loop in one process over all segments' states, in participant order."""
-    while True:
-        finished = [state.done for state in states]
-        if all(finished):
-            return [state.result() for state in states]
-        if any(finished):
-            raise MergeError("segments disagree on whether the merge is finished")
-        totals = combine_partials([state.partials() for state in states])
-        for state in states:
-            state.advance(totals)
+    """Runs every segment's merge to its end, each from its own rows: no segment's sums reach
+    another's decision (docs/round-protocol.md#partial-sums)."""
+    return [run_locally(state) for state in states]
 
 
 @dataclass(frozen=True)
@@ -288,14 +287,15 @@ class PartialsBound:
     """The most partial-sum exchanges a rule's merge takes and the sizes (values per owner)
     an exchange can carry, for a given number of participants: what a receiver accepts from
     a peer, so that nobody can make it hold partial sums the rule never asks for
-    (docs/trust.md#checks-on-received-data)."""
+    (docs/trust.md#checks-on-received-data). Every rule now decides from its own segment, so
+    every rule's bound is NO_PARTIALS and a receiver refuses any partial sum."""
 
     steps: int
     sizes: frozenset[int]
 
 
 NO_PARTIALS = PartialsBound(0, frozenset())
-"""The bound of the rules that finish at begin(): no exchange at all."""
+"""No exchange at all: the bound of every rule (docs/round-protocol.md#partial-sums)."""
 
 
 class MergeRule(ABC):
@@ -309,8 +309,6 @@ class MergeRule(ABC):
     """
 
     rule_id: ClassVar[MergeRuleId]
-    exchanges_partials: ClassVar[bool] = False
-    """Whether begin() leaves work that needs partial-sum exchanges."""
     uses_reference: ClassVar[bool] = False
     """Whether begin() needs the last merged model's segment."""
     needs_reason: ClassVar[str] = ""
@@ -328,7 +326,8 @@ class MergeRule(ABC):
         return self.rule_id.name.lower()
 
     def partials_bound(self, participants: int) -> PartialsBound:
-        """The exchanges a merge of `participants` contributions can take, at most."""
+        """The exchanges a merge of `participants` contributions can take, at most: none, as
+        every rule decides from its own segment (docs/round-protocol.md#partial-sums)."""
         return NO_PARTIALS
 
     def _check(
@@ -347,20 +346,29 @@ class MergeRule(ABC):
         """Starts merging one segment: contributions (n, d) in participant order, n weights, and
         for rules that use it the last merged model's segment (d,)."""
 
+    def merge_segment(
+        self,
+        contributions: torch.Tensor,
+        weights: WeightsLike,
+        reference: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One owner's merged segment, decided from that segment's rows, weights and reference
+        only: what every node computes the same, and nothing a peer says can change."""
+        return run_locally(self.begin(contributions, weights, reference))
+
     def merge_segments(
         self,
         segments: Sequence[torch.Tensor],
         weights: WeightsLike,
         references: Sequence[torch.Tensor] | None = None,
     ) -> list[torch.Tensor]:
-        """Merges every segment of the vector locally, exchanging partials as the swarm would."""
+        """Merges every segment of the vector, each on its own, as its owner would."""
         if references is not None and len(references) != len(segments):
             raise MergeError(f"{len(segments)} segments but {len(references)} references")
-        states = [
-            self.begin(seg, weights, None if references is None else references[j])
+        return [
+            self.merge_segment(seg, weights, None if references is None else references[j])
             for j, seg in enumerate(segments)
         ]
-        return drive(states)
 
     def merge(
         self,

@@ -1,18 +1,21 @@
-"""Centered clipping (Karimireddy, He and Jaggi, ICML 2021), segment by segment.
+"""Centered clipping (Karimireddy, He and Jaggi, ICML 2021), each segment on its own.
 
 Starting from the last merged model v_0, each iteration moves the estimate by the average of
-the contributions' offsets, each offset clipped to an L2 radius tau over the whole vector:
+the contributions' offsets, each offset clipped to an L2 radius tau within the owner's segment:
 
     v_{l+1} = v_l + (1/n) sum_i (x_i - v_l) * min(1, tau / ||x_i - v_l||)
 
 A contribution can pull the estimate at most tau / n per iteration, however far away it is and
 whatever direction it picks, which is what holds up against "a little is enough" and
 inner-product attacks that stay inside the coordinate-wise rules' blind spots. Each iteration
-needs the norms ||x_i - v_l||, so it is one exchange of (n,) squared-norm partials. The average
-is unweighted (1/n): a weight by claimed sample count would let one node buy a larger pull.
+needs the norms ||x_i - v_l||, taken over the segment's rows only (the ButterflyClip idea,
+Gorbunov et al. 2022): no other party's sums enter the clip factors, so forged ones cannot
+steer them (docs/round-protocol.md#partial-sums). The average is unweighted (1/n): a weight by
+claimed sample count would let one node buy a larger pull.
 
-tau is tau_ppm / 1e6, an absolute L2 radius in the model's parameter units, over the whole
-canonical vector (not per segment).
+tau is tau_ppm / 1e6, an absolute L2 radius in the model's parameter units, applied to each
+segment: a contribution moves each segment by at most tau / n per iteration, so the whole vector
+by at most sqrt(segments) x tau / n (docs/trust.md#threat-model).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import torch
 
 from swarmnode.merge.base import (
     MergeRule,
-    PartialsBound,
     SegmentMerge,
     WeightsLike,
     anchored_sum,
@@ -43,7 +45,7 @@ def clip_factors(sq_norms: list[float], tau: float) -> list[float]:
 
 
 class CenteredClippingMerge(SegmentMerge):
-    """One segment's centered clipping; one exchange of (n,) partials per iteration."""
+    """One segment's centered clipping; one step on (n,) squared norms per iteration."""
 
     def __init__(
         self, contributions: torch.Tensor, reference: torch.Tensor, tau: float, iterations: int
@@ -92,11 +94,10 @@ class CenteredClippingMerge(SegmentMerge):
 
 class CenteredClipping(MergeRule):
     """Centered clipping around the last merged model. params[0] = tau_ppm: the clipping radius
-    tau_ppm / 1e6 (absolute L2, whole vector); params[1] = iterations (one exchange each).
+    tau_ppm / 1e6 (absolute L2, per segment); params[1] = iterations.
     begin() needs the last merged model's segment as `reference`."""
 
     rule_id = MergeRuleId.CENTERED_CLIP
-    exchanges_partials = True
     uses_reference = True
 
     @property
@@ -110,10 +111,6 @@ class CenteredClipping(MergeRule):
     @property
     def name(self) -> str:
         return f"centered clipping (tau={self.tau:g}, iterations={self.iterations})"
-
-    def partials_bound(self, participants: int) -> PartialsBound:
-        """One exchange of (n,) squared norms per iteration."""
-        return PartialsBound(max(1, self.iterations), frozenset({participants}))
 
     def begin(
         self,

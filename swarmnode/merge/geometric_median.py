@@ -1,14 +1,16 @@
-"""Geometric median by Weiszfeld's iteration, segment by segment.
+"""Geometric median by Weiszfeld's iteration, each segment on its own.
 
 The geometric median minimises F(v) = sum_i ||x_i - v||: a minority of contributions, however
 far away, moves it only a bounded distance (breakdown point 1/2). Weiszfeld's step
 
     v_{k+1} = v_k + sum_i beta_i (x_i - v_k),  beta_i = (1 / d_i) / sum_j (1 / d_j),
-    d_i = ||x_i - v_k|| over the whole vector,
+    d_i = ||x_i - v_k|| within the owner's segment,
 
-needs the distances d_i, so every iteration is one exchange of squared-distance partials.
+needs the distances d_i. They are taken over the segment's rows only, not summed with other
+owners' parts, so no peer can steer the weights with forged sums
+(docs/round-protocol.md#partial-sums): the result is the geometric median of the segment's rows.
 The first estimate is the coordinate-wise median: already robust, so a low iteration cap still
-gives a robust result, and it needs no exchange. Contributions are unweighted: a Byzantine node
+gives a robust result. Contributions are unweighted: a Byzantine node
 could claim any sample count, and a weight above half the total makes its contribution the
 geometric median.
 
@@ -18,15 +20,14 @@ attacker among three can arrange), plain Weiszfeld is undefined or, smoothed, st
 The step then follows Vardi and Zhang (2000): with eta contributions on the estimate and
 R = sum_{d_i > 0} (x_i - v) / d_i, the estimate is optimal if ||R|| <= eta, and otherwise moves
 by (1 - eta / ||R||) times the Weiszfeld step over the other contributions. ||R|| is a norm over
-the whole vector, so that iteration takes a second exchange, of a (1,) partial.
+the segment, so that iteration takes a second step, on a (1,) sum.
 
-Stopping, decided from the exchanged totals only (so every segment stops after the same step):
+Stopping, decided from the segment's sums only:
 at least half the contributions sit on the estimate (then it is a geometric median), or the
 last step was no longer than tolerance x the median of the distances d_i, or k reached the
 iteration cap. The test is scale- and translation-invariant, and the median, unlike the mean
 distance, cannot be inflated by a far minority to make the iteration stop early. The step's
-length is a norm over the whole vector: each owner appends its segment's part of
-||v_k - v_{k-1}||^2 to the distance partials, so it costs no extra exchange. (A test on the
+length ||v_k - v_{k-1}|| rides along with the distances, so it costs no extra step. (A test on the
 objective's relative improvement would be free too, but F is flat at its minimum: a 1e-6
 change in F leaves the estimate ~1e-3 of the spread away from the optimum.)
 """
@@ -40,7 +41,6 @@ import torch
 from swarmnode.merge.base import (
     ACCUMULATE,
     MergeRule,
-    PartialsBound,
     SegmentMerge,
     WeightsLike,
     anchored_sum,
@@ -52,9 +52,9 @@ from swarmnode.rules import PPM, MergeRuleId
 
 
 class WeiszfeldMerge(SegmentMerge):
-    """One segment's Weiszfeld iteration: per iteration one exchange of (n + 1,) partials (the
-    squared distances to the estimate, then the last step's squared length), plus one of a (1,)
-    squared norm when the estimate sits on a contribution."""
+    """One segment's Weiszfeld iteration: per iteration one step on (n + 1,) sums (the squared
+    distances to the estimate, then the last step's squared length), plus one on a (1,) squared
+    norm when the estimate sits on a contribution."""
 
     def __init__(self, contributions: torch.Tensor, tolerance: float, max_iterations: int) -> None:
         self._x = contributions
@@ -81,7 +81,7 @@ class WeiszfeldMerge(SegmentMerge):
 
     @property
     def objective(self) -> float | None:
-        """F at the latest estimate whose distances were exchanged (sum of L2 distances)."""
+        """F at the latest estimate whose distances were computed (sum of L2 distances)."""
         return self._objective
 
     @property
@@ -142,11 +142,9 @@ class WeiszfeldMerge(SegmentMerge):
 class GeometricMedian(MergeRule):
     """Geometric median. params[0] = tolerance_ppm: stop when a step moves the estimate by at
     most tolerance_ppm / 1e6 of the median distance from it to the contributions;
-    params[1] = max_iterations: the most Weiszfeld steps (each one exchange of partial sums,
-    two when the estimate sits on a contribution)."""
+    params[1] = max_iterations: the most Weiszfeld steps. Each segment is merged on its own."""
 
     rule_id = MergeRuleId.GEOMETRIC_MEDIAN
-    exchanges_partials = True
 
     @property
     def tolerance(self) -> float:
@@ -159,11 +157,6 @@ class GeometricMedian(MergeRule):
     @property
     def name(self) -> str:
         return f"geometric median (tolerance={self.tolerance:g}, cap={self.max_iterations})"
-
-    def partials_bound(self, participants: int) -> PartialsBound:
-        """Up to two exchanges per Weiszfeld step (the distances, then the Vardi-Zhang norm),
-        and the iteration ends at the cap's step."""
-        return PartialsBound(2 * max(1, self.max_iterations), frozenset({participants + 1, 1}))
 
     def begin(
         self,

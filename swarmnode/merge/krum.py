@@ -2,9 +2,11 @@
 
 Each contribution's score is the sum of its squared distances to its n - f - 2 nearest other
 contributions; Krum keeps the one with the lowest score, multi-Krum averages the m lowest
-(weighted by sample count, as flwr does). The squared distances are over the whole vector: each
-segment owner computes its segment's (n, n) part, and the exchanged parts add up to the global
-matrix. Selection happens once, in float64 on the CPU, the same on every owner.
+(weighted by sample count, as flwr does). The squared distances are taken within the segment
+the owner holds, not over the whole vector: no other party's distances enter the selection, so
+nobody can steer it with forged sums (docs/round-protocol.md#partial-sums). Owners of different
+segments may therefore keep different contributions (docs/trust.md#threat-model). Selection is
+computed in float64 on the CPU. On a whole vector held as one segment this is flwr's Krum.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import torch
 from swarmnode.merge.base import (
     ACCUMULATE,
     MergeRule,
-    PartialsBound,
     SegmentMerge,
     WeightsLike,
     anchored_sum,
@@ -64,7 +65,8 @@ def krum_select(scores: list[float], keep: int) -> list[int]:
 
 
 class KrumMerge(SegmentMerge):
-    """One segment's Krum: one exchange of (n, n) squared distances, then the selection."""
+    """One segment's Krum: one step on the segment's (n, n) squared distances, then the
+    selection."""
 
     def __init__(self, contributions: torch.Tensor, weights: list[float], rule: Krum) -> None:
         self._x = contributions
@@ -86,7 +88,7 @@ class KrumMerge(SegmentMerge):
     def selected(self) -> list[int]:
         """The contributions kept, in participant order (for logs and diagnostics)."""
         if self._selected is None:
-            raise RuntimeError("nothing is selected before the distances are exchanged")
+            raise RuntimeError("nothing is selected before the distances are computed")
         return self._selected
 
     def partials(self) -> torch.Tensor:
@@ -108,7 +110,7 @@ class KrumMerge(SegmentMerge):
 
     def result(self) -> torch.Tensor:
         if self._merged is None:
-            raise RuntimeError("Krum has no result before the distances are exchanged")
+            raise RuntimeError("Krum has no result before the distances are computed")
         return self._merged
 
 
@@ -120,7 +122,6 @@ class Krum(MergeRule):
     Matches flwr's aggregate_krum(results, num_malicious=f, to_keep=m)."""
 
     rule_id = MergeRuleId.KRUM
-    exchanges_partials = True
     needs_reason = " (n > 2f + 2 and n >= m)"
 
     @property
@@ -134,10 +135,6 @@ class Krum(MergeRule):
     @property
     def name(self) -> str:
         return f"krum (f={self.f}, m={self.m})"
-
-    def partials_bound(self, participants: int) -> PartialsBound:
-        """One exchange of the (n, n) squared distances."""
-        return PartialsBound(1, frozenset({participants * participants}))
 
     def begin(
         self,
