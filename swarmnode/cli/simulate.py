@@ -90,7 +90,7 @@ def run(
     seed: int | None = typer.Option(None, help="Seed of the split, the data order and init."),
     byzantine: int | None = typer.Option(None, help="Nodes that poison their contributions."),
     attack: str | None = typer.Option(
-        None, help="none, sign_flip, noise, label_flip or alie (with --byzantine)."
+        None, help="none, sign_flip, noise, label_flip, alie or ipm (with --byzantine)."
     ),
     processes: bool | None = typer.Option(
         None,
