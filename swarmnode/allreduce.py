@@ -128,8 +128,8 @@ def all_reduce(
 
 
 class AllReduceRunner:
-    """One node's part of one attempt, phase by phase: reduce-scatter, merge (with its
-    partial-sum exchanges), all-gather. Each phase raises MissingContributions when data
+    """One node's part of one attempt, phase by phase: reduce-scatter, merge (from this
+    owner's rows alone), all-gather. Each phase raises MissingContributions when data
     does not arrive within `timeout`; a send that fails with anything but a PeerError (an
     InjectedCrash from swarmnode.p2p.faults, a bug) ends the attempt at once."""
 
@@ -185,10 +185,7 @@ class AllReduceRunner:
         owned = self.owned[self.mine]
         self.inbox.expect_updates(round, self.mine, owned, self.numel, commitments, attempt)
         owners = {p: (j, self.owned[j]) for j, p in self.others}
-        bound = self.rule.partials_bound(len(self.attempt.participants))
-        self.inbox.expect_merged(
-            round, attempt, owners, self.numel, partial_steps=bound.steps, partial_sizes=bound.sizes
-        )
+        self.inbox.expect_merged(round, attempt, owners, self.numel)
 
     # ------------------------------------------------------------------ phases
 

@@ -17,7 +17,7 @@ from swarmnode.p2p.faults import Fault, FaultyTransport, InjectedCrash
 from swarmnode.p2p.frames import Frame
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
-from swarmnode.p2p.messages import Kind, Partials, PeerInfo
+from swarmnode.p2p.messages import Kind, PeerInfo
 from swarmnode.p2p.roster import PeerRecord, Roster
 from swarmnode.p2p.transport import FrameSource, Transport
 from swarmnode.rules import MergeRuleId, Rule
@@ -36,7 +36,6 @@ class Tap(Transport):
         self.account = inner.account
         self.inner = inner
         self.sent: list[tuple[Kind | None, str]] = []
-        self.partials = 0
 
     def _push_once(self, peer: str, frames: FrameSource, timeout: float) -> int:
         def tapped() -> Iterator[Frame]:
@@ -45,10 +44,6 @@ class Tap(Transport):
                 yield frame
 
         return self.inner._push_once(peer, tapped, timeout)
-
-    def _partials_once(self, peer: str, partials: Partials, timeout: float) -> None:
-        self.partials += 1
-        self.inner._partials_once(peer, partials, timeout)
 
     def _fetch_frames(self, peer: str, round: int, timeout: float) -> Iterable[Frame]:
         return self.inner._fetch_frames(peer, round, timeout)
@@ -122,7 +117,7 @@ def kinds(tap: Tap, kind: Kind) -> list[str]:
 def test_before_the_reduce_scatter_nothing_is_sent() -> None:
     tap, crash, took = run("before_reduce_scatter")
     assert isinstance(crash, InjectedCrash) and "dies before the reduce-scatter" in str(crash)
-    assert tap.sent == [] and tap.partials == 0
+    assert tap.sent == []
     assert crash.round == 1 and took < TIMEOUT / 2
 
 
@@ -135,11 +130,11 @@ def test_after_n_frames_exactly_n_update_frames_go_out(frames: int) -> None:
 
 
 def test_a_budget_larger_than_the_update_dies_before_sending_anything_else() -> None:
-    krum = Rule(MergeRuleId.KRUM, (1, 0, 0, 0))  # exchanges partial sums: it dies at the first
+    krum = Rule(MergeRuleId.KRUM, (1, 0, 0, 0))
     tap, crash, _ = run("reduce_scatter:after_frames=1000", krum)
     assert isinstance(crash, InjectedCrash)
     assert len(kinds(tap, Kind.UPDATE)) == UPDATE_FRAMES
-    assert kinds(tap, Kind.MERGED) == [] and tap.partials == 0
+    assert kinds(tap, Kind.MERGED) == []
 
 
 @pytest.mark.parametrize("peers", [0, 1, 3, N - 1, N + 3])

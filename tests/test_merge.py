@@ -520,7 +520,7 @@ def test_mismatched_segments_and_weights_are_merge_errors() -> None:
         state.advance(torch.zeros(5, dtype=torch.float64))
 
 
-def test_bad_partial_sums_from_a_peer_are_refused() -> None:
+def test_bad_partial_sums_are_refused() -> None:
     x, counts, _ = models(0, 5, 10)
     state = make_rule(GEOMEDIAN).begin(x, counts)
     assert isinstance(make_rule(GEOMEDIAN), GeometricMedian)

@@ -24,7 +24,6 @@ from swarmnode.p2p.frames import Frame, frames_for
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
-from swarmnode.p2p.messages import Partials
 from swarmnode.p2p.roster import PeerRecord, Roster
 from swarmnode.p2p.transport import Transport
 
@@ -255,21 +254,6 @@ def test_merged_segments_follow_attempts(cluster: Cluster) -> None:
     b.inbox.finish_round(ROUND)
     with pytest.raises(Stale):
         a.transport.push(b.account, lambda: frames(2), timeout=5)
-
-
-def test_partial_sums_travel_and_non_finite_ones_are_refused(cluster: Cluster) -> None:
-    a, b, _ = cluster.nodes
-    owners = {a.account: (0, SEGMENTS[0])}
-    b.inbox.expect_merged(ROUND, 1, owners, NUMEL, partial_steps=2, partial_sizes={3, 1})
-    message = Partials(
-        ROUND, attempt=1, step=0, segment=0, values=(1.5, 2.25, 1e300), sender=a.account
-    )
-    a.transport.push_partials(b.account, message, timeout=5)
-    got = b.inbox.partials(ROUND, 1, 0, a.account, timeout=5)
-    assert got is not None and got.tolist() == [1.5, 2.25, 1e300]
-    bad = Partials(ROUND, attempt=1, step=1, segment=0, values=(float("inf"),), sender=a.account)
-    with pytest.raises(InvalidMessage, match="non-finite"):
-        a.transport.push_partials(b.account, bad, timeout=5)
 
 
 def test_catch_up_fetches_a_final_model_checked_against_its_digest(cluster: Cluster) -> None:

@@ -67,8 +67,7 @@ from swarmnode.p2p.grpc_transport import (
     GrpcTransport,
     PeerServer,
 )
-from swarmnode.p2p.inbox import MAX_PARTIALS, Inbox
-from swarmnode.p2p.messages import Partials
+from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.roster import PeerRecord, Roster
 
 pytestmark = pytest.mark.slow
@@ -89,9 +88,7 @@ ROUND = 7
 NAN_ROUND = 8
 MODEL_ROUND = 4
 UPDATE_ATTEMPT = 1  # the receiver's current attempt for UPDATE frames of round 7
-ATTEMPT = 2  # ... and for MERGED frames and partial sums
-PARTIAL_STEPS = 2  # R's rule takes two exchanges here, of up to 16 values
-PARTIAL_SIZES = range(17)
+ATTEMPT = 2  # ... and for MERGED frames
 TIMEOUT = 10.0
 U64 = 2**64 - 1
 U32 = 2**32 - 1
@@ -272,14 +269,10 @@ class RawPeer:
         return self.push(method, [wire(f) for f in frames])
 
     def unary(self, method: str, data: bytes) -> Outcome:
-        replies: dict[str, type[Message]] = {
-            "Info": peer_pb2.InfoReply,
-            "PushPartials": peer_pb2.PartialsAck,
-        }
+        """Info, or any other method name (the server does not know it: UNIMPLEMENTED)."""
+        reply: Callable[[bytes], Any] = peer_pb2.InfoReply.FromString if method == "Info" else _raw
         call = self.channel.unary_unary(
-            f"/{SERVICE}/{method}",
-            request_serializer=_raw,
-            response_deserializer=replies[method].FromString,
+            f"/{SERVICE}/{method}", request_serializer=_raw, response_deserializer=reply
         )
         try:
             call(data, timeout=TIMEOUT)
@@ -340,9 +333,7 @@ def swarm(request: pytest.FixtureRequest) -> Iterator[Swarm]:
     commitments = {A: canonical.digest(A_UPDATE), H: canonical.digest(H_UPDATE)}
     inbox.expect_updates(ROUND, 2, UPDATE_CHUNKS, NUMEL, commitments, attempt=UPDATE_ATTEMPT)
     owners = {A: (0, MERGED_CHUNKS), H: (1, H_MERGED_CHUNKS)}
-    inbox.expect_merged(
-        ROUND, ATTEMPT, owners, NUMEL, partial_steps=PARTIAL_STEPS, partial_sizes=PARTIAL_SIZES
-    )
+    inbox.expect_merged(ROUND, ATTEMPT, owners, NUMEL)
     inbox.publish_model(MODEL_ROUND, FINAL, canonical.chunk_hashes(FINAL))
     roster = Roster()
     server = PeerServer(R, ids[R].key_pem, ids[R].cert_pem, roster, inbox)
@@ -595,9 +586,6 @@ def test_random_well_formed_unary_requests_are_answered(swarm: Swarm) -> None:
 
     requests = st.one_of(
         st.tuples(
-            st.just("PushPartials"), st.binary(max_size=40).filter(parses(peer_pb2.Partials))
-        ),
-        st.tuples(
             st.just("FetchModel"), st.binary(max_size=40).filter(parses(peer_pb2.ModelRequest))
         ),
         st.tuples(st.just("Info"), st.binary(max_size=20).filter(parses(peer_pb2.InfoRequest))),
@@ -613,7 +601,7 @@ def test_random_well_formed_unary_requests_are_answered(swarm: Swarm) -> None:
             allowed = {OK, NOT_FOUND}
         else:
             outcome = swarm.raw.unary(method, data)
-            allowed = REFUSALS | {OK} if method == "PushPartials" else {OK}
+            allowed = {OK}
         check("random unary", outcome, allowed)
         assert_buffers_hold_only_honest_data(swarm.inbox)
 
@@ -927,55 +915,23 @@ def test_a_forged_sender_is_denied(swarm: Swarm) -> None:
     assert_quiet()
 
 
-def test_partial_sums_get_the_status_of_what_they_break(swarm: Swarm) -> None:
-    finite = st.floats(allow_nan=False, allow_infinity=False)
-    nonfinite = st.sampled_from([float("nan"), float("inf"), float("-inf")])
-    too_many = [0.0] * (MAX_PARTIALS + 1)
-    values = st.one_of(
-        st.lists(finite, max_size=16),
-        st.tuples(st.lists(finite, max_size=8), nonfinite, st.integers(0, 8)).map(
-            lambda t: [*t[0][: t[2]], t[1], *t[0][t[2] :]]
-        ),
-        st.just(too_many),
-    )
+# The removed PushPartials call, with a message as its old encoding wrote one (round 7,
+# attempt 2, step 0, segment 0, two sums, sender A): no rule exchanges partial sums, so the
+# server no longer knows the method (docs/round-protocol.md#partial-sums).
+OLD_PARTIALS = (
+    b"\x08\x07\x10\x02\x18\x00\x20\x00\x2a\x10"
+    + np.array([0.5, -2.0], dtype="<f8").tobytes()
+    + b"\x32\x2a"
+    + A.encode()
+)
 
-    @fuzz(300)
-    @given(
-        round=st.one_of(st.just(ROUND), ROUNDS),
-        attempt=st.one_of(st.just(ATTEMPT), st.integers(0, 4), st.integers(0, U32)),
-        step=st.one_of(st.integers(0, 4), st.integers(0, U32)),
-        segment=st.one_of(st.just(0), st.integers(0, U32)),
-        sums=values,
-        sender=st.one_of(st.just(A), SENDERS),
-    )
-    def case(
-        round: int, attempt: int, step: int, segment: int, sums: list[float], sender: str
-    ) -> None:
-        message = peer_pb2.Partials(
-            round=round, attempt=attempt, step=step, segment=segment, values=sums, sender=sender
-        )
-        expected = {
-            OK if sender.lower() == A else DENIED,
-            INVALID if len(sums) > MAX_PARTIALS or not np.isfinite(sums).all() else OK,
-            STALE if round < FLOOR else OK if round == ROUND else UNAVAILABLE,
-            STALE if attempt < ATTEMPT else OK if attempt == ATTEMPT else UNAVAILABLE,
-            INVALID if step >= PARTIAL_STEPS else OK,  # steps past the rule's: refused
-            INVALID if segment != 0 else OK,  # A owns segment 0 in this attempt
-        }
-        outcome = swarm.raw.unary("PushPartials", message.SerializeToString())
-        check("partials", outcome, (expected - {OK}) or {OK})
-        stored = swarm.inbox.partials(ROUND, ATTEMPT, step, A, timeout=0)
-        if outcome.code == OK:
-            assert stored is not None
-            assert stored.tobytes() == np.asarray(sums, dtype=np.float64).tobytes()
-        else:
-            assert stored is None or (len(stored) <= MAX_PARTIALS and np.isfinite(stored).all())
-        if sender.lower() != A:
-            assert swarm.inbox.partials(ROUND, ATTEMPT, step, sender, timeout=0) is None
-        assert_buffers_hold_only_honest_data(swarm.inbox)
 
-    case()
-    assert CASES["partials"] > 0
+def test_the_removed_partial_sums_call_is_unimplemented(swarm: Swarm) -> None:
+    held = swarm.inbox.held_bytes(A)
+    outcome = swarm.raw.unary("PushPartials", OLD_PARTIALS)
+    check("removed call", outcome, {grpc.StatusCode.UNIMPLEMENTED})
+    assert swarm.inbox.held_bytes(A) == held  # nothing kept for A
+    assert_buffers_hold_only_honest_data(swarm.inbox)
     assert_quiet()
 
 
@@ -1000,8 +956,6 @@ def test_fetch_model_answers_only_the_published_round(swarm: Swarm) -> None:
 # calls, they must be INVALID_ARGUMENT naming the problem, never gRPC's INTERNAL with a
 # logged traceback (this caught the unary calls using the generated FromString directly).
 MALFORMED_UNARY = [
-    ("PushPartials", b"\x08", "truncated varint"),
-    ("PushPartials", b"\x32\x02\xff\xfe", "sender not UTF-8"),
     ("FetchModel", b"\x08", "truncated varint"),
     ("Info", b"\x0a", "truncated length"),
 ]
@@ -1016,7 +970,6 @@ def test_malformed_unary_requests_are_refused_as_invalid_argument(
     swarm: Swarm, method: str, data: bytes
 ) -> None:
     request_type: type[Message] = {
-        "PushPartials": peer_pb2.Partials,
         "FetchModel": peer_pb2.ModelRequest,
         "Info": peer_pb2.InfoRequest,
     }[method]
@@ -1092,13 +1045,9 @@ def test_afterwards_honest_peers_are_served_and_only_honest_data_was_kept(swarm:
     poisoned = inbox.update(NAN_ROUND, A, timeout=0)
     assert poisoned is None  # no NaN-carrying segment was ever completed
 
-    # (2) the server still answers Info, partial sums and catch-up correctly
+    # (2) the server still answers Info and catch-up correctly
     info = swarm.honest.info(R, TIMEOUT)
     assert (info.account, info.version, info.serving) == (R, __version__, True)
-    sums = Partials(ROUND, ATTEMPT, step=1, segment=1, values=(0.5, -2.0), sender=H)
-    swarm.honest.push_partials(R, sums, TIMEOUT)
-    stored = inbox.partials(ROUND, ATTEMPT, 1, H, timeout=5)
-    assert stored is not None and stored.tolist() == [0.5, -2.0]
     fetched = swarm.attacker.fetch_model(R, MODEL_ROUND, canonical.digest(FINAL), NUMEL, TIMEOUT)
     assert fetched.tobytes() == FINAL.tobytes()
 

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 from swarmnode.exceptions import ConfigError
 from swarmnode.merge.base import (
-    NO_PARTIALS,
     FinishedMerge,
     MergeRule,
-    PartialsBound,
     SegmentMerge,
     WeightsLike,
     combine_partials,
@@ -52,7 +50,6 @@ def make_rule(rule: Rule) -> MergeRule:
 
 
 __all__ = [
-    "NO_PARTIALS",
     "RULES",
     "CenteredClipping",
     "CenteredClippingMerge",
@@ -63,7 +60,6 @@ __all__ = [
     "Mean",
     "Median",
     "MergeRule",
-    "PartialsBound",
     "SegmentMerge",
     "TrimmedMean",
     "WeightsLike",

@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -282,22 +281,6 @@ def drive(states: Sequence[SegmentMerge]) -> list[torch.Tensor]:
     return [run_locally(state) for state in states]
 
 
-@dataclass(frozen=True)
-class PartialsBound:
-    """The most partial-sum exchanges a rule's merge takes and the sizes (values per owner)
-    an exchange can carry, for a given number of participants: what a receiver accepts from
-    a peer, so that nobody can make it hold partial sums the rule never asks for
-    (docs/trust.md#checks-on-received-data). Every rule now decides from its own segment, so
-    every rule's bound is NO_PARTIALS and a receiver refuses any partial sum."""
-
-    steps: int
-    sizes: frozenset[int]
-
-
-NO_PARTIALS = PartialsBound(0, frozenset())
-"""No exchange at all: the bound of every rule (docs/round-protocol.md#partial-sums)."""
-
-
 class MergeRule(ABC):
     """A merge rule built from the swarm's Rule (id + four uint64, fractions in PPM).
 
@@ -324,11 +307,6 @@ class MergeRule(ABC):
     def name(self) -> str:
         """The rule and its parameters, for messages."""
         return self.rule_id.name.lower()
-
-    def partials_bound(self, participants: int) -> PartialsBound:
-        """The exchanges a merge of `participants` contributions can take, at most: none, as
-        every rule decides from its own segment (docs/round-protocol.md#partial-sums)."""
-        return NO_PARTIALS
 
     def _check(
         self, contributions: torch.Tensor, weights: WeightsLike

@@ -22,7 +22,7 @@ from typing import NoReturn
 
 from swarmnode.exceptions import ConfigError, SwarmError
 from swarmnode.p2p.frames import Frame
-from swarmnode.p2p.messages import Kind, Partials, PeerInfo
+from swarmnode.p2p.messages import Kind, PeerInfo
 from swarmnode.p2p.transport import FrameSource, Transport
 
 
@@ -177,14 +177,6 @@ class FaultyTransport(Transport):
             if len(self._reached) >= quota:
                 self._die(fault, at[0])
         return sent
-
-    def _partials_once(self, peer: str, partials: Partials, timeout: float) -> None:
-        fault = self._fault
-        if fault is not None and fault.phase != "all_gather":
-            with self._lock:  # partial sums come after the reduce-scatter
-                self._die(fault, partials.round)
-        self._raise_if_dead()
-        self.inner._partials_once(peer, partials, timeout)
 
     # ------------------------------------------------------------------ the rest
 

@@ -13,7 +13,7 @@ Frames use a hand-written serializer (frames.py) so that payloads are not copied
 protobuf. Refusals travel as status codes: PERMISSION_DENIED (not on the roster),
 UNAVAILABLE with a "not ready" detail (retry), FAILED_PRECONDITION (stale),
 INVALID_ARGUMENT (bad data), each with a message naming the problem (docs/trust.md#mutual-tls).
-Partial sums and Info replies cross into the transport's own types (messages.py) here.
+Info replies cross into the transport's own types (messages.py) here.
 """
 
 from __future__ import annotations
@@ -41,12 +41,9 @@ from swarmnode.p2p.frames import MAX_FRAME_ELEMENTS, MAX_HEADER_BYTES, Frame, fr
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.messages import (
     Kind,
-    Partials,
     PeerInfo,
     info_from_wire,
     info_to_wire,
-    partials_from_wire,
-    partials_to_wire,
 )
 from swarmnode.p2p.roster import PeerRecord, Roster
 from swarmnode.p2p.transport import FrameSource, Transport
@@ -184,11 +181,6 @@ class PeerServer:
                     request_deserializer=codec.decode_lenient,
                     response_serializer=peer_pb2.Ack.SerializeToString,
                 ),
-                "PushPartials": grpc.unary_unary_rpc_method_handler(
-                    self._partials,
-                    request_deserializer=_lenient(peer_pb2.Partials),
-                    response_serializer=peer_pb2.PartialsAck.SerializeToString,
-                ),
                 "FetchModel": grpc.unary_stream_rpc_method_handler(
                     self._fetch_model,
                     request_deserializer=_lenient(peer_pb2.ModelRequest),
@@ -221,15 +213,6 @@ class PeerServer:
             return peer_pb2.Ack(elements=self._guarded(context, sender, consume))
 
         return handle
-
-    def _partials(self, message: Any, context: grpc.ServicerContext) -> Any:
-        sender = self._authenticate(context)
-        self._guarded(
-            context,
-            sender,
-            lambda: self._inbox.receive_partials(partials_from_wire(_valid(message)), sender),
-        )
-        return peer_pb2.PartialsAck()
 
     def _fetch_model(self, request: Any, context: grpc.ServicerContext) -> Any:
         sender = self._authenticate(context)
@@ -318,17 +301,6 @@ class GrpcTransport(Transport):
             return int(ack.elements)
 
         return self._call(peer, send)
-
-    def _partials_once(self, peer: str, partials: Partials, timeout: float) -> None:
-        def send(channel: grpc.Channel) -> None:
-            call = channel.unary_unary(
-                f"/{SERVICE}/PushPartials",
-                request_serializer=peer_pb2.Partials.SerializeToString,
-                response_deserializer=peer_pb2.PartialsAck.FromString,
-            )
-            call(partials_to_wire(partials), timeout=timeout)
-
-        self._call(peer, send)
 
     def _fetch_frames(self, peer: str, round: int, timeout: float) -> Iterator[Frame]:
         call = self._channel(peer).unary_stream(

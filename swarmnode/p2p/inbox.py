@@ -14,11 +14,9 @@ the Inbox then accepts exactly that:
   is NotReady (the sender retries), one for a past attempt is Stale (never its fault).
 - Every payload must be float32, finite, inside the expected chunk range, within the size
   limits. A bad frame is refused with InvalidMessage and never reaches a buffer.
-- PARTIAL sums are keyed like MERGED data and live as long as its attempt: only for the steps
-  the round's rule takes (none for the coordinate-wise rules), only for the step this node is
-  at or the next, with the number of values that step carries, and within a cap per peer
-  and in all. Memory therefore stays bounded whatever a peer sends: `held_bytes` accounts
-  every buffer, per peer and in total.
+- Nothing else is taken: no merge rule exchanges partial sums, so there is no message for
+  them (docs/round-protocol.md#partial-sums). Memory therefore stays bounded whatever a
+  peer sends: `held_bytes` accounts every buffer, per peer and in total.
 
 Data is copied once, from the received bytes into a buffer preallocated for the segment.
 Accounts are normalized where they enter the Inbox (its callers' arguments, the sender a
@@ -29,7 +27,7 @@ listed in docs/trust.md#checks-on-received-data.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,16 +45,10 @@ from swarmnode.exceptions import PeerError
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import InvalidMessage, NotReady, Stale, Unauthorized
 from swarmnode.p2p.frames import MAX_FRAME_ELEMENTS, MAX_VECTOR_ELEMENTS, Frame, payload_array
-from swarmnode.p2p.messages import Kind, Partials, wire_account
+from swarmnode.p2p.messages import Kind, wire_account
 
 DEFAULT_MAX_VECTOR_ELEMENTS = MAX_VECTOR_ELEMENTS
 DEFAULT_MAX_FRAME_ELEMENTS = MAX_FRAME_ELEMENTS
-MAX_PARTIALS = 1 << 16
-PARTIAL_BYTES = np.dtype(np.float64).itemsize
-# An honest peer holds at most two steps here (the current one and the next), each at most
-# MAX_PARTIALS values; the caps only back up the per-step checks.
-DEFAULT_MAX_PARTIAL_BYTES_PER_PEER = 2 * MAX_PARTIALS * PARTIAL_BYTES
-DEFAULT_MAX_PARTIAL_BYTES = 256 * DEFAULT_MAX_PARTIAL_BYTES_PER_PEER
 
 
 @dataclass
@@ -121,15 +113,6 @@ class _MergedAttempt:
     numel: int
     owners: dict[str, tuple[int, range]]  # owner account -> (segment index, chunks)
     streams: dict[str, _Segment] = field(default_factory=dict)
-    partial_steps: int = 0  # exchanges the round's rule takes at most
-    partial_sizes: frozenset[int] = frozenset()  # values an exchange can carry
-    step: int = 0  # the exchange this node is at
-    step_size: int | None = None  # values this node's own step carries, once it is there
-    partials: dict[tuple[int, str], npt.NDArray[np.float64]] = field(default_factory=dict)
-
-    def drop_partials_before(self, step: int) -> None:
-        for key in [k for k in self.partials if k[0] < step]:
-            del self.partials[key]
 
 
 class Inbox:
@@ -141,14 +124,10 @@ class Inbox:
         *,
         max_vector_elements: int = DEFAULT_MAX_VECTOR_ELEMENTS,
         max_frame_elements: int = DEFAULT_MAX_FRAME_ELEMENTS,
-        max_partial_bytes_per_peer: int = DEFAULT_MAX_PARTIAL_BYTES_PER_PEER,
-        max_partial_bytes: int = DEFAULT_MAX_PARTIAL_BYTES,
     ) -> None:
         self.account = normalize(account)
         self.max_vector_elements = max_vector_elements
         self.max_frame_elements = max_frame_elements
-        self.max_partial_bytes_per_peer = max_partial_bytes_per_peer
-        self.max_partial_bytes = max_partial_bytes
         self._lock = threading.Condition()
         self._floor = 0  # rounds below this are over for this node
         self._updates: dict[int, _UpdateRound] = {}
@@ -190,34 +169,16 @@ class Inbox:
         attempt: int,
         owners: Mapping[str, tuple[int, range]],
         numel: int,
-        *,
-        partial_steps: int = 0,
-        partial_sizes: Collection[int] = (),
     ) -> None:
-        """In this attempt, `owners` send their merged segments, and the partial sums of at
-        most `partial_steps` exchanges of the round's rule, each of one of `partial_sizes`
-        values (none by default: the coordinate-wise rules exchange nothing). Earlier
-        attempts are over: their buffers and partial sums are dropped."""
+        """In this attempt, `owners` send their merged segments. Earlier attempts are over:
+        their buffers are dropped."""
         with self._lock:
             current = self._merged.get(round)
             if current is not None and current.attempt > attempt:
                 return  # a transfer given up on, late: the newer attempt's plan stands
             key = {normalize(account): spec for account, spec in owners.items()}
-            sizes = frozenset(partial_sizes)
-            self._merged[round] = _MergedAttempt(
-                attempt, numel, key, partial_steps=partial_steps, partial_sizes=sizes
-            )
+            self._merged[round] = _MergedAttempt(attempt, numel, key)
             self._lock.notify_all()
-
-    def partials_step(self, round: int, attempt: int, step: int, size: int) -> None:
-        """This node is at exchange `step`, whose partial sums hold `size` values: earlier
-        steps' sums are used up and dropped, and peers may send this step or the next."""
-        with self._lock:
-            current = self._merged.get(round)
-            if current is None or current.attempt != attempt or step < current.step:
-                return
-            current.step, current.step_size = step, size
-            current.drop_partials_before(step)
 
     def finish_round(self, round: int) -> None:
         """Drops a round's buffers; later messages for it (or before it) are Stale."""
@@ -230,7 +191,7 @@ class Inbox:
 
     def held_bytes(self, peer: str | None = None) -> int:
         """Bytes this Inbox holds for `peer` (every peer when None): its update and merged
-        segment buffers and its partial sums, the numbers the limits above are about."""
+        segment buffers, the numbers the limits above are about."""
         who = None if peer is None else _lookup(peer)
         if peer is not None and who is None:
             return 0
@@ -239,20 +200,11 @@ class Inbox:
 
     def _holdings(self) -> list[tuple[str, int]]:
         """(sender, bytes) of every buffer held; the caller holds the lock."""
-        held = [
+        return [
             (sender, stream.buffer.nbytes)
             for table in (self._updates, self._merged)
             for expected in table.values()
             for sender, stream in expected.streams.items()
-        ]
-        held.extend(self._partial_holdings())
-        return held
-
-    def _partial_holdings(self) -> list[tuple[str, int]]:
-        return [
-            (sender, values.nbytes)
-            for expected in self._merged.values()
-            for (_, sender), values in expected.partials.items()
         ]
 
     def publish_model(self, round: int, vector: npt.NDArray[np.float32], hashes: bytes) -> None:
@@ -393,50 +345,6 @@ class Inbox:
                 f"{len(values)} elements from chunk {header.first_chunk} are not whole chunks"
             )
 
-    def receive_partials(self, message: Partials, sender: str) -> None:
-        """Checks and keeps one owner's partial sums for one exchange step."""
-        sender = normalize(sender)
-        _check_claim("partials", message.sender, sender)
-        if len(message.values) > MAX_PARTIALS:
-            raise InvalidMessage(f"{len(message.values)} partial sums exceed {MAX_PARTIALS}")
-        values = np.asarray(message.values, dtype=np.float64)
-        if not np.isfinite(values).all():
-            raise InvalidMessage("partial sums hold a non-finite value")
-        with self._lock:
-            expected = self._merged.get(message.round)
-            self._round_check(message.round, expected is not None)
-            assert expected is not None
-            _attempt_check(message.round, message.attempt, expected.attempt)
-            owned = expected.owners.get(sender)
-            if owned is None or owned[0] != message.segment:
-                raise InvalidMessage(
-                    f"{sender} does not own segment {message.segment} in attempt {message.attempt}"
-                )
-            _check_step(expected, message.step, len(values))
-            key = (message.step, sender)
-            replaced = expected.partials.get(key)
-            self._check_room(sender, values.nbytes - (0 if replaced is None else replaced.nbytes))
-            expected.partials[key] = values
-            self._lock.notify_all()
-
-    def _check_room(self, sender: str, adding: int) -> None:
-        """NotReady (the sender retries) when keeping `adding` more bytes of partial sums would
-        pass the cap for `sender` or for all peers: an honest peer never gets near either,
-        so this only backs up the per-step checks."""
-        holdings = self._partial_holdings()
-        mine = sum(size for who, size in holdings if who == sender)
-        if mine + adding > self.max_partial_bytes_per_peer:
-            raise NotReady(
-                f"partial sums from {sender} would take {mine + adding} bytes here, over the "
-                f"cap of {self.max_partial_bytes_per_peer}"
-            )
-        total = sum(size for _, size in holdings)
-        if total + adding > self.max_partial_bytes:
-            raise NotReady(
-                f"partial sums would take {total + adding} bytes here, over the cap of "
-                f"{self.max_partial_bytes}"
-            )
-
     # ------------------------------------------------------------------ waiting
 
     def waiting_for(self, round: int) -> list[str]:
@@ -468,26 +376,6 @@ class Inbox:
         return self._wait_stream(
             lambda: None if key is None else self._merged_stream(round, attempt, key), timeout
         )
-
-    def partials(
-        self, round: int, attempt: int, step: int, sender: str, timeout: float
-    ) -> npt.NDArray[np.float64] | None:
-        account = _lookup(sender)
-        if account is None:
-            return None
-        with self._lock:
-            self._lock.wait_for(
-                lambda: self._partial(round, attempt, step, account) is not None, timeout
-            )
-            return self._partial(round, attempt, step, account)
-
-    def _partial(
-        self, round: int, attempt: int, step: int, sender: str
-    ) -> npt.NDArray[np.float64] | None:
-        expected = self._merged.get(round)
-        if expected is None or expected.attempt != attempt:
-            return None
-        return expected.partials.get((step, sender))
 
     def _update_stream(self, round: int, sender: str) -> _Segment | None:
         expected = self._updates.get(round)
@@ -536,28 +424,6 @@ def _check_claim(what: str, claimed: str, sender: str) -> None:
     if named != sender:
         shown = claimed[:50] or "(none)"
         raise Unauthorized(f"{what} claims sender {shown}, the certificate is {sender}")
-
-
-def _check_step(expected: _MergedAttempt, step: int, size: int) -> None:
-    """Partial sums only for a step the round's rule takes, that this node is at or will take
-    next (an owner cannot get further ahead: each step needs this node's sums of the one
-    before), with as many values as that step carries."""
-    if step >= expected.partial_steps:
-        takes = expected.partial_steps or "no"
-        raise InvalidMessage(f"partial-sum step {step}: this round's rule takes {takes} steps")
-    if step < expected.step:
-        raise Stale(f"partial-sum step {step} is over here (at step {expected.step})")
-    if step > expected.step + 1:
-        raise InvalidMessage(
-            f"partial-sum step {step} is more than one step ahead of step {expected.step} here"
-        )
-    if step == expected.step and expected.step_size is not None:
-        sizes: Collection[int] = (expected.step_size,)
-    else:
-        sizes = expected.partial_sizes
-    if size not in sizes:
-        wanted = " or ".join(str(n) for n in sorted(sizes))
-        raise InvalidMessage(f"{size} partial sums for step {step}, the rule's step has {wanted}")
 
 
 def _attempt_check(round: int, given: int, current: int) -> None:

@@ -1,8 +1,8 @@
 """An in-memory transport: no sockets, the same frames, codec and Inbox checks as gRPC.
 
 For the upper layers' unit tests and the simulator's sweeps, where hundreds of rounds over
-loopback TLS would cost minutes (docs/simulator.md#in-memory-backend). Frames, partial sums
-and Info replies are encoded and decoded as on the wire, so a malformed or refused message
+loopback TLS would cost minutes (docs/simulator.md#in-memory-backend). Frames and Info
+replies are encoded and decoded as on the wire, so a malformed or refused message
 fails here exactly as it would over gRPC, and the sender an Inbox sees is the roster's
 record of the caller, as the certificate check gives it over gRPC.
 """
@@ -22,12 +22,9 @@ from swarmnode.p2p.frames import Frame, frames_for
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.messages import (
     Kind,
-    Partials,
     PeerInfo,
     info_from_wire,
     info_to_wire,
-    partials_from_wire,
-    partials_to_wire,
 )
 from swarmnode.p2p.roster import Roster
 from swarmnode.p2p.transport import FrameSource, Transport
@@ -82,11 +79,6 @@ class MemoryTransport(Transport):
                 raise InvalidMessage(f"{peer} refused: a frame of kind {wire.header.kind}")
             total += inbox.receive(wire, sender)
         return total
-
-    def _partials_once(self, peer: str, partials: Partials, timeout: float) -> None:
-        sender, inbox = self._network.inbox(self.account, peer)
-        wire = partials_to_wire(partials).SerializeToString()
-        inbox.receive_partials(partials_from_wire(peer_pb2.Partials.FromString(wire)), sender)
 
     def _fetch_frames(self, peer: str, round: int, timeout: float) -> Iterator[Frame]:
         _, inbox = self._network.inbox(self.account, peer)

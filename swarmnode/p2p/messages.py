@@ -28,19 +28,6 @@ class Kind(IntEnum):
 
 
 @dataclass(frozen=True)
-class Partials:
-    """An owner's partial sums for one exchange step of a merge rule, for every other owner
-    to add up in participant order (docs/round-protocol.md#partial-sums)."""
-
-    round: int
-    attempt: int
-    step: int
-    segment: int
-    values: tuple[float, ...]
-    sender: str
-
-
-@dataclass(frozen=True)
 class PeerInfo:
     """Who a peer is and, when asked about a round, whose update segments it still waits
     for: what a node missing that peer's merged segment needs in order to blame the right
@@ -58,29 +45,6 @@ def wire_account(value: str) -> str:
     if not is_address(value):
         raise InvalidMessage(f"not an account address: {value[:50]!r}")
     return normalize(value)
-
-
-def partials_to_wire(partials: Partials) -> peer_pb2.Partials:
-    return peer_pb2.Partials(
-        round=partials.round,
-        attempt=partials.attempt,
-        step=partials.step,
-        segment=partials.segment,
-        values=partials.values,
-        sender=partials.sender,
-    )
-
-
-def partials_from_wire(message: peer_pb2.Partials) -> Partials:
-    """As received: the Inbox checks the sender, the sizes and the values."""
-    return Partials(
-        message.round,
-        message.attempt,
-        message.step,
-        message.segment,
-        tuple(message.values),
-        message.sender,
-    )
 
 
 def info_to_wire(info: PeerInfo) -> peer_pb2.InfoReply:

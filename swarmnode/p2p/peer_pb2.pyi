@@ -83,26 +83,6 @@ class InfoReply(_message.Message):
     waiting_for: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, account: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[str] = ..., serving: _Optional[bool] = ..., waiting_for: _Optional[_Iterable[str]] = ...) -> None: ...
 
-class Partials(_message.Message):
-    __slots__ = ("round", "attempt", "step", "segment", "values", "sender")
-    ROUND_FIELD_NUMBER: _ClassVar[int]
-    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
-    STEP_FIELD_NUMBER: _ClassVar[int]
-    SEGMENT_FIELD_NUMBER: _ClassVar[int]
-    VALUES_FIELD_NUMBER: _ClassVar[int]
-    SENDER_FIELD_NUMBER: _ClassVar[int]
-    round: int
-    attempt: int
-    step: int
-    segment: int
-    values: _containers.RepeatedScalarFieldContainer[float]
-    sender: str
-    def __init__(self, round: _Optional[int] = ..., attempt: _Optional[int] = ..., step: _Optional[int] = ..., segment: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., sender: _Optional[str] = ...) -> None: ...
-
-class PartialsAck(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
 class ModelRequest(_message.Message):
     __slots__ = ("round",)
     ROUND_FIELD_NUMBER: _ClassVar[int]

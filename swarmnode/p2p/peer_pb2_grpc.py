@@ -50,11 +50,6 @@ class PeerStub:
                 request_serializer=swarmnode_dot_p2p_dot_peer__pb2.Frame.SerializeToString,
                 response_deserializer=swarmnode_dot_p2p_dot_peer__pb2.Ack.FromString,
                 _registered_method=True)
-        self.PushPartials = channel.unary_unary(
-                '/swarmnode.p2p.Peer/PushPartials',
-                request_serializer=swarmnode_dot_p2p_dot_peer__pb2.Partials.SerializeToString,
-                response_deserializer=swarmnode_dot_p2p_dot_peer__pb2.PartialsAck.FromString,
-                _registered_method=True)
         self.FetchModel = channel.unary_stream(
                 '/swarmnode.p2p.Peer/FetchModel',
                 request_serializer=swarmnode_dot_p2p_dot_peer__pb2.ModelRequest.SerializeToString,
@@ -87,13 +82,6 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def PushPartials(self, request, context):
-        """Send this segment's partial sums for one exchange of the merge rule.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def FetchModel(self, request, context):
         """Catch-up: fetch a final round's model, with its chunk-hash list in the first frame.
         """
@@ -118,11 +106,6 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.PushMerged,
                     request_deserializer=swarmnode_dot_p2p_dot_peer__pb2.Frame.FromString,
                     response_serializer=swarmnode_dot_p2p_dot_peer__pb2.Ack.SerializeToString,
-            ),
-            'PushPartials': grpc.unary_unary_rpc_method_handler(
-                    servicer.PushPartials,
-                    request_deserializer=swarmnode_dot_p2p_dot_peer__pb2.Partials.FromString,
-                    response_serializer=swarmnode_dot_p2p_dot_peer__pb2.PartialsAck.SerializeToString,
             ),
             'FetchModel': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchModel,
@@ -212,33 +195,6 @@ class Peer:
             '/swarmnode.p2p.Peer/PushMerged',
             swarmnode_dot_p2p_dot_peer__pb2.Frame.SerializeToString,
             swarmnode_dot_p2p_dot_peer__pb2.Ack.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def PushPartials(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/swarmnode.p2p.Peer/PushPartials',
-            swarmnode_dot_p2p_dot_peer__pb2.Partials.SerializeToString,
-            swarmnode_dot_p2p_dot_peer__pb2.PartialsAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from swarmnode.exceptions import ConfigError
 from swarmnode.p2p.frames import Frame
-from swarmnode.p2p.messages import Partials, PeerInfo, partials_to_wire
+from swarmnode.p2p.messages import PeerInfo
 from swarmnode.p2p.transport import FrameSource, Transport
 
 
@@ -42,7 +42,7 @@ def frame_bytes(frame: Frame) -> int:
 class ShapedTransport(Transport):
     """`inner` as seen through slow links: `latency` seconds per call, at most `bandwidth`
     bytes/s per link (0: no cap), and `send_delay` seconds more before each send of model
-    data or partial sums (a slow sender, the simulator's straggler). A retried call pays its
+    data (a slow sender, the simulator's straggler). A retried call pays its
     delays again, as on a real link."""
 
     def __init__(
@@ -99,11 +99,6 @@ class ShapedTransport(Transport):
                 yield frame
 
         return self.inner._push_once(peer, paced, self._left(timeout, send=True))
-
-    def _partials_once(self, peer: str, partials: Partials, timeout: float) -> None:
-        self._delay(send=True)
-        self._pace(partials_to_wire(partials).ByteSize())
-        self.inner._partials_once(peer, partials, self._left(timeout, send=True))
 
     def _fetch_frames(self, peer: str, round: int, timeout: float) -> Iterator[Frame]:
         self._delay()

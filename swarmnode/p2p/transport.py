@@ -20,7 +20,7 @@ from swarmnode.canonical import digest as canonical_digest
 from swarmnode.exceptions import PeerError
 from swarmnode.p2p.errors import InvalidMessage, NotReady
 from swarmnode.p2p.frames import Frame, payload_array
-from swarmnode.p2p.messages import Kind, Partials, PeerInfo
+from swarmnode.p2p.messages import Kind, PeerInfo
 
 FrameSource = Callable[[], Iterable[Frame]]
 
@@ -37,13 +37,6 @@ class Transport(ABC):
         return self._until_ready(
             lambda remaining: self._push_once(peer, frames, remaining), timeout
         )
-
-    def push_partials(self, peer: str, partials: Partials, timeout: float) -> None:
-        def once(remaining: float) -> int:
-            self._partials_once(peer, partials, remaining)
-            return 0
-
-        self._until_ready(once, timeout)
 
     def fetch_model(
         self, peer: str, round: int, digest: bytes, numel: int, timeout: float
@@ -73,9 +66,6 @@ class Transport(ABC):
     def _push_once(self, peer: str, frames: FrameSource, timeout: float) -> int: ...
 
     @abstractmethod
-    def _partials_once(self, peer: str, partials: Partials, timeout: float) -> None: ...
-
-    @abstractmethod
     def _fetch_frames(self, peer: str, round: int, timeout: float) -> Iterable[Frame]: ...
 
     @staticmethod
@@ -85,7 +75,7 @@ class Transport(ABC):
         as long as the next try still starts before the deadline; then NotReady is raised.
 
         Hand-written rather than tenacity's Retrying: the same schedule costs about 30 us
-        more per call there, against the 50 us an in-memory send of partial sums takes, and
+        more per call there, against the 50 us a small in-memory send takes, and
         an all-reduce of five nodes makes a hundred such calls."""
         deadline = time.monotonic() + timeout
         delay = 0.02

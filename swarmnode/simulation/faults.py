@@ -50,7 +50,7 @@ class Crash(BaseModel):
 
 
 class Straggler(BaseModel):
-    """Node `node` is slow: each of its sends to a peer (model data, partial sums) starts
+    """Node `node` is slow: each of its sends to a peer (model data) starts
     `delay` seconds late. Within the transfer deadline the round waits for it; beyond, its
     sends fail, its peers vote it out, and it catches up once the round is final."""
 
