@@ -93,40 +93,6 @@ class Attempt:
         return self.participants.index(normalize(account))
 
 
-def all_reduce(
-    *,
-    me: str,
-    attempt: Attempt,
-    update: npt.NDArray[np.float32],
-    hashes: bytes,
-    rule: MergeRule,
-    transport: Transport,
-    inbox: Inbox,
-    reference: npt.NDArray[np.float32] | None = None,
-    timeout: float = 60.0,
-    frame_chunks: int = 128,
-) -> AllReduceResult:
-    """Runs this node's part of one attempt and returns the whole merged vector.
-
-    `update` is the canonical vector this node committed to at join, `hashes` its chunk-hash
-    list. Raises MissingContributions naming the peers whose data did not arrive before
-    `timeout`, so that the round layer can vote them out.
-    """
-    runner = AllReduceRunner(
-        me=me,
-        attempt=attempt,
-        update=update,
-        hashes=hashes,
-        rule=rule,
-        transport=transport,
-        inbox=inbox,
-        reference=reference,
-        timeout=timeout,
-        frame_chunks=frame_chunks,
-    )
-    return runner.run()
-
-
 class AllReduceRunner:
     """One node's part of one attempt, phase by phase: reduce-scatter, merge (from this
     owner's rows alone), all-gather. Each phase raises MissingContributions when data

@@ -29,10 +29,10 @@ import numpy.typing as npt
 from swarmnode import canonical
 from swarmnode.allreduce import (
     AllReduceResult,
+    AllReduceRunner,
     Attempt,
     MissingContributions,
     Traffic,
-    all_reduce,
 )
 from swarmnode.error_names import ErrorName
 from swarmnode.exceptions import ContractError, MergeError, PeerError
@@ -240,8 +240,7 @@ class Round:
         """This attempt's all-reduce, bounded by its transfer deadline; None if abandoned
         (with `stop`, it runs in a helper thread watched against the request and the chain)."""
         deadline = state.attempt_start + self.params.transfer_deadline
-        work = partial(
-            all_reduce,
+        work = AllReduceRunner(
             me=self.me,
             attempt=attempt,
             update=self.vector,
@@ -252,7 +251,7 @@ class Round:
             reference=self.reference,
             timeout=max(1.0, deadline - self.ledger.now()),
             frame_chunks=self.settings.frame_chunks,
-        )
+        ).run
         give_up = self._give_up
         watch = None if give_up is None else _transfer_watch(self.ledger, state, give_up)
         return _unless(watch, self.settings.poll, work)
@@ -603,7 +602,7 @@ def _transfer_watch(
 
     The first read comes WATCH_EVERY after the transfer started, by which time it has long
     declared its expectations to the inbox: an abandoned transfer never overwrites the next
-    attempt's (those calls come first in all_reduce and do not block)."""
+    attempt's (those calls come first in AllReduceRunner.run and do not block)."""
     next_read = time.monotonic() + WATCH_EVERY
 
     def stop_waiting() -> bool:

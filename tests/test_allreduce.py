@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from swarmnode import canonical
-from swarmnode.allreduce import AllReduceResult, Attempt, all_reduce
+from swarmnode.allreduce import AllReduceResult, AllReduceRunner, Attempt
 from swarmnode.merge import make_rule
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
@@ -73,7 +73,7 @@ def run(
 
     def node(i: int) -> None:
         try:
-            results[i] = all_reduce(
+            results[i] = AllReduceRunner(
                 me=accounts[i],
                 attempt=attempt,
                 update=updates[i],
@@ -84,7 +84,7 @@ def run(
                 reference=reference,
                 timeout=30,
                 frame_chunks=3,
-            )
+            ).run()
         except BaseException as exc:  # collected and asserted by the caller
             errors.append(exc)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from swarmnode import canonical
-from swarmnode.allreduce import Attempt, all_reduce
+from swarmnode.allreduce import AllReduceRunner, Attempt
 from swarmnode.merge import make_rule
 from swarmnode.p2p.faults import Fault, FaultyTransport, InjectedCrash
 from swarmnode.p2p.frames import Frame
@@ -84,7 +84,7 @@ def run(die_at: str, rule: Rule | None = None) -> tuple[Tap, BaseException, floa
     def node(i: int) -> None:
         started = time.monotonic()
         try:
-            all_reduce(
+            AllReduceRunner(
                 me=accounts[i],
                 attempt=attempt,
                 update=updates[i],
@@ -95,7 +95,7 @@ def run(die_at: str, rule: Rule | None = None) -> tuple[Tap, BaseException, floa
                 reference=np.zeros(NUMEL, dtype=np.float32),
                 timeout=TIMEOUT,
                 frame_chunks=1,
-            )
+            ).run()
         except BaseException as exc:  # the caller looks at the victim's
             ended[i] = exc
         took[i] = time.monotonic() - started

@@ -24,7 +24,7 @@ import torch
 
 from swarmnode import canonical
 from swarmnode.address import normalize
-from swarmnode.allreduce import AllReduceResult, Attempt, all_reduce
+from swarmnode.allreduce import AllReduceResult, AllReduceRunner, Attempt
 from swarmnode.identity import TlsIdentity
 from swarmnode.merge import combine_partials, make_rule
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
@@ -89,7 +89,7 @@ def merge_over_grpc(nodes: list[Node], rule: Rule) -> list[AllReduceResult]:
 
     def run(i: int) -> None:
         try:
-            results[i] = all_reduce(
+            results[i] = AllReduceRunner(
                 me=nodes[i].account,
                 attempt=attempt,
                 update=updates[i],
@@ -99,7 +99,7 @@ def merge_over_grpc(nodes: list[Node], rule: Rule) -> list[AllReduceResult]:
                 inbox=nodes[i].inbox,
                 timeout=30,
                 frame_chunks=2,
-            )
+            ).run()
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 

@@ -183,7 +183,7 @@ def test_catch_up_refuses_a_wrong_model_and_takes_the_next_peer() -> None:
 
 
 def test_a_peer_whose_segments_fail_validation_is_dropped_like_a_silent_one() -> None:
-    from swarmnode.allreduce import Attempt, all_reduce
+    from swarmnode.allreduce import AllReduceRunner, Attempt
     from swarmnode.exceptions import SwarmError
 
     params = SwarmParams(
@@ -208,7 +208,7 @@ def test_a_peer_whose_segments_fail_validation_is_dropped_like_a_silent_one() ->
             {p: seats[p].commitment for p in state.live_participants},
         )
         with contextlib.suppress(SwarmError):  # its peers refuse it: that is the point
-            all_reduce(
+            AllReduceRunner(
                 me=byzantine.account,
                 attempt=attempt,
                 update=sent,
@@ -217,7 +217,7 @@ def test_a_peer_whose_segments_fail_validation_is_dropped_like_a_silent_one() ->
                 transport=transports[3],
                 inbox=inboxes[3],
                 timeout=2,
-            )
+            ).run()
         return RoundResult(1, 1, "byzantine", (), None, None)
 
     jobs: list[Callable[[], RoundResult]] = [
