@@ -19,3 +19,7 @@ class Stale(PeerError):
 
 class InvalidMessage(PeerError):
     """Malformed or failing a check (size, dtype, hashes, finite values): refused, never merged."""
+
+
+class NotFound(PeerError):
+    """Valid, but the receiver does not hold what was asked for (a fetch): ask someone else."""

@@ -145,8 +145,89 @@ def frames_for(
     """Frames covering `chunks` of the whole `vector`, produced lazily (the sender never
     buffers more than gRPC's flow-control window). The hash list rides in the first frame.
     An empty range still yields one empty frame, so the receiver learns it has everything."""
-    numel = len(vector)
-    data = to_le_bytes(vector)
+    return _frames(
+        to_le_bytes(vector),
+        0,
+        chunks,
+        len(vector),
+        kind=kind,
+        round=round,
+        attempt=attempt,
+        segment=segment,
+        sender=sender,
+        chunk_hashes=chunk_hashes,
+        frame_chunks=frame_chunks,
+    )
+
+
+def frames_for_row(
+    row: npt.NDArray[np.float32],
+    chunks: range,
+    numel: int,
+    *,
+    kind: Kind,
+    round: int,
+    attempt: int,
+    segment: int,
+    sender: str,
+    chunk_hashes: bytes = b"",
+    frame_chunks: int = DEFAULT_FRAME_CHUNKS,
+) -> Iterator[Frame]:
+    """frames_for() for a row held alone: `row` holds the values of `chunks` only (what an
+    owner keeps of a contributor's update), the headers still count the whole vector's
+    `numel`. For relays and FetchUpdate answers: `sender` names the contributor."""
+    span = element_range(chunks, numel)
+    if len(row) != len(span):
+        raise ValueError(f"a row of {len(row)} elements for chunks holding {len(span)}")
+    return _frames(
+        to_le_bytes(row),
+        span.start,
+        chunks,
+        numel,
+        kind=kind,
+        round=round,
+        attempt=attempt,
+        segment=segment,
+        sender=sender,
+        chunk_hashes=chunk_hashes,
+        frame_chunks=frame_chunks,
+    )
+
+
+def merged_hashes_frame(
+    *, round: int, attempt: int, segment: int, sender: str, chunk_hashes: bytes, numel: int
+) -> Frame:
+    """The checker's one MERGED_HASHES frame: no payload, the chunk hashes of its own merge
+    of `segment` (32 bytes per chunk of that segment)."""
+    header = peer_pb2.FrameHeader(
+        kind=Kind.MERGED_HASHES,  # type: ignore[arg-type]
+        round=round,
+        attempt=attempt,
+        segment=segment,
+        elements=0,
+        dtype=peer_pb2.DTYPE_FLOAT32,
+        vector_elements=numel,
+        chunk_hashes=chunk_hashes,
+        sender=sender,
+    )
+    return Frame(header, memoryview(b""))
+
+
+def _frames(
+    data: memoryview,
+    base: int,
+    chunks: range,
+    numel: int,
+    *,
+    kind: Kind,
+    round: int,
+    attempt: int,
+    segment: int,
+    sender: str,
+    chunk_hashes: bytes,
+    frame_chunks: int,
+) -> Iterator[Frame]:
+    """The frames of `chunks`; `data` holds the vector's bytes from element `base` on."""
     first = True
     starts = range(chunks.start, chunks.stop, frame_chunks) if len(chunks) else [chunks.start]
     for start in starts:
@@ -165,7 +246,8 @@ def frames_for(
             sender=sender,
         )
         first = False
-        yield Frame(header, data[span.start * ELEMENT_BYTES : span.stop * ELEMENT_BYTES])
+        lo, hi = (span.start - base) * ELEMENT_BYTES, (span.stop - base) * ELEMENT_BYTES
+        yield Frame(header, data[lo:hi])
 
 
 def payload_array(frame: Frame) -> npt.NDArray[np.float32]:

@@ -25,6 +25,7 @@ class Kind(IntEnum):
     UPDATE = peer_pb2.KIND_UPDATE  # reduce-scatter: a slice of the sender's own update
     MERGED = peer_pb2.KIND_MERGED  # all-gather: a slice of the segment the sender merged
     MODEL = peer_pb2.KIND_MODEL  # catch-up: a slice of a round's final model
+    MERGED_HASHES = peer_pb2.KIND_MERGED_HASHES  # all-gather check: a checker's chunk hashes
 
 
 @dataclass(frozen=True)

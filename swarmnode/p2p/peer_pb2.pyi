@@ -13,6 +13,7 @@ class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KIND_UPDATE: _ClassVar[Kind]
     KIND_MERGED: _ClassVar[Kind]
     KIND_MODEL: _ClassVar[Kind]
+    KIND_MERGED_HASHES: _ClassVar[Kind]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -22,6 +23,7 @@ KIND_UNSPECIFIED: Kind
 KIND_UPDATE: Kind
 KIND_MERGED: Kind
 KIND_MODEL: Kind
+KIND_MERGED_HASHES: Kind
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 
@@ -88,3 +90,15 @@ class ModelRequest(_message.Message):
     ROUND_FIELD_NUMBER: _ClassVar[int]
     round: int
     def __init__(self, round: _Optional[int] = ...) -> None: ...
+
+class UpdateRequest(_message.Message):
+    __slots__ = ("round", "sender", "first_chunk", "chunks")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    FIRST_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    sender: str
+    first_chunk: int
+    chunks: int
+    def __init__(self, round: _Optional[int] = ..., sender: _Optional[str] = ..., first_chunk: _Optional[int] = ..., chunks: _Optional[int] = ...) -> None: ...

@@ -55,6 +55,11 @@ class PeerStub:
                 request_serializer=swarmnode_dot_p2p_dot_peer__pb2.ModelRequest.SerializeToString,
                 response_deserializer=swarmnode_dot_p2p_dot_peer__pb2.Frame.FromString,
                 _registered_method=True)
+        self.FetchUpdate = channel.unary_stream(
+                '/swarmnode.p2p.Peer/FetchUpdate',
+                request_serializer=swarmnode_dot_p2p_dot_peer__pb2.UpdateRequest.SerializeToString,
+                response_deserializer=swarmnode_dot_p2p_dot_peer__pb2.Frame.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -76,7 +81,7 @@ class PeerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PushMerged(self, request_iterator, context):
-        """All-gather: stream the caller's merged segment to a peer.
+        """All-gather: stream the caller's merged segment (MERGED) or its check (MERGED_HASHES).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,6 +89,15 @@ class PeerServicer:
 
     def FetchModel(self, request, context):
         """Catch-up: fetch a final round's model, with its chunk-hash list in the first frame.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchUpdate(self, request, context):
+        """Re-merge: fetch chunks of a contributor's update (UPDATE frames, header.sender = the
+        contributor, its whole chunk-hash list in the first frame). Only participants of the
+        round may call it; NOT_FOUND when the callee does not hold every chunk asked for.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,6 +124,11 @@ def add_PeerServicer_to_server(servicer, server):
             'FetchModel': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchModel,
                     request_deserializer=swarmnode_dot_p2p_dot_peer__pb2.ModelRequest.FromString,
+                    response_serializer=swarmnode_dot_p2p_dot_peer__pb2.Frame.SerializeToString,
+            ),
+            'FetchUpdate': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchUpdate,
+                    request_deserializer=swarmnode_dot_p2p_dot_peer__pb2.UpdateRequest.FromString,
                     response_serializer=swarmnode_dot_p2p_dot_peer__pb2.Frame.SerializeToString,
             ),
     }
@@ -221,6 +240,33 @@ class Peer:
             target,
             '/swarmnode.p2p.Peer/FetchModel',
             swarmnode_dot_p2p_dot_peer__pb2.ModelRequest.SerializeToString,
+            swarmnode_dot_p2p_dot_peer__pb2.Frame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchUpdate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/swarmnode.p2p.Peer/FetchUpdate',
+            swarmnode_dot_p2p_dot_peer__pb2.UpdateRequest.SerializeToString,
             swarmnode_dot_p2p_dot_peer__pb2.Frame.FromString,
             options,
             channel_credentials,
