@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,13 +20,14 @@ from swarmnode import canonical
 from swarmnode.address import normalize
 from swarmnode.identity import TlsIdentity
 from swarmnode.p2p import peer_pb2
-from swarmnode.p2p.errors import InvalidMessage, NotReady, Stale, Unauthorized
-from swarmnode.p2p.frames import Frame, frames_for
+from swarmnode.p2p.errors import InvalidMessage, NotFound, NotReady, Stale, Unauthorized
+from swarmnode.p2p.frames import Frame, frames_for, frames_for_row, merged_hashes_frame
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
+from swarmnode.p2p.messages import Kind, PeerInfo
 from swarmnode.p2p.roster import PeerRecord, Roster
-from swarmnode.p2p.transport import Transport
+from swarmnode.p2p.transport import FrameSource, Transport
 
 NUMEL = 10 * canonical.CHUNK_ELEMENTS + 123  # 11 chunks, the last one short
 ROUND = 7
@@ -115,7 +117,7 @@ SEGMENTS = canonical.segments(canonical.num_chunks(NUMEL), 3)  # 4, 4, 3 chunks
 def expect_segment_one(cluster: Cluster, vectors: dict[str, npt.NDArray[np.float32]]) -> Node:
     owner = cluster.nodes[1]
     commitments = {account: canonical.digest(v) for account, v in vectors.items()}
-    owner.inbox.expect_updates(ROUND, 1, SEGMENTS[1], NUMEL, commitments)
+    owner.inbox.expect_updates(ROUND, {1: SEGMENTS[1]}, NUMEL, commitments)
     return owner
 
 
@@ -129,7 +131,7 @@ def test_reduce_scatter_delivers_every_segment_intact(cluster: Cluster) -> None:
         assert len(frames) == 2  # 4 chunks, 2 per frame
         sent = sender.transport.push(owner.account, lambda f=frames: f, timeout=10)
         assert sent == len(span)
-        got = owner.inbox.update(ROUND, sender.account, timeout=5)
+        got = owner.inbox.update(ROUND, sender.account, 1, timeout=5)
         assert got is not None
         np.testing.assert_array_equal(got, vectors[sender.account][span.start : span.stop])
 
@@ -138,10 +140,10 @@ def test_the_last_short_chunk_and_an_empty_segment_travel(cluster: Cluster) -> N
     a, owner, _ = cluster.nodes
     vector = model(3)
     last = range(10, 11)  # the short chunk
-    owner.inbox.expect_updates(ROUND, 2, last, NUMEL, {a.account: canonical.digest(vector)})
+    owner.inbox.expect_updates(ROUND, {2: last}, NUMEL, {a.account: canonical.digest(vector)})
     frames = update_frames(a, vector, last, segment=2)
     assert a.transport.push(owner.account, lambda: frames, timeout=10) == 123
-    got = owner.inbox.update(ROUND, a.account, timeout=5)
+    got = owner.inbox.update(ROUND, a.account, 2, timeout=5)
     assert got is not None and got.tolist() == vector[-123:].tolist()
 
 
@@ -155,7 +157,7 @@ def test_a_segment_sent_before_the_receiver_is_ready_is_not_ready_then_accepted(
         a.transport.push(owner.account, lambda: frames, timeout=0.2)
     expect_segment_one(cluster, vectors)
     assert a.transport.push(owner.account, lambda: frames, timeout=10) > 0
-    assert owner.inbox.update(ROUND, a.account, timeout=5) is not None
+    assert owner.inbox.update(ROUND, a.account, 1, timeout=5) is not None
 
 
 def test_bad_updates_are_refused_by_name_and_never_reach_the_buffer(cluster: Cluster) -> None:
@@ -178,11 +180,11 @@ def test_bad_updates_are_refused_by_name_and_never_reach_the_buffer(cluster: Clu
             lambda: update_frames(a, honest, SEGMENTS[1], hashes=canonical.chunk_hashes(other)),
             timeout=10,
         )
-    assert owner.inbox.update(ROUND, a.account, timeout=0.05) is None
+    assert owner.inbox.update(ROUND, a.account, 1, timeout=0.05) is None
 
     # the receiver keeps serving: the honest update still goes through, intact
     assert a.transport.push(owner.account, lambda: update_frames(a, honest, SEGMENTS[1]), 10)
-    got = owner.inbox.update(ROUND, a.account, timeout=5)
+    got = owner.inbox.update(ROUND, a.account, 1, timeout=5)
     span = canonical.element_range(SEGMENTS[1], NUMEL)
     assert got is not None and np.array_equal(got, honest[span.start : span.stop])
     assert owner.inbox.refused >= 1
@@ -224,8 +226,9 @@ def test_a_sender_cannot_speak_for_another_account(cluster: Cluster) -> None:
 def test_merged_segments_follow_attempts(cluster: Cluster) -> None:
     a, b, _ = cluster.nodes
     merged = model(5)
-    owners = {a.account: (0, SEGMENTS[0]), b.account: (1, SEGMENTS[1])}
-    b.inbox.expect_merged(ROUND, 2, owners, NUMEL)
+    c = cluster.nodes[2]
+    segments = {0: (a.account, c.account, SEGMENTS[0]), 1: (c.account, a.account, SEGMENTS[1])}
+    b.inbox.expect_merged(ROUND, 2, segments, NUMEL)
 
     def frames(attempt: int, segment: int = 0) -> list[Frame]:
         return list(
@@ -248,7 +251,7 @@ def test_merged_segments_follow_attempts(cluster: Cluster) -> None:
     with pytest.raises(InvalidMessage, match="does not own segment 1"):
         a.transport.push(b.account, lambda: frames(2, segment=1), timeout=5)
     assert a.transport.push(b.account, lambda: frames(2), timeout=5) > 0
-    got = b.inbox.merged(ROUND, 2, a.account, timeout=5)
+    got = b.inbox.merged(ROUND, 2, 0, timeout=5)
     span = canonical.element_range(SEGMENTS[0], NUMEL)
     assert got is not None and np.array_equal(got, merged[span.start : span.stop])
     b.inbox.finish_round(ROUND)
@@ -273,7 +276,7 @@ def test_size_limits_are_enforced() -> None:
             a, owner = small.nodes
             vector = model(1)
             owner.inbox.expect_updates(
-                ROUND, 1, SEGMENTS[1], NUMEL, {a.account: canonical.digest(vector)}
+                ROUND, {1: SEGMENTS[1]}, NUMEL, {a.account: canonical.digest(vector)}
             )
             big = list(
                 frames_for(
@@ -306,10 +309,306 @@ def test_peers_off_the_roster_are_refused_before_any_data_moves(cluster: Cluster
         frames = update_frames(outsider, vectors[outsider.account], SEGMENTS[1])
         with pytest.raises(Unauthorized):
             outsider.transport.push(owner.account, lambda: frames, timeout=5)
-        assert owner.inbox.update(ROUND, outsider.account, timeout=0.05) is None
+        assert owner.inbox.update(ROUND, outsider.account, 1, timeout=0.05) is None
         with pytest.raises(Unauthorized):
             a.transport.push(outsider.account, lambda: frames, timeout=5)
     finally:
         outsider.transport.close()
         if outsider.server is not None:
             outsider.server.stop(0)
+
+
+# ------------------------------------------------------------------ relays, checks, fetches
+
+
+def participants(cluster: Cluster, *nodes: Node) -> dict[str, npt.NDArray[np.float32]]:
+    """An update per node, keyed by account: the round's participants."""
+    return {n.account: model(10 + cluster.nodes.index(n)) for n in nodes}
+
+
+def relay_frames(
+    vector: npt.NDArray[np.float32], chunks: range, contributor: str, segment: int = 1
+) -> list[Frame]:
+    """What a relay streams of a contributor's row it holds alone (two chunks per frame)."""
+    span = canonical.element_range(chunks, NUMEL)
+    return list(
+        frames_for_row(
+            vector[span.start : span.stop].copy(),
+            chunks,
+            NUMEL,
+            kind=Kind.UPDATE,
+            round=ROUND,
+            attempt=1,
+            segment=segment,
+            sender=contributor,
+            chunk_hashes=canonical.chunk_hashes(vector),
+            frame_chunks=2,
+        )
+    )
+
+
+def test_a_relayed_update_is_stored_under_its_contributor(cluster: Cluster) -> None:
+    a, owner, c = cluster.nodes
+    vectors = participants(cluster, a, owner, c)
+    expect_segment_one(cluster, vectors)
+    frames = relay_frames(vectors[a.account], SEGMENTS[1], a.account)
+    span = canonical.element_range(SEGMENTS[1], NUMEL)
+    assert c.transport.push(owner.account, lambda: frames, timeout=10) == len(span)
+    got = owner.inbox.update(ROUND, a.account, 1, timeout=5)
+    assert got is not None and np.array_equal(got, vectors[a.account][span.start : span.stop])
+    assert owner.inbox.update(ROUND, c.account, 1, timeout=0.05) is None  # not c's row
+    assert owner.inbox.held_bytes(a.account) == 4 * len(span)
+    assert owner.inbox.waiting_for(ROUND) == [c.account]
+
+
+def test_a_relay_by_a_non_participant_or_for_one_is_refused(cluster: Cluster) -> None:
+    a, owner, c = cluster.nodes
+    vectors = participants(cluster, a, owner)  # c takes no part in this round
+    expect_segment_one(cluster, vectors)
+    frames = relay_frames(vectors[a.account], SEGMENTS[1], a.account)
+    with pytest.raises(Unauthorized, match="claims sender"):
+        c.transport.push(owner.account, lambda: frames, timeout=10)
+    stranger = relay_frames(model(77), SEGMENTS[1], c.account)  # a relays a non-participant
+    with pytest.raises(InvalidMessage, match="not a participant"):
+        a.transport.push(owner.account, lambda: stranger, timeout=10)
+    assert owner.inbox.held_bytes() == 0  # nothing allocated for a refused relay
+    assert owner.inbox.update(ROUND, a.account, 1, timeout=0.05) is None
+
+
+def test_a_relayed_update_is_checked_against_its_contributors_commitment(
+    cluster: Cluster,
+) -> None:
+    a, owner, c = cluster.nodes
+    vectors = participants(cluster, a, owner, c)
+    expect_segment_one(cluster, vectors)
+    forged = relay_frames(vectors[c.account], SEGMENTS[1], a.account)  # c's data as a's
+    with pytest.raises(InvalidMessage, match="committed to"):
+        c.transport.push(owner.account, lambda: forged, timeout=10)
+    assert owner.inbox.held_bytes() == 0
+
+
+def hashes_frame(node: Node, segment: int, hashes: bytes, attempt: int = 1) -> Frame:
+    return merged_hashes_frame(
+        round=ROUND,
+        attempt=attempt,
+        segment=segment,
+        sender=node.account,
+        chunk_hashes=hashes,
+        numel=NUMEL,
+    )
+
+
+def test_merged_hashes_come_from_the_checker_only_with_one_hash_per_chunk(
+    cluster: Cluster,
+) -> None:
+    merger, receiver, checker = cluster.nodes
+    merged = model(5)
+    segment = SEGMENTS[0]
+    receiver.inbox.expect_merged(ROUND, 1, {0: (merger.account, checker.account, segment)}, NUMEL)
+    span = canonical.element_range(segment, NUMEL)
+    hashes = canonical.chunk_hashes(merged[span.start : span.stop])
+    assert len(hashes) == canonical.HASH_BYTES * len(segment)
+    assert receiver.inbox.merged_hashes(ROUND, 1, 0, timeout=0) is None
+
+    with pytest.raises(InvalidMessage, match="does not check segment 0"):
+        merger.transport.push(receiver.account, lambda: [hashes_frame(merger, 0, hashes)], 5)
+    for wrong in (hashes[:-1], hashes + hashes[:32], b""):
+        with pytest.raises(InvalidMessage, match="bytes of hashes for segment 0"):
+            checker.transport.push(
+                receiver.account, lambda w=wrong: [hashes_frame(checker, 0, w)], 5
+            )
+    with pytest.raises(InvalidMessage, match="not expected"):
+        checker.transport.push(receiver.account, lambda: [hashes_frame(checker, 1, hashes)], 5)
+    with pytest.raises(Unauthorized, match="claims sender"):  # the merger cannot speak for it
+        forged = hashes_frame(checker, 0, hashes)
+        merger.transport.push(receiver.account, lambda: [forged], 5)
+    assert receiver.inbox.held_bytes() == 0
+
+    sent = checker.transport.push(receiver.account, lambda: [hashes_frame(checker, 0, hashes)], 5)
+    assert sent == 0  # no elements: the hashes are the message
+    assert receiver.inbox.merged_hashes(ROUND, 1, 0, timeout=5) == hashes
+    assert receiver.inbox.held_bytes(checker.account) == len(hashes)
+    with pytest.raises(InvalidMessage, match="does not own segment 0"):  # data: merger only
+        data = list(
+            frames_for(
+                merged,
+                segment,
+                kind=Kind.MERGED,
+                round=ROUND,
+                attempt=1,
+                segment=0,
+                sender=checker.account,
+            )
+        )
+        checker.transport.push(receiver.account, lambda: data, 5)
+
+
+def fetch_setup(cluster: Cluster) -> tuple[Node, Node, Node, dict[str, npt.NDArray[np.float32]]]:
+    """`owner` owns segment 1, offers its own update and holds a's row (pushed by a)."""
+    a, owner, c = cluster.nodes
+    vectors = participants(cluster, a, owner, c)
+    expect_segment_one(cluster, vectors)
+    mine = vectors[owner.account]
+    owner.inbox.offer_update(ROUND, mine, canonical.chunk_hashes(mine))
+    frames = update_frames(a, vectors[a.account], SEGMENTS[1])
+    assert a.transport.push(owner.account, lambda: frames, timeout=10)
+    return a, owner, c, vectors
+
+
+def test_fetch_update_serves_its_own_update_and_rows_it_holds(cluster: Cluster) -> None:
+    a, owner, c, vectors = fetch_setup(cluster)
+    commit = {account: canonical.digest(v) for account, v in vectors.items()}
+    everything = range(canonical.num_chunks(NUMEL))
+    for sender, chunks in ((owner, everything), (owner, range(10, 11)), (a, SEGMENTS[1])):
+        for frames_from in (range(0, 0), chunks):  # an empty request too
+            values, hashes = c.transport.fetch_update(
+                owner.account,
+                ROUND,
+                sender.account,
+                frames_from,
+                NUMEL,
+                commit[sender.account],
+                timeout=10,
+            )
+            span = canonical.element_range(frames_from, NUMEL)
+            assert np.array_equal(values, vectors[sender.account][span.start : span.stop])
+            assert hashes == canonical.chunk_hashes(vectors[sender.account])
+    part = range(SEGMENTS[1].start + 1, SEGMENTS[1].stop - 1)
+    values, _ = c.transport.fetch_update(
+        owner.account, ROUND, a.account, part, NUMEL, commit[a.account], timeout=10
+    )
+    span = canonical.element_range(part, NUMEL)
+    assert np.array_equal(values, vectors[a.account][span.start : span.stop])
+
+
+def test_fetch_update_is_not_found_unless_held_and_refused_to_strangers(
+    cluster: Cluster,
+) -> None:
+    a, owner, c, vectors = fetch_setup(cluster)
+    commit = {account: canonical.digest(v) for account, v in vectors.items()}
+    for sender, chunks in (
+        (c, SEGMENTS[1]),  # never received
+        (a, SEGMENTS[0]),  # not a segment it owns
+        (a, range(SEGMENTS[1].start, SEGMENTS[1].stop + 1)),  # one chunk more than held
+    ):
+        with pytest.raises(NotFound, match="NOT_FOUND"):
+            c.transport.fetch_update(
+                owner.account, ROUND, sender.account, chunks, NUMEL, commit[sender.account], 10
+            )
+    with pytest.raises(NotReady):  # a round it knows nothing of yet
+        c.transport.fetch_update(
+            owner.account, ROUND + 1, a.account, SEGMENTS[1], NUMEL, commit[a.account], 10
+        )
+    outsider = cluster.make_node()
+    try:
+        cluster.roster.upsert(outsider.record)
+        with pytest.raises(Unauthorized, match="not a participant"):
+            outsider.transport.fetch_update(
+                owner.account, ROUND, a.account, SEGMENTS[1], NUMEL, commit[a.account], 10
+            )
+    finally:
+        outsider.transport.close()
+        if outsider.server is not None:
+            outsider.server.stop(0)
+    owner.inbox.finish_round(ROUND)
+    with pytest.raises(Stale):
+        c.transport.fetch_update(
+            owner.account, ROUND, owner.account, SEGMENTS[1], NUMEL, commit[owner.account], 10
+        )
+
+
+class Tamper(Transport):
+    """A client whose FetchUpdate answers pass through `mangle` before they are checked:
+    what a dishonest server could send, over the real transport below."""
+
+    def __init__(self, inner: Transport, mangle: Callable[[list[Frame]], list[Frame]]) -> None:
+        self.account = inner.account
+        self.inner = inner
+        self.mangle = mangle
+
+    def _push_once(self, peer: str, frames: FrameSource, timeout: float) -> int:
+        return self.inner._push_once(peer, frames, timeout)
+
+    def _fetch_frames(self, peer: str, round: int, timeout: float) -> Iterable[Frame]:
+        return self.inner._fetch_frames(peer, round, timeout)
+
+    def _fetch_update_frames(
+        self, peer: str, round: int, sender: str, chunks: range, timeout: float
+    ) -> Iterable[Frame]:
+        got = list(self.inner._fetch_update_frames(peer, round, sender, chunks, timeout))
+        return self.mangle(got)
+
+    def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
+        return self.inner.info(peer, timeout, round)
+
+    def close(self) -> None:
+        """The inner transport is the cluster's."""
+
+
+def _header(frame: Frame, **changes: Any) -> peer_pb2.FrameHeader:
+    header = peer_pb2.FrameHeader()
+    header.CopyFrom(frame.header)
+    for name, value in changes.items():
+        setattr(header, name, value)
+    return header
+
+
+def _forged(frames: list[Frame]) -> list[Frame]:
+    flipped = bytearray(frames[-1].payload)
+    flipped[7] ^= 0x10
+    return [*frames[:-1], Frame(frames[-1].header, memoryview(bytes(flipped)))]
+
+
+def _wrong_list(frames: list[Frame]) -> list[Frame]:
+    other = canonical.chunk_hashes(model(1234))
+    return [Frame(_header(frames[0], chunk_hashes=other), frames[0].payload), *frames[1:]]
+
+
+def _outside(frames: list[Frame]) -> list[Frame]:
+    moved = _header(frames[-1], first_chunk=frames[-1].header.first_chunk + 4)
+    return [*frames, Frame(moved, frames[-1].payload)]
+
+
+def _as_someone_else(frames: list[Frame]) -> list[Frame]:
+    return [Frame(_header(f, sender="0x" + "11" * 20), f.payload) for f in frames]
+
+
+@pytest.mark.parametrize(
+    ("mangle", "reason"),
+    [
+        (_forged, "does not match"),
+        (_wrong_list, "committed to"),
+        (lambda frames: [frames[0], *frames], "twice"),
+        (lambda frames: frames[:-1], "missing"),
+        (_outside, "outside the chunks asked for"),
+        (_as_someone_else, "sent frames of"),
+    ],
+    ids=["forged chunk", "wrong hash list", "duplicate chunk", "missing chunk", "outside", "who"],
+)
+def test_fetch_update_refuses_a_dishonest_answer(
+    cluster: Cluster, mangle: Callable[[list[Frame]], list[Frame]], reason: str
+) -> None:
+    a, owner, c, vectors = fetch_setup(cluster)
+    client = Tamper(c.transport, mangle)
+    with pytest.raises(InvalidMessage, match=f"{owner.account}: update of .*{reason}"):
+        client.fetch_update(
+            owner.account,
+            ROUND,
+            a.account,
+            SEGMENTS[1],
+            NUMEL,
+            canonical.digest(vectors[a.account]),
+            timeout=10,
+        )
+    honest = Tamper(c.transport, lambda frames: frames)  # the same stream, untouched
+    values, _ = honest.fetch_update(
+        owner.account,
+        ROUND,
+        a.account,
+        SEGMENTS[1],
+        NUMEL,
+        canonical.digest(vectors[a.account]),
+        10,
+    )
+    span = canonical.element_range(SEGMENTS[1], NUMEL)
+    assert np.array_equal(values, vectors[a.account][span.start : span.stop])

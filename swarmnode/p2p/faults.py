@@ -75,8 +75,13 @@ class FaultyTransport(Transport):
     round that gets there, and stays dead (every call raises InjectedCrash) until disarmed.
 
     For "all_gather:after_peers=K" it lets at most K merged-segment tries run at once and
-    dies when K of them (or as many as there are peers, known from the update pushes of the
-    same attempt) reached their peer; a try that failed frees its place for another peer."""
+    dies when K of them reached their peer (or as many as its merged segment goes to: every
+    peer its update went to in the same attempt but one, the checker of its segment, which
+    gets no data); a try that failed frees its place for another peer. A peer counts as
+    reached after its MERGED push only: MERGED_HASHES pushes (the checker's hashes) are let
+    through while the node lives and counted nowhere; armed for an earlier phase, the node
+    dies at them as at a MERGED push. Fetches (FetchUpdate, FetchModel) and Info pass
+    through while it lives."""
 
     def __init__(self, inner: Transport) -> None:
         self.account = inner.account
@@ -115,6 +120,12 @@ class FaultyTransport(Transport):
         round, attempt = first.header.round, first.header.attempt
         if first.kind == Kind.UPDATE:
             return self._push_update(fault, peer, frames, timeout, (round, attempt))
+        if first.kind == Kind.MERGED_HASHES:
+            with self._lock:
+                if fault.phase != "all_gather":
+                    self._die(fault, round)
+                self._raise_if_dead()
+            return self.inner._push_once(peer, frames, timeout)
         return self._push_merged(fault, peer, frames, timeout, (round, attempt))
 
     def _push_update(
@@ -154,7 +165,8 @@ class FaultyTransport(Transport):
         with self._lock:
             if fault.phase != "all_gather":
                 self._die(fault, at[0])
-            quota = min(fault.count, len(self._scattered.get(at, ())))
+            targets = max(len(self._scattered.get(at, ())) - 1, 0)  # all but the checker
+            quota = min(fault.count, targets)
             self._lock.wait_for(
                 lambda: (
                     self._crash is not None
@@ -183,6 +195,12 @@ class FaultyTransport(Transport):
     def _fetch_frames(self, peer: str, round: int, timeout: float) -> Iterable[Frame]:
         self._raise_if_dead()
         return self.inner._fetch_frames(peer, round, timeout)
+
+    def _fetch_update_frames(
+        self, peer: str, round: int, sender: str, chunks: range, timeout: float
+    ) -> Iterable[Frame]:
+        self._raise_if_dead()
+        return self.inner._fetch_update_frames(peer, round, sender, chunks, timeout)
 
     def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
         self._raise_if_dead()

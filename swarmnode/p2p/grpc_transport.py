@@ -11,7 +11,8 @@ grpcio has no custom certificate-verification callback, so trust is built from w
   the name in it (the account, a DNS SubjectAltName) via ssl_target_name_override.
 Frames use a hand-written serializer (frames.py) so that payloads are not copied by
 protobuf. Refusals travel as status codes: PERMISSION_DENIED (not on the roster),
-UNAVAILABLE with a "not ready" detail (retry), FAILED_PRECONDITION (stale),
+UNAVAILABLE with a "not ready" detail (retry), NOT_FOUND (a fetch of what the callee does
+not hold), FAILED_PRECONDITION (stale),
 INVALID_ARGUMENT (bad data), each with a message naming the problem (docs/trust.md#mutual-tls).
 Info replies cross into the transport's own types (messages.py) here.
 """
@@ -36,7 +37,7 @@ from swarmnode.canonical import num_chunks
 from swarmnode.exceptions import PeerError
 from swarmnode.p2p import frames as codec
 from swarmnode.p2p import peer_pb2
-from swarmnode.p2p.errors import InvalidMessage, NotReady, Stale, Unauthorized
+from swarmnode.p2p.errors import InvalidMessage, NotFound, NotReady, Stale, Unauthorized
 from swarmnode.p2p.frames import MAX_FRAME_ELEMENTS, MAX_HEADER_BYTES, Frame, frames_for
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.messages import (
@@ -150,6 +151,8 @@ class PeerServer:
             return action()
         except NotReady as exc:
             self._refuse(context, grpc.StatusCode.UNAVAILABLE, NOT_READY + str(exc))
+        except NotFound as exc:
+            self._refuse(context, grpc.StatusCode.NOT_FOUND, str(exc))
         except Stale as exc:
             self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, f"stale: {exc}")
         # the log gets the message's text, not the exception: a kept record would keep the
@@ -177,13 +180,18 @@ class PeerServer:
                     response_serializer=peer_pb2.Ack.SerializeToString,
                 ),
                 "PushMerged": grpc.stream_unary_rpc_method_handler(
-                    self._push(Kind.MERGED),
+                    self._push(Kind.MERGED, Kind.MERGED_HASHES),
                     request_deserializer=codec.decode_lenient,
                     response_serializer=peer_pb2.Ack.SerializeToString,
                 ),
                 "FetchModel": grpc.unary_stream_rpc_method_handler(
                     self._fetch_model,
                     request_deserializer=_lenient(peer_pb2.ModelRequest),
+                    response_serializer=codec.encode,
+                ),
+                "FetchUpdate": grpc.unary_stream_rpc_method_handler(
+                    self._fetch_update,
+                    request_deserializer=_lenient(peer_pb2.UpdateRequest),
                     response_serializer=codec.encode,
                 ),
             },
@@ -196,7 +204,7 @@ class PeerServer:
         info = PeerInfo(self.account, self._current_round(), __version__, self._serving, waiting)
         return info_to_wire(info)
 
-    def _push(self, kind: Kind) -> Callable[[Iterator[Any], grpc.ServicerContext], Any]:
+    def _push(self, *kinds: Kind) -> Callable[[Iterator[Any], grpc.ServicerContext], Any]:
         def handle(frames: Iterator[Any], context: grpc.ServicerContext) -> Any:
             sender = self._authenticate(context)  # before a single frame is read
 
@@ -205,7 +213,7 @@ class PeerServer:
                 for frame in frames:
                     if isinstance(frame, InvalidMessage):
                         raise frame
-                    if frame.kind != kind:
+                    if frame.kind not in kinds:
                         raise InvalidMessage(f"a frame of kind {frame.header.kind} on this call")
                     total += self._inbox.receive(frame, sender)
                 return total
@@ -224,6 +232,27 @@ class PeerServer:
             )
         vector, hashes = found
         yield from self._model_frames(request.round, vector, hashes)
+
+    def _fetch_update(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """FetchUpdate: the Inbox checks the caller (a participant of the round) and the
+        range, and answers from what it holds (docs/round-protocol.md#faults-and-votes)."""
+        caller = self._authenticate(context)
+        request = self._guarded(context, caller, lambda: _valid(request))
+        frames = self._guarded(
+            context,
+            caller,
+            lambda: self._update_frames(
+                request.round, caller, request.sender, request.first_chunk, request.chunks
+            ),
+        )
+        yield from frames
+
+    def _update_frames(
+        self, round: int, caller: str, sender: str, first_chunk: int, chunks: int
+    ) -> Iterator[Frame]:
+        """The answer's frames; a method of its own, like _model_frames, so that the attack
+        tests can serve a dishonest stream over real mutual TLS."""
+        return self._inbox.update_frames(round, caller, sender, first_chunk, chunks)
 
     def _model_frames(
         self, round: int, vector: npt.NDArray[np.float32], hashes: bytes
@@ -316,6 +345,25 @@ class GrpcTransport(Transport):
         finally:
             responses.cancel()  # a stream refused half-way: the peer stops sending now
 
+    def _fetch_update_frames(
+        self, peer: str, round: int, sender: str, chunks: range, timeout: float
+    ) -> Iterator[Frame]:
+        call = self._channel(peer).unary_stream(
+            f"/{SERVICE}/FetchUpdate",
+            request_serializer=peer_pb2.UpdateRequest.SerializeToString,
+            response_deserializer=codec.decode,
+        )
+        request = peer_pb2.UpdateRequest(
+            round=round, sender=sender, first_chunk=chunks.start, chunks=len(chunks)
+        )
+        responses = call(request, timeout=timeout)
+        try:
+            yield from responses
+        except grpc.RpcError as exc:
+            raise _as_peer_error(peer, exc) from exc
+        finally:
+            responses.cancel()  # a stream refused half-way: the peer stops sending now
+
     def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
         def ask(channel: grpc.Channel) -> PeerInfo:
             call = channel.unary_unary(
@@ -362,6 +410,8 @@ def _as_peer_error(peer: str, exc: grpc.RpcError) -> PeerError:
     details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
     if code == grpc.StatusCode.UNAVAILABLE and details.startswith(NOT_READY):
         return NotReady(f"{peer}: {details.removeprefix(NOT_READY)}")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(f"{peer}: NOT_FOUND: {details}")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return Stale(f"{peer}: {details}")
     if code == grpc.StatusCode.INVALID_ARGUMENT:

@@ -5,13 +5,20 @@ are the same whichever carried it. The round layer above declares what it expect
 round's participants are fixed on chain (who sends which segment, with which commitment);
 the Inbox then accepts exactly that:
 
-- UPDATE data (reduce-scatter) is keyed by (round, sender) and outlives an attempt: chunks
-  received for an earlier attempt's segment are carried over when ownership moves. Its
-  chunk-hash list must digest to the sender's commitment, and every chunk must match the
-  list, so a segment is checked alone. Frames carry the attempt they were sent for, so
-  the rest of a stream cut by a new attempt is refused as Stale, never blamed.
-- MERGED data (all-gather) is keyed by (round, attempt, owner): a frame for a future attempt
-  is NotReady (the sender retries), one for a past attempt is Stale (never its fault).
+- UPDATE data (reduce-scatter) is keyed by (round, contributor, segment); a node owns one
+  or two segments per attempt (as merger and as checker). It outlives an attempt: verified
+  chunks received for an earlier attempt's segments are carried over wherever the new
+  segments overlap them. Its chunk-hash list must digest to the contributor's commitment,
+  and every chunk must match the list, so a segment is checked alone, whoever carried it:
+  a frame names its contributor, and a relay (another participant) may deliver it. Frames
+  carry the attempt they were sent for, so the rest of a stream cut by a new attempt is
+  refused as Stale, never blamed.
+- MERGED data and MERGED_HASHES (all-gather) are keyed by (round, attempt, segment), and
+  taken only from that segment's merger and checker respectively: a frame for a future
+  attempt is NotReady (the sender retries), one for a past attempt is Stale (never its
+  fault).
+- FetchUpdate answers come from here too (serve_update): this node's own offered update,
+  or rows it holds as an owner, to participants of the round only.
 - Every payload must be float32, finite, inside the expected chunk range, within the size
   limits. A bad frame is refused with InvalidMessage and never reaches a buffer.
 - Nothing else is taken: no merge rule exchanges partial sums, so there is no message for
@@ -27,7 +34,8 @@ listed in docs/trust.md#checks-on-received-data.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,15 +44,24 @@ import numpy.typing as npt
 from swarmnode.address import is_address, normalize
 from swarmnode.canonical import (
     CHUNK_ELEMENTS,
+    HASH_BYTES,
     check_finite,
     element_range,
+    num_chunks,
     verify_chunks,
     verify_hash_list,
 )
 from swarmnode.exceptions import PeerError
 from swarmnode.p2p import peer_pb2
-from swarmnode.p2p.errors import InvalidMessage, NotReady, Stale, Unauthorized
-from swarmnode.p2p.frames import MAX_FRAME_ELEMENTS, MAX_VECTOR_ELEMENTS, Frame, payload_array
+from swarmnode.p2p.errors import InvalidMessage, NotFound, NotReady, Stale, Unauthorized
+from swarmnode.p2p.frames import (
+    DEFAULT_FRAME_CHUNKS,
+    MAX_FRAME_ELEMENTS,
+    MAX_VECTOR_ELEMENTS,
+    Frame,
+    frames_for_row,
+    payload_array,
+)
 from swarmnode.p2p.messages import Kind, wire_account
 
 DEFAULT_MAX_VECTOR_ELEMENTS = MAX_VECTOR_ELEMENTS
@@ -73,17 +90,21 @@ class _Segment:
         if self.missing == 0:
             self.done.set()
 
-    def moved_to(self, chunks: range) -> _Segment:
-        """A buffer for `chunks` holding whatever of them this one already received."""
-        moved = _Segment(chunks, self.numel, self.hashes)
+    def carry_from(self, old: _Segment) -> None:
+        """Takes whatever of this segment's chunks `old` (verified data of the same
+        contributor, from an earlier attempt) already received."""
+        if self.hashes is None:
+            self.hashes = old.hashes
         for chunk in range(
-            max(chunks.start, self.chunks.start), min(chunks.stop, self.chunks.stop)
+            max(self.chunks.start, old.chunks.start), min(self.chunks.stop, old.chunks.stop)
         ):
-            if self.seen[chunk - self.chunks.start]:
-                span = element_range(range(chunk, chunk + 1), self.numel)
-                values = self.buffer[span.start - self.start : span.stop - self.start]
-                moved.store(chunk, values)
-        return moved
+            if old.seen[chunk - old.chunks.start] and not self.seen[chunk - self.chunks.start]:
+                self.store(chunk, old.values(range(chunk, chunk + 1)))
+
+    def values(self, chunks: range) -> npt.NDArray[np.float32]:
+        """The buffer's values of `chunks` (inside this segment), without copying."""
+        span = element_range(chunks, self.numel)
+        return self.buffer[span.start - self.start : span.stop - self.start]
 
     def store(self, first_chunk: int, values: npt.NDArray[np.float32]) -> None:
         offset = first_chunk * CHUNK_ELEMENTS - self.start
@@ -100,19 +121,19 @@ class _Segment:
 @dataclass
 class _UpdateRound:
     attempt: int
-    segment: int
-    chunks: range
+    segments: dict[int, range]  # the segments this node owns in this attempt
     numel: int
     commitments: dict[str, bytes]
-    streams: dict[str, _Segment] = field(default_factory=dict)
+    streams: dict[tuple[str, int], _Segment] = field(default_factory=dict)
 
 
 @dataclass
 class _MergedAttempt:
     attempt: int
     numel: int
-    owners: dict[str, tuple[int, range]]  # owner account -> (segment index, chunks)
-    streams: dict[str, _Segment] = field(default_factory=dict)
+    segments: dict[int, tuple[str, str, range]]  # segment -> (merger, checker, chunks)
+    streams: dict[int, _Segment] = field(default_factory=dict)
+    hashes: dict[int, bytes] = field(default_factory=dict)  # segment -> checker's hashes
 
 
 class Inbox:
@@ -133,6 +154,7 @@ class Inbox:
         self._updates: dict[int, _UpdateRound] = {}
         self._merged: dict[int, _MergedAttempt] = {}
         self._models: dict[int, tuple[npt.NDArray[np.float32], bytes]] = {}
+        self._offered: dict[int, tuple[npt.NDArray[np.float32], bytes]] = {}
         self.refused = 0  # frames refused as invalid, for tests and metrics
 
     # ------------------------------------------------------------------ expectations
@@ -140,26 +162,35 @@ class Inbox:
     def expect_updates(
         self,
         round: int,
-        segment: int,
-        chunks: range,
+        segments: Mapping[int, range],
         numel: int,
         commitments: Mapping[str, bytes],
         attempt: int = 1,
     ) -> None:
-        """This node owns `segment` (`chunks`) in this attempt of `round`: accept those
-        senders' updates. Update data stays valid across attempts (it is checked against the
-        sender's commitment), so chunks already received for an earlier attempt's segment
-        are carried over when ownership moves."""
+        """This node owns `segments` (segment index -> chunks: as merger and as checker,
+        one or two entries) in this attempt of `round`: accept the participants' (the
+        `commitments`' accounts) updates for them. Update data stays valid across attempts
+        (it is checked against the contributor's commitment), so verified chunks received
+        for an earlier attempt's segments are carried into the new ones wherever they
+        overlap."""
         with self._lock:
             key = {normalize(account): bytes(c) for account, c in commitments.items()}
-            fresh = _UpdateRound(attempt, segment, chunks, numel, key)
+            fresh = _UpdateRound(attempt, dict(segments), numel, key)
             old = self._updates.get(round)
             if old is not None and old.attempt > attempt:
                 return  # a transfer given up on, late: the newer attempt's plan stands
             if old is not None:
-                for sender, stream in old.streams.items():
-                    if sender in key and stream.hashes is not None:
-                        fresh.streams[sender] = stream.moved_to(chunks)
+                for (sender, _), stream in old.streams.items():
+                    if sender not in key or stream.hashes is None or not any(stream.seen):
+                        continue
+                    for index, chunks in fresh.segments.items():
+                        if chunks.start >= stream.chunks.stop or stream.chunks.start >= chunks.stop:
+                            continue
+                        moved = fresh.streams.get((sender, index))
+                        if moved is None:
+                            moved = _Segment(chunks, numel, stream.hashes)
+                            fresh.streams[(sender, index)] = moved
+                        moved.carry_from(stream)
             self._updates[round] = fresh
             self._lock.notify_all()
 
@@ -167,31 +198,42 @@ class Inbox:
         self,
         round: int,
         attempt: int,
-        owners: Mapping[str, tuple[int, range]],
+        segments: Mapping[int, tuple[str, str, range]],
         numel: int,
     ) -> None:
-        """In this attempt, `owners` send their merged segments. Earlier attempts are over:
-        their buffers are dropped."""
+        """In this attempt, every segment this node needs from others (segment -> (merger,
+        checker, chunks)): MERGED data comes from the merger, MERGED_HASHES from the
+        checker, nobody else. Earlier attempts are over: their buffers are dropped."""
         with self._lock:
             current = self._merged.get(round)
             if current is not None and current.attempt > attempt:
                 return  # a transfer given up on, late: the newer attempt's plan stands
-            key = {normalize(account): spec for account, spec in owners.items()}
+            key = {
+                index: (normalize(merger), normalize(checker), chunks)
+                for index, (merger, checker, chunks) in segments.items()
+            }
             self._merged[round] = _MergedAttempt(attempt, numel, key)
             self._lock.notify_all()
+
+    def offer_update(self, round: int, vector: npt.NDArray[np.float32], hashes: bytes) -> None:
+        """This node's own committed update for `round` (and its chunk-hash list): what
+        FetchUpdate serves when asked for this node's own update, until finish_round."""
+        with self._lock:
+            self._offered[round] = (vector, bytes(hashes))
 
     def finish_round(self, round: int) -> None:
         """Drops a round's buffers; later messages for it (or before it) are Stale."""
         with self._lock:
             self._floor = max(self._floor, round + 1)
-            for table in (self._updates, self._merged):
+            for table in (self._updates, self._merged, self._offered):
                 for old in [r for r in table if r <= round]:
                     del table[old]
             self._lock.notify_all()
 
     def held_bytes(self, peer: str | None = None) -> int:
-        """Bytes this Inbox holds for `peer` (every peer when None): its update and merged
-        segment buffers, the numbers the limits above are about."""
+        """Bytes this Inbox holds for `peer` (every peer when None): the update rows kept
+        for each contributor, merged segments and checkers' hashes, the numbers the limits
+        above are about. This node's own offered update is not counted: no peer sent it."""
         who = None if peer is None else _lookup(peer)
         if peer is not None and who is None:
             return 0
@@ -199,13 +241,21 @@ class Inbox:
             return sum(size for sender, size in self._holdings() if who is None or sender == who)
 
     def _holdings(self) -> list[tuple[str, int]]:
-        """(sender, bytes) of every buffer held; the caller holds the lock."""
-        return [
+        """(account, bytes) of every buffer held; the caller holds the lock."""
+        held = [
             (sender, stream.buffer.nbytes)
-            for table in (self._updates, self._merged)
-            for expected in table.values()
-            for sender, stream in expected.streams.items()
+            for expected in self._updates.values()
+            for (sender, _), stream in expected.streams.items()
         ]
+        for merged in self._merged.values():
+            held += [
+                (merged.segments[index][0], stream.buffer.nbytes)
+                for index, stream in merged.streams.items()
+            ]
+            held += [
+                (merged.segments[index][1], len(hashes)) for index, hashes in merged.hashes.items()
+            ]
+        return held
 
     def publish_model(self, round: int, vector: npt.NDArray[np.float32], hashes: bytes) -> None:
         """Keeps a final round's model for peers that catch up (only the newest is kept)."""
@@ -216,10 +266,125 @@ class Inbox:
         with self._lock:
             return self._models.get(round)
 
+    # ------------------------------------------------------------------ serving updates
+
+    def check_fetch(self, round: int, caller: str) -> None:
+        """May `caller` fetch updates of `round` here? Only the round's participants may:
+        Unauthorized for anyone else, NotReady before this node knows them (its expect_updates
+        for the round), Stale once the round is over here."""
+        who = normalize(caller)
+        with self._lock:
+            expected = self._updates.get(round)
+            self._round_check(round, expected is not None)
+            assert expected is not None
+            if who not in expected.commitments:
+                raise Unauthorized(f"{who} is not a participant of round {round}")
+
+    def serve_update(
+        self, round: int, sender: str, chunks: range
+    ) -> tuple[npt.NDArray[np.float32], bytes] | None:
+        """`sender`'s values of exactly `chunks` (contiguous float32) and its whole chunk-hash
+        list, or None when not held: this node's own offered update, or a contributor's
+        rows it received (verified) as an owner, every one of those chunks. A range outside
+        the model is InvalidMessage, refused before anything is allocated."""
+        who = _lookup(sender)
+        if who is None:
+            raise InvalidMessage(f"not an account address: {sender[:50]!r}")
+        with self._lock:
+            if who == self.account:
+                offered = self._offered.get(round)
+                if offered is None:
+                    return None
+                vector, hashes = offered
+                span = _checked_span(chunks, len(vector))
+                return vector[span.start : span.stop], hashes
+            expected = self._updates.get(round)
+            if expected is None:
+                return None
+            span = _checked_span(chunks, expected.numel)
+            held = [
+                stream
+                for (contributor, _), stream in expected.streams.items()
+                if contributor == who and stream.hashes is not None
+            ]
+            if not held:
+                return None
+            pieces: list[tuple[int, npt.NDArray[np.float32]]] = []
+            chunk = chunks.start
+            while chunk < chunks.stop:  # at most two streams: merger's and checker's
+                stream = next(
+                    (
+                        s
+                        for s in held
+                        if s.chunks.start <= chunk < s.chunks.stop
+                        and s.seen[chunk - s.chunks.start]
+                    ),
+                    None,
+                )
+                if stream is None:
+                    return None
+                stop = chunk + 1
+                while (
+                    stop < min(chunks.stop, stream.chunks.stop)
+                    and stream.seen[stop - stream.chunks.start]
+                ):
+                    stop += 1
+                pieces.append((chunk, stream.values(range(chunk, stop))))
+                chunk = stop
+            out = np.empty(len(span), dtype=np.float32)  # held data: bounded by the buffers
+            for first, values in pieces:
+                offset = first * CHUNK_ELEMENTS - span.start
+                out[offset : offset + len(values)] = values
+            held_hashes = held[0].hashes
+            assert held_hashes is not None
+            return out, held_hashes
+
+    def update_frames(
+        self,
+        round: int,
+        caller: str,
+        sender: str,
+        first_chunk: int,
+        chunks: int,
+        frame_chunks: int = DEFAULT_FRAME_CHUNKS,
+    ) -> Iterator[Frame]:
+        """A FetchUpdate answer, the same for both transports' servers: checks the caller
+        (check_fetch) and the request, then UPDATE frames of `sender`'s chunks
+        [first_chunk, first_chunk + chunks), its hash list in the first, header.sender =
+        `sender`. NotFound when not held."""
+        self.check_fetch(round, caller)
+        wanted = range(first_chunk, first_chunk + chunks)
+        found = self.serve_update(round, sender, wanted)
+        if found is None:
+            raise NotFound(
+                f"no update of {sender[:50]} for chunks {first_chunk}..{first_chunk + chunks - 1}"
+                f" of round {round} here"
+            )
+        values, hashes = found
+        return frames_for_row(
+            values,
+            wanted,
+            self._numel(round, sender),
+            kind=Kind.UPDATE,
+            round=round,
+            attempt=0,
+            segment=0,
+            sender=normalize(sender),
+            chunk_hashes=hashes,
+            frame_chunks=frame_chunks,
+        )
+
+    def _numel(self, round: int, sender: str) -> int:
+        with self._lock:
+            if normalize(sender) == self.account and round in self._offered:
+                return len(self._offered[round][0])
+            return self._updates[round].numel
+
     # ------------------------------------------------------------------ receiving
 
     def receive(self, frame: Frame, sender: str) -> int:
-        """Checks one frame from the authenticated `sender` and stores it; returns elements."""
+        """Checks one frame from the authenticated `sender` (the caller) and stores it;
+        returns elements."""
         try:
             return self._receive(frame, normalize(sender))
         except InvalidMessage:
@@ -229,7 +394,8 @@ class Inbox:
 
     def _receive(self, frame: Frame, sender: str) -> int:
         header = frame.header
-        _check_claim("frame", header.sender, sender)
+        if frame.kind != Kind.UPDATE:  # a relay may carry an update, nothing else
+            _check_claim("frame", header.sender, sender)
         if header.elements > self.max_frame_elements:
             raise InvalidMessage(
                 f"frame of {header.elements} elements exceeds the limit of "
@@ -240,6 +406,8 @@ class Inbox:
                 f"vector of {header.vector_elements} elements exceeds the limit of "
                 f"{self.max_vector_elements}"
             )
+        if frame.kind == Kind.MERGED_HASHES:
+            return self._receive_merged_hashes(frame, sender)
         values = payload_array(frame)
         if frame.kind == Kind.UPDATE:
             return self._receive_update(header, values, sender)
@@ -253,37 +421,53 @@ class Inbox:
         if not known:
             raise NotReady(f"round {round} has not closed here yet")
 
+    def _contributor(self, claimed: str, caller: str, round: int, expected: _UpdateRound) -> str:
+        """The contributor an UPDATE frame names. The caller itself, or (a relay) another
+        participant when the caller is one too: the data is checked against the named
+        contributor's commitment, so who carried it does not matter."""
+        if claimed == caller or _lookup(claimed) == caller:
+            return caller
+        if caller not in expected.commitments:
+            _check_claim("frame", claimed, caller)  # raises: a stranger speaking for another
+        try:
+            return wire_account(claimed)
+        except InvalidMessage as exc:
+            raise InvalidMessage(f"update frame names no contributor: {exc}") from exc
+
     def _receive_update(
-        self, header: peer_pb2.FrameHeader, values: npt.NDArray[np.float32], sender: str
+        self, header: peer_pb2.FrameHeader, values: npt.NDArray[np.float32], caller: str
     ) -> int:
         with self._lock:
             expected = self._updates.get(header.round)
             self._round_check(header.round, expected is not None)
             assert expected is not None
             _attempt_check(header.round, header.attempt, expected.attempt)
+            sender = self._contributor(header.sender, caller, header.round, expected)
             commitment = expected.commitments.get(sender)
             if commitment is None:
                 raise InvalidMessage(f"{sender} is not a participant of round {header.round}")
-            if header.segment != expected.segment:
+            chunks = expected.segments.get(header.segment)
+            if chunks is None:
+                owned = ", ".join(map(str, sorted(expected.segments))) or "none"
                 raise InvalidMessage(
-                    f"segment {header.segment} sent to the owner of segment {expected.segment}"
+                    f"segment {header.segment} sent to the owner of segment {owned}"
                 )
             if header.vector_elements != expected.numel:
                 raise InvalidMessage(
                     f"vector of {header.vector_elements} elements, the model has {expected.numel}"
                 )
-            stream = expected.streams.get(sender)
-            if stream is None:
-                stream = _Segment(expected.chunks, expected.numel)
-                expected.streams[sender] = stream
+            stream = expected.streams.get((sender, header.segment))
             if header.chunk_hashes:  # checked whenever sent: a stream may be retried
                 try:
                     verify_hash_list(header.chunk_hashes, commitment, expected.numel)
                 except PeerError as exc:
                     raise InvalidMessage(str(exc)) from exc
+                if stream is None:
+                    stream = _Segment(chunks, expected.numel)
+                    expected.streams[(sender, header.segment)] = stream
                 stream.hashes = bytes(header.chunk_hashes)
-            hashes = stream.hashes
-        if hashes is None:
+            hashes = None if stream is None else stream.hashes
+        if stream is None or hashes is None:
             raise InvalidMessage("update frames arrived before the chunk-hash list")
         self._check_range(header, values, stream.chunks)
         try:
@@ -295,16 +479,28 @@ class Inbox:
             self._lock.notify_all()
         return len(values)
 
+    def _merged_spec(
+        self, header: peer_pb2.FrameHeader
+    ) -> tuple[_MergedAttempt, tuple[str, str, range]]:
+        """The attempt and segment a MERGED or MERGED_HASHES frame is for; the caller holds
+        the lock."""
+        expected = self._merged.get(header.round)
+        self._round_check(header.round, expected is not None)
+        assert expected is not None
+        _attempt_check(header.round, header.attempt, expected.attempt)
+        spec = expected.segments.get(header.segment)
+        if spec is None:
+            raise InvalidMessage(
+                f"segment {header.segment} is not expected from others in attempt {header.attempt}"
+            )
+        return expected, spec
+
     def _receive_merged(
         self, header: peer_pb2.FrameHeader, values: npt.NDArray[np.float32], sender: str
     ) -> int:
         with self._lock:
-            expected = self._merged.get(header.round)
-            self._round_check(header.round, expected is not None)
-            assert expected is not None
-            _attempt_check(header.round, header.attempt, expected.attempt)
-            spec = expected.owners.get(sender)
-            if spec is None or spec[0] != header.segment:
+            expected, (merger, _, chunks) = self._merged_spec(header)
+            if merger != sender:
                 raise InvalidMessage(
                     f"{sender} does not own segment {header.segment} in attempt {header.attempt}"
                 )
@@ -312,10 +508,10 @@ class Inbox:
                 raise InvalidMessage(
                     f"vector of {header.vector_elements} elements, the model has {expected.numel}"
                 )
-            stream = expected.streams.get(sender)
+            stream = expected.streams.get(header.segment)
             if stream is None:
-                stream = _Segment(spec[1], expected.numel)
-                expected.streams[sender] = stream
+                stream = _Segment(chunks, expected.numel)
+                expected.streams[header.segment] = stream
         self._check_range(header, values, stream.chunks)
         try:
             check_finite(values, what="merged segment", offset=header.first_chunk * CHUNK_ELEMENTS)
@@ -325,6 +521,31 @@ class Inbox:
             stream.store(header.first_chunk, values)
             self._lock.notify_all()
         return len(values)
+
+    def _receive_merged_hashes(self, frame: Frame, sender: str) -> int:
+        """The checker's hashes of its merge of one segment: exactly one hash per chunk of
+        the segment, no payload. Nothing is allocated before the length is checked."""
+        header = frame.header
+        if header.elements or len(frame.payload):
+            raise InvalidMessage("a MERGED_HASHES frame carries no payload")
+        with self._lock:
+            expected, (_, checker, chunks) = self._merged_spec(header)
+            if checker != sender:
+                raise InvalidMessage(
+                    f"{sender} does not check segment {header.segment} in attempt {header.attempt}"
+                )
+            want = len(chunks) * HASH_BYTES
+            if len(header.chunk_hashes) != want:
+                raise InvalidMessage(
+                    f"{len(header.chunk_hashes)} bytes of hashes for segment {header.segment}, "
+                    f"its {len(chunks)} chunks take {want}"
+                )
+            held = expected.hashes.get(header.segment)
+            if held is not None and held != header.chunk_hashes:
+                raise InvalidMessage(f"a second, different hash list for segment {header.segment}")
+            expected.hashes[header.segment] = bytes(header.chunk_hashes)
+            self._lock.notify_all()
+        return 0
 
     @staticmethod
     def _check_range(
@@ -348,8 +569,9 @@ class Inbox:
     # ------------------------------------------------------------------ waiting
 
     def waiting_for(self, round: int) -> list[str]:
-        """Senders whose update segment for `round` this node, as an owner, still lacks:
-        what a peer missing this node's merged segment needs to know whom to blame."""
+        """Contributors whose row for any segment this node owns in `round` is still
+        incomplete: what a peer missing this node's merged segment needs to know whom to
+        blame (and whose rows to relay here)."""
         with self._lock:
             expected = self._updates.get(round)
             if expected is None:
@@ -358,43 +580,67 @@ class Inbox:
                 sender
                 for sender in expected.commitments
                 if sender != self.account
-                and ((stream := expected.streams.get(sender)) is None or not stream.done.is_set())
+                and any(
+                    (stream := expected.streams.get((sender, index))) is None
+                    or not stream.done.is_set()
+                    for index in expected.segments
+                )
             ]
 
-    def update(self, round: int, sender: str, timeout: float) -> npt.NDArray[np.float32] | None:
-        """`sender`'s whole update segment for this node, or None if it did not arrive in time."""
+    def update(
+        self, round: int, sender: str, segment: int, timeout: float
+    ) -> npt.NDArray[np.float32] | None:
+        """`sender`'s row for `segment` (one this node owns), or None if it did not arrive
+        in time."""
         key = _lookup(sender)
         return self._wait_stream(
-            lambda: None if key is None else self._update_stream(round, key), timeout
+            lambda: None if key is None else self._update_stream(round, key, segment), timeout
         )
 
     def merged(
-        self, round: int, attempt: int, owner: str, timeout: float
+        self, round: int, attempt: int, segment: int, timeout: float
     ) -> npt.NDArray[np.float32] | None:
-        """`owner`'s merged segment of this attempt, or None if it did not arrive in time."""
-        key = _lookup(owner)
-        return self._wait_stream(
-            lambda: None if key is None else self._merged_stream(round, attempt, key), timeout
-        )
+        """The merger's data of `segment` in this attempt, or None if it did not arrive in
+        time."""
+        return self._wait_stream(lambda: self._merged_stream(round, attempt, segment), timeout)
 
-    def _update_stream(self, round: int, sender: str) -> _Segment | None:
+    def merged_hashes(self, round: int, attempt: int, segment: int, timeout: float) -> bytes | None:
+        """The checker's chunk hashes of `segment` in this attempt, or None if they did not
+        arrive in time."""
+        deadline = time.monotonic() + timeout
+
+        def found() -> bytes | None:
+            expected = self._merged.get(round)
+            if expected is None or expected.attempt != attempt:
+                return None
+            return expected.hashes.get(segment)
+
+        with self._lock:
+            while (hashes := found()) is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._lock.wait(left)
+            return hashes
+
+    def _update_stream(self, round: int, sender: str, segment: int) -> _Segment | None:
         expected = self._updates.get(round)
-        if expected is None:
+        if expected is None or segment not in expected.segments:
             return None
-        stream = expected.streams.get(sender)
+        stream = expected.streams.get((sender, segment))
         if stream is None and sender in expected.commitments:
-            stream = _Segment(expected.chunks, expected.numel)
-            expected.streams[sender] = stream
+            stream = _Segment(expected.segments[segment], expected.numel)
+            expected.streams[(sender, segment)] = stream
         return stream
 
-    def _merged_stream(self, round: int, attempt: int, owner: str) -> _Segment | None:
+    def _merged_stream(self, round: int, attempt: int, segment: int) -> _Segment | None:
         expected = self._merged.get(round)
-        if expected is None or expected.attempt != attempt or owner not in expected.owners:
+        if expected is None or expected.attempt != attempt or segment not in expected.segments:
             return None
-        stream = expected.streams.get(owner)
+        stream = expected.streams.get(segment)
         if stream is None:
-            stream = _Segment(expected.owners[owner][1], expected.numel)
-            expected.streams[owner] = stream
+            stream = _Segment(expected.segments[segment][2], expected.numel)
+            expected.streams[segment] = stream
         return stream
 
     def _wait_stream(
@@ -407,6 +653,16 @@ class Inbox:
         if not stream.done.wait(timeout):
             return None
         return stream.buffer
+
+
+def _checked_span(chunks: range, numel: int) -> range:
+    """The elements of `chunks`; InvalidMessage for a range outside the model."""
+    total = num_chunks(numel)
+    if chunks.step != 1 or not 0 <= chunks.start <= chunks.stop <= total:
+        raise InvalidMessage(
+            f"chunks {chunks.start}..{chunks.stop - 1} are outside the model's {total} chunks"
+        )
+    return element_range(chunks, numel)
 
 
 def _lookup(account: str) -> str | None:

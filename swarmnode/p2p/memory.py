@@ -17,7 +17,7 @@ from swarmnode.canonical import num_chunks
 from swarmnode.exceptions import PeerError
 from swarmnode.p2p import frames as codec
 from swarmnode.p2p import peer_pb2
-from swarmnode.p2p.errors import InvalidMessage, Unauthorized
+from swarmnode.p2p.errors import InvalidMessage, NotFound, Unauthorized
 from swarmnode.p2p.frames import Frame, frames_for
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.messages import (
@@ -96,6 +96,19 @@ class MemoryTransport(Transport):
             sender=peer,
             chunk_hashes=hashes,
         ):
+            yield codec.decode(codec.encode(frame))
+
+    def _fetch_update_frames(
+        self, peer: str, round: int, sender: str, chunks: range, timeout: float
+    ) -> Iterator[Frame]:
+        caller, inbox = self._network.inbox(self.account, peer)
+        try:
+            frames = inbox.update_frames(round, caller, sender, chunks.start, len(chunks))
+        except NotFound as exc:
+            raise NotFound(f"{peer}: NOT_FOUND: {exc}") from exc
+        except PeerError as exc:  # as the gRPC client names the peer that refused
+            raise type(exc)(f"{peer} refused: {exc}") from exc
+        for frame in frames:
             yield codec.decode(codec.encode(frame))
 
     def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:

@@ -106,6 +106,16 @@ class ShapedTransport(Transport):
             self._pace(frame_bytes(frame))
             yield frame
 
+    def _fetch_update_frames(
+        self, peer: str, round: int, sender: str, chunks: range, timeout: float
+    ) -> Iterator[Frame]:
+        self._delay()
+        for frame in self.inner._fetch_update_frames(
+            peer, round, sender, chunks, self._left(timeout)
+        ):
+            self._pace(frame_bytes(frame))
+            yield frame
+
     def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
         self._delay()
         return self.inner.info(peer, self._left(timeout), round)

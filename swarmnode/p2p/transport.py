@@ -15,7 +15,14 @@ from collections.abc import Callable, Generator, Iterable
 import numpy as np
 import numpy.typing as npt
 
-from swarmnode.canonical import CHUNK_ELEMENTS, num_chunks, verify_chunks, verify_hash_list
+from swarmnode.address import is_address, normalize
+from swarmnode.canonical import (
+    CHUNK_ELEMENTS,
+    element_range,
+    num_chunks,
+    verify_chunks,
+    verify_hash_list,
+)
 from swarmnode.canonical import digest as canonical_digest
 from swarmnode.exceptions import PeerError
 from swarmnode.p2p.errors import InvalidMessage, NotReady
@@ -45,15 +52,44 @@ class Transport(ABC):
         against the peer's hash list, each chunk index exactly once, then the whole vector
         (docs/trust.md#checks-on-received-data). A peer that sends a chunk twice, skips one
         or stops early is refused (InvalidMessage), so catch-up asks the next peer."""
-        model = _ModelAssembly(peer, round, digest, numel)
-        frames = iter(self._fetch_frames(peer, round, timeout))
-        try:
-            for frame in frames:
-                model.take(frame)
-        finally:
-            if isinstance(frames, Generator):  # a refused stream: end the call now
-                frames.close()
-        return model.finished()
+        model = _Assembly(peer, f"model of round {round}", Kind.MODEL, round, numel, digest)
+        _assemble(model, self._fetch_frames(peer, round, timeout))
+        values, _ = model.finished()
+        got = canonical_digest(values)
+        if got != digest:  # unreachable when every chunk checked: kept as the last word
+            raise model.refused(f"model digests to {got.hex()}, not the chain's {digest.hex()}")
+        return values
+
+    def fetch_update(
+        self,
+        peer: str,
+        round: int,
+        sender: str,
+        chunks: range,
+        numel: int,
+        commitment: bytes,
+        timeout: float,
+    ) -> tuple[npt.NDArray[np.float32], bytes]:
+        """Chunks `chunks` of contributor `sender`'s committed update of `round`, from `peer`
+        (the contributor itself, or an owner holding its rows): the values of exactly those
+        chunks and the contributor's whole chunk-hash list. Checked like a model fetch: the
+        list against `commitment`, every chunk against the list, each chunk exactly once, all
+        of `chunks` and nothing outside them; else InvalidMessage naming the peer. Any other
+        refusal (NotFound, NotReady, Unauthorized, a dead peer) is the PeerError it is: no
+        retry here, the caller asks someone else."""
+        who = normalize(sender)
+        update = _Assembly(
+            peer,
+            f"update of {who}, round {round}",
+            Kind.UPDATE,
+            round,
+            numel,
+            commitment,
+            chunks=chunks,
+            contributor=who,
+        )
+        _assemble(update, self._fetch_update_frames(peer, round, who, chunks, timeout))
+        return update.finished()
 
     @abstractmethod
     def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
@@ -67,6 +103,12 @@ class Transport(ABC):
 
     @abstractmethod
     def _fetch_frames(self, peer: str, round: int, timeout: float) -> Iterable[Frame]: ...
+
+    @abstractmethod
+    def _fetch_update_frames(
+        self, peer: str, round: int, sender: str, chunks: range, timeout: float
+    ) -> Iterable[Frame]:
+        """The raw FetchUpdate answer of `peer`, unchecked (fetch_update checks it)."""
 
     @staticmethod
     def _until_ready(action: Callable[[float], int], timeout: float) -> int:
@@ -90,49 +132,84 @@ class Transport(ABC):
             delay = min(delay * 2, 0.5)
 
 
-class _ModelAssembly:
-    """One model fetch: the peer's hash list, checked once against the chain's digest, and
-    which chunks have arrived. Frames are checked as they come, so a wrong chunk is refused
-    before the rest is read; the vector is handed out only once every chunk came exactly
-    once and the whole of it digests to the chain's value (docs/round-protocol.md#catch-up)."""
+def _assemble(assembly: _Assembly, source: Iterable[Frame]) -> None:
+    """Feeds a fetch's frames to its assembly; a refused stream ends the call at once."""
+    frames = iter(source)
+    try:
+        for frame in frames:
+            assembly.take(frame)
+    finally:
+        if isinstance(frames, Generator):
+            frames.close()
 
-    def __init__(self, peer: str, round: int, digest: bytes, numel: int) -> None:
-        self.peer, self.round, self.digest, self.numel = peer, round, digest, numel
-        self.vector = np.empty(numel, dtype=np.float32)
-        self.seen = np.zeros(num_chunks(numel), dtype=bool)
+
+class _Assembly:
+    """One verified fetch (a final model, or chunks of a contributor's update): the peer's
+    hash list, checked once against the digest on chain (the model's digest, the
+    contributor's commitment), and which chunks have arrived. Frames are checked as they
+    come, so a wrong chunk is refused before the rest is read; the values are handed out
+    only once every chunk of `chunks` came exactly once (docs/round-protocol.md#catch-up)."""
+
+    def __init__(
+        self,
+        peer: str,
+        what: str,
+        kind: Kind,
+        round: int,
+        numel: int,
+        digest: bytes,
+        *,
+        chunks: range | None = None,
+        contributor: str | None = None,
+    ) -> None:
+        self.peer, self.what, self.kind, self.round = peer, what, kind, round
+        self.numel, self.digest, self.contributor = numel, digest, contributor
+        self.chunks = range(num_chunks(numel)) if chunks is None else chunks
+        span = element_range(self.chunks, numel)  # ConfigError for a range outside the model
+        self.start = span.start
+        self.vector = np.empty(len(span), dtype=np.float32)
+        self.seen = np.zeros(len(self.chunks), dtype=bool)
         self.hashes: bytes | None = None
 
     def take(self, frame: Frame) -> None:
         header = frame.header
-        if frame.kind != Kind.MODEL or header.round != self.round:
-            raise self._refused(f"answered with kind {header.kind}, round {header.round}")
+        if frame.kind != self.kind or header.round != self.round:
+            raise self.refused(f"answered with kind {header.kind}, round {header.round}")
         if header.vector_elements != self.numel:
-            raise self._refused(f"sent a {header.vector_elements}-element model")
+            raise self.refused(f"sent a {header.vector_elements}-element vector")
+        if self.contributor is not None and header.sender != self.contributor:
+            named = _named(header.sender)
+            if named != self.contributor:
+                raise self.refused(f"sent frames of {header.sender[:50] or '(none)'}")
         if header.chunk_hashes:
             self._take_hash_list(bytes(header.chunk_hashes))
         hashes = self.hashes
         if hashes is None:
-            raise self._refused("sent model data before its chunk-hash list")
+            raise self.refused("sent data before its chunk-hash list")
         values = payload_array(frame)
-        self._checked(lambda: verify_chunks(header.first_chunk, values, hashes, self.numel))
-        self._mark_once(header.first_chunk, -(-len(values) // CHUNK_ELEMENTS))
-        start = header.first_chunk * CHUNK_ELEMENTS
+        count = -(-len(values) // CHUNK_ELEMENTS)
+        first = header.first_chunk
+        if count and (first < self.chunks.start or first + count > self.chunks.stop):
+            raise self.refused(
+                f"sent chunks {first}..{first + count - 1}, outside the chunks asked for "
+                f"{self.chunks.start}..{self.chunks.stop - 1}"
+            )
+        self._checked(lambda: verify_chunks(first, values, hashes, self.numel))
+        self._mark_once(first - self.chunks.start, count)
+        start = first * CHUNK_ELEMENTS - self.start
         self.vector[start : start + len(values)] = values
 
-    def finished(self) -> npt.NDArray[np.float32]:
-        """The model, once nothing is missing and the whole vector matches the chain."""
+    def finished(self) -> tuple[npt.NDArray[np.float32], bytes]:
+        """The values and the hash list, once nothing is missing."""
         missing = np.flatnonzero(~self.seen)
         if len(missing):
-            raise self._refused(
-                f"stopped with {len(missing)} of the model's {len(self.seen)} chunks missing "
-                f"(the first is chunk {missing[0]})"
+            raise self.refused(
+                f"stopped with {len(missing)} of the {len(self.seen)} chunks asked for missing "
+                f"(the first is chunk {self.chunks.start + int(missing[0])})"
             )
-        got = canonical_digest(self.vector)
-        if got != self.digest:  # unreachable when every chunk checked: kept as the last word
-            raise self._refused(
-                f"model digests to {got.hex()}, not the chain's {self.digest.hex()}"
-            )
-        return self.vector
+        if self.hashes is None:  # nothing asked for, and no list either
+            raise self.refused("sent no chunk-hash list")
+        return self.vector, self.hashes
 
     def _take_hash_list(self, hashes: bytes) -> None:
         """The first list is checked against the chain; a later one must be the same list."""
@@ -140,21 +217,26 @@ class _ModelAssembly:
             self._checked(lambda: verify_hash_list(hashes, self.digest, self.numel))
             self.hashes = hashes
         elif hashes != self.hashes:
-            raise self._refused("sent a second, different chunk-hash list")
+            raise self.refused("sent a second, different chunk-hash list")
 
     def _mark_once(self, first: int, count: int) -> None:
         """Each chunk index once: a repeated or overlapping frame is refused, never summed."""
         span = self.seen[first : first + count]
         if span.any():
-            again = first + int(np.flatnonzero(span)[0])
-            raise self._refused(f"sent chunk {again} twice")
+            again = self.chunks.start + first + int(np.flatnonzero(span)[0])
+            raise self.refused(f"sent chunk {again} twice")
         span[:] = True
 
     def _checked(self, check: Callable[[], None]) -> None:
         try:
             check()
         except PeerError as exc:
-            raise self._refused(str(exc)) from exc
+            raise self.refused(str(exc)) from exc
 
-    def _refused(self, reason: str) -> InvalidMessage:
-        return InvalidMessage(f"{self.peer}: model of round {self.round}: {reason}")
+    def refused(self, reason: str) -> InvalidMessage:
+        return InvalidMessage(f"{self.peer}: {self.what}: {reason}")
+
+
+def _named(claimed: str) -> str | None:
+    """The account a frame names, normalized; None if it names none."""
+    return normalize(claimed) if is_address(claimed) else None
