@@ -187,3 +187,27 @@ def test_a_participant_that_does_not_finalize_pays_at_most_150k_gas_per_round() 
         assert [name for name, _ in calls] == ["join", "report"] * 2
         for (_, join_gas), (_, report_gas) in zip(calls[::2], calls[1::2], strict=True):
             assert join_gas + report_gas <= 150_000, (join_gas, report_gas)
+
+
+def test_polling_a_closed_round_reads_its_seed_block_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    chain = EmbeddedChain()
+    deployment, _ = chain.deploy(SwarmParams(min_peers=2, max_peers=2))
+    a, b = (chain.ledger(deployment, chain.new_account()) for _ in range(2))
+    for i, ledger in enumerate((a, b)):
+        ledger.register(f"127.0.0.1:{7300 + i}", f"cert-{i}:{ledger.account.lower()}".encode())
+        ledger.join(1, digest(f"u{i}"), 10, 1)  # the second join closes the round
+    real_get_block = chain.w3.eth.get_block
+    read: list[object] = []
+
+    def counted(block: object, *args: object, **kwargs: object) -> object:
+        read.append(block)
+        return real_get_block(block, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(chain.w3.eth, "get_block", counted)
+    seeds = {a.round(1).seed for _ in range(5)}
+    assert len(seeds) == 1 and len(seeds.pop()) == 32
+    assert len(read) == 1, read  # the first read fetched the closing block; the rest hit the cache
+    assert a.round(2).seed == b""  # the open round needs no block at all
+    assert len(read) == 1
+    b.round(1)  # another handle keeps its own cache
+    assert len(read) == 2

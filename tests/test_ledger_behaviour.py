@@ -844,6 +844,59 @@ def test_close_after_the_join_window(backend: Backend) -> None:
     refused("RoundNotOpen", lambda: join(n2, 1))
 
 
+def closing_block_hash(backend: Backend, closed: LedgerEvent) -> bytes | None:
+    """The hash of the block a RoundClosed event sits in, read from the chain itself, not
+    through the ledger; None in memory, which has no blocks."""
+    from tests.backends import AnvilBackend, EmbeddedBackend
+
+    if isinstance(backend, EmbeddedBackend):
+        w3 = backend.chain.w3
+    elif isinstance(backend, AnvilBackend):
+        w3 = backend.chain.rpc.w3
+    else:
+        return None
+    return bytes(w3.eth.get_block(closed.position[0])["hash"])
+
+
+def test_each_closed_round_has_a_seed_nobody_in_it_chose(backend: Backend) -> None:
+    swarm = deploy(backend, 3, max_peers=3)
+    n0, n1, n2 = swarm.nodes
+    handles = [swarm.owner, *swarm.nodes]
+    tail = EventTail(n0)
+    join(n0, 1)
+    join(n1, 1)
+    assert {h.round(1).seed for h in handles} == {b""}  # open: no seed yet
+    join(n2, 1)  # closes round 1
+
+    seeds = {h.round(1).seed for h in handles}
+    assert len(seeds) == 1, "every participant's handle reads the same seed"
+    seed_1 = seeds.pop()
+    assert len(seed_1) == 32 and any(seed_1)
+    expected = closing_block_hash(backend, only(tail.take(), "RoundClosed"))
+    if expected is not None:
+        assert seed_1 == expected
+
+    n0.report(1, 1, DIGEST_A)
+    n1.report(1, 1, DIGEST_A)
+    assert_round_ended(n0, 1, RoundStatus.FINAL)
+    assert [h.round(1).seed for h in handles] == [seed_1] * len(handles)
+
+    # Round 2 closes by close() after the window, not by the max_peers join: a seed of its own.
+    join(n0, 2)
+    join(n1, 2)
+    assert n2.round(2).seed == b""
+    backend.advance_to(n0.round(2).first_join_at + JOIN_WINDOW)
+    swarm.owner.close(2)
+    seeds = {h.round(2).seed for h in handles}
+    assert len(seeds) == 1
+    seed_2 = seeds.pop()
+    assert len(seed_2) == 32 and seed_2 != seed_1
+    expected = closing_block_hash(backend, only(tail.take(), "RoundClosed"))
+    if expected is not None:
+        assert seed_2 == expected
+    assert n0.round(3).seed == b""  # a round that never opened has none either
+
+
 def test_join_errors(backend: Backend) -> None:
     swarm = deploy(backend, 2)
     n0, n1 = swarm.nodes

@@ -174,6 +174,10 @@ contract SwarmLedger {
     mapping(uint256 => mapping(address => Seat)) internal _seats;
     mapping(uint256 => mapping(address => bytes32)) internal _commitments;
     mapping(uint256 => bytes32) internal _leadDigest;
+    /// @dev The block each round closed in (0 while open): its hash is the round's seed, which
+    ///      nobody in the round chooses (docs/chain.md#the-round-seed). One new slot per close;
+    ///      the Round slot has no room left for a block number.
+    mapping(uint256 => uint64) private _closedBlock;
     /// @notice The merged-model digest each final round agreed on.
     mapping(uint256 => bytes32) public finalDigest;
     mapping(uint256 => mapping(uint256 => mapping(bytes32 => uint16))) internal _otherCounts;
@@ -508,6 +512,7 @@ contract SwarmLedger {
         rd.status = Status.Closed;
         rd.live = n;
         rd.closedAt = uint40(block.timestamp);
+        _closedBlock[round] = uint64(block.number);
         emit RoundClosed(round, list);
         _startAttempt(round, rd, 1);
     }
@@ -640,6 +645,7 @@ contract SwarmLedger {
     /// @return firstJoinAt Time of the first join (0 when none).
     /// @return closedAt Time of close (0 while open).
     /// @return attemptStart Start of the current attempt.
+    /// @return closedBlock The block the round closed in (0 while open); its hash is the seed.
     function getRound(uint256 round)
         external
         view
@@ -652,7 +658,8 @@ contract SwarmLedger {
             uint16 reports,
             uint64 firstJoinAt,
             uint64 closedAt,
-            uint64 attemptStart
+            uint64 attemptStart,
+            uint64 closedBlock
         )
     {
         Round storage rd = _rounds[round];
@@ -665,7 +672,8 @@ contract SwarmLedger {
             rd.reports,
             rd.firstJoinAt,
             rd.closedAt,
-            rd.attemptStart
+            rd.attemptStart,
+            _closedBlock[round]
         );
     }
 

@@ -43,6 +43,9 @@ from swarmnode.ledger.types import (
 from swarmnode.rules import Rule, SwarmParams
 
 EVENT_BLOCK_RANGE = 500
+# Seeds of this many (round, block) pairs are kept: a node reads the current round and a few
+# before it, never hundreds.
+_SEED_CACHE_SIZE = 64
 
 
 class FilterGone(LedgerError):
@@ -104,6 +107,9 @@ class ContractLedger(Ledger):
             unavailable=unavailable,
         )
         self._params: SwarmParams | None = None
+        # (round, closing block number, close time) -> that block's hash: a round's seed
+        # never changes once it closed, so polling a closed round costs no extra RPC.
+        self._seeds: dict[tuple[int, int, int], bytes] = {}
         # (function, gas used) of every mined transaction this handle sent: for the demo,
         # the gas report, and anyone watching what a node spends.
         self.gas_log: list[tuple[str, int]] = []
@@ -249,8 +255,8 @@ class ContractLedger(Ledger):
 
     def round(self, number: int) -> RoundState:
         f = self._contract.functions
-        (status, fail, attempt, joined, live, reports, first, closed, start) = self._view(
-            f.getRound(number)
+        (status, fail, attempt, joined, live, reports, first, closed, start, closed_block) = (
+            self._view(f.getRound(number))
         )
         nodes, commitments, weights, losses, dropped, reported = self._view(f.participants(number))
         digest = bytes(self._view(f.finalDigest(number)))
@@ -273,7 +279,30 @@ class ContractLedger(Ledger):
             attempt_start=start,
             seats=seats,
             final_digest=digest if any(digest) else None,
+            seed=self._seed(number, int(closed_block), int(closed)),
         )
+
+    def _seed(self, number: int, closed_block: int, closed_at: int) -> bytes:
+        """The hash of the block round `number` closed in; b"" while it is open
+        (docs/chain.md#the-round-seed). Cached per (round, block number), with the close time
+        in the key too: a dev chain that lost blocks and closes the round again at the same
+        height (anvil after SIGKILL) mostly does so at another time, and then another hash."""
+        if closed_block == 0:
+            return b""
+        key = (number, closed_block, closed_at)
+        seed = self._seeds.get(key)
+        if seed is None:
+            found = self.block_id(closed_block)
+            if found is None:
+                raise LedgerError(
+                    f"round {number} closed in block {closed_block}, which the chain no "
+                    "longer has: it lost blocks since the round was read"
+                )
+            seed = found[1]
+            if len(self._seeds) >= _SEED_CACHE_SIZE:
+                self._seeds.pop(next(iter(self._seeds)))
+            self._seeds[key] = seed
+        return seed
 
     def latest_model(self) -> tuple[int, bytes]:
         number, digest = self._view(self._contract.functions.latestModel())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import os
 import secrets
 import threading
 from collections import defaultdict
@@ -81,18 +82,22 @@ class _Round:
     voted: set[tuple[int, str, str]] = field(default_factory=set)
     votes: dict[tuple[int, str], int] = field(default_factory=lambda: defaultdict(int))
     final_digest: bytes | None = None
+    seed: bytes = b""
 
 
 class _Swarm:
     """One deployed contract's state and rules. Methods take the caller and the time."""
 
-    def __init__(self, address: str, owner: str, params: SwarmParams, now: int) -> None:
+    def __init__(
+        self, address: str, owner: str, params: SwarmParams, now: int, salt: bytes
+    ) -> None:
         try:
             params.validate()
         except ConfigError as exc:  # the contract's constructor refuses the same way
             raise ContractError(ErrorName.BAD_PARAMETERS, {"reason": str(exc)}, "deploy") from exc
         self.address = address
         self.owner = owner
+        self.salt = salt
         self.params = params
         self.min_live = params.min_live
         self.allowed: dict[str, bool] = {}
@@ -267,6 +272,9 @@ class _Swarm:
         rd.status = RoundStatus.CLOSED
         rd.live = len(rd.order)
         rd.closed_at = now
+        # stands in for the closing block's hash (docs/chain.md#the-round-seed): fixed at
+        # close, the same for every handle, chosen by nobody in the round
+        rd.seed = hashlib.sha256(self.salt + number.to_bytes(8, "big")).digest()
         self.emit("RoundClosed", round=number, participants=list(rd.order))
         self._start_attempt(number, rd, 1, now)
 
@@ -428,6 +436,7 @@ class _Swarm:
             attempt_start=rd.attempt_start,
             seats=seats,
             final_digest=rd.final_digest,
+            seed=rd.seed,
         )
 
 
@@ -458,6 +467,9 @@ class InMemoryChain:
         self._clock = clock or ManualClock()
         self._lock = threading.Lock()
         self._swarms: dict[str, _Swarm] = {}
+        # made once per chain, so every handle on it (every node) sees the same round seeds,
+        # and two chains never share them
+        self._salt = os.urandom(32)
 
     def now(self) -> int:
         return int(self._clock())
@@ -478,7 +490,7 @@ class InMemoryChain:
         owner = _account(owner)
         with self._lock:
             address = _random_address()
-            self._swarms[address] = _Swarm(address, owner, params, self.now())
+            self._swarms[address] = _Swarm(address, owner, params, self.now(), self._salt)
             return address
 
     def ledger(self, address: str, account: str) -> InMemoryLedger:

@@ -76,6 +76,10 @@ class RoundState:
     attempt_start: int
     seats: tuple[Seat, ...] = ()
     final_digest: bytes | None = None
+    # The round's seed: the hash of the block it closed in (32 bytes), b"" while open. Nobody
+    # in the round chooses it, so what is drawn from it is not theirs to pick
+    # (docs/chain.md#the-round-seed).
+    seed: bytes = b""
 
     @property
     def participants(self) -> tuple[str, ...]:
