@@ -13,8 +13,12 @@ messages from several threads.
 What R expects (set up in the module fixture):
 - round 7, attempt 1, UPDATE: R owns segment 2 (chunks 5 and 6, the last one short); A and
   H committed to honest vectors. A's stream is filled honestly before the fuzzing starts;
-  H's stays empty until the end, so a forged frame that slipped in would show.
-- round 7, attempt 2, MERGED: A owns segment 0, H owns segment 1; filled the same way.
+  H's stays empty until the end, except for H's own genuine frames relayed by A (a relay
+  between participants is accepted: checked against H's commitment), so a forged frame
+  that slipped in would show.
+- round 7, attempt 2, MERGED: A merges segment 0 (H checks it), H merges segment 1 (A checks
+  it); filled the same way.
+- R offers its own update of round 7 for FetchUpdate, and serves A's row it holds.
 - rounds below 5 are over here (stale); round 8 expects an update from A whose commitment
   covers NaN/Inf values (the non-finite family); a final model of round 4 is published.
 - Inbox limits are low (2 chunks per frame, 8 chunks per vector), so oversized frames are
@@ -127,6 +131,7 @@ H_UPDATE = model(2)
 A_MERGED = model(3)
 H_MERGED = model(4)
 FINAL = model(5)
+R_UPDATE = model(6)
 A_HASHES = canonical.chunk_hashes(A_UPDATE)
 H_HASHES = canonical.chunk_hashes(H_UPDATE)
 
@@ -280,9 +285,9 @@ class RawPeer:
             return self._failed(exc)
         return Outcome(OK, "")
 
-    def fetch(self, data: bytes) -> tuple[Outcome, list[bytes]]:
+    def fetch(self, data: bytes, method: str = "FetchModel") -> tuple[Outcome, list[bytes]]:
         call = self.channel.unary_stream(
-            f"/{SERVICE}/FetchModel", request_serializer=_raw, response_deserializer=_raw
+            f"/{SERVICE}/{method}", request_serializer=_raw, response_deserializer=_raw
         )
         try:
             replies = list(call(data, timeout=TIMEOUT))
@@ -331,9 +336,10 @@ def swarm(request: pytest.FixtureRequest) -> Iterator[Swarm]:
     inbox = Inbox(R, max_frame_elements=MAX_FRAME, max_vector_elements=MAX_VECTOR)
     inbox.finish_round(FLOOR - 1)
     commitments = {A: canonical.digest(A_UPDATE), H: canonical.digest(H_UPDATE)}
-    inbox.expect_updates(ROUND, 2, UPDATE_CHUNKS, NUMEL, commitments, attempt=UPDATE_ATTEMPT)
-    owners = {A: (0, MERGED_CHUNKS), H: (1, H_MERGED_CHUNKS)}
-    inbox.expect_merged(ROUND, ATTEMPT, owners, NUMEL)
+    inbox.expect_updates(ROUND, {2: UPDATE_CHUNKS}, NUMEL, commitments, attempt=UPDATE_ATTEMPT)
+    segments = {0: (A, H, MERGED_CHUNKS), 1: (H, A, H_MERGED_CHUNKS)}
+    inbox.expect_merged(ROUND, ATTEMPT, segments, NUMEL)
+    inbox.offer_update(ROUND, R_UPDATE, canonical.chunk_hashes(R_UPDATE))
     inbox.publish_model(MODEL_ROUND, FINAL, canonical.chunk_hashes(FINAL))
     roster = Roster()
     server = PeerServer(R, ids[R].key_pem, ids[R].cert_pem, roster, inbox)
@@ -399,15 +405,17 @@ def check(family: str, outcome: Outcome, allowed: AbstractSet[grpc.StatusCode]) 
 
 
 def assert_buffers_hold_only_honest_data(inbox: Inbox) -> None:
-    """A's segments are exactly its honest ones, bit for bit; H's have not been touched."""
-    got = inbox.update(ROUND, A, timeout=0)
+    """A's segments are exactly its honest ones, bit for bit; H's have not been touched, or
+    hold exactly H's honest update (its genuine frames, relayed by A)."""
+    got = inbox.update(ROUND, A, 2, timeout=0)
     assert got is not None, "A's update segment is no longer complete"
     assert got.tobytes() == A_UPDATE[UPDATE_SPAN.start : UPDATE_SPAN.stop].tobytes()
-    got = inbox.merged(ROUND, ATTEMPT, A, timeout=0)
+    got = inbox.merged(ROUND, ATTEMPT, 0, timeout=0)
     assert got is not None, "A's merged segment is no longer complete"
     assert got.tobytes() == A_MERGED[MERGED_SPAN.start : MERGED_SPAN.stop].tobytes()
-    assert inbox.update(ROUND, H, timeout=0) is None, "H's update arrived without H"
-    assert inbox.merged(ROUND, ATTEMPT, H, timeout=0) is None, "H's segment arrived without H"
+    got = inbox.update(ROUND, H, 2, timeout=0)
+    assert got is None or got.tobytes() == H_UPDATE[UPDATE_SPAN.start : UPDATE_SPAN.stop].tobytes()
+    assert inbox.merged(ROUND, ATTEMPT, 1, timeout=0) is None, "H's segment arrived without H"
 
 
 def assert_quiet() -> None:
@@ -488,7 +496,10 @@ def expected_for(base: Frame, name: str, value: Any) -> grpc.StatusCode:
         current = header.attempt  # the receiver's current attempt for this kind
         return STALE if value < current else OK if value == current else UNAVAILABLE
     if name == "sender":  # accounts compare case-insensitively
-        return OK if value.lower() == A else DENIED
+        if value.lower() == A:
+            return OK
+        # an UPDATE naming H is a relay between participants: A's data fails H's commitment
+        return INVALID if update and value.lower() == H else DENIED
     if name == "chunk_hashes":  # checked for UPDATE only; empty: the one already on record
         return OK if not update or value in (b"", A_HASHES) else INVALID
     return OK if value == getattr(header, name) else INVALID
@@ -589,6 +600,9 @@ def test_random_well_formed_unary_requests_are_answered(swarm: Swarm) -> None:
             st.just("FetchModel"), st.binary(max_size=40).filter(parses(peer_pb2.ModelRequest))
         ),
         st.tuples(st.just("Info"), st.binary(max_size=20).filter(parses(peer_pb2.InfoRequest))),
+        st.tuples(
+            st.just("FetchUpdate"), st.binary(max_size=60).filter(parses(peer_pb2.UpdateRequest))
+        ),
     )
 
     @fuzz(200)
@@ -599,6 +613,9 @@ def test_random_well_formed_unary_requests_are_answered(swarm: Swarm) -> None:
         if method == "FetchModel":
             outcome, _ = swarm.raw.fetch(data)
             allowed = {OK, NOT_FOUND}
+        elif method == "FetchUpdate":
+            outcome, _ = swarm.raw.fetch(data, method)
+            allowed = {OK, NOT_FOUND, INVALID, STALE, UNAVAILABLE}
         else:
             outcome = swarm.raw.unary(method, data)
             allowed = {OK}
@@ -817,12 +834,12 @@ def test_non_finite_values_are_refused_even_when_the_hashes_match(swarm: Swarm) 
             for index, bits in hits.items():
                 words[UPDATE_SPAN.start + index % len(UPDATE_SPAN)] = bits
             commitment = {A: canonical.digest(poisoned)}
-            swarm.inbox.expect_updates(NAN_ROUND, 2, UPDATE_CHUNKS, NUMEL, commitment)
+            swarm.inbox.expect_updates(NAN_ROUND, {2: UPDATE_CHUNKS}, NUMEL, commitment)
             frames = update_frames(poisoned, round=NAN_ROUND)
             outcome = swarm.raw.push_frames(kind, frames)
             check("non-finite", outcome, {INVALID})
             assert "non-finite" in outcome.details
-            assert swarm.inbox.update(NAN_ROUND, A, timeout=0) is None
+            assert swarm.inbox.update(NAN_ROUND, A, 2, timeout=0) is None
         else:
             # MERGED data has no hash list: the finite check is all there is
             target = MERGED_FRAMES[seed % len(MERGED_FRAMES)]
@@ -897,7 +914,8 @@ def test_a_forged_sender_is_denied(swarm: Swarm) -> None:
         replays=st.integers(0, 2),
     )
     def case(which: str, base: Frame, spoof: str, replays: int) -> None:
-        # H's genuine frames, replayed over A's connection, would pass every other check
+        # H's genuine frames, replayed over A's connection, would pass every other check;
+        # an update is the one exception: A and H are participants, so A may relay it
         if which == "H's own update":
             frame = H_UPDATE_FRAMES[0]
         elif which == "H's own segment":
@@ -905,9 +923,19 @@ def test_a_forged_sender_is_denied(swarm: Swarm) -> None:
         else:
             frame = with_header(base, sender=spoof)
         method = method_for(frame)
-        outcome = swarm.raw.push_frames(method, [*honest_of(method)[:replays], frame])
-        check("forged sender", outcome, {DENIED})
-        assert "claims sender" in outcome.details
+        stream = [*honest_of(method)[:replays], frame]
+        outcome = swarm.raw.push_frames(method, stream)
+        if which == "H's own update":
+            check("forged sender", outcome, {OK})
+            assert outcome.elements == elements(stream)
+            got = swarm.inbox.update(ROUND, H, 2, timeout=0)  # stored under H, not A
+            assert got is not None
+            assert got.tobytes() == H_UPDATE[UPDATE_SPAN.start : UPDATE_SPAN.stop].tobytes()
+        elif method == "PushUpdate" and spoof.lower() == H:
+            check("forged sender", outcome, {INVALID})  # a relay: A's data is not H's
+        else:
+            check("forged sender", outcome, {DENIED})
+            assert "claims sender" in outcome.details
         assert_buffers_hold_only_honest_data(swarm.inbox)
 
     case()
@@ -952,11 +980,80 @@ def test_fetch_model_answers_only_the_published_round(swarm: Swarm) -> None:
     assert_quiet()
 
 
+def slice_of(vector: npt.NDArray[np.float32], chunks: range) -> bytes:
+    span = canonical.element_range(chunks, NUMEL)
+    return vector[span.start : span.stop].tobytes()
+
+
+def test_fetch_update_answers_only_what_is_held_and_refuses_the_rest(swarm: Swarm) -> None:
+    """FetchUpdate with any request: served (R's own update, A's row it holds, each checked
+    here byte for byte), NOT_FOUND, or refused by name; a range over the model (up to
+    2**64 chunks) is refused before anything is allocated."""
+    total = canonical.num_chunks(NUMEL)
+    senders = st.one_of(
+        st.sampled_from([R, A, H, A.upper(), "", "0x" + "00" * 20]),
+        st.text(max_size=50),
+    )
+    counts = st.one_of(
+        st.integers(0, total + 1), st.sampled_from([2**60, U64]), st.integers(0, U64)
+    )
+
+    @fuzz(300)
+    @given(
+        round=st.one_of(st.just(ROUND), STALE_ROUNDS, FUTURE_ROUNDS),
+        sender=senders,
+        first=st.one_of(st.integers(0, total + 1), st.integers(0, U64)),
+        count=counts,
+    )
+    def case(round: int, sender: str, first: int, count: int) -> None:
+        held = swarm.inbox.held_bytes()
+        request = peer_pb2.UpdateRequest(
+            round=round, sender=sender, first_chunk=first, chunks=count
+        )
+        outcome, replies = swarm.raw.fetch(request.SerializeToString(), "FetchUpdate")
+        assert swarm.inbox.held_bytes() == held  # a fetch never makes R hold anything
+        if round < FLOOR:
+            check("fetch update", outcome, {STALE})
+            return
+        if round != ROUND:
+            check("fetch update", outcome, {UNAVAILABLE})
+            return
+        is_account = sender.lower() in (R.lower(), A, H) or sender == "0x" + "00" * 20
+        if not is_account or first + count > total:
+            check("fetch update", outcome, {INVALID})
+            return
+        chunks = range(first, first + count)
+        if sender.lower() == R.lower():
+            want: bytes | None = slice_of(R_UPDATE, chunks)
+        elif sender.lower() == A and (not chunks or UPDATE_CHUNKS.start <= first):
+            want = slice_of(A_UPDATE, chunks)
+        else:
+            want = None  # H's row may be held (a relay): checked below if served
+        if sender.lower() == H.lower():
+            check("fetch update", outcome, {OK, NOT_FOUND})
+            if outcome.code == OK:
+                want = slice_of(H_UPDATE, chunks)
+        else:
+            check("fetch update", outcome, {OK} if want is not None else {NOT_FOUND})
+        if outcome.code == OK:
+            CASES["fetch update served"] += 1
+            frames = [codec.decode(reply) for reply in replies]
+            assert all(f.header.kind == peer_pb2.KIND_UPDATE for f in frames)
+            assert normalize(frames[0].header.sender) == normalize(sender)
+            assert frames[0].header.vector_elements == NUMEL
+            assert b"".join(bytes(f.payload) for f in frames) == want
+
+    case()
+    assert CASES["fetch update"] > 0 and CASES["fetch update served"] > 0
+    assert_quiet()
+
+
 # Malformed request messages on the unary calls: like garbage frames on the streaming
 # calls, they must be INVALID_ARGUMENT naming the problem, never gRPC's INTERNAL with a
 # logged traceback (this caught the unary calls using the generated FromString directly).
 MALFORMED_UNARY = [
     ("FetchModel", b"\x08", "truncated varint"),
+    ("FetchUpdate", b"\x12\x05ab", "truncated string"),
     ("Info", b"\x0a", "truncated length"),
 ]
 
@@ -971,11 +1068,15 @@ def test_malformed_unary_requests_are_refused_as_invalid_argument(
 ) -> None:
     request_type: type[Message] = {
         "FetchModel": peer_pb2.ModelRequest,
+        "FetchUpdate": peer_pb2.UpdateRequest,
         "Info": peer_pb2.InfoRequest,
     }[method]
     with pytest.raises(DecodeError):
         request_type.FromString(data)  # the premise: this is not a valid request
-    outcome = swarm.raw.fetch(data)[0] if method == "FetchModel" else swarm.raw.unary(method, data)
+    if method.startswith("Fetch"):
+        outcome = swarm.raw.fetch(data, method)[0]
+    else:
+        outcome = swarm.raw.unary(method, data)
     SERVER_ERRORS.clear()  # grpc's own "Exception deserializing message!" record
     check("malformed unary", outcome, {INVALID})
     assert_buffers_hold_only_honest_data(swarm.inbox)
@@ -1026,23 +1127,23 @@ def test_afterwards_honest_peers_are_served_and_only_honest_data_was_kept(swarm:
         check("concurrent flood", outcome, {INVALID, STALE, DENIED})
     assert sent_update == len(UPDATE_SPAN)
     assert sent_merged == len(H_MERGED_SPAN)
-    got = inbox.update(ROUND, H, timeout=5)
+    got = inbox.update(ROUND, H, 2, timeout=5)
     assert got is not None
     assert got.tobytes() == H_UPDATE[UPDATE_SPAN.start : UPDATE_SPAN.stop].tobytes()
-    got = inbox.merged(ROUND, ATTEMPT, H, timeout=5)
+    got = inbox.merged(ROUND, ATTEMPT, 1, timeout=5)
     assert got is not None
     assert got.tobytes() == H_MERGED[H_MERGED_SPAN.start : H_MERGED_SPAN.stop].tobytes()
 
     # A, pushing honestly through the client again, is accepted and changes nothing
     assert swarm.attacker.push(R, lambda: UPDATE_FRAMES, TIMEOUT) == len(UPDATE_SPAN)
     assert swarm.attacker.push(R, lambda: MERGED_FRAMES, TIMEOUT) == len(MERGED_SPAN)
-    got = inbox.update(ROUND, A, timeout=5)
+    got = inbox.update(ROUND, A, 2, timeout=5)
     assert got is not None
     assert got.tobytes() == A_UPDATE[UPDATE_SPAN.start : UPDATE_SPAN.stop].tobytes()
-    got = inbox.merged(ROUND, ATTEMPT, A, timeout=5)
+    got = inbox.merged(ROUND, ATTEMPT, 0, timeout=5)
     assert got is not None
     assert got.tobytes() == A_MERGED[MERGED_SPAN.start : MERGED_SPAN.stop].tobytes()
-    poisoned = inbox.update(NAN_ROUND, A, timeout=0)
+    poisoned = inbox.update(NAN_ROUND, A, 2, timeout=0)
     assert poisoned is None  # no NaN-carrying segment was ever completed
 
     # (2) the server still answers Info and catch-up correctly

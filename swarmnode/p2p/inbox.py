@@ -424,15 +424,20 @@ class Inbox:
     def _contributor(self, claimed: str, caller: str, round: int, expected: _UpdateRound) -> str:
         """The contributor an UPDATE frame names. The caller itself, or (a relay) another
         participant when the caller is one too: the data is checked against the named
-        contributor's commitment, so who carried it does not matter."""
-        if claimed == caller or _lookup(claimed) == caller:
+        contributor's commitment, so who carried it does not matter. Anyone else speaking
+        for another account is Unauthorized, as for every other message."""
+        if _lookup(claimed) == caller:
             return caller
         if caller not in expected.commitments:
             _check_claim("frame", claimed, caller)  # raises: a stranger speaking for another
-        try:
-            return wire_account(claimed)
-        except InvalidMessage as exc:
-            raise InvalidMessage(f"update frame names no contributor: {exc}") from exc
+        named = _lookup(claimed)
+        if named is None or named not in expected.commitments:
+            shown = claimed[:50] or "(none)"
+            raise Unauthorized(
+                f"frame claims sender {shown}, the certificate is {caller}: a relay must name "
+                f"a participant of round {round}"
+            )
+        return named
 
     def _receive_update(
         self, header: peer_pb2.FrameHeader, values: npt.NDArray[np.float32], caller: str
