@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,8 +28,11 @@ from swarmnode.address import normalize
 from swarmnode.allreduce import AllReduceResult, AllReduceRunner, Attempt
 from swarmnode.identity import TlsIdentity
 from swarmnode.merge import combine_partials, make_rule
+from swarmnode.p2p.errors import InvalidMessage, Unauthorized
+from swarmnode.p2p.frames import Frame, frames_for_row, merged_hashes_frame
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
+from swarmnode.p2p.messages import Kind
 from swarmnode.p2p.roster import PeerRecord, Roster
 from swarmnode.rules import MergeRuleId, Rule
 
@@ -158,3 +162,82 @@ def test_no_rule_exchanges_partial_sums(rule: Rule, on_a_contribution: bool) -> 
     while not state.done:
         state.advance(combine_partials([state.partials()]))
     assert torch.equal(state.result(), merge.merge_segment(rows, [1.0] * n, ref))
+
+
+def test_unexpected_checks_and_relays_make_the_inbox_hold_nothing(nodes: list[Node]) -> None:
+    """What a participant can push beyond its own update and merged segment: MERGED_HASHES of
+    the wrong length or for a segment it does not check, and UPDATE frames relayed in
+    another's name (a non-participant's, or a participant's with a forged hash list). Every
+    one is refused before a buffer exists: held_bytes stays 0, and nothing of the 4 MiB
+    messages stays allocated. The checker's honest hashes are then held at their exact size."""
+    receiver, attacker, merger = nodes
+    big = secrets.token_bytes(4 << 20)  # a 4 MiB "hash list"
+    vectors = {
+        n.account: np.random.default_rng(i).standard_normal(NUMEL).astype(np.float32)
+        for i, n in enumerate(nodes)
+    }
+    commitments = {account: canonical.digest(v) for account, v in vectors.items()}
+    receiver.inbox.expect_updates(ROUND, {1: SEGMENTS[1]}, NUMEL, commitments)
+    expected = {0: (merger.account, attacker.account, SEGMENTS[0])}  # the attacker checks 0
+    receiver.inbox.expect_merged(ROUND, 1, expected, NUMEL)
+
+    def hashes(segment: int, data: bytes, sender: str = attacker.account) -> list[Frame]:
+        return [
+            merged_hashes_frame(
+                round=ROUND,
+                attempt=1,
+                segment=segment,
+                sender=sender,
+                chunk_hashes=data,
+                numel=NUMEL,
+            )
+        ]
+
+    def relayed(contributor: str, vector: npt.NDArray[np.float32], list_of: bytes) -> list[Frame]:
+        span = canonical.element_range(SEGMENTS[1], NUMEL)
+        return list(
+            frames_for_row(
+                vector[span.start : span.stop].copy(),
+                SEGMENTS[1],
+                NUMEL,
+                kind=Kind.UPDATE,
+                round=ROUND,
+                attempt=1,
+                segment=1,
+                sender=contributor,
+                chunk_hashes=list_of,
+            )
+        )
+
+    stranger = normalize("0x" + secrets.token_hex(20))
+    forged = np.random.default_rng(99).standard_normal(NUMEL).astype(np.float32)
+    attacks: list[tuple[list[Frame], type[Exception]]] = [
+        (hashes(0, big), InvalidMessage),  # wrong length
+        (hashes(0, big[: 32 * len(SEGMENTS[0]) + 32]), InvalidMessage),
+        (hashes(1, big), InvalidMessage),  # a segment nobody expects from it
+        (hashes(7, big), InvalidMessage),
+        (relayed(stranger, forged, canonical.chunk_hashes(forged)), Unauthorized),
+        (relayed(merger.account, forged, canonical.chunk_hashes(forged)), InvalidMessage),
+        (relayed(merger.account, forged, big), InvalidMessage),
+    ]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(5):
+            for frames, refusal in attacks:
+                with pytest.raises(refusal):
+                    attacker.transport.push(receiver.account, lambda f=frames: f, TIMEOUT)
+        assert receiver.inbox.held_bytes() == 0
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < (1 << 20), f"{retained} bytes still allocated after the refusals"
+
+    span = canonical.element_range(SEGMENTS[0], NUMEL)
+    honest = canonical.chunk_hashes(vectors[merger.account][span.start : span.stop])
+    assert attacker.transport.push(receiver.account, lambda: hashes(0, honest), TIMEOUT) == 0
+    assert receiver.inbox.merged_hashes(ROUND, 1, 0, timeout=TIMEOUT) == honest
+    assert receiver.inbox.held_bytes() == receiver.inbox.held_bytes(attacker.account)
+    assert receiver.inbox.held_bytes() == canonical.HASH_BYTES * len(SEGMENTS[0])
+    receiver.inbox.finish_round(ROUND)
+    assert receiver.inbox.held_bytes() == 0

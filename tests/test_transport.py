@@ -612,3 +612,35 @@ def test_fetch_update_refuses_a_dishonest_answer(
     )
     span = canonical.element_range(SEGMENTS[1], NUMEL)
     assert np.array_equal(values, vectors[a.account][span.start : span.stop])
+
+
+def test_rows_carry_over_into_the_next_attempts_segments_where_they_overlap(
+    cluster: Cluster,
+) -> None:
+    a, owner, c = cluster.nodes
+    vectors = participants(cluster, a, owner, c)
+    commitments = {account: canonical.digest(v) for account, v in vectors.items()}
+    owner.inbox.expect_updates(ROUND, {1: range(4, 8)}, NUMEL, commitments, attempt=1)
+    frames = update_frames(a, vectors[a.account], range(4, 8))
+    assert a.transport.push(owner.account, lambda: frames, timeout=10)
+    # attempt 2: it merges chunks 2..5 and checks chunks 7..10
+    owner.inbox.expect_updates(ROUND, {0: range(2, 6), 2: range(7, 11)}, NUMEL, commitments, 2)
+    assert sorted(owner.inbox.waiting_for(ROUND)) == sorted([a.account, c.account])
+    both = (canonical.element_range(r, NUMEL) for r in (range(2, 6), range(7, 11)))
+    assert owner.inbox.held_bytes(a.account) == 4 * sum(len(span) for span in both)
+    rest = [
+        (0, range(2, 4)),
+        (2, range(8, 11)),
+    ]
+    for segment, chunks in rest:
+
+        def again(s: int = segment, ch: range = chunks) -> list[Frame]:
+            sent = update_frames(a, vectors[a.account], ch, segment=s)
+            return [Frame(_header(f, attempt=2), f.payload) for f in sent]
+
+        assert a.transport.push(owner.account, again, timeout=10)
+    for segment, chunks in ((0, range(2, 6)), (2, range(7, 11))):
+        got = owner.inbox.update(ROUND, a.account, segment, timeout=5)
+        span = canonical.element_range(chunks, NUMEL)
+        assert got is not None and np.array_equal(got, vectors[a.account][span.start : span.stop])
+    assert owner.inbox.waiting_for(ROUND) == [c.account]

@@ -1048,6 +1048,27 @@ def test_fetch_update_answers_only_what_is_held_and_refuses_the_rest(swarm: Swar
     assert_quiet()
 
 
+def test_fetch_update_serves_every_range_it_holds_byte_for_byte(swarm: Swarm) -> None:
+    """Every range of R's own update, and of A's row (chunks 5 and 6): served exactly; any
+    range of A's reaching outside the row R holds is NOT_FOUND."""
+    total = canonical.num_chunks(NUMEL)
+    for sender, vector in ((R, R_UPDATE), (A, A_UPDATE)):
+        for first in range(total + 1):
+            for stop in range(first, total + 1):
+                chunks = range(first, stop)
+                request = peer_pb2.UpdateRequest(
+                    round=ROUND, sender=sender, first_chunk=first, chunks=len(chunks)
+                )
+                outcome, replies = swarm.raw.fetch(request.SerializeToString(), "FetchUpdate")
+                held = sender == R or not chunks or first >= UPDATE_CHUNKS.start
+                check("fetch update range", outcome, {OK} if held else {NOT_FOUND})
+                if held:
+                    frames = [codec.decode(reply) for reply in replies]
+                    assert frames[0].header.chunk_hashes == canonical.chunk_hashes(vector)
+                    assert b"".join(bytes(f.payload) for f in frames) == slice_of(vector, chunks)
+    assert_quiet()
+
+
 # Malformed request messages on the unary calls: like garbage frames on the streaming
 # calls, they must be INVALID_ARGUMENT naming the problem, never gRPC's INTERNAL with a
 # logged traceback (this caught the unary calls using the generated FromString directly).
