@@ -1,22 +1,31 @@
-"""One attempt's data plane: segmented reduce-scatter, a local merge per segment, all-gather.
+"""One attempt's data plane: reduce-scatter to two owners per segment, a checked all-gather.
 
-Every live participant j of the attempt owns segment j of the canonical vector (whole-chunk
-ranges, sizes differing by at most one chunk). Reduce-scatter: each node streams segment j
-of its update to participant j. Owner j merges its segment from all contributions with the
-swarm's rule, deciding from the rows it holds only: no rule exchanges partial sums, so no peer
-can steer an owner's decision by lying about them (docs/trust.md#threat-model). All-gather:
-each owner streams its merged segment to every other node. Each node thus sends and receives
-about 2(n-1)/n x the model, whatever n, and nobody waits on a leader
-(docs/round-protocol.md#data-plane, docs/round-protocol.md#partial-sums).
+Every segment of the canonical vector (whole-chunk ranges, sizes differing by at most one
+chunk) has a merger and a checker, drawn from a permutation that the round's closing block
+seeds (swarmnode/ownership.py). Reduce-scatter: each node streams segment s of its update to
+both owners of s. Both merge s with the swarm's rule from the rows they hold, bit for bit
+the same. All-gather: the merger streams its merged segment to every other node, the checker
+only the chunk hashes of its own result; a node takes a segment when the two agree, which
+makes any wrong merge visible unless both owners of a segment lie together
+(docs/round-protocol.md#data-plane, docs/round-protocol.md#owners).
+
+When they disagree, or one is silent, the node checks for itself: it fetches that segment's
+rows from their contributors (or from its owners; each row is checked against its
+contributor's commitment), merges it and keeps its own result. An owner whose output differs
+is accused; a silent owner is first asked whom it waits for and sent those rows (a relay),
+and accused only if it stays silent after that; a contributor that refuses its own committed
+rows is accused. Accusations are evidence this node saw itself, never a peer's word
+(docs/round-protocol.md#faults-and-votes); the round layer turns them into drop votes.
 
 Nothing here talks to the chain: the round layer hands in the attempt's live participants,
-weights and commitments as the contract fixed them. Nothing here is protobuf either: the
-transport speaks swarmnode.p2p.messages' types.
+weights, commitments and seed as the contract fixed them. Nothing here is protobuf either:
+the transport speaks swarmnode.p2p.messages' types.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,20 +41,29 @@ from swarmnode import canonical
 from swarmnode.address import normalize
 from swarmnode.exceptions import PeerError
 from swarmnode.merge import MergeRule
-from swarmnode.p2p.frames import frames_for
+from swarmnode.ownership import Owners
+from swarmnode.p2p.frames import Frame, frames_for, frames_for_row, merged_hashes_frame
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.messages import Kind
 from swarmnode.p2p.transport import FrameSource, Transport
 
-T = TypeVar("T")
+log = logging.getLogger(__name__)
 
-BLAME_TIMEOUT = 2.0  # seconds to ask a silent owner what it waits for
+T = TypeVar("T")
+Vector = npt.NDArray[np.float32]
+
+# When, as fractions of the attempt's time, a node stops waiting and acts on what it lacks
+# (docs/round-protocol.md#faults-and-votes):
+SELF_HELP_AT = 0.25  # an owner fetches a row it still lacks from the segment's other owner
+CHECK_AT = 0.5  # a node checks unconfirmed segments itself and relays to silent owners
+RELAY_GRACE = 0.25  # then a silent owner has this long to send before it is accused
+INFO_TIMEOUT = 2.0  # seconds to ask a silent owner what it waits for
 LOOK = 0.05  # seconds between looks at this node's own sends while it waits for data
 
 
 class MissingContributions(PeerError):
-    """Some peers' data did not arrive in time: the round layer votes to drop `peers`, the
-    ones to blame (`why` says when they are not the ones whose data is missing)."""
+    """Data this node needed did not arrive in time and could not be fetched: the round
+    layer votes to drop `peers`, the ones that owed it and did not deliver."""
 
     def __init__(self, phase: str, peers: Sequence[str], why: str = "") -> None:
         self.phase = phase
@@ -63,11 +81,15 @@ class Traffic:
 
 @dataclass
 class AllReduceResult:
-    merged: npt.NDArray[np.float32]
+    merged: Vector
     digest: bytes
     hashes: bytes  # the merged vector's chunk hashes: its digest, and what catch-up serves
     traffic: Traffic
     seconds: dict[str, float] = field(default_factory=dict)
+    # peers this node saw fail it in this attempt, with what it saw: the round votes them out
+    # once votes count, if the round is still on this attempt
+    accused: dict[str, str] = field(default_factory=dict)
+    checked: int = 0  # segments this node had to check itself (re-merged from their rows)
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,7 @@ class Attempt:
     participants: tuple[str, ...]  # live participants, contract order
     weights: tuple[int, ...]
     commitments: Mapping[str, bytes]
+    seed: bytes = b""  # the round's closing block hash: seeds who owns which segment
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "participants", tuple(normalize(p) for p in self.participants))
@@ -92,24 +115,35 @@ class Attempt:
     def index_of(self, account: str) -> int:
         return self.participants.index(normalize(account))
 
+    def owners(self, numel: int) -> Owners:
+        return Owners.of(self.participants, self.seed, self.attempt, numel)
+
+
+@dataclass
+class _Unconfirmed:
+    """A segment whose two owners did not (yet) agree here: what each sent."""
+
+    data: Vector | None
+    hashes: bytes | None
+
 
 class AllReduceRunner:
-    """One node's part of one attempt, phase by phase: reduce-scatter, merge (from this
-    owner's rows alone), all-gather. Each phase raises MissingContributions when data
-    does not arrive within `timeout`; a send that fails with anything but a PeerError (an
-    InjectedCrash from swarmnode.p2p.faults, a bug) ends the attempt at once."""
+    """One node's part of one attempt, phase by phase: reduce-scatter, merge (this node's
+    two segments, from its rows alone), checked all-gather. A send that fails with anything
+    but a PeerError (an InjectedCrash from swarmnode.p2p.faults, a bug) ends the attempt at
+    once; MissingContributions when something this node needs could not be had in time."""
 
     def __init__(
         self,
         *,
         me: str,
         attempt: Attempt,
-        update: npt.NDArray[np.float32],
+        update: Vector,
         hashes: bytes,
         rule: MergeRule,
         transport: Transport,
         inbox: Inbox,
-        reference: npt.NDArray[np.float32] | None = None,
+        reference: Vector | None = None,
         timeout: float = 60.0,
         frame_chunks: int = 128,
     ) -> None:
@@ -124,118 +158,363 @@ class AllReduceRunner:
         self.timeout = timeout
         self.frame_chunks = frame_chunks
         self.numel = len(update)
-        self.mine = attempt.index_of(self.me)
-        count = len(attempt.participants)
-        self.owned = canonical.segments(canonical.num_chunks(self.numel), count)
-        self.span = canonical.element_range(self.owned[self.mine], self.numel)
-        self.others = [(j, p) for j, p in enumerate(attempt.participants) if j != self.mine]
+        self.owners = attempt.owners(self.numel)
+        self.mine = self.owners.owned_by(self.me)  # segment -> chunks, merged one first
+        self.merging = self.owners.merged_by(self.me)
+        self.checking = self.owners.checked_by(self.me)
+        self.others = [p for p in attempt.participants if p != self.me]
         self.traffic = Traffic()
         self.seconds: dict[str, float] = {}
+        self.accused: dict[str, str] = {}
+        self.checked = 0
+        # rows fetched in this attempt (each checked against its contributor's commitment)
+        # and the contributors' chunk-hash lists that came with them, for relays
+        self._fetched: dict[tuple[str, int], Vector] = {}
+        self._hash_lists: dict[str, bytes] = {}
+        self._start = time.monotonic()
         self._failure: BaseException | None = None  # set by a send's worker, read by waits
+        self._pushes: list[Future[int]] = []  # reduce-scatter's sends, settled at the end
 
     def run(self) -> AllReduceResult:
+        self._start = time.monotonic()
         self._expect()
-        with ThreadPoolExecutor(max_workers=max(1, min(8, len(self.others)))) as pool:
-            rows = self._timed("reduce_scatter", lambda: self.reduce_scatter(pool))
-            segment = self._timed("merge", lambda: self.merge(rows))
-            merged = self._timed("all_gather", lambda: self.all_gather(pool, segment))
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, min(8, 2 * len(self.others)))) as pool:
+                rows = self._timed("reduce_scatter", lambda: self.reduce_scatter(pool))
+                segments = self._timed(
+                    "merge", lambda: {s: self.merge(s, r) for s, r in rows.items()}
+                )
+                merged = self._timed("all_gather", lambda: self.all_gather(pool, segments))
+        except MissingContributions as missing:  # vote out everyone seen failing, not only these
+            missing.peers = tuple(dict.fromkeys([*missing.peers, *self.accused]))
+            raise
         hashes = canonical.chunk_hashes(merged)  # once: the digest, and what catch-up serves
         digest = canonical.digest_from_chunk_hashes(hashes)
-        return AllReduceResult(merged, digest, hashes, self.traffic, self.seconds)
+        return AllReduceResult(
+            merged, digest, hashes, self.traffic, self.seconds, self.accused, self.checked
+        )
 
     def _expect(self) -> None:
         """Declares what this node accepts in this attempt, before anything can block: peers
         that get there first are told NotReady and retry until then."""
         round, attempt = self.attempt.round, self.attempt.attempt
-        commitments = {p: self.attempt.commitments[p] for _, p in self.others}
-        owned = self.owned[self.mine]
-        self.inbox.expect_updates(round, self.mine, owned, self.numel, commitments, attempt)
-        owners = {p: (j, self.owned[j]) for j, p in self.others}
-        self.inbox.expect_merged(round, attempt, owners, self.numel)
+        self.inbox.offer_update(round, self.update, self.hashes)
+        commitments = {p: self.attempt.commitments[p] for p in self.others}
+        self.inbox.expect_updates(round, self.mine, self.numel, commitments, attempt)
+        needed = {
+            s: (self.owners.merger(s), self.owners.checker(s), chunks)
+            for s, chunks in enumerate(self.owners.chunks)
+            if s not in self.mine
+        }
+        self.inbox.expect_merged(round, attempt, needed, self.numel)
+
+    def _at(self, fraction: float) -> float:
+        return self._start + fraction * self.timeout
 
     # ------------------------------------------------------------------ phases
 
-    def reduce_scatter(self, pool: ThreadPoolExecutor) -> list[npt.NDArray[np.float32]]:
-        """Streams segment j of this node's update to owner j; returns every participant's
-        contribution to this node's segment, in participant order."""
+    def reduce_scatter(self, pool: ThreadPoolExecutor) -> dict[int, list[Vector]]:
+        """Streams segment s of this node's update to both owners of s; returns, for each of
+        this node's segments, every participant's row in participant order."""
         pushes = [
-            self._push(pool, p, self._frames(self.update, j, Kind.UPDATE), extra=len(self.hashes))
-            for j, p in self.others
+            self._push(pool, owner, self._frames(s), extra=len(self.hashes))
+            for s in range(self.owners.count)
+            for owner in self.owners.owners(s)
+            if owner != self.me
         ]
-        rows: list[npt.NDArray[np.float32]] = []
-        missing: list[str] = []
-        deadline = time.monotonic() + self.timeout
-        for j, p in enumerate(self.attempt.participants):
-            if j == self.mine:
-                rows.append(self.update[self.span.start : self.span.stop])
-                continue
-            got = self._await(partial(self.inbox.update, self.attempt.round, p), deadline)
-            if got is None:
-                missing.append(p)
-                continue
-            rows.append(got)
-            self.traffic.received += got.nbytes + len(self.hashes)
-        self.traffic.sent += self._settle(pushes)
+        rows: dict[int, dict[str, Vector]] = {
+            s: {self.me: self._slice(self.update, s)} for s in self.mine
+        }
+        wanted = [(s, p) for s in self.mine for p in self.others]
+        self._collect(wanted, rows, self._at(SELF_HELP_AT))
+        for s, p in self._lacking(wanted, rows):
+            row = self._self_help(s, p)
+            if row is not None:
+                rows[s][p] = row
+        self._collect(self._lacking(wanted, rows), rows, self._at(1.0))
+        self._pushes.extend(pushes)
+        missing = sorted({p for _, p in self._lacking(wanted, rows)})
         if missing:
+            for p in missing:
+                self.accused[p] = "its update rows for this node's segments never came"
             raise MissingContributions("reduce-scatter", missing)
-        return rows
+        order = self.attempt.participants
+        return {s: [got[p] for p in order] for s, got in rows.items()}
 
-    def merge(self, rows: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
-        """This node's segment merged with the swarm's rule from the rows it holds only: no
-        peer's partial sums enter the decision (docs/round-protocol.md#partial-sums)."""
+    def _self_help(self, segment: int, contributor: str) -> Vector | None:
+        """A row this owner still lacks, fetched from the segment's other owner (who got it
+        if only this owner was withheld from) or else asked of the contributor itself; one
+        that refuses its own committed rows is accused (relays may still bring them)."""
+        other = next((o for o in self.owners.owners(segment) if o != self.me), None)
+        if other is not None and other != contributor:
+            with contextlib.suppress(PeerError):
+                return self._fetch_row(other, contributor, segment)
+        try:
+            return self._fetch_row(contributor, contributor, segment)
+        except PeerError:
+            self.accused[contributor] = f"refused its committed rows of segment {segment}"
+            return None
+
+    def merge(self, segment: int, rows: list[Vector]) -> Vector:
+        """Segment `segment` merged with the swarm's rule from its rows alone: no peer's word
+        enters the decision (docs/round-protocol.md#partial-sums)."""
         n = len(rows)
         contributions = torch.from_numpy(np.stack(rows)) if rows[0].size else torch.zeros((n, 0))
         ref = None
         if self.reference is not None:
-            ours = self.reference[self.span.start : self.span.stop]
-            ref = torch.from_numpy(np.ascontiguousarray(ours))
+            ref = torch.from_numpy(np.ascontiguousarray(self._slice(self.reference, segment)))
         merged = self.rule.merge_segment(contributions, list(self.attempt.weights), ref)
         return merged.detach().to("cpu", torch.float32).numpy()
 
-    def all_gather(
-        self, pool: ThreadPoolExecutor, segment: npt.NDArray[np.float32]
-    ) -> npt.NDArray[np.float32]:
-        """Streams this node's merged segment to every peer; returns the whole merged vector
-        once every owner's segment arrived."""
+    def all_gather(self, pool: ThreadPoolExecutor, segments: dict[int, Vector]) -> Vector:
+        """Sends this node's merged segment's data and its checked segment's hashes; returns
+        the whole merged vector once every other segment is confirmed by its two owners or
+        checked here."""
         merged = np.empty(self.numel, dtype=np.float32)
-        merged[self.span.start : self.span.stop] = segment
-        pushes = [
-            self._push(pool, p, self._frames(merged, self.mine, Kind.MERGED))
-            for _, p in self.others
-        ]
-        missing: list[str] = []
-        deadline = time.monotonic() + self.timeout
-        round, attempt = self.attempt.round, self.attempt.attempt
-        for j, p in self.others:
-            got = self._await(partial(self.inbox.merged, round, attempt, p), deadline)
-            if got is None:
-                missing.append(p)
-                continue
-            theirs = canonical.element_range(self.owned[j], self.numel)
-            merged[theirs.start : theirs.stop] = got
-            self.traffic.received += got.nbytes
-        self.traffic.sent += self._settle(pushes)
-        if missing:
-            raise MissingContributions("all-gather", *self._blame(missing))
+        for s, values in segments.items():
+            self._place(merged, s, values)
+        pushes = self._send_merged(pool, merged)
+        needed = [s for s in range(self.owners.count) if s not in self.mine]
+        unconfirmed = self._confirm(needed, merged, self._at(CHECK_AT))
+        silent = self._check(unconfirmed, merged)
+        self._await_silent(silent, merged)
+        self.traffic.sent += self._settle([*self._pushes, *pushes])
         return merged
+
+    # ------------------------------------------------------------------ all-gather parts
+
+    def _send_merged(self, pool: ThreadPoolExecutor, merged: Vector) -> list[Future[int]]:
+        """The merged segment's data to all but its checker (who merged it too), the checked
+        segment's chunk hashes to all but its merger."""
+        if self.owners.count == 1:
+            return []
+        m, c = self.merging, self.checking
+        checked = canonical.chunk_hashes(self._slice(merged, c))
+        frame = self._hashes_frame(c, checked)
+        hashes: FrameSource = partial(list, [frame])
+        pushes = []
+        for p in self.others:
+            if p != self.owners.checker(m):
+                pushes.append(self._push(pool, p, self._merged_frames(merged, m)))
+            if p != self.owners.merger(c):
+                pushes.append(self._push(pool, p, hashes, extra=len(checked)))
+        return pushes
+
+    def _confirm(self, needed: list[int], merged: Vector, until: float) -> dict[int, _Unconfirmed]:
+        """Waits until `until` for each segment's data and hashes; places the segments whose
+        two owners agree, returns the others with whatever of theirs arrived."""
+        round, attempt = self.attempt.round, self.attempt.attempt
+        unconfirmed: dict[int, _Unconfirmed] = {}
+        for s in needed:
+            data = self._await(partial(self.inbox.merged, round, attempt, s), until)
+            hashes = self._await(partial(self.inbox.merged_hashes, round, attempt, s), until)
+            if data is not None:
+                self.traffic.received += data.nbytes
+            if hashes is not None:
+                self.traffic.received += len(hashes)
+            if data is not None and hashes is not None and canonical.chunk_hashes(data) == hashes:
+                self._place(merged, s, data)
+            else:
+                unconfirmed[s] = _Unconfirmed(data, hashes)
+        return unconfirmed
+
+    def _check(self, unconfirmed: dict[int, _Unconfirmed], merged: Vector) -> dict[str, int]:
+        """Merges each unconfirmed segment here from its rows and keeps that; accuses an owner
+        whose output differs; returns the silent owners (owner -> segment) after relaying to
+        them the rows they say they wait for."""
+        silent: dict[str, int] = {}
+        for s, seen in unconfirmed.items():
+            self.checked += 1
+            values = self.merge(s, self._rows_of(s))
+            truth = canonical.chunk_hashes(values)
+            self._place(merged, s, values)
+            merger, checker = self.owners.merger(s), self.owners.checker(s)
+            if seen.data is not None and canonical.chunk_hashes(seen.data) != truth:
+                self.accused[merger] = f"sent segment {s} merged wrongly"
+            if seen.hashes is not None and seen.hashes != truth:
+                self.accused[checker] = f"sent wrong hashes for segment {s}"
+            if seen.data is None:
+                silent[merger] = s
+            if seen.hashes is None:
+                silent.setdefault(checker, s)
+        for owner in silent:
+            self._relay_to(owner)
+        return silent
+
+    def _await_silent(self, silent: dict[str, int], merged: Vector) -> None:
+        """Gives the silent owners a while longer (RELAY_GRACE, within the attempt) to send
+        what they owe this node, now that they have had the rows they waited for relayed;
+        accuses each that still does not, or whose late output is wrong."""
+        round, attempt = self.attempt.round, self.attempt.attempt
+        until = min(self._at(1.0), time.monotonic() + RELAY_GRACE * self.timeout)
+        for owner, s in silent.items():
+            truth = canonical.chunk_hashes(self._slice(merged, s))
+            if self.owners.merger(s) == owner:
+                data = self._await(partial(self.inbox.merged, round, attempt, s), until)
+                got = None if data is None else canonical.chunk_hashes(data)
+            else:
+                got = self._await(partial(self.inbox.merged_hashes, round, attempt, s), until)
+            if got is None:
+                self.accused.setdefault(owner, f"sent nothing for segment {s}, even after a relay")
+            elif got != truth:
+                self.accused[owner] = f"sent segment {s} merged wrongly"
+
+    def _rows_of(self, segment: int) -> list[Vector]:
+        """Every participant's row of `segment`, in participant order, each fetched from its
+        contributor or else from the segment's owners, and checked against the contributor's
+        commitment; MissingContributions naming the contributors nobody served."""
+        rows: list[Vector] = []
+        refused: list[str] = []
+        for p in self.attempt.participants:
+            if p == self.me:
+                rows.append(self._slice(self.update, segment))
+                continue
+            sources = dict.fromkeys([p, *self.owners.owners(segment)])
+            sources.pop(self.me, None)
+            row = None
+            for source in sources:
+                try:
+                    row = self._fetch_row(source, p, segment)
+                    break
+                except PeerError as exc:
+                    log.info(
+                        "%s: %s's row of segment %d from %s: %s", self.me, p, segment, source, exc
+                    )
+            if row is None:
+                refused.append(p)
+                self.accused[p] = f"refused its committed rows of segment {segment}"
+            else:
+                rows.append(row)
+        if refused:
+            raise MissingContributions(f"check of segment {segment}", refused)
+        return rows
+
+    def _relay_to(self, owner: str) -> None:
+        """Asks a silent owner whom it waits for and sends it those rows, fetched from their
+        contributors and checked against their commitments. Its answer only says where to
+        look: a contributor that refuses this node too is accused, never on the owner's
+        word alone (docs/round-protocol.md#relays)."""
+        try:
+            reply = self.transport.info(owner, INFO_TIMEOUT, round=self.attempt.round)
+        except PeerError:
+            return
+        known = set(self.attempt.participants)
+        for contributor in (p for p in reply.waiting_for if p in known and p != owner):
+            for s in self.owners.owned_by(owner):
+                try:
+                    if contributor == self.me:
+                        row, hashes = self._slice(self.update, s), self.hashes
+                    else:
+                        row = self._fetch_row(contributor, contributor, s)
+                        hashes = self._hash_lists[contributor]
+                except PeerError:
+                    self.accused[contributor] = f"withheld its rows of segment {s} from {owner}"
+                    break
+                with contextlib.suppress(PeerError):
+                    frames = self._row_frames(row, s, contributor, hashes)
+                    elements = self.transport.push(owner, frames, self._left())
+                    self.traffic.sent += elements * canonical.ELEMENT_BYTES + len(hashes)
 
     # ------------------------------------------------------------------ parts
 
-    def _frames(self, vector: npt.NDArray[np.float32], segment: int, kind: Kind) -> FrameSource:
-        """Segment `segment` of `vector` as frames; an update's first frame carries this
-        node's chunk-hash list, which the owner checks against its commitment."""
+    def _fetch_row(self, source: str, contributor: str, segment: int) -> Vector:
+        """`contributor`'s row of `segment`, from `source`, checked against the
+        contributor's commitment; once per attempt, whoever asks for it again. One fetch
+        gets at most a quarter of the attempt, so a peer that stalls cannot use it all."""
+        known = self._fetched.get((contributor, segment))
+        if known is not None:
+            return known
+        chunks = self.owners.chunks[segment]
+        commitment = self.attempt.commitments[contributor]
+        timeout = min(self._left(), max(1.0, 0.25 * self.timeout))
+        values, hashes = self.transport.fetch_update(
+            source, self.attempt.round, contributor, chunks, self.numel, commitment, timeout
+        )
+        self._fetched[(contributor, segment)] = values
+        self._hash_lists[contributor] = hashes
+        self.traffic.received += values.nbytes + len(hashes)
+        return values
+
+    def _lacking(
+        self, wanted: list[tuple[int, str]], rows: dict[int, dict[str, Vector]]
+    ) -> list[tuple[int, str]]:
+        return [(s, p) for s, p in wanted if p not in rows[s]]
+
+    def _collect(
+        self, wanted: list[tuple[int, str]], rows: dict[int, dict[str, Vector]], until: float
+    ) -> None:
+        for s, p in wanted:
+            got = self._await(partial(self.inbox.update, self.attempt.round, p, s), until)
+            if got is not None:
+                rows[s][p] = got
+                self.traffic.received += got.nbytes + len(self.hashes)
+
+    def _slice(self, vector: Vector, segment: int) -> Vector:
+        span = canonical.element_range(self.owners.chunks[segment], self.numel)
+        return vector[span.start : span.stop]
+
+    def _place(self, merged: Vector, segment: int, values: Vector) -> None:
+        span = canonical.element_range(self.owners.chunks[segment], self.numel)
+        merged[span.start : span.stop] = values
+
+    def _frames(self, segment: int) -> FrameSource:
+        """Segment `segment` of this node's update; the first frame carries this node's
+        chunk-hash list, which the owner checks against its commitment."""
         return partial(
             frames_for,
-            vector,
-            self.owned[segment],
-            kind=kind,
+            self.update,
+            self.owners.chunks[segment],
+            kind=Kind.UPDATE,
             round=self.attempt.round,
             attempt=self.attempt.attempt,
             segment=segment,
             sender=self.me,
-            chunk_hashes=self.hashes if kind == Kind.UPDATE else b"",
+            chunk_hashes=self.hashes,
             frame_chunks=self.frame_chunks,
         )
+
+    def _merged_frames(self, merged: Vector, segment: int) -> FrameSource:
+        return partial(
+            frames_for,
+            merged,
+            self.owners.chunks[segment],
+            kind=Kind.MERGED,
+            round=self.attempt.round,
+            attempt=self.attempt.attempt,
+            segment=segment,
+            sender=self.me,
+            frame_chunks=self.frame_chunks,
+        )
+
+    def _hashes_frame(self, segment: int, hashes: bytes) -> Frame:
+        return merged_hashes_frame(
+            round=self.attempt.round,
+            attempt=self.attempt.attempt,
+            segment=segment,
+            sender=self.me,
+            chunk_hashes=hashes,
+            numel=self.numel,
+        )
+
+    def _row_frames(
+        self, row: Vector, segment: int, contributor: str, hashes: bytes
+    ) -> FrameSource:
+        return partial(
+            frames_for_row,
+            row,
+            self.owners.chunks[segment],
+            self.numel,
+            kind=Kind.UPDATE,
+            round=self.attempt.round,
+            attempt=self.attempt.attempt,
+            segment=segment,
+            sender=contributor,
+            chunk_hashes=hashes,
+            frame_chunks=self.frame_chunks,
+        )
+
+    def _left(self) -> float:
+        return max(0.5, self._at(1.0) - time.monotonic())
 
     def _push(
         self, pool: ThreadPoolExecutor, peer: str, frames: FrameSource, extra: int = 0
@@ -243,7 +522,7 @@ class AllReduceRunner:
         """Sends in a worker thread; the future's result is the bytes sent."""
 
         def send() -> int:
-            elements = self.transport.push(peer, frames, self.timeout)
+            elements = self.transport.push(peer, frames, self._left())
             return elements * canonical.ELEMENT_BYTES + extra
 
         future = pool.submit(send)
@@ -279,36 +558,6 @@ class AllReduceRunner:
             with contextlib.suppress(PeerError):
                 sent += push.result()
         return sent
-
-    def _blame(self, silent: Sequence[str]) -> tuple[list[str], str]:
-        """Whom to vote out for the owners whose merged segments are
-        missing, and why (docs/round-protocol.md#faults-and-votes).
-
-        An owner cannot merge, so cannot send, while a contribution to its segment is
-        missing: blaming the owner would drop a live node for another's fault, and with fewer
-        segments than nodes the dead peer's own contributors may be too few to outvote it. So
-        each silent owner is asked whom it still waits for; those are blamed instead. An
-        owner that does not answer, or waits for nobody, is the one to blame. (A crashed or
-        slow owner is what this protocol defends against; a lying one is outside the threat
-        model, docs/trust.md#threat-model.)
-        """
-        blamed: list[str] = []
-        reasons: list[str] = []
-        for owner in silent:
-            try:
-                reply = self.transport.info(owner, BLAME_TIMEOUT, round=self.attempt.round)
-            except PeerError:
-                reply = None
-            known = self.attempt.participants
-            waiting = [p for p in reply.waiting_for if p in known] if reply else []
-            if not waiting:
-                culprits = [owner]
-                reasons.append(owner)
-            else:  # empty if only ours is missing there: the others will blame us
-                culprits = [p for p in waiting if p != self.me]
-                reasons.append(f"{owner} (waits for {', '.join(waiting)})")
-            blamed.extend(c for c in culprits if c not in blamed)
-        return blamed, ", ".join(reasons)
 
     def _timed(self, phase: str, run: Callable[[], T]) -> T:
         started = time.perf_counter()

@@ -234,7 +234,9 @@ class Round:
         self._count(reduced)
         self._reduced = (attempt, reduced)
         self._chain(partial(self.ledger.report, state.number, attempt.attempt, reduced.digest))
-        return self._wait_moved(state)
+        for peer, why in reduced.accused.items():
+            log.warning("%s: round %d attempt %d: %s %s", *self._where(state), peer, why)
+        return self._wait_moved(state, tuple(reduced.accused))
 
     def _transfer(self, state: RoundState, attempt: Attempt) -> AllReduceResult | None:
         """This attempt's all-reduce, bounded by its transfer deadline; None if abandoned
@@ -405,10 +407,11 @@ class Round:
             if not self._expire_if_due(state):
                 self.settings.sleep(self.settings.poll)
 
-    def _wait_moved(self, seen: RoundState) -> RoundState:
+    def _wait_moved(self, seen: RoundState, accused: tuple[str, ...] = ()) -> RoundState:
         """Until the round ends or leaves `seen`'s attempt, or stopping says to stop waiting;
-        votes out peers that have not reported and expires the round when their deadlines
-        pass, so nothing waits forever."""
+        votes out the peers this node saw fail it (`accused`) once drop votes count, and
+        those that have not reported once that is overdue, and expires the round when its
+        deadline passes, so nothing waits forever."""
         voted: set[str] = set()
         while True:
             state = self.ledger.round(seen.number)
@@ -418,6 +421,11 @@ class Round:
                 return state
             if self._expire_if_due(state):
                 continue
+            allowed = state.drop_allowed_at(self.params)
+            due = [p for p in accused if p not in voted and p in state.live_participants]
+            if due and allowed is not None and self.ledger.now() >= allowed:
+                self._vote_out(state, due)
+                voted.update(due)
             overdue = state.report_overdue_at(self.params)
             if overdue is not None and self.ledger.now() >= overdue:
                 silent = [
@@ -555,6 +563,7 @@ def _attempt_of(state: RoundState) -> Attempt:
         participants=live,
         weights=tuple(seats[p].weight for p in live),
         commitments={p: seats[p].commitment for p in live},
+        seed=state.seed,
     )
 
 

@@ -19,6 +19,7 @@ from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
 from swarmnode.p2p.roster import PeerRecord, Roster
 
 A, B = "0x" + "0a" * 20, "0x" + "0b" * 20
+C = "0x" + "0c" * 20  # the checker of the segments A merges
 NUMEL = 10 * canonical.CHUNK_ELEMENTS
 
 
@@ -35,7 +36,7 @@ def test_a_new_attempt_mid_stream_makes_the_rest_stale_and_keeps_received_update
     transport, inbox = setup()
     vector = np.random.default_rng(1).standard_normal(NUMEL).astype(np.float32)
     hashes = canonical.chunk_hashes(vector)
-    inbox.expect_updates(1, 1, range(4, 8), NUMEL, {A: canonical.digest(vector)}, attempt=1)
+    inbox.expect_updates(1, {1: range(4, 8)}, NUMEL, {A: canonical.digest(vector)}, attempt=1)
 
     def attempt_one() -> Iterator[Frame]:
         frames = frames_for(
@@ -51,7 +52,7 @@ def test_a_new_attempt_mid_stream_makes_the_rest_stale_and_keeps_received_update
         )
         yield next(frames)  # chunks 4-5 arrive in attempt 1
         # a drop lands on chain: attempt 2 starts, and this node now owns chunks 2-5
-        inbox.expect_updates(1, 0, range(2, 6), NUMEL, {A: canonical.digest(vector)}, attempt=2)
+        inbox.expect_updates(1, {0: range(2, 6)}, NUMEL, {A: canonical.digest(vector)}, attempt=2)
         yield from frames
 
     with pytest.raises(Stale):
@@ -74,7 +75,7 @@ def test_a_new_attempt_mid_stream_makes_the_rest_stale_and_keeps_received_update
         ),
         timeout=5,
     )
-    got = inbox.update(1, A, timeout=1)
+    got = inbox.update(1, A, 0, timeout=1)
     span = canonical.element_range(range(2, 6), NUMEL)
     assert got is not None and np.array_equal(got, vector[span.start : span.stop])
 
@@ -95,21 +96,21 @@ def test_merged_data_of_a_future_attempt_waits_and_of_a_past_one_is_refused() ->
             frame_chunks=2,
         )
 
-    inbox.expect_merged(1, 1, {A: (0, range(0, 5))}, NUMEL)
+    inbox.expect_merged(1, 1, {0: (A, C, range(0, 5))}, NUMEL)
     with pytest.raises(NotReady):
         transport.push(B, lambda: frames(2), timeout=0.1)
 
     def first_then_new_attempt() -> Iterator[Frame]:
         stream = frames(1)
         yield next(stream)
-        inbox.expect_merged(1, 2, {A: (0, range(0, 5))}, NUMEL)
+        inbox.expect_merged(1, 2, {0: (A, C, range(0, 5))}, NUMEL)
         yield from stream
 
     with pytest.raises(Stale):
         transport.push(B, first_then_new_attempt, timeout=5)
-    assert inbox.merged(1, 2, A, timeout=0.05) is None  # nothing of attempt 1 leaked into 2
+    assert inbox.merged(1, 2, 0, timeout=0.05) is None  # nothing of attempt 1 leaked into 2
     transport.push(B, lambda: frames(2), timeout=5)
-    got = inbox.merged(1, 2, A, timeout=1)
+    got = inbox.merged(1, 2, 0, timeout=1)
     assert got is not None and np.array_equal(got, merged[: 5 * canonical.CHUNK_ELEMENTS])
     assert inbox.refused == 0
 
@@ -120,10 +121,10 @@ def test_a_late_expectation_of_an_older_attempt_does_not_undo_the_newer_one() ->
     transport, inbox = setup()
     merged = np.arange(NUMEL, dtype=np.float32)
     commitment = {A: canonical.digest(merged)}
-    inbox.expect_updates(1, 0, range(0, 10), NUMEL, commitment, attempt=2)
-    inbox.expect_merged(1, 2, {A: (0, range(0, 5))}, NUMEL)
-    inbox.expect_updates(1, 1, range(5, 10), NUMEL, commitment, attempt=1)  # late, older
-    inbox.expect_merged(1, 1, {A: (0, range(0, 10))}, NUMEL)  # late, older
+    inbox.expect_updates(1, {0: range(0, 10)}, NUMEL, commitment, attempt=2)
+    inbox.expect_merged(1, 2, {0: (A, C, range(0, 5))}, NUMEL)
+    inbox.expect_updates(1, {1: range(5, 10)}, NUMEL, commitment, attempt=1)  # late, older
+    inbox.expect_merged(1, 1, {0: (A, C, range(0, 10))}, NUMEL)  # late, older
     transport.push(
         B,
         lambda: frames_for(
@@ -138,6 +139,6 @@ def test_a_late_expectation_of_an_older_attempt_does_not_undo_the_newer_one() ->
         ),
         timeout=5,
     )
-    got = inbox.merged(1, 2, A, timeout=1)
+    got = inbox.merged(1, 2, 0, timeout=1)
     assert got is not None and np.array_equal(got, merged[: 5 * canonical.CHUNK_ELEMENTS])
     assert inbox.waiting_for(1) == [normalize(A)]  # still segment 0 of attempt 2 it waits for
