@@ -378,7 +378,10 @@ class Inbox:
         with self._lock:
             if normalize(sender) == self.account and round in self._offered:
                 return len(self._offered[round][0])
-            return self._updates[round].numel
+            expected = self._updates.get(round)
+            if expected is None:  # finished while the answer was being prepared
+                raise Stale(f"round {round} is over here")
+            return expected.numel
 
     # ------------------------------------------------------------------ receiving
 
