@@ -76,7 +76,8 @@ class Transport(ABC):
         list against `commitment`, every chunk against the list, each chunk exactly once, all
         of `chunks` and nothing outside them; else InvalidMessage naming the peer. Any other
         refusal (NotFound, NotReady, Unauthorized, a dead peer) is the PeerError it is: no
-        retry here, the caller asks someone else."""
+        retry here, the caller asks someone else. `chunks` outside the model is the caller's
+        mistake: ConfigError, before anything is sent."""
         who = normalize(sender)
         update = _Assembly(
             peer,
