@@ -4,11 +4,14 @@ Run: .venv/bin/python simulations/round_benchmark.py [--sizes 10,100] [--nodes 2
      [--rules mean,geometric_median]
 
 For each model size (MB of float32), node count and merge rule, one full round (join,
-close, reduce-scatter, partial-sum exchanges, all-gather, report, final) runs with every
-node in its own thread, and the script prints the bytes each node sent and received as a
-multiple of the model size (the target is about 2(n-1)/n, at most 2.2 at n = 8) and the
-round's wall time split into chain, transfer and merge (medians over the nodes). All nodes
-share this process and its two cores, so times are an upper bound for separate machines.
+close, reduce-scatter to both owners of every segment, merge, checked all-gather, report,
+final) runs with every node in its own thread, and the script prints the most bytes any
+node sent and received as a multiple of the model size, next to what the two-owner scheme
+should move, (3n-4)/n, and what an all-reduce with one unchecked owner per segment moves,
+2(n-1)/n: their ratio is what checking every segment costs in bytes
+(docs/round-protocol.md#data-plane). Also the round's wall time split into chain, transfer
+and merge (medians over the nodes). All nodes share this process and its two cores, so times
+are an upper bound for separate machines.
 """
 
 from __future__ import annotations
@@ -89,7 +92,9 @@ def main() -> None:
         "rule",
         "sent / model",
         "received / model",
-        "target",
+        "checked (3n-4)/n",
+        "one owner 2(n-1)/n",
+        "sent / one owner",
         "chain s",
         "transfer s",
         "merge s",
@@ -116,7 +121,9 @@ def main() -> None:
                     name,
                     f"{sent:.3f}",
                     f"{received:.3f}",
+                    f"{(3 * n - 4) / n:.3f}",
                     f"{2 * (n - 1) / n:.3f}",
+                    f"{sent / (2 * (n - 1) / n):.2f}x",
                     f"{median('chain'):.2f}",
                     f"{median('transfer'):.2f}",
                     f"{median('merge'):.2f}",
