@@ -12,6 +12,7 @@ own rows.
 
 from __future__ import annotations
 
+import gc
 import secrets
 import threading
 import tracemalloc
@@ -228,6 +229,7 @@ def test_unexpected_checks_and_relays_make_the_inbox_hold_nothing(nodes: list[No
                 with pytest.raises(refusal):
                     attacker.transport.push(receiver.account, lambda f=frames: f, TIMEOUT)
         assert receiver.inbox.held_bytes() == 0
+        gc.collect()  # a refusal's traceback cycle frees its frame only when collected
         retained = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
