@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from swarmnode import canonical
+from swarmnode.address import normalize
 from swarmnode.allreduce import AllReduceRunner, Attempt
 from swarmnode.merge import make_rule
+from swarmnode.ownership import Owners
 from swarmnode.p2p.faults import Fault, FaultyTransport, InjectedCrash
 from swarmnode.p2p.frames import Frame
 from swarmnode.p2p.inbox import Inbox
@@ -25,8 +27,14 @@ from swarmnode.rules import MergeRuleId, Rule
 N = 5
 NUMEL = 12 * canonical.CHUNK_ELEMENTS + 5
 TIMEOUT = 2.0  # the survivors wait this long for the victim; it must die well before
-OWNED = canonical.segments(canonical.num_chunks(NUMEL), N)  # the victim is the last owner
-UPDATE_FRAMES = sum(len(chunks) for chunks in OWNED[:-1])  # one chunk per frame
+ACCOUNTS = [f"0x{i:040x}" for i in range(1, N + 1)]  # the victim is the last one
+OWNERS = Owners.of(ACCOUNTS, b"", 1, NUMEL)  # attempt 1 of a round with no seed
+VICTIM_MERGES = OWNERS.chunks[OWNERS.merged_by(ACCOUNTS[-1])]
+# one chunk per frame, to every owner of each segment but the victim itself
+UPDATE_FRAMES = sum(
+    len(OWNERS.chunks[s]) * sum(1 for o in OWNERS.owners(s) if o != normalize(ACCOUNTS[-1]))
+    for s in range(OWNERS.count)
+)
 
 
 class Tap(Transport):
@@ -63,7 +71,7 @@ class Tap(Transport):
 def run(die_at: str, rule: Rule | None = None) -> tuple[Tap, BaseException, float]:
     """All N nodes run one attempt; the last one dies at `die_at`. Returns what it sent, how
     it ended, and how long it took to end."""
-    accounts = [f"0x{i:040x}" for i in range(1, N + 1)]
+    accounts = ACCOUNTS
     network = MemoryNetwork(Roster(PeerRecord(a, "memory", a.encode()) for a in accounts))
     inboxes = [Inbox(a) for a in accounts]
     for inbox in inboxes:
@@ -149,5 +157,5 @@ def test_after_k_peers_the_merged_segment_reaches_exactly_k(peers: int) -> None:
     reached = kinds(tap, Kind.MERGED)
     targets = N - 2  # the merged segment goes to every peer but its checker
     assert len(set(reached)) == min(peers, targets)
-    assert len(reached) == len(OWNED[-1]) * min(peers, targets)  # the whole segment to each
+    assert len(reached) == len(VICTIM_MERGES) * min(peers, targets)  # the whole segment to each
     assert took < TIMEOUT / 2

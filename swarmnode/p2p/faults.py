@@ -39,7 +39,7 @@ class Fault:
     """Where a node dies: "before_reduce_scatter" (no update frame sent),
     "reduce_scatter:after_frames=N" (N update frames streamed in all, then nothing more) or
     "all_gather:after_peers=K" (the merged segment reaches exactly K peers, or every peer
-    when there are fewer)."""
+    it goes to, all but its checker, when there are fewer)."""
 
     phase: str
     count: int = 0
