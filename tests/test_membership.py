@@ -81,7 +81,7 @@ def test_the_roster_follows_registrations_and_deregistrations() -> None:
         assert b.transport.info(a.account, timeout=5).account == a.account
         vector = np.arange(3 * canonical.CHUNK_ELEMENTS, dtype=np.float32)
         a.inbox.expect_updates(
-            1, 0, range(0, 3), len(vector), {b.account: canonical.digest(vector)}
+            1, {0: range(0, 3)}, len(vector), {b.account: canonical.digest(vector)}
         )
         b.ledger.deregister()
         a.feed.refresh()
@@ -99,7 +99,7 @@ def test_the_roster_follows_registrations_and_deregistrations() -> None:
         )
         with pytest.raises(Unauthorized, match="not on the roster"):
             b.transport.push(a.account, lambda: frames, timeout=5)
-        assert a.inbox.update(1, b.account, timeout=0.05) is None
+        assert a.inbox.update(1, b.account, 0, timeout=0.05) is None
         # a new connection does not get past the TLS handshake any more
         fresh = GrpcTransport(b.account, b.identity.key_pem, b.identity.cert_pem, b.feed.roster)
         with pytest.raises(PeerError, match="UNAVAILABLE"):

@@ -57,7 +57,7 @@ def test_a_bandwidth_cap_paces_each_frame_in_proportion_to_its_bytes(cluster: Cl
         link = ShapedTransport(sender.transport, bandwidth=cap, sleep=asked.append)
         frames = update_frames(sender, vectors[sender.account], SEGMENTS[1])
         assert link.push(owner.account, partial(list, frames), timeout=10) == len(span)
-        got = owner.inbox.update(ROUND, sender.account, timeout=5)
+        got = owner.inbox.update(ROUND, sender.account, 1, timeout=5)
         assert got is not None  # the data went through, intact
         np.testing.assert_array_equal(got, vectors[sender.account][span.start : span.stop])
         sizes = [frame_bytes(f) for f in frames]
@@ -210,7 +210,7 @@ def digests(record: RoundRecord) -> set[str]:
 
 @pytest.mark.chain
 @pytest.mark.slow
-def test_three_nodes_two_rounds_joins_reports_one_finalization_and_about_4_3_of_the_model() -> None:
+def test_three_nodes_two_rounds_joins_reports_one_finalization_and_about_5_3_of_the_model() -> None:
     swarm = run(rounds=2, hidden=512, join_window=60, transfer_deadline=60)
     assert len(swarm.rounds) == 2
     for r in swarm.rounds:
@@ -219,7 +219,7 @@ def test_three_nodes_two_rounds_joins_reports_one_finalization_and_about_4_3_of_
         assert r.events["Joined"] == r.participants == 3
         assert r.events["Reported"] >= max(2, r.participants // 2 + 1)  # a quorum, mined
         assert r.events["RoundFinalized"] == 1 and "RoundFailed" not in r.events
-        assert 1.0 <= r.bytes_sent_per_node / r.model_bytes <= 1.5  # 2(n-1)/n = 1.33
+        assert 1.5 <= r.bytes_sent_per_node / r.model_bytes <= 1.8  # (3n-4)/n = 1.67
         # the round's transactions and gas are its receipts: one join each, the reports
         assert r.calls["join"] == r.events["Joined"]
         assert r.calls["report"] >= r.events["Reported"]
@@ -271,11 +271,15 @@ def test_nodes_that_sit_a_round_out_leave_fewer_participants_and_catch_up_after(
 
 @pytest.mark.chain
 @pytest.mark.slow
-def test_a_straggler_beyond_the_deadline_is_dropped_and_the_round_still_finalizes() -> None:
+def test_a_straggler_beyond_the_deadline_is_not_waited_for_and_its_update_still_counts() -> None:
+    """A node whose sends lag past the deadline still serves what it committed: the owners
+    fetch its rows at a quarter of the attempt, the others check its segments themselves at
+    half (docs/round-protocol.md#relays), so the round finalizes in its first attempt with
+    its update merged and nobody dropped; it ends on the swarm's model."""
     (r,) = run(rounds=1, stragglers=[{"node": 2, "delay": 5}]).rounds
-    assert r.faults["dropped"] == [2] and r.events["Dropped"] == 1
-    assert r.faults["attempts"] == 2 and r.participants == 2
+    assert r.faults["dropped"] == [] and "Dropped" not in r.events
+    assert r.faults["attempts"] == 1 and r.participants == 3
     assert r.events["RoundFinalized"] == 1 and "RoundFailed" not in r.events
-    # it catches up once the round is final, so it still ends on the swarm's model
-    assert statuses(r) == ["final", "final", "caught_up"]
+    assert r.checked > 0  # its segments were checked by the others, not waited for
+    assert set(statuses(r)) <= {"final", "caught_up"}
     assert r.digest_agreed and len(digests(r)) == 1
