@@ -46,6 +46,10 @@ class _Result(Protocol):
     def transactions(self) -> int: ...
     @property
     def gas(self) -> int: ...
+    @property
+    def checked(self) -> int: ...
+    @property
+    def accused(self) -> Iterable[str]: ...
 
 
 class Step(Protocol):
@@ -84,6 +88,8 @@ class NodeRoundRecord:
     transactions: int = 0  # this node sent in the round
     gas: int = 0  # what those of them that were mined used, from their receipts
     val_loss: float | None = None
+    checked: int = 0  # segments its all-reduce re-merged itself (owners disagreed or silent)
+    accused: list[str] = field(default_factory=list)  # peers it saw fail it (evidence)
     receipts: int | None = None  # mined transactions the daemon counted from its receipts
     time: float | None = None  # when the daemon logged it (seconds since the epoch)
     node: int | None = None  # the simulator's number for the node, from 0
@@ -107,6 +113,8 @@ class NodeRoundRecord:
             transactions=result.transactions,
             gas=result.gas,
             val_loss=outcome.val_loss,
+            checked=result.checked,
+            accused=list(result.accused),
             **known,
         )
 

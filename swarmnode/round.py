@@ -111,6 +111,8 @@ class RoundResult:
     traffic: Traffic = field(default_factory=Traffic)
     transactions: int = 0
     gas: int = 0  # what this node's mined transactions of the round used, from receipts
+    checked: int = 0  # segments its last all-reduce checked itself (AllReduceResult.checked)
+    accused: tuple[str, ...] = ()  # peers its last all-reduce saw fail it (evidence, not votes)
 
 
 class Round:
@@ -493,6 +495,8 @@ class Round:
             self.traffic,
             self.transactions,
             gas,
+            0 if self._reduced is None else self._reduced[1].checked,
+            () if self._reduced is None else tuple(self._reduced[1].accused),
         )
 
 
