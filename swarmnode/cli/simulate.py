@@ -88,9 +88,11 @@ def run(
     local_batches: int | None = LocalBatchesOption,
     merge_rule: str | None = typer.Option(None, help="mean, median, trimmed_mean, krum, ..."),
     seed: int | None = typer.Option(None, help="Seed of the split, the data order and init."),
-    byzantine: int | None = typer.Option(None, help="Nodes that poison their contributions."),
+    byzantine: int | None = typer.Option(None, help="The last nodes, which run --attack."),
     attack: str | None = typer.Option(
-        None, help="none, sign_flip, noise, label_flip, alie or ipm (with --byzantine)."
+        None,
+        help="With --byzantine: poisoned contributions (sign_flip, noise, label_flip, alie, "
+        "ipm) or lies in messages (forge_partials, lying_owner, false_blame, withhold_one).",
     ),
     processes: bool | None = typer.Option(
         None,
@@ -143,7 +145,9 @@ def sweep(
     byzantine: int | None = typer.Option(None, help="Byzantine nodes in each attacked cell."),
     rules: str | None = typer.Option(None, help="Merge rules, comma-separated (default: 4)."),
     attacks: str | None = typer.Option(
-        None, help="Attacks, comma-separated (default: none,sign_flip,alie)."
+        None,
+        help="Attacks, comma-separated (default: none,sign_flip,alie; protocol attacks: "
+        "forge_partials, lying_owner, false_blame, withhold_one).",
     ),
     seeds: str | None = typer.Option(None, help="Seeds, comma-separated (default: 0,1,2)."),
     datasets: str | None = typer.Option(None, help="Data sets, comma-separated (default: both)."),

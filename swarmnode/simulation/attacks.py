@@ -1,9 +1,12 @@
 """Byzantine nodes, for the simulator's attack scenarios.
 
-A Byzantine node attacks only through what it contributes (docs/simulator.md#attacks; what
-the protocol does and does not defend: docs/trust.md#threat-model): it takes part
-in every round by the protocol's rules and commits to and sends a poisoned vector. The robust
-merge rules are what stand against it. Five attacks:
+Two kinds (docs/simulator.md#attacks; what the protocol does and does not defend:
+docs/trust.md#threat-model). A contribution attacker takes part in every round by the
+protocol's rules and commits to and sends a poisoned vector; the robust merge rules are what
+stand against it. A protocol attacker (`PROTOCOL_ATTACKS`, `ProtocolAttackers`) contributes
+its honest update and lies in messages instead, through swarmnode/p2p/byzantine.py's
+wrappers; the checked owners, relays and evidence-only votes are what stand against it.
+Five contribution attacks:
 
 - ``sign_flip``: sends the last merged model minus ``scale`` x its honest update.
 - ``noise``: sends Gaussian noise of ``scale`` standard deviations around the last merged model.
@@ -22,6 +25,18 @@ merge rules are what stand against it. Five attacks:
   close to each other and to every honest one, so distance-based rules pick them; a large
   epsilon (about the node count) drags the mean and coordinate-wise rules backwards. The
   scenario's ``attack_scale`` is epsilon.
+
+Four protocol attacks (the scenario's ``attack_scale`` is the shift, 1.0 by default):
+
+- ``forge_partials``: partial sums no longer exist on the wire, so it forges what numbers it
+  still sends: update frames whose values do not match its commitment, and merged data
+  shifted for every other participant.
+- ``lying_owner``: merges its segments wrongly and consistently (every merged value shifted),
+  so its merger data and its checker hashes agree with each other and with nothing else.
+- ``false_blame``: sends no merged data and no hashes, and answers ``Info`` naming an honest
+  participant (node 0) as the one it waits for.
+- ``withhold_one``: sends its update rows to every owner but one honest participant
+  (node 0), whichever segments that one owns; serves everything else.
 """
 
 from __future__ import annotations
@@ -30,7 +45,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from statistics import NormalDist
 
 import numpy as np
@@ -38,15 +53,27 @@ import numpy.typing as npt
 import torch
 
 from swarmnode.exceptions import ConfigError
+from swarmnode.merge import MergeRule
+from swarmnode.p2p.byzantine import Lies, LyingInbox, LyingRule, LyingTransport
+from swarmnode.p2p.inbox import Inbox
+from swarmnode.p2p.transport import Transport
 
 Vector = npt.NDArray[np.float32]
 Attack = Callable[[Vector, Vector], Vector]  # (honest snapshot, last merged model) -> sent
 
-ATTACKS = ("none", "sign_flip", "noise", "label_flip", "alie", "ipm")
+PROTOCOL_ATTACKS = ("forge_partials", "lying_owner", "false_blame", "withhold_one")
+"""Attacks that lie in messages, not in the contribution (`ProtocolAttackers`)."""
+ATTACKS = ("none", "sign_flip", "noise", "label_flip", "alie", "ipm", *PROTOCOL_ATTACKS)
 COLLUDING = ("alie", "ipm")  # attacks whose nodes share their honest updates (`Colluders`)
 
 IPM_EPSILON = 0.1
-SCALES = {"sign_flip": 4.0, "noise": 4.0, "ipm": IPM_EPSILON}
+SCALES = {
+    "sign_flip": 4.0,
+    "noise": 4.0,
+    "ipm": IPM_EPSILON,
+    "forge_partials": 1.0,
+    "lying_owner": 1.0,
+}
 """Each sized attack's scale when the scenario names none (its ``attack_scale``)."""
 
 
@@ -162,10 +189,11 @@ def make_attack(
     member: int = 0,
 ) -> Attack | None:
     """One Byzantine node's contribution hook; None where it sends its honest update (no
-    attack, or `label_flip`, whose harm is in its training data). `alie` and `ipm` need the
+    attack, `label_flip`, whose harm is in its training data, or a protocol attack, whose
+    harm is in its messages). `alie` and `ipm` need the
     `colluders` they belong to and their `member` number there; `scale` None is the
     attack's default (`SCALES`)."""
-    if name in ("none", "label_flip"):
+    if name in ("none", "label_flip", *PROTOCOL_ATTACKS):
         return None
     rng = np.random.default_rng(seed)
     scale = attack_scale(name, scale)
@@ -201,3 +229,50 @@ def byzantine_hooks(
         make_attack(attack, seed=seed * 1000 + i, scale=scale, colluders=colluders, member=i)
         for i in range(byzantine)
     ]
+
+
+class ProtocolAttackers:
+    """How the last `byzantine` of `nodes` virtual nodes lie in messages for a protocol
+    attack (none for any other attack): what the in-process runners build each node's inbox
+    (its server side), transport (client side) and merge rule with. An honest node gets
+    what it would have had; an attacker gets swarmnode/p2p/byzantine.py's wrappers."""
+
+    def __init__(self, attack: str, nodes: int, byzantine: int, scale: float | None) -> None:
+        self.attack = attack
+        self.first = nodes - byzantine if attack in PROTOCOL_ATTACKS else nodes
+        self.shift = attack_scale(attack, scale)
+        self._lies: dict[int, Lies] = {}
+
+    def attacks(self, node: int) -> bool:
+        return node >= self.first
+
+    def lies(self, node: int, accounts: Sequence[str]) -> Lies:
+        """Attacker `node`'s lies, given every node's account (the honest participant it
+        blames or withholds from is node 0)."""
+        honest, others = accounts[0], [a for i, a in enumerate(accounts) if i != node]
+        if self.attack == "forge_partials":
+            return Lies(forge_updates=True, tamper_merged_to=frozenset(others), shift=self.shift)
+        if self.attack == "false_blame":
+            return Lies(withhold_merged=True, claims_waiting_for=(honest,))
+        if self.attack == "withhold_one":
+            return Lies(withhold_updates_from=frozenset([honest]))
+        return Lies()  # lying_owner lies in its merge rule alone
+
+    def inbox(self, node: int, accounts: Sequence[str]) -> Inbox:
+        """Node `node`'s inbox; an attacker's answers Info and FetchUpdate as it lies. Its
+        lies are kept for `transport`, which the node is built with after its inbox."""
+        if not self.attacks(node):
+            return Inbox(accounts[node])
+        self._lies[node] = self.lies(node, accounts)
+        return LyingInbox(accounts[node], self._lies[node])
+
+    def transport(self, node: int, transport: Transport) -> Transport:
+        """Node `node`'s client side: an attacker's lies in what it pushes."""
+        lies = self._lies.get(node)
+        return transport if lies is None or lies == Lies() else LyingTransport(transport, lies)
+
+    def rule(self, node: int, rule: MergeRule) -> MergeRule:
+        """Node `node`'s merge rule: a lying owner's shifts all it merges."""
+        if self.attack == "lying_owner" and self.attacks(node):
+            return LyingRule(rule, self.shift)
+        return rule

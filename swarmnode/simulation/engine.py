@@ -20,14 +20,16 @@ import numpy.typing as npt
 from torch.utils.data import TensorDataset
 
 from swarmnode import canonical
+from swarmnode.address import normalize
 from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.contract import ContractLedger
 from swarmnode.node import NodeRound, SwarmNode
 from swarmnode.records import NodeRoundRecord
 from swarmnode.round import RoundResult, RoundSettings
-from swarmnode.simulation.attacks import byzantine_hooks
+from swarmnode.simulation.attacks import ProtocolAttackers, byzantine_hooks
 from swarmnode.simulation.chainlog import ChainLog
 from swarmnode.simulation.data import Dataset
+from swarmnode.simulation.faults import nodes_of
 from swarmnode.simulation.injector import FaultInjector, shaped
 from swarmnode.simulation.local import (
     LocalPeer,
@@ -73,12 +75,14 @@ def run_tasks(
     go in node order on both (swarmnode.simulation.turns), so both end with the same bits."""
     initial = LocalTrainer(tasks[0], "cpu", 0, init_seed=scenario.seed).snapshot()
     params = scenario.swarm_params(len(tasks), canonical.digest(initial))
+    s = scenario
+    liars = ProtocolAttackers(s.attack, len(tasks), s.byzantine, s.attack_scale)
     if backend == "grpc":
-        swarm = grpc_swarm(params, len(tasks), server_workers=4)
+        swarm = grpc_swarm(params, len(tasks), server_workers=4, inboxes=liars.inbox)
     else:
-        swarm = memory_swarm(params, len(tasks), clock=time.monotonic)
+        swarm = memory_swarm(params, len(tasks), clock=time.monotonic, inboxes=liars.inbox)
     try:
-        run = _Run(scenario, tasks, test_set, swarm, backend)
+        run = _Run(scenario, tasks, test_set, swarm, backend, liars)
         run.model_bytes = len(initial) * canonical.ELEMENT_BYTES  # what a node holds
         records: list[RoundRecord] = []
         for k in range(1, scenario.rounds + 1):
@@ -99,8 +103,11 @@ class _Run:
         test_set: Data,
         swarm: LocalSwarm,
         backend: Backend,
+        liars: ProtocolAttackers,
     ) -> None:
         self.scenario = scenario
+        self.liars = liars
+        self.accounts = [normalize(a) for a in swarm.accounts]
         self.tasks = tasks
         self.test_set = test_set
         self.backend = backend
@@ -114,9 +121,12 @@ class _Run:
         self.chain_log = ChainLog(self.ledgers)
 
     def _make_node(self, i: int, peer: LocalPeer) -> SwarmNode:
-        return SwarmNode(
+        """Node i on `peer`; a protocol attacker lies in what it pushes and how it merges
+        (its inbox, the server side, lies already: the swarm was built with liars.inbox)."""
+        transport = self.liars.transport(i, peer.transport)
+        node = SwarmNode(
             ledger=OrderedJoins(peer.ledger, self.turns, i),
-            transport=shaped(self.scenario, i, peer.transport),  # slow links, stragglers
+            transport=shaped(self.scenario, i, transport),  # slow links, stragglers
             inbox=peer.inbox,
             task=self.tasks[i],
             device="cpu",
@@ -124,6 +134,8 @@ class _Run:
             init_seed=self.scenario.seed,
             settings=RoundSettings(poll=0.01),
         )
+        node.syncer.rule = self.liars.rule(i, node.syncer.rule)
+        return node
 
     def _arm_byzantine(self) -> None:
         """The last `byzantine` nodes send their attack's vector instead of their update."""
@@ -168,10 +180,18 @@ class _Run:
             accuracy=evaluation["accuracy"],
             loss=evaluation["loss"],
             per_node=self._node_records(number, outcomes),
+            checked=sum(o.result.checked for i, o in present.items() if not self.liars.attacks(i)),
+            accused=self._accused(present),
             faults=self.faults.summary(k, self.ledgers[0].round(number)),
             events=self.chain_log.events(number),
             calls=self.chain_log.calls(),
         )
+
+    def _accused(self, present: dict[int, NodeRound]) -> list[int]:
+        """The nodes that at least one honest node accused in the round (what it saw itself:
+        a wrong merge, silence after a relay, refused rows), whether or not it was voted out."""
+        honest = [o.result for i, o in present.items() if not self.liars.attacks(i)]
+        return nodes_of(self.accounts, [normalize(a) for r in honest for a in r.accused])
 
     def _node_records(self, number: int, outcomes: list[NodeRound | None]) -> list[NodeRoundRecord]:
         """Each node's record of round `number`; an away node's says why (faults.status)."""

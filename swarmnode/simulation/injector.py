@@ -23,7 +23,6 @@ from swarmnode.membership import RosterFeed
 from swarmnode.node import NodeRound, SwarmNode
 from swarmnode.p2p.faults import Fault, FaultyTransport, InjectedCrash
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
-from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
 from swarmnode.p2p.shaping import ShapedTransport
 from swarmnode.p2p.transport import Transport
@@ -146,7 +145,7 @@ class FaultInjector:
         """Node i as a freshly started process with the same identity and account."""
         old = self._swarm.peers[i]
         account = old.ledger.account
-        inbox = Inbox(account)
+        inbox = self._swarm.inboxes(i, self._swarm.accounts)  # an attacker's lies again
         server: PeerServer | None = None
         transport: Transport
         if old.server is not None:

@@ -5,13 +5,15 @@ identity, a roster fed from the contract's events and a gRPC server with mutual 
 127.0.0.1. `memory_swarm`: the in-memory ledger and transport, for fast runs. Either way
 each peer is registered and sees the others; `close()` stops every server and channel. Each
 peer's transport can be made to die on purpose (swarmnode.p2p.faults.FaultyTransport, idle
-until armed), which is how the simulator's crashes happen (docs/simulator.md#faults).
+until armed), which is how the simulator's crashes happen (docs/simulator.md#faults). Each
+peer's inbox comes from an `InboxFactory`, so a protocol attacker's server side can lie
+(swarmnode.simulation.attacks.ProtocolAttackers, docs/simulator.md#attacks).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
 
@@ -29,6 +31,13 @@ from swarmnode.rules import SwarmParams
 
 T = TypeVar("T")
 
+InboxFactory = Callable[[int, Sequence[str]], Inbox]
+"""Peer i's inbox, given every peer's account (a Byzantine peer's may lie in its answers)."""
+
+
+def honest_inbox(i: int, accounts: Sequence[str]) -> Inbox:
+    return Inbox(accounts[i])
+
 
 @dataclass
 class LocalPeer:
@@ -44,6 +53,11 @@ class LocalSwarm:
     peers: list[LocalPeer]
     chain: EmbeddedChain | InMemoryChain
     extra: dict[str, Any] = field(default_factory=dict)
+    inboxes: InboxFactory = honest_inbox  # how a restarted peer's fresh inbox is made
+
+    @property
+    def accounts(self) -> list[str]:
+        return [peer.ledger.account for peer in self.peers]
 
     def close(self) -> None:
         for peer in self.peers:
@@ -58,20 +72,27 @@ def restricted(params: SwarmParams) -> SwarmParams:
     return replace(params, restricted=True)
 
 
-def grpc_swarm(params: SwarmParams, n: int, *, server_workers: int = 8) -> LocalSwarm:
+def grpc_swarm(
+    params: SwarmParams,
+    n: int,
+    *,
+    server_workers: int = 8,
+    inboxes: InboxFactory = honest_inbox,
+) -> LocalSwarm:
     """n peers on a fresh embedded chain, talking gRPC with mutual TLS over loopback."""
     chain = EmbeddedChain()
     deployment, owner = chain.deploy(restricted(params))
     admin = chain.ledger(deployment, owner)
     peers: list[LocalPeer] = []
     feeds: list[RosterFeed] = []
-    swarm = LocalSwarm(peers, chain, {"deployment": deployment, "feeds": feeds})
+    swarm = LocalSwarm(peers, chain, {"deployment": deployment, "feeds": feeds}, inboxes)
     try:
-        for _ in range(n):
-            ledger = chain.ledger(deployment, chain.new_account())
+        ledgers = [chain.ledger(deployment, chain.new_account()) for _ in range(n)]
+        accounts = [ledger.account for ledger in ledgers]
+        for i, ledger in enumerate(ledgers):
             identity = TlsIdentity.generate(ledger.account)
             feed = RosterFeed(ledger)
-            inbox = Inbox(ledger.account)
+            inbox = inboxes(i, accounts)
             server = PeerServer(
                 ledger.account,
                 identity.key_pem,
@@ -96,7 +117,11 @@ def grpc_swarm(params: SwarmParams, n: int, *, server_workers: int = 8) -> Local
 
 
 def memory_swarm(
-    params: SwarmParams, n: int, *, clock: Callable[[], float] | None = None
+    params: SwarmParams,
+    n: int,
+    *,
+    clock: Callable[[], float] | None = None,
+    inboxes: InboxFactory = honest_inbox,
 ) -> LocalSwarm:
     """n peers on the in-memory ledger and transport; `clock` defaults to a manual clock."""
     chain = InMemoryChain(clock)
@@ -106,17 +131,18 @@ def memory_swarm(
     roster = Roster()
     network = MemoryNetwork(roster)
     peers = []
-    for i in range(n):
-        ledger = chain.ledger(address, chain.new_account())
+    ledgers = [chain.ledger(address, chain.new_account()) for _ in range(n)]
+    accounts = [ledger.account for ledger in ledgers]
+    for i, ledger in enumerate(ledgers):
         certificate = f"memory-certificate-{i}:{ledger.account.lower()}".encode()
         admin.allow(ledger.account)
         ledger.register(f"memory:{i}", certificate)
         roster.upsert(PeerRecord(ledger.account, f"memory:{i}", certificate))
-        inbox = Inbox(ledger.account)
+        inbox = inboxes(i, accounts)
         network.attach(inbox)
         transport = FaultyTransport(MemoryTransport(network, ledger.account))
         peers.append(LocalPeer(ledger, inbox, transport))
-    return LocalSwarm(peers, chain, {"network": network, "roster": roster})
+    return LocalSwarm(peers, chain, {"network": network, "roster": roster}, inboxes)
 
 
 def run_in_threads(jobs: list[Callable[[], T]], timeout: float | None = None) -> list[T]:

@@ -33,6 +33,10 @@ class RoundRecord:
     faults: dict[str, Any] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)  # the contract's, for this round
     calls: dict[str, int] = field(default_factory=dict)  # mined transactions, from receipts
+    # what the protocol did against liars: segments the honest nodes checked themselves
+    # (re-merged from their rows), and the nodes some honest node accused
+    checked: int = 0
+    accused: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -48,10 +48,24 @@ class Scenario(BaseModel):
     merge_params: tuple[int, int, int, int] = (0, 0, 0, 0)
     seed: int = 0
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    byzantine: int = Field(0, ge=0, description="nodes that poison their contributions")
-    attack: Literal["none", "sign_flip", "noise", "label_flip", "alie", "ipm"] = "none"
+    byzantine: int = Field(0, ge=0, description="the last nodes, which run the attack")
+    attack: Literal[
+        "none",
+        "sign_flip",
+        "noise",
+        "label_flip",
+        "alie",
+        "ipm",
+        "forge_partials",
+        "lying_owner",
+        "false_blame",
+        "withhold_one",
+    ] = "none"
     attack_scale: float | None = Field(
-        None, gt=0, description="sign flip's multiple, noise's std, ipm's epsilon; None: 4, 4, 0.1"
+        None,
+        gt=0,
+        description="sign flip's multiple, noise's std, ipm's epsilon, the shift of "
+        "forge_partials and lying_owner; None: 4, 4, 0.1, 1, 1",
     )
     # --processes: every node a `swarmnode run` daemon of its own against one anvil
     processes: bool = False
@@ -97,7 +111,10 @@ class Scenario(BaseModel):
                 "on the held-out test_set that no node trains on"
             )
         if self.processes and self.byzantine:
-            raise ValueError("processes: the daemons run no Byzantine nodes; run it in process")
+            raise ValueError(
+                "processes: the daemons run no Byzantine nodes (contribution or protocol "
+                "attacks); run it in process"
+            )
         return self
 
     @model_validator(mode="after")
@@ -106,7 +123,8 @@ class Scenario(BaseModel):
             raise ValueError("byzantine must leave at least one honest node")
         if self.byzantine and self.attack == "none":
             raise ValueError(
-                "byzantine nodes need an attack (sign_flip, noise, label_flip, alie, ipm)"
+                "byzantine nodes need an attack (sign_flip, noise, label_flip, alie, ipm, "
+                "forge_partials, lying_owner, false_blame, withhold_one)"
             )
         rule = self.rule()
         needs = merge_rule_needs(rule)
