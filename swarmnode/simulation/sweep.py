@@ -16,9 +16,10 @@ writes and prints is sweep_report.py's, and run.sweep ties the two together.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -28,6 +29,7 @@ from swarmnode.rules import PPM
 from swarmnode.simulation.attacks import ATTACKS
 from swarmnode.simulation.data import DATASETS
 from swarmnode.simulation.engine import Backend, run_swarm
+from swarmnode.simulation.results import SwarmRun
 from swarmnode.simulation.scenario import MERGE_RULES, Scenario
 from swarmnode.simulation.tasks import scenario_data
 
@@ -74,6 +76,39 @@ class CellResult:
     digest: str
     rounds_agreed: int
     seconds: float
+    # What the protocol did (docs/simulator.md#sweeps), from the honest nodes' records:
+    rounds: int = 0
+    checked: int = 0  # segments the honest nodes re-merged themselves, over all rounds
+    attackers_accused: int = 0  # rounds in which an honest node accused an attacker
+    honest_accused: int = 0  # rounds in which an honest node accused an honest one
+    voted_out: list[int] = field(default_factory=list)  # nodes the chain dropped, any round
+    bytes_per_node: float = 0.0  # mean bytes an honest node sent per round
+
+
+def cell_result(cell: Cell, run: SwarmRun, attackers: int, seconds: float) -> CellResult:
+    """`run`'s result; the last `attackers` of its nodes are the attackers."""
+    rounds = run.rounds
+    nodes = len(rounds[0].per_node) if rounds else 0
+    honest = set(range(nodes - attackers))
+    sent = [
+        statistics.fmean(n.bytes_sent for n in r.per_node if n.node in honest)
+        for r in rounds
+        if any(n.node in honest for n in r.per_node)
+    ]
+    return CellResult(
+        cell=cell,
+        accuracy=run.accuracy,
+        loss=run.loss,
+        digest=run.digest,
+        rounds_agreed=sum(r.digest_agreed for r in rounds),
+        seconds=seconds,
+        rounds=len(rounds),
+        checked=sum(r.checked for r in rounds),
+        attackers_accused=sum(any(a not in honest for a in r.accused) for r in rounds),
+        honest_accused=sum(any(a in honest for a in r.accused) for r in rounds),
+        voted_out=sorted({i for r in rounds for i in r.faults.get("dropped", [])}),
+        bytes_per_node=statistics.fmean(sent) if sent else 0.0,
+    )
 
 
 def parse_names(flag: str, text: str, known: tuple[str, ...]) -> tuple[str, ...]:
@@ -185,11 +220,8 @@ def cell_scenario(base: Scenario, grid: Grid, cell: Cell) -> Scenario:
         raise ConfigError(f"sweep cell {cell.label}: {exc}") from None
 
 
-def run_cell(scenario: Scenario, backend: Backend) -> tuple[float, float, str, int]:
-    """(accuracy, loss, final digest, rounds whose digests agreed) of one swarm run."""
-    run = run_swarm(scenario, *scenario_data(scenario), backend=backend)
-    agreed = sum(r.digest_agreed for r in run.rounds)
-    return run.accuracy, run.loss, run.digest, agreed
+def run_cell(scenario: Scenario, backend: Backend) -> SwarmRun:
+    return run_swarm(scenario, *scenario_data(scenario), backend=backend)
 
 
 def run_cells(
@@ -201,8 +233,8 @@ def run_cells(
     for cell, scenario in scenarios.items():
         on_cell(cell, None)
         t0 = time.perf_counter()
-        accuracy, loss, digest, agreed = run_cell(scenario, "memory")
-        results.append(CellResult(cell, accuracy, loss, digest, agreed, time.perf_counter() - t0))
+        run = run_cell(scenario, "memory")
+        results.append(cell_result(cell, run, scenario.byzantine, time.perf_counter() - t0))
         on_cell(cell, results[-1])
     return results
 
@@ -211,7 +243,9 @@ def full_fidelity(scenario: Scenario, memory: CellResult) -> dict[str, Any]:
     """`memory`'s cell again on the embedded chain with mutual-TLS gRPC: its final digest
     must be the in-memory run's, bit for bit."""
     t0 = time.perf_counter()
-    accuracy, _, digest, agreed = run_cell(scenario, "grpc")
+    run = run_cell(scenario, "grpc")
+    accuracy, digest = run.accuracy, run.digest
+    agreed = sum(r.digest_agreed for r in run.rounds)
     return {
         "cell": asdict(memory.cell),
         "memory_digest": memory.digest,

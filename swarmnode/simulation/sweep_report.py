@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from swarmnode.simulation.attacks import PROTOCOL_ATTACKS
 from swarmnode.simulation.scenario import Scenario
 from swarmnode.simulation.sweep import Cell, CellResult, Grid, rule_params
 
@@ -29,17 +30,37 @@ def summarize(results: list[CellResult], grid: Grid) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for d in grid.datasets:
         for r in grid.rules:
-            acc = {
-                a: [
-                    x.accuracy
-                    for x in results
-                    if (x.cell.dataset, x.cell.rule, x.cell.attack) == (d, r, a)
-                ]
+            cells = {
+                a: [x for x in results if (x.cell.dataset, x.cell.rule, x.cell.attack) == (d, r, a)]
                 for a in grid.attacks
             }
+            acc = {a: [x.accuracy for x in xs] for a, xs in cells.items()}
             clean = statistics.fmean(acc["none"]) if "none" in acc else None
-            rows += [_summary_row(d, r, a, runs, clean) for a, runs in acc.items()]
+            clean_bytes = (
+                statistics.fmean(x.bytes_per_node for x in cells["none"])
+                if "none" in cells
+                else None
+            )
+            rows += [
+                {**_summary_row(d, r, a, acc[a], clean), **_protocol_row(xs, clean_bytes)}
+                for a, xs in cells.items()
+            ]
     return rows
+
+
+def _protocol_row(cells: list[CellResult], clean_bytes: float | None) -> dict[str, Any]:
+    """What the protocol did in these cells (one per seed), per round where it is a rate."""
+    rounds = sum(x.rounds for x in cells) or 1
+    sent = statistics.fmean(x.bytes_per_node for x in cells)
+    return {
+        "rounds_final": sum(x.rounds_agreed for x in cells) / rounds,
+        "checked_per_round": sum(x.checked for x in cells) / rounds,
+        "attackers_accused": sum(x.attackers_accused for x in cells) / rounds,
+        "honest_accused": sum(x.honest_accused for x in cells),
+        "voted_out": sorted({i for x in cells for i in x.voted_out}),
+        "bytes_per_node": sent,
+        "bytes_vs_clean": sent / clean_bytes if clean_bytes else None,
+    }
 
 
 def _summary_row(
@@ -96,6 +117,8 @@ def print_tables(console: Console, report: dict[str, Any], grid: Grid) -> None:
         console.print(_accuracy_table(d, rows, grid))
         if "none" in grid.attacks and len(grid.attacks) > 1:
             console.print(_held(d, rows, grid))
+        if any(a in PROTOCOL_ATTACKS for a in grid.attacks):
+            console.print(_protocol_table(d, rows, grid))
     check = report["full_fidelity_check"]
     if check is not None:
         verdict = "[green]equal[/]" if check["equal"] else "[red]DIFFERENT[/]"
@@ -127,6 +150,45 @@ def _accuracy_table(dataset: str, rows: Rows, grid: Grid) -> Table:
                 text += f" [{colour}]({100 * s['vs_clean']:+.1f})[/]"
             cells.append(text)
         table.add_row(r, *cells)
+    return table
+
+
+def _protocol_table(dataset: str, rows: Rows, grid: Grid) -> Table:
+    """Per rule and protocol attack (and the clean run, for comparison): what the checks
+    did, over all seeds' rounds."""
+    table = Table(
+        title=f"{dataset}: what the protocol did against the liars ({grid.byzantine} "
+        f"Byzantine; rates per round over {len(grid.seeds)} seed(s))"
+    )
+    for name in (
+        "merge rule",
+        "attack",
+        "accuracy",
+        "rounds final",
+        "segments checked",
+        "attacker accused",
+        "honest accused",
+        "voted out",
+        "KB sent/node",
+    ):
+        table.add_column(name, justify="left" if name in ("merge rule", "attack") else "right")
+    shown = [a for a in grid.attacks if a == "none" or a in PROTOCOL_ATTACKS]
+    for r in grid.rules:
+        for a in shown:
+            s = rows[(dataset, r, a)]
+            vs = "" if a == "none" or s["vs_clean"] is None else f" ({100 * s['vs_clean']:+.1f})"
+            ratio = "" if s["bytes_vs_clean"] is None else f" (x{s['bytes_vs_clean']:.2f})"
+            table.add_row(
+                r,
+                a,
+                f"{s['mean']:.3f}{vs}",
+                f"{100 * s['rounds_final']:.0f}%",
+                f"{s['checked_per_round']:.1f}",
+                f"{100 * s['attackers_accused']:.0f}%",
+                str(s["honest_accused"]),
+                ",".join(map(str, s["voted_out"])) or "-",
+                f"{s['bytes_per_node'] / 1024:.0f}{ratio}",
+            )
     return table
 
 
