@@ -6,12 +6,18 @@ returns (weighted by the number of examples fit reports) to a swarm round, and h
 merged parameters to the next `fit`. The parameters' floating-point arrays form the canonical
 vector in list order; integer arrays keep the client's own values. flwr itself is not
 imported here: any object with Flower's NumPyClient methods works.
+
+One `fit` call is the sync policy's unit, what one batch is to SwarmNode and SwarmCallback:
+with "every N" the node fits N times between syncs, and the adaptive policy moves on from
+the losses the nodes joined with, each the client's own `evaluate` of what it contributes.
+After the merge the client evaluates the merged parameters, the model the node now holds,
+and the node keeps what evaluate and fit report (accuracy and the like) in its results.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,6 +31,7 @@ from swarmnode.node import Syncer
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import Transport
 from swarmnode.round import DEFAULT_SETTINGS, RoundResult, RoundSettings
+from swarmnode.sync import Adaptive
 
 Arrays = list[npt.NDArray[Any]]
 
@@ -41,16 +48,46 @@ class NumPyClientLike(Protocol):
     ) -> tuple[float, int, dict[str, Any]]: ...
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What the client's `evaluate` returned for one set of parameters."""
+
+    loss: float
+    num_examples: int
+    metrics: dict[str, Any]
+
+
 @dataclass
 class FlowerRound:
+    """One step: the fits before the sync, the round, and the client's evaluation after it.
+
+    `loss` and `metrics` are the client's evaluate of the parameters the node holds after the
+    round: the merged ones when the round merged, else its own fitted ones (None without
+    evaluate). `join_loss` is the loss the node joined the round with: evaluate of what it
+    contributed, before the merge (0.0 without evaluate).
+    """
+
     result: RoundResult
-    num_examples: int
-    fit_metrics: dict[str, Any]
+    num_examples: int  # what the last fit reported: the node's weight in the merge
+    fit_metrics: list[dict[str, Any]]  # one per fit, in order
     loss: float | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    join_loss: float = 0.0
+
+    @property
+    def fits(self) -> int:
+        """How many times the client's fit ran before this round's sync."""
+        return len(self.fit_metrics)
 
 
 class FlowerNode:
-    """Drives a Flower NumPyClient through swarm rounds: `step()` is one fit and one sync."""
+    """Drives a Flower NumPyClient through swarm rounds: `step()` fits until the swarm's sync
+    policy says a sync is due (one fit per unit of its interval), then syncs once.
+
+    `evaluate=False` skips the client's evaluate: the node joins with loss 0 and reports no
+    loss, which the adaptive policy cannot work with (ConfigError). `rounds` holds every
+    step's FlowerRound, as SwarmCallback.rounds holds its results.
+    """
 
     def __init__(
         self,
@@ -77,6 +114,12 @@ class FlowerNode:
             check_initial_digest=check_initial_digest,
             settings=settings,
         )
+        if not evaluate and isinstance(self.syncer.policy, Adaptive):
+            raise ConfigError(
+                "the swarm's sync policy is adaptive: it reads the loss each node joins with, "
+                "the client's evaluate on its own data; a FlowerNode needs evaluate=True"
+            )
+        self.rounds: list[FlowerRound] = []
 
     @staticmethod
     def _state(arrays: Arrays) -> OrderedDict[str, torch.Tensor]:
@@ -88,22 +131,56 @@ class FlowerNode:
         return canonical.flatten(self._state(arrays)).numpy()
 
     def step(self) -> FlowerRound:
-        """One local fit from the swarm's current model, then one swarm round."""
+        """Fits from the swarm's current model until a sync is due, then syncs once.
+
+        Each fit starts from the parameters the one before returned; the sync contributes
+        the last fit's parameters, weighted by the examples that fit reported, and joins with
+        the client's evaluate of them. Once merged, the client evaluates the merged
+        parameters: that is the loss and the metrics the step reports.
+        """
+        policy = self.syncer.policy
+        parameters = self.parameters
+        num_examples = 1
+        fit_metrics: list[dict[str, Any]] = []
+        while not policy.due(len(fit_metrics)):  # an interval is at least 1: one fit or more
+            parameters, num_examples, metrics = self._fit(parameters)
+            fit_metrics.append(metrics)
+        joined = self._evaluation(parameters) if self._evaluate else None
+        result = self.syncer.sync(
+            self._vector(parameters), max(num_examples, 1), joined.loss if joined else 0.0
+        )
+        held = joined  # without a merge the node keeps its own fitted parameters
+        if result.merged is not None:
+            state = self._state(parameters)
+            canonical.unflatten_into(torch.from_numpy(result.merged), state)
+            parameters = [t.numpy() for t in state.values()]
+            held = self._evaluation(parameters) if self._evaluate else None
+        self.parameters = parameters
+        step = FlowerRound(
+            result=result,
+            num_examples=num_examples,
+            fit_metrics=fit_metrics,
+            loss=held.loss if held else None,
+            metrics=dict(held.metrics) if held else {},
+            join_loss=joined.loss if joined else 0.0,
+        )
+        self.rounds.append(step)
+        return step
+
+    def _fit(self, parameters: Arrays) -> tuple[Arrays, int, dict[str, Any]]:
+        """One call of the client's fit on a copy of `parameters`; checks what it returns."""
         fitted, num_examples, metrics = self.client.fit(
-            [np.array(a, copy=True) for a in self.parameters], self.config
+            [np.array(a, copy=True) for a in parameters], self.config
         )
         if [(np.asarray(a).shape, np.asarray(a).dtype) for a in fitted] != self._shapes:
             raise ConfigError(
                 "fit returned parameters of other shapes or dtypes than get_parameters"
             )
-        fitted = [np.array(a, copy=True) for a in fitted]
-        loss = None
-        if self._evaluate:
-            loss, _, _ = self.client.evaluate([np.array(a, copy=True) for a in fitted], self.config)
-        result = self.syncer.sync(self._vector(fitted), max(int(num_examples), 1), loss or 0.0)
-        if result.merged is not None:
-            state = self._state(fitted)
-            canonical.unflatten_into(torch.from_numpy(result.merged), state)
-            fitted = [t.numpy() for t in state.values()]
-        self.parameters = fitted
-        return FlowerRound(result, int(num_examples), dict(metrics), loss)
+        return [np.array(a, copy=True) for a in fitted], int(num_examples), dict(metrics)
+
+    def _evaluation(self, parameters: Arrays) -> Evaluation:
+        """The client's evaluate of a copy of `parameters` (on its own data)."""
+        loss, num_examples, metrics = self.client.evaluate(
+            [np.array(a, copy=True) for a in parameters], self.config
+        )
+        return Evaluation(float(loss), int(num_examples), dict(metrics))
