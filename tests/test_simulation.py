@@ -51,11 +51,15 @@ def test_a_small_simulation_writes_its_report_and_every_round_agrees(tmp_path: P
         # 3 joins, the close in the third, at least a quorum (2) of reports
         assert r["transactions"] >= 3 + 2
         assert r["gas_used"] > 0 and r["bytes_sent_per_node"] > 0
+        assert r["checked"] == 0 and r["accused"] == []  # honest owners agreed on every segment
     assert len(report["local"]["accuracy"]) == 3
     assert 0.0 <= report["swarm"]["accuracy"] <= 1.0
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 * 2  # one per node per round
     assert {json.loads(line)["status"] for line in lines} == {"final"}
+    assert {(json.loads(line)["checked"], len(json.loads(line)["accused"])) for line in lines} == {
+        (0, 0)
+    }
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -49,6 +49,8 @@ def build_report(
                 "calls": r.calls,  # mined transactions per contract function, from receipts
                 "events": r.events,  # the contract's events of this round, by name
                 "faults": r.faults,  # who crashed, was down, sat out, came back, was dropped
+                "checked": r.checked,  # segments the honest nodes re-merged themselves
+                "accused": r.accused,  # nodes an honest node saw fail it (evidence)
             }
             for r in swarm.rounds
         ],
