@@ -33,10 +33,12 @@ that and imports neither web3 nor grpc.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -53,21 +55,28 @@ __all__ = [
     "ELEMENT_BYTES",
     "EMPTY_DIGEST",
     "HASH_BYTES",
+    "ORDER_KEY",
     "Entry",
     "Layout",
     "VectorLike",
+    "arrays_state",
     "check_finite",
     "chunk_hashes",
     "digest",
     "digest_from_chunk_hashes",
     "element_range",
     "flatten",
+    "flatten_arrays",
     "from_le_bytes",
     "layout_of",
+    "load_model_file",
+    "model_file_digest",
     "num_chunks",
+    "save_model_file",
     "segments",
     "to_le_bytes",
     "unflatten_into",
+    "vector_for",
     "verify_chunks",
     "verify_hash_list",
 ]
@@ -283,6 +292,173 @@ def unflatten_into(
         source = vector.detach()
         for entry in actual.entries:
             state[entry.name].copy_(source[entry.offset : entry.stop].view(entry.shape))
+
+
+# --------------------------------------------------------------------------------------------
+# Lists of arrays and model files
+
+
+def arrays_state(arrays: Sequence[npt.ArrayLike]) -> dict[str, torch.Tensor]:
+    """A list of NumPy arrays (a Flower client's parameters) as a state_dict named "0",
+    "1", ...: the form every function here reads. The tensors share the arrays' memory where
+    the arrays are contiguous and in native byte order, and are copies otherwise."""
+    state: dict[str, torch.Tensor] = {}
+    for index, value in enumerate(arrays):
+        array = np.asarray(value)
+        if array.dtype.kind not in "biuf":
+            raise ConfigError(
+                f"array {index} is {array.dtype}: the canonical vector reads numeric arrays only"
+            )
+        if not array.dtype.isnative:
+            array = array.astype(array.dtype.newbyteorder("="))
+        state[str(index)] = torch.from_numpy(np.ascontiguousarray(array))
+    return state
+
+
+def flatten_arrays(arrays: Sequence[npt.ArrayLike]) -> npt.NDArray[np.float32]:
+    """The canonical vector of a list of NumPy arrays of any shapes, in list order.
+
+    The same vector as ``flatten`` of the state_dict the list came from
+    (``[t.numpy() for t in model.state_dict().values()]``): floating-point arrays, each
+    flattened row-major, as float32; integer and bool arrays (BatchNorm's
+    num_batches_tracked) are left out. ``np.concatenate`` of the list is not that: it fails
+    on arrays of different ranks (any CNN) and keeps the integer ones.
+    """
+    return flatten(arrays_state(arrays)).numpy()
+
+
+ORDER_KEY = "swarmnode.order"
+"""The safetensors metadata entry that records a state_dict's order (a JSON list of names):
+safetensors stores tensors sorted by dtype and name, and the canonical vector follows the
+state_dict's order (docs/canonical-vector.md#initial-model-files)."""
+
+
+def save_model_file(source: nn.Module | StateDict, path: str | Path) -> None:
+    """Writes a model's state_dict to ``path``: safetensors (the order recorded under
+    ORDER_KEY) when the name ends in .safetensors, else ``torch.save``. Either file gives
+    ``swarmnode deploy --initial-model`` the model's own digest."""
+    state = {k: v for k, v in _state(source).items() if isinstance(v, torch.Tensor)}
+    target = Path(path)
+    if target.suffix == ".safetensors":
+        from safetensors.torch import save_file  # here: only this file kind needs it
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        save_file(tensors, str(target), metadata={ORDER_KEY: json.dumps(list(tensors))})
+    else:
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, target)
+
+
+def load_model_file(path: str | Path, *, ordered: bool = False) -> dict[str, torch.Tensor]:
+    """The state_dict in a model file: ``torch.save(model.state_dict(), path)`` or a
+    safetensors file (told apart by their contents, not their names), on the CPU.
+
+    ``ordered=True`` also needs the state_dict's order, which the digest follows: a
+    safetensors file without ORDER_KEY does not keep it, and is refused. Anything else
+    (no such file, a pickled module, a checkpoint holding more than a state_dict) is a
+    ConfigError of one line naming the file.
+    """
+    source = Path(path)
+    try:
+        with source.open("rb") as file:
+            head = file.read(9)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such model file") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read it ({exc.strerror or exc})") from None
+    if len(head) == 9 and head[8:9] == b"{":
+        return _load_safetensors(source, ordered)
+    try:
+        loaded = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds here; all mean "not a state_dict file"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"{source}: not a state_dict file (torch.save(model.state_dict(), FILE) or "
+            f"safetensors): {first[:160]}"
+        ) from None
+    return _as_state_dict(loaded, source)
+
+
+def _load_safetensors(source: Path, ordered: bool) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError, safe_open  # here: only this file kind needs it
+
+    try:
+        with safe_open(str(source), framework="pt", device="cpu") as file:
+            names = list(file.keys())
+            order = (file.metadata() or {}).get(ORDER_KEY)
+            tensors = {name: file.get_tensor(name) for name in names}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"{source}: not a readable safetensors file ({exc})") from None
+    if order is None:
+        if ordered:
+            raise ConfigError(
+                f"{source}: a safetensors file does not keep the state_dict's order, which the "
+                "digest follows: write it with swarmnode.canonical.save_model_file(model, "
+                "FILE), which records the order, or use torch.save(model.state_dict(), FILE)"
+            )
+        return tensors
+    try:
+        listed = json.loads(order)
+    except json.JSONDecodeError:
+        listed = None
+    if not isinstance(listed, list) or sorted(map(str, listed)) != sorted(names):
+        raise ConfigError(f"{source}: its {ORDER_KEY} metadata does not list its tensors")
+    return {str(name): tensors[str(name)] for name in listed}
+
+
+def _as_state_dict(loaded: object, source: Path) -> dict[str, torch.Tensor]:
+    if (
+        isinstance(loaded, Mapping)
+        and loaded
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items())
+    ):
+        return dict(loaded)
+    hint = ""
+    if isinstance(loaded, Mapping):
+        inner = [k for k, v in loaded.items() if isinstance(v, Mapping)]
+        if inner:
+            hint = f" (it holds {inner[0]!r}: save that state_dict alone)"
+    raise ConfigError(
+        f"{source}: not a state_dict (a mapping of names to tensors) but a "
+        f"{type(loaded).__name__}{hint}"
+    )
+
+
+def model_file_digest(path: str | Path) -> bytes:
+    """The digest of the model in a file, as a node holding that model computes it."""
+    vector = flatten(load_model_file(path, ordered=True))
+    if vector.numel() == 0:
+        raise ConfigError(f"{path}: holds no floating-point tensors")
+    return digest(vector)
+
+
+def vector_for(state: StateDict, layout: Layout, *, what: str = "model file") -> torch.Tensor:
+    """The canonical vector of a model of ``layout`` holding ``state``'s values.
+
+    Tensors are matched by name; where the names differ (a Flower client's parameters are
+    named "0", "1", ...) by position among the floating-point tensors. Either way every
+    shape must match, else ConfigError naming the first difference.
+    """
+    floats = Layout.from_state_dict(state)
+    by_name = {entry.name: entry for entry in floats.entries}
+    if set(by_name) == set(layout.names):
+        sources = [by_name[entry.name] for entry in layout.entries]
+    else:
+        sources = list(floats.entries)
+    if len(sources) != len(layout.entries):
+        raise ConfigError(
+            f"{what} has {len(sources)} floating-point tensors, the model has {len(layout.entries)}"
+        )
+    for mine, theirs in zip(layout.entries, sources, strict=True):
+        if mine.shape != theirs.shape:
+            raise ConfigError(
+                f"{what}: {theirs.name!r} is {list(theirs.shape)}, the model's "
+                f"{mine.name!r} is {list(mine.shape)}"
+            )
+    out = torch.empty(layout.numel, dtype=torch.float32)
+    with torch.no_grad():
+        for mine, theirs in zip(layout.entries, sources, strict=True):
+            out[mine.offset : mine.stop].view(mine.shape).copy_(state[theirs.name])
+    return out
 
 
 def _kind(value: object) -> str:

@@ -55,6 +55,32 @@ def _task_digest(spec: str) -> bytes:
     return canonical.digest(LocalTrainer(load_task(spec), "cpu", 0, init_seed=0).snapshot())
 
 
+def _model_digest(path: Path) -> bytes:
+    """The digest of the model in a state_dict or safetensors file, as a node holding that
+    model computes it (docs/canonical-vector.md#initial-model-files)."""
+    # here, not at the top: torch takes seconds to load, and only --initial-model needs it
+    from swarmnode import canonical
+
+    return canonical.model_file_digest(path)
+
+
+def _initial(digest: str | None, task: str | None, model: Path | None) -> bytes:
+    """The initial model's digest from the one option of the three that was given."""
+    options = {"--initial-digest": digest, "--initial-task": task, "--initial-model": model}
+    given = [name for name, value in options.items() if value is not None]
+    if len(given) > 1:
+        raise ConfigError(f"{' and '.join(given)}: give one, each names the initial model")
+    if model is not None:
+        return _model_digest(model)
+    if task is not None:
+        return _task_digest(task)
+    return _digest(digest if digest is not None else DEFAULT_INITIAL_DIGEST)
+
+
+DEFAULT_INITIAL_DIGEST = "0x" + "01" * 32
+"""A placeholder digest for swarms whose nodes never check it against a model of their own."""
+
+
 def _digest(text: str) -> bytes:
     try:
         value = bytes.fromhex(text.removeprefix("0x"))
@@ -81,12 +107,21 @@ def deploy(
     sync_policy: str = typer.Option(
         "every_n_batches:50", help="Sync policy as name[:p1,...], e.g. adaptive:50,10,400,1500000."
     ),
-    initial_digest: str = typer.Option(
-        "0x" + "01" * 32, help="Digest of the model every node starts from (32 bytes hex)."
+    initial_digest: str | None = typer.Option(
+        None,
+        help="Digest of the model every node starts from (32 bytes hex; default 0x0101...01).",
     ),
     initial_task: str | None = typer.Option(
         None,
         help="Take the initial digest from this task's model (module:attribute, init seed 0).",
+    ),
+    initial_model: Path | None = typer.Option(
+        None,
+        help="Take the initial digest from the model in FILE: a state_dict saved with "
+        "torch.save(model.state_dict(), FILE) or a safetensors file (its order recorded by "
+        "swarmnode.canonical.save_model_file); nodes that start elsewhere load it from here "
+        "(initial_model in node.toml) or fetch it from a peer.",
+        metavar="FILE",
     ),
     restricted: bool = typer.Option(
         True,
@@ -113,9 +148,7 @@ def deploy(
         round_deadline=round_deadline,
         merge_rule=_rule(merge_rule, MergeRuleId, "merge-rule"),
         sync_policy=_rule(sync_policy, SyncPolicyId, "sync-policy"),
-        initial_model_digest=(
-            _task_digest(initial_task) if initial_task else _digest(initial_digest)
-        ),
+        initial_model_digest=_initial(initial_digest, initial_task, initial_model),
         restricted=restricted,
     )
     params.validate()
