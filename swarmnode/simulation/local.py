@@ -145,25 +145,52 @@ def memory_swarm(
     return LocalSwarm(peers, chain, {"network": network, "roster": roster}, inboxes)
 
 
-def run_in_threads(jobs: list[Callable[[], T]], timeout: float | None = None) -> list[T]:
+def run_in_threads(
+    jobs: list[Callable[[], T]],
+    timeout: float | None = None,
+    *,
+    stop: threading.Event | None = None,
+) -> list[T]:
     """Runs each job in its own thread (as separate nodes would run) and returns the results
-    in order; the first exception any job raised is raised here."""
+    in order.
+
+    The first exception a job raises is raised here at once, not once every other job has
+    ended: a node that failed at setup would otherwise leave the others waiting on a round
+    it never joins, and the caller waiting on them. Before it is raised, `stop` is set: the
+    signal the other jobs' rounds honour (RoundSettings.stop: leave an open round, finish or
+    withdraw from a closed one), so that they end too rather than run on unwatched. Past
+    `timeout` seconds in all, `stop` is set as well and TimeoutError raised. The threads are
+    daemon threads: one that ignores `stop` cannot keep the interpreter from exiting.
+    """
     results: list[T | None] = [None] * len(jobs)
     errors: list[BaseException] = []
+    finished = 0
+    changed = threading.Condition()
 
     def run(i: int) -> None:
+        nonlocal finished
         try:
-            results[i] = jobs[i]()
+            value = jobs[i]()
         except BaseException as exc:  # handed to the caller's thread below
-            errors.append(exc)
+            if stop is not None:
+                stop.set()
+            with changed:
+                errors.append(exc)
+                changed.notify_all()
+            return
+        with changed:
+            results[i] = value
+            finished += 1
+            changed.notify_all()
 
-    threads = [threading.Thread(target=run, args=(i,), name=f"node-{i}") for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
+    for i in range(len(jobs)):
+        threading.Thread(target=run, args=(i,), name=f"node-{i}", daemon=True).start()
+    with changed:
+        ended = changed.wait_for(lambda: bool(errors) or finished == len(jobs), timeout)
     if errors:
         raise errors[0]
-    if any(t.is_alive() for t in threads):
+    if not ended:
+        if stop is not None:
+            stop.set()
         raise TimeoutError(f"a node was still running after {timeout} s")
     return cast(list[T], results)
