@@ -79,14 +79,24 @@ class NodeConfig(BaseModel):
 
 
 def read_toml_table(path: Path, table: str, what: str) -> dict[str, Any]:
-    """`[table]` of a TOML file, or the whole file when it has no such table."""
+    """`[table]` of a TOML file, or the whole file when it has no such table. Beside the
+    table, nothing: a key above it (or a table of another name) would be read by no one, so
+    a misplaced `rounds = 3` is refused in one line rather than silently ignored."""
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such {what} file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not TOML ({exc})") from None
-    return dict(raw.get(table, raw))
+    if table not in raw:
+        return dict(raw)
+    others = sorted(key for key in raw if key != table)
+    if others:
+        raise ConfigError(
+            f"{path}: {', '.join(others)}: unknown outside [{table}] (put every setting "
+            f"under [{table}])"
+        )
+    return dict(raw[table])
 
 
 Model = TypeVar("Model", bound=BaseModel)

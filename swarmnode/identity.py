@@ -342,12 +342,16 @@ class NodeIdentity:
         )
 
     @classmethod
-    def load(cls, directory: Path, passphrase: str = "") -> NodeIdentity:
+    def load(cls, directory: Path, passphrase: str | None = "") -> NodeIdentity:
         """Read, decrypt and cross-check a node's identity; ConfigError names what is wrong.
 
         Checked: each file is there and parses; the key files are owner-only; the keystore
         decrypts with `passphrase` to the account its address field states; the certificate
         is intact, its key is tls.key, it names that account and has not expired.
+
+        `passphrase` None: none was given (no argument, variable, file or prompt). A key
+        encrypted with the empty passphrase (a dev chain's, `init --empty-passphrase`) still
+        opens; any other is refused with how to give one, not as a wrong passphrase.
         """
         # here, not at the top: eth_account takes over half a second to import, and the TLS half
         # of an identity (all that p2p and the simulator use) never needs it
@@ -356,10 +360,17 @@ class NodeIdentity:
         address, keystore, tls = _read_public(directory)
         path = directory / ACCOUNT_FILE
         try:
-            key = Account.decrypt(keystore, passphrase)
+            key = Account.decrypt(keystore, passphrase or "")
         except ValueError as exc:
+            if "MAC mismatch" in str(exc) and passphrase is None:
+                raise ConfigError(
+                    f"{path}: cannot decrypt: no passphrase given (set {PASSPHRASE_ENV}, or "
+                    f"{PASSPHRASE_FILE_ENV} to a file holding it, or run at a terminal to be "
+                    "asked)"
+                ) from None
             if "MAC mismatch" in str(exc):
-                raise ConfigError(f"{path}: cannot decrypt: wrong passphrase") from None
+                empty = " (the empty one was given)" if not passphrase else ""
+                raise ConfigError(f"{path}: cannot decrypt: wrong passphrase{empty}") from None
             raise ConfigError(f"{path}: not a usable keystore ({exc})") from None
         except (KeyError, TypeError, NotImplementedError) as exc:
             raise ConfigError(f"{path}: not a usable keystore ({exc!r})") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,109 @@ def test_the_process_simulator_gives_its_daemons_the_empty_passphrase_one_way(
     monkeypatch.setenv(PASSPHRASE_FILE_ENV, "/somewhere/else")
     env = _child_environment()
     assert env[PASSPHRASE_ENV] == "" and PASSPHRASE_FILE_ENV not in env
+
+
+def test_no_passphrase_given_and_a_wrong_one_are_told_apart(tmp_path: Path) -> None:
+    """Before: a node started without any passphrase said "wrong passphrase", as if one had
+    been given. Now it says none was given and how to give one."""
+    made(tmp_path)
+    with pytest.raises(ConfigError) as none_given:
+        NodeIdentity.load(tmp_path / "node", None)
+    message = str(none_given.value)
+    assert "no passphrase given" in message and "wrong" not in message
+    for way in (PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, "terminal"):
+        assert way in message
+    with pytest.raises(ConfigError, match=r"wrong passphrase$"):
+        NodeIdentity.load(tmp_path / "node", "not it")
+    with pytest.raises(ConfigError, match=r"wrong passphrase \(the empty one was given\)"):
+        NodeIdentity.load(tmp_path / "node", "")
+    assert NodeIdentity.load(tmp_path / "node", SECRET).address
+
+
+def test_a_key_with_the_empty_passphrase_opens_with_none_given(tmp_path: Path) -> None:
+    identity = NodeIdentity.create(tmp_path / "dev", "", **CHEAP)
+    assert NodeIdentity.load(tmp_path / "dev", None).address == identity.address
+
+
+def run_config(tmp_path: Path) -> Path:
+    """A node.toml for `made`'s identity whose deployment file is missing: `run` gets as far
+    as the deployment once the key is open, and stops there in one line."""
+    config = tmp_path / "node" / "node.toml"
+    config.write_text(
+        '[node]\nidentity_dir = "."\ndeployment = "../missing.json"\n'
+        'task = "swarmnode.training:example_task"\n'
+    )
+    return config
+
+
+def test_run_without_a_terminal_or_a_passphrase_says_none_was_given(tmp_path: Path) -> None:
+    made(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "swarmnode", "run", "--config", str(run_config(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "COLUMNS": "200"},
+        stdin=subprocess.DEVNULL,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert "no passphrase given" in lines[0] and "wrong" not in lines[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a pseudo-terminal")
+@pytest.mark.parametrize("answer", ["not it", SECRET])
+def test_run_at_a_terminal_asks_for_the_passphrase(tmp_path: Path, answer: str) -> None:
+    """Before: `run` never asked and said "wrong passphrase". Now, on a terminal, it asks:
+    a wrong answer is refused as wrong, the right one opens the key (and the run goes on to
+    the deployment, missing here)."""
+    made(tmp_path)
+    leader, follower = os.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "swarmnode", "run", "--config", str(run_config(tmp_path))],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "COLUMNS": "200"},
+        start_new_session=True,  # no controlling terminal: getpass talks to stdin, the pty
+    )
+    os.close(follower)
+    try:
+        seen = _read_until(leader, b"assphrase", 120)
+        assert b"assphrase" in seen, seen
+        os.write(leader, answer.encode() + b"\n")
+        seen += _read_until(leader, None, 120)
+        assert process.wait(timeout=60) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(leader)
+    text = seen.decode(errors="replace")
+    assert answer not in text  # not echoed
+    last = text.strip().splitlines()[-1]
+    if answer == SECRET:
+        assert "missing.json" in last and "passphrase" not in last, text
+    else:
+        assert "wrong passphrase" in last, text
+
+
+def _read_until(fd: int, needle: bytes | None, seconds: float) -> bytes:
+    """What the pseudo-terminal shows until `needle` (None: until the other side closes),
+    waiting at most `seconds`."""
+    import select
+
+    deadline = time.monotonic() + seconds
+    seen = b""
+    while time.monotonic() < deadline and (needle is None or needle not in seen):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: every holder of the other side closed it
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return seen
