@@ -311,7 +311,9 @@ def arrays_state(arrays: Sequence[npt.ArrayLike]) -> dict[str, torch.Tensor]:
             )
         if not array.dtype.isnative:
             array = array.astype(array.dtype.newbyteorder("="))
-        state[str(index)] = torch.from_numpy(np.ascontiguousarray(array))
+        if not array.flags.c_contiguous:
+            array = array.copy(order="C")  # not np.ascontiguousarray: it makes 0-D arrays 1-D
+        state[str(index)] = torch.from_numpy(array)
     return state
 
 

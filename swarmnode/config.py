@@ -32,6 +32,9 @@ class NodeConfig(BaseModel):
     rounds: int = Field(0, ge=0, description="rounds to take part in; 0: until stopped")
     seed: int = 0
     init_seed: int = 0
+    # the swarm's initial model (a state_dict or safetensors file) for a node whose own model
+    # starts elsewhere; checked against the chain (docs/canonical-vector.md#initial-model-files)
+    initial_model: Path | None = None
     device: str = "auto"
     log_file: Path | None = None  # default: identity_dir / "node.jsonl"
     # After SIGTERM, how long the node may go on with the round it is in before it withdraws
@@ -64,7 +67,7 @@ class NodeConfig(BaseModel):
     def load(cls, path: Path) -> NodeConfig:
         data = read_toml_table(path, "node", "config")
         base = path.resolve().parent
-        for key in ("identity_dir", "deployment", "checkpoint_dir", "log_file"):
+        for key in ("identity_dir", "deployment", "checkpoint_dir", "log_file", "initial_model"):
             if isinstance(data.get(key), str):
                 data[key] = str(base / data[key])
         return validated(cls, data, str(path), "node")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -100,6 +101,7 @@ class FlowerNode:
         evaluate: bool = True,
         check_initial_digest: bool = True,
         settings: RoundSettings = DEFAULT_SETTINGS,
+        initial_model: str | Path | None = None,
     ) -> None:
         self.client = client
         self.config = dict(config or {})
@@ -113,7 +115,13 @@ class FlowerNode:
             initial=self._vector(self.parameters),
             check_initial_digest=check_initial_digest,
             settings=settings,
+            layout=canonical.layout_of(self._state(self.parameters)),
+            initial_model=initial_model,
         )
+        if self.syncer.start.replaced:  # the swarm's start, from a file or a peer
+            state = self._state(self.parameters)
+            canonical.unflatten_into(torch.tensor(self.syncer.start.vector), state)
+            self.parameters = [t.numpy() for t in state.values()]
         if not evaluate and isinstance(self.syncer.policy, Adaptive):
             raise ConfigError(
                 "the swarm's sync policy is adaptive: it reads the loss each node joins with, "
@@ -123,9 +131,8 @@ class FlowerNode:
 
     @staticmethod
     def _state(arrays: Arrays) -> OrderedDict[str, torch.Tensor]:
-        return OrderedDict(
-            (f"{i}", torch.from_numpy(np.ascontiguousarray(a))) for i, a in enumerate(arrays)
-        )
+        # shares the arrays' memory; keeps 0-D arrays 0-D (np.ascontiguousarray would not)
+        return OrderedDict(canonical.arrays_state(arrays))
 
     def _vector(self, arrays: Arrays) -> npt.NDArray[np.float32]:
         return canonical.flatten(self._state(arrays)).numpy()

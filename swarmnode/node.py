@@ -12,8 +12,10 @@ so every node keeps the same rhythm.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -21,9 +23,10 @@ import torch
 from torch import nn
 
 from swarmnode import canonical
-from swarmnode.exceptions import ConfigError
+from swarmnode.exceptions import ConfigError, PeerError
 from swarmnode.ledger.base import Ledger
 from swarmnode.merge import make_rule
+from swarmnode.p2p.errors import InvalidMessage
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import Transport
 from swarmnode.round import DEFAULT_SETTINGS, Round, RoundResult, RoundSettings, catch_up
@@ -31,6 +34,161 @@ from swarmnode.sync import make_policy
 from swarmnode.training import LocalTrainer, Task
 
 log = logging.getLogger(__name__)
+
+
+OWN_MODEL = "own model"
+"""Start.source of a node whose own starting model is the swarm's."""
+
+
+@dataclass(frozen=True)
+class Start:
+    """The model a node starts training from and where it came from."""
+
+    vector: npt.NDArray[np.float32]
+    round: int  # 0: the swarm's initial model; else the final round it was taken from
+    source: str  # OWN_MODEL, "file PATH" or "peer ACCOUNT"
+
+    @property
+    def replaced(self) -> bool:
+        """The node's own starting model was not the swarm's: write `vector` into it."""
+        return self.source != OWN_MODEL
+
+
+def start_from_chain(
+    *,
+    ledger: Ledger,
+    transport: Transport,
+    inbox: Inbox,
+    own: npt.NDArray[np.float32],
+    layout: canonical.Layout | None = None,
+    model_file: str | Path | None = None,
+    settings: RoundSettings = DEFAULT_SETTINGS,
+) -> Start:
+    """The model on chain a node starts from (docs/canonical-vector.md#initial-model-files).
+
+    Its own, when that digests to the swarm's initial model; else the model in
+    `model_file`, which must; else fetched from a peer and checked chunk by chunk against the
+    digest on chain, as catch-up does: round 0's model (the initial one) while the swarm has
+    no final round, the newest final round's after that. A node starting from the initial
+    model serves it to such peers as round 0's until it holds a final round's. Peers are
+    asked for up to the join window; a model that fails the checks is refused and the next
+    peer asked. Where nothing works, the ConfigError says how to start from the right model.
+    """
+    want = ledger.params().initial_model_digest
+    latest, latest_digest = ledger.latest_model()
+    own_digest = canonical.digest(own)
+    if own_digest == want:
+        _serve_initial(inbox, latest, own)
+        return Start(own, 0, OWN_MODEL)
+    if model_file is not None:
+        vector = _from_file(Path(model_file), layout, len(own), want)
+        _serve_initial(inbox, latest, vector)
+        log.info("starting from the swarm's initial model in %s", model_file)
+        return Start(vector, 0, f"file {model_file}")
+    number, digest = (0, want) if latest == 0 else (latest, latest_digest)
+    fetched = _fetch_start(ledger, transport, number, digest, len(own), settings)
+    if isinstance(fetched, Start):
+        inbox.publish_model(number, fetched.vector, canonical.chunk_hashes(fetched.vector))
+        return fetched
+    what = "the initial model" if number == 0 else f"round {number}'s final model"
+    raise ConfigError(
+        f"this node's starting model digests to {own_digest.hex()[:16]}…, the swarm's initial "
+        f"model on chain to {want.hex()[:16]}…, and no peer served {what} within the "
+        f"{ledger.params().join_window} s join window ({fetched}). Start from the swarm's "
+        "initial model: name the file the swarm was deployed with (`swarmnode deploy "
+        '--initial-model FILE`) as `initial_model = "FILE"` in node.toml or initial_model=FILE '
+        "to SwarmCallback / FlowerNode, or build the model exactly as the deployer did (same "
+        "code and torch.manual_seed before building it; for a Task the same model_factory and "
+        "init_seed), or start while a peer that holds it is up"
+    )
+
+
+def _serve_initial(inbox: Inbox, latest: int, vector: npt.NDArray[np.float32]) -> None:
+    """Serves the initial model as round 0's to peers that start elsewhere, unless the inbox
+    already serves the newest final round's (which a new final round replaces anyway)."""
+    if inbox.model(latest) is None:
+        inbox.publish_model(0, vector, canonical.chunk_hashes(vector))
+
+
+def _from_file(
+    path: Path, layout: canonical.Layout | None, numel: int, want: bytes
+) -> npt.NDArray[np.float32]:
+    """The initial model in `path` as this node's vector, checked against the chain."""
+    state = canonical.load_model_file(path)
+    what = f"initial model file {path}"
+    vector = canonical.vector_for(state, layout or canonical.layout_of(state), what=what)
+    if vector.numel() != numel:
+        raise ConfigError(f"{what} has {vector.numel()} values, this node's model {numel}")
+    got = canonical.digest(vector)
+    if got != want:
+        raise ConfigError(
+            f"{what} digests to {got.hex()[:16]}…, the swarm's initial model on chain to "
+            f"{want.hex()[:16]}…: it is not the model the swarm was deployed with"
+        )
+    return vector.numpy()
+
+
+def _fetch_start(
+    ledger: Ledger,
+    transport: Transport,
+    number: int,
+    digest: bytes,
+    numel: int,
+    settings: RoundSettings,
+) -> Start | str:
+    """Round `number`'s model from the first active peer whose copy passes the checks,
+    asking again for up to the join window; else why not, for the error message."""
+    window = ledger.params().join_window
+    started = time.monotonic()
+    deadline = started + window
+    refused: dict[str, str] = {}  # failed the checks: not asked again
+    pending: dict[str, str] = {}  # did not have it (yet), or could not be reached
+    announced = False
+    while True:
+        peers = [
+            node.account
+            for node in ledger.active_nodes()
+            if node.account != ledger.account and node.account not in refused
+        ]
+        for peer in peers:
+            remaining = deadline - time.monotonic()
+            try:
+                vector = transport.fetch_model(
+                    peer, number, digest, numel, max(1.0, min(60.0, remaining))
+                )
+            except InvalidMessage as exc:
+                log.warning("starting model from %s refused: %s", peer, exc)
+                refused[peer] = str(exc)
+                pending.pop(peer, None)
+            except PeerError as exc:
+                pending[peer] = str(exc)
+            else:
+                log.info(
+                    "starting from round %d's model on chain (digest %s…), fetched from %s",
+                    number,
+                    digest.hex()[:16],
+                    peer,
+                )
+                return Start(vector, number, f"peer {peer}")
+        stop = settings.stop
+        if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+            break
+        if not announced and time.monotonic() - started > _ANNOUNCE_AFTER:
+            log.info(
+                "waiting for a peer to serve round %d's model (digest %s…) to start from: "
+                "asked %s; until %.0f s from now",
+                number,
+                digest.hex()[:16],
+                ", ".join(peers) or "no one (no other node registered)",
+                deadline - time.monotonic(),
+            )
+            announced = True
+        settings.sleep(max(settings.poll, 0.1))
+    reasons = [f"{peer}: {why}" for peer, why in {**pending, **refused}.items()]
+    return "; ".join(reasons) or "no other node registered"
+
+
+_ANNOUNCE_AFTER = 3.0  # seconds of waiting for a peer before the wait is logged
 
 
 class Syncer:
@@ -45,6 +203,8 @@ class Syncer:
         initial: npt.NDArray[np.float32],
         check_initial_digest: bool = True,
         settings: RoundSettings = DEFAULT_SETTINGS,
+        layout: canonical.Layout | None = None,
+        initial_model: str | Path | None = None,
     ) -> None:
         self.ledger = ledger
         self.settings = settings  # how every round runs: polling, frames, stop and its grace
@@ -53,14 +213,20 @@ class Syncer:
         params = ledger.params()
         self.rule = make_rule(params.merge_rule)
         self.policy = make_policy(params.sync_policy)
-        self.reference = initial
-        if check_initial_digest and canonical.digest(initial) != params.initial_model_digest:
-            raise ConfigError(
-                "the initial model's digest differs from the one on chain "
-                f"({canonical.digest(initial).hex()[:16]}… vs "
-                f"{params.initial_model_digest.hex()[:16]}…): every node must start from the "
-                "same model (same model_factory and init_seed)"
+        # the model on chain this node starts from: its own, or the swarm's, taken from the
+        # file named by `initial_model` or a peer (docs/canonical-vector.md#initial-model-files)
+        self.start = Start(initial, 0, OWN_MODEL)
+        if check_initial_digest:
+            self.start = start_from_chain(
+                ledger=ledger,
+                transport=transport,
+                inbox=inbox,
+                own=initial,
+                layout=layout,
+                model_file=initial_model,
+                settings=settings,
             )
+        self.reference = self.start.vector
 
     def sync(self, vector: npt.NDArray[np.float32], weight: int, val_loss: float) -> RoundResult:
         """Contributes `vector` to the current round; returns the round (merged may be None)."""
@@ -114,6 +280,7 @@ class SwarmNode:
         init_seed: int = 0,
         check_initial_digest: bool = True,
         settings: RoundSettings = DEFAULT_SETTINGS,
+        initial_model: str | Path | None = None,
     ) -> None:
         self.task = task
         self.trainer = LocalTrainer(task, device, seed, init_seed=init_seed)
@@ -129,7 +296,11 @@ class SwarmNode:
             initial=self.trainer.snapshot(),
             check_initial_digest=check_initial_digest,
             settings=settings,
+            layout=self.trainer.layout,
+            initial_model=initial_model,
         )
+        if self.syncer.start.replaced:  # the swarm's start, from a file or a peer
+            self.trainer.load(self.syncer.start.vector)
 
     @property
     def ledger(self) -> Ledger:
@@ -194,6 +365,7 @@ class SwarmCallback:
         val_loss: Callable[[], float] | None = None,
         check_initial_digest: bool = True,
         settings: RoundSettings = DEFAULT_SETTINGS,
+        initial_model: str | Path | None = None,
     ) -> None:
         if num_samples < 1:
             raise ConfigError(f"num_samples must be at least 1, got {num_samples}")
@@ -208,7 +380,12 @@ class SwarmCallback:
             initial=canonical.flatten(model, self.layout).numpy(),
             check_initial_digest=check_initial_digest,
             settings=settings,
+            layout=self.layout,
+            initial_model=initial_model,
         )
+        if self.syncer.start.replaced:  # the swarm's start, from a file or a peer
+            start = torch.tensor(self.syncer.start.vector)
+            canonical.unflatten_into(start, self.model, self.layout)
         self.batches_since_sync = 0
         self.rounds: list[RoundResult] = []
 
