@@ -545,6 +545,8 @@ class _MLP(nn.Module):
 def example_task(
     *,
     seed: int = 0,
+    node: int = 0,
+    nodes: int = 1,
     samples: int = 512,
     val_samples: int = 256,
     features: int = 16,
@@ -560,12 +562,19 @@ def example_task(
     are linearly separable and an MLP learns them in a few hundred batches. The data depend on
     ``seed`` only (a private torch.Generator), so every node and every run can rebuild them;
     nothing is downloaded and scikit-learn is not needed.
+
+    `node` of `nodes` keeps every nodes-th training row from the node-th on: disjoint slices
+    of one problem, so that nodes of a swarm train on different data (node.toml's
+    `task_args = {node = 1, nodes = 3}`, what `swarmnode init --task-args` writes). The
+    validation rows are the same for every node.
     """
+    if nodes < 1 or not 0 <= node < nodes:
+        raise ConfigError(f"node {node} of {nodes}: need 0 <= node < nodes")
     generator = torch.Generator().manual_seed(seed)
     weights = torch.randn(features, classes, generator=generator)
     x = torch.randn(samples + val_samples, features, generator=generator)
     y = (x @ weights).argmax(dim=1)
-    train = TensorDataset(x[:samples], y[:samples])
+    train = TensorDataset(x[:samples][node::nodes], y[:samples][node::nodes])
     val = TensorDataset(x[samples:], y[samples:])
 
     def make_model() -> nn.Module:

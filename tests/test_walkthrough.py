@@ -5,12 +5,21 @@ and metrics, agree on every round (a late report included) and stop cleanly at I
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from torch.utils.data import TensorDataset
+from typer.testing import CliRunner
 
+import swarmnode.cli
 from swarmnode.config import NodeConfig
 from swarmnode.exceptions import ConfigError
+from swarmnode.identity import NodeIdentity
+from swarmnode.training import Task, example_task, load_task
 
 NODE = (
     '[node]\nidentity_dir = "."\ndeployment = "../deployment.json"\n'
@@ -40,3 +49,88 @@ def test_node_toml_refuses_an_unknown_key_inside_node(tmp_path: Path) -> None:
     config.write_text(NODE + "roundz = 3\n")
     with pytest.raises(ConfigError, match="roundz"):
         NodeConfig.load(config)
+
+
+@pytest.fixture
+def cheap_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`init` with a test's key derivation: seconds of scrypt per node otherwise."""
+    create = NodeIdentity.create
+
+    def cheap(directory: Path, passphrase: str = "", *, force: bool = False) -> NodeIdentity:
+        return create(directory, passphrase, force=force, kdf="scrypt", iterations=2)
+
+    monkeypatch.setattr(NodeIdentity, "create", cheap)
+
+
+def init(*args: str) -> Any:
+    return CliRunner().invoke(swarmnode.cli.app, ["init", "--empty-passphrase", *args])
+
+
+@pytest.mark.usefixtures("cheap_keys")
+def test_init_gives_each_node_its_own_slice_of_the_example_task(tmp_path: Path) -> None:
+    """Before: every node.toml of the walk-through named the same data (example_task's
+    default), so three nodes trained on identical rows. Now `init --task-args` writes each
+    node's slice into its node.toml, and the slices are disjoint and cover the data."""
+    rows = []
+    for i in range(3):
+        done = init("--dir", str(tmp_path / f"n{i}"), "--task-args", f"{{node = {i}, nodes = 3}}")
+        assert done.exit_code == 0, done.output
+        config = NodeConfig.load(tmp_path / f"n{i}" / "node.toml")
+        assert config.task == "swarmnode.training:example_task"
+        assert config.task_args == {"node": i, "nodes": 3}
+        assert config.task is not None
+        rows.append(_rows(load_task(config.task, config.task_args)))
+    whole = _rows(example_task())
+    assert all(len(r) > 100 for r in rows)
+    assert not rows[0] & rows[1] and not rows[1] & rows[2] and not rows[0] & rows[2]
+    assert rows[0] | rows[1] | rows[2] == whole
+
+
+def _rows(task: Task) -> set[tuple[float, ...]]:
+    data = task.train_data
+    assert isinstance(data, TensorDataset)
+    return {tuple(x.tolist()) for x in data.tensors[0]}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--task-args", "{node = 1"), "--task-args"),
+        (("--task-args", "[1, 2]"), "inline table"),
+        (("--task", "nocolon"), "module:attribute"),
+    ],
+)
+def test_init_refuses_a_bad_task_before_writing_a_key(
+    tmp_path: Path, args: tuple[str, ...], needle: str
+) -> None:
+    done = init("--dir", str(tmp_path / "n"), *args)
+    assert isinstance(done.exception, ConfigError) and needle in str(done.exception)
+    assert not (tmp_path / "n").exists()
+
+
+def test_a_node_outside_its_slice_is_refused() -> None:
+    with pytest.raises(ConfigError, match="node 3 of 3"):
+        example_task(node=3, nodes=3)
+
+
+def test_the_installed_command_imports_a_task_from_the_folder_it_runs_in(tmp_path: Path) -> None:
+    """Before: `.venv/bin/swarmnode ... --task hospitals:node_task` said "cannot import
+    hospitals" where `python -m swarmnode` found it: a console script's path starts at
+    .venv/bin. Now the folder the command runs in is on the path too. (The task here is no
+    Task on purpose: the refusal that follows its import is instant and needs no chain.)"""
+    (tmp_path / "hospitals.py").write_text(
+        "def node_task(node, nodes, seed):\n    return 'not a task'\n\n"
+        "def held_out(seed):\n    return None\n"
+    )
+    command = str(Path(sys.executable).parent / "swarmnode")
+    task = ("--task", "hospitals:node_task", "--test-set", "hospitals:held_out")
+    done = subprocess.run(
+        [command, "simulate", *task, "--nodes", "2", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "COLUMNS": "200"},
+    )
+    assert done.returncode == 1
+    assert "is a str, not a swarmnode Task" in done.stderr, done.stderr

@@ -6,6 +6,7 @@ errors into one line on stderr.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -17,6 +18,7 @@ from swarmnode.exceptions import SwarmError
 
 def main() -> None:
     """Entry point: a usage error or a SwarmError is one line on stderr, never a traceback."""
+    _importable_from_here()
     try:
         code = app(standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C into this return value when not standalone
@@ -37,6 +39,16 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("swarmnode: interrupted", err=True)
         sys.exit(130)
+
+
+def _importable_from_here() -> None:
+    """Modules in the folder the command runs in can be named (`--task hospitals:node_task`,
+    node.toml's task), as with `python -m swarmnode`: an installed console script's path
+    starts at its own folder (.venv/bin), not the user's. Appended, not put first, so that
+    a stray file there cannot shadow an installed package."""
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:
+        sys.path.append(here)
 
 
 __all__ = ["app", "main"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tomllib
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,8 @@ GIVE_ONE = (
     f"set {PASSPHRASE_ENV}, or {PASSPHRASE_FILE_ENV} to a file holding it, run at a "
     "terminal to be asked, or pass --empty-passphrase to encrypt the key with none"
 )
+
+EXAMPLE_TASK = "swarmnode.training:example_task"
 
 DirOption = typer.Option(
     ...,
@@ -108,8 +111,23 @@ def init(
         help="Encrypt the account key with the empty passphrase, on purpose: anyone who can "
         "read account.json can then spend from the account.",
     ),
+    task: str = typer.Option(
+        EXAMPLE_TASK,
+        "--task",
+        help="The task node.toml names: module:attribute of a Task, or of a function "
+        "returning one.",
+    ),
+    task_args: str | None = typer.Option(
+        None,
+        "--task-args",
+        help="Keyword arguments for the task's function, as a TOML inline table written into "
+        "node.toml: this node's slice of the data, e.g. '{node = 1, nodes = 3}' for the "
+        "example task.",
+        show_default=False,
+    ),
 ) -> None:
-    """Create a node's chain account and TLS certificate in --dir."""
+    """Create a node's chain account and TLS certificate in --dir, and its node.toml."""
+    config_text = node_toml(task, task_args)  # a mistake in it: refused before any key exists
     existing = NodeIdentity.existing_files(directory)
     if not force:  # before the prompt: never ask for a passphrase, then refuse
         NodeIdentity.refuse_overwrite(directory)
@@ -139,7 +157,7 @@ def init(
         typer.echo(f"  {directory / name}  ({what})")
     config = directory / "node.toml"
     if force or not config.exists():
-        config.write_text(NODE_TOML)
+        config.write_text(config_text)
         typer.echo(f"  {config}  (node config: runs as is against ../deployment.json)")
     typer.echo(
         "next steps:\n"
@@ -148,11 +166,40 @@ def init(
         f"  2. `swarmnode run --config {config}`: it registers its endpoint and this "
         "certificate on the swarm contract when it starts"
         + (
-            f" (give it the passphrase: {PASSPHRASE_ENV} or {PASSPHRASE_FILE_ENV})"
+            f" (it asks for the passphrase at a terminal; as a service, give it in "
+            f"{PASSPHRASE_ENV} or {PASSPHRASE_FILE_ENV})"
             if not empty_because
             else ""
         )
     )
+
+
+def node_toml(task: str, task_args: str | None) -> str:
+    """node.toml for `task`, with `task_args` (a TOML inline table) as its keyword arguments;
+    a ConfigError, in one line, for a task that is not module:attribute or arguments that are
+    not an inline table."""
+    module, _, attribute = task.partition(":")
+    if not module or not attribute or any(c in task for c in '"\\\n'):
+        raise ConfigError(f"--task {task!r}: write module:attribute, e.g. hospitals:node_task")
+    text = NODE_TOML.replace(f'task = "{EXAMPLE_TASK}"', f'task = "{task}"')
+    if task_args is not None:
+        try:
+            parsed = tomllib.loads(f"task_args = {task_args}")
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(
+                f"--task-args {task_args!r}: not a TOML inline table such as "
+                f"'{{node = 1, nodes = 3}}' ({exc})"
+            ) from None
+        if not isinstance(parsed.get("task_args"), dict) or "\n" in task_args:
+            raise ConfigError(
+                f"--task-args {task_args!r}: not a TOML inline table such as "
+                "'{node = 1, nodes = 3}'"
+            )
+        text = text.replace(
+            f'task = "{task}"\n',
+            f'task = "{task}"\ntask_args = {task_args.strip()}   # keyword arguments for it\n',
+        )
+    return text
 
 
 NODE_TOML = """\
@@ -164,6 +211,7 @@ deployment = "../deployment.json"   # written by `swarmnode deploy --out deploym
 # The task: module:attribute of a swarmnode Task, or of a function returning one. The
 # example learns a synthetic classification problem; deploy with
 # --initial-task swarmnode.training:example_task so that the swarm starts from its model.
+# Give each node its own slice of it: task_args = {node = 0, nodes = 3} (`init --task-args`).
 task = "swarmnode.training:example_task"
 listen = "127.0.0.1:0"              # gRPC with mutual TLS; port 0: any free one
 rounds = 0                          # rounds to take part in; 0: until Ctrl-C or SIGTERM
@@ -175,8 +223,7 @@ init_seed = 0                       # the swarm's initial model: the same on eve
 # stop_grace = 60
 # Keyword arguments for the task's function, e.g. for the bundled digits task
 # (task = "swarmnode.simulation.tasks:dataset_task"), the classes this node holds:
-# [node.task_args]
-# classes = [0, 1, 2, 3]
+# task_args = {classes = [0, 1, 2, 3]}
 """
 
 
