@@ -168,6 +168,11 @@ def sweep(
     with progress_bar(console) as progress:
         bar = progress.add_task("sweep", total=len(scenarios), status="")
         results = run_cells(scenarios, _cell_status(progress, bar))
+        # the cells' results on disk first: a full-fidelity run that fails loses none of them
+        ran = time.perf_counter() - started
+        sweep_report.write_outputs(
+            out, sweep_report.build_report(base, grid, results, None, ran), grid
+        )
         check_report = None
         if checked is not None:
             progress.update(bar, status=f"{checked.label} at full fidelity (embedded chain, gRPC)")
