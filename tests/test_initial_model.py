@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,10 +26,11 @@ from swarmnode.cli import main
 from swarmnode.config import NodeConfig
 from swarmnode.exceptions import ConfigError
 from swarmnode.flower import FlowerNode
-from swarmnode.node import OWN_MODEL, SwarmCallback
+from swarmnode.node import OWN_MODEL, SwarmCallback, SwarmNode
 from swarmnode.round import RoundSettings
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
 from swarmnode.simulation.local import LocalPeer, grpc_swarm, memory_swarm, run_in_threads
+from swarmnode.training import LocalTrainer, example_task
 
 
 class SmallCnn(nn.Module):
@@ -115,7 +117,7 @@ def test_flatten_arrays_reads_any_float_kind_byte_order_and_stride() -> None:
     strided = rng.standard_normal((6, 4)).astype(np.float32)[:, ::2]  # not contiguous
     counter = np.array(7, dtype=np.int64)
     flags = np.array([True, False])
-    arrays = [conv, counter, half, big_endian, flags, strided]
+    arrays: list[npt.NDArray[Any]] = [conv, counter, half, big_endian, flags, strided]
     expected = np.concatenate(
         [a.astype(np.float32).ravel() for a in (conv, half, big_endian, strided)]
     )
@@ -342,3 +344,52 @@ def test_a_file_named_by_the_node_is_checked_against_the_chain(tmp_path: Path) -
         initial_model=tmp_path / "initial.safetensors",
     )
     assert np.array_equal(canonical.flatten_arrays(node.parameters), vector(initial))
+
+
+def test_a_task_node_started_from_another_init_seed_trains_from_the_fetched_model() -> None:
+    tasks = [example_task(seed=20 + i, samples=64) for i in range(2)]
+    initial = LocalTrainer(tasks[0], "cpu", 0, init_seed=0).snapshot()
+    params = SwarmParams(
+        min_peers=2,
+        max_peers=2,
+        sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (2, 0, 0, 0)),
+        initial_model_digest=canonical.digest(initial),
+    )
+    swarm = memory_swarm(params, 2)
+    nodes = [
+        SwarmNode(
+            ledger=peer.ledger,
+            transport=peer.transport,
+            inbox=peer.inbox,
+            task=task,
+            device="cpu",
+            init_seed=init_seed,
+            settings=RoundSettings(poll=0.01),
+        )
+        for peer, task, init_seed in zip(swarm.peers, tasks, (0, 1), strict=True)
+    ]
+    assert nodes[1].syncer.start.source == f"peer {swarm.peers[0].ledger.account}"
+    assert np.array_equal(nodes[1].trainer.snapshot(), initial)
+    rounds = run_in_threads([node.step for node in nodes], timeout=60)
+    assert {r.result.status for r in rounds} == {"final"}
+    assert len({node.trainer.snapshot().tobytes() for node in nodes}) == 1
+
+
+def test_a_node_that_starts_elsewhere_after_a_final_round_takes_that_rounds_model() -> None:
+    initial = cnn(0)
+    params = SwarmParams(
+        min_peers=2,
+        max_peers=2,  # the first two close every round; the third comes later
+        sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (2, 0, 0, 0)),
+        initial_model_digest=canonical.digest(vector(initial)),
+    )
+    swarm = memory_swarm(params, 3)
+    models = [cnn(0), cnn(0)]
+    hooks = [hook(model, peer) for model, peer in zip(models, swarm.peers[:2], strict=True)]
+    run_in_threads([lambda i=i: hooks[i].on_train_end() for i in range(2)], timeout=60)
+    number, digest = swarm.peers[0].ledger.latest_model()
+    assert number == 1
+    late = cnn(77)
+    started = hook(late, swarm.peers[2])
+    assert started.syncer.start.round == 1 and started.syncer.start.source.startswith("peer ")
+    assert canonical.digest(vector(late)) == digest
