@@ -111,6 +111,22 @@ def measure_gas(chain: Chain, peers: int) -> dict[str, int]:
     chain.advance(params.round_deadline)
     nodes[0].expire(2)
     gas["expire (opens next round)"] = last_gas(nodes[0])
+
+    # Round 3: finishing (docs/round-protocol.md#finishing); the last node not joined closes.
+    nodes[-1].finish()
+    gas["finish (not joined, closes nothing)"] = last_gas(nodes[-1])
+    for n in nodes[: peers - 2]:
+        n.join(3, h(n.account + "3"), 100, 5)
+    nodes[-2].finish()
+    gas[f"finish that closes ({peers - 2} joined)"] = last_gas(nodes[-2])
+
+    # Round 4: the join that makes every node still training a participant closes.
+    nodes[0].report(3, 1, h("merged-3"))
+    for n in nodes[1 : params.quorum(peers - 2)]:
+        n.report(3, 1, h("merged-3"))
+    for n in nodes[: peers - 2]:
+        n.join(4, h(n.account + "4"), 100, 5)
+    gas[f"join that closes (all {peers - 2} training joined)"] = last_gas(nodes[peers - 3])
     return gas
 
 

@@ -18,6 +18,7 @@ class ErrorName(StrEnum):
     """A custom error the contract reverts with; the value is its name in the ABI, so a
     member compares equal to the plain string and prints as it."""
 
+    ALREADY_FINISHED = "AlreadyFinished"  # (account)
     ALREADY_JOINED = "AlreadyJoined"  # (round, node)
     ALREADY_REGISTERED = "AlreadyRegistered"  # (account)
     BAD_PARAMETERS = "BadParameters"  # (reason)

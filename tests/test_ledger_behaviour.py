@@ -371,6 +371,7 @@ def test_revoke_of_a_live_participant_withdraws_it(backend: Backend) -> None:
     for i, node in enumerate(nodes):
         owner.allow(node.account)
         node.register(endpoint(i), certificate(i, node.account))
+    for node in nodes:
         join(node, 1)
     assert owner.round(1).status == RoundStatus.CLOSED
     tail = EventTail(owner)
@@ -548,10 +549,11 @@ def test_round_with_too_few_joins_expires(backend: Backend) -> None:
 
 
 def test_open_round_with_enough_joins_expires_from_first_join(backend: Backend) -> None:
-    swarm = deploy(backend, 2)
-    n0, n1 = swarm.nodes
+    swarm = deploy(backend, 3)  # the third trains on: the round stays open
+    n0, n1, _ = swarm.nodes
     join(n0, 1)
     join(n1, 1)
+    assert n0.round(1).status == RoundStatus.OPEN
     first_join_at = n0.round(1).first_join_at
     refused("TooEarly", lambda: n0.expire(1))
     backend.advance_to(first_join_at + ROUND_DEADLINE)
@@ -753,8 +755,8 @@ def test_drop_or_withdrawal_below_the_minimum_fails_the_round(backend: Backend) 
 
 
 def test_closed_round_expires_after_the_deadline_from_close(backend: Backend) -> None:
-    swarm = deploy(backend, 2)
-    n0, n1 = swarm.nodes
+    swarm = deploy(backend, 3)  # the third trains on and never joins: the window closes it
+    n0, n1, _ = swarm.nodes
     join(n0, 1)
     first_join_at = n0.round(1).first_join_at
     join(n1, 1)
@@ -781,8 +783,8 @@ def test_closed_round_expires_after_the_deadline_from_close(backend: Backend) ->
 
 
 def test_the_max_peers_join_closes_the_round(backend: Backend) -> None:
-    swarm = deploy(backend, 3, max_peers=3)
-    n0, n1, n2 = swarm.nodes
+    swarm = deploy(backend, 4, max_peers=3)  # a fourth node trains on: max_peers closes
+    n0, n1, n2, _ = swarm.nodes
     tail = EventTail(n0)
     n2.join(1, commitment(n2), 30, 7)
     n0.join(1, commitment(n0), 10, 5)
@@ -947,8 +949,8 @@ def test_leaving_before_close(backend: Backend) -> None:
 
 
 def test_last_leaver_resets_the_join_window(backend: Backend) -> None:
-    swarm = deploy(backend, 2)
-    n0, n1 = swarm.nodes
+    swarm = deploy(backend, 3)  # the third never joins: only the window closes the round
+    n0, n1, _ = swarm.nodes
     join(n0, 1)
     assert n0.round(1).first_join_at > 0
     n0.leave(1)
@@ -1075,8 +1077,8 @@ def test_votes_count_per_attempt_and_only_from_live_participants(backend: Backen
 
 
 def test_deregistering_while_joined_to_an_open_round_leaves_it(backend: Backend) -> None:
-    swarm = deploy(backend, 3, max_peers=3)
-    n0, n1, n2 = swarm.nodes
+    swarm = deploy(backend, 4, max_peers=3)  # the fourth trains on and has not joined
+    n0, n1, n2, _ = swarm.nodes
     join(n0, 1)
     join(n1, 1)
     tail = EventTail(n0)
@@ -1088,7 +1090,7 @@ def test_deregistering_while_joined_to_an_open_round_leaves_it(backend: Backend)
     assert events[1].args == {"round": 1, "node": n0.account}
     state = n0.round(1)
     assert (state.status, state.participants) == (RoundStatus.OPEN, (n1.account,))
-    join(n2, 1)  # two joined of max 3: still open
+    join(n2, 1)  # two joined of max 3, and the fourth still to come: still open
     assert n0.round(1).status == RoundStatus.OPEN
 
 
@@ -1109,15 +1111,172 @@ def test_deregistering_while_live_in_a_closed_round_withdraws(backend: Backend) 
     n1.report(1, 2, DIGEST_A)
     assert_round_ended(n0, 1, RoundStatus.FINAL)
 
-    # With only the minimum live, a deregistration fails the round.
+    # With only the minimum live, a deregistration fails the round. (n2 is gone, so the
+    # second join is every node still training: it closes the round.)
     join(n0, 2)
     join(n1, 2)
-    backend.advance_to(n0.round(2).first_join_at + JOIN_WINDOW)
-    n0.close(2)
+    assert n0.round(2).status == RoundStatus.CLOSED
     tail.take()
     n1.deregister()
     assert names(tail.take()) == ["Deregistered", "Withdrawn", "RoundFailed", "RoundOpened"]
     assert_round_ended(n0, 2, RoundStatus.FAILED, FailReason.TOO_FEW_LIVE)
+
+
+# ---------------------------------------------------------------------------- finishing
+# A node that finished training is counted out of `training`; a round closes once every node
+# still training joined (docs/round-protocol.md#finishing).
+
+
+def test_the_join_that_makes_every_training_node_a_participant_closes(backend: Backend) -> None:
+    swarm = deploy(backend, 3)  # max_peers 4: only the count of training nodes closes early
+    n0, n1, n2 = swarm.nodes
+    assert n0.round(1).training == 3
+    assert n0.training_nodes() == swarm.accounts()
+    join(n0, 1)
+    join(n2, 1)
+    assert n0.round(1).status == RoundStatus.OPEN
+    tail = EventTail(n0)
+
+    join(n1, 1)
+
+    events = tail.take()
+    assert names(events) == ["Joined", "RoundClosed", "AttemptStarted"]
+    assert len({e.position[0] for e in events}) == 1  # in the join's own transaction
+    assert events[1].args["participants"] == [n0.account, n2.account, n1.account]
+    state = n0.round(1)
+    assert (state.status, state.joined, state.live, state.attempt) == (RoundStatus.CLOSED, 3, 3, 1)
+
+
+def test_finish_counts_a_node_out_and_is_refused_twice(backend: Backend) -> None:
+    swarm = deploy(backend, 3)
+    n0, n1, n2 = swarm.nodes
+    stranger = backend.new_ledger()
+    tail = EventTail(n0)
+
+    n1.finish()
+
+    events = tail.take()
+    assert names(events) == ["Finished"]
+    assert events[0].args == {"node": n1.account}
+    assert n0.round(1).training == 2
+    assert n0.training_nodes() == [n0.account, n2.account]
+    # still registered: it serves what it holds to peers catching up
+    assert [r.account for r in n0.active_nodes()] == swarm.accounts()
+    err = refused("AlreadyFinished", n1.finish)
+    assert err.details == {"account": n1.account}
+    err = refused("NotRegistered", stranger.finish)
+    assert err.details == {"account": stranger.account}
+    assert n0.round(1).training == 2
+
+
+def test_the_last_node_not_joined_finishing_closes_the_round(backend: Backend) -> None:
+    swarm = deploy(backend, 3)
+    n0, n1, n2 = swarm.nodes
+    join(n0, 1)
+    join(n1, 1)
+    tail = EventTail(n0)
+
+    n2.finish()
+
+    events = tail.take()
+    assert names(events) == ["Finished", "RoundClosed", "AttemptStarted"]
+    assert events[1].args["participants"] == [n0.account, n1.account]
+    state = n0.round(1)
+    assert (state.status, state.live, state.training) == (RoundStatus.CLOSED, 2, 2)
+
+
+def test_finishing_below_min_peers_leaves_the_round_open(backend: Backend) -> None:
+    """A node left alone: the round cannot close (min_peers still holds), and the chain shows
+    one node training, which is how that node knows no peers are left."""
+    swarm = deploy(backend, 3)
+    n0, n1, n2 = swarm.nodes
+    join(n0, 1)
+    n1.finish()
+    n2.finish()
+
+    state = n0.round(1)
+    assert (state.status, state.joined, state.training) == (RoundStatus.OPEN, 1, 1)
+    assert n0.training_nodes() == [n0.account]
+    backend.advance_to(state.first_join_at + JOIN_WINDOW)
+    refused("TooFewJoined", lambda: n0.close(1))
+
+
+def test_finishing_while_joined_leaves_the_open_round(backend: Backend) -> None:
+    swarm = deploy(backend, 4)
+    n0, n1, n2, _ = swarm.nodes
+    join(n0, 1)
+    join(n1, 1)
+    join(n2, 1)
+    tail = EventTail(n0)
+
+    n1.finish()  # n0, n2 joined, the fourth still to come: open
+
+    events = tail.take()
+    assert names(events) == ["Finished", "Left"]
+    assert events[1].args == {"round": 1, "node": n1.account}
+    state = n0.round(1)
+    assert (state.status, state.participants) == (RoundStatus.OPEN, (n0.account, n2.account))
+    assert state.training == 3
+
+
+def test_finishing_while_live_in_a_closed_round_finishes_that_round(backend: Backend) -> None:
+    swarm = closed_swarm(backend, 3)
+    n0, n1, n2 = swarm.nodes
+    tail = EventTail(n0)
+
+    n2.finish()  # after its last sync, before the round ended: it still reports
+
+    assert names(tail.take()) == ["Finished"]
+    state = n0.round(1)
+    assert (state.status, state.live, state.attempt) == (RoundStatus.CLOSED, 3, 1)
+    n2.report(1, 1, DIGEST_A)
+    n0.report(1, 1, DIGEST_A)
+    assert_round_ended(n0, 1, RoundStatus.FINAL)
+    join(n0, 2)
+    join(n1, 2)  # every node still training joined
+    assert n0.round(2).status == RoundStatus.CLOSED
+
+
+def test_a_finished_node_that_joins_trains_again(backend: Backend) -> None:
+    swarm = deploy(backend, 3)
+    n0, n1, n2 = swarm.nodes
+    n2.finish()
+    join(n2, 1)
+    state = n0.round(1)
+    assert (state.training, state.status) == (3, RoundStatus.OPEN)
+    assert n0.training_nodes() == swarm.accounts()
+    join(n0, 1)
+    assert n0.round(1).status == RoundStatus.OPEN  # n1 still to come
+    join(n1, 1)
+    assert n0.round(1).status == RoundStatus.CLOSED
+    n2.finish()  # it may finish again
+    assert n0.round(1).training == 2
+
+
+def test_deregistering_and_registering_again_after_finishing(backend: Backend) -> None:
+    swarm = deploy(backend, 3)
+    n0, n1, n2 = swarm.nodes
+    n2.finish()
+    n2.deregister()  # counted out once, not twice
+    assert n0.round(1).training == 2
+    n2.register("back.swarm.test:1", certificate(2, n2.account))  # trains again
+    assert n0.round(1).training == 3
+    assert n0.training_nodes() == swarm.accounts()
+    n1.deregister()
+    assert n0.round(1).training == 2
+
+
+def test_the_last_node_not_joined_deregistering_closes_the_round(backend: Backend) -> None:
+    swarm = deploy(backend, 3)
+    n0, n1, n2 = swarm.nodes
+    join(n0, 1)
+    join(n1, 1)
+    tail = EventTail(n0)
+
+    n2.deregister()
+
+    assert names(tail.take()) == ["Deregistered", "RoundClosed", "AttemptStarted"]
+    assert n0.round(1).participants == (n0.account, n1.account)
 
 
 # ---------------------------------------------------------------------------- events

@@ -5,7 +5,9 @@ pragma solidity 0.8.37;
 /// @notice The only state the nodes of a swarm share. It records who is in the swarm
 ///         (account, gRPC endpoint, TLS certificate fingerprint), which round is open,
 ///         who joined it with which commitment, who was dropped, and the digest every
-///         round agreed on. Weights never come here.
+///         round agreed on, and how many nodes are still training (registered and not
+///         finished), so that a round never waits for a node that is done. Weights never
+///         come here.
 /// @dev Storage is laid out so that a participant that does not finalize a round pays
 ///      about three new slots to join and one warm update to report; everything paid once
 ///      per round (close, finalize, expire) is paid by whoever triggers it.
@@ -51,6 +53,7 @@ contract SwarmLedger {
         string endpoint;
         bool active;
         uint32 activeIndex1; // position in _active plus one; 0: not active. Packed with active.
+        bool finished; // said its training is over (finish()); a join makes it train again
     }
 
     /// @dev One slot: everything a join or a report touches besides its own slots.
@@ -96,12 +99,14 @@ contract SwarmLedger {
     error TooEarly(uint64 notBefore, uint64 now);
     error TooFewJoined(uint256 round, uint16 joined, uint16 needed);
     error BadParameters(string reason);
+    error AlreadyFinished(address account);
 
     // ------------------------------------------------------------------ events
 
     event Registered(address indexed node, string endpoint, bytes32 fingerprint, bytes certificate);
     event EndpointUpdated(address indexed node, string endpoint);
     event Deregistered(address indexed node);
+    event Finished(address indexed node);
     event Allowed(address indexed account);
     event Revoked(address indexed account);
     event RoundOpened(uint256 indexed round);
@@ -165,10 +170,14 @@ contract SwarmLedger {
     ///      what the live roster costs, never what every account that ever registered costs.
     address[] internal _active;
 
+    // One slot for the three numbers a join, a close and a finalizing report read or write
+    // together: the count rides on a slot the join reads anyway.
     /// @notice The one round that is open or closed now; every earlier round has ended.
-    uint256 public currentRound;
+    uint64 public currentRound;
     /// @notice The newest round that became final (0 when none has).
-    uint256 public lastFinalRound;
+    uint64 public lastFinalRound;
+    /// @notice Active nodes that have not finished: a round closes once all of them joined.
+    uint32 public training;
     mapping(uint256 => Round) internal _rounds;
     mapping(uint256 => mapping(uint256 => address)) internal _order;
     mapping(uint256 => mapping(address => Seat)) internal _seats;
@@ -326,6 +335,7 @@ contract SwarmLedger {
         n.active = true;
         _active.push(msg.sender);
         n.activeIndex1 = uint32(_active.length);
+        training += 1;
         emit Registered(msg.sender, endpoint, fingerprint, certificate);
     }
 
@@ -359,7 +369,8 @@ contract SwarmLedger {
         emit EndpointUpdated(msg.sender, endpoint);
     }
 
-    /// @notice Leaves the swarm; an open round is left and a closed one withdrawn from.
+    /// @notice Leaves the swarm; an open round is left and a closed one withdrawn from. An open
+    ///         round that every node still training has joined closes.
     function deregister() external {
         if (!_nodes[msg.sender].active) revert NotRegistered(msg.sender);
         _deregister(msg.sender);
@@ -368,8 +379,10 @@ contract SwarmLedger {
     function _deregister(address account) internal {
         Node storage n = _nodes[account];
         uint256 index = n.activeIndex1 - 1;
+        if (!n.finished) training -= 1;
         n.active = false;
         n.activeIndex1 = 0;
+        n.finished = false;
         uint256 last = _active.length - 1;
         if (index != last) {
             address moved = _active[last];
@@ -380,10 +393,45 @@ contract SwarmLedger {
         emit Deregistered(account);
         uint256 r = currentRound;
         Seat storage s = _seats[r][account];
-        if (s.index1 == 0) return;
         Round storage rd = _rounds[r];
-        if (rd.status == Status.Open) _leave(r, account);
-        else if (rd.status == Status.Closed && s.droppedAt == 0) _withdraw(r, account);
+        if (rd.status == Status.Open) {
+            if (s.index1 != 0) _leave(r, account);
+            _closeIfAllJoined(r, rd);
+        } else if (rd.status == Status.Closed && s.index1 != 0 && s.droppedAt == 0) {
+            _withdraw(r, account);
+        }
+    }
+
+    /// @notice Says the caller's training is over: rounds no longer wait for it. It stays
+    ///         registered (it still serves the models it holds to peers catching up); an open
+    ///         round it joined is left, a closed one it is live in goes on with it. If every
+    ///         node still training has joined the open round, it closes now. Joining a round
+    ///         later makes the caller train again, as registering anew does.
+    function finish() external {
+        Node storage n = _nodes[msg.sender];
+        if (!n.active) revert NotRegistered(msg.sender);
+        if (n.finished) revert AlreadyFinished(msg.sender);
+        n.finished = true;
+        training -= 1;
+        emit Finished(msg.sender);
+        uint256 r = currentRound;
+        Round storage rd = _rounds[r];
+        if (rd.status != Status.Open) return;
+        if (_seats[r][msg.sender].index1 != 0) _leave(r, msg.sender);
+        _closeIfAllJoined(r, rd);
+    }
+
+    /// @notice The active nodes still training (not finished), in roster order.
+    /// @return accounts Their accounts.
+    function trainingNodes() external view returns (address[] memory accounts) {
+        uint256 count = _active.length;
+        address[] memory found = new address[](training);
+        uint256 k = 0;
+        for (uint256 i = 0; i < count; i++) {
+            address a = _active[i];
+            if (!_nodes[a].finished) found[k++] = a;
+        }
+        return found;
     }
 
     /// @notice One registered node.
@@ -446,18 +494,26 @@ contract SwarmLedger {
     // ------------------------------------------------------------------ rounds: joining
 
     /// @notice Joins the open round with a commitment to the update this node will contribute.
+    ///         The join that makes every node still training a participant (with at least
+    ///         minPeers), or that reaches maxPeers, closes the round. A finished node that joins
+    ///         trains again.
     /// @param round The round to join; must be the current, open one.
     /// @param commitment Digest of the node's canonical update vector.
     /// @param weight The node's sample count (positive).
     /// @param valLoss The node's validation loss, scaled by 1e6.
     function join(uint256 round, bytes32 commitment, uint64 weight, uint64 valLoss) external {
         Round storage rd = _openRoundFor(round);
-        if (!_nodes[msg.sender].active) revert NotRegistered(msg.sender);
+        Node storage n = _nodes[msg.sender];
+        if (!n.active) revert NotRegistered(msg.sender);
         Seat storage s = _seats[round][msg.sender];
         if (s.index1 != 0) revert AlreadyJoined(round, msg.sender);
         if (commitment == bytes32(0)) revert BadParameters("commitment must be set");
         if (weight == 0) revert BadParameters("weight must be positive");
 
+        if (n.finished) {
+            n.finished = false;
+            training += 1;
+        }
         uint16 index = rd.joined;
         _order[round][index] = msg.sender;
         s.index1 = index + 1;
@@ -467,7 +523,8 @@ contract SwarmLedger {
         rd.joined = index + 1;
         if (index == 0) rd.firstJoinAt = uint40(block.timestamp);
         emit Joined(round, msg.sender, commitment, weight, valLoss);
-        if (index + 1 == maxPeers) _close(round, rd);
+        uint16 joined = index + 1;
+        if (joined == maxPeers || (joined >= minPeers && joined >= training)) _close(round, rd);
     }
 
     /// @notice Leaves the open round before it closes (named leaveRound: `leave` is reserved in newer Solidity).
@@ -503,6 +560,12 @@ contract SwarmLedger {
         uint64 notBefore = uint64(rd.firstJoinAt) + joinWindow;
         if (block.timestamp < notBefore) revert TooEarly(notBefore, uint64(block.timestamp));
         _close(round, rd);
+    }
+
+    /// @dev Closes an open round that every node still training has joined, with minPeers.
+    function _closeIfAllJoined(uint256 round, Round storage rd) internal {
+        uint16 joined = rd.joined;
+        if (joined >= minPeers && joined >= training) _close(round, rd);
     }
 
     function _close(uint256 round, Round storage rd) internal {
@@ -616,7 +679,7 @@ contract SwarmLedger {
         if (count >= needed) {
             rd.status = Status.Final;
             finalDigest[round] = digest;
-            lastFinalRound = round;
+            lastFinalRound = uint64(round);
             emit RoundFinalized(round, attempt, digest);
             _openRound(round + 1);
         } else if (uint256(rd.maxCount) + (rd.live - reports) < needed) {
@@ -646,6 +709,7 @@ contract SwarmLedger {
     /// @return closedAt Time of close (0 while open).
     /// @return attemptStart Start of the current attempt.
     /// @return closedBlock The block the round closed in (0 while open); its hash is the seed.
+    /// @return trainingNow Nodes still training now, whichever round is asked about.
     function getRound(uint256 round)
         external
         view
@@ -659,7 +723,8 @@ contract SwarmLedger {
             uint64 firstJoinAt,
             uint64 closedAt,
             uint64 attemptStart,
-            uint64 closedBlock
+            uint64 closedBlock,
+            uint32 trainingNow
         )
     {
         Round storage rd = _rounds[round];
@@ -673,7 +738,8 @@ contract SwarmLedger {
             rd.firstJoinAt,
             rd.closedAt,
             rd.attemptStart,
-            _closedBlock[round]
+            _closedBlock[round],
+            training
         );
     }
 
@@ -765,7 +831,7 @@ contract SwarmLedger {
     }
 
     function _openRound(uint256 round) internal {
-        currentRound = round;
+        currentRound = uint64(round);
         _rounds[round].status = Status.Open;
         emit RoundOpened(round);
     }

@@ -114,6 +114,16 @@ class Ledger(ABC):
     @abstractmethod
     def expire(self, number: int) -> None: ...
 
+    @abstractmethod
+    def finish(self) -> None:
+        """Says this node's training is over: no round waits for it any more; an open
+        round it joined is left, and one every node still training has joined closes. A
+        later join makes it train again (docs/round-protocol.md#closing)."""
+
+    @abstractmethod
+    def training_nodes(self) -> list[str]:
+        """The active nodes that have not finished, in roster order."""
+
     # events
     @abstractmethod
     def events(self, cursor: int) -> tuple[list[LedgerEvent], int]:

@@ -255,9 +255,9 @@ class ContractLedger(Ledger):
 
     def round(self, number: int) -> RoundState:
         f = self._contract.functions
-        (status, fail, attempt, joined, live, reports, first, closed, start, closed_block) = (
-            self._view(f.getRound(number))
-        )
+        row = self._view(f.getRound(number))
+        status, fail, attempt, joined, live, reports, first, closed, start, closed_block = row[:10]
+        training = int(row[10])  # getRound's trainingNow: the nodes still training now
         nodes, commitments, weights, losses, dropped, reported = self._view(f.participants(number))
         digest = bytes(self._view(f.finalDigest(number)))
         seats = tuple(
@@ -280,6 +280,7 @@ class ContractLedger(Ledger):
             seats=seats,
             final_digest=digest if any(digest) else None,
             seed=self._seed(number, int(closed_block), int(closed)),
+            training=training,
         )
 
     def _seed(self, number: int, closed_block: int, closed_at: int) -> bytes:
@@ -335,6 +336,13 @@ class ContractLedger(Ledger):
 
     def expire(self, number: int) -> None:
         self._transact(self._contract.functions.expire(number))
+
+    def finish(self) -> None:
+        self._transact(self._contract.functions.finish())
+
+    def training_nodes(self) -> list[str]:
+        accounts = self._view(self._contract.functions.trainingNodes())
+        return [to_checksum_address(a) for a in accounts]
 
     # ------------------------------------------------------------------ events
 

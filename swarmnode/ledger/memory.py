@@ -103,6 +103,7 @@ class _Swarm:
         self.allowed: dict[str, bool] = {}
         self.nodes: dict[str, NodeRecord] = {}
         self.active: list[str] = []  # the contract's _active: swap-and-pop on deregister
+        self.finished: set[str] = set()  # active nodes that said their training is over
         self.rounds: dict[int, _Round] = defaultdict(_Round)
         self.current = 0
         self.last_final = 0
@@ -163,6 +164,7 @@ class _Swarm:
         fingerprint = hashlib.sha256(certificate).digest()
         self.nodes[sender] = NodeRecord(sender, endpoint, fingerprint, True)
         self.active.append(sender)
+        self.finished.discard(sender)
         self.emit(
             "Registered",
             node=sender,
@@ -192,15 +194,39 @@ class _Swarm:
         last = self.active.pop()
         if last != account:
             self.active[index] = last
+        self.finished.discard(account)
         self.emit("Deregistered", node=account)
         rd = self.rounds[self.current]
         seat = rd.seats.get(account)
-        if seat is None:
-            return
         if rd.status == RoundStatus.OPEN:
-            self._leave(self.current, account)
-        elif rd.status == RoundStatus.CLOSED and seat["dropped_at"] == 0:
+            if seat is not None:
+                self._leave(self.current, account)
+            self._close_if_all_joined(self.current, rd, now)
+        elif rd.status == RoundStatus.CLOSED and seat is not None and seat["dropped_at"] == 0:
             self._withdraw(self.current, account, now)
+
+    def finish(self, sender: str, now: int) -> None:
+        node = self.nodes.get(sender)
+        if node is None or not node.active:
+            raise ContractError(ErrorName.NOT_REGISTERED, {"account": sender})
+        if sender in self.finished:
+            raise ContractError(ErrorName.ALREADY_FINISHED, {"account": sender})
+        self.finished.add(sender)
+        self.emit("Finished", node=sender)
+        rd = self.rounds[self.current]
+        if rd.status != RoundStatus.OPEN:
+            return
+        if sender in rd.seats:
+            self._leave(self.current, sender)
+        self._close_if_all_joined(self.current, rd, now)
+
+    @property
+    def training(self) -> int:
+        """The contract's `training`: active nodes that have not finished."""
+        return len(self.active) - len(self.finished)
+
+    def training_nodes(self) -> list[str]:
+        return [a for a in self.active if a not in self.finished]
 
     # -- rounds
     def join(
@@ -218,6 +244,7 @@ class _Swarm:
             raise ContractError(ErrorName.BAD_PARAMETERS, {"reason": "weight must be positive"})
         _check_uint(weight, 64, "weight")
         _check_uint(val_loss, 64, "valLoss")
+        self.finished.discard(sender)  # a finished node that joins trains again
         index = len(rd.order)
         rd.order.append(sender)
         rd.seats[sender] = {
@@ -237,8 +264,11 @@ class _Swarm:
             weight=weight,
             valLoss=val_loss,
         )
-        if index + 1 == self.params.max_peers:
+        joined = index + 1
+        if joined == self.params.max_peers:
             self._close(number, rd, now)
+        else:
+            self._close_if_all_joined(number, rd, now)
 
     def leave(self, sender: str, number: int) -> None:
         rd = self._open_round_for(number)
@@ -267,6 +297,12 @@ class _Swarm:
             )
         _not_before(rd.first_join_at + self.params.join_window, now)
         self._close(number, rd, now)
+
+    def _close_if_all_joined(self, number: int, rd: _Round, now: int) -> None:
+        """Closes an open round that every node still training has joined, with min_peers."""
+        joined = len(rd.order)
+        if joined >= self.params.min_peers and joined >= self.training:
+            self._close(number, rd, now)
 
     def _close(self, number: int, rd: _Round, now: int) -> None:
         rd.status = RoundStatus.CLOSED
@@ -437,6 +473,7 @@ class _Swarm:
             seats=seats,
             final_digest=rd.final_digest,
             seed=rd.seed,
+            training=self.training,
         )
 
 
@@ -604,6 +641,13 @@ class InMemoryLedger(Ledger):
 
     def expire(self, number: int) -> None:
         self._do(lambda: self._swarm.expire(number, self.now()))
+
+    def finish(self) -> None:
+        self._do(lambda: self._swarm.finish(self._account, self.now()))
+
+    def training_nodes(self) -> list[str]:
+        with self._chain._lock:
+            return self._swarm.training_nodes()
 
     # events
     def events(self, cursor: int) -> tuple[list[LedgerEvent], int]:

@@ -80,6 +80,10 @@ class RoundState:
     # in the round chooses it, so what is drawn from it is not theirs to pick
     # (docs/chain.md#the-round-seed).
     seed: bytes = b""
+    # Nodes still training when this was read (registered and not finished): the chain's
+    # count now, whichever round was asked about. None where the backend cannot say. A round
+    # closes once all of them have joined (docs/round-protocol.md#closing).
+    training: int | None = None
 
     @property
     def participants(self) -> tuple[str, ...]:

@@ -145,6 +145,12 @@ class OrderedJoins(Ledger):
     def expire(self, number: int) -> None:
         self.inner.expire(number)
 
+    def finish(self) -> None:
+        self.inner.finish()
+
+    def training_nodes(self) -> list[str]:
+        return self.inner.training_nodes()
+
     def events(self, cursor: int) -> tuple[list[LedgerEvent], int]:
         return self.inner.events(cursor)
 
