@@ -167,8 +167,8 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
                 continue
             result = outcome.result
             record = NodeRoundRecord.from_round(outcome, receipts=len(ledger.gas_log) - mined)
-            fields = {"event": ROUND_EVENT, **record.to_json()}
-            log.info("round %d %s", result.round, result.status, extra={"fields": fields})
+            fields = {"event": ROUND_EVENT, **record.to_json(), "metrics": outcome.val_metrics}
+            log.info("%s", progress.round_line(outcome), extra={"fields": fields})  # loss, metrics
             if _save_checkpoint(store, node, result):
                 done += 1
         log.info("node %s stopping", ledger.account, extra={"fields": {"event": "stopped"}})

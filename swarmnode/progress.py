@@ -25,6 +25,22 @@ if TYPE_CHECKING:
     from swarmnode.node import NodeRound, SwarmNode
 
 
+def round_line(outcome: NodeRound) -> str:
+    """A round as the console shows it: how it ended, with how many nodes, and how the node's
+    own model scored on its validation data when it synced (its loss, then each metric of
+    the Task), so that someone watching a node sees it learn, not only that rounds end."""
+    result = outcome.result
+    scores = [f"loss {outcome.val_loss:.4f}"]
+    scores += [
+        f"{name} {value:.4f}" for name, value in outcome.val_metrics.items() if name != "loss"
+    ]
+    nodes = len(result.participants)
+    return (
+        f"round {result.round} {result.status}, {nodes} node{'s' if nodes != 1 else ''}: "
+        f"val {', '.join(scores)} (local model at the sync, {outcome.batches} batches)"
+    )
+
+
 def for_stream(stream: TextIO | None = None, *, rounds: int = 0) -> NoProgress | BarProgress:
     """Bars on an interactive terminal, plain log lines anywhere else."""
     stream = stream or sys.stderr
@@ -135,7 +151,7 @@ class BarProgress:
             self._bars.update(
                 self._rounds,
                 completed=self._rounds_done,
-                description=f"round {result.round} {result.status}",
+                description=f"round {result.round} {result.status} (loss {outcome.val_loss:.4f})",
                 count=self._rounds_text(self._rounds_done, self._rounds_total),
             )
 

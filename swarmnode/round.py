@@ -345,7 +345,9 @@ class Round:
             return True
         except ContractError as err:
             if err.stale_view or err.name in _NEWS:
-                log.info("%s: %s", self.me, err)
+                # a stale view is a race the round settles by reading the chain (a close sent
+                # second, a report the quorum beat: docs/round-protocol.md#clocks), no news
+                log.log(logging.DEBUG if err.stale_view else logging.INFO, "%s: %s", self.me, err)
                 return False
             raise
         finally:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from swarmnode import canonical
+from swarmnode.cli.status import logged_rounds, node_report
 from swarmnode.identity import NodeIdentity
 from swarmnode.ledger.deployment import Deployment
 from swarmnode.ledger.devchain import AnvilChain
@@ -27,8 +30,10 @@ from swarmnode.node import SwarmNode
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
 from swarmnode.p2p.roster import PeerRecord, Roster
+from swarmnode.records import ROUND_EVENT, NodeRoundRecord
+from swarmnode.round import RoundSettings
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
-from swarmnode.simulation.local import run_in_threads
+from swarmnode.simulation.local import memory_swarm, run_in_threads
 from swarmnode.training import LocalTrainer, example_task
 
 
@@ -156,3 +161,62 @@ def test_status_of_a_node_after_a_real_round_on_anvil(
         wrong = swarmnode(tmp_path, "-d", "deployment.json", *args)
         assert wrong.returncode == 1, wrong.stdout
         assert len(wrong.stderr.strip().splitlines()) == 1 and words in wrong.stderr, args
+
+
+def test_a_report_that_lands_after_the_round_is_final_is_debug_and_counts_as_agreed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three nodes, a quorum of two: the third report reaches a round that is already final
+    and the contract refuses it (WrongRound), leaving no event. Before: an INFO line
+    "contract refused with WrongRound" that read as an error, and `status` showing the
+    round without an agreeing report. Now: a DEBUG line, and `status --identity` reads the
+    node's log to show its report as agreed (late), its digest being the final one."""
+    task = example_task(samples=128)
+    params = SwarmParams(
+        min_peers=2,
+        max_peers=3,
+        sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (2, 0, 0, 0)),
+        initial_model_digest=canonical.digest(LocalTrainer(task, "cpu", 0).snapshot()),
+    )
+    swarm = memory_swarm(params, 3)
+    nodes = [
+        SwarmNode(
+            ledger=p.ledger,
+            transport=p.transport,
+            inbox=p.inbox,
+            task=task,
+            device="cpu",
+            settings=RoundSettings(poll=0.01),
+        )
+        for p in swarm.peers
+    ]
+    with caplog.at_level(logging.DEBUG, logger="swarmnode"):
+        outcomes = run_in_threads([n.step for n in nodes], timeout=60)
+    assert {o.result.status for o in outcomes} == {"final"}
+    assert len({o.result.digest for o in outcomes}) == 1
+    refused = [r for r in caplog.records if "WrongRound" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].levelno == logging.DEBUG, refused
+
+    reader = nodes[0].ledger
+    chain_only = {
+        n.ledger.account: node_report(reader, 1, n.ledger.account, 5)["rounds"][0] for n in nodes
+    }
+    late = [a for a, entry in chain_only.items() if entry["agreed"] is None]
+    assert len(late) == 1  # the chain alone cannot tell
+    assert chain_only[late[0]]["part"] == "joined"
+    outcome = outcomes[[n.ledger.account for n in nodes].index(late[0])]
+
+    folder = tmp_path / "node"
+    folder.mkdir()
+    record = NodeRoundRecord.from_round(outcome)
+    (folder / "node.jsonl").write_text(
+        '{"event": "started"}\n' + json.dumps({"event": ROUND_EVENT, **record.to_json()}) + "\n"
+    )
+    entry = node_report(reader, 1, late[0], 5, logged_rounds(folder))["rounds"][0]
+    assert entry["agreed"] is True and entry["part"] == "reported late" and entry["late"]
+    assert entry["report"] == entry["final_digest"] == "0x" + record.digest
+
+    other = replace(record, digest="ab" * 32)  # a log whose model is not the final one
+    entry = node_report(reader, 1, late[0], 5, {1: other})["rounds"][0]
+    assert entry["agreed"] is None and entry["part"] == "joined"
+    assert logged_rounds(tmp_path / "nowhere") == {}

@@ -19,6 +19,9 @@ import swarmnode.cli
 from swarmnode.config import NodeConfig
 from swarmnode.exceptions import ConfigError
 from swarmnode.identity import NodeIdentity
+from swarmnode.node import NodeRound
+from swarmnode.progress import round_line
+from swarmnode.round import RoundOutcome, RoundResult
 from swarmnode.training import Task, example_task, load_task
 
 NODE = (
@@ -134,3 +137,14 @@ def test_the_installed_command_imports_a_task_from_the_folder_it_runs_in(tmp_pat
     )
     assert done.returncode == 1
     assert "is a str, not a swarmnode Task" in done.stderr, done.stderr
+
+
+def test_a_rounds_console_line_shows_the_loss_and_every_metric() -> None:
+    """Before: "round 3 final", with nothing of how the model does. Now the line carries the
+    loss and the Task's metrics of the model the node synced with."""
+    result = RoundResult(3, 1, RoundOutcome.FINAL, ("a", "b", "c"), None, b"\x01" * 32)
+    outcome = NodeRound(result, 8, 0.41234, {"loss": 0.41234, "accuracy": 0.8125})
+    assert round_line(outcome) == (
+        "round 3 final, 3 nodes: val loss 0.4123, accuracy 0.8125 "
+        "(local model at the sync, 8 batches)"
+    )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,7 @@ from swarmnode.cli.options import DeploymentOption, RpcOption, account_address, 
 from swarmnode.exceptions import ConfigError
 from swarmnode.identity import NodeIdentity
 from swarmnode.ledger.history import node_rounds
+from swarmnode.records import NodeRoundRecord, round_records
 from swarmnode.rules import MergeRuleId
 
 if TYPE_CHECKING:
@@ -49,7 +52,8 @@ def status(
     chain.check(known)
     reader = chain.ledger(known, Account.create())  # reads only: any account will do
     if account is not None:
-        _node_status(reader, known.chain_id, account, rounds, as_json)
+        logged = logged_rounds(identity) if identity is not None else {}
+        _node_status(reader, known.chain_id, account, rounds, as_json, logged)
         return
     report = _swarm_report(reader, known, rounds)
     if as_json:
@@ -141,13 +145,36 @@ def _node_account(node: str | None, identity: Path | None) -> str | None:
     return None
 
 
-def _node_status(reader: Any, chain_id: int, account: str, rounds: int, as_json: bool) -> None:
+def _node_status(
+    reader: Any,
+    chain_id: int,
+    account: str,
+    rounds: int,
+    as_json: bool,
+    logged: Mapping[int, NodeRoundRecord],
+) -> None:
     """`status --node`: the rounds one node joined, what it reported and if it agreed."""
+    report = node_report(reader, chain_id, account, rounds, logged)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    _print_node_status(report)
+
+
+def node_report(
+    reader: Any,
+    chain_id: int,
+    account: str,
+    rounds: int,
+    logged: Mapping[int, NodeRoundRecord] | None = None,
+) -> dict[str, Any]:
+    """What `status --node --json` prints: the node's rounds from the chain, with a report
+    that landed late read from the node's own log (`logged`, by round; see `_late_report`)."""
     record = reader.node(account)
     joined = node_rounds(reader, account, limit=rounds)
     if record is None and not joined:
         raise ConfigError(f"{account} never registered on the swarm at {reader.address}")
-    report: dict[str, Any] = {
+    return {
         "chain_id": chain_id,
         "address": reader.address,
         "node": {
@@ -155,12 +182,52 @@ def _node_status(reader: Any, chain_id: int, account: str, rounds: int, as_json:
             "active": bool(record is not None and record.active),
             "endpoint": None if record is None else record.endpoint,
         },
-        "rounds": [entry.to_dict() for entry in joined],
+        "rounds": [_late_report(e.to_dict(), (logged or {}).get(e.round)) for e in joined],
     }
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-        return
-    _print_node_status(report)
+
+
+def _late_report(entry: dict[str, Any], logged: NodeRoundRecord | None) -> dict[str, Any]:
+    """A report the quorum beat to the chain is refused (the round is already final) and
+    leaves no event, so the chain alone shows the node as not having reported. Its log says
+    which model it ended the round with: its own merge (status final) whose digest is the
+    final one is a report that agreed, shown as `reported late`."""
+    if entry["agreed"] is not None or entry["status"] != "final" or logged is None:
+        return entry
+    if logged.status != "final" or "0x" + logged.digest != entry["final_digest"]:
+        return entry
+    return {
+        **entry,
+        "part": "reported late",
+        "report": entry["final_digest"],
+        "report_attempt": entry["attempt"],
+        "agreed": True,
+        "late": True,
+    }
+
+
+def logged_rounds(identity: Path) -> dict[int, NodeRoundRecord]:
+    """The round records in the JSON log of the node whose folder is `identity` (the log its
+    node.toml names, else node.jsonl there), newest per round; none when there is no log."""
+    # here, not at the top: pydantic adds a few tenths of a second to every command
+    from swarmnode.config import NodeConfig
+
+    path = identity / "node.jsonl"
+    config = identity / "node.toml"
+    if config.exists():
+        # status reads the chain: a node.toml that `run` would refuse changes nothing here
+        with contextlib.suppress(ConfigError):
+            path = NodeConfig.load(config).log_path
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    events = []
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    return {r.round: r for r in round_records(e for e in events if isinstance(e, dict))}
 
 
 def _print_node_status(report: dict[str, Any]) -> None:
