@@ -275,7 +275,10 @@ class AllReduceRunner:
             self._place(merged, s, values)
         pushes = self._send_merged(pool, merged)
         needed = [s for s in range(self.owners.count) if s not in self.mine]
-        unconfirmed = self._confirm(needed, merged, self._at(CHECK_AT))
+        # a node whose own rows came late (by relay, past CHECK_AT) still gives the owners a
+        # while to send before it checks: their rows may reach it no sooner than its own did
+        late = min(self._at(1.0), time.monotonic() + RELAY_GRACE * self.timeout)
+        unconfirmed = self._confirm(needed, merged, max(self._at(CHECK_AT), late))
         silent = self._check(unconfirmed, merged)
         self._await_silent(silent, merged)
         self.traffic.sent += self._settle([*self._pushes, *pushes])
