@@ -23,13 +23,21 @@ import torch
 from torch import nn
 
 from swarmnode import canonical
-from swarmnode.exceptions import ConfigError, PeerError
+from swarmnode.error_names import ErrorName
+from swarmnode.exceptions import ConfigError, ContractError, PeerError
 from swarmnode.ledger.base import Ledger
 from swarmnode.merge import make_rule
 from swarmnode.p2p.errors import InvalidMessage
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import Transport
-from swarmnode.round import DEFAULT_SETTINGS, Round, RoundResult, RoundSettings, catch_up
+from swarmnode.round import (
+    DEFAULT_SETTINGS,
+    Round,
+    RoundOutcome,
+    RoundResult,
+    RoundSettings,
+    catch_up,
+)
 from swarmnode.sync import make_policy
 from swarmnode.training import LocalTrainer, Task
 
@@ -245,7 +253,7 @@ class Syncer:
             self.reference = result.merged
             joins = self.ledger.round(result.round).seats
             self.policy.after_round([seat.val_loss for seat in joins])
-        else:
+        elif result.status != RoundOutcome.NO_PEERS:  # that one the round said, at INFO
             log.warning(
                 "round %d ended %s for %s: keeping the local model",
                 result.round,
@@ -253,6 +261,22 @@ class Syncer:
                 self.ledger.account,
             )
         return result
+
+    def finish(self) -> bool:
+        """Says on chain that this node's training is over, after its last sync: no round
+        waits for it any more, and a peer left alone ends its syncs with `no_peers` instead
+        of an expired round (docs/round-protocol.md#finishing). The node stays registered
+        and keeps serving the models it holds; a later sync makes it train again. False if
+        the chain had already counted it out (finished before, or not registered)."""
+        try:
+            self.ledger.finish()
+        except ContractError as err:
+            if err.name not in (ErrorName.ALREADY_FINISHED, ErrorName.NOT_REGISTERED):
+                raise
+            log.info("%s: finish: %s", self.ledger.account, err)
+            return False
+        log.info("%s finished training: rounds no longer wait for it", self.ledger.account)
+        return True
 
 
 @dataclass
@@ -330,6 +354,10 @@ class SwarmNode:
         self.adopt(number, catch_up(self.syncer.transport, number, digest, len(reference), peers))
         return number
 
+    def finish(self) -> bool:
+        """Training is over: see `Syncer.finish`."""
+        return self.syncer.finish()
+
     def sync_now(self, batches: int = 0) -> NodeRound:
         """Contributes the current model to the current round and loads the outcome."""
         metrics = self.trainer.evaluate() if self.task.val_data is not None else {}
@@ -396,7 +424,12 @@ class SwarmCallback:
         return self._sync()
 
     def on_train_end(self) -> RoundResult:
-        return self._sync()
+        """The last sync, then `Syncer.finish()`: the swarm stops waiting for this node, even
+        when that sync fails."""
+        try:
+            return self._sync()
+        finally:
+            self.syncer.finish()
 
     def _sync(self) -> RoundResult:
         loss = float(self._val_loss()) if self._val_loss is not None else 0.0

@@ -69,6 +69,7 @@ class RoundOutcome(StrEnum):
     LEFT = "left"  # asked to stop (or restarted) before the round closed
     WITHDRAWN = "withdrawn"  # asked to stop, and the closed round did not end within the grace
     DROPPED = "dropped"  # voted out, and asked to stop before the survivors finished
+    NO_PEERS = "no_peers"  # fewer nodes still training than min_peers, itself included
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ class RoundSettings:
     # registered just now
     on_closed: Callable[[], object] | None = None
     sleep: Callable[[float], None] = time.sleep  # how a wait between polls passes
+    # seconds a wait on the chain or the peers lasts before it says, at INFO, what it waits
+    # for (round, peers, deadline), and again every as many seconds while it lasts
+    wait_log_every: float = 5.0
 
 
 DEFAULT_SETTINGS = RoundSettings()
@@ -160,6 +164,7 @@ class Round:
         self._give_up = self._stopping.overdue if settings.stop is not None else None
         self._reduced: tuple[Attempt, AllReduceResult] | None = None  # the last one reported
         self._withdrawn = False
+        self._alone = False  # left the open round because no peers are left to merge with
 
     # -- the steps
 
@@ -168,19 +173,23 @@ class Round:
         found = self._wait_open()
         if found is None:  # asked to stop before joining: nothing to leave
             return self._finish(self.ledger.current_round(), RoundOutcome.STOPPED)
-        number, missed = found
+        opened, missed = found
+        number = opened.number
         if missed is not None:
             # A round went on without us: take its model (docs/round-protocol.md#catch-up)
             # rather than join the next one with a model that never saw it.
             caught = self._catch_up_on(self.ledger.round(missed))
             if caught is not None:
                 return caught
+        if self._no_peers_left(opened):  # nobody to merge with: do not join at all
+            return self._finish(number, RoundOutcome.NO_PEERS)
         if not self._join(number):
             return self._after_late_join(number)
         state = self._wait_closed(number)
-        if state.status == RoundStatus.OPEN:  # asked to stop before the round closed: we left
+        if state.status == RoundStatus.OPEN:  # we left: asked to stop, or no peers are left
             self.inbox.finish_round(number)
-            return self._finish(number, RoundOutcome.LEFT)
+            alone = self._alone
+            return self._finish(number, RoundOutcome.NO_PEERS if alone else RoundOutcome.LEFT)
         if self.settings.on_closed is not None and state.status == RoundStatus.CLOSED:
             self.settings.on_closed()
         state = self._take_part(state)
@@ -257,8 +266,16 @@ class Round:
             frame_chunks=self.settings.frame_chunks,
         ).run
         give_up = self._give_up
-        watch = None if give_up is None else _transfer_watch(self.ledger, state, give_up)
-        return _unless(watch, self.settings.poll, work)
+        if give_up is None:
+            return work()
+        watch = _transfer_watch(self.ledger, state, give_up)
+        patience = self._patience()
+
+        def watched() -> bool:
+            patience(lambda: self._waiting_for_transfer(attempt, deadline))
+            return watch()
+
+        return _unless(watched, self.settings.poll, work)
 
     def _settle(self, state: RoundState) -> RoundResult:
         """The result once the round ended for this node, with the model it ends with, which
@@ -307,6 +324,7 @@ class Round:
                 state.final_digest,
                 len(self.vector),
                 state.live_participants,
+                timeout=float(self.params.transfer_deadline),
             )
         except PeerError as exc:
             log.warning("%s: %s", self.me, exc)
@@ -327,7 +345,14 @@ class Round:
         t0 = time.perf_counter()
         peers = [p for p in state.live_participants if p != self.me]
         try:
-            return catch_up(self.transport, state.number, digest, len(self.vector), peers)
+            return catch_up(
+                self.transport,
+                state.number,
+                digest,
+                len(self.vector),
+                peers,
+                timeout=float(self.params.transfer_deadline),
+            )
         except PeerError as exc:
             log.warning("%s: round %d: %s", self.me, state.number, exc)
             return None
@@ -353,14 +378,16 @@ class Round:
         finally:
             self.seconds["chain"] += time.perf_counter() - t0
 
-    def _wait_open(self) -> tuple[int, int | None] | None:
+    def _wait_open(self) -> tuple[RoundState, int | None] | None:
         """(the current round once this node can join it, the round it waited out or None);
         None if asked to stop first.
 
         A round under way without this node is waited out (a join would only be refused,
-        and training on meanwhile would drift from the swarm); a seat it holds without the
-        round's state is given up first (`leave_unfinished`)."""
+        and training on meanwhile would drift from the swarm), until it ends or its round
+        deadline lets this node expire it; a seat it holds without the round's state is
+        given up first (`leave_unfinished`)."""
         missed: int | None = None
+        patience = self._patience()
         while not self._stop_requested():
             number = self.ledger.current_round()
             state = self.ledger.round(number)
@@ -372,23 +399,28 @@ class Round:
                     )
                 continue
             if state.status == RoundStatus.OPEN:
-                return number, missed
+                return state, missed
             missed = number
             if not self._expire_if_due(state):
+                patience(partial(self._waiting_out, state))
                 self.settings.sleep(self.settings.poll)
         return None
 
     def _wait_closed(self, number: int) -> RoundState:
         """Until the round closes (closing it ourselves once the window allows, see
-        docs/round-protocol.md#closing) or ends; if asked to stop first, leaves the open
-        round and returns it still open."""
+        docs/round-protocol.md#closing) or ends; if asked to stop first, or once no peers
+        are left to merge with (docs/round-protocol.md#finishing), leaves the open round and
+        returns it still open. Bounded by the round deadline, from the first join."""
+        patience = self._patience()
         while True:
             state = self.ledger.round(number)
             if state.status != RoundStatus.OPEN:
                 return state
-            if self._stop_requested():
+            if self._stop_requested() or self._no_peers_left(state):
+                self._alone = not self._stop_requested()
                 if self._chain(partial(self.ledger.leave, number)):
                     return self.ledger.round(number)
+                self._alone = False
                 continue  # it closed meanwhile: take part after all
             close_at = state.close_allowed_at(self.params)
             if self._expire_if_due(state):
@@ -396,12 +428,14 @@ class Round:
             if close_at is not None and self.ledger.now() >= close_at:
                 self._chain(partial(self.ledger.close, number))
             else:
+                patience(partial(self._waiting_for_joins, state))
                 self.settings.sleep(self.settings.poll)
 
     def _wait_ended(self, number: int) -> RoundState:
         """Until a round this node is not (or no longer) part of is final or failed; expires
         it when its deadline passes, so nothing waits forever. Returns early if asked to
         stop."""
+        patience = self._patience()
         while True:
             state = self.ledger.round(number)
             if state.status in (RoundStatus.FINAL, RoundStatus.FAILED):
@@ -409,6 +443,7 @@ class Round:
             if self._stop_requested():
                 return state
             if not self._expire_if_due(state):
+                patience(partial(self._waiting_out, state))
                 self.settings.sleep(self.settings.poll)
 
     def _wait_moved(self, seen: RoundState, accused: tuple[str, ...] = ()) -> RoundState:
@@ -417,6 +452,7 @@ class Round:
         those that have not reported once that is overdue, and expires the round when its
         deadline passes, so nothing waits forever."""
         voted: set[str] = set()
+        patience = self._patience()
         while True:
             state = self.ledger.round(seen.number)
             if state.status != RoundStatus.CLOSED or state.attempt != seen.attempt:
@@ -439,6 +475,7 @@ class Round:
                 ]
                 self._vote_out(state, silent)  # past the drop deadline already: votes at once
                 voted.update(silent)
+            patience(partial(self._waiting_for_reports, state))
             self.settings.sleep(self.settings.poll)
 
     def _vote_out(self, state: RoundState, peers: tuple[str, ...] | list[str]) -> None:
@@ -446,6 +483,13 @@ class Round:
         allowed = state.drop_allowed_at(self.params)
         if allowed is None:
             return
+        if allowed - self.ledger.now() > self.settings.wait_log_every:
+            log.info(
+                "%s: round %d attempt %d: waiting until drop votes count, %s, to vote out %s",
+                *self._where(state),
+                self._when(allowed),
+                _accounts(peers),
+            )
         while (wait := allowed - self.ledger.now()) > 0:  # again if the clock lagged the sleep
             self.settings.sleep(wait)
         for peer in peers:
@@ -459,6 +503,81 @@ class Round:
             return False
         self._chain(partial(self.ledger.expire, state.number))
         return True
+
+    # -- who is left, and what a long wait waits for
+
+    def _no_peers_left(self, state: RoundState) -> bool:
+        """Fewer nodes still training than min_peers, this one included: no round can close,
+        so waiting would only end in an expired round (docs/round-protocol.md#finishing).
+
+        Only once the swarm has had a final round: before that, peers may still be on their
+        way to registering, and the round deadline bounds the wait for them. The count comes
+        with every read of the round; the roster is read only when it is short."""
+        needed = self.params.min_peers
+        if state.training is None or state.training >= needed:
+            return False
+        others = sum(1 for account in self.ledger.training_nodes() if account != self.me)
+        if others + 1 >= needed or self.ledger.latest_model()[0] == 0:
+            return False
+        log.info(
+            "%s: no peers left: %d other node(s) still training, round %d needs %d: "
+            "not waiting for round %d",
+            self.me,
+            others,
+            state.number,
+            needed,
+            state.number,
+        )
+        return True
+
+    def _patience(self) -> _Patience:
+        return _Patience(self.settings.wait_log_every)
+
+    def _when(self, at: int | None) -> str:
+        """A chain time as a log line gives it: the UTC time and how far off it is."""
+        if at is None:
+            return "never"
+        clock = time.strftime("%H:%M:%S", time.gmtime(at))
+        return f"at {clock} UTC (in {at - self.ledger.now()} s)"
+
+    def _waiting_out(self, state: RoundState) -> str:
+        return (
+            f"{self.me}: waiting for round {state.number} ({state.status.name.lower()}, "
+            f"without this node; participants {_accounts(state.live_participants)}) to end; "
+            f"its round deadline is {self._when(state.expires_at(self.params))}"
+        )
+
+    def _waiting_for_joins(self, state: RoundState) -> str:
+        joined = set(state.participants)
+        missing = [a for a in self.ledger.training_nodes() if a not in joined]
+        close_at = state.close_allowed_at(self.params)
+        closes = (
+            f"it closes once they have, or {self._when(close_at)} (join window)"
+            if close_at is not None
+            else f"it needs {self.params.min_peers} joined to close"
+        )
+        return (
+            f"{self.me}: round {state.number}: {state.joined} of {state.training} nodes still "
+            f"training joined; waiting for {_accounts(missing)} to join; {closes}; "
+            f"it expires {self._when(state.expires_at(self.params))} (round deadline)"
+        )
+
+    def _waiting_for_transfer(self, attempt: Attempt, deadline: int) -> str:
+        return (
+            f"{self.me}: round {attempt.round} attempt {attempt.attempt}: all-reduce with "
+            f"{_accounts(attempt.participants)} under way; its transfer deadline is "
+            f"{self._when(deadline)}"
+        )
+
+    def _waiting_for_reports(self, state: RoundState) -> str:
+        silent = [s.account for s in state.seats if s.live and s.reported_at != state.attempt]
+        return (
+            f"{self.me}: round {state.number} attempt {state.attempt}: waiting for reports "
+            f"from {_accounts(silent)} ({state.reports} of {state.live} in, "
+            f"{self.params.quorum(state.live)} agreeing needed); silent ones may be voted out "
+            f"{self._when(state.report_overdue_at(self.params))}; the round expires "
+            f"{self._when(state.expires_at(self.params))}"
+        )
 
     # -- bookkeeping
 
@@ -585,6 +704,28 @@ def _ended(state: RoundState, reduced: bool) -> RoundOutcome:
         FailReason.TOO_FEW_LIVE: RoundOutcome.FAILED_TOO_FEW,
         FailReason.REPORTS_DISAGREE: RoundOutcome.FAILED_DISAGREED,
     }.get(state.fail_reason, RoundOutcome.FAILED_TOO_FEW)
+
+
+def _accounts(accounts: tuple[str, ...] | list[str]) -> str:
+    """Accounts as a log line names them: short, and all of them."""
+    return ", ".join(a[:10] for a in accounts) or "nobody"
+
+
+class _Patience:
+    """Says what a wait waits for, at INFO, once it has lasted `every` seconds, and again
+    every `every` seconds while it lasts: a wait of a few polls says nothing, a long one is
+    never silent, and none floods the log."""
+
+    def __init__(self, every: float) -> None:
+        self._every = every
+        self._next = time.monotonic() + every
+
+    def __call__(self, describe: Callable[[], str]) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self._every
+        log.info("%s", describe())
 
 
 class _Stopping:

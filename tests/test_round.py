@@ -420,6 +420,7 @@ def test_an_outcome_is_written_and_logged_as_its_plain_string() -> None:
         "left",
         "withdrawn",
         "dropped",
+        "no_peers",
     }
     assert RoundOutcome.CAUGHT_UP == "caught_up"
     assert json.dumps({"status": RoundOutcome.CAUGHT_UP}) == '{"status": "caught_up"}'
