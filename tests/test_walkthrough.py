@@ -5,9 +5,13 @@ and metrics, agree on every round (a late report included) and stop cleanly at I
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +23,10 @@ import swarmnode.cli
 from swarmnode.config import NodeConfig
 from swarmnode.exceptions import ConfigError
 from swarmnode.identity import NodeIdentity
+from swarmnode.ledger.devchain import AnvilChain
 from swarmnode.node import NodeRound
 from swarmnode.progress import round_line
+from swarmnode.records import NodeRoundRecord, round_records
 from swarmnode.round import RoundOutcome, RoundResult
 from swarmnode.training import Task, example_task, load_task
 
@@ -147,4 +153,121 @@ def test_a_rounds_console_line_shows_the_loss_and_every_metric() -> None:
     assert round_line(outcome) == (
         "round 3 final, 3 nodes: val loss 0.4123, accuracy 0.8125 "
         "(local model at the sync, 8 batches)"
+    )
+
+
+@pytest.mark.chain
+@pytest.mark.slow
+def test_the_readme_walk_through_from_a_folder_outside_the_checkout(
+    own_anvil: AnvilChain, tmp_path: Path
+) -> None:
+    """The README's walk-through as written, run by the installed `swarmnode` command on
+    PATH (what `source .venv/bin/activate` gives) in a folder of the user's: three nodes,
+    each with its own slice, stopped with SIGTERM once each has shown round 2 final.
+    Before: identical data on every node, "round 1 final" with no loss, a late report logged
+    as "contract refused with WrongRound" and not agreed in `status`, a clean stop logged as
+    a WARNING."""
+    folder = tmp_path / "swarm"
+    folder.mkdir()
+    venv_bin = Path(sys.executable).parent
+    env = {
+        "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "SWARMNODE_KEY_PASSPHRASE": "correct horse",
+        "COLUMNS": "200",
+        "OMP_NUM_THREADS": "1",  # three daemons share the test machine's cores
+    }
+
+    def swarmnode(*args: str) -> str:
+        done = subprocess.run(
+            ["swarmnode", *args], capture_output=True, text=True, timeout=120, cwd=folder, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    names = ["hospital-a", "hospital-b", "hospital-c"]
+    accounts = []
+    for i, name in enumerate(names):
+        swarmnode("init", "--dir", name, "--task-args", f"{{node = {i}, nodes = 3}}")
+        accounts.append(NodeIdentity.inspect(folder / name).address)
+    admit = [arg for a in accounts for arg in ("--fund", a, "--allow", a)]
+    swarmnode(
+        "deploy", "--rpc", own_anvil.url, "--out", "deployment.json", "--max-peers", "3",
+        "--sync-policy", "every_n_batches:10",
+        "--initial-task", "swarmnode.training:example_task", *admit,
+    )  # fmt: skip
+    round_line = re.compile(r"INFO round (\d+) final, 3 nodes: val loss [0-9.]+, accuracy [0-9.]+")
+    nodes = [_Console(name, folder, env, round_line) for name in names]
+    try:
+        for node in nodes:
+            assert node.second_round.wait(timeout=240), node.text()
+        for node in nodes:
+            node.process.send_signal(signal.SIGTERM)  # a clean stop, wherever it is
+        for node in nodes:
+            assert node.process.wait(timeout=120) == 0, node.text()
+    finally:
+        for node in nodes:
+            node.close()
+
+    for node in nodes:
+        text = node.text()
+        assert {"1", "2"} <= {m.group(1) for m in round_line.finditer(text)}, text
+        assert "contract refused" not in text, text  # a late report: DEBUG only
+        assert " WARNING " not in text and " ERROR " not in text, text
+        assert "stopping" in text, text
+
+    # different data: the three local models score differently before the first merge
+    losses = {
+        name: next(r.val_loss for r in _logged(folder / name) if r.round == 1) for name in names
+    }
+    assert len(set(losses.values())) == 3, losses
+
+    for name in names:  # every report agreed, one that reached a final round late too
+        report = json.loads(
+            swarmnode("status", "-d", "deployment.json", "--identity", name, "--json")
+        )
+        agreed = {r["round"]: r["agreed"] for r in report["rounds"] if r["status"] == "final"}
+        assert agreed.get(1) is True and agreed.get(2) is True, (name, report)
+
+
+class _Console:
+    """One `swarmnode run` and what it prints, read line by line in a thread; `second_round`
+    is set once it shows round 2 final."""
+
+    def __init__(self, name: str, folder: Path, env: dict[str, str], line: re.Pattern[str]):
+        self.process = subprocess.Popen(
+            ["swarmnode", "run", "--config", f"{name}/node.toml"],
+            cwd=folder,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.second_round = threading.Event()
+        self._lines: list[str] = []
+        self._line = line
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.append(line)
+            found = self._line.search(line)
+            if found is not None and found.group(1) == "2":
+                self.second_round.set()
+
+    def text(self) -> str:
+        return "".join(self._lines)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._reader.join(timeout=30)  # ends with the pipe, closed with the process
+
+
+def _logged(node: Path) -> list[NodeRoundRecord]:
+    return round_records(
+        json.loads(line) for line in (node / "node.jsonl").read_text().splitlines()
     )
