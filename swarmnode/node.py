@@ -254,7 +254,13 @@ class Syncer:
             joins = self.ledger.round(result.round).seats
             self.policy.after_round([seat.val_loss for seat in joins])
         elif result.status != RoundOutcome.NO_PEERS:  # that one the round said, at INFO
-            log.warning(
+            stopping = result.status in (
+                RoundOutcome.STOPPED,  # asked to stop: a clean stop, not a fault
+                RoundOutcome.LEFT,
+                RoundOutcome.WITHDRAWN,
+            )
+            log.log(
+                logging.INFO if stopping else logging.WARNING,
                 "round %d ended %s for %s: keeping the local model",
                 result.round,
                 result.status,

@@ -6,6 +6,7 @@ and metrics, agree on every round (a late report included) and stop cleanly at I
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -20,15 +21,18 @@ from torch.utils.data import TensorDataset
 from typer.testing import CliRunner
 
 import swarmnode.cli
+from swarmnode import canonical
 from swarmnode.config import NodeConfig
 from swarmnode.exceptions import ConfigError
 from swarmnode.identity import NodeIdentity
 from swarmnode.ledger.devchain import AnvilChain
-from swarmnode.node import NodeRound
+from swarmnode.node import NodeRound, SwarmNode
 from swarmnode.progress import round_line
 from swarmnode.records import NodeRoundRecord, round_records
-from swarmnode.round import RoundOutcome, RoundResult
-from swarmnode.training import Task, example_task, load_task
+from swarmnode.round import RoundOutcome, RoundResult, RoundSettings
+from swarmnode.rules import SwarmParams
+from swarmnode.simulation.local import memory_swarm
+from swarmnode.training import LocalTrainer, Task, example_task, load_task
 
 NODE = (
     '[node]\nidentity_dir = "."\ndeployment = "../deployment.json"\n'
@@ -271,3 +275,29 @@ def _logged(node: Path) -> list[NodeRoundRecord]:
     return round_records(
         json.loads(line) for line in (node / "node.jsonl").read_text().splitlines()
     )
+
+
+def test_a_round_ended_by_a_stop_request_is_logged_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before: Ctrl-C logged "round N ended stopped ...: keeping the local model" as a
+    WARNING. Asked to stop is a clean stop: INFO."""
+    task = example_task(samples=64)
+    initial = canonical.digest(LocalTrainer(task, "cpu", 0).snapshot())
+    swarm = memory_swarm(SwarmParams(min_peers=2, initial_model_digest=initial), 2)
+    stop = threading.Event()
+    stop.set()
+    peer = swarm.peers[0]
+    node = SwarmNode(
+        ledger=peer.ledger,
+        transport=peer.transport,
+        inbox=peer.inbox,
+        task=task,
+        device="cpu",
+        settings=RoundSettings(poll=0.01, stop=stop),
+    )
+    with caplog.at_level(logging.DEBUG, logger="swarmnode"):
+        outcome = node.sync_now()
+    assert outcome.result.status == RoundOutcome.STOPPED
+    kept = [r for r in caplog.records if "keeping the local model" in r.getMessage()]
+    assert len(kept) == 1 and kept[0].levelno == logging.INFO, kept
