@@ -19,6 +19,7 @@ _EXPORTS: dict[str, str] = {
     "SwarmCallback": "swarmnode.node",
     "Syncer": "swarmnode.node",
     "FlowerNode": "swarmnode.flower",
+    "LivePeer": "swarmnode.peer",
     "RoundSettings": "swarmnode.round",
     "RoundResult": "swarmnode.round",
     "RoundOutcome": "swarmnode.round",
@@ -43,6 +44,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for type checkers and linters
     "ContractError",
     "FlowerNode",
     "LedgerError",
+    "LivePeer",
     "LocalTrainer",
     "MergeError",
     "MergeRuleId",
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
     )
     from swarmnode.flower import FlowerNode
     from swarmnode.node import SwarmCallback, SwarmNode, Syncer
+    from swarmnode.peer import LivePeer
     from swarmnode.round import RoundOutcome, RoundResult, RoundSettings
     from swarmnode.rules import MergeRuleId, Rule, SwarmParams, SyncPolicyId
     from swarmnode.training import LocalTrainer, Task

@@ -1,12 +1,14 @@
 """Checkpoints a node can trust after kill -9: written atomically, checked before use.
 
 A checkpoint holds the merged model of a final round (its canonical vector), the round
-number, the digest the chain agreed on, and small JSON state (the sync policy's, the
-trainer's counters). It is written to a temporary file in the same folder, fsynced and
-renamed over the old one, then the folder is fsynced: a crash leaves either the old
-checkpoint or the new one, never half of one. On load the vector's digest must match the
-digest stored beside it; a corrupt or truncated file is moved aside with a warning and never
-loaded, and the node falls back to the previous good one (or to catching up from peers).
+number, the digest the chain agreed on, small JSON state (the sync policy's, the trainer's
+counters) and, optionally, opaque bytes after the vector (an optimizer's state, as a hook
+user's callback gives it; their length and SHA-256 are in the metadata). It is written to a
+temporary file in the same folder, fsynced and renamed over the old one, then the folder is
+fsynced: a crash leaves either the old checkpoint or the new one, never half of one. On load
+the vector's digest must match the digest stored beside it; a corrupt or truncated file is
+moved aside with a warning and never loaded, and the node falls back to the previous good
+one (or to catching up from peers).
 
 The header names the hash scheme its digest was computed with (the chunk hash and the chunk
 size), so that a change of either (BLAKE3 chunk hashes are planned) does not make every
@@ -20,6 +22,7 @@ A header without a scheme was written before it had one, under LEGACY.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -73,6 +76,7 @@ class Checkpoint:
     digest: bytes
     vector: npt.NDArray[np.float32]
     state: dict[str, Any] = field(default_factory=dict)
+    extra: bytes = b""  # opaque to swarmnode, e.g. a torch.save of an optimizer's state
 
 
 class CheckpointStore:
@@ -97,6 +101,7 @@ class CheckpointStore:
                 "chunk_hash": CURRENT.chunk_hash,
                 "chunk_elements": CURRENT.chunk_elements,
                 "state": checkpoint.state,
+                **_extra_meta(checkpoint.extra),
             },
             sort_keys=True,
         ).encode()
@@ -108,6 +113,7 @@ class CheckpointStore:
                 out.write(_HEADER.pack(MAGIC, len(vector), len(meta)))
                 out.write(meta)
                 out.write(vector.tobytes())
+                out.write(checkpoint.extra)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temporary, target)
@@ -154,10 +160,16 @@ def read(path: Path) -> Checkpoint:
         raise ValueError(f"unreadable metadata ({exc})") from exc
     if scheme != CURRENT:
         raise OtherHashScheme(scheme)
-    vector = np.frombuffer(data, dtype="<f4", offset=vector_offset).astype(np.float32)
+    extra_offset = len(data) - int(meta.get("extra_bytes", 0))
+    count = (extra_offset - vector_offset) // canonical.ELEMENT_BYTES
+    vector = np.frombuffer(data, dtype="<f4", count=count, offset=vector_offset)
+    vector = vector.astype(np.float32)
     if canonical.digest(vector) != digest:
         raise ValueError("the model does not match the digest stored beside it")
-    return Checkpoint(round_number, digest, vector, state)
+    extra = data[extra_offset:]
+    if extra and hashlib.sha256(extra).hexdigest() != meta.get("extra_sha256"):
+        raise ValueError("the bytes after the model do not match their SHA-256")
+    return Checkpoint(round_number, digest, vector, state, extra)
 
 
 def _metadata(data: bytes) -> tuple[dict[str, Any], int]:
@@ -168,16 +180,29 @@ def _metadata(data: bytes) -> tuple[dict[str, Any], int]:
     if magic != MAGIC:
         raise ValueError("not a swarmnode checkpoint")
     vector_offset = _HEADER.size + meta_size
-    expected = vector_offset + elements * canonical.ELEMENT_BYTES
-    if len(data) != expected:
-        raise ValueError(f"{len(data)} bytes where the header promises {expected}")
+    if len(data) < vector_offset:
+        raise ValueError(f"{len(data)} bytes where the header promises at least {vector_offset}")
     try:
         meta = json.loads(data[_HEADER.size : vector_offset])
     except ValueError as exc:
         raise ValueError(f"unreadable metadata ({exc})") from exc
     if not isinstance(meta, dict):
         raise ValueError("unreadable metadata (not a JSON object)")
+    extra = meta.get("extra_bytes", 0)
+    if not isinstance(extra, int) or extra < 0:
+        raise ValueError("unreadable metadata (extra_bytes)")
+    expected = vector_offset + elements * canonical.ELEMENT_BYTES + extra
+    if len(data) != expected:
+        raise ValueError(f"{len(data)} bytes where the header promises {expected}")
     return meta, vector_offset
+
+
+def _extra_meta(extra: bytes) -> dict[str, Any]:
+    """What the metadata says of the bytes after the vector (nothing when there are none,
+    so that a checkpoint without any reads as before)."""
+    if not extra:
+        return {}
+    return {"extra_bytes": len(extra), "extra_sha256": hashlib.sha256(extra).hexdigest()}
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -16,13 +16,17 @@ from swarmnode.exceptions import ConfigError
 
 
 class NodeConfig(BaseModel):
-    """What `swarmnode run` needs."""
+    """What `swarmnode run` and a node folder's other ways in (swarmnode.peer) read."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     identity_dir: Path
     deployment: Path
-    task: str = Field(description="module:attribute of a Task, or of a function returning one")
+    # None: the node trains in a loop of its own (SwarmCallback / FlowerNode.from_node_dir);
+    # `swarmnode run` needs one
+    task: str | None = Field(
+        None, description="module:attribute of a Task, or of a function returning one"
+    )
     task_args: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments for the task's function"
     )
@@ -49,7 +53,9 @@ class NodeConfig(BaseModel):
 
     @field_validator("task")
     @classmethod
-    def _module_attribute(cls, value: str) -> str:
+    def _module_attribute(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         module, _, attribute = value.partition(":")
         if not module or not attribute:
             raise ValueError("write module:attribute, e.g. mypackage.tasks:hospital_task")

@@ -16,10 +16,11 @@ and the node keeps what evaluate and fit report (accuracy and the like) in its r
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +34,10 @@ from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import Transport
 from swarmnode.round import DEFAULT_SETTINGS, RoundResult, RoundSettings
 from swarmnode.sync import Adaptive
+
+if TYPE_CHECKING:
+    from swarmnode.checkpoint import Checkpoint
+    from swarmnode.peer import LivePeer
 
 Arrays = list[npt.NDArray[Any]]
 
@@ -128,6 +133,61 @@ class FlowerNode:
                 "the client's evaluate on its own data; a FlowerNode needs evaluate=True"
             )
         self.rounds: list[FlowerRound] = []
+
+    peer: LivePeer | None = None  # the node folder's live peer, when from_node_dir made it
+    resumed: Checkpoint | None = None  # the checkpoint a restarted process went on from
+
+    @classmethod
+    def from_node_dir(
+        cls,
+        node_dir: str | Path,
+        client: NumPyClientLike,
+        *,
+        config: dict[str, Any] | None = None,
+        evaluate: bool = True,
+        stop: threading.Event | None = None,
+        passphrase: str | None = None,
+        initial_model: str | Path | None = None,
+    ) -> FlowerNode:
+        """The client as a real node: `node_dir` (made by `swarmnode init`, naming the
+        swarm's deployment) opened as a live peer (swarmnode.peer), registered and serving
+        its peers over mutual TLS. After every final round it checkpoints the merged
+        parameters and the sync policy's state; started again, it goes on from the newest
+        checkpoint the chain agrees with (the parameters the next fit starts from) and gives
+        up a seat the killed process held. Stop it with `node.peer.close()`."""
+        # here, not at the top: the live peer loads web3, grpc and pydantic
+        from swarmnode.peer import LivePeer, restore_sync
+
+        peer = LivePeer.open(node_dir, stop=stop, passphrase=passphrase)
+        try:
+            node = cls(
+                client,
+                ledger=peer.ledger,
+                transport=peer.transport,
+                inbox=peer.inbox,
+                config=config,
+                evaluate=evaluate,
+                settings=peer.settings,
+                initial_model=initial_model or peer.config.initial_model,
+            )
+            node.peer = peer
+            checkpoint = peer.resume()
+            if checkpoint is not None:
+                state = cls._state([np.array(a, copy=True) for a in node.parameters])
+                canonical.unflatten_into(torch.from_numpy(checkpoint.vector), state)
+                node.parameters = [t.numpy() for t in state.values()]
+                node.syncer.reference = checkpoint.vector
+                restore_sync(node.syncer.policy, checkpoint)
+                node.resumed = checkpoint
+            peer.give_up_unfinished()
+            policy = node.syncer.policy
+            node.syncer.after_final.append(
+                lambda result: peer.save(result, {"sync": policy.state.to_dict()})
+            )
+        except BaseException:
+            peer.close()
+            raise
+        return node
 
     @staticmethod
     def _state(arrays: Arrays) -> OrderedDict[str, torch.Tensor]:

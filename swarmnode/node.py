@@ -11,11 +11,14 @@ so every node keeps the same rhythm.
 
 from __future__ import annotations
 
+import io
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +43,10 @@ from swarmnode.round import (
 )
 from swarmnode.sync import make_policy
 from swarmnode.training import LocalTrainer, Task
+
+if TYPE_CHECKING:
+    from swarmnode.checkpoint import Checkpoint
+    from swarmnode.peer import LivePeer
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +242,9 @@ class Syncer:
                 settings=settings,
             )
         self.reference = self.start.vector
+        # called with every round that ended with a merged model, once it is the reference
+        # and the policy has seen it: a node folder's checkpoint (swarmnode.peer)
+        self.after_final: list[Callable[[RoundResult], object]] = []
 
     def sync(self, vector: npt.NDArray[np.float32], weight: int, val_loss: float) -> RoundResult:
         """Contributes `vector` to the current round; returns the round (merged may be None)."""
@@ -253,6 +263,8 @@ class Syncer:
             self.reference = result.merged
             joins = self.ledger.round(result.round).seats
             self.policy.after_round([seat.val_loss for seat in joins])
+            for listener in self.after_final:
+                listener(result)
         elif result.status != RoundOutcome.NO_PEERS:  # that one the round said, at INFO
             stopping = result.status in (
                 RoundOutcome.STOPPED,  # asked to stop: a clean stop, not a fault
@@ -386,6 +398,12 @@ class SwarmCallback:
     holding the same parameter tensors). Call `on_train_end()` once at the end for a last
     merge. `val_loss` gives the validation loss the node joins with (the adaptive policy
     reads the median of the joins'); without it the node joins with 0.
+
+    `from_node_dir()` makes it a real node of its own process: it opens a node folder as a
+    live peer (swarmnode.peer), checkpoints after every final round and, started again,
+    resumes from the newest checkpoint the chain agrees with. `batches_done` says how far
+    the loop got (the batches it had trained at that checkpoint), so that it goes on from
+    there.
     """
 
     def __init__(
@@ -421,10 +439,91 @@ class SwarmCallback:
             start = torch.tensor(self.syncer.start.vector)
             canonical.unflatten_into(start, self.model, self.layout)
         self.batches_since_sync = 0
+        self.batches_done = 0  # over the whole run, restarts included (from_node_dir)
         self.rounds: list[RoundResult] = []
+        self.peer: LivePeer | None = None  # set by from_node_dir
+        self.resumed: Checkpoint | None = None  # the checkpoint a restarted process went on from
+        self._optimizer: OptimizerState | None = None
+
+    @classmethod
+    def from_node_dir(
+        cls,
+        node_dir: str | Path,
+        model: nn.Module,
+        *,
+        num_samples: int,
+        val_loss: Callable[[], float] | None = None,
+        optimizer_state: OptimizerState | None = None,
+        stop: threading.Event | None = None,
+        passphrase: str | None = None,
+        initial_model: str | Path | None = None,
+    ) -> SwarmCallback:
+        """The hook as a real node: `node_dir` (made by `swarmnode init`, naming the swarm's
+        deployment) opened as a live peer, registered, serving its peers over mutual TLS.
+
+        After every final round it checkpoints the merged model, the sync policy's state,
+        `batches_done` and, when `optimizer_state` is given (an optimizer, a scheduler, or
+        any object with state_dict / load_state_dict, or a (get, set) pair of functions), the
+        optimizer's state. Started again, it loads the newest checkpoint whose digest the
+        chain agrees with into `model` and the optimizer, restores the policy and
+        `batches_done`, and gives up a seat the killed process held. `stop` (set it from a
+        signal handler) makes a round in progress leave or withdraw as the daemon does.
+        Call `close()` at the end (or use the hook as a context manager)."""
+        # here, not at the top: the live peer loads web3, grpc and pydantic, which the hook's
+        # in-process uses (and the GPU machine's tests) never need
+        from swarmnode.peer import LivePeer, restore_sync
+
+        peer = LivePeer.open(node_dir, stop=stop, passphrase=passphrase)
+        try:
+            hook = cls(
+                model,
+                ledger=peer.ledger,
+                transport=peer.transport,
+                inbox=peer.inbox,
+                num_samples=num_samples,
+                val_loss=val_loss,
+                settings=peer.settings,
+                initial_model=initial_model or peer.config.initial_model,
+            )
+            hook.peer = peer
+            hook._optimizer = optimizer_state
+            checkpoint = peer.resume()
+            if checkpoint is not None:
+                vector = checkpoint.vector
+                canonical.unflatten_into(torch.from_numpy(vector), model, hook.layout)
+                hook.syncer.reference = vector
+                restore_sync(hook.syncer.policy, checkpoint)
+                hook.batches_done = int(checkpoint.state.get("batches_done", 0))
+                if optimizer_state is not None and checkpoint.extra:
+                    _set_state(optimizer_state, checkpoint.extra)
+                hook.resumed = checkpoint
+            peer.give_up_unfinished()
+            hook.syncer.after_final.append(hook._checkpoint)
+        except BaseException:
+            peer.close()
+            raise
+        return hook
+
+    def _checkpoint(self, result: RoundResult) -> None:
+        assert self.peer is not None
+        state = {"sync": self.syncer.policy.state.to_dict(), "batches_done": self.batches_done}
+        extra = _get_state(self._optimizer) if self._optimizer is not None else b""
+        self.peer.save(result, state, extra)
+
+    def close(self) -> None:
+        """Stops the live peer of `from_node_dir` (its server and transport)."""
+        if self.peer is not None:
+            self.peer.close()
+
+    def __enter__(self) -> SwarmCallback:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def on_batch_end(self) -> RoundResult | None:
         self.batches_since_sync += 1
+        self.batches_done += 1
         if not self.syncer.policy.due(self.batches_since_sync):
             return None
         return self._sync()
@@ -438,6 +537,8 @@ class SwarmCallback:
             self.syncer.finish()
 
     def _sync(self) -> RoundResult:
+        if self.peer is not None:  # peers that registered since: on the roster for this round
+            self.peer.refresh()
         loss = float(self._val_loss()) if self._val_loss is not None else 0.0
         vector = canonical.flatten(self.model, self.layout).numpy()
         result = self.syncer.sync(vector, self.num_samples, loss)
@@ -446,3 +547,31 @@ class SwarmCallback:
         self.batches_since_sync = 0
         self.rounds.append(result)
         return result
+
+
+class StateDict(Protocol):
+    """What torch optimizers and schedulers are: state out, state back in."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any], /) -> None: ...
+
+
+OptimizerState = StateDict | tuple[Callable[[], Any], Callable[[Any], object]]
+"""The optimizer's state a node folder's checkpoints carry (SwarmCallback.from_node_dir)."""
+
+
+def _get_state(source: OptimizerState) -> bytes:
+    state = source[0]() if isinstance(source, tuple) else source.state_dict()
+    out = io.BytesIO()
+    torch.save(state, out)
+    return out.getvalue()
+
+
+def _set_state(target: OptimizerState, data: bytes) -> None:
+    # weights_only: tensors, numbers and containers; a checkpoint cannot run code
+    state = torch.load(io.BytesIO(data), weights_only=True)
+    if isinstance(target, tuple):
+        target[1](state)
+    else:
+        target.load_state_dict(state)

@@ -67,6 +67,31 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_previous_one_used(
     assert len(list(tmp_path.glob("round-00000002.ckpt.corrupt-*"))) == 1
 
 
+def test_bytes_after_the_model_round_trip_and_a_changed_byte_sets_the_file_aside(
+    tmp_path: Path,
+) -> None:
+    """What a hook user's optimizer state travels in (SwarmCallback.from_node_dir): opaque
+    bytes after the vector, checked by their SHA-256 like the vector by its digest."""
+    store = CheckpointStore(tmp_path / "ck")
+    plain = checkpoint(1, seed=1)
+    store.save(plain)
+    with_extra = checkpoint(2, seed=2)
+    extra = b"optimizer state \x00\xff" * 100
+    path = store.save(Checkpoint(2, with_extra.digest, with_extra.vector, {}, extra))
+    latest = store.latest()
+    assert latest is not None and latest.round == 2 and latest.extra == extra
+    np.testing.assert_array_equal(latest.vector, with_extra.vector)
+    assert read(store.path_for(1)).extra == b""  # a checkpoint without any reads as before
+
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # one bit of the extra bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256"):
+        read(path)
+    fallback = store.latest()  # set aside; the previous good one is used
+    assert fallback is not None and fallback.round == 1
+
+
 def test_a_vector_that_does_not_match_its_digest_is_never_written(tmp_path: Path) -> None:
     good = checkpoint(4)
     with pytest.raises(ValueError, match="does not match"):

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     # first use (PEP 562), so importing any module below never runs an upward import.
     {"cli", "__main__", "__init__"},
     {"daemon", "simulation", "demo", "flower", "outage", "progress"},
-    {"node", "membership"},
+    {"node", "membership", "peer"},
     {"round"},
     {"allreduce"},
     {"p2p", "ledger"},

@@ -16,6 +16,7 @@ PUBLIC = {
     "SwarmCallback",
     "Syncer",
     "FlowerNode",
+    "LivePeer",
     "RoundSettings",
     "RoundResult",
     "RoundOutcome",
