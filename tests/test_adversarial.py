@@ -462,6 +462,9 @@ def test_owners_withheld_from_and_refused_get_the_rows_by_relay() -> None:
         results = play(swarm, updates, rule)
         state = check_guarantees(swarm, results, updates, rule)
         assert len(state.live_participants) == n
+        # each merged the round itself: the two whose rows came late by relay did not give
+        # up on each other's segments (whose rows the liar refuses them) before those came
+        assert [r.status for r in results if r is not results[LIAR]] == ["final"] * (n - 1)
 
 
 def test_withholding_from_every_owner_and_refusing_fetches_gets_the_liar_dropped() -> None:
