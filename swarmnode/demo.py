@@ -104,11 +104,15 @@ def run_demo(nodes: int = 3, seed: int = 0, console: Console | None = None) -> b
         )
 
     state = members[0].ledger.round(number)
-    chain.advance(params.join_window)  # the window runs on chain time: no sleeping
-    members[0].ledger.close(number)
-    state = members[0].ledger.round(number)
+    if state.status == RoundStatus.OPEN:  # else the join of the last node training closed it
+        chain.advance(params.join_window)  # the window runs on chain time: no sleeping
+        members[0].ledger.close(number)
+        state = members[0].ledger.round(number)
+        how = f"after the {params.join_window}s join window"
+    else:
+        how = "in the join of the last node still training"
     out.print(
-        f"[bold]4. closed[/] round {number} after the {params.join_window}s join window: "
+        f"[bold]4. closed[/] round {number} {how}: "
         f"{state.joined} participants in the order fixed on chain, attempt {state.attempt}"
     )
 
