@@ -145,10 +145,11 @@ def test_a_sweep_reports_what_the_protocol_did(tmp_path: Path) -> None:
     assert lying["attackers_accused"] == 1.0 and clean["attackers_accused"] == 0
     assert lying["honest_accused"] == 0
     assert lying["bytes_per_node"] > 0 and lying["bytes_vs_clean"] is not None
+    assert lying["received_vs_clean"] > 1  # a check fetches the segment's rows
     cell = next(c for c in report["cells"] if c["attack"] == "lying_owner")
     assert cell["checked"] > 0 and cell["rounds"] == SMALL["rounds"]
     printed = text.getvalue()
-    assert "what the protocol did against the liars" in printed
+    assert "what the protocol did against the liars" in printed and "KB received/node" in printed
     assert "lying_owner" in printed
 
 

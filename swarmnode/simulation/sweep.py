@@ -83,6 +83,7 @@ class CellResult:
     honest_accused: int = 0  # rounds in which an honest node accused an honest one
     voted_out: list[int] = field(default_factory=list)  # nodes the chain dropped, any round
     bytes_per_node: float = 0.0  # mean bytes an honest node sent per round
+    received_per_node: float = 0.0  # mean bytes an honest node received (fetched rows too)
 
 
 def cell_result(cell: Cell, run: SwarmRun, attackers: int, seconds: float) -> CellResult:
@@ -90,11 +91,9 @@ def cell_result(cell: Cell, run: SwarmRun, attackers: int, seconds: float) -> Ce
     rounds = run.rounds
     nodes = len(rounds[0].per_node) if rounds else 0
     honest = set(range(nodes - attackers))
-    sent = [
-        statistics.fmean(n.bytes_sent for n in r.per_node if n.node in honest)
-        for r in rounds
-        if any(n.node in honest for n in r.per_node)
-    ]
+    mine = [[n for n in r.per_node if n.node in honest] for r in rounds]
+    sent = [statistics.fmean(n.bytes_sent for n in ns) for ns in mine if ns]
+    received = [statistics.fmean(n.bytes_received for n in ns) for ns in mine if ns]
     return CellResult(
         cell=cell,
         accuracy=run.accuracy,
@@ -108,6 +107,7 @@ def cell_result(cell: Cell, run: SwarmRun, attackers: int, seconds: float) -> Ce
         honest_accused=sum(any(a in honest for a in r.accused) for r in rounds),
         voted_out=sorted({i for r in rounds for i in r.faults.get("dropped", [])}),
         bytes_per_node=statistics.fmean(sent) if sent else 0.0,
+        received_per_node=statistics.fmean(received) if received else 0.0,
     )
 
 

@@ -36,22 +36,22 @@ def summarize(results: list[CellResult], grid: Grid) -> list[dict[str, Any]]:
             }
             acc = {a: [x.accuracy for x in xs] for a, xs in cells.items()}
             clean = statistics.fmean(acc["none"]) if "none" in acc else None
-            clean_bytes = (
-                statistics.fmean(x.bytes_per_node for x in cells["none"])
-                if "none" in cells
-                else None
-            )
+            base = cells.get("none")
             rows += [
-                {**_summary_row(d, r, a, acc[a], clean), **_protocol_row(xs, clean_bytes)}
+                {**_summary_row(d, r, a, acc[a], clean), **_protocol_row(xs, base)}
                 for a, xs in cells.items()
             ]
     return rows
 
 
-def _protocol_row(cells: list[CellResult], clean_bytes: float | None) -> dict[str, Any]:
-    """What the protocol did in these cells (one per seed), per round where it is a rate."""
+def _protocol_row(cells: list[CellResult], clean: list[CellResult] | None) -> dict[str, Any]:
+    """What the protocol did in these cells (one per seed), per round where it is a rate;
+    bytes also against the `clean` cells' (the same rule without attackers)."""
     rounds = sum(x.rounds for x in cells) or 1
     sent = statistics.fmean(x.bytes_per_node for x in cells)
+    received = statistics.fmean(x.received_per_node for x in cells)
+    clean_sent = statistics.fmean(x.bytes_per_node for x in clean) if clean else 0.0
+    clean_received = statistics.fmean(x.received_per_node for x in clean) if clean else 0.0
     return {
         "rounds_final": sum(x.rounds_agreed for x in cells) / rounds,
         "checked_per_round": sum(x.checked for x in cells) / rounds,
@@ -59,7 +59,9 @@ def _protocol_row(cells: list[CellResult], clean_bytes: float | None) -> dict[st
         "honest_accused": sum(x.honest_accused for x in cells),
         "voted_out": sorted({i for x in cells for i in x.voted_out}),
         "bytes_per_node": sent,
-        "bytes_vs_clean": sent / clean_bytes if clean_bytes else None,
+        "bytes_vs_clean": sent / clean_sent if clean_sent else None,
+        "received_per_node": received,
+        "received_vs_clean": received / clean_received if clean_received else None,
     }
 
 
@@ -170,6 +172,7 @@ def _protocol_table(dataset: str, rows: Rows, grid: Grid) -> Table:
         "honest accused",
         "voted out",
         "KB sent/node",
+        "KB received/node",
     ):
         table.add_column(name, justify="left" if name in ("merge rule", "attack") else "right")
     shown = [a for a in grid.attacks if a == "none" or a in PROTOCOL_ATTACKS]
@@ -178,6 +181,10 @@ def _protocol_table(dataset: str, rows: Rows, grid: Grid) -> Table:
             s = rows[(dataset, r, a)]
             vs = "" if a == "none" or s["vs_clean"] is None else f" ({100 * s['vs_clean']:+.1f})"
             ratio = "" if s["bytes_vs_clean"] is None else f" (x{s['bytes_vs_clean']:.2f})"
+            inward = s["received_vs_clean"]
+            received = f"{s['received_per_node'] / 1024:.0f}" + (
+                "" if inward is None else f" (x{inward:.2f})"
+            )
             table.add_row(
                 r,
                 a,
@@ -188,6 +195,7 @@ def _protocol_table(dataset: str, rows: Rows, grid: Grid) -> Table:
                 str(s["honest_accused"]),
                 ",".join(map(str, s["voted_out"])) or "-",
                 f"{s['bytes_per_node'] / 1024:.0f}{ratio}",
+                received,
             )
     return table
 
