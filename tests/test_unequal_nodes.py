@@ -9,21 +9,26 @@ the in-memory transport: the nodes judge deadlines by their own clocks, nobody m
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 from swarmnode import canonical
+from swarmnode.ledger.devchain import AnvilChain
 from swarmnode.ledger.events import EventCursor
 from swarmnode.ledger.types import RoundStatus
 from swarmnode.node import SwarmCallback, Syncer
+from swarmnode.records import round_records
 from swarmnode.round import RoundOutcome, RoundResult, RoundSettings
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
 from swarmnode.simulation.local import LocalSwarm, memory_swarm, run_in_threads
@@ -245,3 +250,35 @@ def test_a_lone_node_at_the_swarms_start_waits_for_its_peers() -> None:
     results = run_in_threads([lambda: syncers[0].sync(initial, 10, 0.5), arrive_late], 60)
     assert [r.status for r in results] == ["final", "final"]
     assert early.ledger.round(1).participants == (early.ledger.account, late.ledger.account)
+
+
+@pytest.mark.chain
+@pytest.mark.slow
+def test_a_daemon_with_a_round_more_ends_cleanly_when_its_peer_has_finished(
+    own_anvil: AnvilChain, tmp_path: Path
+) -> None:
+    """`swarmnode run` processes on anvil: a with rounds = 1, b with rounds = 2. a finishes
+    after round 1; b's second sync finds no peers left and b exits 0 at once, not after the
+    300 s round deadline."""
+    from tests.test_daemon import finish, start, two_nodes
+
+    deployment, (a, b) = two_nodes(own_anvil, tmp_path, rounds=1)
+    b.write_text(b.read_text().replace("rounds = 1", "rounds = 2"))
+    started = time.monotonic()
+
+    finish([start(a), start(b)])
+
+    took = time.monotonic() - started
+    reader = own_anvil.ledger(deployment, own_anvil.new_account())
+    assert reader.round(1).status == RoundStatus.FINAL
+    state = reader.round(2)
+    assert (state.status, state.joined, state.training) == (RoundStatus.OPEN, 0, 0)
+
+    def logged(name: str) -> list[dict[str, Any]]:
+        lines = (tmp_path / name / "node.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    assert [r.status for r in round_records(logged("a"))] == ["final"]
+    assert [r.status for r in round_records(logged("b"))] == ["final", "no_peers"]
+    assert any("no peers left" in e.get("message", "") for e in logged("b"))
+    assert took < 120  # the round deadline is 300 s: nobody waited for it
