@@ -266,14 +266,14 @@ class Round:
             frame_chunks=self.settings.frame_chunks,
         ).run
         give_up = self._give_up
-        if give_up is None:
-            return work()
-        watch = _transfer_watch(self.ledger, state, give_up)
+        # without `stop` nothing abandons the transfer; it is watched only to say what it
+        # waits for when it lasts (its own timeout bounds it)
+        watch = None if give_up is None else _transfer_watch(self.ledger, state, give_up)
         patience = self._patience()
 
         def watched() -> bool:
             patience(lambda: self._waiting_for_transfer(attempt, deadline))
-            return watch()
+            return watch is not None and watch()
 
         return _unless(watched, self.settings.poll, work)
 

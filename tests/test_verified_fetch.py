@@ -180,7 +180,11 @@ def test_a_node_whose_digest_lost_keeps_its_model_when_only_dishonest_peers_serv
 
     built = Peers(chunk_zero_twice)
     me = SimpleNamespace(
-        me="0x" + "0" * 40, transport=built.transport, vector=MODEL, seconds={"transfer": 0.0}
+        me="0x" + "0" * 40,
+        transport=built.transport,
+        vector=MODEL,
+        seconds={"transfer": 0.0},
+        params=SimpleNamespace(transfer_deadline=60),  # bounds each fetch
     )
     state = SimpleNamespace(number=ROUND, live_participants=(me.me, built.bad))
     try:
