@@ -323,9 +323,8 @@ def check_guarantees(
     # (c): no honest peer accused by an honest node, nor given more than f votes, nor dropped
     accounts = {node.account for node in swarm.honest}
     assert accounts <= set(state.live_participants)
-    for played in swarm.played[LIAR + 1 :]:
-        seen = reduced(played)  # None for a node left behind: its votes are on chain, below
-        assert seen is None or not set(seen.accused) & accounts, seen.accused
+    for r in honest:  # a node left behind accused nobody here: its votes are on chain, below
+        assert not set(r.accused) & accounts, r.accused
     votes = Counter((attempt, peer) for attempt, _, peer in swarm.events())
     assert all(count <= F for (_, peer), count in votes.items() if peer in accounts), votes
     # (d): exactly the honest merge of the committed rows
@@ -354,16 +353,6 @@ def assert_liar_caught(swarm: Swarm, state: RoundState, why: str = "", every: bo
     ]
     caught = [w for w in said if w and why in w]
     assert caught and (not every or len(caught) == len(said)), said
-
-
-def accusers_of(swarm: Swarm, peer: str) -> list[str]:
-    """The honest nodes whose last all-reduce accused `peer`, with what they saw."""
-    found = []
-    for played in swarm.played[LIAR + 1 :]:
-        seen = reduced(played)
-        if seen is not None and peer in seen.accused:
-            found.append(seen.accused[peer])
-    return found
 
 
 MEAN = Rule(MergeRuleId.MEAN)
@@ -422,7 +411,7 @@ def test_false_blame_costs_the_named_peer_nothing(n: int) -> None:
         results = play(swarm, updates, rule)
         state = check_guarantees(swarm, results, updates, rule)
         named = swarm.honest[0].account
-        assert named in state.live_participants and accusers_of(swarm, named) == []
+        assert named in state.live_participants  # and accused by nobody: check_guarantees
         assert_liar_caught(swarm, state, "even after a relay")
 
 
