@@ -57,9 +57,11 @@ def test_too_early_by_the_chain_but_not_by_the_node_is_retried_until_it_lands() 
     chain = EmbeddedChain()
     params = SwarmParams(min_peers=2, max_peers=4, join_window=30)
     deployment, _ = chain.deploy(params)
-    a, b = (chain.ledger(deployment, chain.new_account()) for _ in range(2))
-    for i, ledger in enumerate((a, b)):
+    # a third node trains on and never joins: only the join window closes the round
+    a, b, c = (chain.ledger(deployment, chain.new_account()) for _ in range(3))
+    for i, ledger in enumerate((a, b, c)):
         ledger.register(f"127.0.0.1:{7000 + i}", f"cert-{i}:{ledger.account.lower()}".encode())
+    for i, ledger in enumerate((a, b)):
         ledger.join(1, digest(f"u{i}"), 10, 1)
     first_join = a.round(1).first_join_at
     waits: list[float] = []
@@ -92,10 +94,11 @@ def test_too_early_by_the_nodes_own_clock_is_not_retried() -> None:
     sleeps: list[float] = []
     ledgers = [
         chain.ledger(deployment, chain.new_account(), Backoff(sleep=sleeps.append))
-        for _ in range(2)
+        for _ in range(3)
     ]
     for i, ledger in enumerate(ledgers):
         ledger.register(f"127.0.0.1:{7100 + i}", f"cert-{i}:{ledger.account.lower()}".encode())
+    for i, ledger in enumerate(ledgers[:2]):  # the third trains on: the round stays open
         ledger.join(1, digest(f"u{i}"), 10, 1)
     with pytest.raises(ContractError) as refused:
         ledgers[0].close(1)
@@ -135,6 +138,7 @@ def test_a_report_that_failed_behind_the_finalizing_one_in_its_block_is_named(
     ledgers = [anvil_chain.ledger(deployment, anvil_chain.new_account()) for _ in range(3)]
     for i, ledger in enumerate(ledgers):
         ledger.register(f"127.0.0.1:{7300 + i}", f"cert-{i}:{ledger.account.lower()}".encode())
+    for i, ledger in enumerate(ledgers):
         ledger.join(1, digest(f"u{i}"), 10, 1)  # the third join closes the round
     ledgers[0].report(1, 1, digest("merged"))
     w3 = anvil_chain.rpc.w3
