@@ -48,11 +48,12 @@ CONFIG_FILE = "node.toml"
 # trusted by this node's server within this, before it can join a round and send to us
 # (the round's own read at close alone came too late for a peer whose join closed it).
 ROSTER_REFRESH = 1.0
-# After registering or moving its endpoint, a peer waits this long before it is handed to
-# what trains: the others read the change within ROSTER_REFRESH, so their servers trust it
-# before its first join can close a round and its first frames reach them. Without the
-# wait, a node whose join closed the round right after it registered was refused at the
-# TLS handshake and its peers waited out the transfer deadline (seen with three processes).
+# After registering, a peer waits this long before it is handed to what trains: the others
+# read the registration within ROSTER_REFRESH, so their servers trust its certificate before
+# its first join can close a round and its first frames reach them. Without the wait, a node
+# whose join closed the round right after it registered was refused at the TLS handshake and
+# its peers waited out the transfer deadline (seen with three processes). A restart that
+# only moves the endpoint keeps its certificate and does not wait.
 SETTLE = 2 * ROSTER_REFRESH
 
 # How long one chain call retries before it counts as an outage (about 6 s): a restarting
@@ -176,10 +177,10 @@ class LivePeer:
         )
         stop = stop or threading.Event()
         try:
-            changed = enrol(ledger, server.endpoint, identity.tls.cert_der, config.deployment)
+            registered = enrol(ledger, server.endpoint, identity.tls.cert_der, config.deployment)
             feed.refresh()
             store = CheckpointStore(config.checkpoints)
-            if changed:
+            if registered:
                 stop.wait(SETTLE)  # the others' rosters catch up with this registration
         except BaseException:
             transport.close()
@@ -306,7 +307,8 @@ def save_checkpoint(
 def enrol(ledger: Ledger, endpoint: str, certificate: bytes, deployment: Path) -> bool:
     """Registers, or moves the endpoint, so that the chain shows this process; an account the
     swarm does not admit is told in one line who can fix that, and how
-    (docs/trust.md#the-roster). True when the roster on chain changed."""
+    (docs/trust.md#the-roster). True when it registered: the others must read the
+    certificate before their servers trust this node."""
     try:
         return _register_or_move(ledger, endpoint, certificate)
     except ContractError as exc:
@@ -330,8 +332,10 @@ def _register_or_move(ledger: Ledger, endpoint: str, certificate: bytes) -> bool
         # others' rounds wait for it and it finds them (docs/round-protocol.md#finishing)
         ledger.deregister()
         ledger.register(endpoint, certificate)
-    elif record.endpoint != endpoint:
-        ledger.update_endpoint(endpoint)
     else:
+        if record.endpoint != endpoint:
+            # the certificate the others trust is the same: the round's read of the roster
+            # at close gives them the new endpoint before they dial it
+            ledger.update_endpoint(endpoint)
         return False
     return True
