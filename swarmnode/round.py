@@ -39,6 +39,7 @@ from swarmnode.exceptions import ContractError, MergeError, PeerError
 from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.types import FailReason, RoundState, RoundStatus
 from swarmnode.merge import MergeRule
+from swarmnode.p2p.errors import NotFound, NotReady
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import Transport
 from swarmnode.sync import loss_to_int
@@ -660,15 +661,37 @@ def catch_up(
     """A final round's model from the first peer whose copy matches the digest on chain.
 
     Every chunk is checked against the peer's hash list and the list against the digest, so
-    a peer with a wrong or corrupt model is refused and the next one is asked."""
-    failures: list[str] = []
-    for peer in peers:
-        try:
-            return transport.fetch_model(peer, round, digest, numel, timeout)
-        except PeerError as exc:
-            log.warning("catch-up of round %d from %s refused: %s", round, peer, exc)
-            failures.append(f"{peer}: {exc}")
-    raise PeerError(f"no peer had round {round}'s final model: " + "; ".join(failures))
+    a peer with a wrong or corrupt model is refused and not asked again. A peer that does
+    not hold the model yet (it has not seen the round final: NotFound, NotReady) is asked
+    again, a little later, until `timeout`: a node whose digest lost is often the first to
+    see the round final, before any winner has published its model."""
+    deadline = time.monotonic() + timeout
+    failures: dict[str, str] = {}
+    waiting = list(peers)
+    delay = 0.05
+    while waiting:
+        later: list[str] = []
+        for peer in waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                return transport.fetch_model(peer, round, digest, numel, left)
+            except (NotFound, NotReady) as exc:
+                failures[peer] = str(exc)
+                later.append(peer)
+            except PeerError as exc:
+                log.warning("catch-up of round %d from %s refused: %s", round, peer, exc)
+                failures[peer] = str(exc)
+        if not later or time.monotonic() + delay >= deadline:
+            break
+        time.sleep(delay)
+        delay = min(2 * delay, 1.0)
+        waiting = later
+    raise PeerError(
+        f"no peer had round {round}'s final model: "
+        + "; ".join(f"{p}: {why}" for p, why in failures.items())
+    )
 
 
 def _holds_seat(state: RoundState, account: str) -> bool:

@@ -217,3 +217,37 @@ def test_the_daemon_logs_a_model_that_does_not_match_its_digest_and_goes_on(
         assert _save_checkpoint(store, cast("SwarmNode", node), result)
     assert f"checkpoint of round {ROUND} not saved" in caplog.text
     assert store.latest() is None
+
+
+class _PublishesAfterFirstAsk:
+    """A transport whose peer publishes the model only once it has been asked for it: the
+    winners of a round are often slower to see it final than the node whose digest lost."""
+
+    def __init__(self, inner: GrpcTransport, publish: Callable[[], None]) -> None:
+        self.inner, self.publish, self.asked = inner, publish, 0
+
+    def fetch_model(
+        self, peer: str, round: int, digest: bytes, numel: int, timeout: float
+    ) -> npt.NDArray[np.float32]:
+        self.asked += 1
+        try:
+            return self.inner.fetch_model(peer, round, digest, numel, timeout)
+        finally:
+            self.publish()
+
+
+def test_catch_up_asks_again_a_peer_that_has_not_published_the_model_yet() -> None:
+    built = Peers(lambda sender: _frames(range(4), MODEL, sender))
+    try:
+        account, identity = Peers._identity()
+        inbox = Inbox(account)  # it holds nothing yet: NOT_FOUND at first
+        server = PeerServer(account, identity.key_pem, identity.cert_pem, built.roster, inbox)
+        built.servers.append(server.start())
+        built.roster.upsert(PeerRecord(account, server.endpoint, identity.cert_der))
+        late = _PublishesAfterFirstAsk(
+            built.transport, lambda: inbox.publish_model(ROUND, MODEL, HASHES)
+        )
+        got = catch_up(cast("GrpcTransport", late), ROUND, DIGEST, NUMEL, [account], timeout=10)
+        assert late.asked == 2 and got.tobytes() == MODEL.tobytes()
+    finally:
+        built.close()
