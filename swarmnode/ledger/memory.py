@@ -500,13 +500,16 @@ def _check_uint(value: int, bits: int, name: str) -> None:
 class InMemoryChain:
     """Holds in-memory swarms and the clock they share; hands out per-account ledgers."""
 
-    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None, salt: bytes | None = None) -> None:
         self._clock = clock or ManualClock()
         self._lock = threading.Lock()
         self._swarms: dict[str, _Swarm] = {}
         # made once per chain, so every handle on it (every node) sees the same round seeds,
-        # and two chains never share them
-        self._salt = os.urandom(32)
+        # and two chains never share them; a simulation passes its own, so that a seeded run
+        # draws the same segment owners again
+        self._salt = os.urandom(32) if salt is None else bytes(salt)
+        self._given_salt = None if salt is None else bytes(salt)
+        self._accounts = 0
 
     def now(self) -> int:
         return int(self._clock())
@@ -518,7 +521,15 @@ class InMemoryChain:
         self._clock.advance(seconds)
 
     def new_account(self) -> str:
-        return _random_address()
+        """A fresh account; drawn from the salt when the chain was given one, so that a
+        seeded simulation's accounts, and with them its segment owners, repeat."""
+        if self._given_salt is None:
+            return _random_address()
+        with self._lock:
+            self._accounts += 1
+            count = self._accounts
+        drawn = hashlib.sha256(self._given_salt + b"account" + count.to_bytes(8, "big"))
+        return _account("0x" + drawn.hexdigest()[:40])
 
     def deploy(self, params: SwarmParams, owner: str, *, validate: bool = True) -> str:
         """`validate=False` skips the caller-side check so that tests reach the swarm's own."""

@@ -11,6 +11,7 @@ layers below and gives a SwarmRun (results.py) for the reports above to read.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -80,7 +81,10 @@ def run_tasks(
     if backend == "grpc":
         swarm = grpc_swarm(params, len(tasks), server_workers=4, inboxes=liars.inbox)
     else:
-        swarm = memory_swarm(params, len(tasks), clock=time.monotonic, inboxes=liars.inbox)
+        salt = hashlib.sha256(f"swarmnode simulation {scenario.seed}".encode()).digest()
+        swarm = memory_swarm(
+            params, len(tasks), clock=time.monotonic, inboxes=liars.inbox, salt=salt
+        )
     try:
         run = _Run(scenario, tasks, test_set, swarm, backend, liars)
         run.model_bytes = len(initial) * canonical.ELEMENT_BYTES  # what a node holds

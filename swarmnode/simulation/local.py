@@ -122,9 +122,11 @@ def memory_swarm(
     *,
     clock: Callable[[], float] | None = None,
     inboxes: InboxFactory = honest_inbox,
+    salt: bytes | None = None,
 ) -> LocalSwarm:
-    """n peers on the in-memory ledger and transport; `clock` defaults to a manual clock."""
-    chain = InMemoryChain(clock)
+    """n peers on the in-memory ledger and transport; `clock` defaults to a manual clock,
+    `salt` (what round seeds are drawn from) to a random one."""
+    chain = InMemoryChain(clock, salt)
     owner = chain.new_account()
     address = chain.deploy(restricted(params), owner)
     admin = chain.ledger(address, owner)
