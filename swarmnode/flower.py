@@ -197,6 +197,11 @@ class FlowerNode:
     def _vector(self, arrays: Arrays) -> npt.NDArray[np.float32]:
         return canonical.flatten(self._state(arrays)).numpy()
 
+    def finish(self) -> bool:
+        """Training is over (after the last step): rounds stop waiting for this node, and a
+        peer left alone ends with `no_peers` (swarmnode.node.Syncer.finish)."""
+        return self.syncer.finish()
+
     def step(self) -> FlowerRound:
         """Fits from the swarm's current model until a sync is due, then syncs once.
 

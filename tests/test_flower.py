@@ -193,3 +193,14 @@ def test_without_evaluate() -> None:
             Rule(SyncPolicyId.ADAPTIVE, (1, 1, 4, 2 * PPM)),
             evaluate=False,
         )
+
+
+def test_a_finished_flower_node_is_not_waited_for() -> None:
+    """One client stops after a round and says so (finish()); the other's next step ends at
+    once with no_peers instead of waiting for a round that cannot fill."""
+    clients = [RecordingClient(seed) for seed in range(2)]
+    nodes = flower_swarm(clients, Rule(SyncPolicyId.EVERY_N_BATCHES, (1, 0, 0, 0)))
+    step_all(nodes)
+    assert nodes[0].finish()
+    assert nodes[1].step().result.status == "no_peers"
+    assert not nodes[0].finish()  # counted out already
