@@ -22,9 +22,7 @@ def is_address(value: object) -> bool:
     The prefix is required (eth_utils alone also takes bare hex), so that an account has
     exactly one accepted spelling up to letter case: a peer cannot name someone else with
     a second spelling that only normalizes to them."""
-    return (
-        isinstance(value, str) and value[:2] in ("0x", "0X") and bool(is_hex_address(value))
-    )
+    return isinstance(value, str) and value[:2] in ("0x", "0X") and bool(is_hex_address(value))
 
 
 @lru_cache(maxsize=4096)

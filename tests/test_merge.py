@@ -163,8 +163,16 @@ def test_median_equals_flwr_aggregate_median_bit_for_bit(
 
 @pytest.mark.parametrize(
     ("seed", "n", "beta_ppm"),
-    [(0, 5, 0), (1, 5, 200_000), (2, 10, 100_000), (3, 10, 250_000), (4, 11, 450_000),
-     (5, 12, 499_999), (6, 3, 400_000), (7, 20, 150_000)],
+    [
+        (0, 5, 0),
+        (1, 5, 200_000),
+        (2, 10, 100_000),
+        (3, 10, 250_000),
+        (4, 11, 450_000),
+        (5, 12, 499_999),
+        (6, 3, 400_000),
+        (7, 20, 150_000),
+    ],
 )
 def test_trimmed_mean_matches_flwr_aggregate_trimmed_avg(
     flwr_agg: ModuleType, seed: int, n: int, beta_ppm: int
@@ -179,8 +187,16 @@ def test_trimmed_mean_matches_flwr_aggregate_trimmed_avg(
 
 @pytest.mark.parametrize(
     ("seed", "n", "f", "m"),
-    [(0, 5, 1, 0), (1, 7, 2, 0), (2, 9, 3, 0), (3, 8, 1, 1), (4, 7, 1, 3), (5, 10, 2, 5),
-     (6, 6, 1, 6), (7, 3, 0, 0)],
+    [
+        (0, 5, 1, 0),
+        (1, 7, 2, 0),
+        (2, 9, 3, 0),
+        (3, 8, 1, 1),
+        (4, 7, 1, 3),
+        (5, 10, 2, 5),
+        (6, 6, 1, 6),
+        (7, 3, 0, 0),
+    ],
 )
 def test_krum_matches_flwr_aggregate_krum(
     flwr_agg: ModuleType, seed: int, n: int, f: int, m: int
@@ -256,8 +272,10 @@ def test_geometric_median_of_a_majority_on_one_point_is_that_point() -> None:
     assert torch.equal(make_rule(GEOMEDIAN).merge(x, [1] * 5), point)
 
 
-@pytest.mark.parametrize(("seed", "tau_ppm", "iterations"), [(0, 50_000, 1), (1, 20_000, 3),
-                                                             (2, 1_000_000, 2), (3, 5_000, 10)])
+@pytest.mark.parametrize(
+    ("seed", "tau_ppm", "iterations"),
+    [(0, 50_000, 1), (1, 20_000, 3), (2, 1_000_000, 2), (3, 5_000, 10)],
+)
 def test_centered_clipping_matches_the_formula_in_float64(
     seed: int, tau_ppm: int, iterations: int
 ) -> None:
@@ -471,8 +489,11 @@ def test_krum_without_enough_peers_is_refused_when_the_swarm_is_configured() -> 
 
 def test_too_few_contributions_at_merge_time_is_a_clear_merge_error() -> None:
     x, counts, _ = models(0, 4, 10)
-    with pytest.raises(MergeError, match=r"krum \(f=1, m=0\) needs at least 5 contributions "
-                                         r"\(n > 2f \+ 2 and n >= m\), got 4"):
+    with pytest.raises(
+        MergeError,
+        match=r"krum \(f=1, m=0\) needs at least 5 contributions "
+        r"\(n > 2f \+ 2 and n >= m\), got 4",
+    ):
         make_rule(KRUM).begin(x, counts)
     with pytest.raises(MergeError, match="needs at least 1 contributions, got 0"):
         make_rule(MEDIAN).merge(torch.empty(0, 10), [])

@@ -35,13 +35,15 @@ from swarmnode.simulation.partition import (
 Labels = npt.NDArray[np.int64]
 
 # Uneven classes, like real data: 10 classes of 40..80 samples in random order.
-TEN_CLASSES: Labels = np.random.default_rng(7).permutation(
-    np.repeat(np.arange(10), np.random.default_rng(8).integers(40, 81, size=10))
-).astype(np.int64)
+TEN_CLASSES: Labels = (
+    np.random.default_rng(7)
+    .permutation(np.repeat(np.arange(10), np.random.default_rng(8).integers(40, 81, size=10)))
+    .astype(np.int64)
+)
 # Two unbalanced classes, like breast_cancer (37% / 63%).
-TWO_CLASSES: Labels = np.random.default_rng(9).permutation(
-    np.repeat(np.arange(2), [110, 190])
-).astype(np.int64)
+TWO_CLASSES: Labels = (
+    np.random.default_rng(9).permutation(np.repeat(np.arange(2), [110, 190])).astype(np.int64)
+)
 
 PROPERTY = settings(derandomize=True, database=None, max_examples=80, deadline=None)
 
@@ -83,7 +85,9 @@ def test_every_kind_deals_each_index_once_reproducibly(
     kind: str, n: int, seed: int, alpha: float, shards_per_node: int, min_samples: int
 ) -> None:
     kwargs: dict[str, Any] = {
-        "alpha": alpha, "shards_per_node": shards_per_node, "min_samples": min_samples
+        "alpha": alpha,
+        "shards_per_node": shards_per_node,
+        "min_samples": min_samples,
     }
     parts = partition(TEN_CLASSES, n, kind, seed=seed, **kwargs)
     _check_exact_cover(parts, len(TEN_CLASSES), n, min_samples)
@@ -173,8 +177,14 @@ def test_iid_sizes_differ_by_at_most_one(n: int, seed: int) -> None:
 
 def test_quantity_skew_gives_unequal_sizes_and_respects_min_samples() -> None:
     for seed in range(10):
-        sizes = np.array([len(p) for p in partition(TEN_CLASSES, 10, "quantity", seed=seed,
-                                                    alpha=0.5, min_samples=10)])
+        sizes = np.array(
+            [
+                len(p)
+                for p in partition(
+                    TEN_CLASSES, 10, "quantity", seed=seed, alpha=0.5, min_samples=10
+                )
+            ]
+        )
         assert sizes.min() >= 10
         assert sizes.max() >= 3 * sizes.min(), sizes
     # Small alpha: nearly everything on a few nodes, the rest at the floor; never refused.
