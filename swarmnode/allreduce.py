@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -273,6 +273,11 @@ class AllReduceRunner:
         merged = np.empty(self.numel, dtype=np.float32)
         for s, values in segments.items():
             self._place(merged, s, values)
+        # this node's rows go out before its merged data, so a node that dies in the
+        # all-gather has delivered its update (what die_at's phases mean,
+        # docs/round-protocol.md#fault-injection); a receiver that stalls them holds this
+        # node up no longer than half the attempt
+        wait(self._pushes, timeout=max(0.0, self._at(CHECK_AT) - time.monotonic()))
         pushes = self._send_merged(pool, merged)
         needed = [s for s in range(self.owners.count) if s not in self.mine]
         # a node whose own rows came late (by relay, past CHECK_AT) still gives the owners a
