@@ -28,6 +28,7 @@ from swarmnode.config import NodeConfig
 from swarmnode.error_names import ErrorName
 from swarmnode.exceptions import ConfigError, ContractError
 from swarmnode.identity import NodeIdentity, take_passphrase
+from swarmnode.ledger.background import quiet_retries
 from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.contract import ContractLedger
 from swarmnode.ledger.deployment import Deployment
@@ -116,7 +117,8 @@ class LivePeer:
     def _follow_roster(self) -> None:
         while not self._closing.wait(ROSTER_REFRESH):
             try:
-                self.refresh()
+                with quiet_retries():  # an outage is the round's and the daemon's to report
+                    self.refresh()
             except Exception as exc:  # the chain away: the round and the outage say so
                 log.debug("roster not refreshed: %s", exc)
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import NoReturn, Protocol, runtime_checkable
 
 from swarmnode.exceptions import LedgerError
+from swarmnode.ledger.background import in_background
 from swarmnode.ledger.types import LedgerEvent
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,10 @@ class EventCursor:
             try:
                 return self._filters.filter_changes(self._filter_id), self._next
             except LedgerError as exc:
-                log.warning("event filter lost (%s): reading logs from block %d", exc, self._next)
+                level = logging.DEBUG if in_background() else logging.WARNING
+                log.log(
+                    level, "event filter lost (%s): reading logs from block %d", exc, self._next
+                )
                 self.filter_fallbacks += 1
                 self._filter_id = None
         if self._filter_id is None:

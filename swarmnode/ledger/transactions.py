@@ -41,6 +41,7 @@ from web3.exceptions import TransactionNotFound
 from web3.types import TxParams
 
 from swarmnode.exceptions import ChainUnavailable, LedgerError
+from swarmnode.ledger.background import in_background
 from swarmnode.ledger.errors import contract_error_from
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,8 @@ class TransactionSender:
 
         def note_retry(state: RetryCallState) -> None:
             self.stats.unavailable_retries += 1
-            level = logging.WARNING if state.attempt_number == 1 else logging.DEBUG
+            first = state.attempt_number == 1 and not in_background()
+            level = logging.WARNING if first else logging.DEBUG
             log.log(level, "%s: chain unavailable, retrying with backoff", what)
 
         unavailable = retry_if_exception_type(ChainUnavailable)
