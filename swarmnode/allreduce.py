@@ -73,7 +73,10 @@ class MissingContributions(PeerError):
 
 @dataclass
 class Traffic:
-    """Payload bytes this node moved, by direction (hash lists and headers included)."""
+    """Bytes this node moved, by direction, as its transport counted them on the wire:
+    every message (payload, hash lists, headers, requests, acks) plus gRPC's 5-byte prefix
+    (swarmnode.p2p.transport.WireCount), both as caller and as server, from the attempt's
+    start to its end; HTTP/2 and TLS framing are not in it."""
 
     sent: int = 0
     received: int = 0
@@ -177,6 +180,15 @@ class AllReduceRunner:
 
     def run(self) -> AllReduceResult:
         self._start = time.monotonic()
+        sent, received = self.transport.wire.totals()
+        try:
+            return self._run()
+        finally:  # what an attempt moved, whether it finished or not
+            now_sent, now_received = self.transport.wire.totals()
+            self.traffic.sent += now_sent - sent
+            self.traffic.received += now_received - received
+
+    def _run(self) -> AllReduceResult:
         self._expect()
         try:
             with ThreadPoolExecutor(max_workers=max(1, min(8, 2 * len(self.others)))) as pool:
@@ -217,7 +229,7 @@ class AllReduceRunner:
         """Streams segment s of this node's update to both owners of s; returns, for each of
         this node's segments, every participant's row in participant order."""
         pushes = [
-            self._push(pool, owner, self._frames(s), extra=len(self.hashes))
+            self._push(pool, owner, self._frames(s))
             for s in range(self.owners.count)
             for owner in self.owners.owners(s)
             if owner != self.me
@@ -286,7 +298,7 @@ class AllReduceRunner:
         unconfirmed = self._confirm(needed, merged, max(self._at(CHECK_AT), late))
         silent = self._check(unconfirmed, merged)
         self._await_silent(silent, merged)
-        self.traffic.sent += self._settle([*self._pushes, *pushes])
+        self._settle([*self._pushes, *pushes])
         return merged
 
     # ------------------------------------------------------------------ all-gather parts
@@ -305,7 +317,7 @@ class AllReduceRunner:
             if p != self.owners.checker(m):
                 pushes.append(self._push(pool, p, self._merged_frames(merged, m)))
             if p != self.owners.merger(c):
-                pushes.append(self._push(pool, p, hashes, extra=len(checked)))
+                pushes.append(self._push(pool, p, hashes))
         return pushes
 
     def _confirm(self, needed: list[int], merged: Vector, until: float) -> dict[int, _Unconfirmed]:
@@ -316,10 +328,6 @@ class AllReduceRunner:
         for s in needed:
             data = self._await(partial(self.inbox.merged, round, attempt, s), until)
             hashes = self._await(partial(self.inbox.merged_hashes, round, attempt, s), until)
-            if data is not None:
-                self.traffic.received += data.nbytes
-            if hashes is not None:
-                self.traffic.received += len(hashes)
             if data is not None and hashes is not None and canonical.chunk_hashes(data) == hashes:
                 self._place(merged, s, data)
             else:
@@ -420,8 +428,7 @@ class AllReduceRunner:
                     break
                 with contextlib.suppress(PeerError):
                     frames = self._row_frames(row, s, contributor, hashes)
-                    elements = self.transport.push(owner, frames, self._left())
-                    self.traffic.sent += elements * canonical.ELEMENT_BYTES + len(hashes)
+                    self.transport.push(owner, frames, self._left())
 
     # ------------------------------------------------------------------ parts
 
@@ -440,7 +447,6 @@ class AllReduceRunner:
         )
         self._fetched[(contributor, segment)] = values
         self._hash_lists[contributor] = hashes
-        self.traffic.received += values.nbytes + len(hashes)
         return values
 
     def _lacking(
@@ -455,7 +461,6 @@ class AllReduceRunner:
             got = self._await(partial(self.inbox.update, self.attempt.round, p, s), until)
             if got is not None:
                 rows[s][p] = got
-                self.traffic.received += got.nbytes + len(self.hashes)
 
     def _slice(self, vector: Vector, segment: int) -> Vector:
         span = canonical.element_range(self.owners.chunks[segment], self.numel)
@@ -524,16 +529,10 @@ class AllReduceRunner:
     def _left(self) -> float:
         return max(0.5, self._at(1.0) - time.monotonic())
 
-    def _push(
-        self, pool: ThreadPoolExecutor, peer: str, frames: FrameSource, extra: int = 0
-    ) -> Future[int]:
-        """Sends in a worker thread; the future's result is the bytes sent."""
-
-        def send() -> int:
-            elements = self.transport.push(peer, frames, self._left())
-            return elements * canonical.ELEMENT_BYTES + extra
-
-        future = pool.submit(send)
+    def _push(self, pool: ThreadPoolExecutor, peer: str, frames: FrameSource) -> Future[int]:
+        """Sends in a worker thread; the future's result is the elements the peer accepted
+        (the bytes are counted by the transport, see Traffic)."""
+        future = pool.submit(lambda: self.transport.push(peer, frames, self._left()))
         future.add_done_callback(self._watch)
         return future
 
@@ -557,15 +556,13 @@ class AllReduceRunner:
                 return None
 
     @staticmethod
-    def _settle(pushes: Sequence[Future[int]]) -> int:
-        """Waits for this node's own sends and adds up the bytes they sent; a peer that
-        refused or vanished shows up as missing data on its side, so failures here are not
-        fatal to this node's merge."""
-        sent = 0
+    def _settle(pushes: Sequence[Future[int]]) -> None:
+        """Waits for this node's own sends, so their bytes are in this attempt's Traffic; a
+        peer that refused or vanished shows up as missing data on its side, so failures here
+        are not fatal to this node's merge."""
         for push in pushes:
             with contextlib.suppress(PeerError):
-                sent += push.result()
-        return sent
+                push.result()
 
     def _timed(self, phase: str, run: Callable[[], T]) -> T:
         started = time.perf_counter()

@@ -175,7 +175,13 @@ class LivePeer:
             current_round=ledger.current_round,
         ).start()
         transport = FaultyTransport(  # armed by the daemon when die_at says so (fault tests)
-            GrpcTransport(ledger.account, identity.tls.key_pem, identity.tls.cert_pem, feed.roster)
+            GrpcTransport(
+                ledger.account,
+                identity.tls.key_pem,
+                identity.tls.cert_pem,
+                feed.roster,
+                wire=server.wire,
+            )
         )
         stop = stop or threading.Event()
         try:

@@ -81,6 +81,8 @@ class NodeRoundRecord:
     attempt: int = 0
     digest: str = ""  # hex of the model the node ended the round holding; "" without one
     seconds: dict[str, float] = field(default_factory=dict)  # per phase of the round
+    # bytes the node's transport counted on the wire in its all-reduce attempts (messages
+    # and gRPC's 5-byte prefixes; HTTP/2 and TLS framing not included)
     bytes_sent: int = 0
     bytes_received: int = 0
     participants: int = 0

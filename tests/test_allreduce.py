@@ -134,15 +134,21 @@ def per_segment(
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_each_node_moves_about_3n_minus_4_over_n_model_sizes(n: int) -> None:
     """Rows to both owners of every segment (2(n-1)/n), the merged segment to all but its
-    checker ((n-2)/n), hashes for the checked one: docs/round-protocol.md#data-plane."""
+    checker ((n-2)/n), hashes for the checked one: docs/round-protocol.md#data-plane.
+    The counts are the transport's, on the wire: a node that starts before a peer is ready
+    sends its first frame again after the peer's NotReady, so what early nodes send may
+    exceed the estimate; what each receives in its attempt, and what the last node to start
+    sends, do not."""
     results, _, _ = run(n, RULES["mean"], numel=64 * canonical.CHUNK_ELEMENTS)
     model_bytes = 64 * canonical.CHUNK_ELEMENTS * 4
     expected = (3 * n - 4) / n
     for r in results:
         assert r.accused == {} and r.checked == 0
-        for direction in (r.traffic.sent, r.traffic.received):
-            ratio = direction / model_bytes
-            assert expected - 0.02 <= ratio <= expected + 0.05, ratio  # hash lists: 0.2 %
+        ratio = r.traffic.received / model_bytes
+        assert expected - 0.02 <= ratio <= expected + 0.05, ratio  # hash lists: 0.2 %
+        assert r.traffic.sent / model_bytes >= expected - 0.02
+    least = min(r.traffic.sent for r in results) / model_bytes
+    assert expected - 0.02 <= least <= expected + 0.05, least
 
 
 def test_fewer_chunks_than_participants_leaves_some_segments_empty() -> None:

@@ -43,6 +43,7 @@ class Tap(Transport):
     def __init__(self, inner: Transport) -> None:
         self.account = inner.account
         self.inner = inner
+        self.wire = inner.wire
         self.sent: list[tuple[Kind | None, str]] = []
 
     def _push_once(self, peer: str, frames: FrameSource, timeout: float) -> int:

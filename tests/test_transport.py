@@ -524,6 +524,7 @@ class Tamper(Transport):
     def __init__(self, inner: Transport, mangle: Callable[[list[Frame]], list[Frame]]) -> None:
         self.account = inner.account
         self.inner = inner
+        self.wire = inner.wire
         self.mangle = mangle
 
     def _push_once(self, peer: str, frames: FrameSource, timeout: float) -> int:

@@ -70,6 +70,7 @@ class LyingTransport(Transport):
     def __init__(self, inner: Transport, lies: Lies) -> None:
         self.account = inner.account
         self.inner = inner
+        self.wire = inner.wire
         self.lies = lies
 
     def _push_once(self, peer: str, frames: FrameSource, timeout: float) -> int:

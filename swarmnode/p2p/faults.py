@@ -86,6 +86,7 @@ class FaultyTransport(Transport):
     def __init__(self, inner: Transport) -> None:
         self.account = inner.account
         self.inner = inner
+        self.wire = inner.wire
         self._lock = threading.Condition()  # pushes to several peers run in parallel threads
         self._fault: Fault | None = None
         self._crash: InjectedCrash | None = None

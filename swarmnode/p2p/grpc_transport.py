@@ -47,7 +47,7 @@ from swarmnode.p2p.messages import (
     info_to_wire,
 )
 from swarmnode.p2p.roster import PeerRecord, Roster
-from swarmnode.p2p.transport import FrameSource, Transport
+from swarmnode.p2p.transport import FrameSource, Transport, WireCount
 from swarmnode.version import __version__
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,10 @@ class PeerServer:
         port: int = 0,
         workers: int = 8,
         current_round: Callable[[], int] = lambda: 0,
+        wire: WireCount | None = None,
     ) -> None:
         self.account = normalize(account)
+        self._wire = wire
         self._key_pem = key_pem
         self._cert_pem = cert_pem
         self._roster = roster
@@ -106,6 +108,16 @@ class PeerServer:
         )
         self.port = self._server.add_secure_port(f"{host}:{port}", credentials)
         self.endpoint = f"{host}:{self.port}"
+
+    _wire: WireCount | None = None
+
+    @property
+    def wire(self) -> WireCount:
+        """The node's byte count, shared with its GrpcTransport (pass server.wire to it);
+        made here when none was given, also for a subclass that skips __init__."""
+        if self._wire is None:
+            self._wire = WireCount()
+        return self._wire
 
     # -- TLS trust follows the roster
     def _certificate_configuration(self) -> Any:
@@ -171,28 +183,30 @@ class PeerServer:
             {
                 "Info": grpc.unary_unary_rpc_method_handler(
                     self._info,
-                    request_deserializer=_lenient(peer_pb2.InfoRequest),
-                    response_serializer=peer_pb2.InfoReply.SerializeToString,
+                    request_deserializer=_counted_in(self.wire, _lenient(peer_pb2.InfoRequest)),
+                    response_serializer=_counted_out(
+                        self.wire, peer_pb2.InfoReply.SerializeToString
+                    ),
                 ),
                 "PushUpdate": grpc.stream_unary_rpc_method_handler(
                     self._push(Kind.UPDATE),
-                    request_deserializer=codec.decode_lenient,
-                    response_serializer=peer_pb2.Ack.SerializeToString,
+                    request_deserializer=_counted_in(self.wire, codec.decode_lenient),
+                    response_serializer=_counted_out(self.wire, peer_pb2.Ack.SerializeToString),
                 ),
                 "PushMerged": grpc.stream_unary_rpc_method_handler(
                     self._push(Kind.MERGED, Kind.MERGED_HASHES),
-                    request_deserializer=codec.decode_lenient,
-                    response_serializer=peer_pb2.Ack.SerializeToString,
+                    request_deserializer=_counted_in(self.wire, codec.decode_lenient),
+                    response_serializer=_counted_out(self.wire, peer_pb2.Ack.SerializeToString),
                 ),
                 "FetchModel": grpc.unary_stream_rpc_method_handler(
                     self._fetch_model,
-                    request_deserializer=_lenient(peer_pb2.ModelRequest),
-                    response_serializer=codec.encode,
+                    request_deserializer=_counted_in(self.wire, _lenient(peer_pb2.ModelRequest)),
+                    response_serializer=_counted_out(self.wire, codec.encode),
                 ),
                 "FetchUpdate": grpc.unary_stream_rpc_method_handler(
                     self._fetch_update,
-                    request_deserializer=_lenient(peer_pb2.UpdateRequest),
-                    response_serializer=codec.encode,
+                    request_deserializer=_counted_in(self.wire, _lenient(peer_pb2.UpdateRequest)),
+                    response_serializer=_counted_out(self.wire, codec.encode),
                 ),
             },
         )
@@ -275,8 +289,16 @@ class PeerServer:
 class GrpcTransport(Transport):
     """Client side: one mutual-TLS channel per peer, pinned to the peer's registered certificate."""
 
-    def __init__(self, account: str, key_pem: bytes, cert_pem: bytes, roster: Roster) -> None:
+    def __init__(
+        self,
+        account: str,
+        key_pem: bytes,
+        cert_pem: bytes,
+        roster: Roster,
+        wire: WireCount | None = None,
+    ) -> None:
         self.account = normalize(account)
+        self.wire = wire or WireCount()  # the node's PeerServer's, so both add to one count
         self._key_pem = key_pem
         self._cert_pem = cert_pem
         self._roster = roster
@@ -323,8 +345,8 @@ class GrpcTransport(Transport):
 
             call = channel.stream_unary(
                 f"/{SERVICE}/{method}",
-                request_serializer=codec.encode,
-                response_deserializer=peer_pb2.Ack.FromString,
+                request_serializer=_counted_out(self.wire, codec.encode),
+                response_deserializer=_counted_in(self.wire, peer_pb2.Ack.FromString),
             )
             ack = call(all_frames(), timeout=timeout)
             return int(ack.elements)
@@ -334,8 +356,8 @@ class GrpcTransport(Transport):
     def _fetch_frames(self, peer: str, round: int, timeout: float) -> Iterator[Frame]:
         call = self._channel(peer).unary_stream(
             f"/{SERVICE}/FetchModel",
-            request_serializer=peer_pb2.ModelRequest.SerializeToString,
-            response_deserializer=codec.decode,
+            request_serializer=_counted_out(self.wire, peer_pb2.ModelRequest.SerializeToString),
+            response_deserializer=_counted_in(self.wire, codec.decode),
         )
         responses = call(peer_pb2.ModelRequest(round=round), timeout=timeout)
         try:
@@ -350,8 +372,8 @@ class GrpcTransport(Transport):
     ) -> Iterator[Frame]:
         call = self._channel(peer).unary_stream(
             f"/{SERVICE}/FetchUpdate",
-            request_serializer=peer_pb2.UpdateRequest.SerializeToString,
-            response_deserializer=codec.decode,
+            request_serializer=_counted_out(self.wire, peer_pb2.UpdateRequest.SerializeToString),
+            response_deserializer=_counted_in(self.wire, codec.decode),
         )
         request = peer_pb2.UpdateRequest(
             round=round, sender=sender, first_chunk=chunks.start, chunks=len(chunks)
@@ -368,8 +390,8 @@ class GrpcTransport(Transport):
         def ask(channel: grpc.Channel) -> PeerInfo:
             call = channel.unary_unary(
                 f"/{SERVICE}/Info",
-                request_serializer=peer_pb2.InfoRequest.SerializeToString,
-                response_deserializer=peer_pb2.InfoReply.FromString,
+                request_serializer=_counted_out(self.wire, peer_pb2.InfoRequest.SerializeToString),
+                response_deserializer=_counted_in(self.wire, peer_pb2.InfoReply.FromString),
             )
             reply: peer_pb2.InfoReply = call(peer_pb2.InfoRequest(round=round), timeout=timeout)
             return info_from_wire(reply)
@@ -384,6 +406,17 @@ class GrpcTransport(Transport):
 
 
 M = TypeVar("M")
+
+
+def _counted_out(wire: WireCount, serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """A serializer that counts what it hands gRPC (docs/round-protocol.md#data-plane)."""
+    return lambda message: wire.sent(serialize(message))
+
+
+def _counted_in(wire: WireCount, deserialize: Callable[[bytes], T]) -> Callable[[bytes], T]:
+    """A deserializer that counts what gRPC hands it, before parsing: a malformed message
+    was received all the same."""
+    return lambda data: deserialize(wire.received(data))
 
 
 def _lenient(message_type: type[M]) -> Callable[[bytes], M | InvalidMessage]:

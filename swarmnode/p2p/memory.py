@@ -27,7 +27,7 @@ from swarmnode.p2p.messages import (
     info_to_wire,
 )
 from swarmnode.p2p.roster import Roster
-from swarmnode.p2p.transport import FrameSource, Transport
+from swarmnode.p2p.transport import FrameSource, Transport, WireCount
 from swarmnode.version import __version__
 
 
@@ -38,6 +38,14 @@ class MemoryNetwork:
         self.roster = roster
         self._lock = threading.Lock()
         self._inboxes: dict[str, Inbox] = {}
+        self._wires: dict[str, WireCount] = {}
+
+    def wire(self, account: str) -> WireCount:
+        """`account`'s byte count: its transport's calls and what its inbox is sent, counted
+        on the encoded messages as gRPC counts them, so both transports report the same."""
+        key = normalize(account)
+        with self._lock:
+            return self._wires.setdefault(key, WireCount())
 
     def attach(self, inbox: Inbox) -> None:
         with self._lock:
@@ -67,21 +75,38 @@ class MemoryTransport(Transport):
     def __init__(self, network: MemoryNetwork, account: str) -> None:
         self.account = normalize(account)
         self._network = network
+        self.wire = network.wire(self.account)
+
+    def _send(self, message: bytes, to: WireCount) -> bytes:
+        """A message from this node to a peer, counted at both ends as gRPC would count it."""
+        return to.received(self.wire.sent(message))
+
+    def _answer(self, message: bytes, by: WireCount) -> bytes:
+        """A peer's answer to this node, counted at both ends."""
+        return self.wire.received(by.sent(message))
 
     def _push_once(self, peer: str, frames: FrameSource, timeout: float) -> int:
         sender, inbox = self._network.inbox(self.account, peer)
+        theirs = self._network.wire(inbox.account)
         total = 0
         kind = None
+        sent = False
         for frame in frames():
-            wire = codec.decode(codec.encode(frame))
+            wire = codec.decode(self._send(codec.encode(frame), theirs))
+            sent = True
             kind = kind or wire.header.kind
             if wire.header.kind != kind:
                 raise InvalidMessage(f"{peer} refused: a frame of kind {wire.header.kind}")
             total += inbox.receive(wire, sender)
+        if sent:  # the Ack (gRPC sends no call at all for an empty stream)
+            ack = peer_pb2.Ack(elements=total).SerializeToString()
+            total = int(peer_pb2.Ack.FromString(self._answer(ack, theirs)).elements)
         return total
 
     def _fetch_frames(self, peer: str, round: int, timeout: float) -> Iterator[Frame]:
         _, inbox = self._network.inbox(self.account, peer)
+        theirs = self._network.wire(inbox.account)
+        self._send(peer_pb2.ModelRequest(round=round).SerializeToString(), theirs)
         found = inbox.model(round)
         if found is None:
             raise PeerError(f"{peer}: NOT_FOUND: no final model of round {round} here")
@@ -96,12 +121,17 @@ class MemoryTransport(Transport):
             sender=peer,
             chunk_hashes=hashes,
         ):
-            yield codec.decode(codec.encode(frame))
+            yield codec.decode(self._answer(codec.encode(frame), theirs))
 
     def _fetch_update_frames(
         self, peer: str, round: int, sender: str, chunks: range, timeout: float
     ) -> Iterator[Frame]:
         caller, inbox = self._network.inbox(self.account, peer)
+        theirs = self._network.wire(inbox.account)
+        request = peer_pb2.UpdateRequest(
+            round=round, sender=sender, first_chunk=chunks.start, chunks=len(chunks)
+        )
+        self._send(request.SerializeToString(), theirs)
         try:
             frames = inbox.update_frames(round, caller, sender, chunks.start, len(chunks))
         except NotFound as exc:
@@ -109,13 +139,16 @@ class MemoryTransport(Transport):
         except PeerError as exc:  # as the gRPC client names the peer that refused
             raise type(exc)(f"{peer} refused: {exc}") from exc
         for frame in frames:
-            yield codec.decode(codec.encode(frame))
+            yield codec.decode(self._answer(codec.encode(frame), theirs))
 
     def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
         _, inbox = self._network.inbox(self.account, peer)
+        theirs = self._network.wire(inbox.account)
+        self._send(peer_pb2.InfoRequest(round=round).SerializeToString(), theirs)
         waiting = tuple(inbox.waiting_for(round)) if round else ()
         reply = info_to_wire(PeerInfo(inbox.account, 0, __version__, True, waiting))
-        return info_from_wire(peer_pb2.InfoReply.FromString(reply.SerializeToString()))
+        answer = self._answer(reply.SerializeToString(), theirs)
+        return info_from_wire(peer_pb2.InfoReply.FromString(answer))
 
     def close(self) -> None:
         """Nothing to release."""

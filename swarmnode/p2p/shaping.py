@@ -62,6 +62,7 @@ class ShapedTransport(Transport):
             raise ConfigError(f"bandwidth must be at least 0 bytes/s (0: no cap), got {bandwidth}")
         self.account = inner.account
         self.inner = inner
+        self.wire = inner.wire
         self.latency = latency
         self.bandwidth = bandwidth
         self.send_delay = send_delay

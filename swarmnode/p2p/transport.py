@@ -8,6 +8,7 @@ behaviour suite against both.
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterable
@@ -31,11 +32,47 @@ from swarmnode.p2p.messages import Kind, PeerInfo
 
 FrameSource = Callable[[], Iterable[Frame]]
 
+# gRPC's length-prefixed message: a one-byte compressed flag and a four-byte length before
+# every serialized message, unary or streamed
+MESSAGE_PREFIX = 5
+
+
+class WireCount:
+    """The bytes one node put on the wire and took off it, both as caller and as server:
+    every serialized message (frames with their hash lists, requests, acks, Info) plus
+    gRPC's 5-byte message prefix. grpcio exposes no HTTP/2 or TLS byte counts, so those
+    layers' framing is not in here (tests/test_wire_bytes.py measures how little it adds).
+    One per node, shared by its transport and its server, added to from any thread; the
+    all-reduce reads it before and after an attempt."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sent = 0
+        self._received = 0
+
+    def sent(self, message: bytes) -> bytes:
+        """Counts `message` as sent and hands it on (a serializer's last step)."""
+        with self._lock:
+            self._sent += len(message) + MESSAGE_PREFIX
+        return message
+
+    def received(self, message: bytes) -> bytes:
+        """Counts `message` as received and hands it on (a deserializer's first step)."""
+        with self._lock:
+            self._received += len(message) + MESSAGE_PREFIX
+        return message
+
+    def totals(self) -> tuple[int, int]:
+        """(sent, received) so far."""
+        with self._lock:
+            return self._sent, self._received
+
 
 class Transport(ABC):
     """One node's client side: pushes to peers, fetches from them. Every call has a deadline."""
 
     account: str
+    wire: WireCount  # what this node's calls and its server moved (a wrapper shares inner's)
 
     def push(self, peer: str, frames: FrameSource, timeout: float) -> int:
         """Streams the frames to `peer` (UPDATE or MERGED, by their header); returns the

@@ -155,7 +155,7 @@ class FaultInjector:
             roster = feeds[i].roster
             key, cert = old.identity.key_pem, old.identity.cert_pem
             server = PeerServer(account, key, cert, roster, inbox, workers=self._workers).start()
-            transport = GrpcTransport(account, key, cert, roster)
+            transport = GrpcTransport(account, key, cert, roster, wire=server.wire)
             old.ledger.update_endpoint(server.endpoint)  # as a restarted daemon enrols
             for feed in feeds:
                 feed.refresh()

@@ -102,7 +102,7 @@ def grpc_swarm(
                 workers=server_workers,
             ).start()
             transport = GrpcTransport(
-                ledger.account, identity.key_pem, identity.cert_pem, feed.roster
+                ledger.account, identity.key_pem, identity.cert_pem, feed.roster, server.wire
             )
             peers.append(LocalPeer(ledger, inbox, FaultyTransport(transport), server, identity))
             feeds.append(feed)
