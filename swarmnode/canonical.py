@@ -13,8 +13,11 @@ Definition (any change here is a protocol change; tests/test_canonical.py pins l
   num_batches_tracked) and non-tensor entries (extra state) are not in it and keep their
   local value.
 - Chunks of CHUNK_ELEMENTS = 4096 elements (16 KiB); the last chunk may be shorter. A chunk
-  hash is SHA-256 of the chunk's little-endian float32 bytes. The digest is SHA-256 of the
-  concatenated chunk hashes; an empty vector has zero chunks and digest SHA-256(b"").
+  hash is BLAKE3 (32-byte output) of the chunk's little-endian float32 bytes. The digest is
+  SHA-256 of the concatenated chunk hashes; an empty vector has zero chunks and digest
+  SHA-256(b""). The chunk hashes cover every byte a receiver checks, so they take the fast
+  hash; the digest hashes only the list (0.2 % of the data), so its speed does not matter and
+  it stays SHA-256, which contracts and other tools recompute natively.
 - Segments are whole-chunk ranges in participant order whose sizes differ by at most one
   chunk: the first ``num_chunks % n`` segments get one chunk more; with fewer chunks than
   participants the trailing segments are empty.
@@ -27,7 +30,8 @@ PeerError naming what was wrong; misuse by the calling code (a vector of the wro
 model whose layout is not the expected one) raises ConfigError.
 
 This module runs on the GPU machine too (torch 2.11 there): it uses no torch API newer than
-that and imports neither web3 nor grpc.
+that and imports neither web3 nor grpc. blake3 is imported only when chunks are hashed, so
+training code that never hashes imports without it.
 """
 
 from __future__ import annotations
@@ -88,17 +92,18 @@ ELEMENT_BYTES = 4
 CHUNK_BYTES = CHUNK_ELEMENTS * ELEMENT_BYTES
 """16 KiB: small enough that a hash list costs 0.2% of the data, large enough that the
 per-chunk Python overhead (about a microsecond) is noise next to hashing 16 KiB."""
-CHUNK_HASH = "sha256"
-"""The chunk hash's name (hashlib's), written into checkpoint headers so that a file hashed
-under another scheme is recognised as such (docs/canonical-vector.md#checkpoints)."""
+CHUNK_HASH = "blake3"
+"""The chunk hash's name, written into checkpoint headers so that a file hashed under another
+scheme is recognised as such (docs/canonical-vector.md#checkpoints)."""
 HASH_BYTES = 32
-"""SHA-256 output size; a hash list is HASH_BYTES x num_chunks bytes."""
+"""Chunk hash and digest size (BLAKE3's default output, SHA-256's); a hash list is
+HASH_BYTES x num_chunks bytes."""
 EMPTY_DIGEST = hashlib.sha256(b"").digest()
 """The digest of a vector with no elements (a model with no floating-point tensors)."""
 
-# Hashing a large vector is spread over threads: hashlib releases the GIL for inputs over
-# 2 KiB, so chunk hashing scales with cores (about 1.35x on this 2-core machine). Below
-# this size the thread start-up is not worth it.
+# Hashing a large vector is spread over threads: blake3 releases the GIL while it hashes a
+# buffer, so chunk hashing scales with cores. Below this size the thread start-up is not
+# worth it.
 _PARALLEL_MIN_BYTES = 8 * 1024 * 1024
 _MAX_WORKERS = 8
 
@@ -547,11 +552,23 @@ def num_chunks(numel: int) -> int:
     return -(-numel // CHUNK_ELEMENTS)
 
 
+def _chunk_hasher() -> Any:
+    """The blake3 constructor, imported here rather than at module import: training code
+    imports this module on machines without blake3 and never hashes there."""
+    try:
+        from blake3 import blake3
+    except ImportError as exc:
+        raise ConfigError(
+            "hashing chunks needs the blake3 package (pip install 'blake3>=1.0,<2')"
+        ) from exc
+    return blake3
+
+
 def _hash_range(view: memoryview, first: int, stop: int) -> bytes:
-    """Concatenated SHA-256 hashes of chunks [first, stop) of the byte view."""
-    sha256 = hashlib.sha256
+    """Concatenated BLAKE3 hashes (32 bytes each) of chunks [first, stop) of the byte view."""
+    blake3 = _chunk_hasher()
     return b"".join(
-        sha256(view[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]).digest() for i in range(first, stop)
+        blake3(view[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]).digest() for i in range(first, stop)
     )
 
 
@@ -606,7 +623,7 @@ def digest_from_chunk_hashes(hashes: bytes | bytearray | memoryview | Sequence[b
 
 
 def digest(vector: VectorLike, *, workers: int | None = None) -> bytes:
-    """The vector's digest: SHA-256 of its concatenated chunk hashes (the commitment)."""
+    """The vector's digest: SHA-256 of its concatenated BLAKE3 chunk hashes (the commitment)."""
     return hashlib.sha256(chunk_hashes(vector, workers=workers)).digest()
 
 

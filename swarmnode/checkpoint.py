@@ -67,7 +67,22 @@ class OtherHashScheme(ValueError):
 
     def __init__(self, scheme: HashScheme) -> None:
         self.scheme = scheme
-        super().__init__(f"hashed with {scheme}, this node hashes with {CURRENT}")
+        super().__init__(_refusal(scheme))
+
+
+def _refusal(scheme: HashScheme) -> str:
+    """One line naming what differs between a file's scheme and this node's."""
+    parts = []
+    if scheme.chunk_hash != CURRENT.chunk_hash:
+        parts.append(
+            f"written with {scheme.chunk_hash} chunk hashes; this node uses {CURRENT.chunk_hash}"
+        )
+    if scheme.chunk_elements != CURRENT.chunk_elements:
+        parts.append(
+            f"written over {scheme.chunk_elements}-element chunks; this node uses "
+            f"{CURRENT.chunk_elements}-element chunks"
+        )
+    return "; ".join(parts) or f"written with {scheme}"
 
 
 @dataclass(frozen=True)
@@ -131,7 +146,7 @@ class CheckpointStore:
             try:
                 return read(path)
             except OtherHashScheme as exc:
-                log.warning("checkpoint %s is %s: left in place, not loaded", path, exc)
+                log.warning("checkpoint %s not loaded (%s): left in place", path, exc)
             except (OSError, ValueError) as exc:
                 aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
                 path.rename(aside)

@@ -1,15 +1,17 @@
 """The canonical vector: known answers computed independently, layouts, segments, checks.
 
-Expected hashes here are built with struct and hashlib from hand-written values, never with
-the module under test, and a few literal digests pin the definition: if one of them changes,
-the protocol changed (every node of a swarm must then run the same version).
+Expected hashes here are built with struct, the blake3 package and hashlib from hand-written
+values, never with the module under test, and a few literal digests pin the definition: if one
+of them changes, the protocol changed (every node of a swarm must then run the same version).
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import struct
+import subprocess
 import sys
 
 import numpy as np
@@ -43,13 +45,17 @@ from swarmnode.canonical import (
 from swarmnode.exceptions import ConfigError, PeerError
 
 # --------------------------------------------------------------------------------------------
-# Independent reference: struct + hashlib over Python floats
+# Independent reference: struct + blake3 (chunk hashes) + hashlib (digest) over Python floats
 
 
 def ref_chunk_hashes(values: list[float]) -> list[bytes]:
-    """SHA-256 of each 4096-value chunk packed as little-endian float32, by hand."""
+    """BLAKE3 of each 4096-value chunk packed as little-endian float32, by hand (blake3 is
+    imported here, not at the top: the GPU machine, which runs this file's CUDA test, lacks
+    it)."""
+    from blake3 import blake3
+
     return [
-        hashlib.sha256(struct.pack(f"<{len(part)}f", *part)).digest()
+        blake3(struct.pack(f"<{len(part)}f", *part)).digest()
         for part in (values[i : i + 4096] for i in range(0, len(values), 4096))
     ]
 
@@ -129,8 +135,8 @@ def net_values_tensor() -> torch.Tensor:
     return torch.tensor(net_values(), dtype=torch.float32)
 
 
-# sha256 over the one chunk hash of net_values() packed as "<19f"
-MODEL_DIGEST_HEX = "eb8bef6b7aad88abb0e7ed8f7220a756d73b16fd7bcd9303f3d582a492f62637"
+# sha256 over the one chunk hash, blake3(pack("<19f", *net_values()))
+MODEL_DIGEST_HEX = "a545980eda754b0e557f4455b3296a460020f47c6c29b66d77a10a9aa385b0eb"
 
 
 def arange_values(n: int) -> list[float]:
@@ -155,8 +161,12 @@ def test_chunk_hashes_and_digest_match_struct_reference() -> None:
 
 def test_literal_digests_pin_the_definition() -> None:
     tiny = torch.tensor([1.0, -2.0, 0.5])
-    # sha256(sha256(pack("<3f", 1.0, -2.0, 0.5)))
-    assert digest(tiny).hex() == "652c68feb04b96ae54eacc12e0e802a01796e508e25a12a01744c61f66dd486b"
+    # blake3(pack("<3f", 1.0, -2.0, 0.5)): the chunk hash is BLAKE3 with its 32-byte output
+    assert chunk_hashes(tiny).hex() == (
+        "403e23dd22092210852a34a61feb5593524b65daf7250a30426bf53a5608a34e"
+    )
+    # sha256(blake3(pack("<3f", 1.0, -2.0, 0.5))): the digest over the list stays SHA-256
+    assert digest(tiny).hex() == "8448f487700a68f5f5eee714b617e3762dacdd7c5306085047871416c0c1a3dc"
     assert digest(torch.empty(0)) == EMPTY_DIGEST
     assert EMPTY_DIGEST.hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert chunk_hashes(torch.empty(0)) == b""
@@ -495,6 +505,8 @@ def test_layout_from_state_dict_equals_layout_of_module() -> None:
 # --------------------------------------------------------------------------------------------
 # CUDA
 
+HAVE_BLAKE3 = importlib.util.find_spec("blake3") is not None
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -509,7 +521,10 @@ def test_cuda_model_has_the_cpu_digest() -> None:
     cuda_vector = flatten(cuda_net)
     assert cuda_vector.device.type == "cpu"
     assert torch.equal(cuda_vector, cpu_vector)  # float64 -> float32 rounds alike on both
-    assert digest(cuda_vector) == digest(cpu_vector) == digest(cpu_vector.cuda())
+    # the digest's input, byte for byte (the GPU machine may lack blake3 to hash it)
+    assert bytes(to_le_bytes(cpu_vector.cuda())) == bytes(to_le_bytes(cpu_vector))
+    if HAVE_BLAKE3:
+        assert digest(cuda_vector) == digest(cpu_vector) == digest(cpu_vector.cuda())
 
     new = torch.from_numpy(np.random.default_rng(2).standard_normal(cpu_vector.numel()))
     new = new.to(torch.float32)
@@ -518,6 +533,45 @@ def test_cuda_model_has_the_cpu_digest() -> None:
     assert cuda_net.lin.weight.device.type == "cuda"
     assert cuda_net.scale.dtype == torch.float16
     assert batches_tracked(cuda_net) == 7
-    assert digest(flatten(cuda_net)) == digest(flatten(cpu_net))
+    assert torch.equal(flatten(cuda_net), flatten(cpu_net))
     unflatten_into(new.cuda(), cuda_net)  # a vector already on the device works too
-    assert digest(flatten(cuda_net)) == digest(flatten(cpu_net))
+    assert torch.equal(flatten(cuda_net), flatten(cpu_net))
+
+
+# --------------------------------------------------------------------------------------------
+# blake3 is imported lazily
+
+
+def run_python(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_training_code_imports_without_loading_blake3() -> None:
+    """The GPU machine has no blake3: importing the canonical vector and the training code
+    must not load it; only hashing does."""
+    out = run_python(
+        "import sys\n"
+        "import swarmnode.canonical, swarmnode.training\n"
+        "print('blake3' in sys.modules)\n"
+        "swarmnode.canonical.chunk_hashes(b'\\0' * 16)\n"
+        "print('blake3' in sys.modules)\n"
+    )
+    assert out.split() == ["False", "True"]
+
+
+def test_hashing_without_blake3_says_what_is_missing() -> None:
+    out = run_python(
+        "import sys\n"
+        "sys.modules['blake3'] = None  # as if not installed\n"
+        "import swarmnode.canonical as c\n"
+        "from swarmnode.exceptions import ConfigError\n"
+        "try:\n"
+        "    c.chunk_hashes(b'\\0' * 16)\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    assert "needs the blake3 package" in out

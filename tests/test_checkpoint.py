@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from swarmnode import canonical
-from swarmnode import checkpoint as checkpoint_module
 from swarmnode.checkpoint import (
     MAGIC,
     Checkpoint,
@@ -117,25 +116,27 @@ def write_by_hand(path: Path, meta: dict[str, Any], vector: np.ndarray[Any, Any]
 def test_the_header_names_the_hash_scheme(tmp_path: Path) -> None:
     path = CheckpointStore(tmp_path).save(checkpoint(1))
     text = path.read_bytes()
-    assert b'"chunk_hash": "sha256"' in text
+    assert b'"chunk_hash": "blake3"' in text
     assert b'"chunk_elements": 4096' in text
 
 
 def test_the_scheme_name_is_canonicals_chunk_hash() -> None:
     """If canonical.py changes its chunk hash, canonical.CHUNK_HASH (what checkpoint headers
-    record) must say so."""
+    record) must say so: the name is checked against the blake3 package directly."""
+    from blake3 import blake3
+
     one_chunk = np.arange(canonical.CHUNK_ELEMENTS, dtype="<f4")
-    expected = hashlib.new(canonical.CHUNK_HASH, one_chunk.tobytes()).digest()
-    assert canonical.chunk_hashes(one_chunk) == expected
+    assert canonical.CHUNK_HASH == "blake3"
+    assert canonical.chunk_hashes(one_chunk) == blake3(one_chunk.tobytes()).digest()
 
 
-def test_a_checkpoint_from_before_the_scheme_field_still_loads(tmp_path: Path) -> None:
-    old = checkpoint(7, seed=7)
-    meta = {"round": 7, "digest": old.digest.hex(), "state": old.state}
-    write_by_hand(CheckpointStore(tmp_path).path_for(7), meta, old.vector)
-    latest = CheckpointStore(tmp_path).latest()
-    assert latest is not None and latest.round == 7 and latest.digest == old.digest
-    assert latest.vector.tobytes() == old.vector.tobytes()
+def sha256_digest(vector: np.ndarray[Any, Any]) -> bytes:
+    """The digest the sha256 scheme gave a vector (SHA-256 chunk hashes), by hand."""
+    data = vector.astype("<f4").tobytes()
+    size = canonical.CHUNK_BYTES
+    return hashlib.sha256(
+        b"".join(hashlib.sha256(data[i : i + size]).digest() for i in range(0, len(data), size))
+    ).digest()
 
 
 def assert_left_in_place(store: CheckpointStore, path: Path) -> None:
@@ -145,9 +146,20 @@ def assert_left_in_place(store: CheckpointStore, path: Path) -> None:
     assert list(store.folder.glob("*.corrupt-*")) == []
 
 
-@pytest.mark.parametrize(("chunk_hash", "chunk_elements"), [("blake3", 4096), ("sha256", 1024)])
+@pytest.mark.parametrize(
+    ("chunk_hash", "chunk_elements", "message"),
+    [
+        ("sha256", 4096, "written with sha256 chunk hashes; this node uses blake3"),
+        ("blake3", 1024, "written over 1024-element chunks; this node uses 4096-element chunks"),
+        ("sha256", 1024, "written with sha256 chunk hashes; this node uses blake3; written over"),
+    ],
+)
 def test_a_checkpoint_of_another_scheme_is_named_not_set_aside_as_corrupt(
-    tmp_path: Path, chunk_hash: str, chunk_elements: int, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    chunk_hash: str,
+    chunk_elements: int,
+    message: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = CheckpointStore(tmp_path)
     store.save(checkpoint(1, seed=1))
@@ -163,27 +175,32 @@ def test_a_checkpoint_of_another_scheme_is_named_not_set_aside_as_corrupt(
     with pytest.raises(OtherHashScheme) as named:
         read(path)
     assert named.value.scheme == HashScheme(chunk_hash, chunk_elements)
-    assert f"{chunk_hash} over {chunk_elements}-element chunks" in str(named.value)
+    assert message in str(named.value)
     with caplog.at_level(logging.WARNING, logger="swarmnode.checkpoint"):
         assert_left_in_place(store, path)
     assert "left in place" in caplog.text and "corrupt" not in caplog.text
 
 
-def test_after_a_change_of_chunk_hash_an_old_checkpoint_is_another_scheme(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_after_the_change_to_blake3_an_old_sha256_checkpoint_is_another_scheme(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The case the header exists for: files written before the change, with or without
-    the scheme field, are reported as sha256 files, not as corrupt ones."""
+    """The case the header exists for: files written before the change to BLAKE3, with or
+    without the scheme field, whole and with their true SHA-256-scheme digest, are refused by
+    name as sha256 files, not set aside as corrupt ones."""
     store = CheckpointStore(tmp_path)
-    store.save(checkpoint(1, seed=1))
-    written = store.save(checkpoint(2, seed=2))
-    headerless = checkpoint(3, seed=3)
-    meta = {"round": 3, "digest": headerless.digest.hex()}
-    write_by_hand(store.path_for(3), meta, headerless.vector)
-    monkeypatch.setattr(checkpoint_module, "CURRENT", HashScheme("blake3", 4096))
-    for path in (written, store.path_for(3)):
-        with pytest.raises(OtherHashScheme, match="hashed with sha256 over 4096"):
-            read(path)
-    assert store.latest() is None  # every file is sha256: catch up from peers instead
-    assert len(list(tmp_path.glob("round-*.ckpt"))) == 3
+    for number, named in ((1, True), (2, False)):
+        old = checkpoint(number, seed=number)
+        meta: dict[str, Any] = {"round": number, "digest": sha256_digest(old.vector).hex()}
+        if named:
+            meta |= {"chunk_hash": "sha256", "chunk_elements": 4096}
+        write_by_hand(store.path_for(number), meta, old.vector)
+        with pytest.raises(OtherHashScheme) as refused:
+            read(store.path_for(number))
+        assert str(refused.value) == "written with sha256 chunk hashes; this node uses blake3"
+        assert refused.value.scheme == HashScheme("sha256", 4096)
+    with caplog.at_level(logging.WARNING, logger="swarmnode.checkpoint"):
+        assert store.latest() is None  # every file is sha256: catch up from peers instead
+    assert "written with sha256 chunk hashes; this node uses blake3" in caplog.text
+    assert "corrupt" not in caplog.text
+    assert len(list(tmp_path.glob("round-*.ckpt"))) == 2
     assert list(tmp_path.glob("*.corrupt-*")) == []

@@ -13,6 +13,14 @@ from pydantic.dataclasses import dataclass
 from swarmnode.exceptions import ConfigError
 from swarmnode.rules import Rule, SwarmParams
 
+CHUNK_HASH = "blake3"
+"""The chunk hash this code's data plane uses; equal to canonical.CHUNK_HASH (a test pins it).
+Repeated here rather than imported so that reading a deployment file does not import torch."""
+CHUNK_ELEMENTS = 4096
+"""The chunk size this code's data plane uses; equal to canonical.CHUNK_ELEMENTS."""
+LEGACY_CHUNK_HASH = "sha256"
+"""What a deployment file that names no chunk hash was deployed with (before they named it)."""
+
 
 @dataclass(frozen=True)
 class _RuleFile:
@@ -40,6 +48,8 @@ class _DeploymentFile:
     block: int
     params: _ParamsFile
     rpc: str | None = None
+    chunk_hash: str | None = None
+    chunk_elements: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +70,8 @@ class Deployment:
             "address": self.address,
             "block": self.block,
             "rpc": self.rpc,
+            "chunk_hash": CHUNK_HASH,
+            "chunk_elements": CHUNK_ELEMENTS,
             "params": params,
         }
 
@@ -85,6 +97,7 @@ class Deployment:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "(top level)"
             raise ConfigError(f"{path}: field {where}: {first['msg']}") from exc
+        _check_scheme(path, data)
         p = data.params
         try:
             digest = bytes.fromhex(p.initial_model_digest.removeprefix("0x"))
@@ -102,3 +115,18 @@ class Deployment:
             restricted=p.restricted,
         )
         return cls(data.chain_id, data.address, data.block, params, data.rpc)
+
+
+def _check_scheme(path: Path, data: _DeploymentFile) -> None:
+    """Refuses, in one line, a swarm whose chunks are hashed or sized differently from this
+    node's: its commitments mean something else, so it is another protocol (a new swarm),
+    never a peer this node can check (docs/canonical-vector.md#chunks-and-hashes)."""
+    chunk_hash = data.chunk_hash or LEGACY_CHUNK_HASH
+    chunk_elements = data.chunk_elements or CHUNK_ELEMENTS
+    if (chunk_hash, chunk_elements) == (CHUNK_HASH, CHUNK_ELEMENTS):
+        return
+    named = "" if data.chunk_hash else " (it names none: deployed before files named it)"
+    raise ConfigError(
+        f"{path}: the swarm uses {chunk_hash} chunk hashes over {chunk_elements}-element "
+        f"chunks{named}; this node uses {CHUNK_HASH} over {CHUNK_ELEMENTS}-element chunks"
+    )
