@@ -194,7 +194,8 @@ def test_a_seeded_run_draws_the_same_segment_owners_again() -> None:
     for _ in range(2):
         scenario = Scenario.load(None, fields)
         runs.append(run_swarm(scenario, *scenario_data(scenario), backend="memory"))
-    first, second = ([[n.digest for n in r.per_node] for r in run.rounds] for run in runs)
+    # the honest nodes' models (the liars' own ending, caught up or not, is timing)
+    first, second = ([[n.digest for n in r.per_node[:4]] for r in run.rounds] for run in runs)
     assert all(d is not None for round in first for d in round)  # every round final
     assert first == second  # with a random salt per chain, 4 rounds differ almost always
     assert runs[0].accuracy == runs[1].accuracy
