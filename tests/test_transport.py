@@ -267,6 +267,9 @@ def test_catch_up_fetches_a_final_model_checked_against_its_digest(cluster: Clus
     assert np.array_equal(got, final)
     with pytest.raises(InvalidMessage, match="committed to"):
         a.transport.fetch_model(b.account, ROUND, hashlib.sha256(b"x").digest(), NUMEL, 10)
+    # a round whose model the peer does not hold (yet): NotFound, which catch-up asks again
+    with pytest.raises(NotFound, match="NOT_FOUND"):
+        a.transport.fetch_model(b.account, ROUND + 1, canonical.digest(final), NUMEL, 10)
 
 
 def test_size_limits_are_enforced() -> None:

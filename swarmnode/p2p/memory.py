@@ -109,7 +109,7 @@ class MemoryTransport(Transport):
         self._send(peer_pb2.ModelRequest(round=round).SerializeToString(), theirs)
         found = inbox.model(round)
         if found is None:
-            raise PeerError(f"{peer}: NOT_FOUND: no final model of round {round} here")
+            raise NotFound(f"{peer}: NOT_FOUND: no final model of round {round} here")
         vector, hashes = found
         for frame in frames_for(
             vector,
