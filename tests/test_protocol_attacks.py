@@ -98,7 +98,8 @@ def test_honest_nodes_end_every_round_on_the_clean_runs_model(attack: str) -> No
     assert len(attacked.rounds) == SMALL["rounds"]
     for theirs, ours in zip(clean.rounds, attacked.rounds, strict=True):
         honest = [ours.per_node[i] for i in HONEST]
-        assert [n.status for n in honest] == ["final"] * len(honest), attack
+        # final, or caught up on the final model when a loaded machine made it late
+        assert {n.status for n in honest} <= {"final", "caught_up"}, attack
         assert {n.digest for n in honest} == {theirs.digest}, attack  # one digest, the clean one
         assert ours.faults["dropped"] == []  # nobody voted out: honest reports finalized first
         assert set(ours.accused) <= {ATTACKER}  # no honest node accused by an honest one
