@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from swarmnode.config import read_toml_table, validated
 from swarmnode.rules import (
+    MAX_PEERS_LIMIT,
     PPM,
     MergeRuleId,
     Rule,
@@ -27,6 +28,17 @@ from swarmnode.simulation.faults import Crash, Straggler, check_faults, has_faul
 MERGE_RULES: tuple[str, ...] = tuple(rule.name.lower() for rule in MergeRuleId)
 """The merge rules by the names scenarios, flags and sweeps give them: the contract's own."""
 
+ENGINES: tuple[str, ...] = ("full", "fast")
+NODE_CAPS: dict[str, int] = {"full": MAX_PEERS_LIMIT, "fast": 10_000}
+"""Most virtual nodes per engine: full fidelity runs real nodes against the contract, which
+seats at most MAX_PEERS_LIMIT; the fast engine trains them as one batched computation
+(docs/simulator.md#the-fast-engine)."""
+_PROTOCOL_ATTACKS = ("forge_partials", "lying_owner", "false_blame", "withhold_one")
+SMALL_SWARM = 64
+"""Past this many nodes a scenario that names no data set or partition takes diamonds and
+shards: digits has 1437 training rows, and a Dirichlet draw leaves some node of hundreds
+under ten rows every time."""
+
 
 class Scenario(BaseModel):
     """What to simulate. Defaults are the README's demo: 8 nodes on digits, Dirichlet 0.5."""
@@ -34,8 +46,9 @@ class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = "demo"
-    dataset: Literal["digits", "breast_cancer"] = "digits"
-    nodes: int = Field(8, ge=2, le=64)
+    engine: Literal["full", "fast"] = "full"
+    dataset: Literal["digits", "breast_cancer", "diamonds"] = "digits"
+    nodes: int = Field(8, ge=2, le=NODE_CAPS["fast"], description="at most NODE_CAPS[engine]")
     partition: Literal["iid", "dirichlet", "shards", "quantity"] = "dirichlet"
     alpha: float = Field(0.5, gt=0)
     shards_per_node: int = Field(2, ge=1)
@@ -83,6 +96,55 @@ class Scenario(BaseModel):
     join_window: int = Field(60, ge=1, le=3600, description="seconds, from a round's first join")
     transfer_deadline: int = Field(60, ge=1, le=3600, description="seconds before drop votes")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _scaled_defaults(cls, data: Any) -> Any:
+        """A large swarm's defaults: diamonds and shards where the scenario names neither
+        (SMALL_SWARM says why), and a join window of a second per node, which the embedded
+        chain's clock needs (faults.check_faults)."""
+        if not isinstance(data, dict):
+            return data
+        nodes = data.get("nodes", 0)
+        if not isinstance(nodes, int) or isinstance(nodes, bool):
+            return data
+        if nodes > SMALL_SWARM and data.get("task") is None:
+            data = {"dataset": "diamonds", "partition": "shards", **data}
+        if nodes > 60 and data.get("engine", "full") == "full":
+            data = {"join_window": min(nodes, 3600), **data}
+        return data
+
+    @model_validator(mode="after")
+    def _node_cap(self) -> Scenario:
+        cap = NODE_CAPS[self.engine]
+        if self.nodes > cap:
+            raise ValueError(f"the {self.engine} engine runs at most {cap} nodes, not {self.nodes}")
+        return self
+
+    @model_validator(mode="after")
+    def _fast_engine(self) -> Scenario:
+        """What the fast engine cannot run: it has no messages to lie in or slow down, no
+        processes, and trains the bundled data sets' model only."""
+        if self.engine != "fast":
+            return self
+        refused = [
+            name
+            for name, on in (
+                ("processes", self.processes),
+                ("task", self.task is not None),
+                ("crash", bool(self.crash)),
+                ("stragglers", bool(self.stragglers)),
+                ("latency", bool(self.latency)),
+                ("bandwidth", bool(self.bandwidth)),
+                (f"attack {self.attack}", self.attack in _PROTOCOL_ATTACKS),
+            )
+            if on
+        ]
+        if refused:
+            raise ValueError(
+                f"the fast engine does not run {', '.join(refused)}: use engine = \"full\""
+            )
+        return self
+
     @field_validator("merge_rule")
     @classmethod
     def _known_rule(cls, value: str) -> str:
@@ -92,7 +154,10 @@ class Scenario(BaseModel):
 
     @model_validator(mode="after")
     def _faults(self) -> Scenario:
-        check_faults(self)
+        # the fast engine has no chain, so no clock that joins move: its window is moot
+        check_faults(
+            self if self.engine == "full" else self.model_copy(update={"join_window": self.nodes})
+        )
         if self.processes and has_faults(self):
             raise ValueError("processes: fault settings run in process only (drop --processes)")
         return self
