@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from swarmnode.cli import chain, demo, deploy, init, run, simulate, status
+from swarmnode.cli import chain, dashboard, demo, deploy, init, run, simulate, status
 from swarmnode.version import __version__
 
 
@@ -51,6 +51,7 @@ app.command("fund")(deploy.fund_command)
 app.add_typer(admin_app, name="admin")
 app.command()(run.run)
 app.command()(status.status)
+app.command()(dashboard.dashboard)
 # trying it out
 app.add_typer(simulate_app, name="simulate")
 app.command()(demo.demo)
