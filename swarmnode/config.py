@@ -32,6 +32,10 @@ class NodeConfig(BaseModel):
     )
     rpc: str | None = None  # default: the URL recorded in the deployment file
     listen: str = "127.0.0.1:0"
+    # Prometheus metrics (swarmnode/metrics.py) at http://HOST:PORT/metrics while `swarmnode
+    # run` runs: "PORT" (on 127.0.0.1) or "HOST:PORT"; port 0: any free one, logged at start.
+    # None (the default): no metrics served.
+    metrics_listen: str | None = None
     checkpoint_dir: Path | None = None  # default: identity_dir / "checkpoints"
     rounds: int = Field(0, ge=0, description="rounds to take part in; 0: until stopped")
     seed: int = 0
@@ -69,6 +73,15 @@ class NodeConfig(BaseModel):
             raise ValueError("write host:port, e.g. 127.0.0.1:50051 (port 0: any free one)")
         return value
 
+    @field_validator("metrics_listen", mode="before")
+    @classmethod
+    def _metrics_address(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):  # metrics_listen = 9100
+            value = str(value)
+        if isinstance(value, str):
+            split_address(value, METRICS_HOST)
+        return value
+
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
         data = read_toml_table(path, "node", "config")
@@ -85,6 +98,29 @@ class NodeConfig(BaseModel):
     @property
     def log_path(self) -> Path:
         return self.log_file or self.identity_dir / "node.jsonl"
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) the metrics are served on; None when they are off."""
+        if self.metrics_listen is None:
+            return None
+        return split_address(self.metrics_listen, METRICS_HOST)
+
+
+# Where metrics are served when metrics_listen names a port alone: this machine only. A
+# scraper elsewhere needs the operator to say so (metrics_listen = "0.0.0.0:9100").
+METRICS_HOST = "127.0.0.1"
+
+
+def split_address(value: str, default_host: str) -> tuple[str, int]:
+    """`PORT` or `HOST:PORT` (`[::1]:PORT` for IPv6) as (host, port); ValueError (which a
+    field validator reports as one line) for anything else."""
+    host, colon, port = value.rpartition(":")
+    if not colon:
+        host = default_host
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("write PORT or HOST:PORT, e.g. 9100 or 0.0.0.0:9100 (0: any free port)")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def read_toml_table(path: Path, table: str, what: str) -> dict[str, Any]:

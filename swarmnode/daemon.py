@@ -31,6 +31,7 @@ from swarmnode.exceptions import (
     MergeError,
     PeerError,
 )
+from swarmnode.metrics import MetricsServer, NodeMetrics
 from swarmnode.node import SwarmNode
 from swarmnode.outage import ChainOutage
 from swarmnode.p2p.faults import Fault, InjectedCrash
@@ -88,14 +89,26 @@ def run_daemon(config: NodeConfig, stop: threading.Event | None = None) -> int:
     package_log.setLevel(logging.INFO)
     package_log.addHandler(handler)
     package_log.addHandler(console)
+    metrics = NodeMetrics()  # a registry of this node's own (docs/architecture.md#operators)
+    served: MetricsServer | None = None
     peer: LivePeer | None = None
     try:
+        if config.metrics_address is not None:  # before registering: a taken port stops it
+            served = MetricsServer(metrics.registry, *config.metrics_address)
+            log.info(
+                "metrics on %s",
+                served.url,
+                extra={"fields": {"event": "metrics", "url": served.url, "port": served.port}},
+            )
         peer = LivePeer.from_config(config, stop=stop)
-        return _serve(peer, task, device, fault, display)
+        metrics.follow(peer.ledger.account, peer.feed.roster)
+        return _serve(peer, task, device, fault, display, metrics)
     finally:
         display.stop()
         if peer is not None:
             peer.close()
+        if served is not None:
+            served.stop()
         package_log.removeHandler(handler)
         package_log.removeHandler(console)
         handler.close()
@@ -107,11 +120,17 @@ def _serve(
     device: str | None,
     fault: Fault | None,
     display: progress.NoProgress | progress.BarProgress,
+    metrics: NodeMetrics,
 ) -> int:
     """Trains the Task and takes part in rounds on `peer` until stopped or done."""
     config, ledger, stop = peer.config, peer.ledger, peer.stop
     chain, deployment = peer.chain, peer.deployment
-    outage = ChainOutage(lambda: chain.check(deployment), where=peer.url, on_change=display.outage)
+
+    def chain_answers(down: bool) -> None:
+        display.outage(down)
+        metrics.chain_answers(down)
+
+    outage = ChainOutage(lambda: chain.check(deployment), where=peer.url, on_change=chain_answers)
     node = SwarmNode(
         ledger=ledger,
         transport=peer.transport,
@@ -152,9 +171,11 @@ def _serve(
         except (LedgerError, PeerError, MergeError) as exc:
             # the chain or a peer failed us this round: keep the model, go on
             log.error("round failed here: %s", exc, extra={"fields": {"event": "error"}})
+            metrics.round_failed()
             stop.wait(1.0)
             continue
         result = outcome.result
+        metrics.round_done(outcome)  # before the log line: a scrape after it sees the round
         record = NodeRoundRecord.from_round(outcome, receipts=len(ledger.gas_log) - mined)
         fields = {"event": ROUND_EVENT, **record.to_json(), "metrics": outcome.val_metrics}
         log.info("%s", progress.round_line(outcome), extra={"fields": fields})  # loss, metrics
