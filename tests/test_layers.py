@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     # __init__ is the public facade: it names classes from every layer and loads each on
     # first use (PEP 562), so importing any module below never runs an upward import.
     {"cli", "__main__", "__init__"},
-    {"daemon", "simulation", "demo", "flower", "outage", "progress", "metrics"},
+    {"daemon", "simulation", "demo", "flower", "outage", "progress", "metrics", "dashboard"},
     {"node", "membership", "peer"},
     {"round"},
     {"allreduce"},

@@ -85,7 +85,7 @@ def swarmnode(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         cwd=cwd,
-        env={"PATH": os.environ["PATH"], "COLUMNS": "200"},
+        env={"PATH": os.environ["PATH"], "SWARMNODE_CACHE_DIR": str(cwd / "cache")},
     )
 
 

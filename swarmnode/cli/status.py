@@ -15,7 +15,7 @@ from rich.table import Table
 from swarmnode.cli.options import DeploymentOption, RpcOption, account_address, resolve_rpc
 from swarmnode.exceptions import ConfigError
 from swarmnode.identity import NodeIdentity
-from swarmnode.ledger.history import node_rounds
+from swarmnode.ledger.history import EventWindow, cache_path, node_rounds
 from swarmnode.records import NodeRoundRecord, round_records
 from swarmnode.rules import MergeRuleId
 
@@ -33,6 +33,12 @@ def status(
     ),
     identity: Path | None = typer.Option(
         None, "--identity", help="Like --node, for the account of this identity folder."
+    ),
+    no_cache: bool = typer.Option(
+        False,
+        "--no-cache",
+        help="With --node: read every event since the deployment, not the newest blocks and "
+        "the events cached by earlier runs (in SWARMNODE_CACHE_DIR, else ~/.cache/swarmnode).",
     ),
 ) -> None:
     """Show a swarm's parameters, nodes and recent rounds, or one node's rounds."""
@@ -53,7 +59,10 @@ def status(
     reader = chain.ledger(known, Account.create())  # reads only: any account will do
     if account is not None:
         logged = logged_rounds(identity) if identity is not None else {}
-        _node_status(reader, known.chain_id, account, rounds, as_json, logged)
+        window = (
+            None if no_cache else EventWindow(reader, cache_path(known.chain_id, known.address))
+        )
+        _node_status(reader, known.chain_id, account, rounds, as_json, logged, window)
         return
     report = _swarm_report(reader, known, rounds)
     if as_json:
@@ -102,8 +111,24 @@ def _round_entry(number: int, state: Any) -> dict[str, Any]:
     }
 
 
-def _print_status(report: dict[str, Any]) -> None:
+def _console() -> Console:
+    """A terminal's width on a terminal; piped, as wide as a line needs: a script or a
+    file gets whole addresses and digests, never a table cut at 80 columns."""
     console = Console()
+    if console.is_terminal:
+        return console
+    return Console(width=10_000)
+
+
+def _cut(text: str, console: Console, length: int = 18) -> str:
+    """A digest cut for a terminal's eyes; whole when piped."""
+    if not console.is_terminal or len(text) <= length:
+        return text
+    return text[:length] + "…"
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    console = _console()
     p = report["params"]
     console.print(
         f"[bold]swarm[/] {report['address']} on chain id {report['chain_id']}, owner "
@@ -111,20 +136,20 @@ def _print_status(report: dict[str, Any]) -> None:
         f"{p['join_window']}s, transfer deadline {p['transfer_deadline']}s, round deadline "
         f"{p['round_deadline']}s, merge rule {MergeRuleId(p['merge_rule']['id']).name.lower()}, "
         f"{'restricted' if p['restricted'] else 'open'} admission\n  latest model: round "
-        f"{report['latest_model']['round']} {report['latest_model']['digest'][:18]}…"
+        f"{report['latest_model']['round']} {_cut(report['latest_model']['digest'], console)}"
     )
     nodes = Table(title=f"{len(report['nodes'])} active nodes")
     for column in ("account", "endpoint", "certificate sha256"):
         nodes.add_column(column)
     for n in report["nodes"]:
-        nodes.add_row(n["account"], n["endpoint"], n["fingerprint"][:18] + "…")
+        nodes.add_row(n["account"], n["endpoint"], _cut(n["fingerprint"], console))
     console.print(nodes)
     rounds = Table(title="recent rounds")
     for column in ("round", "status", "attempt", "joined", "live", "reports", "final digest"):
         rounds.add_column(column)
     for r in report["rounds"]:
         status = r["status"] + (f" ({r['fail_reason']})" if r["status"] == "failed" else "")
-        digest = (r["final_digest"] or "")[:18]
+        digest = _cut(r["final_digest"] or "", console)
         rounds.add_row(
             str(r["round"]),
             status,
@@ -152,9 +177,10 @@ def _node_status(
     rounds: int,
     as_json: bool,
     logged: Mapping[int, NodeRoundRecord],
+    window: EventWindow | None,
 ) -> None:
     """`status --node`: the rounds one node joined, what it reported and if it agreed."""
-    report = node_report(reader, chain_id, account, rounds, logged)
+    report = node_report(reader, chain_id, account, rounds, logged, window)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -167,11 +193,14 @@ def node_report(
     account: str,
     rounds: int,
     logged: Mapping[int, NodeRoundRecord] | None = None,
+    window: EventWindow | None = None,
 ) -> dict[str, Any]:
     """What `status --node --json` prints: the node's rounds from the chain, with a report
-    that landed late read from the node's own log (`logged`, by round; see `_late_report`)."""
+    that landed late read from the node's own log (`logged`, by round; see `_late_report`).
+    With `window`, only the newest blocks are read, and those cached by earlier runs are
+    not read again (EventWindow)."""
     record = reader.node(account)
-    joined = node_rounds(reader, account, limit=rounds)
+    joined = node_rounds(reader, account, limit=rounds, window=window)
     if record is None and not joined:
         raise ConfigError(f"{account} never registered on the swarm at {reader.address}")
     return {
@@ -231,7 +260,7 @@ def logged_rounds(identity: Path) -> dict[int, NodeRoundRecord]:
 
 
 def _print_node_status(report: dict[str, Any]) -> None:
-    console = Console()
+    console = _console()
     node = report["node"]
     where = f"serving on {node['endpoint']}" if node["active"] else "inactive"
     console.print(
@@ -256,8 +285,8 @@ def _print_node_status(report: dict[str, Any]) -> None:
             status,
             str(r["attempt"]),
             part,
-            (r["report"] or "")[:18],
-            (r["final_digest"] or "")[:18],
+            _cut(r["report"] or "", console),
+            _cut(r["final_digest"] or "", console),
             agreed,
         )
     console.print(table)
