@@ -12,12 +12,14 @@ import sys
 import click
 import typer
 
+from swarmnode.cli import output
 from swarmnode.cli.app import app
 from swarmnode.exceptions import SwarmError
 
 
 def main() -> None:
     """Entry point: a usage error or a SwarmError is one line on stderr, never a traceback."""
+    output.before_commands()  # gRPC's core quiet, help uncut in a pipe: before grpc loads
     _importable_from_here()
     try:
         code = app(standalone_mode=False)

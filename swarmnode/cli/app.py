@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from swarmnode.cli import chain, dashboard, demo, deploy, init, run, simulate, status
+from swarmnode.cli import chain, dashboard, demo, deploy, init, output, run, simulate, status
 from swarmnode.version import __version__
 
 
@@ -18,12 +18,25 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def options(
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        help="Also show gRPC's own log lines (its C core's), which are hidden otherwise.",
+    ),
+) -> None:
+    """Swarm learning node: train one model together, no server, no pooled data."""
+    if verbose:  # before the command runs: the commands import grpc, which reads it once
+        output.verbose()
+
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Swarm learning node: train one model together, no server, no pooled data.",
     pretty_exceptions_enable=False,
 )
+app.callback()(options)  # options of `swarmnode` itself, before the command's name
 
 identity_app = typer.Typer(help="Look at a node's identity.", no_args_is_help=True)
 identity_app.command("show")(init.identity_show)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from swarmnode.cli import output
+
 
 def demo(
     nodes: int = typer.Option(3, min=2, max=16, help="How many nodes take part."),
@@ -12,4 +14,4 @@ def demo(
     """Run one swarm round on an embedded EVM chain and print what happened."""
     from swarmnode.demo import run_demo  # here: web3 and py-evm take seconds to load
 
-    run_demo(nodes=nodes, seed=seed)
+    run_demo(nodes=nodes, seed=seed, console=output.console())

@@ -17,6 +17,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from swarmnode.cli import output
 from swarmnode.exceptions import ConfigError
 
 DEFAULT_COMMAND = "run"
@@ -75,6 +76,12 @@ SetOption = typer.Option(
     help="Any scenario field as FIELD=VALUE, the value in TOML syntax, e.g. --set dropout=0.2 "
     "--set 'crash=[{node=3, round=4, rejoin=6}]'. Repeatable.",
 )
+JsonOption = typer.Option(
+    False,
+    "--json",
+    help="Print the report (what the output folder's JSON file holds) on stdout as JSON; the "
+    "progress and tables go to stderr.",
+)
 
 
 def run(
@@ -106,6 +113,7 @@ def run(
         None, help="With --task: module:attribute of the held-out Dataset (or f(seed=))."
     ),
     settings: list[str] = SetOption,
+    as_json: bool = JsonOption,
 ) -> None:
     """Run a swarm of virtual nodes on a real data set and compare it with its baselines.
 
@@ -131,7 +139,10 @@ def run(
         "test_set": test_set,
     }
     scenario = Scenario.load(scenario_file, {**fields, **_parse_settings(settings)})
-    simulate(scenario, out or Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-{scenario.name}"))
+    folder = out or Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-{scenario.name}")
+    outcome = simulate(scenario, folder, console=output.console(stderr=as_json))
+    if as_json:
+        output.print_json(outcome.report)
 
 
 def sweep(
@@ -155,6 +166,7 @@ def sweep(
     full_check: str = typer.Option(
         "first", help="The cell re-run at full fidelity (DATASET/RULE/ATTACK/SEED), or none."
     ),
+    as_json: bool = JsonOption,
 ) -> None:
     """Final swarm accuracy per merge rule x attack x seed x data set, over many runs.
 
@@ -179,7 +191,9 @@ def sweep(
     }
     base = Scenario.load(scenario_file, {**fields, **extra})
     folder = out or Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-{base.name}-sweep")
-    run_sweep(base, grid, folder, check=full_check)
+    report = run_sweep(base, grid, folder, check=full_check, console=output.console(stderr=as_json))
+    if as_json:
+        output.print_json(report)
 
 
 def _parse_settings(settings: list[str]) -> dict[str, Any]:

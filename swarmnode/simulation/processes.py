@@ -418,12 +418,15 @@ def _child_environment() -> dict[str, str]:
     """The daemons' environment: this one, the (empty) passphrase of their throwaway keys
     (in place of any passphrase file this process was given: one way only, and each daemon
     takes it out of its environment as it reads it, docs/trust.md#keys), one math thread
-    each (several of them share few cores), and this interpreter's own import folders, so
-    that a user's task module imports there as it does here."""
+    each (several of them share few cores), gRPC's C core quiet unless this process was told
+    otherwise (`swarmnode --verbose` sets GRPC_VERBOSITY; its lines would bury a daemon's last
+    words in stdout.log), and this interpreter's own import folders, so that a user's task
+    module imports there as it does here."""
     env = dict(os.environ)
     env[PASSPHRASE_ENV] = ""
     env.pop(PASSPHRASE_FILE_ENV, None)
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("GRPC_VERBOSITY", "NONE")
     system = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
     own = []
     for entry in sys.path:
