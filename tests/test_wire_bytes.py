@@ -37,12 +37,13 @@ from swarmnode import canonical
 from swarmnode.address import normalize
 from swarmnode.identity import TlsIdentity
 from swarmnode.p2p import peer_pb2
-from swarmnode.p2p.frames import Frame, frames_for
+from swarmnode.p2p.errors import NotReady
+from swarmnode.p2p.frames import Frame, encode, frames_for
 from swarmnode.p2p.grpc_transport import CHANNEL_OPTIONS, GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
 from swarmnode.p2p.roster import PeerRecord, Roster
-from swarmnode.p2p.transport import WireCount
+from swarmnode.p2p.transport import MESSAGE_PREFIX, WireCount
 
 ROUND = 7
 NUMEL = 64 * canonical.CHUNK_ELEMENTS  # 1 MiB of float32
@@ -278,3 +279,54 @@ def test_memory_and_grpc_count_the_same_push(pair: ProxiedPair) -> None:
     assert memory.wire.totals() == grpc_counts
     # and the receiver's count mirrors the sender's
     assert network.wire(pair.b).totals() == (grpc_counts[1], grpc_counts[0])
+
+
+def memory_pair(a: str, b: str) -> tuple[MemoryTransport, Inbox, MemoryNetwork]:
+    roster = Roster()
+    network = MemoryNetwork(roster)
+    inbox = Inbox(b)
+    network.attach(inbox)
+    for who in (a, b):
+        roster.upsert(PeerRecord(who, "memory", TlsIdentity.generate(who).cert_der))
+    return MemoryTransport(network, a), inbox, network
+
+
+@pytest.mark.parametrize("kind", ["memory", "grpc"])
+def test_a_push_before_the_round_is_declared_waits_and_is_read_once(
+    kind: str, pair: ProxiedPair
+) -> None:
+    """The receiver holds the early first frame until it declares the round, instead of
+    answering NotReady and having the whole frame sent again
+    (docs/round-protocol.md#not-ready): the sender's count is one copy of the stream."""
+    values = vector(4)
+    frames = update(pair.a, values)
+    client: GrpcTransport | MemoryTransport = pair.client
+    inbox = pair.inbox
+    if kind == "memory":
+        client, inbox, _ = memory_pair(pair.a, pair.b)
+    else:
+        pair.client.info(pair.b, timeout=10)  # the connection is up before counting
+    before = client.wire.totals()[0]
+    with futures.ThreadPoolExecutor(max_workers=1) as pool:
+        push = pool.submit(client.push, pair.b, lambda: frames, 30)
+        assert inbox.early_frames(1, timeout=20), "the first frame never reached the inbox"
+        assert not push.done()
+        chunks = range(canonical.num_chunks(NUMEL))
+        inbox.expect_updates(ROUND, {0: chunks}, NUMEL, {pair.a: canonical.digest(values)})
+        assert push.result(timeout=20) == NUMEL
+    once = sum(len(encode(f)) + MESSAGE_PREFIX for f in frames)
+    assert client.wire.totals()[0] - before == once
+    assert inbox.update(ROUND, pair.a, 0, timeout=5) is not None
+
+
+@pytest.mark.parametrize("kind", ["memory", "grpc"])
+def test_a_push_for_a_round_never_declared_is_not_ready_after_the_wait(
+    kind: str, pair: ProxiedPair
+) -> None:
+    """The wait is bounded: by the Inbox's ready_wait, and before the caller's deadline."""
+    frames = update(pair.a, vector(5))
+    client: GrpcTransport | MemoryTransport = pair.client
+    if kind == "memory":
+        client, _, _ = memory_pair(pair.a, pair.b)
+    with pytest.raises(NotReady):
+        client.push(pair.b, lambda: frames, timeout=0.6)

@@ -47,7 +47,7 @@ from swarmnode.p2p.messages import (
     info_to_wire,
 )
 from swarmnode.p2p.roster import PeerRecord, Roster
-from swarmnode.p2p.transport import FrameSource, Transport, WireCount
+from swarmnode.p2p.transport import READY_MARGIN, FrameSource, Transport, WireCount
 from swarmnode.version import __version__
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class PeerServer:
         self._current_round = current_round
         self._served_version = -1
         self._serving = True
+        self._ready_slots = threading.BoundedSemaphore(max(1, workers // 2))
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="peer"),
             options=CHANNEL_OPTIONS,
@@ -110,6 +111,17 @@ class PeerServer:
         self.endpoint = f"{host}:{self.port}"
 
     _wire: WireCount | None = None
+    _ready_slots: threading.BoundedSemaphore | None = None
+    _slots_lock = threading.Lock()
+
+    @property
+    def _waiters(self) -> threading.BoundedSemaphore:
+        """The slots for pushes waiting for this node's round (see _receive): half the
+        server's threads, or 4 for a subclass that skips __init__."""
+        with self._slots_lock:
+            if self._ready_slots is None:
+                self._ready_slots = threading.BoundedSemaphore(4)
+            return self._ready_slots
 
     @property
     def wire(self) -> WireCount:
@@ -229,12 +241,30 @@ class PeerServer:
                         raise frame
                     if frame.kind not in kinds:
                         raise InvalidMessage(f"a frame of kind {frame.header.kind} on this call")
-                    total += self._inbox.receive(frame, sender)
+                    total += self._receive(frame, sender, context)
                 return total
 
             return peer_pb2.Ack(elements=self._guarded(context, sender, consume))
 
         return handle
+
+    def _receive(self, frame: Frame, sender: str, context: grpc.ServicerContext) -> int:
+        """One pushed frame into the Inbox. A frame for a round or attempt this node has not
+        declared yet may wait there for it (docs/round-protocol.md#not-ready), but only on
+        one of `waiters` slots, at most half this server's threads: the others stay free for
+        the current round's streams, Info and fetches; a frame that finds every slot taken is
+        told NotReady at once. The wait also ends a moment before the caller's deadline, so
+        the caller hears NotReady rather than a deadline."""
+        if not self._waiters.acquire(blocking=False):
+            return self._inbox.receive(frame, sender, wait=0.0)
+        try:
+            left = context.time_remaining()
+            budget = self._inbox.ready_wait
+            if left is not None:
+                budget = min(budget, left - min(READY_MARGIN, left / 2))
+            return self._inbox.receive(frame, sender, wait=budget)
+        finally:
+            self._waiters.release()
 
     def _fetch_model(self, request: Any, context: grpc.ServicerContext) -> Any:
         sender = self._authenticate(context)

@@ -15,8 +15,8 @@ the Inbox then accepts exactly that:
   refused as Stale, never blamed.
 - MERGED data and MERGED_HASHES (all-gather) are keyed by (round, attempt, segment), and
   taken only from that segment's merger and checker respectively: a frame for a future
-  attempt is NotReady (the sender retries), one for a past attempt is Stale (never its
-  fault).
+  attempt waits a while (ready_wait) for this node to declare it, and only then is
+  NotReady (the sender retries); one for a past attempt is Stale (never its fault).
 - FetchUpdate answers come from here too (serve_update): this node's own offered update,
   or rows it holds as an owner, to participants of the round only.
 - Every payload must be float32, finite, inside the expected chunk range, within the size
@@ -66,6 +66,11 @@ from swarmnode.p2p.messages import Kind, wire_account
 
 DEFAULT_MAX_VECTOR_ELEMENTS = MAX_VECTOR_ELEMENTS
 DEFAULT_MAX_FRAME_ELEMENTS = MAX_FRAME_ELEMENTS
+# How long a push that arrives before this node has declared its round/attempt waits here
+# for that declaration before it is refused NotReady: long enough for the usual skew between
+# nodes seeing a round close, so its first frame is kept, not read again after a retry
+# (docs/round-protocol.md#not-ready).
+DEFAULT_READY_WAIT = 5.0
 
 
 @dataclass
@@ -145,10 +150,12 @@ class Inbox:
         *,
         max_vector_elements: int = DEFAULT_MAX_VECTOR_ELEMENTS,
         max_frame_elements: int = DEFAULT_MAX_FRAME_ELEMENTS,
+        ready_wait: float = DEFAULT_READY_WAIT,
     ) -> None:
         self.account = normalize(account)
         self.max_vector_elements = max_vector_elements
         self.max_frame_elements = max_frame_elements
+        self.ready_wait = ready_wait
         self._lock = threading.Condition()
         self._floor = 0  # rounds below this are over for this node
         self._updates: dict[int, _UpdateRound] = {}
@@ -156,6 +163,7 @@ class Inbox:
         self._models: dict[int, tuple[npt.NDArray[np.float32], bytes]] = {}
         self._offered: dict[int, tuple[npt.NDArray[np.float32], bytes]] = {}
         self.refused = 0  # frames refused as invalid, for tests and metrics
+        self._early = 0  # pushed frames waiting now for this node to declare their round
 
     # ------------------------------------------------------------------ expectations
 
@@ -385,17 +393,20 @@ class Inbox:
 
     # ------------------------------------------------------------------ receiving
 
-    def receive(self, frame: Frame, sender: str) -> int:
+    def receive(self, frame: Frame, sender: str, wait: float | None = None) -> int:
         """Checks one frame from the authenticated `sender` (the caller) and stores it;
-        returns elements."""
+        returns elements. A frame for a round or attempt this node has not declared yet waits
+        up to `wait` seconds (the Inbox's ready_wait when None) for that declaration before it
+        is refused NotReady, so the frame already read is not sent again."""
+        patience = self.ready_wait if wait is None else max(0.0, wait)
         try:
-            return self._receive(frame, normalize(sender))
+            return self._receive(frame, normalize(sender), patience)
         except InvalidMessage:
             with self._lock:
                 self.refused += 1
             raise
 
-    def _receive(self, frame: Frame, sender: str) -> int:
+    def _receive(self, frame: Frame, sender: str, wait: float) -> int:
         header = frame.header
         if frame.kind != Kind.UPDATE:  # a relay may carry an update, nothing else
             _check_claim("frame", header.sender, sender)
@@ -410,13 +421,60 @@ class Inbox:
                 f"{self.max_vector_elements}"
             )
         if frame.kind == Kind.MERGED_HASHES:
-            return self._receive_merged_hashes(frame, sender)
+            return self._receive_merged_hashes(frame, sender, wait)
         values = payload_array(frame)
         if frame.kind == Kind.UPDATE:
-            return self._receive_update(header, values, sender)
+            return self._receive_update(header, values, sender, wait)
         if frame.kind == Kind.MERGED:
-            return self._receive_merged(header, values, sender)
+            return self._receive_merged(header, values, sender, wait)
         raise InvalidMessage(f"frames of kind {header.kind} cannot be pushed")
+
+    def _await_declared(
+        self,
+        round: int,
+        attempt: int,
+        declared: Mapping[int, _UpdateRound | _MergedAttempt],
+        wait: float,
+    ) -> None:
+        """Waits (the caller holds the lock; the Condition lets it go meanwhile) at most
+        `wait` seconds for this node to declare `round` at `attempt` or later in `declared`
+        (its expect_updates or expect_merged table), or to finish the round. A frame that
+        comes first is held here rather than refused, so its sender need not read it out
+        again (docs/round-protocol.md#not-ready); the checks after this say what is still
+        wrong when the wait ends."""
+        deadline = time.monotonic() + wait
+
+        def settled() -> bool:
+            if round < self._floor:
+                return True
+            current = declared.get(round)
+            return current is not None and current.attempt >= attempt
+
+        if settled():
+            return
+        self._early += 1
+        self._lock.notify_all()  # for early_frames()
+        try:
+            while not settled():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._lock.wait(left)
+        finally:
+            self._early -= 1
+
+    def early_frames(self, at_least: int, timeout: float) -> bool:
+        """Waits up to `timeout` seconds until at least `at_least` pushed frames are held
+        waiting for this node to declare their round or attempt; whether they are. For
+        tests and metrics: what arrived early and was kept rather than refused."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._early < at_least:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(left)
+            return True
 
     def _round_check(self, round: int, known: bool) -> None:
         if round < self._floor:
@@ -443,9 +501,14 @@ class Inbox:
         return named
 
     def _receive_update(
-        self, header: peer_pb2.FrameHeader, values: npt.NDArray[np.float32], caller: str
+        self,
+        header: peer_pb2.FrameHeader,
+        values: npt.NDArray[np.float32],
+        caller: str,
+        wait: float,
     ) -> int:
         with self._lock:
+            self._await_declared(header.round, header.attempt, self._updates, wait)
             expected = self._updates.get(header.round)
             self._round_check(header.round, expected is not None)
             assert expected is not None
@@ -488,10 +551,11 @@ class Inbox:
         return len(values)
 
     def _merged_spec(
-        self, header: peer_pb2.FrameHeader
+        self, header: peer_pb2.FrameHeader, wait: float
     ) -> tuple[_MergedAttempt, tuple[str, str, range]]:
         """The attempt and segment a MERGED or MERGED_HASHES frame is for; the caller holds
         the lock."""
+        self._await_declared(header.round, header.attempt, self._merged, wait)
         expected = self._merged.get(header.round)
         self._round_check(header.round, expected is not None)
         assert expected is not None
@@ -504,10 +568,14 @@ class Inbox:
         return expected, spec
 
     def _receive_merged(
-        self, header: peer_pb2.FrameHeader, values: npt.NDArray[np.float32], sender: str
+        self,
+        header: peer_pb2.FrameHeader,
+        values: npt.NDArray[np.float32],
+        sender: str,
+        wait: float,
     ) -> int:
         with self._lock:
-            expected, (merger, _, chunks) = self._merged_spec(header)
+            expected, (merger, _, chunks) = self._merged_spec(header, wait)
             if merger != sender:
                 raise InvalidMessage(
                     f"{sender} does not own segment {header.segment} in attempt {header.attempt}"
@@ -530,14 +598,14 @@ class Inbox:
             self._lock.notify_all()
         return len(values)
 
-    def _receive_merged_hashes(self, frame: Frame, sender: str) -> int:
+    def _receive_merged_hashes(self, frame: Frame, sender: str, wait: float) -> int:
         """The checker's hashes of its merge of one segment: exactly one hash per chunk of
         the segment, no payload. Nothing is allocated before the length is checked."""
         header = frame.header
         if header.elements or len(frame.payload):
             raise InvalidMessage("a MERGED_HASHES frame carries no payload")
         with self._lock:
-            expected, (_, checker, chunks) = self._merged_spec(header)
+            expected, (_, checker, chunks) = self._merged_spec(header, wait)
             if checker != sender:
                 raise InvalidMessage(
                     f"{sender} does not check segment {header.segment} in attempt {header.attempt}"

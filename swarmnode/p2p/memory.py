@@ -27,7 +27,7 @@ from swarmnode.p2p.messages import (
     info_to_wire,
 )
 from swarmnode.p2p.roster import Roster
-from swarmnode.p2p.transport import FrameSource, Transport, WireCount
+from swarmnode.p2p.transport import READY_MARGIN, FrameSource, Transport, WireCount
 from swarmnode.version import __version__
 
 
@@ -97,7 +97,9 @@ class MemoryTransport(Transport):
             kind = kind or wire.header.kind
             if wire.header.kind != kind:
                 raise InvalidMessage(f"{peer} refused: a frame of kind {wire.header.kind}")
-            total += inbox.receive(wire, sender)
+            # the wait for an undeclared round ends before the caller's own deadline
+            wait = min(inbox.ready_wait, timeout - min(READY_MARGIN, timeout / 2))
+            total += inbox.receive(wire, sender, wait=wait)
         if sent:  # the Ack (gRPC sends no call at all for an empty stream)
             ack = peer_pb2.Ack(elements=total).SerializeToString()
             total = int(peer_pb2.Ack.FromString(self._answer(ack, theirs)).elements)

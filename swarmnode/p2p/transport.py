@@ -35,6 +35,10 @@ FrameSource = Callable[[], Iterable[Frame]]
 # gRPC's length-prefixed message: a one-byte compressed flag and a four-byte length before
 # every serialized message, unary or streamed
 MESSAGE_PREFIX = 5
+# A push waiting in the receiver's Inbox for it to declare the round stops this long (at most
+# half the time left) before the caller's deadline, so the caller hears NotReady, not a
+# deadline (docs/round-protocol.md#not-ready).
+READY_MARGIN = 0.25
 
 
 class WireCount:
