@@ -18,7 +18,15 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    start_http_server,
+)
 
 from swarmnode.exceptions import ConfigError
 from swarmnode.round import RoundOutcome
@@ -50,6 +58,7 @@ class NodeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # process_*: memory, CPU seconds, open files, start time
         self._info = Info("swarmnode_node", "This node: its account and version.", registry=r)
         self._info.info({"version": __version__})
         self.rounds = Counter(
