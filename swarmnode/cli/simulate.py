@@ -88,7 +88,12 @@ def run(
     scenario_file: Path | None = ScenarioArgument,
     out: Path | None = OutOption,
     nodes: int | None = NodesOption,
-    dataset: str | None = typer.Option(None, help="digits or breast_cancer."),
+    dataset: str | None = typer.Option(None, help="digits, breast_cancer or diamonds."),
+    engine: str | None = typer.Option(
+        None,
+        help="full (real nodes, chain and gRPC; up to 256 nodes) or fast (the nodes' models "
+        "trained as one batched computation; up to 10,000).",
+    ),
     partition: str | None = PartitionOption,
     alpha: float | None = AlphaOption,
     rounds: int | None = RoundsOption,
@@ -126,6 +131,7 @@ def run(
     fields = {
         "nodes": nodes,
         "dataset": dataset,
+        "engine": engine,
         "partition": partition,
         "alpha": alpha,
         "rounds": rounds,

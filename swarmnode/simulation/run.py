@@ -21,6 +21,7 @@ from swarmnode.simulation import sweep_report
 from swarmnode.simulation.baselines import centralized_baseline, local_baselines, own_baselines
 from swarmnode.simulation.data import Dataset
 from swarmnode.simulation.engine import run_swarm, run_tasks
+from swarmnode.simulation.fast import fast_local_baselines, run_fast
 from swarmnode.simulation.partition import IndexArray
 from swarmnode.simulation.processes import NodeTask, run_processes
 from swarmnode.simulation.report import progress_bar
@@ -102,10 +103,13 @@ def simulate(scenario: Scenario, out: Path, console: Console | None = None) -> O
         if scenario.processes
         else "embedded EVM chain"
     )
+    wire = f"{where}, gRPC with mutual TLS over loopback"
+    if scenario.engine == "fast":
+        wire = "fast engine: the nodes' models trained as one batched computation, no chain"
     console.print(
         f"[bold]{scenario.name}[/]: {nodes.described}, "
         f"{scenario.rounds} rounds of {scenario.local_batches} batches, "
-        f"rule {scenario.merge_rule}; {where}, gRPC with mutual TLS over loopback"
+        f"rule {scenario.merge_rule}; {wire}"
     )
     with progress_bar(console) as progress:
         bar = progress.add_task("swarm rounds", total=scenario.rounds, status="")
@@ -125,6 +129,8 @@ def _swarm(
     """The swarm's run: daemons (--processes), or virtual nodes in this process."""
     if scenario.processes:
         return run_processes(scenario, nodes.tasks, nodes.test_set, nodes.node_tasks, out, on_round)
+    if scenario.engine == "fast" and nodes.data is not None:
+        return run_fast(scenario, nodes.data, nodes.parts, on_round)
     if nodes.data is not None:
         return run_swarm(scenario, nodes.data, nodes.parts, on_round)
     return run_tasks(scenario, nodes.tasks, nodes.test_set, on_round)
@@ -132,7 +138,8 @@ def _swarm(
 
 def _baselines(scenario: Scenario, nodes: _Nodes) -> tuple[list[Curve], Curve]:
     if nodes.data is not None:
-        local = local_baselines(scenario, nodes.data, nodes.parts)
+        alone = fast_local_baselines if scenario.engine == "fast" else local_baselines
+        local = alone(scenario, nodes.data, nodes.parts)
         return local, centralized_baseline(scenario, nodes.data, nodes.parts)
     return own_baselines(scenario, nodes.tasks, nodes.test_set)
 
