@@ -218,6 +218,9 @@ rounds = 0                          # rounds to take part in; 0: until Ctrl-C or
 device = "auto"                     # cuda when present, else cpu
 seed = 0                            # this node's data order
 init_seed = 0                       # the swarm's initial model: the same on every node
+# Prometheus metrics at http://127.0.0.1:9100/metrics (off unless set; "0.0.0.0:9100" for a
+# scraper on another machine): README, "Metrics".
+# metrics_listen = 9100
 # On SIGTERM in a round that has closed: seconds to finish it before withdrawing (default
 # 2 x the swarm's transfer deadline). Keep it below your service manager's kill timeout.
 # stop_grace = 60
