@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from swarmnode import canonical
+from swarmnode import canonical, merkle
 from swarmnode.address import normalize
 from swarmnode.exceptions import PeerError
 from swarmnode.merge import MergeRule
@@ -171,9 +171,10 @@ class AllReduceRunner:
         self.accused: dict[str, str] = {}
         self.checked = 0
         # rows fetched in this attempt (each checked against its contributor's commitment)
-        # and the contributors' chunk-hash lists that came with them, for relays
+        # and the chunk hashes and proof that came with each, which a relay forwards
         self._fetched: dict[tuple[str, int], Vector] = {}
-        self._hash_lists: dict[str, bytes] = {}
+        self._proofs: dict[tuple[str, int], tuple[bytes, bytes]] = {}
+        self._tree = merkle.Tree(hashes)  # proves each segment of this node's own update
         self._start = time.monotonic()
         self._failure: BaseException | None = None  # set by a send's worker, read by waits
         self._pushes: list[Future[int]] = []  # reduce-scatter's sends, settled at the end
@@ -309,7 +310,7 @@ class AllReduceRunner:
         if self.owners.count == 1:
             return []
         m, c = self.merging, self.checking
-        checked = canonical.chunk_hashes(self._slice(merged, c))
+        checked = canonical.chunk_hashes(self._slice(merged, c), numel=self.numel)
         frame = self._hashes_frame(c, checked)
         hashes: FrameSource = partial(list, [frame])
         pushes = []
@@ -328,7 +329,11 @@ class AllReduceRunner:
         for s in needed:
             data = self._await(partial(self.inbox.merged, round, attempt, s), until)
             hashes = self._await(partial(self.inbox.merged_hashes, round, attempt, s), until)
-            if data is not None and hashes is not None and canonical.chunk_hashes(data) == hashes:
+            if (
+                data is not None
+                and hashes is not None
+                and canonical.chunk_hashes(data, numel=self.numel) == hashes
+            ):
                 self._place(merged, s, data)
             else:
                 unconfirmed[s] = _Unconfirmed(data, hashes)
@@ -342,10 +347,11 @@ class AllReduceRunner:
         for s, seen in unconfirmed.items():
             self.checked += 1
             values = self.merge(s, self._rows_of(s))
-            truth = canonical.chunk_hashes(values)
+            truth = canonical.chunk_hashes(values, numel=self.numel)
             self._place(merged, s, values)
             merger, checker = self.owners.merger(s), self.owners.checker(s)
-            if seen.data is not None and canonical.chunk_hashes(seen.data) != truth:
+            got = None if seen.data is None else canonical.chunk_hashes(seen.data, numel=self.numel)
+            if got is not None and got != truth:
                 self.accused[merger] = f"sent segment {s} merged wrongly"
             if seen.hashes is not None and seen.hashes != truth:
                 self.accused[checker] = f"sent wrong hashes for segment {s}"
@@ -364,10 +370,10 @@ class AllReduceRunner:
         round, attempt = self.attempt.round, self.attempt.attempt
         until = min(self._at(1.0), time.monotonic() + RELAY_GRACE * self.timeout)
         for owner, s in silent.items():
-            truth = canonical.chunk_hashes(self._slice(merged, s))
+            truth = canonical.chunk_hashes(self._slice(merged, s), numel=self.numel)
             if self.owners.merger(s) == owner:
                 data = self._await(partial(self.inbox.merged, round, attempt, s), until)
-                got = None if data is None else canonical.chunk_hashes(data)
+                got = None if data is None else canonical.chunk_hashes(data, numel=self.numel)
             else:
                 got = self._await(partial(self.inbox.merged_hashes, round, attempt, s), until)
             if got is None:
@@ -419,15 +425,15 @@ class AllReduceRunner:
             for s in self.owners.owned_by(owner):
                 try:
                     if contributor == self.me:
-                        row, hashes = self._slice(self.update, s), self.hashes
+                        row, proved = self._slice(self.update, s), self._own_proof(s)
                     else:
                         row = self._fetch_row(contributor, contributor, s)
-                        hashes = self._hash_lists[contributor]
+                        proved = self._proofs[(contributor, s)]
                 except PeerError:
                     self.accused[contributor] = f"withheld its rows of segment {s} from {owner}"
                     break
                 with contextlib.suppress(PeerError):
-                    frames = self._row_frames(row, s, contributor, hashes)
+                    frames = self._row_frames(row, s, contributor, *proved)
                     self.transport.push(owner, frames, self._left())
 
     # ------------------------------------------------------------------ parts
@@ -442,11 +448,11 @@ class AllReduceRunner:
         chunks = self.owners.chunks[segment]
         commitment = self.attempt.commitments[contributor]
         timeout = min(self._left(), max(1.0, 0.25 * self.timeout))
-        values, hashes = self.transport.fetch_update(
+        values, hashes, proof = self.transport.fetch_update(
             source, self.attempt.round, contributor, chunks, self.numel, commitment, timeout
         )
         self._fetched[(contributor, segment)] = values
-        self._hash_lists[contributor] = hashes
+        self._proofs[(contributor, segment)] = (hashes, proof)
         return values
 
     def _lacking(
@@ -470,9 +476,16 @@ class AllReduceRunner:
         span = canonical.element_range(self.owners.chunks[segment], self.numel)
         merged[span.start : span.stop] = values
 
+    def _own_proof(self, segment: int) -> tuple[bytes, bytes]:
+        """The chunk hashes of `segment` of this node's update, and their Merkle proof."""
+        chunks = self.owners.chunks[segment]
+        return self._tree.leaves(chunks), self._tree.proof(chunks)
+
     def _frames(self, segment: int) -> FrameSource:
-        """Segment `segment` of this node's update; the first frame carries this node's
-        chunk-hash list, which the owner checks against its commitment."""
+        """Segment `segment` of this node's update; the first frame carries the segment's
+        chunk hashes and their Merkle proof, which the owner checks against this node's
+        commitment (docs/canonical-vector.md#commitments)."""
+        hashes, proof = self._own_proof(segment)
         return partial(
             frames_for,
             self.update,
@@ -482,7 +495,8 @@ class AllReduceRunner:
             attempt=self.attempt.attempt,
             segment=segment,
             sender=self.me,
-            chunk_hashes=self.hashes,
+            chunk_hashes=hashes,
+            proof=proof,
             frame_chunks=self.frame_chunks,
         )
 
@@ -510,7 +524,7 @@ class AllReduceRunner:
         )
 
     def _row_frames(
-        self, row: Vector, segment: int, contributor: str, hashes: bytes
+        self, row: Vector, segment: int, contributor: str, hashes: bytes, proof: bytes
     ) -> FrameSource:
         return partial(
             frames_for_row,
@@ -523,6 +537,7 @@ class AllReduceRunner:
             segment=segment,
             sender=contributor,
             chunk_hashes=hashes,
+            proof=proof,
             frame_chunks=self.frame_chunks,
         )
 

@@ -12,18 +12,21 @@ Definition (any change here is a protocol change; tests/test_canonical.py pins l
   float8 kinds) are converted to float32. Integer and bool tensors (BatchNorm's
   num_batches_tracked) and non-tensor entries (extra state) are not in it and keep their
   local value.
-- Chunks of CHUNK_ELEMENTS = 4096 elements (16 KiB); the last chunk may be shorter. A chunk
-  hash is BLAKE3 (32-byte output) of the chunk's little-endian float32 bytes. The digest is
-  SHA-256 of the concatenated chunk hashes; an empty vector has zero chunks and digest
-  SHA-256(b""). The chunk hashes cover every byte a receiver checks, so they take the fast
-  hash; the digest hashes only the list (0.2 % of the data), so its speed does not matter and
-  it stays SHA-256, which contracts and other tools recompute natively.
+- Chunks of chunk_elements(numel) elements: a power of two from 16 to 4096 (CHUNK_ELEMENTS)
+  that depends on the vector's size only, 2**floor(log2(numel // 1024)) clamped to that
+  range, so a vector has about 1024 chunks (at most numel / 4096 for large ones); the last
+  chunk may be shorter. A chunk hash is BLAKE3 (32-byte output) of the chunk's little-endian
+  float32 bytes. The digest is the Merkle root over the chunk hashes (swarmnode/merkle.py);
+  an empty vector has zero chunks and digest SHA-256(b""). The chunk hashes cover every
+  byte a receiver checks, so they take the fast hash; the tree hashes only the list, so its
+  speed does not matter and it is SHA-256, which contracts and other tools recompute.
 - Segments are whole-chunk ranges in participant order whose sizes differ by at most one
   chunk: the first ``num_chunks % n`` segments get one chunk more; with fewer chunks than
   participants the trailing segments are empty.
-- A sender ships its full chunk-hash list beside a segment. The receiver checks the list
-  against the sender's commitment once (verify_hash_list) and each received range of chunks
-  against the list (verify_chunks), so a segment is checked on its own.
+- A sender ships the chunk hashes of a segment and their Merkle proof beside it. The
+  receiver checks them against the sender's commitment once (merkle.verify_range) and each
+  received range of chunks against them (verify_chunks), so a segment is checked on its own.
+  A whole vector's list is checked with verify_hash_list (catch-up).
 
 Errors: data that came from a peer and fails a check (size, hash, non-finite value) raises
 PeerError naming what was wrong; misuse by the calling code (a vector of the wrong dtype, a
@@ -50,22 +53,28 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from swarmnode import merkle
 from swarmnode.exceptions import ConfigError, PeerError
 
 __all__ = [
     "CHUNK_BYTES",
     "CHUNK_ELEMENTS",
     "CHUNK_HASH",
+    "CHUNK_RULE",
+    "COMMITMENT",
     "ELEMENT_BYTES",
     "EMPTY_DIGEST",
     "HASH_BYTES",
+    "MIN_CHUNK_ELEMENTS",
     "ORDER_KEY",
     "Entry",
     "Layout",
     "VectorLike",
     "arrays_state",
     "check_finite",
+    "chunk_elements",
     "chunk_hashes",
+    "chunk_of",
     "digest",
     "digest_from_chunk_hashes",
     "element_range",
@@ -83,22 +92,29 @@ __all__ = [
     "vector_for",
     "verify_chunks",
     "verify_hash_list",
+    "verify_segment_hashes",
 ]
 
 CHUNK_ELEMENTS = 4096
-"""Elements per chunk: the unit of hashing and of segment boundaries."""
+"""The largest chunk (elements), for bounds; a vector's own is chunk_elements(numel)."""
+MIN_CHUNK_ELEMENTS = 16
+"""The smallest chunk (elements): vectors under 16 Ki elements have chunks of 16."""
 ELEMENT_BYTES = 4
 """Bytes per element: the vector is float32."""
 CHUNK_BYTES = CHUNK_ELEMENTS * ELEMENT_BYTES
-"""16 KiB: small enough that a hash list costs 0.2% of the data, large enough that the
-per-chunk Python overhead (about a microsecond) is noise next to hashing 16 KiB."""
+"""16 KiB, the largest chunk: small enough that a hash list costs 0.2% of the data, large
+enough that the per-chunk Python overhead (about a microsecond) is noise next to hashing it."""
+CHUNK_RULE = "pow2(numel/1024) in 16..4096"
+"""The chunk-size rule's name, written into deployment files and checkpoint headers."""
+COMMITMENT = "merkle"
+"""How a digest is made from the chunk hashes: the Merkle root of swarmnode/merkle.py."""
 CHUNK_HASH = "blake3"
 """The chunk hash's name, written into checkpoint headers so that a file hashed under another
 scheme is recognised as such (docs/canonical-vector.md#checkpoints)."""
 HASH_BYTES = 32
 """Chunk hash and digest size (BLAKE3's default output, SHA-256's); a hash list is
 HASH_BYTES x num_chunks bytes."""
-EMPTY_DIGEST = hashlib.sha256(b"").digest()
+EMPTY_DIGEST = merkle.EMPTY_ROOT
 """The digest of a vector with no elements (a model with no floating-point tensors)."""
 
 # Hashing a large vector is spread over threads: blake3 releases the GIL while it hashes a
@@ -545,11 +561,25 @@ def from_le_bytes(data: bytes | bytearray | memoryview) -> torch.Tensor:
 # Chunks, hashes, digests
 
 
-def num_chunks(numel: int) -> int:
-    """Chunks in a vector of ``numel`` elements (the last one may be short)."""
+def chunk_elements(numel: int) -> int:
+    """Elements per chunk of a vector of ``numel`` elements: the power of two
+    2**floor(log2(numel // 1024)), clamped to 16..4096, the same on every node of a swarm.
+
+    Why it depends on the size: a segment is whole chunks, so a model with fewer chunks than
+    participants leaves owners without a segment while others own a whole model's worth;
+    about 1024 chunks keep segments even up to hundreds of nodes, and the chunk-hash list
+    about 32 KiB. Large vectors keep 16 KiB chunks (a list of 0.2 % of the data)."""
     if numel < 0:
         raise ConfigError(f"a vector cannot have {numel} elements")
-    return -(-numel // CHUNK_ELEMENTS)
+    scaled = numel // 1024
+    if scaled < MIN_CHUNK_ELEMENTS:
+        return MIN_CHUNK_ELEMENTS
+    return min(CHUNK_ELEMENTS, 1 << (scaled.bit_length() - 1))
+
+
+def num_chunks(numel: int) -> int:
+    """Chunks in a vector of ``numel`` elements (the last one may be short)."""
+    return -(-numel // chunk_elements(numel))
 
 
 def _chunk_hasher() -> Any:
@@ -564,12 +594,11 @@ def _chunk_hasher() -> Any:
     return blake3
 
 
-def _hash_range(view: memoryview, first: int, stop: int) -> bytes:
-    """Concatenated BLAKE3 hashes (32 bytes each) of chunks [first, stop) of the byte view."""
+def _hash_range(view: memoryview, size: int, first: int, stop: int) -> bytes:
+    """Concatenated BLAKE3 hashes (32 bytes each) of chunks [first, stop) of `size` bytes of
+    the byte view."""
     blake3 = _chunk_hasher()
-    return b"".join(
-        blake3(view[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]).digest() for i in range(first, stop)
-    )
+    return b"".join(blake3(view[i * size : (i + 1) * size]).digest() for i in range(first, stop))
 
 
 def _worker_count(nbytes: int, chunks: int, workers: int | None) -> int:
@@ -586,31 +615,41 @@ def _worker_count(nbytes: int, chunks: int, workers: int | None) -> int:
     return max(1, min(cores, _MAX_WORKERS, chunks))
 
 
-def _hash_chunks(view: memoryview, workers: int | None) -> bytes:
-    count = -(-view.nbytes // CHUNK_BYTES)
+def _hash_chunks(view: memoryview, chunk: int, workers: int | None) -> bytes:
+    """The hashes of `view`'s chunks of `chunk` elements."""
+    size = chunk * ELEMENT_BYTES
+    count = -(-view.nbytes // size)
     threads = _worker_count(view.nbytes, count, workers)
     if threads <= 1:
-        return _hash_range(view, 0, count)
+        return _hash_range(view, size, 0, count)
     bounds = [count * k // threads for k in range(threads + 1)]
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="chunk-hash") as pool:
-        parts = pool.map(_hash_range, [view] * threads, bounds[:-1], bounds[1:])
+        parts = pool.map(_hash_range, [view] * threads, [size] * threads, bounds[:-1], bounds[1:])
         return b"".join(parts)
 
 
-def chunk_hashes(vector: VectorLike, *, workers: int | None = None) -> bytes:
+def chunk_hashes(
+    vector: VectorLike, *, numel: int | None = None, workers: int | None = None
+) -> bytes:
     """The chunk hashes of a vector, concatenated: HASH_BYTES x num_chunks bytes.
 
+    ``numel`` is the size of the whole vector when ``vector`` is a range of whole chunks of
+    one (a segment): the chunk size comes from the whole vector's size, never the range's.
     One bytes object rather than a list of 32-byte objects: it is exactly what goes on the
-    wire beside a segment and what the digest hashes, so it is never joined or split again,
-    and it avoids one Python object per chunk (chunk i is ``hashes[32 * i : 32 * i + 32]``).
-    Chunks are hashed over zero-copy slices of the vector's memory. Vectors of 8 MiB and up
-    are hashed on several threads unless ``workers`` says how many to use (1: this thread).
+    wire beside a segment and what the root is built over, so it is never joined or split
+    again, and it avoids one Python object per chunk (chunk i is
+    ``hashes[32 * i : 32 * i + 32]``). Chunks are hashed over zero-copy slices of the
+    vector's memory. Vectors of 8 MiB and up are hashed on several threads unless
+    ``workers`` says how many to use (1: this thread).
     """
-    return _hash_chunks(_le_bytes(vector, what="vector"), workers)
+    view = _le_bytes(vector, what="vector")
+    whole = view.nbytes // ELEMENT_BYTES if numel is None else numel
+    return _hash_chunks(view, chunk_elements(whole), workers)
 
 
 def digest_from_chunk_hashes(hashes: bytes | bytearray | memoryview | Sequence[bytes]) -> bytes:
-    """The digest from a hash list (concatenated, or one 32-byte hash per chunk)."""
+    """The digest from a hash list (concatenated, or one 32-byte hash per chunk): the
+    Merkle root over it (swarmnode/merkle.py)."""
     if isinstance(hashes, bytes | bytearray | memoryview):
         joined = bytes(hashes)
     else:
@@ -619,12 +658,12 @@ def digest_from_chunk_hashes(hashes: bytes | bytearray | memoryview | Sequence[b
             raise ConfigError(f"every chunk hash must be {HASH_BYTES} bytes")
     if len(joined) % HASH_BYTES:
         raise ConfigError(f"a hash list is a multiple of {HASH_BYTES} bytes, got {len(joined)}")
-    return hashlib.sha256(joined).digest()
+    return merkle.root(joined)
 
 
 def digest(vector: VectorLike, *, workers: int | None = None) -> bytes:
-    """The vector's digest: SHA-256 of its concatenated BLAKE3 chunk hashes (the commitment)."""
-    return hashlib.sha256(chunk_hashes(vector, workers=workers)).digest()
+    """The vector's digest: the Merkle root over its BLAKE3 chunk hashes (the commitment)."""
+    return merkle.root(chunk_hashes(vector, workers=workers))
 
 
 # --------------------------------------------------------------------------------------------
@@ -632,11 +671,11 @@ def digest(vector: VectorLike, *, workers: int | None = None) -> bytes:
 
 
 def verify_hash_list(hashes: bytes | bytearray | memoryview, commitment: bytes, numel: int) -> None:
-    """Checks a sender's chunk-hash list against its on-chain commitment (PeerError if not).
+    """Checks a sender's whole chunk-hash list against a digest on chain (PeerError if not).
 
     ``numel`` is the size the receiver expects (its own layout's), so a list for a vector of
-    another size is refused even before the digest is compared. Check once per sender and
-    round; every range of chunks can then be checked against the list alone.
+    another size is refused even before the root is compared. For a whole model (catch-up);
+    a segment comes with its own hashes and a proof instead (verify_segment_hashes).
     """
     expected_chunks = num_chunks(numel)
     if len(hashes) != expected_chunks * HASH_BYTES:
@@ -644,12 +683,27 @@ def verify_hash_list(hashes: bytes | bytearray | memoryview, commitment: bytes, 
             f"chunk-hash list has {len(hashes)} bytes, expected {expected_chunks * HASH_BYTES} "
             f"({expected_chunks} chunks of a {numel}-element vector)"
         )
-    got = hashlib.sha256(hashes).digest()
+    got = merkle.root(hashes)
     if got != commitment:
         raise PeerError(
-            f"chunk-hash list digests to {got.hex()}, "
+            f"chunk-hash list has root {got.hex()}, "
             f"but the sender committed to {bytes(commitment).hex()}"
         )
+
+
+def verify_segment_hashes(
+    chunks: range,
+    hashes: bytes | bytearray | memoryview,
+    proof: bytes | bytearray | memoryview,
+    commitment: bytes,
+    numel: int,
+) -> None:
+    """Checks the chunk hashes of `chunks` of a ``numel``-element vector, with their Merkle
+    proof, against the sender's commitment (PeerError naming what is wrong)."""
+    try:
+        merkle.verify_range(commitment, num_chunks(numel), chunks, hashes, proof)
+    except merkle.ProofError as exc:
+        raise PeerError(f"segment hashes: {exc}") from exc
 
 
 def verify_chunks(
@@ -661,33 +715,34 @@ def verify_chunks(
     finite: bool = True,
     workers: int | None = None,
 ) -> None:
-    """Checks a received range of whole chunks, starting at ``first_chunk``, against a list.
+    """Checks a received range of whole chunks, starting at ``first_chunk``, against hashes.
 
-    ``hashes`` is the sender's full list (already checked with verify_hash_list) and ``numel``
-    the full vector's size. The data must cover whole chunks, the last chunk of the vector
-    being short when the vector's size says so. Raises PeerError naming the first chunk that
-    does not match its hash, or (with ``finite``) the first element that is NaN or infinite,
-    by its index in the whole vector.
+    ``hashes`` are the already checked hashes of exactly the chunks the data covers
+    (verify_hash_list or verify_segment_hashes checked them), ``numel`` the full vector's
+    size. The data must cover whole chunks, the last chunk of the vector being short when
+    the vector's size says so. Raises PeerError naming the first chunk that does not match
+    its hash, or (with ``finite``) the first element that is NaN or infinite, by its index
+    in the whole vector.
     """
     total = num_chunks(numel)
-    if len(hashes) != total * HASH_BYTES:
-        raise PeerError(
-            f"chunk-hash list has {len(hashes)} bytes, expected {total * HASH_BYTES} "
-            f"({total} chunks of a {numel}-element vector)"
-        )
+    chunk = chunk_elements(numel)
     if not 0 <= first_chunk <= total:
         raise PeerError(f"chunk range starts at chunk {first_chunk}, outside 0..{total}")
     array = _le_array(data, what="received data")
-    count = -(-len(array) // CHUNK_ELEMENTS)
+    count = -(-len(array) // chunk)
     span = element_range(range(first_chunk, min(first_chunk + count, total)), numel)
     if first_chunk + count > total or len(array) != len(span):
         raise PeerError(
             f"received {len(array)} elements starting at chunk {first_chunk}: not a whole "
             f"range of chunks of a {numel}-element vector ({total} chunks)"
         )
+    if len(hashes) != count * HASH_BYTES:
+        raise PeerError(
+            f"{len(hashes)} bytes of chunk hashes for {count} chunks from chunk {first_chunk}"
+        )
     view = array.view(np.uint8).data
-    got = _hash_chunks(view, workers)
-    want = bytes(hashes[first_chunk * HASH_BYTES : (first_chunk + count) * HASH_BYTES])
+    got = _hash_chunks(view, chunk, workers)
+    want = bytes(hashes)
     if got != want:
         bad = next(
             i
@@ -695,8 +750,8 @@ def verify_chunks(
             if got[i * HASH_BYTES : (i + 1) * HASH_BYTES]
             != want[i * HASH_BYTES : (i + 1) * HASH_BYTES]
         )
-        start = (first_chunk + bad) * CHUNK_ELEMENTS
-        stop = min(start + CHUNK_ELEMENTS, numel)
+        start = (first_chunk + bad) * chunk
+        stop = min(start + chunk, numel)
         raise PeerError(
             f"chunk {first_chunk + bad} (elements {start}..{stop - 1}) does not match "
             "the sender's chunk hash"
@@ -757,6 +812,11 @@ def element_range(chunks: range, numel: int) -> range:
     total = num_chunks(numel)
     if chunks.step != 1 or not 0 <= chunks.start <= chunks.stop <= total:
         raise ConfigError(f"{chunks} is not a chunk range of a {total}-chunk vector")
-    return range(
-        min(chunks.start * CHUNK_ELEMENTS, numel), min(chunks.stop * CHUNK_ELEMENTS, numel)
-    )
+    chunk = chunk_elements(numel)
+    return range(min(chunks.start * chunk, numel), min(chunks.stop * chunk, numel))
+
+
+def chunk_of(element: int, numel: int) -> int:
+    """The chunk holding element ``element`` of a ``numel``-element vector (the chunk an
+    element offset starts, for offsets at chunk boundaries)."""
+    return element // chunk_elements(numel)

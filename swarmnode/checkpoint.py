@@ -10,8 +10,9 @@ the vector's digest must match the digest stored beside it; a corrupt or truncat
 moved aside with a warning and never loaded, and the node falls back to the previous good
 one (or to catching up from peers).
 
-The header names the hash scheme its digest was computed with (the chunk hash and the chunk
-size), so that a change of either (BLAKE3 chunk hashes are planned) does not make every
+The header names the hash scheme its digest was computed with (the chunk hash, the chunk
+size rule and the commitment over the chunk hashes), so that a change of any (BLAKE3 chunk
+hashes, then per-size chunks and Merkle roots, came that way) does not make every
 existing checkpoint look corrupt (docs/canonical-vector.md#checkpoints). A checkpoint of
 another scheme is whole, so it is left in place, named with both schemes in a warning and not
 loaded; it is not re-hashed: its digest is the one the chain agreed on for that round, and a
@@ -46,16 +47,22 @@ KEEP = 2  # the newest checkpoints kept: the previous one is the fallback for a 
 
 @dataclass(frozen=True)
 class HashScheme:
-    """How a digest was computed from a vector: which chunk hash, over how many elements."""
+    """How a digest was computed from a vector: which chunk hash, over chunks of which size
+    (a fixed count of elements, or the name of a rule), combined how."""
 
     chunk_hash: str
-    chunk_elements: int
+    chunk_elements: int | str
+    commitment: str = "sha256-list"  # files that name none: SHA-256 of the whole list
 
     def __str__(self) -> str:
-        return f"{self.chunk_hash} over {self.chunk_elements}-element chunks"
+        return f"{self.chunk_hash} over {_size(self.chunk_elements)} chunks, {self.commitment}"
 
 
-CURRENT = HashScheme(canonical.CHUNK_HASH, canonical.CHUNK_ELEMENTS)
+def _size(chunk_elements: int | str) -> str:
+    return f"{chunk_elements}-element" if isinstance(chunk_elements, int) else chunk_elements
+
+
+CURRENT = HashScheme(canonical.CHUNK_HASH, canonical.CHUNK_RULE, canonical.COMMITMENT)
 LEGACY = HashScheme("sha256", 4096)  # fixed: the scheme of files whose header names none
 
 
@@ -79,8 +86,12 @@ def _refusal(scheme: HashScheme) -> str:
         )
     if scheme.chunk_elements != CURRENT.chunk_elements:
         parts.append(
-            f"written over {scheme.chunk_elements}-element chunks; this node uses "
-            f"{CURRENT.chunk_elements}-element chunks"
+            f"written over {_size(scheme.chunk_elements)} chunks; this node uses "
+            f"{_size(CURRENT.chunk_elements)} chunks"
+        )
+    if scheme.commitment != CURRENT.commitment:
+        parts.append(
+            f"written with a {scheme.commitment} commitment; this node uses {CURRENT.commitment}"
         )
     return "; ".join(parts) or f"written with {scheme}"
 
@@ -115,6 +126,7 @@ class CheckpointStore:
                 "digest": checkpoint.digest.hex(),
                 "chunk_hash": CURRENT.chunk_hash,
                 "chunk_elements": CURRENT.chunk_elements,
+                "commitment": CURRENT.commitment,
                 "state": checkpoint.state,
                 **_extra_meta(checkpoint.extra),
             },
@@ -164,9 +176,11 @@ def read(path: Path) -> Checkpoint:
     data = path.read_bytes()
     meta, vector_offset = _metadata(data)
     try:
+        size = meta.get("chunk_elements", LEGACY.chunk_elements)
         scheme = HashScheme(
             str(meta.get("chunk_hash", LEGACY.chunk_hash)),
-            int(meta.get("chunk_elements", LEGACY.chunk_elements)),
+            size if isinstance(size, str) else int(size),
+            str(meta.get("commitment", LEGACY.commitment)),
         )
         digest = bytes.fromhex(meta["digest"])
         round_number = int(meta["round"])

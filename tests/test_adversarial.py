@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from swarmnode.ledger.devchain import AnvilChain
 
 F = 1  # Byzantine participants per round in every test here
-NUMEL = 9 * canonical.CHUNK_ELEMENTS + 77  # a few chunks per segment at n = 4 and 8
+NUMEL = 9 * 16 + 7  # 10 chunks of 16 (the last short): a few per segment at n = 4 and 8
 LIAR = 0  # the liar's index; which segments it owns is drawn from the round's seed
 
 
@@ -72,9 +72,9 @@ class PeakInbox(Inbox):
         super().__init__(account)
         self.peak = 0
 
-    def receive(self, frame: Frame, sender: str) -> int:
+    def receive(self, frame: Frame, sender: str, wait: float | None = None) -> int:
         try:
-            return super().receive(frame, sender)
+            return super().receive(frame, sender, wait)
         finally:
             self.peak = max(self.peak, self.held_bytes())
 

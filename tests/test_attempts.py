@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from swarmnode import canonical
+from swarmnode import canonical, merkle
 from swarmnode.address import normalize
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import NotReady, Stale
@@ -20,7 +20,8 @@ from swarmnode.p2p.roster import PeerRecord, Roster
 
 A, B = "0x" + "0a" * 20, "0x" + "0b" * 20
 C = "0x" + "0c" * 20  # the checker of the segments A merges
-NUMEL = 10 * canonical.CHUNK_ELEMENTS
+CHUNK = 16  # a vector this small has chunks of 16 elements
+NUMEL = 10 * CHUNK
 
 
 def setup() -> tuple[MemoryTransport, Inbox]:
@@ -35,7 +36,7 @@ def setup() -> tuple[MemoryTransport, Inbox]:
 def test_a_new_attempt_mid_stream_makes_the_rest_stale_and_keeps_received_updates() -> None:
     transport, inbox = setup()
     vector = np.random.default_rng(1).standard_normal(NUMEL).astype(np.float32)
-    hashes = canonical.chunk_hashes(vector)
+    tree = merkle.Tree(canonical.chunk_hashes(vector))
     inbox.expect_updates(1, {1: range(4, 8)}, NUMEL, {A: canonical.digest(vector)}, attempt=1)
 
     def attempt_one() -> Iterator[Frame]:
@@ -47,7 +48,8 @@ def test_a_new_attempt_mid_stream_makes_the_rest_stale_and_keeps_received_update
             attempt=1,
             segment=1,
             sender=A,
-            chunk_hashes=hashes,
+            chunk_hashes=tree.leaves(range(4, 8)),
+            proof=tree.proof(range(4, 8)),
             frame_chunks=2,
         )
         yield next(frames)  # chunks 4-5 arrive in attempt 1
@@ -59,7 +61,8 @@ def test_a_new_attempt_mid_stream_makes_the_rest_stale_and_keeps_received_update
         transport.push(B, attempt_one, timeout=5)
     assert inbox.refused == 0  # stale is never held against the sender
 
-    # attempt 2: only chunks 2-3 are new; 4-5 were kept from attempt 1
+    # attempt 2: only chunks 2-3 are new (with their own hashes and proof); 4-5 were kept
+    # from attempt 1
     transport.push(
         B,
         lambda: frames_for(
@@ -70,7 +73,8 @@ def test_a_new_attempt_mid_stream_makes_the_rest_stale_and_keeps_received_update
             attempt=2,
             segment=0,
             sender=A,
-            chunk_hashes=hashes,
+            chunk_hashes=tree.leaves(range(2, 4)),
+            proof=tree.proof(range(2, 4)),
             frame_chunks=2,
         ),
         timeout=5,
@@ -111,7 +115,7 @@ def test_merged_data_of_a_future_attempt_waits_and_of_a_past_one_is_refused() ->
     assert inbox.merged(1, 2, 0, timeout=0.05) is None  # nothing of attempt 1 leaked into 2
     transport.push(B, lambda: frames(2), timeout=5)
     got = inbox.merged(1, 2, 0, timeout=1)
-    assert got is not None and np.array_equal(got, merged[: 5 * canonical.CHUNK_ELEMENTS])
+    assert got is not None and np.array_equal(got, merged[: 5 * CHUNK])
     assert inbox.refused == 0
 
 
@@ -140,5 +144,5 @@ def test_a_late_expectation_of_an_older_attempt_does_not_undo_the_newer_one() ->
         timeout=5,
     )
     got = inbox.merged(1, 2, 0, timeout=1)
-    assert got is not None and np.array_equal(got, merged[: 5 * canonical.CHUNK_ELEMENTS])
+    assert got is not None and np.array_equal(got, merged[: 5 * CHUNK])
     assert inbox.waiting_for(1) == [normalize(A)]  # still segment 0 of attempt 2 it waits for

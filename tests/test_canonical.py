@@ -1,8 +1,9 @@
 """The canonical vector: known answers computed independently, layouts, segments, checks.
 
 Expected hashes here are built with struct, the blake3 package and hashlib from hand-written
-values, never with the module under test, and a few literal digests pin the definition: if one
-of them changes, the protocol changed (every node of a swarm must then run the same version).
+values, never with the module under test (the chunk size and the Merkle root are recomputed
+here too), and a few literal digests pin the definition: if one of them changes, the
+protocol changed (every node of a swarm must then run the same version).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from swarmnode import merkle
 from swarmnode.canonical import (
-    CHUNK_BYTES,
     CHUNK_ELEMENTS,
     EMPTY_DIGEST,
     HASH_BYTES,
     Layout,
     check_finite,
+    chunk_elements,
     chunk_hashes,
     digest,
     digest_from_chunk_hashes,
@@ -41,27 +43,53 @@ from swarmnode.canonical import (
     unflatten_into,
     verify_chunks,
     verify_hash_list,
+    verify_segment_hashes,
 )
 from swarmnode.exceptions import ConfigError, PeerError
 
 # --------------------------------------------------------------------------------------------
-# Independent reference: struct + blake3 (chunk hashes) + hashlib (digest) over Python floats
+# Independent reference: struct + blake3 (chunk hashes) + hashlib (Merkle root) over Python
+# floats
+
+
+def ref_chunk_size(n: int) -> int:
+    """The largest power of two p with p * 1024 <= n, kept within 16..4096."""
+    size = 16
+    while size * 2 <= 4096 and size * 2 * 1024 <= n:
+        size *= 2
+    return size
 
 
 def ref_chunk_hashes(values: list[float]) -> list[bytes]:
-    """BLAKE3 of each 4096-value chunk packed as little-endian float32, by hand (blake3 is
-    imported here, not at the top: the GPU machine, which runs this file's CUDA test, lacks
-    it)."""
+    """BLAKE3 of each chunk packed as little-endian float32, by hand (blake3 is imported
+    here, not at the top: the GPU machine, which runs this file's CUDA test, lacks it)."""
     from blake3 import blake3
 
+    k = ref_chunk_size(len(values))
     return [
         blake3(struct.pack(f"<{len(part)}f", *part)).digest()
-        for part in (values[i : i + 4096] for i in range(0, len(values), 4096))
+        for part in (values[i : i + k] for i in range(0, len(values), k))
     ]
 
 
+def ref_top(leaves: list[bytes]) -> bytes:
+    """RFC 6962's recursion: split at the largest power of two below the count."""
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1
+    while k * 2 < len(leaves):
+        k *= 2
+    return hashlib.sha256(b"\x01" + ref_top(leaves[:k]) + ref_top(leaves[k:])).digest()
+
+
+def ref_root(leaves: list[bytes]) -> bytes:
+    if not leaves:
+        return hashlib.sha256(b"").digest()
+    return hashlib.sha256(b"\x00" + len(leaves).to_bytes(8, "big") + ref_top(leaves)).digest()
+
+
 def ref_digest(values: list[float]) -> bytes:
-    return hashlib.sha256(b"".join(ref_chunk_hashes(values))).digest()
+    return ref_root(ref_chunk_hashes(values))
 
 
 def f16(value: float) -> float:
@@ -135,8 +163,9 @@ def net_values_tensor() -> torch.Tensor:
     return torch.tensor(net_values(), dtype=torch.float32)
 
 
-# sha256 over the one chunk hash, blake3(pack("<19f", *net_values()))
-MODEL_DIGEST_HEX = "a545980eda754b0e557f4455b3296a460020f47c6c29b66d77a10a9aa385b0eb"
+# the root over two chunk hashes, blake3(pack("<16f", *net_values()[:16])) and
+# blake3(pack("<3f", *net_values()[16:])): 19 values make chunks of 16
+MODEL_DIGEST_HEX = "49a24d765bc1a7d2de3f71e5c6d97947e12c38678ee9399b13a887a2b45cc714"
 
 
 def arange_values(n: int) -> list[float]:
@@ -147,11 +176,11 @@ def arange_values(n: int) -> list[float]:
 # Known answers
 
 
-def test_chunk_hashes_and_digest_match_struct_reference() -> None:
-    n = 4096 * 2 + 5
+@pytest.mark.parametrize(("n", "chunks"), [(4096 * 2 + 5, 513), (40_000, 1250), (70_000, 1094)])
+def test_chunk_hashes_and_digest_match_struct_reference(n: int, chunks: int) -> None:
     vector = torch.arange(n, dtype=torch.float32) * 0.5 - 1000.0
     expected = ref_chunk_hashes(arange_values(n))
-    assert len(expected) == 3
+    assert len(expected) == chunks == num_chunks(n)
     hashes = chunk_hashes(vector)
     assert hashes == b"".join(expected)
     assert digest(vector) == ref_digest(arange_values(n))
@@ -165,11 +194,36 @@ def test_literal_digests_pin_the_definition() -> None:
     assert chunk_hashes(tiny).hex() == (
         "403e23dd22092210852a34a61feb5593524b65daf7250a30426bf53a5608a34e"
     )
-    # sha256(blake3(pack("<3f", 1.0, -2.0, 0.5))): the digest over the list stays SHA-256
-    assert digest(tiny).hex() == "8448f487700a68f5f5eee714b617e3762dacdd7c5306085047871416c0c1a3dc"
+    # sha256(0x00 || 1 as 8 bytes big-endian || blake3(pack("<3f", 1.0, -2.0, 0.5))): the
+    # Merkle root of one leaf binds the count
+    assert digest(tiny).hex() == "fd3857de2cba93263fe94399f79baf252b6b9fddb90fbc582d8ad487de973472"
     assert digest(torch.empty(0)) == EMPTY_DIGEST
     assert EMPTY_DIGEST.hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert chunk_hashes(torch.empty(0)) == b""
+
+
+def test_chunk_size_follows_the_vector_size() -> None:
+    """A power of two near numel / 1024, from 16 to 4096: the same on every node."""
+    cases = {0: 16, 1: 16, 16_383: 16, 32_767: 16, 32_768: 32, 262_144: 256, 1 << 20: 1024}
+    cases |= {(4 << 20) - 1: 2048, 4 << 20: 4096, 1 << 30: 4096}
+    for numel, size in cases.items():
+        assert chunk_elements(numel) == size == ref_chunk_size(numel), numel
+    assert CHUNK_ELEMENTS == 4096  # the largest, which bounds use
+    assert num_chunks(4800) == 300  # a 19 KB model: 300 chunks of 16
+    assert num_chunks(262_144) == 1024  # a 1 MB model: 1024 chunks of 256
+    assert num_chunks(4 << 20) == 1024 and num_chunks(1 << 30) == 262_144
+    with pytest.raises(ConfigError):
+        chunk_elements(-1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=1 << 32))
+def test_chunk_size_rule_properties(numel: int) -> None:
+    size = chunk_elements(numel)
+    assert size == ref_chunk_size(numel) and size & (size - 1) == 0
+    assert 16 <= size <= 4096
+    assert size == 16 or size * 1024 <= numel
+    assert size == 4096 or numel < size * 2 * 1024
 
 
 def test_model_vector_known_answer() -> None:
@@ -201,7 +255,7 @@ def test_layout_excludes_integer_buffers_and_records_offsets() -> None:
     assert [e.offset for e in layout.entries] == [0, 3, 9, 11, 13, 15, 17]
     assert layout.entries[1].shape == (2, 3)
     assert layout.entries[0].dtype == torch.float16
-    assert layout.numel == 19 and layout.num_chunks == 1
+    assert layout.numel == 19 and layout.num_chunks == 2  # chunks of 16
 
 
 def test_state_dict_order_not_name_order() -> None:
@@ -343,6 +397,7 @@ def test_to_le_bytes_is_zero_copy() -> None:
 
 def test_threaded_hashing_matches_single_thread() -> None:
     small = torch.arange(10 * 4096 + 1, dtype=torch.float32)
+    assert chunk_hashes(small[:640], numel=len(small)) == chunk_hashes(small)[: 20 * 32]
     assert chunk_hashes(small, workers=3) == chunk_hashes(small, workers=1)
     big = torch.arange(2_200_000, dtype=torch.float32)  # 8.8 MB: the automatic path threads
     assert chunk_hashes(big) == chunk_hashes(big, workers=1)
@@ -383,27 +438,33 @@ def test_segments_properties(chunks: int, n: int) -> None:
 
 
 def test_element_range() -> None:
-    numel = 4096 * 2 + 5
-    assert num_chunks(numel) == 3 and num_chunks(0) == 0 and num_chunks(4096) == 1
-    assert element_range(range(0, 2), numel) == range(0, 8192)
-    assert element_range(range(2, 3), numel) == range(8192, 8197)
-    assert element_range(range(3, 3), numel) == range(8197, 8197)
+    numel = 16 * 2 + 5
+    assert num_chunks(numel) == 3 and num_chunks(0) == 0 and num_chunks(16) == 1
+    assert element_range(range(0, 2), numel) == range(0, 32)
+    assert element_range(range(2, 3), numel) == range(32, 37)
+    assert element_range(range(3, 3), numel) == range(37, 37)
     with pytest.raises(ConfigError):
         element_range(range(0, 4), numel)
     with pytest.raises(ConfigError):
         element_range(range(0, 3, 2), numel)
+    big = 4096 * 1024 * 2 + 5  # chunks of 4096
+    assert num_chunks(big) == 2049
+    assert element_range(range(1, 2049), big) == range(4096, big)
 
 
-@given(st.integers(min_value=0, max_value=20 * 4096), st.integers(min_value=1, max_value=40))
+@given(st.integers(min_value=0, max_value=1 << 24), st.integers(min_value=1, max_value=40))
 def test_segment_elements_tile_the_vector(numel: int, n: int) -> None:
     spans = [element_range(part, numel) for part in segments(num_chunks(numel), n)]
-    flat = [i for span in spans for i in span]
-    assert flat == list(range(numel))
-    for span in spans:
+    size = ref_chunk_size(numel)
+    position = 0
+    for span in spans:  # the segments tile the vector in order
+        assert span.start == position
+        position = span.stop
         # every segment starts on a chunk boundary (or is empty at the end) and is whole
         # chunks, except the one holding the vector's short tail
-        assert span.start % CHUNK_ELEMENTS == 0 or span.start == numel
-        assert len(span) % CHUNK_ELEMENTS == 0 or span.stop == numel
+        assert span.start % size == 0 or span.start == numel
+        assert len(span) % size == 0 or span.stop == numel
+    assert position == numel
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,7 +478,7 @@ def sender(numel: int, seed: int = 0) -> tuple[torch.Tensor, bytes, bytes]:
 
 
 def test_hash_list_checked_against_commitment() -> None:
-    numel = 4096 * 5 + 100
+    numel = 16 * 5 + 4  # six chunks of 16, the last one short
     _, hashes, commitment = sender(numel)
     verify_hash_list(hashes, commitment, numel)
     with pytest.raises(PeerError, match="committed to"):
@@ -429,69 +490,89 @@ def test_hash_list_checked_against_commitment() -> None:
     with pytest.raises(PeerError, match="expected 192"):
         verify_hash_list(hashes[:-HASH_BYTES], commitment, numel)
     with pytest.raises(PeerError, match="expected 224"):
-        verify_hash_list(hashes, commitment, numel + 4096)
+        verify_hash_list(hashes, commitment, numel + 16)
+
+
+def _of(hashes: bytes, chunks: range) -> bytes:
+    return hashes[chunks.start * HASH_BYTES : chunks.stop * HASH_BYTES]
 
 
 def test_each_segment_verifies_alone_in_every_form() -> None:
-    numel = 4096 * 5 + 100
-    vector, hashes, _ = sender(numel)
+    numel = 16 * 5 + 4
+    vector, hashes, commitment = sender(numel)
     for part in segments(num_chunks(numel), 4):
         span = element_range(part, numel)
         piece = vector[span.start : span.stop]
-        verify_chunks(part.start, piece, hashes, numel)
-        verify_chunks(part.start, bytes(to_le_bytes(piece)), hashes, numel)
-        verify_chunks(part.start, piece.numpy().astype(">f4"), hashes, numel)
-    verify_chunks(num_chunks(numel), b"", hashes, numel)  # an empty trailing segment
+        own = _of(hashes, part)  # the segment's hashes only, proved against the commitment
+        verify_segment_hashes(part, own, merkle.range_proof(hashes, part), commitment, numel)
+        verify_chunks(part.start, piece, own, numel)
+        verify_chunks(part.start, bytes(to_le_bytes(piece)), own, numel)
+        verify_chunks(part.start, piece.numpy().astype(">f4"), own, numel)
+    verify_chunks(num_chunks(numel), b"", b"", numel)  # an empty trailing segment
+
+
+def test_segment_hashes_are_refused_unless_proved() -> None:
+    numel = 16 * 5 + 4
+    _, hashes, commitment = sender(numel)
+    part = range(2, 4)
+    proof = merkle.range_proof(hashes, part)
+    with pytest.raises(PeerError, match=r"segment hashes: .* give root"):
+        verify_segment_hashes(part, _of(hashes, range(3, 5)), proof, commitment, numel)
+    with pytest.raises(PeerError, match="segment hashes: proof is"):
+        verify_segment_hashes(part, _of(hashes, part), proof[:-1], commitment, numel)
+    with pytest.raises(PeerError, match=r"segment hashes: .* give root"):
+        verify_segment_hashes(part, _of(hashes, part), proof, commitment, numel + 16)
 
 
 def test_flipped_byte_is_caught_and_named() -> None:
-    numel = 4096 * 5 + 100
+    numel = 16 * 5 + 4
     vector, hashes, _ = sender(numel)
     span = element_range(range(2, 4), numel)
     raw = bytearray(to_le_bytes(vector[span.start : span.stop]))
-    raw[CHUNK_BYTES + 1234] ^= 0x10  # inside chunk 3, the segment's second chunk
-    with pytest.raises(PeerError, match=r"chunk 3 \(elements 12288\.\.16383\)"):
-        verify_chunks(2, bytes(raw), hashes, numel)
+    raw[16 * 4 + 12] ^= 0x10  # inside chunk 3, the segment's second chunk
+    with pytest.raises(PeerError, match=r"chunk 3 \(elements 48\.\.63\)"):
+        verify_chunks(2, bytes(raw), _of(hashes, range(2, 4)), numel)
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_any_flipped_bit_is_named_by_its_chunk(data: st.DataObject) -> None:
-    numel = data.draw(st.integers(min_value=1, max_value=4 * 4096 + 50))
+    numel = data.draw(st.integers(min_value=1, max_value=40_000))
     vector, hashes, _ = sender(numel, seed=numel)
     raw = bytearray(to_le_bytes(vector))
     position = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
     raw[position] ^= 1 << data.draw(st.integers(min_value=0, max_value=7))
-    with pytest.raises(PeerError, match=rf"^chunk {position // CHUNK_BYTES} "):
+    chunk_bytes = ref_chunk_size(numel) * 4
+    with pytest.raises(PeerError, match=rf"^chunk {position // chunk_bytes} "):
         verify_chunks(0, bytes(raw), hashes, numel, finite=False)
 
 
 def test_wrong_sizes_and_ranges_refused() -> None:
-    numel = 4096 * 5 + 100
+    numel = 16 * 5 + 4
     vector, hashes, _ = sender(numel)
     with pytest.raises(PeerError, match="not a whole range"):
-        verify_chunks(0, vector[: 4096 - 1], hashes, numel)  # a short chunk mid-vector
+        verify_chunks(0, vector[: 16 - 1], hashes[:32], numel)  # a short chunk mid-vector
     with pytest.raises(PeerError, match="not a whole range"):
-        verify_chunks(5, vector[4096 * 4 :], hashes, numel)  # runs past the end
+        verify_chunks(5, vector[16 * 4 :], hashes[160:], numel)  # runs past the end
     with pytest.raises(PeerError, match="not a whole range"):
-        verify_chunks(5, vector[4096 * 5 : -1], hashes, numel)  # the short tail, cut shorter
+        verify_chunks(5, vector[16 * 5 : -1], hashes[160:], numel)  # the short tail, shorter
     with pytest.raises(PeerError, match="outside"):
-        verify_chunks(7, b"", hashes, numel)
-    with pytest.raises(PeerError, match="chunk-hash list has"):
+        verify_chunks(7, b"", b"", numel)
+    with pytest.raises(PeerError, match="bytes of chunk hashes for 6 chunks"):
         verify_chunks(0, vector, hashes + b"\x00" * HASH_BYTES, numel)
     with pytest.raises(PeerError, match="whole number"):
         verify_chunks(0, b"\x00" * 6, hashes, numel)
 
 
 def test_non_finite_values_named_even_when_committed() -> None:
-    numel = 4096 * 3 + 7
+    numel = 16 * 3 + 7
     vector, _, _ = sender(numel)
-    vector[4096 * 2 + 17] = float("nan")
+    vector[16 * 2 + 17] = float("nan")
     hashes = chunk_hashes(vector)  # the sender committed to the NaN
-    piece = vector[4096 * 2 :]
-    with pytest.raises(PeerError, match="non-finite value \\(nan\\) at element 8209"):
-        verify_chunks(2, piece, hashes, numel)
-    verify_chunks(2, piece, hashes, numel, finite=False)
+    piece = vector[16 * 2 :]
+    with pytest.raises(PeerError, match="non-finite value \\(nan\\) at element 49"):
+        verify_chunks(2, piece, hashes[64:], numel)
+    verify_chunks(2, piece, hashes[64:], numel, finite=False)
     with pytest.raises(PeerError, match="inf"):
         check_finite(torch.tensor([1.0, float("-inf")]))
     check_finite(torch.tensor([1.0, -0.0]))

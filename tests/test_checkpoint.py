@@ -14,6 +14,7 @@ import pytest
 
 from swarmnode import canonical
 from swarmnode.checkpoint import (
+    CURRENT,
     MAGIC,
     Checkpoint,
     CheckpointStore,
@@ -117,7 +118,8 @@ def test_the_header_names_the_hash_scheme(tmp_path: Path) -> None:
     path = CheckpointStore(tmp_path).save(checkpoint(1))
     text = path.read_bytes()
     assert b'"chunk_hash": "blake3"' in text
-    assert b'"chunk_elements": 4096' in text
+    assert b'"chunk_elements": "pow2(numel/1024) in 16..4096"' in text
+    assert b'"commitment": "merkle"' in text
 
 
 def test_the_scheme_name_is_canonicals_chunk_hash() -> None:
@@ -125,17 +127,25 @@ def test_the_scheme_name_is_canonicals_chunk_hash() -> None:
     record) must say so: the name is checked against the blake3 package directly."""
     from blake3 import blake3
 
-    one_chunk = np.arange(canonical.CHUNK_ELEMENTS, dtype="<f4")
-    assert canonical.CHUNK_HASH == "blake3"
+    one_chunk = np.arange(16, dtype="<f4")  # a vector this small is one chunk of 16
+    assert canonical.CHUNK_HASH == "blake3" and canonical.COMMITMENT == "merkle"
     assert canonical.chunk_hashes(one_chunk) == blake3(one_chunk.tobytes()).digest()
+    assert HashScheme("blake3", canonical.CHUNK_RULE, "merkle") == CURRENT
 
 
-def sha256_digest(vector: np.ndarray[Any, Any]) -> bytes:
-    """The digest the sha256 scheme gave a vector (SHA-256 chunk hashes), by hand."""
+def list_digest(vector: np.ndarray[Any, Any], chunk_hash: str = "sha256") -> bytes:
+    """The digest the schemes before Merkle roots gave a vector, by hand: SHA-256 of the
+    concatenated chunk hashes (SHA-256 or BLAKE3) of 4096-element chunks."""
+    from blake3 import blake3
+
     data = vector.astype("<f4").tobytes()
-    size = canonical.CHUNK_BYTES
+    size = 4096 * 4
+
+    def hashed(part: bytes) -> bytes:
+        return hashlib.sha256(part).digest() if chunk_hash == "sha256" else blake3(part).digest()
+
     return hashlib.sha256(
-        b"".join(hashlib.sha256(data[i : i + size]).digest() for i in range(0, len(data), size))
+        b"".join(hashed(data[i : i + size]) for i in range(0, len(data), size))
     ).digest()
 
 
@@ -150,14 +160,19 @@ def assert_left_in_place(store: CheckpointStore, path: Path) -> None:
     ("chunk_hash", "chunk_elements", "message"),
     [
         ("sha256", 4096, "written with sha256 chunk hashes; this node uses blake3"),
-        ("blake3", 1024, "written over 1024-element chunks; this node uses 4096-element chunks"),
+        (
+            "blake3",
+            1024,
+            "written over 1024-element chunks; this node uses pow2(numel/1024) in 16..4096",
+        ),
         ("sha256", 1024, "written with sha256 chunk hashes; this node uses blake3; written over"),
+        ("blake3", "pow2(numel/1024) in 16..4096", "written with a sha256-list commitment"),
     ],
 )
 def test_a_checkpoint_of_another_scheme_is_named_not_set_aside_as_corrupt(
     tmp_path: Path,
     chunk_hash: str,
-    chunk_elements: int,
+    chunk_elements: int | str,
     message: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -175,7 +190,7 @@ def test_a_checkpoint_of_another_scheme_is_named_not_set_aside_as_corrupt(
     with pytest.raises(OtherHashScheme) as named:
         read(path)
     assert named.value.scheme == HashScheme(chunk_hash, chunk_elements)
-    assert message in str(named.value)
+    assert message in str(named.value) and "\n" not in str(named.value)
     with caplog.at_level(logging.WARNING, logger="swarmnode.checkpoint"):
         assert_left_in_place(store, path)
     assert "left in place" in caplog.text and "corrupt" not in caplog.text
@@ -190,17 +205,46 @@ def test_after_the_change_to_blake3_an_old_sha256_checkpoint_is_another_scheme(
     store = CheckpointStore(tmp_path)
     for number, named in ((1, True), (2, False)):
         old = checkpoint(number, seed=number)
-        meta: dict[str, Any] = {"round": number, "digest": sha256_digest(old.vector).hex()}
+        meta: dict[str, Any] = {"round": number, "digest": list_digest(old.vector).hex()}
         if named:
             meta |= {"chunk_hash": "sha256", "chunk_elements": 4096}
         write_by_hand(store.path_for(number), meta, old.vector)
         with pytest.raises(OtherHashScheme) as refused:
             read(store.path_for(number))
-        assert str(refused.value) == "written with sha256 chunk hashes; this node uses blake3"
-        assert refused.value.scheme == HashScheme("sha256", 4096)
+        assert str(refused.value).startswith(
+            "written with sha256 chunk hashes; this node uses blake3; written over 4096-element "
+            "chunks; this node uses pow2(numel/1024) in 16..4096 chunks; written with a "
+            "sha256-list commitment; this node uses merkle"
+        )
+        assert refused.value.scheme == HashScheme("sha256", 4096, "sha256-list")
     with caplog.at_level(logging.WARNING, logger="swarmnode.checkpoint"):
         assert store.latest() is None  # every file is sha256: catch up from peers instead
     assert "written with sha256 chunk hashes; this node uses blake3" in caplog.text
     assert "corrupt" not in caplog.text
     assert len(list(tmp_path.glob("round-*.ckpt"))) == 2
+    assert list(tmp_path.glob("*.corrupt-*")) == []
+
+
+def test_after_the_change_to_merkle_roots_a_blake3_list_checkpoint_is_another_scheme(
+    tmp_path: Path,
+) -> None:
+    """Files of the scheme just before (BLAKE3 over 4096-element chunks, the digest SHA-256 of
+    the list, no commitment field) are whole: refused by name, never set aside as corrupt."""
+    store = CheckpointStore(tmp_path)
+    old = checkpoint(1, seed=1)
+    meta = {
+        "round": 1,
+        "digest": list_digest(old.vector, "blake3").hex(),
+        "chunk_hash": "blake3",
+        "chunk_elements": 4096,
+    }
+    write_by_hand(store.path_for(1), meta, old.vector)
+    with pytest.raises(OtherHashScheme) as refused:
+        read(store.path_for(1))
+    assert refused.value.scheme == HashScheme("blake3", 4096, "sha256-list")
+    assert str(refused.value) == (
+        "written over 4096-element chunks; this node uses pow2(numel/1024) in 16..4096 chunks; "
+        "written with a sha256-list commitment; this node uses merkle"
+    )
+    assert store.latest() is None and store.path_for(1).exists()
     assert list(tmp_path.glob("*.corrupt-*")) == []

@@ -1,6 +1,7 @@
-"""A deployment names its chunk hash and chunk size, and a node refuses another swarm's.
+"""A deployment names its chunk hash, chunk size rule and commitment, and a node refuses
+another swarm's.
 
-Changing either is a protocol change (docs/canonical-vector.md#chunks-and-hashes): a swarm
+Changing any is a protocol change (docs/canonical-vector.md#chunks-and-hashes): a swarm
 deployed under another scheme has commitments this node cannot check, so loading its
 deployment file fails in one line naming both schemes, before anything else happens.
 """
@@ -31,12 +32,15 @@ def written(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
 def test_the_deployment_names_canonicals_scheme() -> None:
     """deployment.py repeats the scheme (so reading it imports no torch): it must agree."""
     assert deployment_module.CHUNK_HASH == canonical.CHUNK_HASH == "blake3"
-    assert deployment_module.CHUNK_ELEMENTS == canonical.CHUNK_ELEMENTS == 4096
+    assert deployment_module.CHUNK_ELEMENTS == canonical.CHUNK_RULE
+    assert deployment_module.CHUNK_ELEMENTS == "pow2(numel/1024) in 16..4096"
+    assert deployment_module.COMMITMENT == canonical.COMMITMENT == "merkle"
 
 
 def test_deploy_writes_the_scheme_and_a_node_loads_it(tmp_path: Path) -> None:
     path, raw = written(tmp_path)
-    assert raw["chunk_hash"] == "blake3" and raw["chunk_elements"] == 4096
+    assert raw["chunk_hash"] == "blake3" and raw["commitment"] == "merkle"
+    assert raw["chunk_elements"] == "pow2(numel/1024) in 16..4096"
     loaded = Deployment.load(path)
     assert loaded.address == ADDRESS and loaded.block == 7 and loaded.params == SwarmParams()
 
@@ -44,9 +48,18 @@ def test_deploy_writes_the_scheme_and_a_node_loads_it(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "says"),
     [
-        ({"chunk_hash": "sha256"}, "uses sha256 chunk hashes over 4096-element chunks;"),
-        ({"chunk_elements": 1024}, "uses blake3 chunk hashes over 1024-element chunks;"),
-        ({"chunk_hash": None, "chunk_elements": None}, "sha256 chunk hashes over 4096-element"),
+        ({"chunk_hash": "sha256"}, "uses sha256 chunk hashes over pow2(numel/1024) in 16..4096"),
+        ({"chunk_elements": 1024}, "uses blake3 chunk hashes over 1024-element chunks with a"),
+        ({"commitment": None}, "16..4096 chunks with a sha256-list commitment;"),
+        (  # the scheme of the BLAKE3 change, before Merkle roots
+            {"chunk_elements": 4096, "commitment": None},
+            "uses blake3 chunk hashes over 4096-element chunks with a sha256-list commitment;",
+        ),
+        (
+            {"chunk_hash": None, "chunk_elements": None, "commitment": None},
+            "sha256 chunk hashes over 4096-element chunks with a sha256-list commitment (it "
+            "names none",
+        ),
     ],
 )
 def test_a_deployment_of_another_scheme_is_refused_in_one_line(
@@ -64,4 +77,7 @@ def test_a_deployment_of_another_scheme_is_refused_in_one_line(
     message = str(refused.value)
     assert "\n" not in message and message.startswith(str(path))
     assert says in message
-    assert message.endswith("this node uses blake3 over 4096-element chunks")
+    assert message.endswith(
+        "this node uses blake3 chunk hashes over pow2(numel/1024) in 16..4096 chunks with a "
+        "merkle commitment"
+    )

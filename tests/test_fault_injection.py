@@ -25,7 +25,7 @@ from swarmnode.p2p.transport import FrameSource, Transport
 from swarmnode.rules import MergeRuleId, Rule
 
 N = 5
-NUMEL = 12 * canonical.CHUNK_ELEMENTS + 5
+NUMEL = 12 * 16 + 5  # 13 chunks of 16, the last one short
 TIMEOUT = 2.0  # the survivors wait this long for the victim; it must die well before
 ACCOUNTS = [f"0x{i:040x}" for i in range(1, N + 1)]  # the victim is the last one
 OWNERS = Owners.of(ACCOUNTS, b"", 1, NUMEL)  # attempt 1 of a round with no seed

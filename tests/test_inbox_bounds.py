@@ -25,7 +25,7 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from swarmnode import canonical
+from swarmnode import canonical, merkle
 from swarmnode.address import normalize
 from swarmnode.allreduce import AllReduceResult, AllReduceRunner, Attempt
 from swarmnode.identity import TlsIdentity
@@ -195,7 +195,9 @@ def test_unexpected_checks_and_relays_make_the_inbox_hold_nothing(nodes: list[No
             )
         ]
 
-    def relayed(contributor: str, vector: npt.NDArray[np.float32], list_of: bytes) -> list[Frame]:
+    def relayed(
+        contributor: str, vector: npt.NDArray[np.float32], list_of: bytes, proof: bytes = b""
+    ) -> list[Frame]:
         span = canonical.element_range(SEGMENTS[1], NUMEL)
         return list(
             frames_for_row(
@@ -208,19 +210,24 @@ def test_unexpected_checks_and_relays_make_the_inbox_hold_nothing(nodes: list[No
                 segment=1,
                 sender=contributor,
                 chunk_hashes=list_of,
+                proof=proof,
             )
         )
 
     stranger = normalize("0x" + secrets.token_hex(20))
     forged = np.random.default_rng(99).standard_normal(NUMEL).astype(np.float32)
+    tree = merkle.Tree(canonical.chunk_hashes(forged))  # the forged vector's own segment proof
+    own = (tree.leaves(SEGMENTS[1]), tree.proof(SEGMENTS[1]))
     attacks: list[tuple[list[Frame], type[Exception]]] = [
         (hashes(0, big), InvalidMessage),  # wrong length
         (hashes(0, big[: 32 * len(SEGMENTS[0]) + 32]), InvalidMessage),
         (hashes(1, big), InvalidMessage),  # a segment nobody expects from it
         (hashes(7, big), InvalidMessage),
-        (relayed(stranger, forged, canonical.chunk_hashes(forged)), Unauthorized),
+        (relayed(stranger, forged, *own), Unauthorized),
+        (relayed(merger.account, forged, *own), InvalidMessage),  # not the merger's commitment
         (relayed(merger.account, forged, canonical.chunk_hashes(forged)), InvalidMessage),
         (relayed(merger.account, forged, big), InvalidMessage),
+        (relayed(merger.account, forged, own[0], big), InvalidMessage),  # a 4 MiB "proof"
     ]
     tracemalloc.start()
     try:
@@ -245,7 +252,7 @@ def test_unexpected_checks_and_relays_make_the_inbox_hold_nothing(nodes: list[No
     assert retained < (1 << 20), f"{retained} bytes still allocated after the refusals"
 
     span = canonical.element_range(SEGMENTS[0], NUMEL)
-    honest = canonical.chunk_hashes(vectors[merger.account][span.start : span.stop])
+    honest = canonical.chunk_hashes(vectors[merger.account][span.start : span.stop], numel=NUMEL)
     assert attacker.transport.push(receiver.account, lambda: hashes(0, honest), TIMEOUT) == 0
     assert receiver.inbox.merged_hashes(ROUND, 1, 0, timeout=TIMEOUT) == honest
     assert receiver.inbox.held_bytes() == receiver.inbox.held_bytes(attacker.account)

@@ -37,6 +37,7 @@ LAYERS: list[set[str]] = [
         "config",
         "checkpoint",
         "canonical",
+        "merkle",
         "ownership",
         "records",
         "rules",

@@ -21,7 +21,7 @@ from swarmnode.round import Round, RoundResult, RoundSettings
 from swarmnode.rules import MergeRuleId, Rule, SwarmParams
 from swarmnode.simulation.local import grpc_swarm, memory_swarm, run_in_threads
 
-NUMEL = 6 * canonical.CHUNK_ELEMENTS + 99
+NUMEL = 6 * 16 + 9  # 7 chunks of 16, the last one short
 
 
 def vectors(n: int) -> list[npt.NDArray[np.float32]]:

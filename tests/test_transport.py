@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from swarmnode import canonical
+from swarmnode import canonical, merkle
 from swarmnode.address import normalize
 from swarmnode.identity import TlsIdentity
 from swarmnode.p2p import peer_pb2
@@ -29,7 +29,8 @@ from swarmnode.p2p.messages import Kind, PeerInfo
 from swarmnode.p2p.roster import PeerRecord, Roster
 from swarmnode.p2p.transport import FrameSource, Transport
 
-NUMEL = 10 * canonical.CHUNK_ELEMENTS + 123  # 11 chunks, the last one short
+CHUNK = 16  # a vector this small has chunks of 16 elements
+NUMEL = 10 * CHUNK + 7  # 11 chunks, the last one short
 ROUND = 7
 
 
@@ -86,6 +87,12 @@ def model(seed: int) -> npt.NDArray[np.float32]:
     return np.random.default_rng(seed).standard_normal(NUMEL).astype(np.float32)
 
 
+def proved(vector: npt.NDArray[np.float32], chunks: range) -> tuple[bytes, bytes]:
+    """The chunk hashes of `chunks` of `vector` and their Merkle proof."""
+    tree = merkle.Tree(canonical.chunk_hashes(vector))
+    return tree.leaves(chunks), tree.proof(chunks)
+
+
 def update_frames(
     node: Node,
     vector: npt.NDArray[np.float32],
@@ -93,9 +100,11 @@ def update_frames(
     *,
     segment: int = 1,
     claim: str | None = None,
-    hashes: bytes | None = None,
+    hashes_of: npt.NDArray[np.float32] | None = None,
 ) -> list[Frame]:
-    """The UPDATE frames `node` sends for `chunks` of `vector` (two chunks per frame)."""
+    """The UPDATE frames `node` sends for `chunks` of `vector` (two chunks per frame), with
+    the chunks' hashes and proof (of `hashes_of`'s, when given: a wrong list)."""
+    hashes, proof = proved(vector if hashes_of is None else hashes_of, chunks)
     return list(
         frames_for(
             vector,
@@ -105,7 +114,8 @@ def update_frames(
             attempt=1,
             segment=segment,
             sender=claim or node.account,
-            chunk_hashes=hashes if hashes is not None else canonical.chunk_hashes(vector),
+            chunk_hashes=hashes,
+            proof=proof,
             frame_chunks=2,
         )
     )
@@ -142,9 +152,9 @@ def test_the_last_short_chunk_and_an_empty_segment_travel(cluster: Cluster) -> N
     last = range(10, 11)  # the short chunk
     owner.inbox.expect_updates(ROUND, {2: last}, NUMEL, {a.account: canonical.digest(vector)})
     frames = update_frames(a, vector, last, segment=2)
-    assert a.transport.push(owner.account, lambda: frames, timeout=10) == 123
+    assert a.transport.push(owner.account, lambda: frames, timeout=10) == 7
     got = owner.inbox.update(ROUND, a.account, 2, timeout=5)
-    assert got is not None and got.tolist() == vector[-123:].tolist()
+    assert got is not None and got.tolist() == vector[-7:].tolist()
 
 
 def test_a_segment_sent_before_the_receiver_is_ready_is_not_ready_then_accepted(
@@ -173,11 +183,11 @@ def test_bad_updates_are_refused_by_name_and_never_reach_the_buffer(cluster: Clu
     with pytest.raises(InvalidMessage, match=r"chunk 6 .* does not match"):
         a.transport.push(owner.account, lambda: tampered, timeout=10)
 
-    other = model(99)  # hashes that do not digest to the commitment on record
-    with pytest.raises(InvalidMessage, match="committed to"):
+    other = model(99)  # hashes that do not give the commitment on record
+    with pytest.raises(InvalidMessage, match=r"chunk hashes: .* give root"):
         a.transport.push(
             owner.account,
-            lambda: update_frames(a, honest, SEGMENTS[1], hashes=canonical.chunk_hashes(other)),
+            lambda: update_frames(a, honest, SEGMENTS[1], hashes_of=other),
             timeout=10,
         )
     assert owner.inbox.update(ROUND, a.account, 1, timeout=0.05) is None
@@ -274,7 +284,7 @@ def test_catch_up_fetches_a_final_model_checked_against_its_digest(cluster: Clus
 
 def test_size_limits_are_enforced() -> None:
     for kind in ("memory", "grpc"):
-        small = Cluster(kind, 2, max_frame_elements=2 * canonical.CHUNK_ELEMENTS)
+        small = Cluster(kind, 2, max_frame_elements=2 * CHUNK)
         try:
             a, owner = small.nodes
             vector = model(1)
@@ -290,7 +300,8 @@ def test_size_limits_are_enforced() -> None:
                     attempt=1,
                     segment=1,
                     sender=a.account,
-                    chunk_hashes=canonical.chunk_hashes(vector),
+                    chunk_hashes=proved(vector, SEGMENTS[1])[0],
+                    proof=proved(vector, SEGMENTS[1])[1],
                     frame_chunks=4,
                 )
             )
@@ -334,6 +345,7 @@ def relay_frames(
 ) -> list[Frame]:
     """What a relay streams of a contributor's row it holds alone (two chunks per frame)."""
     span = canonical.element_range(chunks, NUMEL)
+    hashes, proof = proved(vector, chunks)
     return list(
         frames_for_row(
             vector[span.start : span.stop].copy(),
@@ -344,7 +356,8 @@ def relay_frames(
             attempt=1,
             segment=segment,
             sender=contributor,
-            chunk_hashes=canonical.chunk_hashes(vector),
+            chunk_hashes=hashes,
+            proof=proof,
             frame_chunks=2,
         )
     )
@@ -385,7 +398,7 @@ def test_a_relayed_update_is_checked_against_its_contributors_commitment(
     vectors = participants(cluster, a, owner, c)
     expect_segment_one(cluster, vectors)
     forged = relay_frames(vectors[c.account], SEGMENTS[1], a.account)  # c's data as a's
-    with pytest.raises(InvalidMessage, match="committed to"):
+    with pytest.raises(InvalidMessage, match="give root"):
         c.transport.push(owner.account, lambda: forged, timeout=10)
     assert owner.inbox.held_bytes() == 0
 
@@ -464,7 +477,7 @@ def test_fetch_update_serves_its_own_update_and_rows_it_holds(cluster: Cluster) 
     everything = range(canonical.num_chunks(NUMEL))
     for sender, chunks in ((owner, everything), (owner, range(10, 11)), (a, SEGMENTS[1])):
         for frames_from in (range(0, 0), chunks):  # an empty request too
-            values, hashes = c.transport.fetch_update(
+            values, hashes, proof = c.transport.fetch_update(
                 owner.account,
                 ROUND,
                 sender.account,
@@ -475,13 +488,16 @@ def test_fetch_update_serves_its_own_update_and_rows_it_holds(cluster: Cluster) 
             )
             span = canonical.element_range(frames_from, NUMEL)
             assert np.array_equal(values, vectors[sender.account][span.start : span.stop])
-            assert hashes == canonical.chunk_hashes(vectors[sender.account])
+            # the hashes of exactly those chunks, and their proof (for a's row, derived from
+            # what a's segment proof proved at the owner)
+            assert (hashes, proof) == proved(vectors[sender.account], frames_from)
     part = range(SEGMENTS[1].start + 1, SEGMENTS[1].stop - 1)
-    values, _ = c.transport.fetch_update(
+    values, hashes, proof = c.transport.fetch_update(
         owner.account, ROUND, a.account, part, NUMEL, commit[a.account], timeout=10
     )
     span = canonical.element_range(part, NUMEL)
     assert np.array_equal(values, vectors[a.account][span.start : span.stop])
+    assert (hashes, proof) == proved(vectors[a.account], part)
 
 
 def test_fetch_update_is_not_found_unless_held_and_refused_to_strangers(
@@ -564,8 +580,13 @@ def _forged(frames: list[Frame]) -> list[Frame]:
 
 
 def _wrong_list(frames: list[Frame]) -> list[Frame]:
-    other = canonical.chunk_hashes(model(1234))
+    other = proved(model(1234), SEGMENTS[1])[0]  # another vector's hashes, the honest proof
     return [Frame(_header(frames[0], chunk_hashes=other), frames[0].payload), *frames[1:]]
+
+
+def _wrong_proof(frames: list[Frame]) -> list[Frame]:
+    other = proved(model(1234), SEGMENTS[1])[1]
+    return [Frame(_header(frames[0], proof=other), frames[0].payload), *frames[1:]]
 
 
 def _outside(frames: list[Frame]) -> list[Frame]:
@@ -581,13 +602,22 @@ def _as_someone_else(frames: list[Frame]) -> list[Frame]:
     ("mangle", "reason"),
     [
         (_forged, "does not match"),
-        (_wrong_list, "committed to"),
+        (_wrong_list, "give root"),
+        (_wrong_proof, "give root"),
         (lambda frames: [frames[0], *frames], "twice"),
         (lambda frames: frames[:-1], "missing"),
         (_outside, "outside the chunks asked for"),
         (_as_someone_else, "sent frames of"),
     ],
-    ids=["forged chunk", "wrong hash list", "duplicate chunk", "missing chunk", "outside", "who"],
+    ids=[
+        "forged chunk",
+        "wrong hashes",
+        "wrong proof",
+        "duplicate chunk",
+        "missing chunk",
+        "outside",
+        "who",
+    ],
 )
 def test_fetch_update_refuses_a_dishonest_answer(
     cluster: Cluster, mangle: Callable[[list[Frame]], list[Frame]], reason: str
@@ -605,7 +635,7 @@ def test_fetch_update_refuses_a_dishonest_answer(
             timeout=10,
         )
     honest = Tamper(c.transport, lambda frames: frames)  # the same stream, untouched
-    values, _ = honest.fetch_update(
+    values, _, _ = honest.fetch_update(
         owner.account,
         ROUND,
         a.account,

@@ -28,6 +28,10 @@ Status families: INVALID_ARGUMENT for bad data, FAILED_PRECONDITION for stale, U
 with details starting "not ready" for future rounds and attempts, PERMISSION_DENIED for a
 forged sender; INTERNAL or UNKNOWN would mean an unhandled exception and always fails.
 
+UPDATE streams carry in their first frame the chunk hashes of the stream's chunks and their
+Merkle proof, checked against the contributor's commitment; the sender is named in the first
+frame only, later frames inherit it (an empty sender after a named one is no forgery).
+
 MERGED segments carry no hash list: their owner is trusted to merge them
 (docs/trust.md#threat-model),
 so a MERGED frame moved to another chunk inside the owner's own segment is accepted by
@@ -57,7 +61,7 @@ from google.protobuf.message import DecodeError, Message
 from hypothesis import HealthCheck, currently_in_test_context, given, note, settings
 from hypothesis import strategies as st
 
-from swarmnode import __version__, canonical
+from swarmnode import __version__, canonical, merkle
 from swarmnode.address import normalize
 from swarmnode.identity import TlsIdentity
 from swarmnode.p2p import frames as codec
@@ -76,8 +80,8 @@ from swarmnode.p2p.roster import PeerRecord, Roster
 
 pytestmark = pytest.mark.slow
 
-CHUNK = canonical.CHUNK_ELEMENTS
-NUMEL = 6 * CHUNK + 123  # 7 chunks, the last one short
+CHUNK = 16  # a vector this small has chunks of 16 elements
+NUMEL = 6 * CHUNK + 7  # 7 chunks, the last one short
 SEGMENTS = canonical.segments(canonical.num_chunks(NUMEL), 3)  # chunks 0..2, 3..4, 5..6
 UPDATE_CHUNKS = SEGMENTS[2]  # R owns segment 2
 MERGED_CHUNKS = SEGMENTS[0]  # A owns segment 0 in the all-gather
@@ -134,11 +138,26 @@ FINAL = model(5)
 R_UPDATE = model(6)
 A_HASHES = canonical.chunk_hashes(A_UPDATE)
 H_HASHES = canonical.chunk_hashes(H_UPDATE)
+assert canonical.chunk_elements(NUMEL) == CHUNK and canonical.num_chunks(NUMEL) == 7
 
 
-def owned(frames: Iterator[Frame]) -> list[Frame]:
-    """Frames whose payloads are their own bytes (not views of a vector)."""
-    return [Frame(f.header, memoryview(bytes(f.payload))) for f in frames]
+def proved(hashes: bytes, chunks: range = UPDATE_CHUNKS) -> tuple[bytes, bytes]:
+    """The chunk hashes of `chunks` and their Merkle proof: what an UPDATE stream carries."""
+    tree = merkle.Tree(hashes)
+    return tree.leaves(chunks), tree.proof(chunks)
+
+
+A_SEGMENT, A_PROOF = proved(A_HASHES)
+H_SEGMENT, H_PROOF = proved(H_HASHES)
+
+
+def owned(frames: Iterator[Frame], sender: str) -> list[Frame]:
+    """Frames whose payloads are their own bytes (not views of a vector), each naming its
+    sender (frames_for names it in the first only): every frame here may be sent alone."""
+    out = [Frame(f.header, memoryview(bytes(f.payload))) for f in frames]
+    for frame in out:
+        frame.header.sender = sender
+    return out
 
 
 def update_frames(
@@ -147,8 +166,10 @@ def update_frames(
     sender: str = A,
     round: int = ROUND,
     hashes: bytes | None = None,
+    proof: bytes | None = None,
     frame_chunks: int = 1,
 ) -> list[Frame]:
+    own, own_proof = proved(canonical.chunk_hashes(vector))
     return owned(
         frames_for(
             vector,
@@ -158,9 +179,11 @@ def update_frames(
             attempt=UPDATE_ATTEMPT,
             segment=2,
             sender=sender,
-            chunk_hashes=canonical.chunk_hashes(vector) if hashes is None else hashes,
+            chunk_hashes=own if hashes is None else hashes,
+            proof=own_proof if proof is None else proof,
             frame_chunks=frame_chunks,
-        )
+        ),
+        sender,
     )
 
 
@@ -182,11 +205,12 @@ def merged_frames(
             segment=segment,
             sender=sender,
             frame_chunks=frame_chunks,
-        )
+        ),
+        sender,
     )
 
 
-UPDATE_FRAMES = update_frames(A_UPDATE)  # chunk 5 (with the hash list), chunk 6 (123 elements)
+UPDATE_FRAMES = update_frames(A_UPDATE)  # chunk 5 (with the hashes and proof), chunk 6 (7)
 MERGED_FRAMES = merged_frames(A_MERGED)  # chunks 0, 1, 2
 BASES = UPDATE_FRAMES + MERGED_FRAMES
 H_UPDATE_FRAMES = update_frames(H_UPDATE, sender=H, frame_chunks=2)  # the whole segment at once
@@ -447,10 +471,10 @@ FUTURE_ROUNDS = st.one_of(st.integers(FLOOR, ROUND + 3), st.integers(FLOOR, U64)
 )
 ROUNDS = st.one_of(STALE_ROUNDS, st.just(ROUND), FUTURE_ROUNDS)
 SPOOFS = st.one_of(
-    st.sampled_from([H, R, "", A + "0", A[:-1], " " + A, A.removeprefix("0x")]),
+    st.sampled_from([H, R, A + "0", A[:-1], " " + A, A.removeprefix("0x")]),
     st.binary(min_size=20, max_size=20).map(lambda b: "0x" + b.hex()),
     st.text(max_size=50),
-).filter(lambda s: s.lower() != A)
+).filter(lambda s: s.lower() != A and s != "")  # empty: inherited (test_the_sender_...)
 SENDERS = st.one_of(st.sampled_from([A, A.upper(), "0x" + A[2:].upper()]), SPOOFS)
 
 
@@ -460,9 +484,16 @@ def _flip(data: bytes, index: int) -> bytes:
 
 
 HASH_LISTS = st.one_of(
-    st.sampled_from([b"", A_HASHES, A_HASHES[:-32], A_HASHES + bytes(32), H_HASHES]),
-    st.integers(0, len(A_HASHES) - 1).map(lambda i: _flip(A_HASHES, i)),
+    st.sampled_from(
+        [b"", A_SEGMENT, A_SEGMENT[:-32], A_SEGMENT + bytes(32), H_SEGMENT, A_HASHES, H_HASHES]
+    ),
+    st.integers(0, len(A_SEGMENT) - 1).map(lambda i: _flip(A_SEGMENT, i)),
     st.binary(max_size=300),
+)
+PROOFS = st.one_of(
+    st.sampled_from([b"", A_PROOF, A_PROOF[:-32], A_PROOF + bytes(32), H_PROOF]),
+    st.integers(0, len(A_PROOF) - 1).map(lambda i: _flip(A_PROOF, i)),
+    st.binary(max_size=200),
 )
 WIDE_U64 = st.one_of(st.integers(0, 8), st.integers(0, U64))
 FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
@@ -472,7 +503,7 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "segment": st.one_of(st.integers(0, 4), st.integers(0, U32)),
     "first_chunk": WIDE_U64,
     "elements": st.one_of(
-        st.sampled_from([0, 1, 122, 123, 124, CHUNK - 1, CHUNK, CHUNK + 1, MAX_FRAME + 1]),
+        st.sampled_from([0, 1, 6, 7, 8, CHUNK - 1, CHUNK, CHUNK + 1, MAX_FRAME + 1]),
         st.integers(0, U64),
     ),
     "vector_elements": st.one_of(
@@ -482,12 +513,14 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "dtype": st.one_of(st.sampled_from([0, 1, 2]), st.integers(*I32)),
     "sender": SENDERS,
     "chunk_hashes": HASH_LISTS,
+    "proof": PROOFS,
     "rpc": st.sampled_from(PUSH_METHODS),  # not a header field: the call the frame goes on
 }
 
 
-def expected_for(base: Frame, name: str, value: Any) -> grpc.StatusCode:
-    """What R must answer when field `name` of the honest frame `base` becomes `value`."""
+def expected_for(base: Frame, name: str, value: Any, frame: Frame | None = None) -> grpc.StatusCode:
+    """What R must answer when field `name` of the honest frame `base` becomes `value`
+    (`frame`: the whole mutated frame, for the fields judged together)."""
     header = base.header
     update = header.kind == peer_pb2.KIND_UPDATE
     if name == "rpc":
@@ -502,8 +535,11 @@ def expected_for(base: Frame, name: str, value: Any) -> grpc.StatusCode:
             return OK
         # an UPDATE naming H is a relay between participants: A's data fails H's commitment
         return INVALID if update and value.lower() == H else DENIED
-    if name == "chunk_hashes":  # checked for UPDATE only; empty: the one already on record
-        return OK if not update or value in (b"", A_HASHES) else INVALID
+    if name in ("chunk_hashes", "proof"):  # UPDATE only: the segment's hashes and proof
+        # together, or neither (a later frame: the hashes already on record)
+        final = (frame or with_header(base, **{name: value})).header
+        pair = (final.chunk_hashes, final.proof)
+        return OK if not update or pair in ((A_SEGMENT, A_PROOF), (b"", b"")) else INVALID
     return OK if value == getattr(header, name) else INVALID
 
 
@@ -560,6 +596,7 @@ def test_random_bytes_are_refused(swarm: Swarm) -> None:
         dtype=st.integers(0, 2),
         vector_elements=st.sampled_from([0, NUMEL, MAX_VECTOR + 1]),
         chunk_hashes=HASH_LISTS,
+        proof=PROOFS,
         sender=SENDERS,
     )
     messages = st.one_of(
@@ -685,7 +722,7 @@ def test_mutated_headers_get_the_status_of_the_field_they_break(swarm: Swarm) ->
             changes[name] = data.draw(values, label=name)
         method = changes.pop("rpc", method_for(base))
         frame = with_header(base, **changes)
-        expected = {expected_for(base, name, value) for name, value in changes.items()}
+        expected = {expected_for(base, name, value, frame) for name, value in changes.items()}
         expected.add(expected_for(base, "rpc", method))
         allowed: AbstractSet[grpc.StatusCode] = (expected - {OK}) or {OK}
         if method != method_for(base) and frame.header.kind == KIND_OF[method]:
@@ -733,9 +770,10 @@ def test_oversized_frames_are_refused(swarm: Swarm) -> None:
                         attempt=UPDATE_ATTEMPT,
                         segment=2,
                         sender=A,
-                        chunk_hashes=A_HASHES,
+                        chunk_hashes=A_HASHES[: 32 * count],
                         frame_chunks=count,
-                    )
+                    ),
+                    A,
                 )[0]
             else:
                 frame = merged_frames(A_MERGED, chunks, frame_chunks=count)[0]
@@ -887,7 +925,7 @@ def test_wrong_rounds_and_attempts_are_stale_or_not_ready(swarm: Swarm) -> None:
 
 
 def test_replayed_frames_are_idempotent(swarm: Swarm) -> None:
-    stripped = [with_header(f, chunk_hashes=b"") for f in UPDATE_FRAMES]
+    stripped = [with_header(f, chunk_hashes=b"", proof=b"") for f in UPDATE_FRAMES]
 
     @fuzz(150)
     @given(
@@ -942,6 +980,36 @@ def test_a_forged_sender_is_denied(swarm: Swarm) -> None:
 
     case()
     assert CASES["forged sender"] > 0
+    assert_quiet()
+
+
+def test_the_sender_is_named_in_the_first_frame_and_inherited(swarm: Swarm) -> None:
+    """frames_for names the sender in a stream's first frame only and later frames take it
+    (the TLS identity already says who calls); a stream whose first frame names nobody is
+    denied like any other that names the wrong sender."""
+    plain = list(
+        frames_for(
+            A_MERGED,
+            MERGED_CHUNKS,
+            kind=peer_pb2.KIND_MERGED,
+            round=ROUND,
+            attempt=ATTEMPT,
+            segment=0,
+            sender=A,
+            frame_chunks=1,
+        )
+    )
+    assert [f.header.sender for f in plain] == [A, "", ""]
+    for method, honest in (("PushUpdate", UPDATE_FRAMES), ("PushMerged", MERGED_FRAMES)):
+        inherited = [honest[0], *(with_header(f, sender="") for f in honest[1:])]
+        outcome = swarm.raw.push_frames(method, inherited)
+        check("inherited sender", outcome, {OK})
+        assert outcome.elements == elements(inherited)
+        nobody = [with_header(f, sender="") for f in honest]
+        outcome = swarm.raw.push_frames(method, nobody)
+        check("inherited sender", outcome, {DENIED})
+        assert "claims sender (none)" in outcome.details
+    assert_buffers_hold_only_honest_data(swarm.inbox)
     assert_quiet()
 
 
@@ -1066,7 +1134,11 @@ def test_fetch_update_serves_every_range_it_holds_byte_for_byte(swarm: Swarm) ->
                 check("fetch update range", outcome, {OK} if held else {NOT_FOUND})
                 if held:
                     frames = [codec.decode(reply) for reply in replies]
-                    assert frames[0].header.chunk_hashes == canonical.chunk_hashes(vector)
+                    # the range's hashes and their proof: from R's own tree, or for A's row
+                    # from what A's segment proof proved (any range inside it)
+                    hashes = canonical.chunk_hashes(vector)
+                    assert frames[0].header.chunk_hashes == proved(hashes, chunks)[0]
+                    assert frames[0].header.proof == proved(hashes, chunks)[1]
                     assert b"".join(bytes(f.payload) for f in frames) == slice_of(vector, chunks)
     assert_quiet()
 

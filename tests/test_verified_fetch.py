@@ -36,11 +36,14 @@ if TYPE_CHECKING:
     from swarmnode.ledger.types import RoundState
     from swarmnode.node import SwarmNode
 
-NUMEL = 3 * canonical.CHUNK_ELEMENTS + 77  # 4 chunks, the last one short
+CHUNK = 16  # a model this small has chunks of 16 elements (canonical.chunk_elements)
+NUMEL = 3 * CHUNK + 7  # 4 chunks, the last one short
 ROUND = 4
 MODEL = np.random.default_rng(1).standard_normal(NUMEL).astype(np.float32)
 DIGEST = canonical.digest(MODEL)
 HASHES = canonical.chunk_hashes(MODEL)
+
+assert canonical.chunk_elements(NUMEL) == CHUNK and canonical.num_chunks(NUMEL) == 4
 
 Stream = Callable[[str], list[Frame]]  # the serving account -> the frames it sends
 
@@ -69,7 +72,7 @@ def chunk_zero_twice(sender: str) -> list[Frame]:
 
 def wrong_chunk(sender: str) -> list[Frame]:
     forged = MODEL.copy()
-    forged[canonical.CHUNK_ELEMENTS + 5] += 1.0
+    forged[CHUNK + 5] += 1.0
     return _frames(range(4), forged, sender, frame_chunks=1)
 
 
@@ -211,7 +214,7 @@ def test_the_daemon_logs_a_model_that_does_not_match_its_digest_and_goes_on(
         trainer=SimpleNamespace(batches_done=3),
     )
     wrong = MODEL.copy()
-    wrong[canonical.CHUNK_ELEMENTS :] = 0.0
+    wrong[CHUNK:] = 0.0
     result = RoundResult(ROUND, 0, RoundOutcome.CAUGHT_UP, (), wrong, DIGEST)
     with caplog.at_level(logging.ERROR, logger="swarmnode.daemon"):
         assert _save_checkpoint(store, cast("SwarmNode", node), result)

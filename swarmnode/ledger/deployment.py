@@ -16,10 +16,16 @@ from swarmnode.rules import Rule, SwarmParams
 CHUNK_HASH = "blake3"
 """The chunk hash this code's data plane uses; equal to canonical.CHUNK_HASH (a test pins it).
 Repeated here rather than imported so that reading a deployment file does not import torch."""
-CHUNK_ELEMENTS = 4096
-"""The chunk size this code's data plane uses; equal to canonical.CHUNK_ELEMENTS."""
+CHUNK_ELEMENTS = "pow2(numel/1024) in 16..4096"
+"""The chunk-size rule this code's data plane uses; equal to canonical.CHUNK_RULE."""
+COMMITMENT = "merkle"
+"""How digests are made from chunk hashes; equal to canonical.COMMITMENT."""
 LEGACY_CHUNK_HASH = "sha256"
 """What a deployment file that names no chunk hash was deployed with (before they named it)."""
+LEGACY_CHUNK_ELEMENTS = 4096
+"""The fixed chunk size of files that name none."""
+LEGACY_COMMITMENT = "sha256-list"
+"""What a file that names no commitment was deployed with: SHA-256 of the whole hash list."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,8 @@ class _DeploymentFile:
     params: _ParamsFile
     rpc: str | None = None
     chunk_hash: str | None = None
-    chunk_elements: int | None = None
+    chunk_elements: int | str | None = None
+    commitment: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +79,7 @@ class Deployment:
             "rpc": self.rpc,
             "chunk_hash": CHUNK_HASH,
             "chunk_elements": CHUNK_ELEMENTS,
+            "commitment": COMMITMENT,
             "params": params,
         }
 
@@ -118,15 +126,24 @@ class Deployment:
 
 
 def _check_scheme(path: Path, data: _DeploymentFile) -> None:
-    """Refuses, in one line, a swarm whose chunks are hashed or sized differently from this
-    node's: its commitments mean something else, so it is another protocol (a new swarm),
-    never a peer this node can check (docs/canonical-vector.md#chunks-and-hashes)."""
-    chunk_hash = data.chunk_hash or LEGACY_CHUNK_HASH
-    chunk_elements = data.chunk_elements or CHUNK_ELEMENTS
-    if (chunk_hash, chunk_elements) == (CHUNK_HASH, CHUNK_ELEMENTS):
+    """Refuses, in one line, a swarm whose chunks are hashed, sized or committed to
+    differently from this node's: its commitments mean something else, so it is another
+    protocol (a new swarm), never a peer this node can check
+    (docs/canonical-vector.md#chunks-and-hashes)."""
+    theirs = (
+        data.chunk_hash or LEGACY_CHUNK_HASH,
+        data.chunk_elements or LEGACY_CHUNK_ELEMENTS,
+        data.commitment or LEGACY_COMMITMENT,
+    )
+    ours = (CHUNK_HASH, CHUNK_ELEMENTS, COMMITMENT)
+    if theirs == ours:
         return
     named = "" if data.chunk_hash else " (it names none: deployed before files named it)"
     raise ConfigError(
-        f"{path}: the swarm uses {chunk_hash} chunk hashes over {chunk_elements}-element "
-        f"chunks{named}; this node uses {CHUNK_HASH} over {CHUNK_ELEMENTS}-element chunks"
+        f"{path}: the swarm uses {_scheme(*theirs)}{named}; this node uses {_scheme(*ours)}"
     )
+
+
+def _scheme(chunk_hash: str, chunk_elements: int | str, commitment: str) -> str:
+    size = f"{chunk_elements}-element" if isinstance(chunk_elements, int) else chunk_elements
+    return f"{chunk_hash} chunk hashes over {size} chunks with a {commitment} commitment"

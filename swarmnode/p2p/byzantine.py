@@ -125,7 +125,7 @@ class LyingInbox(Inbox):
 
     def serve_update(
         self, round: int, sender: str, chunks: range
-    ) -> tuple[npt.NDArray[np.float32], bytes] | None:
+    ) -> tuple[npt.NDArray[np.float32], bytes, bytes] | None:
         if self.lies.refuses_fetches:
             return None
         return super().serve_update(round, sender, chunks)

@@ -1,4 +1,4 @@
-"""Frames: segments cut into 1-4 MiB pieces of whole canonical chunks, encoded without copies.
+"""Frames: segments cut into pieces of whole canonical chunks, encoded without copies.
 
 A protobuf `bytes` field would copy the payload twice (into the message, then out of it).
 Here a Frame is written by hand as the protobuf encoding of
@@ -11,14 +11,14 @@ malformed; a standard protobuf decoder reads these frames as ordinary Frame mess
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from swarmnode.canonical import (
-    CHUNK_ELEMENTS,
     ELEMENT_BYTES,
     HASH_BYTES,
     element_range,
@@ -29,12 +29,15 @@ from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import InvalidMessage
 from swarmnode.p2p.messages import Kind
 
-DEFAULT_FRAME_CHUNKS = 128  # 128 x 16 KiB = 2 MiB of payload per frame
+DEFAULT_FRAME_CHUNKS = 128  # 128 x 16 KiB = 2 MiB of payload per frame of a large model
 MAX_VECTOR_ELEMENTS = 1 << 30  # 4 GiB of float32: the largest model a node accepts by default
 MAX_FRAME_ELEMENTS = 1 << 20  # 4 MiB of float32 per frame
-# The first frame of a stream carries the sender's whole chunk-hash list (32 bytes per 16 KiB
-# chunk): 8 MiB for the largest model, plus room for the other header fields.
+# The first frame of a MODEL stream carries the whole chunk-hash list (32 bytes per chunk):
+# 8 MiB for the largest model, plus room for a proof and the other header fields. An UPDATE
+# stream's carries only its own chunks' hashes and a proof of about 2 log2(chunks) hashes.
 MAX_HEADER_BYTES = HASH_BYTES * num_chunks(MAX_VECTOR_ELEMENTS) + (64 << 10)
+
+_F = TypeVar("_F")
 
 _HEADER_TAG = 0x0A  # field 1, length-delimited
 _PAYLOAD_TAG = 0x12  # field 2, length-delimited
@@ -140,11 +143,14 @@ def frames_for(
     segment: int,
     sender: str,
     chunk_hashes: bytes = b"",
+    proof: bytes = b"",
     frame_chunks: int = DEFAULT_FRAME_CHUNKS,
 ) -> Iterator[Frame]:
     """Frames covering `chunks` of the whole `vector`, produced lazily (the sender never
-    buffers more than gRPC's flow-control window). The hash list rides in the first frame.
-    An empty range still yields one empty frame, so the receiver learns it has everything."""
+    buffers more than gRPC's flow-control window). The hashes and their proof ride in the
+    first frame, as does `sender`: later frames leave it empty and the receiver takes the
+    first frame's. An empty range still yields one empty frame, so the receiver learns it
+    has everything."""
     return _frames(
         to_le_bytes(vector),
         0,
@@ -156,6 +162,7 @@ def frames_for(
         segment=segment,
         sender=sender,
         chunk_hashes=chunk_hashes,
+        proof=proof,
         frame_chunks=frame_chunks,
     )
 
@@ -171,6 +178,7 @@ def frames_for_row(
     segment: int,
     sender: str,
     chunk_hashes: bytes = b"",
+    proof: bytes = b"",
     frame_chunks: int = DEFAULT_FRAME_CHUNKS,
 ) -> Iterator[Frame]:
     """frames_for() for a row held alone: `row` holds the values of `chunks` only (what an
@@ -190,6 +198,7 @@ def frames_for_row(
         segment=segment,
         sender=sender,
         chunk_hashes=chunk_hashes,
+        proof=proof,
         frame_chunks=frame_chunks,
     )
 
@@ -225,6 +234,7 @@ def _frames(
     segment: int,
     sender: str,
     chunk_hashes: bytes,
+    proof: bytes,
     frame_chunks: int,
 ) -> Iterator[Frame]:
     """The frames of `chunks`; `data` holds the vector's bytes from element `base` on."""
@@ -243,11 +253,27 @@ def _frames(
             dtype=peer_pb2.DTYPE_FLOAT32,
             vector_elements=numel,
             chunk_hashes=chunk_hashes if first else b"",
-            sender=sender,
+            proof=proof if first else b"",
+            sender=sender if first else "",
         )
         first = False
         lo, hi = (span.start - base) * ELEMENT_BYTES, (span.stop - base) * ELEMENT_BYTES
         yield Frame(header, data[lo:hi])
+
+
+def inherit_sender(frames: Iterable[_F]) -> Iterator[_F]:
+    """The frames of one stream, each naming the sender its first frame named: senders
+    write it in the first frame only (frames_for), so a receiver fills it in before it
+    checks a frame. A later frame that names a sender keeps its own (and is checked so).
+    Anything in the stream that is not a Frame (a decoding error) passes unchanged."""
+    sender = ""
+    for frame in frames:
+        if isinstance(frame, Frame):
+            if frame.header.sender:
+                sender = sender or frame.header.sender
+            elif sender:
+                frame.header.sender = sender
+        yield frame
 
 
 def payload_array(frame: Frame) -> npt.NDArray[np.float32]:
@@ -259,6 +285,6 @@ def payload_array(frame: Frame) -> npt.NDArray[np.float32]:
         raise InvalidMessage(
             f"payload holds {len(frame.payload)} bytes, header says {header.elements} float32"
         )
-    if header.elements and header.first_chunk * CHUNK_ELEMENTS >= header.vector_elements:
+    if header.elements and header.first_chunk >= num_chunks(header.vector_elements):
         raise InvalidMessage(f"first chunk {header.first_chunk} is past the vector's end")
     return np.frombuffer(frame.payload, dtype="<f4")

@@ -38,7 +38,13 @@ from swarmnode.exceptions import PeerError
 from swarmnode.p2p import frames as codec
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import InvalidMessage, NotFound, NotReady, Stale, Unauthorized
-from swarmnode.p2p.frames import MAX_FRAME_ELEMENTS, MAX_HEADER_BYTES, Frame, frames_for
+from swarmnode.p2p.frames import (
+    MAX_FRAME_ELEMENTS,
+    MAX_HEADER_BYTES,
+    Frame,
+    frames_for,
+    inherit_sender,
+)
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.messages import (
     Kind,
@@ -236,7 +242,7 @@ class PeerServer:
 
             def consume() -> int:
                 total = 0
-                for frame in frames:
+                for frame in inherit_sender(frames):  # the first frame names the sender
                     if isinstance(frame, InvalidMessage):
                         raise frame
                     if frame.kind not in kinds:

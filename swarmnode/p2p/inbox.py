@@ -8,8 +8,9 @@ the Inbox then accepts exactly that:
 - UPDATE data (reduce-scatter) is keyed by (round, contributor, segment); a node owns one
   or two segments per attempt (as merger and as checker). It outlives an attempt: verified
   chunks received for an earlier attempt's segments are carried over wherever the new
-  segments overlap them. Its chunk-hash list must digest to the contributor's commitment,
-  and every chunk must match the list, so a segment is checked alone, whoever carried it:
+  segments overlap them. A stream's first frame carries the chunk hashes of its segment
+  and their Merkle proof, which must give the contributor's commitment, and every chunk must
+  match its hash, so a segment is checked alone, whoever carried it:
   a frame names its contributor, and a relay (another participant) may deliver it. Frames
   carry the attempt they were sent for, so the rest of a stream cut by a new attempt is
   refused as Stale, never blamed.
@@ -41,15 +42,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from swarmnode import merkle
 from swarmnode.address import is_address, normalize
 from swarmnode.canonical import (
-    CHUNK_ELEMENTS,
     HASH_BYTES,
     check_finite,
+    chunk_elements,
     element_range,
     num_chunks,
     verify_chunks,
-    verify_hash_list,
 )
 from swarmnode.exceptions import PeerError
 from swarmnode.p2p import peer_pb2
@@ -79,7 +80,7 @@ class _Segment:
 
     chunks: range
     numel: int
-    hashes: bytes | None = None  # verified chunk-hash list (UPDATE only)
+    checked: bool = False  # UPDATE: hashes of some of its chunks were proved (_UpdateRound.trees)
     buffer: npt.NDArray[np.float32] = field(init=False)
     start: int = field(init=False)
     seen: bytearray = field(init=False)
@@ -98,8 +99,6 @@ class _Segment:
     def carry_from(self, old: _Segment) -> None:
         """Takes whatever of this segment's chunks `old` (verified data of the same
         contributor, from an earlier attempt) already received."""
-        if self.hashes is None:
-            self.hashes = old.hashes
         for chunk in range(
             max(self.chunks.start, old.chunks.start), min(self.chunks.stop, old.chunks.stop)
         ):
@@ -112,9 +111,10 @@ class _Segment:
         return self.buffer[span.start - self.start : span.stop - self.start]
 
     def store(self, first_chunk: int, values: npt.NDArray[np.float32]) -> None:
-        offset = first_chunk * CHUNK_ELEMENTS - self.start
+        chunk = chunk_elements(self.numel)
+        offset = first_chunk * chunk - self.start
         self.buffer[offset : offset + len(values)] = values
-        count = -(-len(values) // CHUNK_ELEMENTS)
+        count = -(-len(values) // chunk)
         for i in range(first_chunk - self.chunks.start, first_chunk - self.chunks.start + count):
             if not self.seen[i]:
                 self.seen[i] = 1
@@ -130,6 +130,9 @@ class _UpdateRound:
     numel: int
     commitments: dict[str, bytes]
     streams: dict[tuple[str, int], _Segment] = field(default_factory=dict)
+    # contributor -> what its segments' hashes and proofs proved of its Merkle tree: checks
+    # later frames, carries over to new segments, and serves FetchUpdate with proofs
+    trees: dict[str, merkle.Known] = field(default_factory=dict)
 
 
 @dataclass
@@ -161,7 +164,7 @@ class Inbox:
         self._updates: dict[int, _UpdateRound] = {}
         self._merged: dict[int, _MergedAttempt] = {}
         self._models: dict[int, tuple[npt.NDArray[np.float32], bytes]] = {}
-        self._offered: dict[int, tuple[npt.NDArray[np.float32], bytes]] = {}
+        self._offered: dict[int, tuple[npt.NDArray[np.float32], merkle.Tree]] = {}
         self.refused = 0  # frames refused as invalid, for tests and metrics
         self._early = 0  # pushed frames waiting now for this node to declare their round
 
@@ -188,15 +191,16 @@ class Inbox:
             if old is not None and old.attempt > attempt:
                 return  # a transfer given up on, late: the newer attempt's plan stands
             if old is not None:
+                fresh.trees = {w: t for w, t in old.trees.items() if t.root == key.get(w)}
                 for (sender, _), stream in old.streams.items():
-                    if sender not in key or stream.hashes is None or not any(stream.seen):
+                    if sender not in key or not stream.checked or not any(stream.seen):
                         continue
                     for index, chunks in fresh.segments.items():
                         if chunks.start >= stream.chunks.stop or stream.chunks.start >= chunks.stop:
                             continue
                         moved = fresh.streams.get((sender, index))
                         if moved is None:
-                            moved = _Segment(chunks, numel, stream.hashes)
+                            moved = _Segment(chunks, numel, sender in fresh.trees)
                             fresh.streams[(sender, index)] = moved
                         moved.carry_from(stream)
             self._updates[round] = fresh
@@ -226,8 +230,9 @@ class Inbox:
     def offer_update(self, round: int, vector: npt.NDArray[np.float32], hashes: bytes) -> None:
         """This node's own committed update for `round` (and its chunk-hash list): what
         FetchUpdate serves when asked for this node's own update, until finish_round."""
+        tree = merkle.Tree(hashes)  # proves any range asked for in O(log n)
         with self._lock:
-            self._offered[round] = (vector, bytes(hashes))
+            self._offered[round] = (vector, tree)
 
     def finish_round(self, round: int) -> None:
         """Drops a round's buffers; later messages for it (or before it) are Stale."""
@@ -290,11 +295,12 @@ class Inbox:
 
     def serve_update(
         self, round: int, sender: str, chunks: range
-    ) -> tuple[npt.NDArray[np.float32], bytes] | None:
-        """`sender`'s values of exactly `chunks` (contiguous float32) and its whole chunk-hash
-        list, or None when not held: this node's own offered update, or a contributor's
-        rows it received (verified) as an owner, every one of those chunks. A range outside
-        the model is InvalidMessage, refused before anything is allocated."""
+    ) -> tuple[npt.NDArray[np.float32], bytes, bytes] | None:
+        """`sender`'s values of exactly `chunks` (contiguous float32), their chunk hashes and
+        the Merkle proof of those, or None when not held: this node's own offered update, or
+        a contributor's rows it received (verified) as an owner, every one of those chunks
+        (the proof comes from what the segments' proofs proved). A range outside the model
+        is InvalidMessage, refused before anything is allocated."""
         who = _lookup(sender)
         if who is None:
             raise InvalidMessage(f"not an account address: {sender[:50]!r}")
@@ -303,9 +309,9 @@ class Inbox:
                 offered = self._offered.get(round)
                 if offered is None:
                     return None
-                vector, hashes = offered
+                vector, tree = offered
                 span = _checked_span(chunks, len(vector))
-                return vector[span.start : span.stop], hashes
+                return vector[span.start : span.stop], tree.leaves(chunks), tree.proof(chunks)
             expected = self._updates.get(round)
             if expected is None:
                 return None
@@ -313,9 +319,12 @@ class Inbox:
             held = [
                 stream
                 for (contributor, _), stream in expected.streams.items()
-                if contributor == who and stream.hashes is not None
+                if contributor == who and stream.checked
             ]
-            if not held:
+            known = expected.trees.get(who)
+            leaves = None if known is None else known.leaves(chunks)
+            proof = None if known is None else known.proof(chunks)
+            if not held or leaves is None or proof is None:
                 return None
             pieces: list[tuple[int, npt.NDArray[np.float32]]] = []
             chunk = chunks.start
@@ -341,11 +350,9 @@ class Inbox:
                 chunk = stop
             out = np.empty(len(span), dtype=np.float32)  # held data: bounded by the buffers
             for first, values in pieces:
-                offset = first * CHUNK_ELEMENTS - span.start
+                offset = element_range(range(first, first), expected.numel).start - span.start
                 out[offset : offset + len(values)] = values
-            held_hashes = held[0].hashes
-            assert held_hashes is not None
-            return out, held_hashes
+            return out, leaves, proof
 
     def update_frames(
         self,
@@ -358,8 +365,8 @@ class Inbox:
     ) -> Iterator[Frame]:
         """A FetchUpdate answer, the same for both transports' servers: checks the caller
         (check_fetch) and the request, then UPDATE frames of `sender`'s chunks
-        [first_chunk, first_chunk + chunks), its hash list in the first, header.sender =
-        `sender`. NotFound when not held."""
+        [first_chunk, first_chunk + chunks), those chunks' hashes and their proof in the
+        first, header.sender = `sender`. NotFound when not held."""
         self.check_fetch(round, caller)
         wanted = range(first_chunk, first_chunk + chunks)
         found = self.serve_update(round, sender, wanted)
@@ -368,7 +375,7 @@ class Inbox:
                 f"no update of {sender[:50]} for chunks {first_chunk}..{first_chunk + chunks - 1}"
                 f" of round {round} here"
             )
-        values, hashes = found
+        values, hashes, proof = found
         return frames_for_row(
             values,
             wanted,
@@ -379,6 +386,7 @@ class Inbox:
             segment=0,
             sender=normalize(sender),
             chunk_hashes=hashes,
+            proof=proof,
             frame_chunks=frame_chunks,
         )
 
@@ -528,27 +536,61 @@ class Inbox:
                     f"vector of {header.vector_elements} elements, the model has {expected.numel}"
                 )
             stream = expected.streams.get((sender, header.segment))
-            if header.chunk_hashes:  # checked whenever sent: a stream may be retried
-                try:
-                    verify_hash_list(header.chunk_hashes, commitment, expected.numel)
-                except PeerError as exc:
-                    raise InvalidMessage(str(exc)) from exc
+            if header.chunk_hashes or header.proof:  # checked whenever sent: a retried stream
+                self._prove(header, chunks, sender, commitment, expected)
                 if stream is None:
                     stream = _Segment(chunks, expected.numel)
                     expected.streams[(sender, header.segment)] = stream
-                stream.hashes = bytes(header.chunk_hashes)
-            hashes = None if stream is None else stream.hashes
-        if stream is None or hashes is None:
-            raise InvalidMessage("update frames arrived before the chunk-hash list")
+                stream.checked = True
+        if stream is None or not stream.checked:
+            raise InvalidMessage("update frames arrived before their chunk hashes")
         self._check_range(header, values, stream.chunks)
+        count = -(-len(values) // chunk_elements(header.vector_elements))
+        covered = range(header.first_chunk, header.first_chunk + count)
+        with self._lock:
+            tree = expected.trees.get(sender)
+            own = None if tree is None else tree.leaves(covered)
+        if own is None:
+            raise InvalidMessage(
+                f"update frames of chunks {header.first_chunk}..{header.first_chunk + count - 1} "
+                "arrived before their chunk hashes"
+            )
         try:
-            verify_chunks(header.first_chunk, values, hashes, header.vector_elements)
+            verify_chunks(header.first_chunk, values, own, header.vector_elements)
         except PeerError as exc:
             raise InvalidMessage(str(exc)) from exc
         with self._lock:
             stream.store(header.first_chunk, values)
             self._lock.notify_all()
         return len(values)
+
+    @staticmethod
+    def _prove(
+        header: peer_pb2.FrameHeader,
+        chunks: range,
+        sender: str,
+        commitment: bytes,
+        expected: _UpdateRound,
+    ) -> None:
+        """Checks a stream's first frame: the hashes of the chunks from header.first_chunk on,
+        inside the segment's `chunks`, with their Merkle proof against the contributor's
+        commitment (docs/canonical-vector.md#commitments); keeps them in the contributor's
+        tree. The caller holds the lock."""
+        hashes = header.chunk_hashes
+        covered = range(header.first_chunk, header.first_chunk + len(hashes) // HASH_BYTES)
+        if len(hashes) % HASH_BYTES or not (
+            chunks.start <= covered.start <= covered.stop <= chunks.stop
+        ):
+            raise InvalidMessage(
+                f"{len(hashes)} bytes of chunk hashes from chunk {header.first_chunk}: not "
+                f"whole, or outside the segment's chunks {chunks.start}..{chunks.stop - 1}"
+            )
+        tree = expected.trees.get(sender) or merkle.Known(commitment, num_chunks(expected.numel))
+        try:
+            tree.add(covered, hashes, header.proof)
+        except PeerError as exc:
+            raise InvalidMessage(f"segment {header.segment}'s chunk hashes: {exc}") from exc
+        expected.trees[sender] = tree
 
     def _merged_spec(
         self, header: peer_pb2.FrameHeader, wait: float
@@ -590,7 +632,8 @@ class Inbox:
                 expected.streams[header.segment] = stream
         self._check_range(header, values, stream.chunks)
         try:
-            check_finite(values, what="merged segment", offset=header.first_chunk * CHUNK_ELEMENTS)
+            offset = header.first_chunk * chunk_elements(header.vector_elements)
+            check_finite(values, what="merged segment", offset=offset)
         except PeerError as exc:
             raise InvalidMessage(str(exc)) from exc
         with self._lock:
@@ -627,7 +670,7 @@ class Inbox:
     def _check_range(
         header: peer_pb2.FrameHeader, values: npt.NDArray[np.float32], chunks: range
     ) -> None:
-        count = -(-len(values) // CHUNK_ELEMENTS)
+        count = -(-len(values) // chunk_elements(header.vector_elements))
         last = header.first_chunk + count
         if len(values) == 0:
             return

@@ -91,8 +91,11 @@ class MemoryTransport(Transport):
         total = 0
         kind = None
         sent = False
+        named = ""  # the stream's sender: its first frame names it (inherit_sender)
         for frame in frames():
             wire = codec.decode(self._send(codec.encode(frame), theirs))
+            named = named or wire.header.sender
+            wire.header.sender = wire.header.sender or named
             sent = True
             kind = kind or wire.header.kind
             if wire.header.kind != kind:

@@ -28,7 +28,7 @@ DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 
 class FrameHeader(_message.Message):
-    __slots__ = ("kind", "round", "attempt", "segment", "first_chunk", "elements", "dtype", "vector_elements", "chunk_hashes", "sender")
+    __slots__ = ("kind", "round", "attempt", "segment", "first_chunk", "elements", "dtype", "vector_elements", "chunk_hashes", "sender", "proof")
     KIND_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class FrameHeader(_message.Message):
     VECTOR_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_HASHES_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     kind: Kind
     round: int
     attempt: int
@@ -49,7 +50,8 @@ class FrameHeader(_message.Message):
     vector_elements: int
     chunk_hashes: bytes
     sender: str
-    def __init__(self, kind: _Optional[_Union[Kind, str]] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., segment: _Optional[int] = ..., first_chunk: _Optional[int] = ..., elements: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., vector_elements: _Optional[int] = ..., chunk_hashes: _Optional[bytes] = ..., sender: _Optional[str] = ...) -> None: ...
+    proof: bytes
+    def __init__(self, kind: _Optional[_Union[Kind, str]] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., segment: _Optional[int] = ..., first_chunk: _Optional[int] = ..., elements: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., vector_elements: _Optional[int] = ..., chunk_hashes: _Optional[bytes] = ..., sender: _Optional[str] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("header", "payload")

@@ -18,16 +18,18 @@ import numpy.typing as npt
 
 from swarmnode.address import is_address, normalize
 from swarmnode.canonical import (
-    CHUNK_ELEMENTS,
+    HASH_BYTES,
+    chunk_elements,
     element_range,
     num_chunks,
     verify_chunks,
     verify_hash_list,
+    verify_segment_hashes,
 )
 from swarmnode.canonical import digest as canonical_digest
 from swarmnode.exceptions import PeerError
 from swarmnode.p2p.errors import InvalidMessage, NotReady
-from swarmnode.p2p.frames import Frame, payload_array
+from swarmnode.p2p.frames import Frame, inherit_sender, payload_array
 from swarmnode.p2p.messages import Kind, PeerInfo
 
 FrameSource = Callable[[], Iterable[Frame]]
@@ -95,7 +97,7 @@ class Transport(ABC):
         or stops early is refused (InvalidMessage), so catch-up asks the next peer."""
         model = _Assembly(peer, f"model of round {round}", Kind.MODEL, round, numel, digest)
         _assemble(model, self._fetch_frames(peer, round, timeout))
-        values, _ = model.finished()
+        values, _, _ = model.finished()
         got = canonical_digest(values)
         if got != digest:  # unreachable when every chunk checked: kept as the last word
             raise model.refused(f"model digests to {got.hex()}, not the chain's {digest.hex()}")
@@ -110,12 +112,13 @@ class Transport(ABC):
         numel: int,
         commitment: bytes,
         timeout: float,
-    ) -> tuple[npt.NDArray[np.float32], bytes]:
+    ) -> tuple[npt.NDArray[np.float32], bytes, bytes]:
         """Chunks `chunks` of contributor `sender`'s committed update of `round`, from `peer`
         (the contributor itself, or an owner holding its rows): the values of exactly those
-        chunks and the contributor's whole chunk-hash list. Checked like a model fetch: the
-        list against `commitment`, every chunk against the list, each chunk exactly once, all
-        of `chunks` and nothing outside them; else InvalidMessage naming the peer. Any other
+        chunks, their chunk hashes and the Merkle proof of those hashes (what a relay
+        forwards). Checked like a model fetch: the hashes with the proof against
+        `commitment`, every chunk against its hash, each chunk exactly once, all of `chunks`
+        and nothing outside them; else InvalidMessage naming the peer. Any other
         refusal (NotFound, NotReady, Unauthorized, a dead peer) is the PeerError it is: no
         retry here, the caller asks someone else. `chunks` outside the model is the caller's
         mistake: ConfigError, before anything is sent."""
@@ -178,7 +181,7 @@ def _assemble(assembly: _Assembly, source: Iterable[Frame]) -> None:
     """Feeds a fetch's frames to its assembly; a refused stream ends the call at once."""
     frames = iter(source)
     try:
-        for frame in frames:
+        for frame in inherit_sender(frames):
             assembly.take(frame)
     finally:
         if isinstance(frames, Generator):
@@ -186,11 +189,13 @@ def _assemble(assembly: _Assembly, source: Iterable[Frame]) -> None:
 
 
 class _Assembly:
-    """One verified fetch (a final model, or chunks of a contributor's update): the peer's
-    hash list, checked once against the digest on chain (the model's digest, the
-    contributor's commitment), and which chunks have arrived. Frames are checked as they
-    come, so a wrong chunk is refused before the rest is read; the values are handed out
-    only once every chunk of `chunks` came exactly once (docs/round-protocol.md#catch-up)."""
+    """One verified fetch (a final model, or chunks of a contributor's update): the chunk
+    hashes of exactly the chunks asked for, with their Merkle proof (empty for a whole
+    model: its hashes give the root alone), checked once against the digest on chain (the
+    model's digest, the contributor's commitment), and which chunks have arrived. Frames
+    are checked as they come, so a wrong chunk is refused before the rest is read; the
+    values are handed out only once every chunk of `chunks` came exactly once
+    (docs/round-protocol.md#catch-up)."""
 
     def __init__(
         self,
@@ -211,7 +216,9 @@ class _Assembly:
         self.start = span.start
         self.vector = np.empty(len(span), dtype=np.float32)
         self.seen = np.zeros(len(self.chunks), dtype=bool)
-        self.hashes: bytes | None = None
+        self.chunk = chunk_elements(numel)
+        self.hashes: bytes | None = None  # of self.chunks, checked
+        self.proof = b""
 
     def take(self, frame: Frame) -> None:
         header = frame.header
@@ -223,43 +230,53 @@ class _Assembly:
             named = _named(header.sender)
             if named != self.contributor:
                 raise self.refused(f"sent frames of {header.sender[:50] or '(none)'}")
-        if header.chunk_hashes:
-            self._take_hash_list(bytes(header.chunk_hashes))
+        if header.chunk_hashes or header.proof:
+            self._take_hashes(bytes(header.chunk_hashes), bytes(header.proof))
         hashes = self.hashes
         if hashes is None:
-            raise self.refused("sent data before its chunk-hash list")
+            raise self.refused("sent data before its chunk hashes")
         values = payload_array(frame)
-        count = -(-len(values) // CHUNK_ELEMENTS)
+        count = -(-len(values) // self.chunk)
         first = header.first_chunk
         if count and (first < self.chunks.start or first + count > self.chunks.stop):
             raise self.refused(
                 f"sent chunks {first}..{first + count - 1}, outside the chunks asked for "
                 f"{self.chunks.start}..{self.chunks.stop - 1}"
             )
-        self._checked(lambda: verify_chunks(first, values, hashes, self.numel))
+        at = (first - self.chunks.start) * HASH_BYTES
+        mine = hashes[at : at + count * HASH_BYTES] if count else b""
+        self._checked(lambda: verify_chunks(first, values, mine, self.numel))
         self._mark_once(first - self.chunks.start, count)
-        start = first * CHUNK_ELEMENTS - self.start
+        start = first * self.chunk - self.start
         self.vector[start : start + len(values)] = values
 
-    def finished(self) -> tuple[npt.NDArray[np.float32], bytes]:
-        """The values and the hash list, once nothing is missing."""
+    def finished(self) -> tuple[npt.NDArray[np.float32], bytes, bytes]:
+        """The values, their chunk hashes and the proof, once nothing is missing."""
         missing = np.flatnonzero(~self.seen)
         if len(missing):
             raise self.refused(
                 f"stopped with {len(missing)} of the {len(self.seen)} chunks asked for missing "
                 f"(the first is chunk {self.chunks.start + int(missing[0])})"
             )
-        if self.hashes is None:  # nothing asked for, and no list either
-            raise self.refused("sent no chunk-hash list")
-        return self.vector, self.hashes
+        if self.hashes is None:  # nothing asked for, and no hashes either
+            raise self.refused("sent no chunk hashes")
+        return self.vector, self.hashes, self.proof
 
-    def _take_hash_list(self, hashes: bytes) -> None:
-        """The first list is checked against the chain; a later one must be the same list."""
+    def _take_hashes(self, hashes: bytes, proof: bytes) -> None:
+        """The first hashes are checked with their proof against the chain; later ones must
+        be the same."""
         if self.hashes is None:
-            self._checked(lambda: verify_hash_list(hashes, self.digest, self.numel))
-            self.hashes = hashes
+            if self.chunks == range(num_chunks(self.numel)) and not proof:  # a whole list
+                self._checked(lambda: verify_hash_list(hashes, self.digest, self.numel))
+            else:
+                self._checked(
+                    lambda: verify_segment_hashes(
+                        self.chunks, hashes, proof, self.digest, self.numel
+                    )
+                )
+            self.hashes, self.proof = hashes, proof
         elif hashes != self.hashes:
-            raise self.refused("sent a second, different chunk-hash list")
+            raise self.refused("sent second, different chunk hashes")
 
     def _mark_once(self, first: int, count: int) -> None:
         """Each chunk index once: a repeated or overlapping frame is refused, never summed."""
