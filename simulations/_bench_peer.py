@@ -253,6 +253,7 @@ def grpc_parts(case: str) -> tuple[Any, Any]:
     codec, Inbox and the push path are the same code."""
     import grpc
 
+    from swarmnode.p2p.buffers import reuse_freed_memory
     from swarmnode.p2p.grpc_transport import CHANNEL_OPTIONS, GrpcTransport, PeerServer
 
     if case == "grpc-mtls":
@@ -278,6 +279,7 @@ def grpc_parts(case: str) -> tuple[Any, Any]:
             self._served_version = -1
             self._serving = True
             (self._sender,) = (r.account for r in roster.records())
+            reuse_freed_memory()  # as PeerServer.__init__ does
             self._server = grpc.server(
                 futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="peer"),
                 options=CHANNEL_OPTIONS,
@@ -728,7 +730,15 @@ def main() -> int:
     try:
         config = receive_message()
         if config["case"] in (*GRPC_CASES, STOCK_CASE):  # import before any baseline is taken
-            import swarmnode.p2p.grpc_transport  # noqa: F401
+            import swarmnode.p2p.grpc_transport as grpc_transport
+
+            # --grpc-option: extra channel/server options for an experiment, in this process
+            extra = [(str(name), value) for name, value in config.get("grpc_options", [])]
+            names = {name for name, _ in extra}
+            grpc_transport.CHANNEL_OPTIONS = [
+                *(kept for kept in grpc_transport.CHANNEL_OPTIONS if kept[0] not in names),
+                *extra,
+            ]
         (receive if role == "receive" else send)(config)
     except BaseException:
         with contextlib.suppress(OSError):  # unless the parent is gone

@@ -255,6 +255,7 @@ def transfer(
     *,
     seed: int,
     frame_chunks: int,
+    grpc_options: Sequence[tuple[str, int | str]] = (),
     profile: bool,
     lift_header_limit: bool,
     prefault: bool,
@@ -263,6 +264,7 @@ def transfer(
         "case": case,
         "nbytes": nbytes,
         "frame_chunks": frame_chunks,
+        "grpc_options": list(grpc_options),
         "seed": seed,
         "lift_header_limit": lift_header_limit,
         "prefault": prefault,
@@ -522,6 +524,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_FRAME_CHUNKS,
         help=f"16 KiB chunks per gRPC frame (swarmnode's default {DEFAULT_FRAME_CHUNKS})",
     )
+    parser.add_argument(
+        "--grpc-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra gRPC channel and server option for every gRPC case (repeatable), "
+        "e.g. grpc.http2.max_frame_size=16777215; replaces swarmnode's value of that name",
+    )
     parser.add_argument("--threads", action="store_true", help="CPU time by thread, per side")
     parser.add_argument(
         "--profile",
@@ -546,6 +556,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = [parse_size(text) for text in args.sizes.split(",") if text.strip()]
     cases = [case.strip() for case in args.cases.split(",") if case.strip()]
     unknown = sorted(set(cases) - set(CASES))
+    grpc_options: list[tuple[str, int | str]] = []
+    for text in args.grpc_option:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip():
+            parser.error(f"--grpc-option wants NAME=VALUE, got {text!r}")
+        grpc_options.append((name.strip(), int(value) if value.strip().isdigit() else value))
     if unknown or not cases or args.reps < 1 or not sizes:
         parser.error(f"unknown cases {unknown}" if unknown else "nothing to run")
 
@@ -558,6 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.reps} repetition{'s' if args.reps != 1 else ''}; "
         f"gRPC frames of {args.frame_chunks} x 16 KiB; receive buffers "
         + ("fresh (--cold)" if args.cold else "touched before timing (warm; --cold: fresh)")
+        + "".join(f"; {name}={value}" for name, value in grpc_options)
     )
     receiver_id = Identity(account := "0x" + secrets.token_hex(20), TlsIdentity.generate(account))
     sender_id = Identity(account := "0x" + secrets.token_hex(20), TlsIdentity.generate(account))
@@ -576,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         sender_id,
                         seed=rep,
                         frame_chunks=args.frame_chunks,
+                        grpc_options=grpc_options,
                         profile=args.profile,
                         lift_header_limit=not args.as_committed,
                         prefault=not args.cold,

@@ -37,6 +37,7 @@ from swarmnode.canonical import num_chunks
 from swarmnode.exceptions import PeerError
 from swarmnode.p2p import frames as codec
 from swarmnode.p2p import peer_pb2
+from swarmnode.p2p.buffers import reuse_freed_memory
 from swarmnode.p2p.errors import InvalidMessage, NotFound, NotReady, Stale, Unauthorized
 from swarmnode.p2p.frames import (
     MAX_FRAME_ELEMENTS,
@@ -103,6 +104,7 @@ class PeerServer:
         self._served_version = -1
         self._serving = True
         self._ready_slots = threading.BoundedSemaphore(max(1, workers // 2))
+        reuse_freed_memory()  # docs/architecture.md#transfer-speed
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="peer"),
             options=CHANNEL_OPTIONS,
@@ -335,6 +337,7 @@ class GrpcTransport(Transport):
     ) -> None:
         self.account = normalize(account)
         self.wire = wire or WireCount()  # the node's PeerServer's, so both add to one count
+        reuse_freed_memory()  # docs/architecture.md#transfer-speed
         self._key_pem = key_pem
         self._cert_pem = cert_pem
         self._roster = roster

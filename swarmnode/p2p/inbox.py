@@ -54,6 +54,7 @@ from swarmnode.canonical import (
 )
 from swarmnode.exceptions import PeerError
 from swarmnode.p2p import peer_pb2
+from swarmnode.p2p.buffers import receive_buffer
 from swarmnode.p2p.errors import InvalidMessage, NotFound, NotReady, Stale, Unauthorized
 from swarmnode.p2p.frames import (
     DEFAULT_FRAME_CHUNKS,
@@ -90,7 +91,7 @@ class _Segment:
     def __post_init__(self) -> None:
         span = element_range(self.chunks, self.numel)
         self.start = span.start
-        self.buffer = np.empty(len(span), dtype=np.float32)
+        self.buffer = receive_buffer(len(span))  # mapped in now, not frame by frame
         self.seen = bytearray(len(self.chunks))
         self.missing = len(self.chunks)
         if self.missing == 0:
