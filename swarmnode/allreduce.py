@@ -9,6 +9,10 @@ only the chunk hashes of its own result; a node takes a segment when the two agr
 makes any wrong merge visible unless both owners of a segment lie together
 (docs/round-protocol.md#data-plane, docs/round-protocol.md#owners).
 
+With the checks off (SwarmParams.checked_merge false) each segment has one owner, its merger:
+rows go to it alone, its data is taken as it comes, and no hashes travel
+(docs/trust.md#unchecked-merge); a silent merger is still worked around as below.
+
 When they disagree, or one is silent, the node checks for itself: it fetches that segment's
 rows from their contributors (or from its owners; each row is checked against its
 contributor's commitment), merges it and keeps its own result. An owner whose output differs
@@ -45,7 +49,7 @@ from swarmnode.ownership import Owners
 from swarmnode.p2p.frames import Frame, frames_for, frames_for_row, merged_hashes_frame
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.messages import Kind
-from swarmnode.p2p.transport import FrameSource, Transport
+from swarmnode.p2p.transport import ByteSplit, FrameSource, Transport
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +78,22 @@ class MissingContributions(PeerError):
 @dataclass
 class Traffic:
     """Bytes this node moved, by direction, as its transport counted them on the wire:
-    every message (payload, hash lists, headers, requests, acks) plus gRPC's 5-byte prefix
-    (swarmnode.p2p.transport.WireCount), both as caller and as server, from the attempt's
-    start to its end; HTTP/2 and TLS framing are not in it."""
+    every message (payload, hashes and proofs, headers, requests, acks) plus gRPC's 5-byte
+    prefix (swarmnode.p2p.transport.WireCount), both as caller and as server, from the
+    attempt's start (or from `counted_from`, see AllReduceRunner) to its end; HTTP/2 and
+    TLS framing are not in it. `sent_split` and `received_split` part the same bytes into
+    payload, hashes and framing (ByteSplit)."""
 
     sent: int = 0
     received: int = 0
+    sent_split: ByteSplit = field(default_factory=ByteSplit)
+    received_split: ByteSplit = field(default_factory=ByteSplit)
+
+    def add(self, sent: ByteSplit, received: ByteSplit) -> None:
+        self.sent_split += sent
+        self.received_split += received
+        self.sent += sent.total
+        self.received += received.total
 
 
 @dataclass
@@ -109,6 +123,7 @@ class Attempt:
     weights: tuple[int, ...]
     commitments: Mapping[str, bytes]
     seed: bytes = b""  # the round's closing block hash: seeds who owns which segment
+    checked: bool = True  # SwarmParams.checked_merge: a second owner checks every merge
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "participants", tuple(normalize(p) for p in self.participants))
@@ -119,7 +134,7 @@ class Attempt:
         return self.participants.index(normalize(account))
 
     def owners(self, numel: int) -> Owners:
-        return Owners.of(self.participants, self.seed, self.attempt, numel)
+        return Owners.of(self.participants, self.seed, self.attempt, numel, self.checked)
 
 
 @dataclass
@@ -149,6 +164,7 @@ class AllReduceRunner:
         reference: Vector | None = None,
         timeout: float = 60.0,
         frame_chunks: int = 128,
+        counted_from: tuple[ByteSplit, ByteSplit] | None = None,
     ) -> None:
         self.me = normalize(me)
         self.attempt = attempt
@@ -167,6 +183,10 @@ class AllReduceRunner:
         self.checking = self.owners.checked_by(self.me)
         self.others = [p for p in attempt.participants if p != self.me]
         self.traffic = Traffic()
+        # the wire's count when this node's part began, if before run(): a peer's first
+        # frame may arrive, and wait in the Inbox, before this node declares the attempt
+        # (docs/round-protocol.md#not-ready); its bytes are this attempt's all the same
+        self._counted_from = counted_from
         self.seconds: dict[str, float] = {}
         self.accused: dict[str, str] = {}
         self.checked = 0
@@ -181,13 +201,12 @@ class AllReduceRunner:
 
     def run(self) -> AllReduceResult:
         self._start = time.monotonic()
-        sent, received = self.transport.wire.totals()
+        sent, received = self._counted_from or self.transport.wire.split()
         try:
             return self._run()
         finally:  # what an attempt moved, whether it finished or not
-            now_sent, now_received = self.transport.wire.totals()
-            self.traffic.sent += now_sent - sent
-            self.traffic.received += now_received - received
+            now_sent, now_received = self.transport.wire.split()
+            self.traffic.add(now_sent - sent, now_received - received)
 
     def _run(self) -> AllReduceResult:
         self._expect()
@@ -310,6 +329,8 @@ class AllReduceRunner:
         if self.owners.count == 1:
             return []
         m, c = self.merging, self.checking
+        if not self.owners.checked:  # one owner per segment: its data alone, no hashes
+            return [self._push(pool, p, self._merged_frames(merged, m)) for p in self.others]
         checked = canonical.chunk_hashes(self._slice(merged, c), numel=self.numel)
         frame = self._hashes_frame(c, checked)
         hashes: FrameSource = partial(list, [frame])
@@ -328,6 +349,12 @@ class AllReduceRunner:
         unconfirmed: dict[int, _Unconfirmed] = {}
         for s in needed:
             data = self._await(partial(self.inbox.merged, round, attempt, s), until)
+            if not self.owners.checked:  # one owner: its data is the segment, no hashes come
+                if data is not None:
+                    self._place(merged, s, data)
+                else:
+                    unconfirmed[s] = _Unconfirmed(None, None)
+                continue
             hashes = self._await(partial(self.inbox.merged_hashes, round, attempt, s), until)
             if (
                 data is not None
@@ -357,7 +384,7 @@ class AllReduceRunner:
                 self.accused[checker] = f"sent wrong hashes for segment {s}"
             if seen.data is None:
                 silent[merger] = s
-            if seen.hashes is None:
+            if seen.hashes is None and self.owners.checked:
                 silent.setdefault(checker, s)
         for owner in silent:
             self._relay_to(owner)

@@ -11,6 +11,10 @@ the round's closing block (docs/chain.md#the-round-seed), which no participant c
 owners taken from join order, colluders who joined back to back would own a segment
 together. Segment s is merged by the s-th node of the permutation and checked by the next
 one, so each node merges one segment and checks another.
+
+A swarm deployed with the checks off (SwarmParams.checked_merge false, `deploy
+--unchecked-merge`) gives each segment one owner: the merger is its own checker, so every
+row goes to one node and nobody confirms its merge (docs/trust.md#unchecked-merge).
 """
 
 from __future__ import annotations
@@ -40,11 +44,20 @@ class Owners:
 
     order: tuple[str, ...]  # the seeded permutation of the live participants
     chunks: tuple[range, ...]  # segment s's chunk range
+    checked: bool = True  # a second owner checks each merge; off: the merger alone owns it
 
     @classmethod
-    def of(cls, participants: Sequence[str], seed: bytes, attempt: int, numel: int) -> Owners:
+    def of(
+        cls,
+        participants: Sequence[str],
+        seed: bytes,
+        attempt: int,
+        numel: int,
+        checked: bool = True,
+    ) -> Owners:
         order = permutation(participants, seed, attempt)
-        return cls(order, tuple(canonical.segments(canonical.num_chunks(numel), len(order))))
+        chunks = tuple(canonical.segments(canonical.num_chunks(numel), len(order)))
+        return cls(order, chunks, checked)
 
     @property
     def count(self) -> int:
@@ -54,7 +67,8 @@ class Owners:
         return self.order[segment]
 
     def checker(self, segment: int) -> str:
-        return self.order[(segment + 1) % len(self.order)]
+        """Who checks the segment's merge: the next node, or (unchecked) the merger itself."""
+        return self.order[(segment + int(self.checked)) % len(self.order)]
 
     def owners(self, segment: int) -> tuple[str, ...]:
         """The segment's distinct owners, merger first (one node alone is both)."""
@@ -65,7 +79,8 @@ class Owners:
         return self.order.index(normalize(account))
 
     def checked_by(self, account: str) -> int:
-        return (self.order.index(normalize(account)) - 1) % len(self.order)
+        """The segment `account` checks: the one before its own, or (unchecked) its own."""
+        return (self.order.index(normalize(account)) - int(self.checked)) % len(self.order)
 
     def owned_by(self, account: str) -> dict[int, range]:
         """The segments `account` holds every participant's rows of, merged one first."""

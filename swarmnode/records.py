@@ -18,11 +18,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 
+class _Split(Protocol):
+    @property
+    def payload(self) -> int: ...
+    @property
+    def hashes(self) -> int: ...
+    @property
+    def framing(self) -> int: ...
+
+
 class _Traffic(Protocol):
     @property
     def sent(self) -> int: ...
     @property
     def received(self) -> int: ...
+    @property
+    def sent_split(self) -> _Split: ...
+    @property
+    def received_split(self) -> _Split: ...
 
 
 class _Result(Protocol):
@@ -85,6 +98,15 @@ class NodeRoundRecord:
     # and gRPC's 5-byte prefixes; HTTP/2 and TLS framing not included)
     bytes_sent: int = 0
     bytes_received: int = 0
+    # the same bytes in parts (swarmnode.p2p.transport.ByteSplit): float32 payload, chunk
+    # hashes and proofs, framing (headers, requests, acks, prefixes); each trio sums to its
+    # total
+    sent_payload: int = 0
+    sent_hashes: int = 0
+    sent_framing: int = 0
+    received_payload: int = 0
+    received_hashes: int = 0
+    received_framing: int = 0
     participants: int = 0
     batches: int = 0  # trained since the previous round
     transactions: int = 0  # this node sent in the round
@@ -110,6 +132,12 @@ class NodeRoundRecord:
             seconds=dict(result.seconds),
             bytes_sent=result.traffic.sent,
             bytes_received=result.traffic.received,
+            sent_payload=result.traffic.sent_split.payload,
+            sent_hashes=result.traffic.sent_split.hashes,
+            sent_framing=result.traffic.sent_split.framing,
+            received_payload=result.traffic.received_split.payload,
+            received_hashes=result.traffic.received_split.hashes,
+            received_framing=result.traffic.received_split.framing,
             participants=len(result.participants),
             batches=outcome.batches,
             transactions=result.transactions,

@@ -41,7 +41,7 @@ from swarmnode.ledger.types import FailReason, RoundState, RoundStatus
 from swarmnode.merge import MergeRule
 from swarmnode.p2p.errors import NotFound, NotReady
 from swarmnode.p2p.inbox import Inbox
-from swarmnode.p2p.transport import Transport
+from swarmnode.p2p.transport import ByteSplit, Transport
 from swarmnode.sync import loss_to_int
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,7 @@ class Round:
         self._reduced: tuple[Attempt, AllReduceResult] | None = None  # the last one reported
         self._withdrawn = False
         self._alone = False  # left the open round because no peers are left to merge with
+        self._wire_mark: tuple[ByteSplit, ByteSplit] | None = None  # the wire when it joined
 
     # -- the steps
 
@@ -186,6 +187,10 @@ class Round:
             return self._finish(number, RoundOutcome.NO_PEERS)
         if not self._join(number):
             return self._after_late_join(number)
+        # the first attempt's traffic counts from here: peers that see the round close first
+        # push before this node declares it, and their frames wait in its Inbox
+        # (docs/round-protocol.md#not-ready)
+        self._wire_mark = self.transport.wire.split()
         state = self._wait_closed(number)
         if state.status == RoundStatus.OPEN:  # we left: asked to stop, or no peers are left
             self.inbox.finish_round(number)
@@ -229,7 +234,7 @@ class Round:
         """One attempt: the all-reduce, then the report (docs/round-protocol.md#reporting),
         or votes against the peers it missed (docs/round-protocol.md#faults-and-votes).
         Returns the round as it stands once the attempt is over for this node."""
-        attempt = _attempt_of(state)
+        attempt = _attempt_of(state, self.params.checked_merge)
         try:
             reduced = self._transfer(state, attempt)
         except MissingContributions as missing:
@@ -265,7 +270,9 @@ class Round:
             reference=self.reference,
             timeout=max(1.0, deadline - self.ledger.now()),
             frame_chunks=self.settings.frame_chunks,
+            counted_from=self._wire_mark,
         ).run
+        self._wire_mark = None  # a later attempt counts from its own start
         give_up = self._give_up
         # without `stop` nothing abandons the transfer; it is watched only to say what it
         # waits for when it lasts (its own timeout bounds it)
@@ -591,8 +598,7 @@ class Round:
     def _count(self, reduced: AllReduceResult) -> None:
         for name, value in reduced.seconds.items():
             self.seconds["merge" if name == "merge" else "transfer"] += value
-        self.traffic.sent += reduced.traffic.sent
-        self.traffic.received += reduced.traffic.received
+        self.traffic.add(reduced.traffic.sent_split, reduced.traffic.received_split)
 
     def _finish(
         self,
@@ -701,8 +707,9 @@ def _holds_seat(state: RoundState, account: str) -> bool:
     return any(s.live and s.account == account for s in state.seats)
 
 
-def _attempt_of(state: RoundState) -> Attempt:
-    """What the chain fixed for the current attempt, in the contract's participant order."""
+def _attempt_of(state: RoundState, checked: bool = True) -> Attempt:
+    """What the chain fixed for the current attempt, in the contract's participant order;
+    `checked`: the swarm's checked_merge (docs/trust.md#unchecked-merge)."""
     seats = {s.account: s for s in state.seats if s.live}
     live = state.live_participants
     return Attempt(
@@ -712,6 +719,7 @@ def _attempt_of(state: RoundState) -> Attempt:
         weights=tuple(seats[p].weight for p in live),
         commitments={p: seats[p].commitment for p in live},
         seed=state.seed,
+        checked=checked,
     )
 
 

@@ -88,6 +88,9 @@ class SwarmParams:
     )
     initial_model_digest: bytes = b"\x01" * 32
     restricted: bool = False
+    # each segment's merge checked by a second owner (docs/trust.md#unchecked-merge); off,
+    # one owner per segment moves about (2n-2)/n of the model instead of (3n-4)/n
+    checked_merge: bool = True
 
     def validate(self) -> None:
         """Raises ConfigError naming the first thing wrong, in the contract's order."""

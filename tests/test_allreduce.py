@@ -70,6 +70,9 @@ def run(
     )
     merge = make_rule(rule)
     results: list[AllReduceResult | None] = [None] * n
+    # counted from before any node starts, as the round layer counts from its join: a first
+    # frame may wait in a node's Inbox before that node runs (docs/round-protocol.md#not-ready)
+    marks = [network.wire(a).split() for a in accounts]
     errors: list[BaseException] = []
 
     def node(i: int) -> None:
@@ -85,6 +88,7 @@ def run(
                 reference=reference,
                 timeout=30,
                 frame_chunks=3,
+                counted_from=marks[i],
             ).run()
         except BaseException as exc:  # collected and asserted by the caller
             errors.append(exc)

@@ -103,13 +103,17 @@ def test_deploy_fund_admin_and_status_on_a_dev_chain(
     assert table.returncode == 0 and "trimmed_mean" in table.stdout
     assert "restricted admission" in table.stdout
 
-    opened = swarmnode("deploy", "--rpc", url, "--out", str(tmp_path / "open.json"), "--open")
+    assert saved["params"]["checked_merge"] is True  # the owner checks are on by default
+    opened = swarmnode(
+        "deploy", "--rpc", url, "--out", str(tmp_path / "open.json"), "--open", "--unchecked-merge"
+    )
     assert opened.returncode == 0, opened.stderr
     warning = " ".join(opened.stderr.split())
     for exposed in ("any account with gas", "every node's roster", "downloads the model"):
         assert exposed in warning, warning
     assert "update segments" in warning and "fill a round" in warning
-    assert json.loads((tmp_path / "open.json").read_text())["params"]["restricted"] is False
+    unchecked = json.loads((tmp_path / "open.json").read_text())["params"]
+    assert unchecked["restricted"] is False and unchecked["checked_merge"] is False
     one_line_error(
         swarmnode(
             "deploy", "--rpc", url, "--out", str(tmp_path / "x.json"), "--open", "--allow", NODE

@@ -460,6 +460,7 @@ def test_boundary_parameters_are_accepted(backend: Backend) -> None:
         make_params(max_peers=3, merge_rule=Rule(MergeRuleId.KRUM, (0, 3, 0, 0))),
         make_params(min_peers=256, max_peers=256),
         make_params(sync_policy=Rule(SyncPolicyId.ADAPTIVE, (10, 10, 10, 1_000_001))),
+        make_params(checked_merge=False),  # the owner-check switch, read back from the chain
     ]
     for params in accepted:
         owner = backend.deploy(params, validate=False)

@@ -57,3 +57,18 @@ def test_two_neighbours_in_join_order_share_a_segment_about_as_often_as_chance()
         owners = Owners.of(ACCOUNTS, seed(i), 1, NUMEL)
         together += any(set(owners.owners(s)) == {a, b} for s in range(len(ACCOUNTS)))
     assert abs(together / trials - 2 / 7) < 0.06
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8])
+def test_unchecked_each_segment_has_one_owner_its_merger(n: int) -> None:
+    """With the checks off (docs/trust.md#unchecked-merge) the merger is its own checker: every
+    node owns exactly the segment it merges, and the draw is the checked one's."""
+    checked = Owners.of(ACCOUNTS[:n], seed(3), 1, NUMEL)
+    owners = Owners.of(ACCOUNTS[:n], seed(3), 1, NUMEL, checked=False)
+    assert owners.order == checked.order and owners.chunks == checked.chunks
+    for s in range(n):
+        assert owners.checker(s) == owners.merger(s) == checked.merger(s)
+        assert owners.owners(s) == (owners.merger(s),)
+    for a in ACCOUNTS[:n]:
+        assert owners.checked_by(a) == owners.merged_by(a)
+        assert owners.owned_by(a) == {owners.merged_by(a): owners.chunks[owners.merged_by(a)]}

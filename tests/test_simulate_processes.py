@@ -122,11 +122,12 @@ def test_three_daemons_run_the_scenario_and_the_report_is_theirs(tmp_path: Path)
         assert r["participants"] == 3 and r["digest_agreed"]
         assert r["transactions"] >= 3 + 2  # three joins, at least a quorum of reports
         assert r["gas_used"] > 0
-        # a 2-chunk model among 3 nodes: rows to both owners of each chunk, and the merger of
-        # the full chunk sends it on (docs/round-protocol.md#data-plane): at most 2.0 x, plus
-        # the first frames the busiest node sends again after a peer's NotReady (counted on
-        # the wire: a whole frame per try, as many as the daemons' start-up gap takes)
-        assert r["model_bytes"] <= r["bytes_sent_per_node"] <= 8 * r["model_bytes"]
+        # (3n-4)/n of the model as payload (docs/round-protocol.md#data-plane), each byte
+        # with its chunk's share of a 32-byte hash, plus proofs and framing, which weigh on
+        # a model this small (chunks of 16 elements); an early push waits for its receiver
+        # instead of being sent again (docs/round-protocol.md#not-ready)
+        ratio = r["bytes_sent_per_node"] / r["model_bytes"]
+        assert payload_estimate(r) - 0.05 <= ratio <= payload_estimate(r) * hash_share(r) + 0.4
     assert report["chain"]["transactions"] == sum(r["transactions"] for r in rounds)
     assert len(report["local"]["accuracy"]) == 3
 
@@ -219,3 +220,15 @@ def _logs_so_far(out: Path) -> list[list[dict[str, Any]]]:
         complete = text[: text.rfind("\n") + 1]
         logs.append([json.loads(line) for line in complete.splitlines() if line])
     return logs
+
+
+def payload_estimate(r: dict[str, Any]) -> float:
+    """(3n-4)/n: the model's share each node sends as payload (docs/round-protocol.md#owners)."""
+    n = r["participants"]
+    return (3 * n - 4) / n
+
+
+def hash_share(r: dict[str, Any]) -> float:
+    """1 + a chunk hash's size over the chunk's: the hashes that travel with the payload."""
+    chunk = canonical.chunk_elements(r["model_bytes"] // canonical.ELEMENT_BYTES)
+    return 1 + canonical.HASH_BYTES / (chunk * canonical.ELEMENT_BYTES)

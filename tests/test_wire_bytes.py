@@ -42,6 +42,7 @@ from swarmnode.p2p.frames import Frame, encode, frames_for
 from swarmnode.p2p.grpc_transport import CHANNEL_OPTIONS, GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
+from swarmnode.p2p.messages import Kind
 from swarmnode.p2p.roster import PeerRecord, Roster
 from swarmnode.p2p.transport import MESSAGE_PREFIX, WireCount
 
@@ -167,7 +168,7 @@ def update(sender: str, values: npt.NDArray[np.float32]) -> list[Frame]:
         frames_for(
             values,
             range(canonical.num_chunks(NUMEL)),
-            kind=peer_pb2.KIND_UPDATE,
+            kind=Kind.UPDATE,
             round=ROUND,
             attempt=1,
             segment=0,
@@ -330,3 +331,28 @@ def test_a_push_for_a_round_never_declared_is_not_ready_after_the_wait(
         client, _, _ = memory_pair(pair.a, pair.b)
     with pytest.raises(NotReady):
         client.push(pair.b, lambda: frames, timeout=0.6)
+
+
+def test_the_split_sums_to_the_count_that_matches_the_proxy(pair: ProxiedPair) -> None:
+    """Payload, hashes and framing (ByteSplit) part exactly the bytes counted, and that
+    count is still what the proxy sees (within HTTP/2's framing); the payload is the float32
+    values alone, the hashes the first frame's chunk hashes and proof."""
+    values = vector(6)
+    chunks = range(canonical.num_chunks(NUMEL))
+    pair.inbox.expect_updates(ROUND, {0: chunks}, NUMEL, {pair.a: canonical.digest(values)})
+    frames = update(pair.a, values)
+    before = pair.client.wire.split()
+    counted, on_wire = measured(pair, lambda: pair.client.push(pair.b, lambda: frames, timeout=10))
+    now = pair.client.wire.split()
+    sent, received = now[0] - before[0], now[1] - before[1]
+    within(counted[0], on_wire[0])
+    within(counted[1], on_wire[1])
+    info = peer_pb2.InfoRequest().ByteSize() + MESSAGE_PREFIX  # measured() opens with an Info
+    assert sent.total == counted[0] + info
+    assert sent.payload == NUMEL * canonical.ELEMENT_BYTES
+    proofs = sum(len(getattr(f.header, "proof", b"")) for f in frames)
+    assert sent.hashes == sum(len(f.header.chunk_hashes) for f in frames) + proofs > 0
+    assert sent.framing == sent.total - sent.payload - sent.hashes
+    assert 0 < sent.framing < 0.01 * sent.total
+    assert received.payload == received.hashes == 0  # the Ack and the Info reply: framing
+    assert received.total == received.framing > 0

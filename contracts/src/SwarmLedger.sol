@@ -31,6 +31,9 @@ contract SwarmLedger {
         Rule syncPolicy;
         bytes32 initialModelDigest;
         bool restricted;
+        /// @dev Whether each segment has a second owner that checks the merge (off: one owner,
+        ///      fewer bytes, a merge nobody checks; docs/trust.md#unchecked-merge).
+        bool checkedMerge;
     }
 
     enum Status {
@@ -155,6 +158,8 @@ contract SwarmLedger {
     uint64 public immutable roundDeadline;
     /// @notice Whether only accounts the owner allowed may register.
     bool public immutable restricted;
+    /// @notice Whether every merged segment is checked by a second owner (docs/trust.md#unchecked-merge).
+    bool public immutable checkedMerge;
     /// @notice Fewest live participants a round may continue with: max(minPeers, the rule's need).
     uint16 public immutable minLive;
     /// @notice Digest of the model every node starts from.
@@ -219,6 +224,7 @@ contract SwarmLedger {
         transferDeadline = p.transferDeadline;
         roundDeadline = p.roundDeadline;
         restricted = p.restricted;
+        checkedMerge = p.checkedMerge;
         minLive = ruleNeeds > p.minPeers ? ruleNeeds : p.minPeers;
         initialModelDigest = p.initialModelDigest;
         _mergeRule = p.mergeRule;

@@ -128,6 +128,13 @@ def deploy(
         "--restricted/--open",
         help="Only accounts the owner allows may register (the default); --open admits anyone.",
     ),
+    unchecked_merge: bool = typer.Option(
+        False,
+        "--unchecked-merge",
+        help="One owner per segment and no second owner checking its merge: about (2n-2)/n "
+        "of the model per node per round instead of (3n-4)/n, but a lying merger goes "
+        "unseen (docs/trust.md#unchecked-merge).",
+    ),
     allow: list[str] = typer.Option(
         [], "--allow", help="Admit ADDR right after deploying (repeatable)."
     ),
@@ -150,6 +157,7 @@ def deploy(
         sync_policy=_rule(sync_policy, SyncPolicyId, "sync-policy"),
         initial_model_digest=_initial(initial_digest, initial_task, initial_model),
         restricted=restricted,
+        checked_merge=not unchecked_merge,
     )
     params.validate()
     if out.exists() and not out.is_file():

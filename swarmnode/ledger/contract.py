@@ -63,6 +63,7 @@ def params_to_abi(p: SwarmParams) -> tuple[Any, ...]:
         (p.sync_policy.id, list(p.sync_policy.params)),
         p.initial_model_digest,
         p.restricted,
+        p.checked_merge,
     )
 
 
@@ -242,6 +243,7 @@ class ContractLedger(Ledger):
                 sync_policy=Rule(sync_id, tuple(sync_params)),
                 initial_model_digest=bytes(self._view(f.initialModelDigest())),
                 restricted=self._view(f.restricted()),
+                checked_merge=self._view(f.checkedMerge()),
             )
         return self._params
 

@@ -45,6 +45,7 @@ class _ParamsFile:
     sync_policy: _RuleFile
     initial_model_digest: str
     restricted: bool
+    checked_merge: bool = True  # files written before the switch: every swarm was checked
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class Deployment:
             sync_policy=Rule(p.sync_policy.id, p.sync_policy.params),
             initial_model_digest=digest,
             restricted=p.restricted,
+            checked_merge=p.checked_merge,
         )
         return cls(data.chain_id, data.address, data.block, params, data.rpc)
 

@@ -54,7 +54,13 @@ from swarmnode.p2p.messages import (
     info_to_wire,
 )
 from swarmnode.p2p.roster import PeerRecord, Roster
-from swarmnode.p2p.transport import READY_MARGIN, FrameSource, Transport, WireCount
+from swarmnode.p2p.transport import (
+    READY_MARGIN,
+    FrameSource,
+    Transport,
+    WireCount,
+    message_parts,
+)
 from swarmnode.version import __version__
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,11 @@ NOT_READY = "not ready: "
 # A frame: at most MAX_FRAME_ELEMENTS of payload, and in the first frame the header with the
 # whole chunk-hash list (8 MiB for a 4 GiB model).
 MESSAGE_LIMIT = MAX_HEADER_BYTES + MAX_FRAME_ELEMENTS * 4 + (64 << 10)
+# Pushes that may wait at once for this node to declare their round: what an attempt of 64
+# nodes can send one node before it does, rows of two segments (2 x 63), merged data and
+# checkers' hashes (63 each). Each holds a server thread while it waits (bounded by
+# ready_wait); threads start only when calls need them.
+READY_WAITERS = 4 * 63
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MESSAGE_LIMIT),
     ("grpc.max_send_message_length", MESSAGE_LIMIT),
@@ -91,6 +102,7 @@ class PeerServer:
         host: str = "127.0.0.1",
         port: int = 0,
         workers: int = 8,
+        ready_waiters: int = READY_WAITERS,
         current_round: Callable[[], int] = lambda: 0,
         wire: WireCount | None = None,
     ) -> None:
@@ -103,10 +115,14 @@ class PeerServer:
         self._current_round = current_round
         self._served_version = -1
         self._serving = True
-        self._ready_slots = threading.BoundedSemaphore(max(1, workers // 2))
+        # waits for this node's round hold a thread each, so the pool has room for them on
+        # top of `workers` (threads are started only when calls need them)
+        self._ready_slots = threading.BoundedSemaphore(max(1, ready_waiters))
         reuse_freed_memory()  # docs/architecture.md#transfer-speed
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="peer"),
+            futures.ThreadPoolExecutor(
+                max_workers=workers + max(1, ready_waiters), thread_name_prefix="peer"
+            ),
             options=CHANNEL_OPTIONS,
         )
         self._server.add_generic_rpc_handlers((self._handlers(),))
@@ -124,8 +140,8 @@ class PeerServer:
 
     @property
     def _waiters(self) -> threading.BoundedSemaphore:
-        """The slots for pushes waiting for this node's round (see _receive): half the
-        server's threads, or 4 for a subclass that skips __init__."""
+        """The slots for pushes waiting for this node's round (see _receive); 4 for a
+        subclass that skips __init__ (its pool has no room for more)."""
         with self._slots_lock:
             if self._ready_slots is None:
                 self._ready_slots = threading.BoundedSemaphore(4)
@@ -258,11 +274,11 @@ class PeerServer:
 
     def _receive(self, frame: Frame, sender: str, context: grpc.ServicerContext) -> int:
         """One pushed frame into the Inbox. A frame for a round or attempt this node has not
-        declared yet may wait there for it (docs/round-protocol.md#not-ready), but only on
-        one of `waiters` slots, at most half this server's threads: the others stay free for
-        the current round's streams, Info and fetches; a frame that finds every slot taken is
-        told NotReady at once. The wait also ends a moment before the caller's deadline, so
-        the caller hears NotReady rather than a deadline."""
+        declared yet may wait there for it (docs/round-protocol.md#not-ready), on one of
+        `ready_waiters` slots; the thread pool holds `workers` threads more, which stay free
+        for the current round's streams, Info and fetches whatever waits. A frame that finds
+        every slot taken is told NotReady at once. The wait also ends a moment before the
+        caller's deadline, so the caller hears NotReady rather than a deadline."""
         if not self._waiters.acquire(blocking=False):
             return self._inbox.receive(frame, sender, wait=0.0)
         try:
@@ -449,13 +465,23 @@ M = TypeVar("M")
 
 def _counted_out(wire: WireCount, serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
     """A serializer that counts what it hands gRPC (docs/round-protocol.md#data-plane)."""
-    return lambda message: wire.sent(serialize(message))
+    return lambda message: wire.sent(serialize(message), message_parts(message))
 
 
 def _counted_in(wire: WireCount, deserialize: Callable[[bytes], T]) -> Callable[[bytes], T]:
-    """A deserializer that counts what gRPC hands it, before parsing: a malformed message
-    was received all the same."""
-    return lambda data: deserialize(wire.received(data))
+    """A deserializer that counts what gRPC hands it, split by what it parses to; a
+    message that does not parse was received all the same (as framing)."""
+
+    def parse(data: bytes) -> T:
+        try:
+            message = deserialize(data)
+        except BaseException:
+            wire.received(data)
+            raise
+        wire.received(data, message_parts(message))
+        return message
+
+    return parse
 
 
 def _lenient(message_type: type[M]) -> Callable[[bytes], M | InvalidMessage]:

@@ -27,7 +27,13 @@ from swarmnode.p2p.messages import (
     info_to_wire,
 )
 from swarmnode.p2p.roster import Roster
-from swarmnode.p2p.transport import READY_MARGIN, FrameSource, Transport, WireCount
+from swarmnode.p2p.transport import (
+    READY_MARGIN,
+    FrameSource,
+    Transport,
+    WireCount,
+    message_parts,
+)
 from swarmnode.version import __version__
 
 
@@ -77,13 +83,14 @@ class MemoryTransport(Transport):
         self._network = network
         self.wire = network.wire(self.account)
 
-    def _send(self, message: bytes, to: WireCount) -> bytes:
-        """A message from this node to a peer, counted at both ends as gRPC would count it."""
-        return to.received(self.wire.sent(message))
+    def _send(self, message: bytes, to: WireCount, parts: tuple[int, int] = (0, 0)) -> bytes:
+        """A message from this node to a peer, counted at both ends as gRPC would count it;
+        `parts`: its (payload, hashes) bytes when it is a frame (message_parts)."""
+        return to.received(self.wire.sent(message, parts), parts)
 
-    def _answer(self, message: bytes, by: WireCount) -> bytes:
+    def _answer(self, message: bytes, by: WireCount, parts: tuple[int, int] = (0, 0)) -> bytes:
         """A peer's answer to this node, counted at both ends."""
-        return self.wire.received(by.sent(message))
+        return self.wire.received(by.sent(message, parts), parts)
 
     def _push_once(self, peer: str, frames: FrameSource, timeout: float) -> int:
         sender, inbox = self._network.inbox(self.account, peer)
@@ -93,7 +100,7 @@ class MemoryTransport(Transport):
         sent = False
         named = ""  # the stream's sender: its first frame names it (inherit_sender)
         for frame in frames():
-            wire = codec.decode(self._send(codec.encode(frame), theirs))
+            wire = codec.decode(self._send(codec.encode(frame), theirs, message_parts(frame)))
             named = named or wire.header.sender
             wire.header.sender = wire.header.sender or named
             sent = True
@@ -126,7 +133,7 @@ class MemoryTransport(Transport):
             sender=peer,
             chunk_hashes=hashes,
         ):
-            yield codec.decode(self._answer(codec.encode(frame), theirs))
+            yield codec.decode(self._answer(codec.encode(frame), theirs, message_parts(frame)))
 
     def _fetch_update_frames(
         self, peer: str, round: int, sender: str, chunks: range, timeout: float
@@ -144,7 +151,7 @@ class MemoryTransport(Transport):
         except PeerError as exc:  # as the gRPC client names the peer that refused
             raise type(exc)(f"{peer} refused: {exc}") from exc
         for frame in frames:
-            yield codec.decode(self._answer(codec.encode(frame), theirs))
+            yield codec.decode(self._answer(codec.encode(frame), theirs, message_parts(frame)))
 
     def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
         _, inbox = self._network.inbox(self.account, peer)

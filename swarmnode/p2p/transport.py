@@ -12,6 +12,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -43,33 +44,83 @@ MESSAGE_PREFIX = 5
 READY_MARGIN = 0.25
 
 
+@dataclass(frozen=True)
+class ByteSplit:
+    """Counted bytes in three parts that sum to the total: `payload`, the float32 values
+    frames carry; `hashes`, the chunk hashes and Merkle proofs in frame headers (UPDATE and
+    MODEL first frames, MERGED_HASHES); `framing`, everything else (the rest of each
+    header, requests, acks, Info, protobuf tags and lengths, gRPC's 5-byte prefixes)."""
+
+    payload: int = 0
+    hashes: int = 0
+    framing: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.payload + self.hashes + self.framing
+
+    def __add__(self, other: ByteSplit) -> ByteSplit:
+        return ByteSplit(
+            self.payload + other.payload, self.hashes + other.hashes, self.framing + other.framing
+        )
+
+    def __sub__(self, other: ByteSplit) -> ByteSplit:
+        return ByteSplit(
+            self.payload - other.payload, self.hashes - other.hashes, self.framing - other.framing
+        )
+
+
+def message_parts(message: object) -> tuple[int, int]:
+    """(payload, hashes) bytes of a message as ByteSplit splits them: a Frame's payload, and
+    its chunk hashes and proof; (0, 0) for anything else (all framing)."""
+    if not isinstance(message, Frame):
+        return 0, 0
+    header = message.header
+    proof = getattr(header, "proof", b"")  # the Merkle range proof, where the protocol has one
+    return len(message.payload), len(header.chunk_hashes) + len(proof)
+
+
 class WireCount:
     """The bytes one node put on the wire and took off it, both as caller and as server:
-    every serialized message (frames with their hash lists, requests, acks, Info) plus
-    gRPC's 5-byte message prefix. grpcio exposes no HTTP/2 or TLS byte counts, so those
-    layers' framing is not in here (tests/test_wire_bytes.py measures how little it adds).
-    One per node, shared by its transport and its server, added to from any thread; the
-    all-reduce reads it before and after an attempt."""
+    every serialized message (frames with their hashes and proofs, requests, acks, Info)
+    plus gRPC's 5-byte message prefix, split into payload, hashes and framing (ByteSplit).
+    grpcio exposes no HTTP/2 or TLS byte counts, so those layers' framing is not in here
+    (tests/test_wire_bytes.py measures how little it adds). One per node, shared by its
+    transport and its server, added to from any thread; the all-reduce reads it before and
+    after an attempt."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sent = 0
-        self._received = 0
+        self._sent = ByteSplit()
+        self._received = ByteSplit()
 
-    def sent(self, message: bytes) -> bytes:
-        """Counts `message` as sent and hands it on (a serializer's last step)."""
+    @staticmethod
+    def _split(message: bytes, parts: tuple[int, int]) -> ByteSplit:
+        payload, hashes = parts
+        return ByteSplit(payload, hashes, len(message) + MESSAGE_PREFIX - payload - hashes)
+
+    def sent(self, message: bytes, parts: tuple[int, int] = (0, 0)) -> bytes:
+        """Counts `message` as sent and hands it on (a serializer's last step); `parts`:
+        its (payload, hashes) bytes (message_parts), the rest is framing."""
+        split = self._split(message, parts)
         with self._lock:
-            self._sent += len(message) + MESSAGE_PREFIX
+            self._sent += split
         return message
 
-    def received(self, message: bytes) -> bytes:
-        """Counts `message` as received and hands it on (a deserializer's first step)."""
+    def received(self, message: bytes, parts: tuple[int, int] = (0, 0)) -> bytes:
+        """Counts `message` as received and hands it on; `parts` as for sent()."""
+        split = self._split(message, parts)
         with self._lock:
-            self._received += len(message) + MESSAGE_PREFIX
+            self._received += split
         return message
 
     def totals(self) -> tuple[int, int]:
         """(sent, received) so far."""
+        with self._lock:
+            return self._sent.total, self._received.total
+
+    def split(self) -> tuple[ByteSplit, ByteSplit]:
+        """(sent, received) so far, each split into payload, hashes and framing."""
         with self._lock:
             return self._sent, self._received
 

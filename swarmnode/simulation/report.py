@@ -41,6 +41,7 @@ def build_report(
                 "participants": r.participants,
                 "seconds": r.seconds,
                 "bytes_sent_per_node": r.bytes_sent_per_node,
+                "bytes_split_per_node": r.bytes_split_per_node,  # the same node's, in parts
                 "model_bytes": r.model_bytes,
                 "digest_agreed": r.digest_agreed,
                 "transactions": r.transactions,

@@ -38,6 +38,19 @@ class RoundRecord:
     checked: int = 0
     accused: list[int] = field(default_factory=list)
 
+    @property
+    def bytes_split_per_node(self) -> dict[str, int]:
+        """What the node that sent most (bytes_sent_per_node) sent, in parts: payload,
+        hashes (chunk hashes and proofs), framing; empty without per-node records."""
+        if not self.per_node:
+            return {}
+        busiest = max(self.per_node, key=lambda r: r.bytes_sent)
+        return {
+            "payload": busiest.sent_payload,
+            "hashes": busiest.sent_hashes,
+            "framing": busiest.sent_framing,
+        }
+
 
 @dataclass
 class SwarmRun:

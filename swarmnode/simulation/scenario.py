@@ -95,6 +95,9 @@ class Scenario(BaseModel):
     bandwidth: float = Field(0.0, ge=0, description="bytes/s per link between peers; 0: no cap")
     join_window: int = Field(60, ge=1, le=3600, description="seconds, from a round's first join")
     transfer_deadline: int = Field(60, ge=1, le=3600, description="seconds before drop votes")
+    checked_merge: bool = Field(
+        True, description="a second owner checks each merge (docs/trust.md#unchecked-merge)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -241,6 +244,7 @@ class Scenario(BaseModel):
             merge_rule=self.rule(),
             sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (self.local_batches, 0, 0, 0)),
             initial_model_digest=initial_digest,
+            checked_merge=self.checked_merge,
         )
 
     @classmethod
