@@ -139,7 +139,7 @@ def _participation(state: RoundState, entry: _Seen) -> Participation:
 # ---------------------------------------------------------------------- a cached block window
 
 CACHE_VERSION = 1
-DEFAULT_WINDOW = 2_000  # blocks read on a first look; doubled backwards while not enough
+DEFAULT_WINDOW = 256  # blocks read on a first look; doubled backwards while not enough
 
 
 def cache_dir() -> Path:
