@@ -16,10 +16,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from swarmnode.dashboard.scrape import parse
 from swarmnode.ledger.deployment import Deployment
 from swarmnode.ledger.devchain import AnvilChain
 from swarmnode.ledger.memory import InMemoryChain
+from swarmnode.metrics import MetricsServer, NodeMetrics
 from swarmnode.node import SwarmNode
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
@@ -60,29 +59,17 @@ def digest(label: str) -> bytes:
 
 @pytest.fixture
 def metrics_page() -> Iterator[str]:
-    """A real HTTP server on 127.0.0.1 port 0 answering a Prometheus text page."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = METRICS_PAGE.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever)
-    thread.start()
+    """A node's own metrics (swarmnode.metrics) served on 127.0.0.1 port 0, as a daemon
+    with metrics_listen serves them, after its first final round."""
+    metrics = NodeMetrics()
+    metrics.last_final_round.set(1)
+    metrics.validation_metric.labels("accuracy").set(0.75)
+    metrics.validation_metric.labels("loss").set(0.5)
+    server = MetricsServer(metrics.registry, "127.0.0.1", 0)
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        yield server.url
     finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
+        server.stop()
 
 
 def test_model_folds_roster_rounds_and_curves_from_the_ledger(metrics_page: str) -> None:
@@ -135,11 +122,11 @@ def test_model_folds_roster_rounds_and_curves_from_the_ledger(metrics_page: str)
     assert snapshot["curves"]["accuracy"] == {metrics_page: [[1, 0.75]]}
     reachable, down = snapshot["metrics"]
     assert reachable["reachable"] and not down["reachable"]
-    assert reachable["values"] == {
-        "swarmnode_last_final_round": 1.0,
-        "swarmnode_validation_metric{name=accuracy}": 0.75,
-        "swarmnode_validation_metric{name=loss}": 0.5,
-    }
+    values = reachable["values"]
+    assert values["swarmnode_last_final_round"] == 1.0
+    assert values["swarmnode_validation_metric{name=accuracy}"] == 0.75
+    assert values["swarmnode_rounds_total{outcome=final}"] == 0.0
+    assert not any(k.endswith("_bucket") or k.startswith("process_") for k in values)
     assert json.loads(json.dumps(snapshot)) == snapshot  # what /api/swarm answers
 
 
@@ -179,10 +166,11 @@ def browser_or_fail() -> Any:
     return webdriver, Service
 
 
-def start_dashboard(cwd: Path) -> tuple[subprocess.Popen[str], str]:
+def start_dashboard(cwd: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
     """`swarmnode dashboard` on 127.0.0.1 port 0, and the URL it printed."""
+    command = ["dashboard", "-d", "deployment.json", "--port", "0", *args]
     process = subprocess.Popen(
-        [sys.executable, "-m", "swarmnode", "dashboard", "-d", "deployment.json", "--port", "0"],
+        [sys.executable, "-m", "swarmnode", *command],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -240,8 +228,10 @@ def test_page_lists_both_nodes_and_rounds_as_they_finish(
             )
         )
     accounts = [n.ledger.account for n in nodes]
+    metrics = [NodeMetrics() for _ in nodes]
+    servers = [MetricsServer(m.registry, "127.0.0.1", 0) for m in metrics]
 
-    process, url = start_dashboard(tmp_path)
+    process, url = start_dashboard(tmp_path, *(f"--metrics={s.url}" for s in servers))
     options = webdriver.ChromeOptions()
     for flag in (
         "--headless",
@@ -275,6 +265,8 @@ def test_page_lists_both_nodes_and_rounds_as_they_finish(
         for number in (1, 2):
             outcomes = run_in_threads([n.step for n in nodes], timeout=120)
             assert {o.result.status for o in outcomes} == {"final"}
+            for node_metrics, outcome in zip(metrics, outcomes, strict=True):
+                node_metrics.round_done(outcome)  # as the daemon does after each round
             expected = [str(k) for k in range(1, number + 1)]
 
             def shown(d: Any, expected: list[str] = expected) -> bool:
@@ -292,14 +284,27 @@ def test_page_lists_both_nodes_and_rounds_as_they_finish(
             assert int(cells[3]) == 1 and int(cells[8].replace(",", "")) > 0, cells  # gas
             assert cells[7].isdigit(), cells  # seconds from the blocks' timestamps
         assert driver.find_elements(By.CSS_SELECTOR, "#loss-curve polyline")
+
+        def accuracy_points(d: Any) -> int:
+            return len(d.find_elements(By.CSS_SELECTOR, "#accuracy-curve circle"))
+
+        WebDriverWait(driver, 30, poll_frequency=0.2).until(
+            lambda d: accuracy_points(d) == 4,  # two nodes, two final rounds
+            message="the accuracy curves never showed both nodes' two rounds within 30 s",
+        )
+        reachable = driver.find_elements(By.CSS_SELECTOR, "#metrics tbody tr td:nth-child(2)")
+        assert [c.text for c in reachable] == ["yes", "yes"]
         assert driver.find_element(By.ID, "error").get_attribute("hidden") is not None
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(SCREENSHOT))
         with urllib.request.urlopen(url + "api/swarm", timeout=10) as response:
             api = json.load(response)
         assert api["swarm"]["current_round"] == 3 and len(api["curves"]["loss"]) == 2
+        assert sorted(api["curves"]["accuracy"]) == sorted(s.url for s in servers)
     finally:
         driver.quit()
+        for server in servers:
+            server.stop()
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends
         try:
             out, err = process.communicate(timeout=30)
