@@ -48,7 +48,9 @@ assert canonical.chunk_elements(NUMEL) == CHUNK and canonical.num_chunks(NUMEL) 
 Stream = Callable[[str], list[Frame]]  # the serving account -> the frames it sends
 
 
-def _frames(chunks: range, vector: npt.NDArray[np.float32], sender: str, **kw: int) -> list[Frame]:
+def _frames(
+    chunks: range, vector: npt.NDArray[np.float32], sender: str, *, frame_chunks: int = 128
+) -> list[Frame]:
     return list(
         frames_for(
             vector,
@@ -59,7 +61,7 @@ def _frames(chunks: range, vector: npt.NDArray[np.float32], sender: str, **kw: i
             segment=0,
             sender=sender,
             chunk_hashes=HASHES,  # the honest list: it matches the chain's digest
-            **kw,
+            frame_chunks=frame_chunks,
         )
     )
 
