@@ -16,8 +16,8 @@ the command does after its imports) is timed:
   (the cache holds what was read; only blocks mined since are asked for).
 
 The target is under 1 s for status on 10,000 blocks. Filling the chain takes minutes (about
-ten on a busy 2-core machine): two JSON-RPC round trips and a receipt poll per round. The command's wall time adds Python's
-start and imports (about 1 s here), printed as well for each way.
+ten on a busy 2-core machine): two JSON-RPC round trips and a receipt poll per round. The
+command's wall time adds Python's start and imports (1 s or more), printed as well.
 """
 
 from __future__ import annotations
