@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from swarmnode import canonical
 from swarmnode.identity import TlsIdentity
 from swarmnode.ledger.contract import ContractLedger
 from swarmnode.ledger.embedded import EmbeddedChain
@@ -36,7 +38,9 @@ class DemoNode:
 
     @property
     def commitment(self) -> bytes:
-        return hashlib.sha256(self.update.astype("<f4").tobytes()).digest()
+        """The canonical digest of the update, as a training node commits it
+        (docs/canonical-vector.md)."""
+        return canonical.digest(self.update)
 
 
 def weighted_mean(updates: list[np.ndarray], weights: list[int]) -> np.ndarray:
@@ -48,8 +52,8 @@ def weighted_mean(updates: list[np.ndarray], weights: list[int]) -> np.ndarray:
     return merged
 
 
-def run_demo(nodes: int = 3, seed: int = 0, console: Console | None = None) -> bytes:
-    """Runs one round and returns the final digest."""
+def run_demo(nodes: int = 3, seed: int = 0, console: Console | None = None) -> dict[str, Any]:
+    """Runs one round; returns what it printed as data (`swarmnode demo --json`)."""
     out = console or Console()
     rng = np.random.default_rng(seed)
     chain = EmbeddedChain()
@@ -118,7 +122,7 @@ def run_demo(nodes: int = 3, seed: int = 0, console: Console | None = None) -> b
 
     order = [by_account[a] for a in state.live_participants]
     merged = weighted_mean([m.update for m in order], [m.samples for m in order])
-    digest = hashlib.sha256(merged.astype("<f4").tobytes()).digest()
+    digest = canonical.digest(merged)
     for m in order:
         current = m.ledger.round(number)
         if current.status != RoundStatus.CLOSED:
@@ -150,4 +154,25 @@ def run_demo(nodes: int = 3, seed: int = 0, console: Console | None = None) -> b
             f"{sum(u for _, u in calls):,}",
         )
     out.print(gas)
-    return digest
+    return {
+        "contract": deployment.address,
+        "chain_id": deployment.chain_id,
+        "round": number,
+        "status": final.status.name.lower(),
+        "final_digest": (final.final_digest or b"").hex(),
+        "next_round": members[0].ledger.current_round(),
+        "nodes": [
+            {
+                "name": m.name,
+                "account": m.ledger.account,
+                "weight": m.samples,
+                "val_loss": m.val_loss,
+                "commitment": m.commitment.hex(),
+                "reported": m.reported,
+                "gas": [
+                    {"call": fn, "gas": used} for fn, used in m.ledger.gas_log if fn != "register"
+                ],
+            }
+            for m in members
+        ],
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -32,6 +33,20 @@ def test_demo_runs_a_round_to_final_and_every_reporter_agrees() -> None:
     assert final is not None, out
     assert final.group(1) in reported
     assert "round 2 is open" in out
+
+
+@pytest.mark.chain
+def test_demo_json_is_the_round_as_data_and_only_that_on_stdout() -> None:
+    result = swarmnode("demo", "--nodes", "3", "--seed", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)  # nothing but the JSON on stdout
+    assert "joined round 1" in result.stderr  # the story still told, on stderr
+    assert summary["status"] == "final" and summary["next_round"] == 2
+    assert len(summary["nodes"]) == 3
+    reporters = [node for node in summary["nodes"] if node["reported"]]
+    assert reporters, summary
+    assert summary["final_digest"][:16] in result.stderr
+    assert all(any(c["call"] == "join" for c in node["gas"]) for node in summary["nodes"])
 
 
 @pytest.mark.parametrize(
