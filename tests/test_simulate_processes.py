@@ -224,7 +224,7 @@ def _logs_so_far(out: Path) -> list[list[dict[str, Any]]]:
 
 def payload_estimate(r: dict[str, Any]) -> float:
     """(3n-4)/n: the model's share each node sends as payload (docs/round-protocol.md#owners)."""
-    n = r["participants"]
+    n = int(r["participants"])
     return (3 * n - 4) / n
 
 
