@@ -52,7 +52,8 @@ LAYERS: list[set[str]] = [
 # data, tasks and results; the scenario's settings, faults included.
 SIMULATION_LAYERS: list[set[str]] = [
     {"run", "report", "sweep_report"},
-    {"engine", "processes", "sweep", "baselines", "injector", "local", "turns", "chainlog"},
+    {"engine", "processes", "sweep", "baselines", "injector", "local", "turns", "chainlog"}
+    | {"fast", "flower_baseline"},
     {"data", "partition", "attacks", "tasks", "results"},
     {"scenario", "faults"},
     {"__init__"},

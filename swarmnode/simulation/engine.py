@@ -152,6 +152,9 @@ class _Run:
         """The run's k-th round: every node due in it runs it in a thread of its own."""
         mined = _mined(self.ledgers)
         self.turns.expect(self.faults.start_round(k))  # the nodes that join round k
+        if self.scenario.fresh_optimizer:  # a new SGD each round: no momentum carried over
+            for node in self.nodes:
+                node.trainer.reset_optimizer()
         t0 = time.perf_counter()
         outcomes = run_in_threads([self.faults.job(k, i) for i in range(len(self.nodes))])
         return self._record(k, outcomes, time.perf_counter() - t0, mined)

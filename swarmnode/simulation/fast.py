@@ -290,6 +290,9 @@ class FastRounds:
         if returning:  # catch-up: the last merged model
             self.swarm.stack.load(torch.as_tensor(returning, device=rows.device), self.reference)
         batches = self.policy.interval
+        if self.scenario.fresh_optimizer:  # a new SGD each round: no momentum carried over
+            momentum = self.swarm.stack.momentum
+            self.swarm.stack.momentum = {k: torch.zeros_like(v) for k, v in momentum.items()}
         self.swarm.train(active, batches)
         losses = self.swarm.own_losses(active)
         sent = self._contributions(active, self.swarm.stack.vectors(rows))

@@ -56,6 +56,11 @@ class Scenario(BaseModel):
     local_batches: int = Field(10, ge=1, description="batches each node trains between syncs")
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(0.05, gt=0)
+    fresh_optimizer: bool = Field(
+        False,
+        description="a new SGD each round, no momentum carried over, as a Flower client "
+        "rebuilt for every fit has (docs/simulator.md#flower-side-by-side)",
+    )
     hidden: int = Field(64, ge=1)
     merge_rule: str = Field("mean", description="one of MERGE_RULES")
     merge_params: tuple[int, int, int, int] = (0, 0, 0, 0)
