@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from swarmnode.rules import SwarmParams
 from swarmnode.simulation.local import memory_swarm, run_in_threads
 from swarmnode.simulation.run import sweep
 from swarmnode.simulation.scenario import Scenario
-from swarmnode.simulation.sweep import Grid
+from swarmnode.simulation.sweep import FULL_CHECK_TOLERANCE, Grid
 from swarmnode.simulation.turns import JoinTurns, OrderedJoins
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -91,16 +92,60 @@ def test_the_full_fidelity_rerun_ends_with_the_in_memory_digest(tmp_path: Path) 
     # mean sums in participant order and the ALIE colluders wait for each other before
     # joining: the cell where join order would show first if the two backends differed
     base = Scenario.load(None, {"nodes": 4, "rounds": 2, "local_batches": 3})
-    grid = Grid(datasets=("digits",), rules=("mean",), attacks=("alie",), seeds=(3,), byzantine=2)
+    grid = Grid(
+        datasets=("digits",),
+        rules=("mean",),
+        attacks=("alie",),
+        seeds=(3,),
+        byzantine=2,
+        engine="full",
+    )
     with open(os.devnull, "w") as quiet:
         report = sweep(base, grid, tmp_path, check="first", console=Console(file=quiet))
     check = report["full_fidelity_check"]
     assert check["cell"] == {"dataset": "digits", "rule": "mean", "attack": "alie", "seed": 3}
-    assert len(check["memory_digest"]) == 64
-    assert check["full_fidelity_digest"] == check["memory_digest"]
-    assert check["equal"] and check["full_fidelity_rounds_agreed"] == 2
-    assert check["full_fidelity_accuracy"] == check["memory_accuracy"]
+    assert check["engine"] == "full" and check["tolerance"] is None
+    assert len(check["sweep_digest"]) == 64
+    assert check["full_fidelity_digest"] == check["sweep_digest"]
+    assert check["equal"] and check["agrees"] and check["full_fidelity_rounds_agreed"] == 2
+    assert check["full_fidelity_accuracy"] == check["sweep_accuracy"]
     assert json.loads((tmp_path / "sweep.json").read_text())["full_fidelity_check"]["equal"]
+
+
+@pytest.mark.chain
+@pytest.mark.slow
+def test_a_fast_engine_cell_agrees_with_full_fidelity_within_the_tolerance(
+    tmp_path: Path,
+) -> None:
+    base = Scenario.load(None, {"nodes": 4, "rounds": 2, "local_batches": 3})
+    grid = Grid(datasets=("digits",), rules=("median",), attacks=("sign_flip",), seeds=(1,))
+    assert grid.engine == "fast"  # the sweep's default
+    out = io.StringIO()
+    report = sweep(base, grid, tmp_path, check="first", console=Console(file=out, width=300))
+    check = report["full_fidelity_check"]
+    assert report["cells"][0]["engine"] == "fast" and check["engine"] == "fast"
+    assert check["tolerance"] == FULL_CHECK_TOLERANCE
+    assert check["difference"]["accuracy"] <= FULL_CHECK_TOLERANCE["accuracy"]
+    assert check["difference"]["loss"] <= FULL_CHECK_TOLERANCE["loss"]
+    assert check["agrees"] and check["full_fidelity_rounds_agreed"] == 2
+    assert "within tolerance" in out.getvalue()
+
+
+def test_protocol_attacks_run_real_nodes_and_the_rest_the_fast_engine(tmp_path: Path) -> None:
+    base = Scenario.load(None, {"nodes": 4, "rounds": 1, "local_batches": 2})
+    grid = Grid(
+        datasets=("breast_cancer",),
+        rules=("median",),
+        attacks=("none", "withhold_one"),
+        seeds=(0,),
+        byzantine=1,
+    )
+    out = io.StringIO()
+    report = sweep(base, grid, tmp_path, check="none", console=Console(file=out, width=300))
+    engines = {c["attack"]: c["engine"] for c in report["cells"]}
+    assert engines == {"none": "fast", "withhold_one": "full"}
+    assert report["grid"]["engine"] == "fast"
+    assert "withhold_one lie in messages" in " ".join(out.getvalue().split())
 
 
 @pytest.mark.parametrize(

@@ -123,14 +123,35 @@ def print_tables(console: Console, report: dict[str, Any], grid: Grid) -> None:
             console.print(_protocol_table(d, rows, grid))
     check = report["full_fidelity_check"]
     if check is not None:
-        verdict = "[green]equal[/]" if check["equal"] else "[red]DIFFERENT[/]"
+        console.print(_check_line(check))
+    protocol = [a for a in grid.attacks if a in PROTOCOL_ATTACKS]
+    if grid.engine == "fast" and protocol:
         console.print(
-            f"full-fidelity re-run of {Cell(**check['cell']).label} (embedded chain, gRPC with "
-            f"mutual TLS, {check['full_fidelity_seconds']:.0f} s): final digest "
-            f"{check['full_fidelity_digest'][:16] or '-'}…, in memory "
-            f"{check['memory_digest'][:16] or '-'}…: {verdict}"
+            f"{', '.join(protocol)} lie in messages, which the fast engine has none of: their "
+            "cells ran real nodes on the in-memory ledger and transport"
         )
     console.print(f"{len(report['cells'])} runs in {report['wall_seconds']:.0f} s")
+
+
+def _check_line(check: dict[str, Any]) -> str:
+    """The full-fidelity re-run's verdict: digests equal for real nodes; for the fast
+    engine, final accuracy and loss within the tolerance (and whether the bits match)."""
+    head = (
+        f"full-fidelity re-run of {Cell(**check['cell']).label} (embedded chain, gRPC with "
+        f"mutual TLS, {check['full_fidelity_seconds']:.0f} s): final digest "
+        f"{check['full_fidelity_digest'][:16] or '-'}…, {check['engine']} engine "
+        f"{check['sweep_digest'][:16] or '-'}…"
+    )
+    if check["tolerance"] is None:
+        return head + (": [green]equal[/]" if check["equal"] else ": [red]DIFFERENT[/]")
+    apart, limit = check["difference"], check["tolerance"]
+    verdict = "[green]within tolerance[/]" if check["agrees"] else "[red]OUTSIDE tolerance[/]"
+    return (
+        f"{head} ({'bit-identical' if check['equal'] else 'not bit-identical'}); accuracy "
+        f"{check['full_fidelity_accuracy']:.4f} vs {check['sweep_accuracy']:.4f}, apart "
+        f"{apart['accuracy']:.4f} (at most {limit['accuracy']}), loss apart "
+        f"{apart['loss']:.2e} (at most {limit['loss']:.0e}): {verdict}"
+    )
 
 
 def _accuracy_table(dataset: str, rows: Rows, grid: Grid) -> Table:
