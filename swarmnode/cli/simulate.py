@@ -168,6 +168,11 @@ def sweep(
     ),
     seeds: str | None = typer.Option(None, help="Seeds, comma-separated (default: 0,1,2)."),
     datasets: str | None = typer.Option(None, help="Data sets, comma-separated (default: both)."),
+    engine: str | None = typer.Option(
+        None,
+        help="fast (default: the nodes trained as one batched computation) or full (real "
+        "nodes on the in-memory ledger and transport). Protocol attacks always run full.",
+    ),
     settings: list[str] = SetOption,
     full_check: str = typer.Option(
         "first", help="The cell re-run at full fidelity (DATASET/RULE/ATTACK/SEED), or none."
@@ -176,8 +181,8 @@ def sweep(
 ) -> None:
     """Final swarm accuracy per merge rule x attack x seed x data set, over many runs.
 
-    The cells run in memory; one of them runs again at full fidelity (embedded chain, gRPC
-    with mutual TLS) and must end on the same final digest.
+    The cells run on the fast engine (protocol attacks: real nodes in memory); one of them
+    runs again at full fidelity (embedded chain, gRPC with mutual TLS) and must agree.
     """
     # here, not at the top: the simulator loads torch, seconds that other commands skip
     from swarmnode.simulation.run import sweep as run_sweep
@@ -186,7 +191,12 @@ def sweep(
 
     extra = _parse_settings(settings)
     grid = parse_grid(
-        datasets=datasets, rules=rules, attacks=attacks, seeds=seeds, byzantine=byzantine
+        datasets=datasets,
+        rules=rules,
+        attacks=attacks,
+        seeds=seeds,
+        byzantine=byzantine,
+        engine=engine,
     )
     fields = {
         "nodes": nodes,

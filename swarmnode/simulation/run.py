@@ -164,8 +164,8 @@ def sweep(
     check: str = "first",
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Runs every cell of `grid` on the in-memory backend, then `check` ("first", "none" or a
-    cell label) at full fidelity; writes sweep.json and sweep.png into `out`."""
+    """Runs every cell of `grid` on its engine (sweep.cell_engine), then `check` ("first",
+    "none" or a cell label) at full fidelity; writes sweep.json and sweep.png into `out`."""
     console = console or Console()
     started = time.perf_counter()
     # every refusal before any run
@@ -183,8 +183,8 @@ def sweep(
         check_report = None
         if checked is not None:
             progress.update(bar, status=f"{checked.label} at full fidelity (embedded chain, gRPC)")
-            memory = next(r for r in results if r.cell == checked)
-            check_report = full_fidelity(scenarios[checked], memory)
+            swept = next(r for r in results if r.cell == checked)
+            check_report = full_fidelity(scenarios[checked], swept)
     wall = time.perf_counter() - started
     report = sweep_report.build_report(base, grid, results, check_report, wall)
     files = sweep_report.write_outputs(out, report, grid)
@@ -198,7 +198,12 @@ def _sweep_header(base: Scenario, grid: Grid, runs: int, checked: Cell | None) -
         f"[bold]sweep[/]: {len(grid.rules)} rules x {len(grid.attacks)} attacks x "
         f"{len(grid.seeds)} seeds x {len(grid.datasets)} data sets = {runs} runs of "
         f"{base.nodes} nodes ({grid.byzantine} Byzantine under attack), {base.rounds} rounds "
-        "each, in-memory ledger and transport"
+        "each, "
+        + (
+            "fast engine (protocol attacks: real nodes in memory)"
+            if grid.engine == "fast"
+            else "real nodes on the in-memory ledger and transport"
+        )
         + (f"; {checked.label} again at full fidelity" if checked else "")
     )
 
