@@ -200,6 +200,50 @@ def test_bad_updates_are_refused_by_name_and_never_reach_the_buffer(cluster: Clu
     assert owner.inbox.refused >= 1
 
 
+def test_a_stream_of_one_frame_leaves_its_hashes_to_the_receiver(cluster: Cluster) -> None:
+    """One frame holds every chunk of the stream: it carries the proof but not the hashes,
+    which the owner computes from the payload and checks with the proof; a wrong payload
+    then gives another root, and a first frame without hashes that is not the whole stream
+    is refused."""
+    a, owner, _ = cluster.nodes
+    vector = model(1)
+    expect_segment_one(cluster, {a.account: vector})
+    leaves, proof = proved(vector, SEGMENTS[1])
+
+    def stream(frame_chunks: int) -> list[Frame]:
+        return list(
+            frames_for(
+                vector,
+                SEGMENTS[1],
+                kind=peer_pb2.KIND_UPDATE,
+                round=ROUND,
+                attempt=1,
+                segment=1,
+                sender=a.account,
+                chunk_hashes=leaves,
+                proof=proof,
+                frame_chunks=frame_chunks,
+            )
+        )
+
+    one = stream(len(SEGMENTS[1]))
+    assert len(one) == 1 and one[0].header.chunk_hashes == b"" and one[0].header.proof == proof
+    flipped = bytearray(one[0].payload)
+    flipped[3] ^= 0x01
+    wrong = [Frame(one[0].header, memoryview(bytes(flipped)))]
+    with pytest.raises(InvalidMessage, match="give root"):
+        a.transport.push(owner.account, lambda: wrong, timeout=10)
+    two = stream(2)
+    assert two[0].header.chunk_hashes == leaves  # two frames: the hashes travel
+    stripped = [Frame(_header(two[0], chunk_hashes=b""), two[0].payload), two[1]]
+    with pytest.raises(InvalidMessage, match=r"give root|proof is"):
+        a.transport.push(owner.account, lambda: stripped, timeout=10)
+    span = canonical.element_range(SEGMENTS[1], NUMEL)
+    assert a.transport.push(owner.account, lambda: one, timeout=10) == len(span)
+    got = owner.inbox.update(ROUND, a.account, 1, timeout=5)
+    assert got is not None and np.array_equal(got, vector[span.start : span.stop])
+
+
 def test_non_finite_values_are_refused_even_when_committed_to(cluster: Cluster) -> None:
     a, owner, _ = cluster.nodes
     poisoned = model(1)
@@ -601,12 +645,12 @@ def _as_someone_else(frames: list[Frame]) -> list[Frame]:
 @pytest.mark.parametrize(
     ("mangle", "reason"),
     [
-        (_forged, "does not match"),
+        (_forged, "(does not match|give root)"),  # one frame: its hashes give another root
         (_wrong_list, "give root"),
         (_wrong_proof, "give root"),
         (lambda frames: [frames[0], *frames], "twice"),
         (lambda frames: frames[:-1], "missing"),
-        (_outside, "outside the chunks asked for"),
+        (_outside, "(outside the chunks asked for|not every chunk)"),
         (_as_someone_else, "sent frames of"),
     ],
     ids=[

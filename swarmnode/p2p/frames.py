@@ -148,9 +148,9 @@ def frames_for(
 ) -> Iterator[Frame]:
     """Frames covering `chunks` of the whole `vector`, produced lazily (the sender never
     buffers more than gRPC's flow-control window). The hashes and their proof ride in the
-    first frame, as does `sender`: later frames leave it empty and the receiver takes the
-    first frame's. An empty range still yields one empty frame, so the receiver learns it
-    has everything."""
+    first frame (with a proof and a single frame, the hashes are left out: implied_hashes),
+    as does `sender`: later frames leave it empty and the receiver takes the first frame's.
+    An empty range still yields one empty frame, so the receiver learns it has everything."""
     return _frames(
         to_le_bytes(vector),
         0,
@@ -240,6 +240,10 @@ def _frames(
     """The frames of `chunks`; `data` holds the vector's bytes from element `base` on."""
     first = True
     starts = range(chunks.start, chunks.stop, frame_chunks) if len(chunks) else [chunks.start]
+    if proof and len(starts) == 1:
+        # one frame holds every chunk the hashes are of: the receiver hashes them itself and
+        # checks those hashes with the proof, so they need not travel (implied_hashes)
+        chunk_hashes = b""
     for start in starts:
         stop = min(start + frame_chunks, chunks.stop)
         span = element_range(range(start, stop), numel)
@@ -259,6 +263,14 @@ def _frames(
         first = False
         lo, hi = (span.start - base) * ELEMENT_BYTES, (span.stop - base) * ELEMENT_BYTES
         yield Frame(header, data[lo:hi])
+
+
+def implied_hashes(frame: Frame) -> bool:
+    """Whether a frame's chunk hashes were left out for the receiver to compute: a stream's
+    only frame, with a Merkle proof and no hashes (frames_for leaves them out when one frame
+    holds every chunk they are of). The receiver hashes the payload's chunks and checks those
+    hashes with the proof, exactly as it would check hashes that came with it."""
+    return bool(frame.header.proof) and not frame.header.chunk_hashes
 
 
 def inherit_sender(frames: Iterable[_F]) -> Iterator[_F]:

@@ -48,6 +48,7 @@ from swarmnode.canonical import (
     HASH_BYTES,
     check_finite,
     chunk_elements,
+    chunk_hashes,
     element_range,
     num_chunks,
     verify_chunks,
@@ -538,7 +539,7 @@ class Inbox:
                 )
             stream = expected.streams.get((sender, header.segment))
             if header.chunk_hashes or header.proof:  # checked whenever sent: a retried stream
-                self._prove(header, chunks, sender, commitment, expected)
+                self._prove(header, values, chunks, sender, commitment, expected)
                 if stream is None:
                     stream = _Segment(chunks, expected.numel)
                     expected.streams[(sender, header.segment)] = stream
@@ -568,6 +569,7 @@ class Inbox:
     @staticmethod
     def _prove(
         header: peer_pb2.FrameHeader,
+        values: npt.NDArray[np.float32],
         chunks: range,
         sender: str,
         commitment: bytes,
@@ -576,8 +578,20 @@ class Inbox:
         """Checks a stream's first frame: the hashes of the chunks from header.first_chunk on,
         inside the segment's `chunks`, with their Merkle proof against the contributor's
         commitment (docs/canonical-vector.md#commitments); keeps them in the contributor's
-        tree. The caller holds the lock."""
+        tree. A stream's only frame may leave the hashes out (frames.implied_hashes): they
+        are then those of its own payload's chunks. The caller holds the lock."""
         hashes = header.chunk_hashes
+        if header.proof and not hashes:
+            count = -(-len(values) // chunk_elements(expected.numel))
+            covered = range(header.first_chunk, header.first_chunk + count)
+            if not chunks.start <= covered.start <= covered.stop <= chunks.stop or len(
+                element_range(covered, expected.numel)
+            ) != len(values):
+                raise InvalidMessage(
+                    f"{len(values)} elements from chunk {header.first_chunk} are not whole "
+                    f"chunks inside the segment's chunks {chunks.start}..{chunks.stop - 1}"
+                )
+            hashes = chunk_hashes(values, numel=expected.numel)
         covered = range(header.first_chunk, header.first_chunk + len(hashes) // HASH_BYTES)
         if len(hashes) % HASH_BYTES or not (
             chunks.start <= covered.start <= covered.stop <= chunks.stop

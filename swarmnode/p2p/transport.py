@@ -21,6 +21,7 @@ from swarmnode.address import is_address, normalize
 from swarmnode.canonical import (
     HASH_BYTES,
     chunk_elements,
+    chunk_hashes,
     element_range,
     num_chunks,
     verify_chunks,
@@ -30,7 +31,7 @@ from swarmnode.canonical import (
 from swarmnode.canonical import digest as canonical_digest
 from swarmnode.exceptions import PeerError
 from swarmnode.p2p.errors import InvalidMessage, NotReady
-from swarmnode.p2p.frames import Frame, inherit_sender, payload_array
+from swarmnode.p2p.frames import Frame, implied_hashes, inherit_sender, payload_array
 from swarmnode.p2p.messages import Kind, PeerInfo
 
 FrameSource = Callable[[], Iterable[Frame]]
@@ -282,7 +283,8 @@ class _Assembly:
             if named != self.contributor:
                 raise self.refused(f"sent frames of {header.sender[:50] or '(none)'}")
         if header.chunk_hashes or header.proof:
-            self._take_hashes(bytes(header.chunk_hashes), bytes(header.proof))
+            given = self._implied(frame) if implied_hashes(frame) else bytes(header.chunk_hashes)
+            self._take_hashes(given, bytes(header.proof))
         hashes = self.hashes
         if hashes is None:
             raise self.refused("sent data before its chunk hashes")
@@ -312,6 +314,16 @@ class _Assembly:
         if self.hashes is None:  # nothing asked for, and no hashes either
             raise self.refused("sent no chunk hashes")
         return self.vector, self.hashes, self.proof
+
+    def _implied(self, frame: Frame) -> bytes:
+        """The hashes a stream's only frame left out: those of its payload's chunks, which
+        must then be every chunk asked for (frames.implied_hashes)."""
+        values = payload_array(frame)
+        if frame.header.first_chunk != self.chunks.start or len(values) != len(
+            element_range(self.chunks, self.numel)
+        ):
+            raise self.refused("sent one frame without chunk hashes that is not every chunk")
+        return chunk_hashes(values, numel=self.numel)
 
     def _take_hashes(self, hashes: bytes, proof: bytes) -> None:
         """The first hashes are checked with their proof against the chain; later ones must
