@@ -118,6 +118,11 @@ def run(
         None, help="With --task: module:attribute of the held-out Dataset (or f(seed=))."
     ),
     settings: list[str] = SetOption,
+    compare: str | None = typer.Option(
+        None,
+        help="flower: also run the same FedAvg through Flower's own simulation engine (Ray; "
+        "pip install 'swarmnode[flower]') and put its curve on the plot.",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Run a swarm of virtual nodes on a real data set and compare it with its baselines.
@@ -146,7 +151,7 @@ def run(
     }
     scenario = Scenario.load(scenario_file, {**fields, **_parse_settings(settings)})
     folder = out or Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-{scenario.name}")
-    outcome = simulate(scenario, folder, console=output.console(stderr=as_json))
+    outcome = simulate(scenario, folder, console=output.console(stderr=as_json), compare=compare)
     if as_json:
         output.print_json(outcome.report)
 

@@ -24,11 +24,25 @@ def build_report(
     local: list[Curve],
     centralized: Curve,
     wall_seconds: float,
+    flower: tuple[Curve, float] | None = None,
 ) -> dict[str, Any]:
+    """report.json's content; `flower` is Flower's FedAvg curve on its own engine and its
+    seconds, for `--compare flower` (docs/simulator.md#flower-side-by-side)."""
     local_final = [c.final for c in local]
+    compared = {}
+    if flower is not None:
+        curve, seconds = flower
+        compared = {
+            "flower": {"accuracy": curve.final, "curve": curve.accuracy, "seconds": seconds}
+        }
     return {
         "scenario": scenario.model_dump(),
-        "swarm": {"accuracy": swarm.accuracy, "loss": swarm.loss},
+        "swarm": {
+            "accuracy": swarm.accuracy,
+            "loss": swarm.loss,
+            "curve": [r.accuracy for r in swarm.rounds],
+        },
+        **compared,
         "centralized": {"accuracy": centralized.final},
         "local": {
             "accuracy": local_final,
@@ -61,7 +75,12 @@ def build_report(
 
 
 def write_outputs(
-    out: Path, report: dict[str, Any], swarm: SwarmRun, local: list[Curve], centralized: Curve
+    out: Path,
+    report: dict[str, Any],
+    swarm: SwarmRun,
+    local: list[Curve],
+    centralized: Curve,
+    flower: Curve | None = None,
 ) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "report.json", out / "metrics.jsonl", out / "accuracy.png"]
@@ -73,11 +92,18 @@ def write_outputs(
                 line = {**node.to_json(), "round": record.round}
                 line["swarm_test_accuracy"] = record.accuracy
                 metrics.write(json.dumps(line) + "\n")
-    plot(out / "accuracy.png", swarm, local, centralized, report["scenario"]["name"])
+    plot(out / "accuracy.png", swarm, local, centralized, report["scenario"]["name"], flower)
     return written
 
 
-def plot(path: Path, swarm: SwarmRun, local: list[Curve], centralized: Curve, title: str) -> None:
+def plot(
+    path: Path,
+    swarm: SwarmRun,
+    local: list[Curve],
+    centralized: Curve,
+    title: str,
+    flower: Curve | None = None,
+) -> None:
     import matplotlib  # here: over half a second to import, for the plot alone
 
     matplotlib.use("Agg")
@@ -91,6 +117,8 @@ def plot(path: Path, swarm: SwarmRun, local: list[Curve], centralized: Curve, ti
         )
     ax.plot(rounds, centralized.accuracy, color="tab:green", lw=2, label="all data pooled")
     ax.plot(rounds, [r.accuracy for r in swarm.rounds], color="tab:blue", lw=2.5, label="swarm")
+    if flower is not None:
+        ax.plot(rounds, flower.accuracy, color="tab:orange", lw=1.5, ls="--", label="Flower FedAvg")
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
@@ -124,6 +152,11 @@ def print_summary(console: Console, report: dict[str, Any], files: list[Path]) -
     table.add_row("all data pooled (centralized)", f"{report['centralized']['accuracy']:.3f}")
     table.add_row("each node alone: mean", f"{report['local']['mean_accuracy']:.3f}")
     table.add_row("each node alone: best", f"{report['local']['best_accuracy']:.3f}")
+    if "flower" in report:
+        table.add_row(
+            f"Flower FedAvg, its own engine ({report['flower']['seconds']:.0f} s)",
+            f"{report['flower']['accuracy']:.3f}",
+        )
     console.print(table)
     rounds = report["rounds"]
     agreed = sum(r["digest_agreed"] for r in rounds)

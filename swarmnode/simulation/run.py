@@ -16,12 +16,14 @@ from rich.console import Console
 from rich.progress import Progress, TaskID
 from torch.utils.data import TensorDataset
 
+from swarmnode.exceptions import ConfigError
 from swarmnode.simulation import report as run_report
 from swarmnode.simulation import sweep_report
 from swarmnode.simulation.baselines import centralized_baseline, local_baselines, own_baselines
 from swarmnode.simulation.data import Dataset
 from swarmnode.simulation.engine import run_swarm, run_tasks
 from swarmnode.simulation.fast import fast_local_baselines, run_fast
+from swarmnode.simulation.flower_baseline import check_comparable, run_flower
 from swarmnode.simulation.partition import IndexArray
 from swarmnode.simulation.processes import NodeTask, run_processes
 from swarmnode.simulation.report import progress_bar
@@ -93,10 +95,19 @@ def _nodes(scenario: Scenario) -> _Nodes:
     )
 
 
-def simulate(scenario: Scenario, out: Path, console: Console | None = None) -> Outcome:
-    """The swarm, its two baselines, and the report of the three in `out`."""
+def simulate(
+    scenario: Scenario, out: Path, console: Console | None = None, compare: str | None = None
+) -> Outcome:
+    """The swarm, its two baselines, and the report of the three in `out`; with `compare`
+    "flower", Flower's FedAvg on its own engine too, each client with a fresh optimizer a
+    round, so the swarm gets one as well (docs/simulator.md#flower-side-by-side)."""
     console = console or Console()
     started = time.perf_counter()
+    if compare == "flower":
+        check_comparable(scenario)
+        scenario = scenario.model_copy(update={"fresh_optimizer": True})
+    elif compare is not None:
+        raise ConfigError(f"--compare {compare}: unknown (known: flower)")
     nodes = _nodes(scenario)
     where = (
         f"{scenario.nodes} `swarmnode run` processes against anvil"
@@ -116,9 +127,16 @@ def simulate(scenario: Scenario, out: Path, console: Console | None = None) -> O
         swarm = _swarm(scenario, nodes, out, _round_status(progress, bar))
         progress.update(bar, status="baselines: each node alone, all data pooled")
         local, pooled = _baselines(scenario, nodes)
+        flower = None
+        if compare == "flower" and nodes.data is not None:
+            progress.update(bar, status="Flower's FedAvg on its simulation engine (Ray)")
+            flower = run_flower(scenario, nodes.data, nodes.parts)
     wall = time.perf_counter() - started
-    report = run_report.build_report(scenario, swarm, local, pooled, wall)
-    files = run_report.write_outputs(out, report, swarm, local, pooled)
+    versus = None if flower is None else (flower.curve, flower.seconds)
+    report = run_report.build_report(scenario, swarm, local, pooled, wall, versus)
+    files = run_report.write_outputs(
+        out, report, swarm, local, pooled, None if flower is None else flower.curve
+    )
     run_report.print_summary(console, report, files)
     return Outcome(report, files)
 
