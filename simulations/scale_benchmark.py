@@ -17,7 +17,9 @@ warm-ups); set-up (data, chain, nodes) is printed apart. Swarm rounds only: no b
   set-up and half a minute a round, hence only 8 by default (`--grpc 8,32` for both).
 
 The default run (fast 8-1000, memory 8 and 32, grpc 8) takes about five minutes on an idle
-two-core machine.
+two-core machine. On a machine shared by more jobs than cores, give `--threads 1`: torch's
+intra-op threads then wait on each other at every batched operation (measured on two cores at
+load 12: the fast engine's round at 1,000 nodes took 13.8 s with two threads, 1.7 s with one).
 """
 
 from __future__ import annotations
@@ -87,9 +89,12 @@ def one(engine: str, nodes: int, rounds: int) -> dict[str, Any]:
     }
 
 
-def measure(engine: str, nodes: int, rounds: int, timeout: float) -> dict[str, Any] | str:
+def measure(
+    engine: str, nodes: int, rounds: int, timeout: float, threads: int
+) -> dict[str, Any] | str:
     """One point in a child process; what went wrong, in a line, when it did."""
     command = [sys.executable, __file__, "--one", f"{engine}:{nodes}", "--rounds", str(rounds)]
+    command += ["--threads", str(threads)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -112,8 +117,13 @@ def main() -> None:
     parser.add_argument("--grpc", default="8", help="full fidelity, embedded chain and gRPC")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=900, help="seconds a point may take")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads per point (0: torch's)"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.one:
         engine, nodes = args.one.split(":")
         print(json.dumps(one(engine, int(nodes), args.rounds)))
@@ -128,7 +138,7 @@ def main() -> None:
     plan += [("grpc", n) for n in _counts(args.grpc)]
     for engine, nodes in plan:
         console.print(f"{engine} at {nodes} nodes ...")
-        got = measure(engine, nodes, args.rounds, args.timeout)
+        got = measure(engine, nodes, args.rounds, args.timeout, args.threads)
         if isinstance(got, str):
             table.add_row(engine, str(nodes), "", "", "", "", got)
             continue
