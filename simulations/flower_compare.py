@@ -1,0 +1,144 @@
+"""The same FedAvg through Flower's simulation engine (Ray), swarmnode's fast engine and full
+fidelity, side by side in one run (docs/simulator.md#flower-side-by-side).
+
+Every engine gets the same split, initial model, test set and recipe: each node trains
+`--local-batches` batches a round in LocalTrainer's order with a fresh SGD with momentum
+(`fresh_optimizer`), and the round merges with the sample-weighted mean. A run is timed from
+the call that starts its engine to the final model: data loading is outside, the engine's
+start-up (Ray's workers; the embedded chain, keys and gRPC servers) inside, since that is
+what a user waits for. Each engine scores the merged model on the test set every round.
+
+    .venv/bin/python simulations/flower_compare.py                  # n = 8 and 100, seed 0
+    .venv/bin/python simulations/flower_compare.py --seeds 0,1,2    # the accuracy target
+    .venv/bin/python simulations/flower_compare.py --nodes 8 --full-at none
+
+Needs the `swarmnode[flower]` extra (flwr[simulation], Ray). Prints the measured ratios
+beside the targets; the targets are goals to read, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from swarmnode.simulation.engine import run_swarm
+from swarmnode.simulation.fast import run_fast
+from swarmnode.simulation.flower_baseline import run_flower
+from swarmnode.simulation.scenario import Scenario
+from swarmnode.simulation.tasks import scenario_data
+
+FAST_TARGETS = {8: 20.0, 100: 50.0}  # Flower's seconds / the fast engine's, at least
+FULL_TARGET = 1.0  # Flower's seconds / full fidelity's at n = 8, at least
+ACCURACY_POINTS = 1.0  # |fast - Flower| final accuracy, mean over seeds, at most
+
+
+@dataclass
+class Result:
+    engine: str
+    nodes: int
+    seed: int
+    seconds: float
+    accuracy: float
+
+
+def _timed(run: Callable[[], float]) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    accuracy = run()
+    return time.perf_counter() - t0, accuracy
+
+
+def compare(nodes: int, seed: int, args: argparse.Namespace, full: bool) -> list[Result]:
+    scenario = Scenario.load(
+        None,
+        {
+            "engine": "fast",
+            "nodes": nodes,
+            "seed": seed,
+            "rounds": args.rounds,
+            "local_batches": args.local_batches,
+            "fresh_optimizer": True,
+            **({"dataset": args.dataset} if args.dataset else {}),
+        },
+    )
+    data, parts = scenario_data(scenario)  # outside every timing
+    out = []
+    flower = run_flower(scenario, data, parts)  # its own timing: run_simulation's call
+    out.append(Result("flower", nodes, seed, flower.seconds, flower.curve.final))
+    seconds, accuracy = _timed(lambda: run_fast(scenario, data, parts).accuracy)
+    out.append(Result("fast", nodes, seed, seconds, accuracy))
+    if full:
+        fidelity = scenario.model_copy(update={"engine": "full"})
+        seconds, accuracy = _timed(
+            lambda: run_swarm(fidelity, data, parts, backend="grpc").accuracy
+        )
+        out.append(Result("full", nodes, seed, seconds, accuracy))
+    for r in out:
+        print(f"  n={r.nodes} seed={r.seed} {r.engine:>6}: {r.seconds:8.2f} s, {r.accuracy:.4f}")
+    return out
+
+
+def report(results: list[Result], dataset_of: dict[int, str]) -> None:
+    print()
+    print(
+        f"{'n':>5} {'data':>8} {'engine':>7} {'seconds':>9} {'Flower/it':>9} {'target':>8} "
+        f"{'accuracy':>9} {'vs Flower':>10}"
+    )
+    for n in sorted({r.nodes for r in results}):
+        mine = [r for r in results if r.nodes == n]
+        by = {e: [r for r in mine if r.engine == e] for e in ("flower", "fast", "full")}
+        flower_s = statistics.fmean(r.seconds for r in by["flower"])
+        flower_a = statistics.fmean(r.accuracy for r in by["flower"])
+        for engine, runs in by.items():
+            if not runs:
+                continue
+            seconds = statistics.fmean(r.seconds for r in runs)
+            accuracy = statistics.fmean(r.accuracy for r in runs)
+            ratio = flower_s / seconds
+            goal = FAST_TARGETS.get(n) if engine == "fast" else None
+            goal = FULL_TARGET if engine == "full" and n == 8 else goal
+            target = "-" if goal is None else f">={goal:g}x"
+            met = "" if goal is None else (" ok" if ratio >= goal else " MISS")
+            points = 100 * (accuracy - flower_a)
+            versus = "-" if engine == "flower" else f"{points:+.2f} pt"
+            print(
+                f"{n:>5} {dataset_of[n]:>8} {engine:>7} {seconds:9.2f} {ratio:8.1f}x "
+                f"{target + met:>8} {accuracy:9.4f} {versus:>10}"
+            )
+        fast_a = statistics.fmean(r.accuracy for r in by["fast"])
+        gap = abs(100 * (fast_a - flower_a))
+        seeds = len(by["fast"])
+        print(
+            f"      n={n}: fast vs Flower final accuracy {gap:.2f} points, mean of {seeds} "
+            f"seed(s) (target <= {ACCURACY_POINTS:g}: {'ok' if gap <= ACCURACY_POINTS else 'MISS'})"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", default="8,100", help="comma-separated node counts")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (targets: 0,1,2)")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--local-batches", type=int, default=10)
+    parser.add_argument("--dataset", default=None, help="default: the scenario's for each n")
+    parser.add_argument(
+        "--full-at", default="8", help="node counts also run at full fidelity, or none"
+    )
+    args = parser.parse_args()
+    node_counts = [int(v) for v in args.nodes.split(",")]
+    seeds = [int(v) for v in args.seeds.split(",")]
+    full_at = set() if args.full_at == "none" else {int(v) for v in args.full_at.split(",")}
+    results: list[Result] = []
+    dataset_of: dict[int, str] = {}
+    for n in node_counts:
+        extra = {"dataset": args.dataset} if args.dataset else {}
+        dataset_of[n] = Scenario.load(None, {"engine": "fast", "nodes": n, **extra}).dataset
+        for seed in seeds:
+            results += compare(n, seed, args, full=n in full_at)
+    report(results, dataset_of)
+
+
+if __name__ == "__main__":
+    main()
