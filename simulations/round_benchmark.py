@@ -10,8 +10,9 @@ all-gather, report, final) runs with every node in its own thread of this proces
 per row: the bytes each node sent and received over the model's size, as its transport
 counted them on the wire (every message and gRPC's 5-byte prefix, as caller and as server;
 HTTP/2 and TLS framing not included: swarmnode.p2p.transport.WireCount), the most and the
-median over the nodes; what the busiest sender sent split into payload (float32 values),
-hashes (chunk hashes, Merkle proofs, MERGED_HASHES) and framing (everything else); the
+median over the nodes; what the busiest sender sent and the busiest receiver received,
+split into payload (float32 values), hashes (Merkle proofs, MERGED_HASHES digests, a
+catch-up's hash list) and framing (everything else); the
 protocol's own estimate ((3n-4)/n checked, 2(n-1)/n unchecked) and issue 16's target
 beside the measured ratio (the larger of the most sent and the most received); and the
 round's time split into chain, transfer and merge (medians over the nodes).
@@ -132,6 +133,9 @@ class Row:
     payload: float  # the busiest sender's sent bytes in parts, over the model
     hashes: float
     framing: float
+    received_payload: float  # the busiest receiver's received bytes in parts, over the model
+    received_hashes: float
+    received_framing: float
     estimate: float
     target: float | None
     chain: float
@@ -157,6 +161,7 @@ def measure(model: str, n: int, checked: bool, rule: Rule, transport: str) -> Ro
     sent = [r.traffic.sent / size for r in results]
     received = [r.traffic.received / size for r in results]
     busiest = max(results, key=lambda r: r.traffic.sent).traffic.sent_split
+    fullest = max(results, key=lambda r: r.traffic.received).traffic.received_split
 
     def median(key: str) -> float:
         return statistics.median(r.seconds.get(key, 0.0) for r in results)
@@ -173,6 +178,9 @@ def measure(model: str, n: int, checked: bool, rule: Rule, transport: str) -> Ro
         payload=busiest.payload / size,
         hashes=busiest.hashes / size,
         framing=busiest.framing / size,
+        received_payload=fullest.payload / size,
+        received_hashes=fullest.hashes / size,
+        received_framing=fullest.framing / size,
         estimate=estimate(n, checked),
         target=target(model, n, checked),
         chain=median("chain"),
@@ -185,7 +193,8 @@ def measure(model: str, n: int, checked: bool, rule: Rule, transport: str) -> Ro
 def table(rows: list[Row]) -> Table:
     out = Table(
         title="one round per row, in-process nodes; bytes per node over the model, counted on "
-        "the wire by the transports; split: the busiest sender's; times: medians over nodes"
+        "the wire by the transports; split (payload / hashes and proofs / framing): the "
+        "busiest sender's and the busiest receiver's; times: medians over nodes"
     )
     columns = (
         "model",
@@ -194,11 +203,10 @@ def table(rows: list[Row]) -> Table:
         "transport",
         "sent max",
         "sent median",
+        "sent split",
         "recv max",
         "recv median",
-        "payload",
-        "hashes",
-        "framing",
+        "recv split",
         "estimate",
         "target",
         "",
@@ -217,11 +225,10 @@ def table(rows: list[Row]) -> Table:
             r.transport,
             f"{r.sent_max:.3f}",
             f"{r.sent_median:.3f}",
+            f"{r.payload:.3f} / {r.hashes:.3f} / {r.framing:.3f}",
             f"{r.received_max:.3f}",
             f"{r.received_median:.3f}",
-            f"{r.payload:.3f}",
-            f"{r.hashes:.3f}",
-            f"{r.framing:.3f}",
+            f"{r.received_payload:.3f} / {r.received_hashes:.3f} / {r.received_framing:.3f}",
             f"{r.estimate:.3f}",
             "" if r.target is None else f"<= {r.target:.2f}",
             r.verdict,

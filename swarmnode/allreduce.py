@@ -5,7 +5,7 @@ chunk) has a merger and a checker, drawn from a permutation that the round's clo
 seeds (swarmnode/ownership.py). Reduce-scatter: each node streams segment s of its update to
 both owners of s. Both merge s with the swarm's rule from the rows they hold, bit for bit
 the same. All-gather: the merger streams its merged segment to every other node, the checker
-only the chunk hashes of its own result; a node takes a segment when the two agree, which
+only the 32-byte digest of its own result; a node takes a segment when the two agree, which
 makes any wrong merge visible unless both owners of a segment lie together
 (docs/round-protocol.md#data-plane, docs/round-protocol.md#owners).
 
@@ -163,7 +163,7 @@ class AllReduceRunner:
         inbox: Inbox,
         reference: Vector | None = None,
         timeout: float = 60.0,
-        frame_chunks: int = 128,
+        frame_chunks: int | None = None,
         counted_from: tuple[ByteSplit, ByteSplit] | None = None,
     ) -> None:
         self.me = normalize(me)
@@ -191,9 +191,9 @@ class AllReduceRunner:
         self.accused: dict[str, str] = {}
         self.checked = 0
         # rows fetched in this attempt (each checked against its contributor's commitment)
-        # and the chunk hashes and proof that came with each, which a relay forwards
+        # and what their proofs proved, from which a relay proves each frame it forwards
         self._fetched: dict[tuple[str, int], Vector] = {}
-        self._proofs: dict[tuple[str, int], tuple[bytes, bytes]] = {}
+        self._proofs: dict[tuple[str, int], merkle.Known] = {}
         self._tree = merkle.Tree(hashes)  # proves each segment of this node's own update
         self._start = time.monotonic()
         self._failure: BaseException | None = None  # set by a send's worker, read by waits
@@ -325,14 +325,13 @@ class AllReduceRunner:
 
     def _send_merged(self, pool: ThreadPoolExecutor, merged: Vector) -> list[Future[int]]:
         """The merged segment's data to all but its checker (who merged it too), the checked
-        segment's chunk hashes to all but its merger."""
+        segment's digest to all but its merger."""
         if self.owners.count == 1:
             return []
         m, c = self.merging, self.checking
         if not self.owners.checked:  # one owner per segment: its data alone, no hashes
             return [self._push(pool, p, self._merged_frames(merged, m)) for p in self.others]
-        checked = canonical.chunk_hashes(self._slice(merged, c), numel=self.numel)
-        frame = self._hashes_frame(c, checked)
+        frame = self._hashes_frame(c, self._segment_digest(self._slice(merged, c)))
         hashes: FrameSource = partial(list, [frame])
         pushes = []
         for p in self.others:
@@ -356,11 +355,7 @@ class AllReduceRunner:
                     unconfirmed[s] = _Unconfirmed(None, None)
                 continue
             hashes = self._await(partial(self.inbox.merged_hashes, round, attempt, s), until)
-            if (
-                data is not None
-                and hashes is not None
-                and canonical.chunk_hashes(data, numel=self.numel) == hashes
-            ):
+            if data is not None and hashes is not None and self._segment_digest(data) == hashes:
                 self._place(merged, s, data)
             else:
                 unconfirmed[s] = _Unconfirmed(data, hashes)
@@ -374,10 +369,10 @@ class AllReduceRunner:
         for s, seen in unconfirmed.items():
             self.checked += 1
             values = self.merge(s, self._rows_of(s))
-            truth = canonical.chunk_hashes(values, numel=self.numel)
+            truth = self._segment_digest(values)
             self._place(merged, s, values)
             merger, checker = self.owners.merger(s), self.owners.checker(s)
-            got = None if seen.data is None else canonical.chunk_hashes(seen.data, numel=self.numel)
+            got = None if seen.data is None else self._segment_digest(seen.data)
             if got is not None and got != truth:
                 self.accused[merger] = f"sent segment {s} merged wrongly"
             if seen.hashes is not None and seen.hashes != truth:
@@ -397,10 +392,10 @@ class AllReduceRunner:
         round, attempt = self.attempt.round, self.attempt.attempt
         until = min(self._at(1.0), time.monotonic() + RELAY_GRACE * self.timeout)
         for owner, s in silent.items():
-            truth = canonical.chunk_hashes(self._slice(merged, s), numel=self.numel)
+            truth = self._segment_digest(self._slice(merged, s))
             if self.owners.merger(s) == owner:
                 data = self._await(partial(self.inbox.merged, round, attempt, s), until)
-                got = None if data is None else canonical.chunk_hashes(data, numel=self.numel)
+                got = None if data is None else self._segment_digest(data)
             else:
                 got = self._await(partial(self.inbox.merged_hashes, round, attempt, s), until)
             if got is None:
@@ -452,15 +447,15 @@ class AllReduceRunner:
             for s in self.owners.owned_by(owner):
                 try:
                     if contributor == self.me:
-                        row, proved = self._slice(self.update, s), self._own_proof(s)
+                        row, prove = self._slice(self.update, s), self._tree.proof
                     else:
                         row = self._fetch_row(contributor, contributor, s)
-                        proved = self._proofs[(contributor, s)]
+                        prove = partial(_proof_of, self._proofs[(contributor, s)])
                 except PeerError:
                     self.accused[contributor] = f"withheld its rows of segment {s} from {owner}"
                     break
                 with contextlib.suppress(PeerError):
-                    frames = self._row_frames(row, s, contributor, *proved)
+                    frames = self._row_frames(row, s, contributor, prove)
                     self.transport.push(owner, frames, self._left())
 
     # ------------------------------------------------------------------ parts
@@ -478,8 +473,10 @@ class AllReduceRunner:
         values, hashes, proof = self.transport.fetch_update(
             source, self.attempt.round, contributor, chunks, self.numel, commitment, timeout
         )
+        proved = merkle.Known(commitment, canonical.num_chunks(self.numel))
+        proved.add(chunks, hashes, proof, check=False)  # fetch_update checked them
         self._fetched[(contributor, segment)] = values
-        self._proofs[(contributor, segment)] = (hashes, proof)
+        self._proofs[(contributor, segment)] = proved
         return values
 
     def _lacking(
@@ -495,6 +492,12 @@ class AllReduceRunner:
             if got is not None:
                 rows[s][p] = got
 
+    def _segment_digest(self, values: Vector) -> bytes:
+        """What MERGED_HASHES carries for a merged segment: the Merkle root of its chunk
+        hashes as a tree of their own (docs/canonical-vector.md#merged-hashes). A node
+        computes it from the merger's data to compare it with the checker's."""
+        return merkle.root(canonical.chunk_hashes(values, numel=self.numel))
+
     def _slice(self, vector: Vector, segment: int) -> Vector:
         span = canonical.element_range(self.owners.chunks[segment], self.numel)
         return vector[span.start : span.stop]
@@ -503,16 +506,10 @@ class AllReduceRunner:
         span = canonical.element_range(self.owners.chunks[segment], self.numel)
         merged[span.start : span.stop] = values
 
-    def _own_proof(self, segment: int) -> tuple[bytes, bytes]:
-        """The chunk hashes of `segment` of this node's update, and their Merkle proof."""
-        chunks = self.owners.chunks[segment]
-        return self._tree.leaves(chunks), self._tree.proof(chunks)
-
     def _frames(self, segment: int) -> FrameSource:
-        """Segment `segment` of this node's update; the first frame carries the segment's
-        chunk hashes and their Merkle proof, which the owner checks against this node's
-        commitment (docs/canonical-vector.md#commitments)."""
-        hashes, proof = self._own_proof(segment)
+        """Segment `segment` of this node's update; every frame carries the Merkle proof of
+        its own chunks, which the owner checks against this node's commitment
+        (docs/canonical-vector.md#commitments). No sender: the owner knows the caller."""
         return partial(
             frames_for,
             self.update,
@@ -521,9 +518,8 @@ class AllReduceRunner:
             round=self.attempt.round,
             attempt=self.attempt.attempt,
             segment=segment,
-            sender=self.me,
-            chunk_hashes=hashes,
-            proof=proof,
+            sender="",
+            prove=self._tree.proof,
             frame_chunks=self.frame_chunks,
         )
 
@@ -536,22 +532,22 @@ class AllReduceRunner:
             round=self.attempt.round,
             attempt=self.attempt.attempt,
             segment=segment,
-            sender=self.me,
+            sender="",  # the caller: the receiver knows it from the certificate
             frame_chunks=self.frame_chunks,
         )
 
-    def _hashes_frame(self, segment: int, hashes: bytes) -> Frame:
+    def _hashes_frame(self, segment: int, digest: bytes) -> Frame:
         return merged_hashes_frame(
             round=self.attempt.round,
             attempt=self.attempt.attempt,
             segment=segment,
-            sender=self.me,
-            chunk_hashes=hashes,
+            sender="",
+            chunk_hashes=digest,
             numel=self.numel,
         )
 
     def _row_frames(
-        self, row: Vector, segment: int, contributor: str, hashes: bytes, proof: bytes
+        self, row: Vector, segment: int, contributor: str, prove: Callable[[range], bytes]
     ) -> FrameSource:
         return partial(
             frames_for_row,
@@ -563,8 +559,7 @@ class AllReduceRunner:
             attempt=self.attempt.attempt,
             segment=segment,
             sender=contributor,
-            chunk_hashes=hashes,
-            proof=proof,
+            prove=prove,
             frame_chunks=self.frame_chunks,
         )
 
@@ -611,3 +606,11 @@ class AllReduceRunner:
         result = run()
         self.seconds[phase] = time.perf_counter() - started
         return result
+
+
+def _proof_of(known: merkle.Known, chunks: range) -> bytes:
+    """A proof of `chunks` from a fetched row's checked proof (chunks inside that row)."""
+    proof = known.proof(chunks)
+    if proof is None:
+        raise PeerError(f"no proof of chunks {chunks.start}..{chunks.stop - 1} held")
+    return proof

@@ -79,7 +79,8 @@ class RoundSettings:
     SwarmCallback and FlowerNode take one) instead of patched onto it afterwards."""
 
     poll: float = 0.05  # seconds between reads of the round while waiting on the chain
-    frame_chunks: int = 128  # chunks per data-plane frame (docs/round-protocol.md#data-plane)
+    # chunks per data-plane frame; None: about 2 MiB of payload (docs/round-protocol.md#data-plane)
+    frame_chunks: int | None = None
     # set (SIGTERM): do not join; leave a round that has not closed; finish a closed one if
     # it ends within `stop_grace`, else withdraw (docs/round-protocol.md#withdrawing)
     stop: threading.Event | None = None

@@ -45,9 +45,11 @@ def run(
     seed: int = 0,
     given: Updates | None = None,
     transport_for: TransportFor = MemoryTransport,
+    frame_chunks: int | None = 3,
 ) -> tuple[list[AllReduceResult], Updates, npt.NDArray[np.float32]]:
     """One attempt of n in-memory nodes; `given` replaces the random updates, and
-    `transport_for` builds each node's transport (a lying one, for attacks)."""
+    `transport_for` builds each node's transport (a lying one, for attacks); frames of 3
+    chunks by default, so that streams are many frames (None: the protocol's 2 MiB)."""
     rng = np.random.default_rng(seed)
     accounts = [f"0x{i:040x}" for i in range(1, n + 1)]
     roster = Roster(PeerRecord(a, "memory", a.encode()) for a in accounts)
@@ -87,7 +89,7 @@ def run(
                 inbox=inboxes[i],
                 reference=reference,
                 timeout=30,
-                frame_chunks=3,
+                frame_chunks=frame_chunks,
                 counted_from=marks[i],
             ).run()
         except BaseException as exc:  # collected and asserted by the caller
@@ -138,25 +140,25 @@ def per_segment(
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_each_node_moves_about_3n_minus_4_over_n_model_sizes(n: int) -> None:
     """Rows to both owners of every segment (2(n-1)/n), the merged segment to all but its
-    checker ((n-2)/n), hashes for the checked one: docs/round-protocol.md#data-plane.
+    checker ((n-2)/n), a 32-byte digest for the checked one: docs/round-protocol.md#data-plane.
     The counts are the transport's, on the wire: a node that starts before a peer is ready
     sends its first frame again after the peer's NotReady, so what early nodes send may
     exceed the estimate; what each receives in its attempt, and what the last node to start
     sends, do not."""
     numel = 64 * 4096  # 1 MiB: 1024 chunks of 256 elements
-    results, _, _ = run(n, RULES["mean"], numel=numel)
+    results, _, _ = run(n, RULES["mean"], numel=numel, frame_chunks=None)
     model_bytes = numel * 4
-    # every byte of data travels with its chunk's share of a 32-byte hash (3 % here): the
-    # rows with their segment's hashes, the merged data beside the checker's hashes
-    share = canonical.HASH_BYTES / (canonical.chunk_elements(numel) * 4)
-    expected = (3 * n - 4) / n * (1 + share)
+    # a segment is one frame here, with one proof of a few hashes; no hash list travels,
+    # and the checker sends one 32-byte digest per segment
+    expected = (3 * n - 4) / n
     for r in results:
         assert r.accused == {} and r.checked == 0
         ratio = r.traffic.received / model_bytes
-        assert expected - 0.02 <= ratio <= expected + 0.05, ratio  # framing, proofs
+        assert expected <= ratio <= expected + 0.01, ratio  # framing, proofs, digests
+        assert r.traffic.received_split.hashes < 0.005 * model_bytes
         assert r.traffic.sent / model_bytes >= expected - 0.02
     least = min(r.traffic.sent for r in results) / model_bytes
-    assert expected - 0.02 <= least <= expected + 0.05, least
+    assert expected <= least <= expected + 0.01, least
 
 
 def test_fewer_chunks_than_participants_leaves_some_segments_empty() -> None:

@@ -169,9 +169,9 @@ def test_no_rule_exchanges_partial_sums(rule: Rule, on_a_contribution: bool) -> 
 def test_unexpected_checks_and_relays_make_the_inbox_hold_nothing(nodes: list[Node]) -> None:
     """What a participant can push beyond its own update and merged segment: MERGED_HASHES of
     the wrong length or for a segment it does not check, and UPDATE frames relayed in
-    another's name (a non-participant's, or a participant's with a forged hash list). Every
-    one is refused before a buffer exists: held_bytes stays 0, and nothing of the 4 MiB
-    messages stays allocated. The checker's honest hashes are then held at their exact size."""
+    another's name (a non-participant's, or a participant's with a forged hash list or
+    proof). Every one is refused before a buffer exists: held_bytes stays 0, and nothing of
+    the 4 MiB messages stays allocated. The checker's honest digest is then held: 32 bytes."""
     receiver, attacker, merger = nodes
     big = secrets.token_bytes(4 << 20)  # a 4 MiB "hash list"
     vectors = {
@@ -220,7 +220,8 @@ def test_unexpected_checks_and_relays_make_the_inbox_hold_nothing(nodes: list[No
     own = (tree.leaves(SEGMENTS[1]), tree.proof(SEGMENTS[1]))
     attacks: list[tuple[list[Frame], type[Exception]]] = [
         (hashes(0, big), InvalidMessage),  # wrong length
-        (hashes(0, big[: 32 * len(SEGMENTS[0]) + 32]), InvalidMessage),
+        (hashes(0, big[: 32 * len(SEGMENTS[0])]), InvalidMessage),  # a hash list: no more
+        (hashes(0, big[:64]), InvalidMessage),
         (hashes(1, big), InvalidMessage),  # a segment nobody expects from it
         (hashes(7, big), InvalidMessage),
         (relayed(stranger, forged, *own), Unauthorized),
@@ -228,6 +229,7 @@ def test_unexpected_checks_and_relays_make_the_inbox_hold_nothing(nodes: list[No
         (relayed(merger.account, forged, canonical.chunk_hashes(forged)), InvalidMessage),
         (relayed(merger.account, forged, big), InvalidMessage),
         (relayed(merger.account, forged, own[0], big), InvalidMessage),  # a 4 MiB "proof"
+        (relayed(merger.account, forged, b"", big), InvalidMessage),  # as frames are sent
     ]
     tracemalloc.start()
     try:
@@ -252,10 +254,11 @@ def test_unexpected_checks_and_relays_make_the_inbox_hold_nothing(nodes: list[No
     assert retained < (1 << 20), f"{retained} bytes still allocated after the refusals"
 
     span = canonical.element_range(SEGMENTS[0], NUMEL)
-    honest = canonical.chunk_hashes(vectors[merger.account][span.start : span.stop], numel=NUMEL)
+    leaves = canonical.chunk_hashes(vectors[merger.account][span.start : span.stop], numel=NUMEL)
+    honest = merkle.root(leaves)  # the checker's digest of its merge of the segment
     assert attacker.transport.push(receiver.account, lambda: hashes(0, honest), TIMEOUT) == 0
     assert receiver.inbox.merged_hashes(ROUND, 1, 0, timeout=TIMEOUT) == honest
     assert receiver.inbox.held_bytes() == receiver.inbox.held_bytes(attacker.account)
-    assert receiver.inbox.held_bytes() == canonical.HASH_BYTES * len(SEGMENTS[0])
+    assert receiver.inbox.held_bytes() == canonical.HASH_BYTES
     receiver.inbox.finish_round(ROUND)
     assert receiver.inbox.held_bytes() == 0

@@ -244,6 +244,55 @@ def test_a_stream_of_one_frame_leaves_its_hashes_to_the_receiver(cluster: Cluste
     assert got is not None and np.array_equal(got, vector[span.start : span.stop])
 
 
+def test_every_update_frame_proves_its_own_chunks_and_is_kept_once_checked(
+    cluster: Cluster,
+) -> None:
+    """As nodes send them, UPDATE frames carry no chunk hashes, only the Merkle proof of
+    their own chunks: the owner hashes each frame's chunks and checks that frame alone
+    against the contributor's commitment before storing it. A wrong frame in the middle is
+    refused and the frames before it stay; after a new attempt, the rest completes the row."""
+    a, owner, _ = cluster.nodes
+    vector = model(3)
+    expect_segment_one(cluster, {a.account: vector})
+    tree = merkle.Tree(canonical.chunk_hashes(vector))
+    frames = list(
+        frames_for(
+            vector,
+            SEGMENTS[1],
+            kind=peer_pb2.KIND_UPDATE,
+            round=ROUND,
+            attempt=1,
+            segment=1,
+            sender="",  # the caller's own update
+            prove=tree.proof,
+            frame_chunks=1,
+        )
+    )
+    assert len(frames) == len(SEGMENTS[1]) == 4
+    for i, frame in enumerate(frames):
+        own = range(SEGMENTS[1].start + i, SEGMENTS[1].start + i + 1)
+        assert frame.header.chunk_hashes == b"" and frame.header.proof == tree.proof(own)
+        assert frame.header.sender == ""
+    flipped = bytearray(frames[2].payload)
+    flipped[0] ^= 0x01
+    cut = [*frames[:2], Frame(frames[2].header, memoryview(bytes(flipped))), frames[3]]
+    with pytest.raises(InvalidMessage, match="give root"):
+        a.transport.push(owner.account, lambda: cut, timeout=10)
+    kept = range(SEGMENTS[1].start, SEGMENTS[1].start + 2)
+    held = owner.inbox.serve_update(ROUND, a.account, kept)
+    span = canonical.element_range(kept, NUMEL)
+    assert held is not None and np.array_equal(held[0], vector[span.start : span.stop])
+    assert owner.inbox.serve_update(ROUND, a.account, SEGMENTS[1]) is None  # not the rest
+    # a new attempt with the same segment: the checked frames carry over, the rest is sent
+    commitments = {a.account: canonical.digest(vector)}
+    owner.inbox.expect_updates(ROUND, {1: SEGMENTS[1]}, NUMEL, commitments, attempt=2)
+    rest = [Frame(_header(f, attempt=2), f.payload) for f in frames[2:]]
+    assert a.transport.push(owner.account, lambda: rest, timeout=10) == 2 * CHUNK
+    got = owner.inbox.update(ROUND, a.account, 1, timeout=5)
+    whole = canonical.element_range(SEGMENTS[1], NUMEL)
+    assert got is not None and np.array_equal(got, vector[whole.start : whole.stop])
+
+
 def test_non_finite_values_are_refused_even_when_committed_to(cluster: Cluster) -> None:
     a, owner, _ = cluster.nodes
     poisoned = model(1)
@@ -458,21 +507,32 @@ def hashes_frame(node: Node, segment: int, hashes: bytes, attempt: int = 1) -> F
     )
 
 
-def test_merged_hashes_come_from_the_checker_only_with_one_hash_per_chunk(
+def _hashes_unnamed(digest: bytes) -> Frame:
+    """A MERGED_HASHES frame of segment 0 without a sender: the caller's."""
+    return merged_hashes_frame(
+        round=ROUND, attempt=1, segment=0, sender="", chunk_hashes=digest, numel=NUMEL
+    )
+
+
+def test_merged_hashes_come_from_the_checker_only_as_one_digest(
     cluster: Cluster,
 ) -> None:
+    """MERGED_HASHES is one 32-byte digest of the checker's merge of its segment (the Merkle
+    root of the segment's chunk hashes as a tree of their own), from the checker only; an
+    empty sender names the caller, another's name is refused."""
     merger, receiver, checker = cluster.nodes
     merged = model(5)
     segment = SEGMENTS[0]
     receiver.inbox.expect_merged(ROUND, 1, {0: (merger.account, checker.account, segment)}, NUMEL)
     span = canonical.element_range(segment, NUMEL)
-    hashes = canonical.chunk_hashes(merged[span.start : span.stop])
-    assert len(hashes) == canonical.HASH_BYTES * len(segment)
+    leaves = canonical.chunk_hashes(merged[span.start : span.stop])
+    hashes = merkle.root(leaves)
+    assert len(hashes) == canonical.HASH_BYTES
     assert receiver.inbox.merged_hashes(ROUND, 1, 0, timeout=0) is None
 
     with pytest.raises(InvalidMessage, match="does not check segment 0"):
         merger.transport.push(receiver.account, lambda: [hashes_frame(merger, 0, hashes)], 5)
-    for wrong in (hashes[:-1], hashes + hashes[:32], b""):
+    for wrong in (hashes[:-1], leaves, hashes + hashes, b""):  # the old hash list too
         with pytest.raises(InvalidMessage, match="bytes of hashes for segment 0"):
             checker.transport.push(
                 receiver.account, lambda w=wrong: [hashes_frame(checker, 0, w)], 5
@@ -482,10 +542,13 @@ def test_merged_hashes_come_from_the_checker_only_with_one_hash_per_chunk(
     with pytest.raises(Unauthorized, match="claims sender"):  # the merger cannot speak for it
         forged = hashes_frame(checker, 0, hashes)
         merger.transport.push(receiver.account, lambda: [forged], 5)
+    with pytest.raises(InvalidMessage, match="does not check segment 0"):  # empty: the caller
+        unnamed = _hashes_unnamed(hashes)
+        merger.transport.push(receiver.account, lambda: [unnamed], 5)
     assert receiver.inbox.held_bytes() == 0
 
-    sent = checker.transport.push(receiver.account, lambda: [hashes_frame(checker, 0, hashes)], 5)
-    assert sent == 0  # no elements: the hashes are the message
+    sent = checker.transport.push(receiver.account, lambda: [_hashes_unnamed(hashes)], 5)
+    assert sent == 0  # no elements: the digest is the message
     assert receiver.inbox.merged_hashes(ROUND, 1, 0, timeout=5) == hashes
     assert receiver.inbox.held_bytes(checker.account) == len(hashes)
     with pytest.raises(InvalidMessage, match="does not own segment 0"):  # data: merger only

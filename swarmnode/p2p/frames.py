@@ -11,7 +11,7 @@ malformed; a standard protobuf decoder reads these frames as ordinary Frame mess
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -21,6 +21,7 @@ import numpy.typing as npt
 from swarmnode.canonical import (
     ELEMENT_BYTES,
     HASH_BYTES,
+    chunk_elements,
     element_range,
     num_chunks,
     to_le_bytes,
@@ -29,15 +30,18 @@ from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.errors import InvalidMessage
 from swarmnode.p2p.messages import Kind
 
-DEFAULT_FRAME_CHUNKS = 128  # 128 x 16 KiB = 2 MiB of payload per frame of a large model
+FRAME_BYTES = 2 << 20  # payload per frame, whatever the chunk size (frame_chunks_for)
+DEFAULT_FRAME_CHUNKS = 128  # 128 x 16 KiB = FRAME_BYTES per frame of a large model
 MAX_VECTOR_ELEMENTS = 1 << 30  # 4 GiB of float32: the largest model a node accepts by default
 MAX_FRAME_ELEMENTS = 1 << 20  # 4 MiB of float32 per frame
 # The first frame of a MODEL stream carries the whole chunk-hash list (32 bytes per chunk):
-# 8 MiB for the largest model, plus room for a proof and the other header fields. An UPDATE
-# stream's carries only its own chunks' hashes and a proof of about 2 log2(chunks) hashes.
+# 8 MiB for the largest model, plus room for the other header fields. An UPDATE frame
+# carries only the Merkle proof of its own chunks, about 2 log2(chunks) hashes.
 MAX_HEADER_BYTES = HASH_BYTES * num_chunks(MAX_VECTOR_ELEMENTS) + (64 << 10)
 
 _F = TypeVar("_F")
+Prover = Callable[[range], bytes]
+"""The Merkle range proof of any range of chunks of one committed vector (merkle.Tree.proof)."""
 
 _HEADER_TAG = 0x0A  # field 1, length-delimited
 _PAYLOAD_TAG = 0x12  # field 2, length-delimited
@@ -144,13 +148,18 @@ def frames_for(
     sender: str,
     chunk_hashes: bytes = b"",
     proof: bytes = b"",
-    frame_chunks: int = DEFAULT_FRAME_CHUNKS,
+    prove: Prover | None = None,
+    frame_chunks: int | None = None,
 ) -> Iterator[Frame]:
     """Frames covering `chunks` of the whole `vector`, produced lazily (the sender never
-    buffers more than gRPC's flow-control window). The hashes and their proof ride in the
-    first frame (with a proof and a single frame, the hashes are left out: implied_hashes),
-    as does `sender`: later frames leave it empty and the receiver takes the first frame's.
-    An empty range still yields one empty frame, so the receiver learns it has everything."""
+    buffers more than gRPC's flow-control window), of about FRAME_BYTES of payload each
+    unless `frame_chunks` says how many chunks. With `prove` (UPDATE), every frame carries
+    the Merkle proof of its own chunks and no hashes: the receiver hashes the frame's chunks
+    and checks it alone (implied_hashes). Otherwise `chunk_hashes` (a MODEL's whole list)
+    and `proof` ride in the first frame. `sender` too rides in the first frame only; later
+    frames leave it empty and the receiver takes the first frame's (an empty one on the
+    first frame means the caller). An empty range still yields one empty frame, so the
+    receiver learns it has everything."""
     return _frames(
         to_le_bytes(vector),
         0,
@@ -163,6 +172,7 @@ def frames_for(
         sender=sender,
         chunk_hashes=chunk_hashes,
         proof=proof,
+        prove=prove,
         frame_chunks=frame_chunks,
     )
 
@@ -179,7 +189,8 @@ def frames_for_row(
     sender: str,
     chunk_hashes: bytes = b"",
     proof: bytes = b"",
-    frame_chunks: int = DEFAULT_FRAME_CHUNKS,
+    prove: Prover | None = None,
+    frame_chunks: int | None = None,
 ) -> Iterator[Frame]:
     """frames_for() for a row held alone: `row` holds the values of `chunks` only (what an
     owner keeps of a contributor's update), the headers still count the whole vector's
@@ -199,15 +210,24 @@ def frames_for_row(
         sender=sender,
         chunk_hashes=chunk_hashes,
         proof=proof,
+        prove=prove,
         frame_chunks=frame_chunks,
     )
+
+
+def frame_chunks_for(numel: int) -> int:
+    """Chunks per frame for a vector of `numel` elements: about FRAME_BYTES of payload,
+    so that a small model's small chunks do not make small frames (each frame costs a
+    header, a proof and gRPC's prefix)."""
+    return max(1, FRAME_BYTES // (chunk_elements(numel) * ELEMENT_BYTES))
 
 
 def merged_hashes_frame(
     *, round: int, attempt: int, segment: int, sender: str, chunk_hashes: bytes, numel: int
 ) -> Frame:
-    """The checker's one MERGED_HASHES frame: no payload, the chunk hashes of its own merge
-    of `segment` (32 bytes per chunk of that segment)."""
+    """The checker's one MERGED_HASHES frame: no payload; `chunk_hashes` holds the 32-byte
+    Merkle root of its own merge of `segment`, the segment's chunk hashes taken as a tree of
+    their own (docs/canonical-vector.md#merged-hashes). `sender` may be empty: the caller."""
     header = peer_pb2.FrameHeader(
         kind=Kind.MERGED_HASHES,  # type: ignore[arg-type]
         round=round,
@@ -235,10 +255,13 @@ def _frames(
     sender: str,
     chunk_hashes: bytes,
     proof: bytes,
-    frame_chunks: int,
+    prove: Prover | None,
+    frame_chunks: int | None,
 ) -> Iterator[Frame]:
     """The frames of `chunks`; `data` holds the vector's bytes from element `base` on."""
     first = True
+    if frame_chunks is None:
+        frame_chunks = frame_chunks_for(numel)
     starts = range(chunks.start, chunks.stop, frame_chunks) if len(chunks) else [chunks.start]
     if proof and len(starts) == 1:
         # one frame holds every chunk the hashes are of: the receiver hashes them itself and
@@ -247,6 +270,8 @@ def _frames(
     for start in starts:
         stop = min(start + frame_chunks, chunks.stop)
         span = element_range(range(start, stop), numel)
+        # with `prove`, each frame proves its own chunks (implied_hashes)
+        own_proof = prove(range(start, stop)) if prove is not None else proof if first else b""
         header = peer_pb2.FrameHeader(
             kind=kind,  # type: ignore[arg-type]
             round=round,
@@ -257,7 +282,7 @@ def _frames(
             dtype=peer_pb2.DTYPE_FLOAT32,
             vector_elements=numel,
             chunk_hashes=chunk_hashes if first else b"",
-            proof=proof if first else b"",
+            proof=own_proof,
             sender=sender if first else "",
         )
         first = False
@@ -266,10 +291,12 @@ def _frames(
 
 
 def implied_hashes(frame: Frame) -> bool:
-    """Whether a frame's chunk hashes were left out for the receiver to compute: a stream's
-    only frame, with a Merkle proof and no hashes (frames_for leaves them out when one frame
-    holds every chunk they are of). The receiver hashes the payload's chunks and checks those
-    hashes with the proof, exactly as it would check hashes that came with it."""
+    """Whether a frame proves itself: a Merkle proof and no chunk hashes, as every UPDATE
+    frame is sent (frames_for with `prove`). The receiver hashes the payload's chunks and
+    checks those hashes with the proof against the contributor's commitment, so the frame
+    is checked alone, before it is stored, whatever came before it in its stream. (A frame
+    of the whole vector has an empty proof: receivers take an UPDATE frame without hashes
+    whose chunks they hold no hashes of as proving itself too.)"""
     return bool(frame.header.proof) and not frame.header.chunk_hashes
 
 

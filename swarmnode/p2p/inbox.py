@@ -58,7 +58,6 @@ from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.buffers import receive_buffer
 from swarmnode.p2p.errors import InvalidMessage, NotFound, NotReady, Stale, Unauthorized
 from swarmnode.p2p.frames import (
-    DEFAULT_FRAME_CHUNKS,
     MAX_FRAME_ELEMENTS,
     MAX_VECTOR_ELEMENTS,
     Frame,
@@ -363,12 +362,12 @@ class Inbox:
         sender: str,
         first_chunk: int,
         chunks: int,
-        frame_chunks: int = DEFAULT_FRAME_CHUNKS,
+        frame_chunks: int | None = None,
     ) -> Iterator[Frame]:
         """A FetchUpdate answer, the same for both transports' servers: checks the caller
         (check_fetch) and the request, then UPDATE frames of `sender`'s chunks
-        [first_chunk, first_chunk + chunks), those chunks' hashes and their proof in the
-        first, header.sender = `sender`. NotFound when not held."""
+        [first_chunk, first_chunk + chunks), each with the Merkle proof of its own chunks
+        (as a push), header.sender = `sender`. NotFound when not held."""
         self.check_fetch(round, caller)
         wanted = range(first_chunk, first_chunk + chunks)
         found = self.serve_update(round, sender, wanted)
@@ -378,17 +377,25 @@ class Inbox:
                 f" of round {round} here"
             )
         values, hashes, proof = found
+        numel = self._numel(round, sender)
+        known = merkle.Known(b"\0" * HASH_BYTES, num_chunks(numel))  # proofs of sub-ranges
+        known.add(wanted, hashes, proof, check=False)  # checked when they came (or our own)
+
+        def prove(part: range) -> bytes:
+            got = known.proof(part)
+            assert got is not None  # inside the range whose leaves and proof it holds
+            return got
+
         return frames_for_row(
             values,
             wanted,
-            self._numel(round, sender),
+            numel,
             kind=Kind.UPDATE,
             round=round,
             attempt=0,
             segment=0,
             sender=normalize(sender),
-            chunk_hashes=hashes,
-            proof=proof,
+            prove=prove,
             frame_chunks=frame_chunks,
         )
 
@@ -418,8 +425,8 @@ class Inbox:
 
     def _receive(self, frame: Frame, sender: str, wait: float) -> int:
         header = frame.header
-        if frame.kind != Kind.UPDATE:  # a relay may carry an update, nothing else
-            _check_claim("frame", header.sender, sender)
+        if frame.kind != Kind.UPDATE and header.sender:  # a relay may carry an update only
+            _check_claim("frame", header.sender, sender)  # (an empty sender is the caller)
         if header.elements > self.max_frame_elements:
             raise InvalidMessage(
                 f"frame of {header.elements} elements exceeds the limit of "
@@ -497,7 +504,7 @@ class Inbox:
         participant when the caller is one too: the data is checked against the named
         contributor's commitment, so who carried it does not matter. Anyone else speaking
         for another account is Unauthorized, as for every other message."""
-        if _lookup(claimed) == caller:
+        if not claimed or _lookup(claimed) == caller:  # an empty claim names the caller
             return caller
         if caller not in expected.commitments:
             _check_claim("frame", claimed, caller)  # raises: a stranger speaking for another
@@ -538,7 +545,15 @@ class Inbox:
                     f"vector of {header.vector_elements} elements, the model has {expected.numel}"
                 )
             stream = expected.streams.get((sender, header.segment))
-            if header.chunk_hashes or header.proof:  # checked whenever sent: a retried stream
+            # a frame without hashes proves its own chunks (frames.implied_hashes; its proof
+            # is empty only when it holds the whole vector), unless it is a later frame of a
+            # stream whose first frame brought the hashes of its chunks
+            tree = expected.trees.get(sender)
+            count = -(-len(values) // chunk_elements(expected.numel))
+            covered = range(header.first_chunk, header.first_chunk + count)
+            held = None if tree is None or not count else tree.leaves(covered)
+            proves = not header.chunk_hashes and (bool(header.proof) or held is None)
+            if header.chunk_hashes or proves:  # checked whenever sent: a retried stream
                 self._prove(header, values, chunks, sender, commitment, expected)
                 if stream is None:
                     stream = _Segment(chunks, expected.numel)
@@ -547,6 +562,11 @@ class Inbox:
         if stream is None or not stream.checked:
             raise InvalidMessage("update frames arrived before their chunk hashes")
         self._check_range(header, values, stream.chunks)
+        if proves:  # the frame's chunks gave the hashes its proof proved: nothing more to check
+            with self._lock:
+                stream.store(header.first_chunk, values)
+                self._lock.notify_all()
+            return len(values)
         count = -(-len(values) // chunk_elements(header.vector_elements))
         covered = range(header.first_chunk, header.first_chunk + count)
         with self._lock:
@@ -575,13 +595,15 @@ class Inbox:
         commitment: bytes,
         expected: _UpdateRound,
     ) -> None:
-        """Checks a stream's first frame: the hashes of the chunks from header.first_chunk on,
+        """Checks a frame's proof: the hashes of the chunks from header.first_chunk on,
         inside the segment's `chunks`, with their Merkle proof against the contributor's
         commitment (docs/canonical-vector.md#commitments); keeps them in the contributor's
-        tree. A stream's only frame may leave the hashes out (frames.implied_hashes): they
-        are then those of its own payload's chunks. The caller holds the lock."""
+        tree. As senders send them, frames carry no hashes (frames.implied_hashes): they are
+        those of the frame's own payload's chunks, computed here, so the frame is checked
+        alone. A first frame that carries hashes (of more chunks than its own) is checked
+        the same way. The caller holds the lock."""
         hashes = header.chunk_hashes
-        if header.proof and not hashes:
+        if not hashes:
             count = -(-len(values) // chunk_elements(expected.numel))
             covered = range(header.first_chunk, header.first_chunk + count)
             if not chunks.start <= covered.start <= covered.stop <= chunks.stop or len(
@@ -657,26 +679,26 @@ class Inbox:
         return len(values)
 
     def _receive_merged_hashes(self, frame: Frame, sender: str, wait: float) -> int:
-        """The checker's hashes of its merge of one segment: exactly one hash per chunk of
-        the segment, no payload. Nothing is allocated before the length is checked."""
+        """The checker's digest of its merge of one segment: one 32-byte Merkle root (the
+        segment's chunk hashes as a tree of their own), no payload. Nothing is allocated
+        before the length is checked."""
         header = frame.header
         if header.elements or len(frame.payload):
             raise InvalidMessage("a MERGED_HASHES frame carries no payload")
         with self._lock:
-            expected, (_, checker, chunks) = self._merged_spec(header, wait)
+            expected, (_, checker, _) = self._merged_spec(header, wait)
             if checker != sender:
                 raise InvalidMessage(
                     f"{sender} does not check segment {header.segment} in attempt {header.attempt}"
                 )
-            want = len(chunks) * HASH_BYTES
-            if len(header.chunk_hashes) != want:
+            if len(header.chunk_hashes) != HASH_BYTES:
                 raise InvalidMessage(
                     f"{len(header.chunk_hashes)} bytes of hashes for segment {header.segment}, "
-                    f"its {len(chunks)} chunks take {want}"
+                    f"its merged digest takes {HASH_BYTES}"
                 )
             held = expected.hashes.get(header.segment)
             if held is not None and held != header.chunk_hashes:
-                raise InvalidMessage(f"a second, different hash list for segment {header.segment}")
+                raise InvalidMessage(f"a second, different digest for segment {header.segment}")
             expected.hashes[header.segment] = bytes(header.chunk_hashes)
             self._lock.notify_all()
         return 0
@@ -739,8 +761,8 @@ class Inbox:
         return self._wait_stream(lambda: self._merged_stream(round, attempt, segment), timeout)
 
     def merged_hashes(self, round: int, attempt: int, segment: int, timeout: float) -> bytes | None:
-        """The checker's chunk hashes of `segment` in this attempt, or None if they did not
-        arrive in time."""
+        """The checker's digest of its merge of `segment` in this attempt (MERGED_HASHES),
+        or None if it did not arrive in time."""
         deadline = time.monotonic() + timeout
 
         def found() -> bytes | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from swarmnode import merkle
 from swarmnode.address import is_address, normalize
 from swarmnode.canonical import (
     HASH_BYTES,
@@ -271,6 +272,10 @@ class _Assembly:
         self.chunk = chunk_elements(numel)
         self.hashes: bytes | None = None  # of self.chunks, checked
         self.proof = b""
+        # frames that prove themselves (implied_hashes): what their proofs proved, and the
+        # hashes of the chunks they brought, in place
+        self.known = merkle.Known(digest, num_chunks(numel))
+        self.leaves = bytearray(len(self.chunks) * HASH_BYTES)
 
     def take(self, frame: Frame) -> None:
         header = frame.header
@@ -282,6 +287,9 @@ class _Assembly:
             named = _named(header.sender)
             if named != self.contributor:
                 raise self.refused(f"sent frames of {header.sender[:50] or '(none)'}")
+        if self.kind == Kind.UPDATE and not header.chunk_hashes and self.hashes is None:
+            self._take_proved(frame)  # a frame that proves itself (frames.implied_hashes)
+            return
         if header.chunk_hashes or header.proof:
             given = self._implied(frame) if implied_hashes(frame) else bytes(header.chunk_hashes)
             self._take_hashes(given, bytes(header.proof))
@@ -303,6 +311,29 @@ class _Assembly:
         start = first * self.chunk - self.start
         self.vector[start : start + len(values)] = values
 
+    def _take_proved(self, frame: Frame) -> None:
+        """A frame that proves its own chunks: their hashes, computed here, with the frame's
+        proof against the digest, then stored; nothing of it is kept unless that holds."""
+        header = frame.header
+        values = payload_array(frame)
+        count = -(-len(values) // self.chunk)
+        first = header.first_chunk
+        covered = range(first, first + count)
+        if not self.chunks.start <= first <= first + count <= self.chunks.stop:
+            raise self.refused(
+                f"sent chunks {first}..{first + count - 1}, outside the chunks asked for "
+                f"{self.chunks.start}..{self.chunks.stop - 1}"
+            )
+        if len(element_range(covered, self.numel)) != len(values):
+            raise self.refused(f"sent {len(values)} elements from chunk {first}: not whole chunks")
+        hashes = chunk_hashes(values, numel=self.numel)
+        self._checked(lambda: self.known.add(covered, hashes, bytes(header.proof)))
+        self._mark_once(first - self.chunks.start, count)
+        at = (first - self.chunks.start) * HASH_BYTES
+        self.leaves[at : at + len(hashes)] = hashes
+        start = first * self.chunk - self.start
+        self.vector[start : start + len(values)] = values
+
     def finished(self) -> tuple[npt.NDArray[np.float32], bytes, bytes]:
         """The values, their chunk hashes and the proof, once nothing is missing."""
         missing = np.flatnonzero(~self.seen)
@@ -311,8 +342,11 @@ class _Assembly:
                 f"stopped with {len(missing)} of the {len(self.seen)} chunks asked for missing "
                 f"(the first is chunk {self.chunks.start + int(missing[0])})"
             )
-        if self.hashes is None:  # nothing asked for, and no hashes either
-            raise self.refused("sent no chunk hashes")
+        if self.hashes is None:  # frames that proved themselves, or none at all
+            proof = self.known.proof(self.chunks) if self.seen.all() else None
+            if proof is None:
+                raise self.refused("sent no chunk hashes")
+            return self.vector, bytes(self.leaves), proof
         return self.vector, self.hashes, self.proof
 
     def _implied(self, frame: Frame) -> bytes:
