@@ -149,7 +149,7 @@ class Scenario(BaseModel):
         ]
         if refused:
             raise ValueError(
-                f"the fast engine does not run {', '.join(refused)}: use engine = \"full\""
+                f'the fast engine does not run {", ".join(refused)}: use engine = "full"'
             )
         return self
 
