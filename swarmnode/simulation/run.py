@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,9 @@ from swarmnode.simulation.sweep import (
     cell_scenario,
     checked_cell,
     full_fidelity,
+    full_fidelity_run,
     grid_cells,
+    one_torch_thread,
     run_cells,
 )
 from swarmnode.simulation.tasks import (
@@ -182,16 +186,26 @@ def sweep(
     check: str = "first",
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Runs every cell of `grid` on its engine (sweep.cell_engine), then `check` ("first",
-    "none" or a cell label) at full fidelity; writes sweep.json and sweep.png into `out`."""
+    """Runs every cell of `grid` on its engine (sweep.cell_engine) and `check` ("first",
+    "none" or a cell label) at full fidelity; writes sweep.json and sweep.png into `out`.
+
+    On the fast engine the full-fidelity run goes on in a thread beside the cells, on one
+    torch thread like them (sweep.one_torch_thread): its nodes mostly wait for the chain and
+    each other, which leaves the CPU to the cells."""
     console = console or Console()
     started = time.perf_counter()
     # every refusal before any run
     scenarios = {cell: cell_scenario(base, grid, cell) for cell in grid_cells(grid)}
     checked = checked_cell(check, grid)
     console.print(_sweep_header(base, grid, len(scenarios), checked))
-    with progress_bar(console) as progress:
+    with progress_bar(console) as progress, ExitStack() as beside:
         bar = progress.add_task("sweep", total=len(scenarios), status="")
+        background: Future[tuple[SwarmRun, float]] | None = None
+        if grid.engine == "fast":
+            beside.enter_context(one_torch_thread())
+            if checked is not None:
+                pool = beside.enter_context(ThreadPoolExecutor(1, "full-check"))
+                background = pool.submit(full_fidelity_run, scenarios[checked])
         results = run_cells(scenarios, _cell_status(progress, bar))
         # the cells' results on disk first: a full-fidelity run that fails loses none of them
         ran = time.perf_counter() - started
@@ -202,7 +216,8 @@ def sweep(
         if checked is not None:
             progress.update(bar, status=f"{checked.label} at full fidelity (embedded chain, gRPC)")
             swept = next(r for r in results if r.cell == checked)
-            check_report = full_fidelity(scenarios[checked], swept)
+            made = None if background is None else background.result()
+            check_report = full_fidelity(scenarios[checked], swept, made)
     wall = time.perf_counter() - started
     report = sweep_report.build_report(base, grid, results, check_report, wall)
     files = sweep_report.write_outputs(out, report, grid)

@@ -188,6 +188,8 @@ class Scenario(BaseModel):
                 "processes: the daemons run no Byzantine nodes (contribution or protocol "
                 "attacks); run it in process"
             )
+        if self.processes and self.fresh_optimizer:
+            raise ValueError("processes: fresh_optimizer runs in process only (drop --processes)")
         return self
 
     @model_validator(mode="after")

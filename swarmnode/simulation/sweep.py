@@ -250,14 +250,13 @@ def cell_engine(grid: Grid, cell: Cell) -> str:
 def run_cell(scenario: Scenario, backend: Backend) -> SwarmRun:
     """The cell on its scenario's engine: fast, or real nodes on `backend`."""
     if scenario.engine == "fast":
-        with one_torch_thread():
-            return run_fast(scenario, *scenario_data(scenario))
+        return run_fast(scenario, *scenario_data(scenario))
     return run_swarm(scenario, *scenario_data(scenario), backend=backend)
 
 
 @contextmanager
 def one_torch_thread() -> Iterator[None]:
-    """torch's intra-op threads, one while a fast cell runs: the sweep's models are so small
+    """torch's intra-op threads, one while a fast-engine sweep runs: its models are so small
     (a 64-wide MLP, 8 nodes, batches of 32) that splitting an operation costs more than it
     saves. Measured on the 2-core machine under load: one digits cell 14.2 s of CPU with
     torch's default threads, 1.0 s with one, to the same final accuracy."""
@@ -285,11 +284,20 @@ def run_cells(
     return results
 
 
-def full_fidelity(scenario: Scenario, swept: CellResult) -> dict[str, Any]:
-    """`swept`'s cell again on the embedded chain with mutual-TLS gRPC. A cell of real nodes
-    must end on its digest bit for bit; a fast-engine cell within FULL_CHECK_TOLERANCE."""
+def full_fidelity_run(scenario: Scenario) -> tuple[SwarmRun, float]:
+    """The cell's scenario on the embedded chain with mutual-TLS gRPC, and its seconds."""
     t0 = time.perf_counter()
     run = run_cell(scenario.model_copy(update={"engine": "full"}), "grpc")
+    return run, time.perf_counter() - t0
+
+
+def full_fidelity(
+    scenario: Scenario, swept: CellResult, ran: tuple[SwarmRun, float] | None = None
+) -> dict[str, Any]:
+    """`swept`'s cell again on the embedded chain with mutual-TLS gRPC (or `ran`, that run
+    made already). A cell of real nodes must end on its digest bit for bit; a fast-engine
+    cell within FULL_CHECK_TOLERANCE."""
+    run, seconds = ran if ran is not None else full_fidelity_run(scenario)
     accuracy, digest = run.accuracy, run.digest
     agreed = sum(r.digest_agreed for r in run.rounds)
     equal = bool(digest) and digest == swept.digest
@@ -309,5 +317,5 @@ def full_fidelity(scenario: Scenario, swept: CellResult) -> dict[str, Any]:
         "sweep_loss": swept.loss,
         "full_fidelity_loss": run.loss,
         "full_fidelity_rounds_agreed": agreed,
-        "full_fidelity_seconds": time.perf_counter() - t0,
+        "full_fidelity_seconds": seconds,
     }
