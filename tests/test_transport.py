@@ -368,7 +368,16 @@ def test_catch_up_fetches_a_final_model_checked_against_its_digest(cluster: Clus
     b.inbox.publish_model(ROUND, final, canonical.chunk_hashes(final))
     got = a.transport.fetch_model(b.account, ROUND, canonical.digest(final), NUMEL, timeout=10)
     assert np.array_equal(got, final)
-    with pytest.raises(InvalidMessage, match="committed to"):
+    # no hash list travels: every frame carries the proof of its own chunks (the whole
+    # vector in one frame here: an empty proof) and the fetcher hashes the chunks itself
+    raw = list(a.transport._fetch_frames(b.account, ROUND, 10))
+    assert [bytes(f.header.chunk_hashes) for f in raw] == [b""] * len(raw)
+    tree = merkle.Tree(canonical.chunk_hashes(final))
+    for f in raw:
+        first = f.header.first_chunk
+        assert f.header.proof == tree.proof(range(first, first + -(-f.header.elements // CHUNK)))
+    # each frame proves its chunks against the digest asked for: another digest refuses it
+    with pytest.raises(InvalidMessage, match="give root"):
         a.transport.fetch_model(b.account, ROUND, hashlib.sha256(b"x").digest(), NUMEL, 10)
     # a round whose model the peer does not hold (yet): NotFound, which catch-up asks again
     with pytest.raises(NotFound, match="NOT_FOUND"):

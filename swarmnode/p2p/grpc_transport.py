@@ -32,6 +32,7 @@ import numpy.typing as npt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from swarmnode import merkle
 from swarmnode.address import normalize
 from swarmnode.canonical import num_chunks
 from swarmnode.exceptions import PeerError
@@ -325,8 +326,9 @@ class PeerServer:
     def _model_frames(
         self, round: int, vector: npt.NDArray[np.float32], hashes: bytes
     ) -> Iterator[Frame]:
-        """Every chunk of a final model once, the hash list first. A method of its own so
-        that the attack tests can serve a dishonest stream over real mutual TLS
+        """Every chunk of a final model once, each frame with the Merkle proof of its own
+        chunks against the final digest (no hash list). A method of its own so that the
+        attack tests can serve a dishonest stream over real mutual TLS
         (docs/trust.md#checks-on-received-data)."""
         return frames_for(
             vector,
@@ -336,7 +338,7 @@ class PeerServer:
             attempt=0,
             segment=0,
             sender=self.account,
-            chunk_hashes=hashes,
+            prove=merkle.Tree(hashes).proof,  # each frame against the final digest
         )
 
 

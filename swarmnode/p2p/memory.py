@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+from swarmnode import merkle
 from swarmnode.address import normalize
 from swarmnode.canonical import num_chunks
 from swarmnode.exceptions import PeerError
@@ -131,7 +132,7 @@ class MemoryTransport(Transport):
             attempt=0,
             segment=0,
             sender=peer,
-            chunk_hashes=hashes,
+            prove=merkle.Tree(hashes).proof,  # each frame against the final digest
         ):
             yield codec.decode(self._answer(codec.encode(frame), theirs, message_parts(frame)))
 

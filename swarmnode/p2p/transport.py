@@ -144,8 +144,9 @@ class Transport(ABC):
     def fetch_model(
         self, peer: str, round: int, digest: bytes, numel: int, timeout: float
     ) -> npt.NDArray[np.float32]:
-        """A final round's model from `peer`, checked against the digest on chain: every chunk
-        against the peer's hash list, each chunk index exactly once, then the whole vector
+        """A final round's model from `peer`, checked against the digest on chain: every frame
+        with its Merkle proof (or every chunk against a whole hash list in the first frame,
+        as older peers send it), each chunk index exactly once, then the whole vector
         (docs/trust.md#checks-on-received-data). A peer that sends a chunk twice, skips one
         or stops early is refused (InvalidMessage), so catch-up asks the next peer."""
         model = _Assembly(peer, f"model of round {round}", Kind.MODEL, round, numel, digest)
@@ -287,7 +288,7 @@ class _Assembly:
             named = _named(header.sender)
             if named != self.contributor:
                 raise self.refused(f"sent frames of {header.sender[:50] or '(none)'}")
-        if self.kind == Kind.UPDATE and not header.chunk_hashes and self.hashes is None:
+        if not header.chunk_hashes and self.hashes is None:
             self._take_proved(frame)  # a frame that proves itself (frames.implied_hashes)
             return
         if header.chunk_hashes or header.proof:
