@@ -178,3 +178,37 @@ def test_known_refuses_what_does_not_belong() -> None:
     assert known.leaves(range(4, 8)) == leaves[128:256]  # stitched from two checked ranges
     assert known.proof(range(4, 8)) == merkle.range_proof(leaves, range(4, 8))
     assert known.proof(range(0, 1)) is None  # needs leaf 1, which no checked range held
+
+
+def test_frames_carry_proofs_of_their_own_chunks_and_merged_digests_byte_for_byte() -> None:
+    """The wire format of docs/canonical-vector.md#commitments and #merged-hashes, written out
+    by hand: an UPDATE frame as nodes send it (no chunk hashes, no sender: the proof of its
+    own chunks) and the checker's MERGED_HASHES frame (one 32-byte root, no payload)."""
+    import numpy as np
+
+    from swarmnode import canonical
+    from swarmnode.p2p import frames
+    from swarmnode.p2p.messages import Kind
+
+    vector = np.arange(40, dtype=np.float32)  # 3 chunks of 16: 16, 16, 8 elements
+    leaves = canonical.chunk_hashes(vector)
+    h0, h1, h2 = leaves[:32], leaves[32:64], leaves[64:]
+    tree = merkle.Tree(leaves)
+    (frame,) = frames.frames_for(
+        vector, range(1, 3), kind=Kind.UPDATE, round=7, attempt=1, segment=1, sender="",
+        prove=tree.proof,
+    )  # fmt: skip
+    header = bytes.fromhex("0801 1007 1801 2001 2801 3018 3801 4028") + b"\x5a\x20" + h0
+    payload = vector[16:].astype("<f4").tobytes()
+    assert frames.encode(frame) == b"\x0a\x32" + header + b"\x12\x60" + payload
+    # the proof of chunks 1..2 of three is leaf 0; with the two hashes it gives the root
+    merkle.verify_range(canonical.digest(vector), 3, range(1, 3), h1 + h2, h0)
+
+    digest = merkle.root(h1 + h2)
+    top = hashlib.sha256(b"\x01" + h1 + h2).digest()
+    assert digest == hashlib.sha256(b"\x00" + (2).to_bytes(8, "big") + top).digest()
+    check = frames.merged_hashes_frame(
+        round=7, attempt=1, segment=1, sender="", chunk_hashes=digest, numel=40
+    )
+    header = bytes.fromhex("0804 1007 1801 2001 3801 4028") + b"\x4a\x20" + digest
+    assert frames.encode(check) == b"\x0a\x2e" + header + b"\x12\x00"
