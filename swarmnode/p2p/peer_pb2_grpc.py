@@ -88,7 +88,7 @@ class PeerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FetchModel(self, request, context):
-        """Catch-up: fetch a final round's model, with its whole chunk-hash list in the first frame.
+        """Catch-up: fetch a final round's model, each frame with the proof of its own chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,7 +96,7 @@ class PeerServicer:
 
     def FetchUpdate(self, request, context):
         """Re-merge: fetch chunks of a contributor's update (UPDATE frames, header.sender = the
-        contributor, the chunks' hashes and their proof in the first frame). Only participants of the
+        contributor, each with the proof of its own chunks). Only participants of the
         round may call it; NOT_FOUND when the callee does not hold every chunk asked for.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
