@@ -118,7 +118,9 @@ def test_a_fast_engine_cell_agrees_with_full_fidelity_within_the_tolerance(
     tmp_path: Path,
 ) -> None:
     base = Scenario.load(None, {"nodes": 4, "rounds": 2, "local_batches": 3})
-    grid = Grid(datasets=("digits",), rules=("median",), attacks=("sign_flip",), seeds=(1,))
+    grid = Grid(
+        datasets=("digits",), rules=("median",), attacks=("sign_flip",), seeds=(1,), byzantine=1
+    )
     assert grid.engine == "fast"  # the sweep's default
     out = io.StringIO()
     report = sweep(base, grid, tmp_path, check="first", console=Console(file=out, width=300))
