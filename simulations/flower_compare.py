@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from swarmnode.simulation.engine import run_swarm
 from swarmnode.simulation.fast import run_fast
 from swarmnode.simulation.flower_baseline import run_flower
@@ -76,7 +78,10 @@ def compare(nodes: int, seed: int, args: argparse.Namespace, full: bool) -> list
         )
         out.append(Result("full", nodes, seed, seconds, accuracy))
     for r in out:
-        print(f"  n={r.nodes} seed={r.seed} {r.engine:>6}: {r.seconds:8.2f} s, {r.accuracy:.4f}")
+        print(
+            f"  n={r.nodes} seed={r.seed} {r.engine:>6}: {r.seconds:8.2f} s, {r.accuracy:.4f}",
+            flush=True,
+        )
     return out
 
 
@@ -126,7 +131,16 @@ def main() -> None:
     parser.add_argument(
         "--full-at", default="8", help="node counts also run at full fidelity, or none"
     )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch's intra-op threads in this process (Flower's clients run one each)",
+    )
     args = parser.parse_args()
+    # the models are tiny: on the shared 2-core machine one thread ran a fast-engine sweep
+    # cell in 1.0 s of CPU against 14 s with torch's default (swarmnode.simulation.sweep)
+    torch.set_num_threads(args.torch_threads)
     node_counts = [int(v) for v in args.nodes.split(",")]
     seeds = [int(v) for v in args.seeds.split(",")]
     full_at = set() if args.full_at == "none" else {int(v) for v in args.full_at.split(",")}
