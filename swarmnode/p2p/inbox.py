@@ -524,6 +524,13 @@ class Inbox:
         caller: str,
         wait: float,
     ) -> int:
+        # the hashes of a frame that proves itself, computed before taking the lock: hashing
+        # is most of a frame's check, and frames from many peers are checked in parallel
+        computed = (
+            chunk_hashes(values, numel=header.vector_elements)
+            if not header.chunk_hashes and len(values) and header.vector_elements
+            else None
+        )
         with self._lock:
             self._await_declared(header.round, header.attempt, self._updates, wait)
             expected = self._updates.get(header.round)
@@ -554,7 +561,7 @@ class Inbox:
             held = None if tree is None or not count else tree.leaves(covered)
             proves = not header.chunk_hashes and (bool(header.proof) or held is None)
             if header.chunk_hashes or proves:  # checked whenever sent: a retried stream
-                self._prove(header, values, chunks, sender, commitment, expected)
+                self._prove(header, values, chunks, sender, commitment, expected, computed)
                 if stream is None:
                     stream = _Segment(chunks, expected.numel)
                     expected.streams[(sender, header.segment)] = stream
@@ -594,14 +601,16 @@ class Inbox:
         sender: str,
         commitment: bytes,
         expected: _UpdateRound,
+        computed: bytes | None = None,
     ) -> None:
         """Checks a frame's proof: the hashes of the chunks from header.first_chunk on,
         inside the segment's `chunks`, with their Merkle proof against the contributor's
         commitment (docs/canonical-vector.md#commitments); keeps them in the contributor's
         tree. As senders send them, frames carry no hashes (frames.implied_hashes): they are
         those of the frame's own payload's chunks, computed here, so the frame is checked
-        alone. A first frame that carries hashes (of more chunks than its own) is checked
-        the same way. The caller holds the lock."""
+        alone (`computed`: those hashes, if the caller has them). A first frame that carries
+        hashes (of more chunks than its own) is checked the same way. The caller holds the
+        lock."""
         hashes = header.chunk_hashes
         if not hashes:
             count = -(-len(values) // chunk_elements(expected.numel))
@@ -613,7 +622,9 @@ class Inbox:
                     f"{len(values)} elements from chunk {header.first_chunk} are not whole "
                     f"chunks inside the segment's chunks {chunks.start}..{chunks.stop - 1}"
                 )
-            hashes = chunk_hashes(values, numel=expected.numel)
+            if computed is None:
+                computed = chunk_hashes(values, numel=expected.numel)
+            hashes = computed
         covered = range(header.first_chunk, header.first_chunk + len(hashes) // HASH_BYTES)
         if len(hashes) % HASH_BYTES or not (
             chunks.start <= covered.start <= covered.stop <= chunks.stop
