@@ -253,6 +253,9 @@ def test_page_lists_both_nodes_and_rounds_as_they_finish(
             rows = d.find_elements(By.CSS_SELECTOR, "#roster tbody tr")
             return [r.get_attribute("data-account") for r in rows]
 
+        def accuracy_points(d: Any) -> int:
+            return len(d.find_elements(By.CSS_SELECTOR, "#accuracy-curve circle"))
+
         def final_rounds(d: Any) -> list[str]:
             rows = d.find_elements(By.CSS_SELECTOR, "#rounds tbody tr.final")
             return sorted(r.get_attribute("data-round") for r in rows)
@@ -275,6 +278,13 @@ def test_page_lists_both_nodes_and_rounds_as_they_finish(
             WebDriverWait(driver, 30, poll_frequency=0.2).until(
                 shown, message=f"round {number} never showed as final within 30 s"
             )
+            # The accuracy curve is built from scrapes of the nodes' gauges: a point exists
+            # only if a scrape saw it, so wait for this round's before the next round moves
+            # the gauges on (the chain can show the round final before the nodes' metrics).
+            WebDriverWait(driver, 30, poll_frequency=0.2).until(
+                lambda d, points=2 * number: accuracy_points(d) == points,
+                message=f"the accuracy curves never showed round {number} within 30 s",
+            )
             row = driver.find_element(By.CSS_SELECTOR, f'#rounds tr[data-round="{number}"]')
             cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
             merged = outcomes[0].result.digest
@@ -284,14 +294,7 @@ def test_page_lists_both_nodes_and_rounds_as_they_finish(
             assert int(cells[3]) == 1 and int(cells[8].replace(",", "")) > 0, cells  # gas
             assert cells[7].isdigit(), cells  # seconds from the blocks' timestamps
         assert driver.find_elements(By.CSS_SELECTOR, "#loss-curve polyline")
-
-        def accuracy_points(d: Any) -> int:
-            return len(d.find_elements(By.CSS_SELECTOR, "#accuracy-curve circle"))
-
-        WebDriverWait(driver, 30, poll_frequency=0.2).until(
-            lambda d: accuracy_points(d) == 4,  # two nodes, two final rounds
-            message="the accuracy curves never showed both nodes' two rounds within 30 s",
-        )
+        assert accuracy_points(driver) == 4  # two nodes, two final rounds
         reachable = driver.find_elements(By.CSS_SELECTOR, "#metrics tbody tr td:nth-child(2)")
         assert [c.text for c in reachable] == ["yes", "yes"]
         assert driver.find_element(By.ID, "error").get_attribute("hidden") is not None
