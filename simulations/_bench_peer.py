@@ -378,6 +378,7 @@ def receive_grpc(config: dict[str, Any], case: str, nbytes: int) -> None:
     import swarmnode.canonical as canonical
     import swarmnode.p2p.frames as frames_module
     import swarmnode.p2p.inbox as inbox_module
+    from swarmnode import merkle
     from swarmnode.p2p.inbox import Inbox, _Segment
     from swarmnode.p2p.roster import PeerRecord, Roster
 
@@ -402,11 +403,14 @@ def receive_grpc(config: dict[str, Any], case: str, nbytes: int) -> None:
         digest = bytes.fromhex(receive_message()["digest"])
 
         # Time spent in the receiver's checks, without touching swarmnode: wrap the functions
-        # its Inbox calls (verify_chunks by name in inbox.py; hashing and finiteness by name
-        # in canonical.py) and the copy into the segment buffer.
+        # its Inbox calls (a frame's chunk hashes by name in inbox.py and the Merkle proof
+        # check in merkle.py; hashing and finiteness by name in canonical.py) and the copy
+        # into the segment buffer.
         timer = Timer()
-        verify = timer.wrap("verify", canonical.verify_chunks)
-        inbox_module.verify_chunks = verify  # type: ignore[attr-defined]
+        inbox_module.chunk_hashes = timer.wrap(  # type: ignore[attr-defined]
+            "frame_hashes", inbox_module.chunk_hashes
+        )
+        merkle.verify_range = timer.wrap("verify", merkle.verify_range)
         canonical._hash_chunks = timer.wrap("hash", canonical._hash_chunks)
         canonical.check_finite = timer.wrap("finite", canonical.check_finite)
         _Segment.store = timer.wrap("store", _Segment.store)  # type: ignore[method-assign]
@@ -524,6 +528,7 @@ def send_raw(config: dict[str, Any], case: str, nbytes: int) -> None:
 
 def send_grpc(config: dict[str, Any], case: str, nbytes: int) -> None:
     import swarmnode.canonical as canonical
+    from swarmnode import merkle
     from swarmnode.p2p.frames import Frame, frames_for
     from swarmnode.p2p.messages import Kind
     from swarmnode.p2p.roster import PeerRecord, Roster
@@ -535,6 +540,7 @@ def send_grpc(config: dict[str, Any], case: str, nbytes: int) -> None:
     vector = payload(nbytes, int(config["seed"]), base)
     hashes = canonical.chunk_hashes(vector)  # the commitment is made before the round
     digest = canonical.digest_from_chunk_hashes(hashes)
+    tree = merkle.Tree(hashes)  # as a node keeps it: every frame proves its own chunks
     send_message({"ready": True, "digest": digest.hex(), "sample": sample_digest(vector)})
     port = int(receive_message()["port"])
     record = PeerRecord(peer["account"], f"127.0.0.1:{port}", bytes.fromhex(peer["cert_der"]))
@@ -553,7 +559,7 @@ def send_grpc(config: dict[str, Any], case: str, nbytes: int) -> None:
             attempt=1,
             segment=SEGMENT,
             sender=me["account"],
-            chunk_hashes=hashes,
+            prove=tree.proof,
             frame_chunks=frame_chunks,
         )
 
