@@ -133,26 +133,39 @@ class Orders:
 class Swarm:
     """The n virtual nodes: their stacked models, rows, batch orders and optimizer."""
 
-    def __init__(self, scenario: Scenario, data: Dataset, parts: list[npt.NDArray[np.int64]]):
+    def __init__(
+        self,
+        scenario: Scenario,
+        data: Dataset,
+        parts: list[npt.NDArray[np.int64]],
+        ids: list[int] | None = None,
+        total: int | None = None,
+    ):
+        """`ids` (ascending) and `total` make this a shard of a larger swarm: node ids[k] of
+        `total` owns parts[k], and its seed and attacker role are that node's."""
         self.scenario = scenario
         self.device = pick_device(None)
         n = len(parts)
+        ids = list(range(n)) if ids is None else ids
+        total = n if total is None else total
         # one trainer builds the initial model, as every node's does (same init_seed)
         initial = LocalTrainer(
             make_task(scenario, data, parts[0]), "cpu", 0, init_seed=scenario.seed
         )
         self.stack = Stack.of(initial.model, n, self.device)
+        self.parts = parts  # each node's rows of data.x_train
         self.sizes = [len(p) for p in parts]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
         chosen = torch.as_tensor(np.concatenate(parts), dtype=torch.long)
         labels = data.y_train[chosen].clone()
-        if trains_on_flipped_labels(scenario.attack) and scenario.byzantine:
-            first = int(self.offsets[n - scenario.byzantine])
+        honest = sum(1 for i in ids if i < total - scenario.byzantine)
+        if trains_on_flipped_labels(scenario.attack) and honest < n:
+            first = int(self.offsets[honest])
             labels[first:] = flip_labels(labels[first:], data.classes)
         self.x = data.x_train[chosen].to(self.device)
         self.y = labels.to(self.device)
         self.orders = Orders(
-            self.sizes, [scenario.seed * 1000 + i for i in range(n)], scenario.batch_size
+            self.sizes, [scenario.seed * 1000 + i for i in ids], scenario.batch_size
         )
         self._forward = vmap(self._outputs)
 
@@ -219,10 +232,34 @@ class Swarm:
                 moved = torch.where(keep, moved, param)
             self.stack.momentum[name], self.stack.params[name] = stepped, moved
 
+    def state(self, nodes: list[int]) -> ShardState:
+        """What the nodes in `nodes` carry into their next round, on the CPU."""
+        rows = torch.as_tensor(nodes, device=self.device)
+        return ShardState(
+            {k: v[rows].cpu() for k, v in self.stack.params.items()},
+            {k: v[rows].cpu() for k, v in self.stack.momentum.items()},
+            [self.orders.epoch[i] for i in nodes],
+            [self.orders.position[i] for i in nodes],
+        )
+
+    def restore(self, nodes: list[int], state: ShardState) -> None:
+        """Puts back what state() gave for `nodes`; an epoch's order is drawn again from its
+        seed, so the epoch and the position within it are all of it that travels."""
+        rows = torch.as_tensor(nodes, device=self.device)
+        for k, v in state.params.items():
+            self.stack.params[k][rows] = v.to(self.device)
+        for k, v in state.momentum.items():
+            self.stack.momentum[k][rows] = v.to(self.device)
+        for i, epoch, position in zip(nodes, state.epoch, state.position, strict=True):
+            self.orders.epoch[i], self.orders.position[i] = epoch, position
+            self.orders._order[i] = None
+
     def own_losses(self, nodes: list[int]) -> list[float]:
         """Each node's mean loss on its own rows (what it joins a round with), in chunks of
         nodes small enough for memory."""
         out: list[float] = []
+        if not nodes:
+            return out
         largest = max(self.sizes[i] for i in nodes)
         hidden = max(p.shape[1] for p in self.stack.params.values() if p.dim() == 3)
         chunk = max(1, _EVAL_ELEMENTS // (largest * hidden))
@@ -246,15 +283,51 @@ class Swarm:
         return out
 
 
+@dataclass
+class ShardState:
+    """A shard's nodes between rounds: stacked weights and momentum, and where each node
+    is in its batch order (docs/simulator.md#ray)."""
+
+    params: dict[str, torch.Tensor]  # name -> (shard's nodes, *shape)
+    momentum: dict[str, torch.Tensor]
+    epoch: list[int]
+    position: list[int]
+
+
+def train_shard(
+    scenario: Scenario,
+    data: Dataset,
+    parts: list[npt.NDArray[np.int64]],
+    ids: list[int],
+    total: int,
+    state: ShardState,
+    active: list[int],
+    batches: int,
+) -> tuple[ShardState, list[float]]:
+    """One round's training of a shard: nodes `ids` of `total` (owning `parts`), from
+    `state`, `batches` steps for those of them in `active`; their new state and, for those
+    that trained, their own losses in id order. What FastRounds does for the whole swarm,
+    so that shards trained apart merge to the same model (ray_shards.py)."""
+    swarm = Swarm(scenario, data, parts, ids, total)
+    everyone = list(range(len(ids)))
+    swarm.restore(everyone, state)
+    taking_part = set(active)
+    trained = [k for k, i in enumerate(ids) if i in taking_part]
+    swarm.train(trained, batches)
+    return swarm.state(everyone), swarm.own_losses(trained)
+
+
 def run_fast(
     scenario: Scenario,
     data: Dataset,
     parts: list[npt.NDArray[np.int64]],
     on_round: Callable[[RoundRecord], None] = lambda record: None,
+    rounds: Callable[[Scenario, Swarm, Dataset], FastRounds] | None = None,
 ) -> SwarmRun:
-    """Runs the scenario's rounds on the fast engine; the same SwarmRun as full fidelity's."""
+    """Runs the scenario's rounds on the fast engine; the same SwarmRun as full fidelity's.
+    `rounds` builds another FastRounds (ray_shards.py trains in Ray tasks)."""
     swarm = Swarm(scenario, data, parts)
-    run = FastRounds(scenario, swarm, data)
+    run = (rounds or FastRounds)(scenario, swarm, data)
     records: list[RoundRecord] = []
     for k in range(1, scenario.rounds + 1):
         records.append(run.round(k))
@@ -293,8 +366,7 @@ class FastRounds:
         if self.scenario.fresh_optimizer:  # a new SGD each round: no momentum carried over
             momentum = self.swarm.stack.momentum
             self.swarm.stack.momentum = {k: torch.zeros_like(v) for k, v in momentum.items()}
-        self.swarm.train(active, batches)
-        losses = self.swarm.own_losses(active)
+        losses = self.train(active, batches)
         sent = self._contributions(active, self.swarm.stack.vectors(rows))
         merged = self._merge(sent, [self.swarm.sizes[i] for i in active])
         self.swarm.stack.load(rows, merged)
@@ -320,6 +392,12 @@ class FastRounds:
             per_node=per_node,
             faults={"sat_out": sorted(plan.sitting_out), "caught_up": returning},
         )
+
+    def train(self, active: list[int], batches: int) -> list[float]:
+        """The round's local training of the nodes in `active` (the others do not move);
+        their own losses after it, in `active`'s order."""
+        self.swarm.train(active, batches)
+        return self.swarm.own_losses(active)
 
     def _contributions(self, active: list[int], vectors: torch.Tensor) -> torch.Tensor:
         """What each participant sends: its vector, or its attack's (the hooks see the
