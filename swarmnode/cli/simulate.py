@@ -123,6 +123,16 @@ def run(
         help="flower: also run the same FedAvg through Flower's own simulation engine (Ray; "
         "pip install 'swarmnode[flower]') and put its curve on the plot.",
     ),
+    ray: str | None = typer.Option(
+        None,
+        "--ray",
+        metavar="ADDRESS",
+        help="Train the fast engine's nodes in shards as Ray tasks on the cluster at ADDRESS "
+        "(host:port, or auto); implies --engine fast. pip install 'swarmnode[ray]'.",
+    ),
+    ray_shards: int | None = typer.Option(
+        None, min=1, help="With --ray: how many shards (default: one per CPU of the cluster)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Run a swarm of virtual nodes on a real data set and compare it with its baselines.
@@ -136,7 +146,7 @@ def run(
     fields = {
         "nodes": nodes,
         "dataset": dataset,
-        "engine": engine,
+        "engine": engine or ("fast" if ray is not None else None),
         "partition": partition,
         "alpha": alpha,
         "rounds": rounds,
@@ -151,7 +161,14 @@ def run(
     }
     scenario = Scenario.load(scenario_file, {**fields, **_parse_settings(settings)})
     folder = out or Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-{scenario.name}")
-    outcome = simulate(scenario, folder, console=output.console(stderr=as_json), compare=compare)
+    outcome = simulate(
+        scenario,
+        folder,
+        console=output.console(stderr=as_json),
+        compare=compare,
+        ray=ray,
+        ray_shards=ray_shards,
+    )
     if as_json:
         output.print_json(outcome.report)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from swarmnode.exceptions import ConfigError
 from swarmnode.simulation.data import Dataset
@@ -78,7 +79,7 @@ def _train(scenario: Scenario, data: Dataset, job: ShardJob) -> tuple[ShardState
 
 class ShardedRounds(FastRounds):
     """FastRounds whose training runs shard by shard through `runner`; `placements` holds,
-    for each round, the host that trained each node."""
+    for each round, the host that trained each node, and `merged` the round's model."""
 
     def __init__(
         self, scenario: Scenario, swarm: Swarm, data: Dataset, shards: int, runner: Runner
@@ -87,6 +88,12 @@ class ShardedRounds(FastRounds):
         self.shards = shard_ids(len(swarm.sizes), shards)
         self.runner = runner
         self.placements: list[dict[int, str]] = []
+        self.merged: list[torch.Tensor] = []
+
+    def round(self, k: int) -> RoundRecord:
+        record = super().round(k)
+        self.merged.append(self.reference.clone())
+        return record
 
     def train(self, active: list[int], batches: int) -> list[float]:
         n = len(self.swarm.sizes)
@@ -115,6 +122,7 @@ class ShardedRounds(FastRounds):
 class ShardedRun:
     run: SwarmRun
     placements: list[dict[int, str]] = field(default_factory=list)
+    merged: list[torch.Tensor] = field(default_factory=list)  # each round's canonical vector
 
 
 def run_sharded(
@@ -135,7 +143,7 @@ def run_sharded(
         return built[-1]
 
     run = run_fast(scenario, data, parts, on_round, rounds)
-    return ShardedRun(run, built[0].placements)
+    return ShardedRun(run, built[0].placements, built[0].merged)
 
 
 def has_ray() -> bool:

@@ -27,6 +27,7 @@ from swarmnode.simulation.fast import fast_local_baselines, run_fast
 from swarmnode.simulation.flower_baseline import check_comparable, run_flower
 from swarmnode.simulation.partition import IndexArray
 from swarmnode.simulation.processes import NodeTask, run_processes
+from swarmnode.simulation.ray_shards import run_on_ray
 from swarmnode.simulation.report import progress_bar
 from swarmnode.simulation.results import Curve, RoundRecord, SwarmRun
 from swarmnode.simulation.scenario import Scenario
@@ -98,13 +99,22 @@ def _nodes(scenario: Scenario) -> _Nodes:
 
 
 def simulate(
-    scenario: Scenario, out: Path, console: Console | None = None, compare: str | None = None
+    scenario: Scenario,
+    out: Path,
+    console: Console | None = None,
+    compare: str | None = None,
+    ray: str | None = None,
+    ray_shards: int | None = None,
 ) -> Outcome:
     """The swarm, its two baselines, and the report of the three in `out`; with `compare`
     "flower", Flower's FedAvg on its own engine too, each client with a fresh optimizer a
-    round, so the swarm gets one as well (docs/simulator.md#flower-side-by-side)."""
+    round, so the swarm gets one as well (docs/simulator.md#flower-side-by-side). With `ray`,
+    a Ray cluster's address, the fast engine trains its nodes in `ray_shards` shards (default:
+    one a CPU) as Ray tasks there (docs/simulator.md#ray)."""
     console = console or Console()
     started = time.perf_counter()
+    if ray is not None and scenario.engine != "fast":
+        raise ConfigError("--ray spreads the fast engine's shards: use it with --engine fast")
     if compare == "flower":
         check_comparable(scenario)
         scenario = scenario.model_copy(update={"fresh_optimizer": True})
@@ -119,6 +129,8 @@ def simulate(
     wire = f"{where}, gRPC with mutual TLS over loopback"
     if scenario.engine == "fast":
         wire = "fast engine: the nodes' models trained as one batched computation, no chain"
+    if ray is not None:
+        wire = f"fast engine, its nodes trained in shards as Ray tasks on {ray}, no chain"
     console.print(
         f"[bold]{scenario.name}[/]: {nodes.described}, "
         f"{scenario.rounds} rounds of {scenario.local_batches} batches, "
@@ -126,7 +138,7 @@ def simulate(
     )
     with progress_bar(console) as progress:
         bar = progress.add_task("swarm rounds", total=scenario.rounds, status="")
-        swarm = _swarm(scenario, nodes, out, _round_status(progress, bar))
+        swarm = _swarm(scenario, nodes, out, _round_status(progress, bar), ray, ray_shards)
         progress.update(bar, status="baselines: each node alone, all data pooled")
         local, pooled = _baselines(scenario, nodes)
         flower = None
@@ -144,9 +156,17 @@ def simulate(
 
 
 def _swarm(
-    scenario: Scenario, nodes: _Nodes, out: Path, on_round: Callable[[RoundRecord], None]
+    scenario: Scenario,
+    nodes: _Nodes,
+    out: Path,
+    on_round: Callable[[RoundRecord], None],
+    ray: str | None = None,
+    ray_shards: int | None = None,
 ) -> SwarmRun:
-    """The swarm's run: daemons (--processes), or virtual nodes in this process."""
+    """The swarm's run: daemons (--processes), fast-engine shards on a Ray cluster (`ray`),
+    or virtual nodes in this process."""
+    if ray is not None and nodes.data is not None:
+        return run_on_ray(scenario, nodes.data, nodes.parts, ray, on_round, ray_shards).run
     if scenario.processes:
         return run_processes(scenario, nodes.tasks, nodes.test_set, nodes.node_tasks, out, on_round)
     if scenario.engine == "fast" and nodes.data is not None:
