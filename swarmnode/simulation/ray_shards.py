@@ -150,9 +150,14 @@ def has_ray() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
-def _ray() -> Any:
+def require_ray() -> None:
+    """A one-line ConfigError naming the extra when Ray is not installed."""
     if not has_ray():
         raise ConfigError(f"--ray needs Ray: {EXTRA}")
+
+
+def _ray() -> Any:
+    require_ray()
     import ray
 
     return ray
