@@ -53,7 +53,7 @@ LAYERS: list[set[str]] = [
 SIMULATION_LAYERS: list[set[str]] = [
     {"run", "report", "sweep_report"},
     {"engine", "processes", "sweep", "baselines", "injector", "local", "turns", "chainlog"}
-    | {"fast", "flower_baseline"},
+    | {"fast", "flower_baseline", "ray_shards"},
     {"data", "partition", "attacks", "tasks", "results"},
     {"scenario", "faults"},
     {"__init__"},
