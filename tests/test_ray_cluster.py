@@ -238,6 +238,22 @@ def test_ray_with_the_full_engine_is_one_line_before_anything_runs(tmp_path: Pat
     assert not (tmp_path / "never").exists()
 
 
+def test_a_ray_address_with_no_head_is_one_line_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _need_ray()
+    out = tmp_path / "never"
+    address = f"127.0.0.1:{_free_port()}"  # nothing listens: ray.init would wait minutes
+    monkeypatch.setattr(sys, "argv", ["swarmnode", "simulate", "--ray", address, "--out", str(out)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"swarmnode: --ray {address}: no Ray head answers there")
+    assert not out.exists()
+
+
 def test_without_ray_the_cli_names_the_extra_in_one_line(tmp_path: Path) -> None:
     """Ray made unimportable the way Python documents (sys.modules[name] = None)."""
     code = (

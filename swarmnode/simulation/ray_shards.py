@@ -15,6 +15,7 @@ a node. Ray is imported here only, when --ray is asked for.
 from __future__ import annotations
 
 import importlib.util
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from swarmnode.simulation.scenario import Scenario
 
 EXTRA = "pip install 'swarmnode[ray]'"
 SHARD_TIMEOUT_S = 600.0  # one shard's round of training, start-up of its worker included
+REACH_TIMEOUT_S = 10.0  # a TCP connection to the head's GCS port
 
 
 @dataclass
@@ -203,6 +205,24 @@ def _ray_task(scenario: Scenario, data: Dataset, job: ShardJob) -> ShardResult:
     return ShardResult(state, losses, ray.get_runtime_context().get_node_id())
 
 
+def check_ray(address: str) -> None:
+    """What --ray needs before anything runs: Ray installed and a head at `address`."""
+    require_ray()
+    check_reachable(address)
+
+
+def check_reachable(address: str) -> None:
+    """A one-line ConfigError when `address` is host:port and nothing answers there within
+    REACH_TIMEOUT_S: ray.init would wait minutes for a head that is not there."""
+    host, _, port = address.rpartition(":")
+    if not host or "://" in address or not port.isdigit():
+        return  # auto, local, ray://: Ray's own resolution
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray {address}: no Ray head answers there ({exc})") from None
+
+
 def run_on_ray(
     scenario: Scenario,
     data: Dataset,
@@ -218,6 +238,7 @@ def run_on_ray(
         raise ConfigError("--ray spreads the fast engine's shards: use it with --engine fast")
     connected = ray.is_initialized()
     if not connected:
+        check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, ValueError, RuntimeError) as exc:

@@ -27,7 +27,7 @@ from swarmnode.simulation.fast import fast_local_baselines, run_fast
 from swarmnode.simulation.flower_baseline import check_comparable, run_flower
 from swarmnode.simulation.partition import IndexArray
 from swarmnode.simulation.processes import NodeTask, run_processes
-from swarmnode.simulation.ray_shards import require_ray, run_on_ray
+from swarmnode.simulation.ray_shards import check_ray, run_on_ray
 from swarmnode.simulation.report import progress_bar
 from swarmnode.simulation.results import Curve, RoundRecord, SwarmRun
 from swarmnode.simulation.scenario import Scenario
@@ -113,10 +113,10 @@ def simulate(
     one a CPU) as Ray tasks there (docs/simulator.md#ray)."""
     console = console or Console()
     started = time.perf_counter()
-    if ray is not None:
-        require_ray()
     if ray is not None and scenario.engine != "fast":
         raise ConfigError("--ray spreads the fast engine's shards: use it with --engine fast")
+    if ray is not None:
+        check_ray(ray)
     if compare == "flower":
         check_comparable(scenario)
         scenario = scenario.model_copy(update={"fresh_optimizer": True})
