@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from swarmnode import canonical
+from swarmnode import canonical, merkle
 from swarmnode.exceptions import ConfigError
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.frames import Frame, frames_for
@@ -103,7 +103,7 @@ def model_frames(peer: str, final: npt.NDArray[np.float32]) -> list[Frame]:
             attempt=0,
             segment=0,
             sender=peer,
-            chunk_hashes=canonical.chunk_hashes(final),
+            prove=merkle.Tree(canonical.chunk_hashes(final)).proof,  # as a peer serves it
         )
     )
 

@@ -138,14 +138,15 @@ def test_protocol_attacks_run_real_nodes_and_the_rest_the_fast_engine(tmp_path: 
     grid = Grid(
         datasets=("breast_cancer",),
         rules=("median",),
-        attacks=("none", "withhold_one"),
+        attacks=("none", "sign_flip", "withhold_one"),
         seeds=(0,),
         byzantine=1,
     )
     out = io.StringIO()
     report = sweep(base, grid, tmp_path, check="none", console=Console(file=out, width=300))
     engines = {c["attack"]: c["engine"] for c in report["cells"]}
-    assert engines == {"none": "fast", "withhold_one": "full"}
+    # the clean cell runs real nodes too, as the baseline of the protocol attack's bytes
+    assert engines == {"none": "full", "sign_flip": "fast", "withhold_one": "full"}
     assert report["grid"]["engine"] == "fast"
     assert "withhold_one lie in messages" in " ".join(out.getvalue().split())
 

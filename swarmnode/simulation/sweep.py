@@ -243,8 +243,13 @@ def cell_scenario(base: Scenario, grid: Grid, cell: Cell) -> Scenario:
 
 
 def cell_engine(grid: Grid, cell: Cell) -> str:
-    """The grid's engine, but "full" (real nodes) for an attack that lies in messages."""
-    return "full" if cell.attack in PROTOCOL_ATTACKS else grid.engine
+    """The grid's engine, but "full" (real nodes) for an attack that lies in messages, and
+    then for the clean cells too: a protocol attack's cost is read against the clean run's
+    bytes and checks, which the fast engine (no messages) has none of."""
+    lies_in_messages = cell.attack in PROTOCOL_ATTACKS
+    if cell.attack == "none" and any(a in PROTOCOL_ATTACKS for a in grid.attacks):
+        lies_in_messages = True
+    return "full" if lies_in_messages else grid.engine
 
 
 def run_cell(scenario: Scenario, backend: Backend) -> SwarmRun:
