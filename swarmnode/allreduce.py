@@ -195,6 +195,7 @@ class AllReduceRunner:
         self._fetched: dict[tuple[str, int], Vector] = {}
         self._proofs: dict[tuple[str, int], merkle.Known] = {}
         self._tree = merkle.Tree(hashes)  # proves each segment of this node's own update
+        self._leaves: dict[int, bytes] = {}  # chunk hashes of merged segments, once hashed
         self._start = time.monotonic()
         self._failure: BaseException | None = None  # set by a send's worker, read by waits
         self._pushes: list[Future[int]] = []  # reduce-scatter's sends, settled at the end
@@ -220,7 +221,7 @@ class AllReduceRunner:
         except MissingContributions as missing:  # vote out everyone seen failing, not only these
             missing.peers = tuple(dict.fromkeys([*missing.peers, *self.accused]))
             raise
-        hashes = canonical.chunk_hashes(merged)  # once: the digest, and what catch-up serves
+        hashes = self._merged_hashes(merged)  # the digest, and what catch-up serves
         digest = canonical.digest_from_chunk_hashes(hashes)
         return AllReduceResult(
             merged, digest, hashes, self.traffic, self.seconds, self.accused, self.checked
@@ -331,7 +332,9 @@ class AllReduceRunner:
         m, c = self.merging, self.checking
         if not self.owners.checked:  # one owner per segment: its data alone, no hashes
             return [self._push(pool, p, self._merged_frames(merged, m)) for p in self.others]
-        frame = self._hashes_frame(c, self._segment_digest(self._slice(merged, c)))
+        leaves = self._segment_leaves(self._slice(merged, c))
+        self._leaves[c] = leaves  # this node's own merge of the segment it checks
+        frame = self._hashes_frame(c, merkle.root(leaves))
         hashes: FrameSource = partial(list, [frame])
         pushes = []
         for p in self.others:
@@ -355,10 +358,12 @@ class AllReduceRunner:
                     unconfirmed[s] = _Unconfirmed(None, None)
                 continue
             hashes = self._await(partial(self.inbox.merged_hashes, round, attempt, s), until)
-            if data is not None and hashes is not None and self._segment_digest(data) == hashes:
-                self._place(merged, s, data)
-            else:
-                unconfirmed[s] = _Unconfirmed(data, hashes)
+            if data is not None and hashes is not None:
+                leaves = self._segment_leaves(data)
+                if merkle.root(leaves) == hashes:
+                    self._place(merged, s, data, leaves)
+                    continue
+            unconfirmed[s] = _Unconfirmed(data, hashes)
         return unconfirmed
 
     def _check(self, unconfirmed: dict[int, _Unconfirmed], merged: Vector) -> dict[str, int]:
@@ -369,8 +374,9 @@ class AllReduceRunner:
         for s, seen in unconfirmed.items():
             self.checked += 1
             values = self.merge(s, self._rows_of(s))
-            truth = self._segment_digest(values)
-            self._place(merged, s, values)
+            leaves = self._segment_leaves(values)
+            truth = merkle.root(leaves)
+            self._place(merged, s, values, leaves)
             merger, checker = self.owners.merger(s), self.owners.checker(s)
             got = None if seen.data is None else self._segment_digest(seen.data)
             if got is not None and got != truth:
@@ -496,15 +502,35 @@ class AllReduceRunner:
         """What MERGED_HASHES carries for a merged segment: the Merkle root of its chunk
         hashes as a tree of their own (docs/canonical-vector.md#merged-hashes). A node
         computes it from the merger's data to compare it with the checker's."""
-        return merkle.root(canonical.chunk_hashes(values, numel=self.numel))
+        return merkle.root(self._segment_leaves(values))
+
+    def _segment_leaves(self, values: Vector) -> bytes:
+        """The chunk hashes of a segment: the same bytes as that segment's part of the whole
+        vector's hash list, since segments start on chunk boundaries."""
+        return canonical.chunk_hashes(values, numel=self.numel)
+
+    def _merged_hashes(self, merged: Vector) -> bytes:
+        """The merged vector's chunk hashes, reusing those of every segment hashed while
+        it was checked, so that no chunk is hashed twice in an attempt."""
+        return b"".join(
+            self._leaves.get(s) or self._segment_leaves(self._slice(merged, s))
+            for s in range(self.owners.count)
+        )
 
     def _slice(self, vector: Vector, segment: int) -> Vector:
         span = canonical.element_range(self.owners.chunks[segment], self.numel)
         return vector[span.start : span.stop]
 
-    def _place(self, merged: Vector, segment: int, values: Vector) -> None:
+    def _place(
+        self, merged: Vector, segment: int, values: Vector, leaves: bytes | None = None
+    ) -> None:
+        """Puts a segment into the merged vector, with its chunk hashes when they are known."""
         span = canonical.element_range(self.owners.chunks[segment], self.numel)
         merged[span.start : span.stop] = values
+        if leaves is None:
+            self._leaves.pop(segment, None)
+        else:
+            self._leaves[segment] = leaves
 
     def _frames(self, segment: int) -> FrameSource:
         """Segment `segment` of this node's update; every frame carries the Merkle proof of

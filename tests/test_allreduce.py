@@ -113,6 +113,9 @@ def test_every_participant_ends_with_the_same_bits(name: str) -> None:
     for other in results[1:]:
         assert other.digest == first.digest
         assert other.merged.tobytes() == first.merged.tobytes()
+    for result in results:  # the hash list, assembled from checked segments, is the vector's
+        assert result.hashes == canonical.chunk_hashes(result.merged)
+        assert result.digest == canonical.digest(result.merged)
     # and it is the rule's merge of each owner's segment
     np.testing.assert_allclose(first.merged, per_segment(RULES[name], updates, reference))
 
