@@ -4,6 +4,7 @@ and on the embedded chain with real gRPC and mutual TLS; and a peer that never d
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 
@@ -376,6 +377,16 @@ def test_a_node_that_finds_a_round_under_way_waits_it_out_and_takes_its_model() 
     ledgers, inboxes, transports = memory_parts(3, params, clock=time.time)
     updates = vectors(3)
     merge = make_rule(params.merge_rule)
+    late_is_waiting = threading.Event()  # node 2 has seen round 1 under way and waits
+
+    def waits_for_the_late_node() -> None:
+        # round 1 must not end before node 2 has seen it under way: a node that first
+        # looks after the round ended has nothing to wait out and joins round 2 instead
+        assert late_is_waiting.wait(30), "node 2 never started waiting round 1 out"
+
+    def late_sleep(seconds: float) -> None:
+        late_is_waiting.set()
+        time.sleep(seconds)
 
     def node(i: int) -> RoundResult:
         if i == 2:  # comes late: round 1 has closed with the other two
@@ -383,6 +394,9 @@ def test_a_node_that_finds_a_round_under_way_waits_it_out_and_takes_its_model() 
             while ledgers[2].round(1).status == RoundStatus.OPEN:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)  # polls the ledger's state
+            settings = RoundSettings(poll=0.01, sleep=late_sleep)
+        else:
+            settings = RoundSettings(poll=0.01, on_closed=waits_for_the_late_node)
         return Round(
             ledger=ledgers[i],
             transport=transports[i],
@@ -391,7 +405,7 @@ def test_a_node_that_finds_a_round_under_way_waits_it_out_and_takes_its_model() 
             weight=10,
             val_loss=0.5,
             rule=merge,
-            settings=RoundSettings(poll=0.01),
+            settings=settings,
         ).run()
 
     results = in_threads([lambda i=i: node(i) for i in range(3)])
