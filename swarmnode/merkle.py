@@ -29,7 +29,16 @@ from collections.abc import Iterator
 
 from swarmnode.exceptions import PeerError
 
-__all__ = ["EMPTY_ROOT", "HASH_BYTES", "Known", "ProofError", "Tree", "range_proof", "root"]
+__all__ = [
+    "EMPTY_ROOT",
+    "HASH_BYTES",
+    "Known",
+    "ProofError",
+    "Tree",
+    "proof_size",
+    "range_proof",
+    "root",
+]
 
 HASH_BYTES = 32
 """Leaf, node, proof entry and root size."""
@@ -101,6 +110,13 @@ def _proof_positions(lo: int, hi: int, chunks: range) -> Iterator[tuple[int, int
     k = _split(hi - lo)
     yield from _proof_positions(lo, lo + k, chunks)
     yield from _proof_positions(lo + k, hi, chunks)
+
+
+def proof_size(total: int, chunks: range) -> int:
+    """How many hashes a proof of `chunks` in a `total`-leaf tree holds (what a segment
+    layout weighs: swarmnode/ownership.py)."""
+    _check_range(chunks, total)
+    return sum(1 for _ in _proof_positions(0, total, chunks)) if total else 0
 
 
 class Tree:

@@ -12,6 +12,16 @@ owners taken from join order, colluders who joined back to back would own a segm
 together. Segment s is merged by the s-th node of the permutation and checked by the next
 one, so each node merges one segment and checks another.
 
+Segments are ranges of whole chunks. With the checks on, and wherever Merkle proofs weigh
+little beside a segment's values, they are the even split (canonical.segments: sizes
+differing by at most one chunk). With the checks off and small segments (a small model
+among many nodes: the README demo's 301 chunks at n = 64 are 4.7 chunks a segment, and the
+proof of each contributor's row of 8 to 13 hashes outweighed its values), `layout` places
+the boundaries where proofs are short: among all cuts into n non-empty ranges, the one that
+minimizes the most bytes any owner receives (its rows with their proofs, and the others'
+merged data), so a segment may be a chunk or two longer or shorter than even
+(docs/canonical-vector.md#segments).
+
 A swarm deployed with the checks off (SwarmParams.checked_merge false, `deploy
 --unchecked-merge`) gives each segment one owner: the merger is its own checker, so every
 row goes to one node and nobody confirms its merge (docs/trust.md#unchecked-merge).
@@ -19,12 +29,19 @@ row goes to one node and nobody confirms its merge (docs/trust.md#unchecked-merg
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from swarmnode import canonical
+from swarmnode import canonical, merkle
 from swarmnode.address import normalize
+
+# `layout` searches for short-proof boundaries only where that is cheap and worth it: at
+# most this many chunks a segment on average, in a vector of at most this many chunks
+# (beyond, a proof is under ~3 % of a segment's values and the even split stands)
+LAYOUT_MAX_AVERAGE = 16
+LAYOUT_MAX_CHUNKS = 1024
 
 
 def permutation(participants: Sequence[str], seed: bytes, attempt: int) -> tuple[str, ...]:
@@ -56,8 +73,7 @@ class Owners:
         checked: bool = True,
     ) -> Owners:
         order = permutation(participants, seed, attempt)
-        chunks = tuple(canonical.segments(canonical.num_chunks(numel), len(order)))
-        return cls(order, chunks, checked)
+        return cls(order, layout(numel, len(order), checked), checked)
 
     @property
     def count(self) -> int:
@@ -86,3 +102,91 @@ class Owners:
         """The segments `account` holds every participant's rows of, merged one first."""
         mine = (self.merged_by(account), self.checked_by(account))
         return {s: self.chunks[s] for s in dict.fromkeys(mine)}
+
+
+def layout(numel: int, n: int, checked: bool = True) -> tuple[range, ...]:
+    """Segment s's chunks for an attempt of n live participants: the even split
+    (canonical.segments), except with the checks off and small segments, where the cut
+    that minimizes the busiest owner's received bytes is taken (see the module's doc).
+    A function of (numel, n, checked) alone, so every node derives the same one."""
+    total = canonical.num_chunks(numel)
+    if checked or n < 4 or total < n or total > LAYOUT_MAX_CHUNKS or total > LAYOUT_MAX_AVERAGE * n:
+        return tuple(canonical.segments(total, n))
+    return _short_proofs(numel, n)
+
+
+@functools.lru_cache(maxsize=32)
+def _short_proofs(numel: int, n: int) -> tuple[range, ...]:
+    """The cut into n non-empty ranges that minimizes the most bytes any node moves in one
+    direction, by this count: the owner of s receives n - 1 rows of s with their proofs and
+    the others' merged data, M + (n - 2) B_s + (n - 1) H_s (B bytes, H proof bytes, M the
+    vector's bytes); the node that merges s sends its rows of every other segment with
+    their proofs and its merged s to the n - 1 others, M + (n - 2) B_s + sum H - H_s.
+    For each cap on a range's length from the even size up, a binary search finds the cut
+    that minimizes the owners' largest M + (n - 2) B + (n - 1) H (tried by which prefixes
+    can be cut into how many ranges: a bit mask of counts per prefix, ties to the latest
+    cut); of those cuts the one with the least largest count in either direction is taken,
+    so the result is the same everywhere."""
+    total = canonical.num_chunks(numel)
+    even = -(-total // n)
+    size = {
+        (a, b): len(canonical.element_range(range(a, b), numel)) * canonical.ELEMENT_BYTES
+        for a in range(total)
+        for b in range(a + 1, min(total, a + 2 * even) + 1)
+    }
+    proof = {key: merkle.proof_size(total, range(*key)) * merkle.HASH_BYTES for key in size}
+    best: tuple[int, tuple[range, ...]] | None = None
+    for cap in range(even, 2 * even + 1):
+        cost = {
+            (a, b): (n - 2) * size[a, b] + (n - 1) * proof[a, b] for a, b in size if b - a <= cap
+        }
+        cuts = _least_largest(total, n, cap, cost)
+        hashes = sum(proof[r.start, r.stop] for r in cuts)
+        worst = max(
+            (n - 2) * size[r.start, r.stop] + (n - 1) * proof[r.start, r.stop] for r in cuts
+        )
+        worst = max(
+            worst,
+            max((n - 2) * size[r.start, r.stop] + hashes - proof[r.start, r.stop] for r in cuts),
+        )
+        if best is None or worst < best[0]:
+            best = (worst, cuts)
+    assert best is not None
+    return best[1]
+
+
+def _least_largest(
+    total: int, n: int, width: int, cost: dict[tuple[int, int], int]
+) -> tuple[range, ...]:
+    """The cut of [0, total) into n non-empty ranges of at most `width` chunks (the even
+    split fits) whose largest cost is least; ties to the latest cut."""
+
+    def counts(bound: int) -> list[int]:
+        reach = [1] + [0] * total  # reach[b]: bit k set when chunks [0, b) cut into k ranges
+        for b in range(1, total + 1):
+            for a in range(max(0, b - width), b):
+                if reach[a] and cost[a, b] <= bound:
+                    reach[b] |= reach[a] << 1
+        return reach
+
+    bounds = sorted(set(cost.values()))
+    lo, hi = 0, len(bounds) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if counts(bounds[mid])[total] >> n & 1:
+            hi = mid
+        else:
+            lo = mid + 1
+    bound = bounds[lo]
+    reach = counts(bound)
+    cuts: list[range] = []
+    stop = total
+    for k in range(n, 0, -1):
+        start = max(
+            a
+            for a in range(max(0, stop - width), stop)
+            if reach[a] >> (k - 1) & 1 and cost[a, stop] <= bound
+        )
+        cuts.append(range(start, stop))
+        stop = start
+    return tuple(reversed(cuts))

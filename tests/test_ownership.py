@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from swarmnode import canonical
-from swarmnode.ownership import Owners, permutation
+from swarmnode import canonical, merkle
+from swarmnode.ownership import Owners, layout, permutation
 
 ACCOUNTS = tuple(f"0x{i:040x}" for i in range(1, 9))
 NUMEL = 20 * canonical.CHUNK_ELEMENTS
@@ -72,3 +72,33 @@ def test_unchecked_each_segment_has_one_owner_its_merger(n: int) -> None:
     for a in ACCOUNTS[:n]:
         assert owners.checked_by(a) == owners.merged_by(a)
         assert owners.owned_by(a) == {owners.merged_by(a): owners.chunks[owners.merged_by(a)]}
+
+
+def test_unchecked_small_segments_are_cut_where_proofs_are_short() -> None:
+    """With the checks off and a few chunks a segment (the README demo's 301 chunks at
+    n = 64), the layout trades a chunk of balance for shorter proofs: it still tiles the
+    vector with n non-empty ranges, and the busiest node's count (rows and their proofs
+    in, or merged data and every row's proof out) is below the even split's."""
+    numel, n = 4810, 64
+    total = canonical.num_chunks(numel)
+    even = tuple(canonical.segments(total, n))
+    assert layout(numel, n, checked=True) == even
+    cut = layout(numel, n, checked=False)
+    assert len(cut) == n and all(len(r) for r in cut)
+    assert [c for r in cut for c in r] == list(range(total))
+
+    def busiest(segments: tuple[range, ...]) -> int:
+        size = [len(canonical.element_range(r, numel)) * 4 for r in segments]
+        proof = [merkle.proof_size(total, r) * merkle.HASH_BYTES for r in segments]
+        received = max((n - 2) * b + (n - 1) * h for b, h in zip(size, proof, strict=True))
+        sent = max((n - 2) * b + sum(proof) - h for b, h in zip(size, proof, strict=True))
+        return max(received, sent)
+
+    assert busiest(cut) < 0.9 * busiest(even)
+    assert max(merkle.proof_size(total, r) for r in cut) < max(
+        merkle.proof_size(total, r) for r in even
+    )
+    # large models keep the even split
+    assert layout(1 << 20, 8, checked=False) == tuple(
+        canonical.segments(canonical.num_chunks(1 << 20), 8)
+    )
