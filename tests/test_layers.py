@@ -38,6 +38,7 @@ LAYERS: list[set[str]] = [
         "checkpoint",
         "canonical",
         "merkle",
+        "secagg",
         "ownership",
         "records",
         "rules",

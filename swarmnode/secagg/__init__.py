@@ -1,0 +1,46 @@
+"""Secure aggregation's core, as a library: fixed-point encoding, double masking, Shamir
+sharing, guarded reveals and unmasking (docs/secure-aggregation.md).
+
+Nothing here talks to peers or the chain, and nothing above uses it yet: wiring it into
+the all-reduce is the next step, so no deployment offers secure aggregation today.
+"""
+
+from __future__ import annotations
+
+from swarmnode.secagg.errors import (
+    RevealRefused,
+    SecAggError,
+    ShareError,
+    SumRefused,
+    UpdateOutOfBound,
+)
+from swarmnode.secagg.fixedpoint import FixedPoint
+from swarmnode.secagg.masking import (
+    Announcement,
+    DealtShares,
+    Masker,
+    RoundContext,
+    default_threshold,
+)
+from swarmnode.secagg.reveal import Reveal, Revealer, RevealRequest
+from swarmnode.secagg.unmask import Unmasked, sum_rows, unmask
+
+__all__ = [
+    "Announcement",
+    "DealtShares",
+    "FixedPoint",
+    "Masker",
+    "Reveal",
+    "RevealRefused",
+    "RevealRequest",
+    "Revealer",
+    "RoundContext",
+    "SecAggError",
+    "ShareError",
+    "SumRefused",
+    "Unmasked",
+    "UpdateOutOfBound",
+    "default_threshold",
+    "sum_rows",
+    "unmask",
+]
