@@ -142,9 +142,11 @@ def test_sigterm_restart_on_the_same_port_loses_nothing(
 def test_sigkill_loses_blocks_and_the_client_resends_the_same_transactions(
     tmp_path: Path, anvils: list[AnvilProcess]
 ) -> None:
-    for _ in range(3):  # the kill must land before anvil's next periodic write: retry a race
+    # The kill must land before anvil's next periodic write, a race the test retries; a loaded
+    # machine can take longer than a second for the two calls, so each try doubles the window
+    for interval in (1, 2, 4, 8):
         state = tmp_path / f"state-{len(anvils)}.json"
-        first = AnvilProcess(state=state, state_interval=1)
+        first = AnvilProcess(state=state, state_interval=interval)
         anvils.append(first)
         url = first.start()
         swarm = Swarm(url)
@@ -156,9 +158,11 @@ def test_sigkill_loses_blocks_and_the_client_resends_the_same_transactions(
                 ),
             )
         swarm.play_round(1)
-        wait_until(state.exists, 10, "anvil's first state write")
+        wait_until(state.exists, 10 + 2 * interval, "anvil's first state write")
         written = state.stat().st_mtime_ns
-        wait_until(lambda s=state, w=written: s.stat().st_mtime_ns != w, 10, "a state write")
+        wait_until(
+            lambda s=state, w=written: s.stat().st_mtime_ns != w, 10 + 2 * interval, "a state write"
+        )
 
         # Right after a write: these calls get receipts, then the chain dies without them.
         swarm.do(0, lambda led: led.update_endpoint("127.0.0.1:9300"))

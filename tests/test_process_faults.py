@@ -9,6 +9,11 @@ One swarm of five covers the phases in turn, so the processes start once: round 
 in round 2 a victim dies before sending anything, in round 3 one dies after a single update
 frame (reduce-scatter), in round 4 one dies after its merged segment reached exactly one
 peer (all-gather). Chain time is never moved: the drop votes wait out the real deadline.
+
+All five are in round 1 in every interleaving: a round closes once every *registered* node
+has joined (docs/round-protocol.md#closing), so a daemon whose start-up lagged the others'
+would miss it and shift the victims' rounds. The task below builds no model (so trains and
+joins nothing) until the test has seen all five registered and opens a gate.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from swarmnode import canonical
 from swarmnode.checkpoint import CheckpointStore
@@ -31,7 +38,7 @@ from swarmnode.ledger.devchain import AnvilChain
 from swarmnode.ledger.types import RoundStatus
 from swarmnode.records import round_records
 from swarmnode.rules import Rule, SwarmParams, SyncPolicyId
-from swarmnode.training import LocalTrainer, example_task
+from swarmnode.training import LocalTrainer, Task, example_task
 
 pytestmark = [pytest.mark.chain, pytest.mark.slow]
 
@@ -44,6 +51,28 @@ VICTIMS = {  # node name -> (die_at, final rounds before it dies, what its last 
 SURVIVORS = ("s1", "s2")
 HIDDEN = 1024  # 21,508 parameters: 6 chunks, so that no participant owns an empty segment
 ROUNDS = 4
+ROOT = Path(__file__).resolve().parents[1]  # the daemons import this module's gated_task
+GATE_TIMEOUT = 180.0  # seconds a daemon waits for the gate before it fails
+
+
+def gated_task(hidden: int, gate: str) -> Task:
+    """example_task(hidden), whose model_factory first waits until the file `gate` exists.
+
+    A daemon builds its model after it has registered, and trains and joins only with it:
+    so no node joins round 1 before the test has seen all five registered."""
+    task = example_task(hidden=hidden)
+    build = task.model_factory
+
+    def model_after_the_gate() -> torch.nn.Module:
+        deadline = time.monotonic() + GATE_TIMEOUT
+        while not Path(gate).exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the test never opened the gate {gate}")
+            time.sleep(0.05)  # polls a file the test writes
+        return build()
+
+    task.model_factory = model_after_the_gate
+    return task
 
 
 def events(folder: Path) -> list[dict[str, Any]]:
@@ -78,9 +107,9 @@ def write_swarm(anvil: AnvilChain, folder: Path) -> tuple[Deployment, dict[str, 
         config = folder / f"{name}.toml"
         config.write_text(
             f'identity_dir = "{name}"\ndeployment = "deployment.json"\n'
-            f'task = "swarmnode.training:example_task"\ndevice = "cpu"\nrounds = {ROUNDS}\n'
+            f'task = "{__name__}:gated_task"\ndevice = "cpu"\nrounds = {ROUNDS}\n'
             + fault
-            + f"[task_args]\nhidden = {HIDDEN}\n"
+            + f'[task_args]\nhidden = {HIDDEN}\ngate = "{folder / "gate"}"\n'
         )
         configs[name] = config
     return deployment, configs
@@ -90,6 +119,7 @@ def test_victims_sigkilled_in_each_phase_are_voted_out_and_survivors_agree(
     own_anvil: AnvilChain, tmp_path: Path
 ) -> None:
     deployment, configs = write_swarm(own_anvil, tmp_path)
+    reader = own_anvil.ledger(deployment, own_anvil.new_account())
     processes = {
         name: subprocess.Popen(
             [sys.executable, "-m", "swarmnode", "run", "--config", str(config)],
@@ -101,10 +131,18 @@ def test_victims_sigkilled_in_each_phase_are_voted_out_and_survivors_agree(
                 "SWARMNODE_KEY_PASSPHRASE": "",
                 "OMP_NUM_THREADS": "1",
             },
+            cwd=ROOT,
         )
         for name, config in configs.items()
     }
     try:
+        deadline = time.monotonic() + 180
+        while len(reader.active_nodes()) < len(configs):  # all five registered: open the gate
+            exited = {n: p.returncode for n, p in processes.items() if p.poll() is not None}
+            assert not exited, (exited, [(tmp_path / f"{n}.out").read_text() for n in exited])
+            assert time.monotonic() < deadline, "the five daemons did not all register"
+            time.sleep(0.1)  # polls the chain
+        (tmp_path / "gate").touch()
         codes = {name: p.wait(timeout=240) for name, p in processes.items()}
     finally:
         for process in processes.values():
@@ -120,7 +158,6 @@ def test_victims_sigkilled_in_each_phase_are_voted_out_and_survivors_agree(
         assert log[-1]["event"] == "die" and last_words in log[-1]["message"], log[-1]
     assert [codes[name] for name in SURVIVORS] == [0, 0]
 
-    reader = own_anvil.ledger(deployment, own_anvil.new_account())
     accounts = {
         name: NodeIdentity.load(tmp_path / name, "").address for name in (*SURVIVORS, *VICTIMS)
     }
