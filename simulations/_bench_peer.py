@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import cProfile
+import ctypes
 import hashlib
 import io
 import json
@@ -94,6 +95,44 @@ def peak_rss_kib() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [  # glibc's struct mallinfo2 (malloc.h, glibc 2.33+)
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def heap_kib() -> dict[str, int]:
+    """glibc's malloc totals over every arena (KiB): heap (arena: obtained from the
+    kernel by brk or per-thread heaps), mapped (hblkhd: blocks served by mmap), in_use
+    and free (free but kept, resident if touched); empty where mallinfo2 is missing.
+    Where the receiver's memory beyond the payload sits at the end of a transfer."""
+    try:
+        libc = ctypes.CDLL(None)
+        function = libc.mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    function.restype = _MallInfo2
+    info = function()
+    return {
+        "heap": info.arena // 1024,
+        "mapped": info.hblkhd // 1024,
+        "in_use": info.uordblks // 1024,
+        "free": info.fordblks // 1024,
+    }
 
 
 def maxrss_kib() -> int:
@@ -441,6 +480,8 @@ def receive_grpc(config: dict[str, Any], case: str, nbytes: int) -> None:
                 "base_kib": base,
                 "peak_kib": peak_rss_kib(),
                 "maxrss_kib": maxrss_kib(),
+                "end_kib": rss_kib(),
+                "malloc_kib": heap_kib(),
                 "machine": machine,
                 "sample": sample_digest(got),
                 "refused": inbox.refused,
@@ -673,6 +714,8 @@ def receive_stock(config: dict[str, Any], nbytes: int) -> None:
                 "base_kib": base,
                 "peak_kib": peak_rss_kib(),
                 "maxrss_kib": maxrss_kib(),
+                "end_kib": rss_kib(),
+                "malloc_kib": heap_kib(),
                 "machine": machine,
                 "sample": sample_digest(buffer),
             }
@@ -745,6 +788,8 @@ def main() -> int:
                 *(kept for kept in grpc_transport.CHANNEL_OPTIONS if kept[0] not in names),
                 *extra,
             ]
+            if config.get("read_ahead") is not None:  # --read-ahead: frames read ahead
+                grpc_transport.READ_AHEAD_FRAMES = int(config["read_ahead"])
         (receive if role == "receive" else send)(config)
     except BaseException:
         with contextlib.suppress(OSError):  # unless the parent is gone

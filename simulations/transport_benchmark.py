@@ -256,6 +256,7 @@ def transfer(
     seed: int,
     frame_chunks: int,
     grpc_options: Sequence[tuple[str, int | str]] = (),
+    read_ahead: int | None = None,
     profile: bool,
     lift_header_limit: bool,
     prefault: bool,
@@ -265,6 +266,7 @@ def transfer(
         "nbytes": nbytes,
         "frame_chunks": frame_chunks,
         "grpc_options": list(grpc_options),
+        "read_ahead": read_ahead,
         "seed": seed,
         "lift_header_limit": lift_header_limit,
         "prefault": prefault,
@@ -532,6 +534,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="an extra gRPC channel and server option for every gRPC case (repeatable), "
         "e.g. grpc.http2.max_frame_size=16777215; replaces swarmnode's value of that name",
     )
+    parser.add_argument(
+        "--read-ahead",
+        type=int,
+        metavar="N",
+        help="frames a swarmnode receiver reads ahead of the one it checks "
+        "(grpc_transport.READ_AHEAD_FRAMES; 0: none)",
+    )
     parser.add_argument("--threads", action="store_true", help="CPU time by thread, per side")
     parser.add_argument(
         "--profile",
@@ -575,6 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"gRPC frames of {args.frame_chunks} x 16 KiB; receive buffers "
         + ("fresh (--cold)" if args.cold else "touched before timing (warm; --cold: fresh)")
         + "".join(f"; {name}={value}" for name, value in grpc_options)
+        + (f"; read-ahead {args.read_ahead}" if args.read_ahead is not None else "")
     )
     receiver_id = Identity(account := "0x" + secrets.token_hex(20), TlsIdentity.generate(account))
     sender_id = Identity(account := "0x" + secrets.token_hex(20), TlsIdentity.generate(account))
@@ -594,6 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         seed=rep,
                         frame_chunks=args.frame_chunks,
                         grpc_options=grpc_options,
+                        read_ahead=args.read_ahead,
                         profile=args.profile,
                         lift_header_limit=not args.as_committed,
                         prefault=not args.cold,

@@ -22,9 +22,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import grpc
 import numpy as np
@@ -76,6 +77,10 @@ MESSAGE_LIMIT = MAX_HEADER_BYTES + MAX_FRAME_ELEMENTS * 4 + (64 << 10)
 # checkers' hashes (63 each). Each holds a server thread while it waits (bounded by
 # ready_wait); threads start only when calls need them.
 READY_WAITERS = 4 * 63
+READ_AHEAD_FRAMES = 1
+"""Frames of a pushed stream read ahead of the one being checked (ReadAhead); 0: none.
+The first two frames are always read on the handler thread: a stream of one frame (a
+small model's segment) or one waiting for this node's round starts no thread."""
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MESSAGE_LIMIT),
     ("grpc.max_send_message_length", MESSAGE_LIMIT),
@@ -259,14 +264,30 @@ class PeerServer:
         def handle(frames: Iterator[Any], context: grpc.ServicerContext) -> Any:
             sender = self._authenticate(context)  # before a single frame is read
 
+            def accept(frame: Frame | InvalidMessage) -> int:
+                if isinstance(frame, InvalidMessage):
+                    raise frame
+                if frame.kind not in kinds:
+                    raise InvalidMessage(f"a frame of kind {frame.header.kind} on this call")
+                return self._receive(frame, sender, context)
+
             def consume() -> int:
-                total = 0
-                for frame in inherit_sender(frames):  # the first frame names the sender
-                    if isinstance(frame, InvalidMessage):
-                        raise frame
-                    if frame.kind not in kinds:
-                        raise InvalidMessage(f"a frame of kind {frame.header.kind} on this call")
-                    total += self._receive(frame, sender, context)
+                source = inherit_sender(frames)  # the first frame names the sender
+                first = next(source, None)
+                if first is None:
+                    return 0
+                total = accept(first)  # may wait for this node's round: no thread yet
+                second = next(source, None)
+                if second is None:
+                    return total  # one frame (a small model's segment): no thread at all
+                total += accept(second)
+                if READ_AHEAD_FRAMES < 1:
+                    return total + sum(accept(frame) for frame in source)
+                # docs/architecture.md#transfer-speed: gRPC reads the next frame while this
+                # thread checks and stores the current one
+                with ReadAhead(source, READ_AHEAD_FRAMES) as rest:
+                    for frame in rest:
+                        total += accept(frame)
                 return total
 
             return peer_pb2.Ack(elements=self._guarded(context, sender, consume))
@@ -460,6 +481,76 @@ class GrpcTransport(Transport):
             for _, channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+
+
+class ReadAhead(Generic[T]):
+    """Takes the items of `source` on a thread of its own, at most `depth` ahead of the
+    consumer, so that a gRPC stream's next message is being received while the handler
+    thread hashes, checks and stores the current one (docs/architecture.md#transfer-speed).
+
+    A sync gRPC server reads a stream's next message only when the handler asks for it, and
+    HTTP/2 flow control then holds the sender back: without a read pending, checking a frame
+    and receiving the next one take turns instead of overlapping. Items come out in order;
+    an exception raised by `source` is raised to the consumer after the items before it.
+    Leaving the `with` block (or close()) stops the reader: it ends as soon as `source`
+    yields or ends (a gRPC request iterator ends with its call), holding at most one item
+    more, and is a daemon thread so it never holds the process up."""
+
+    def __init__(self, source: Iterator[T], depth: int = 1) -> None:
+        self._source = source
+        self._depth = max(1, depth)
+        self._ready: deque[T] = deque()
+        self._error: BaseException | None = None
+        self._ended = False
+        self._closed = False
+        self._changed = threading.Condition(threading.Lock())
+        self._thread = threading.Thread(target=self._read, name="peer-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for item in self._source:
+                with self._changed:
+                    while len(self._ready) >= self._depth and not self._closed:
+                        self._changed.wait()  # until the consumer takes one or closes
+                    if self._closed:
+                        return
+                    self._ready.append(item)
+                    self._changed.notify_all()
+        except BaseException as exc:  # the call's end (RpcError) or a bad message: handed on
+            with self._changed:
+                self._error = exc
+        finally:
+            with self._changed:
+                self._ended = True
+                self._changed.notify_all()
+
+    def __iter__(self) -> Iterator[T]:
+        while True:
+            with self._changed:
+                while not self._ready and not self._ended:
+                    self._changed.wait()  # until the reader has one: as bounded as the call
+                if self._ready:
+                    item = self._ready.popleft()
+                    self._changed.notify_all()
+                elif self._error is not None:
+                    error, self._error = self._error, None
+                    raise error
+                else:
+                    return
+            yield item
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._ready.clear()  # what was read ahead and will not be used
+            self._changed.notify_all()
+
+    def __enter__(self) -> ReadAhead[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 M = TypeVar("M")
