@@ -137,9 +137,8 @@ class FixedPoint:
         reduced = self.reduce(np.array(total, dtype=self.dtype))
         if self.bits == 64:
             return reduced.view(np.int64)
-        signed = reduced.astype(np.int64)
-        signed[signed >= 1 << (self.bits - 1)] -= 1 << self.bits
-        return signed
+        sign_bit = np.int64(1 << (self.bits - 1))  # 2^62 at most: no int64 overflow
+        return (reduced.astype(np.int64) ^ sign_bit) - sign_bit
 
     def error_bound(self, contributors: int, total_weight: int) -> float:
         """The most the decoded mean differs from the exact weighted mean, before its final

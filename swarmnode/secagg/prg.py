@@ -25,6 +25,7 @@ from swarmnode.exceptions import ConfigError
 DOMAIN = b"swarmnode/secagg/v1/"
 BLOCK = 64  # bytes of one ChaCha20 block
 MAX_BLOCKS = 1 << 32  # the 32-bit block counter of RFC 7539's nonce layout
+PIECE_WORDS = 1 << 17  # words made and added at a time: 0.5 or 1 MiB, cache-sized
 
 
 def account_bytes(account: str) -> bytes:
@@ -81,24 +82,35 @@ def stream(key: bytes, elements: range, dtype: np.dtype[np.unsignedinteger]) -> 
     """Words `elements` of the key's stream, uniform over the word (any modulus 2^k that
     divides it stays uniform). Element i is bytes [i*w, (i+1)*w) of the keystream, w the
     word size, whatever range it is asked in."""
-    if elements.step != 1 or elements.start < 0:
-        raise ValueError(f"a mask covers a contiguous range of elements, got {elements}")
-    size = dtype.itemsize
-    first, skip = divmod(elements.start * size, BLOCK)
-    length = skip + len(elements) * size
-    if first + -(-length // BLOCK) > MAX_BLOCKS:
-        raise ConfigError(f"a mask stream ends past ChaCha20's 2^32 blocks: {elements}")
-    nonce = first.to_bytes(4, "little") + bytes(12)  # block counter, then a fixed nonce
-    encryptor = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
-    out = np.empty(length + BLOCK, dtype=np.uint8)
-    encryptor.update_into(np.zeros(length, dtype=np.uint8).data, out.data)
-    return out[skip:length].view(dtype)
+    words = np.zeros(len(elements), dtype=dtype)
+    add_stream(words, key, elements, 1)
+    return words
 
 
 def add_stream(total: np.ndarray, key: bytes, elements: range, factor: int) -> None:
-    """total += factor * stream, in the word's own (wrapping) arithmetic; factor is +1/-1."""
-    words = stream(key, elements, total.dtype)
-    if factor > 0:
-        total += words
-    else:
-        total -= words
+    """total += factor * stream over `elements`, in the word's own (wrapping) arithmetic;
+    factor is +1 or -1. The keystream is made a piece at a time into one reused buffer and
+    added while it is still in cache: 1.2 to 1.8 times faster than making it whole first
+    (measured side by side on 2.5 M words)."""
+    if elements.step != 1 or elements.start < 0 or len(elements) != total.size:
+        raise ValueError(f"a mask covers a contiguous range of {total.size} elements: {elements}")
+    size = total.dtype.itemsize
+    first, skip = divmod(elements.start * size, BLOCK)
+    if first + -(-(skip + total.size * size) // BLOCK) > MAX_BLOCKS:
+        raise ConfigError(f"a mask stream ends past ChaCha20's 2^32 blocks: {elements}")
+    nonce = first.to_bytes(4, "little") + bytes(12)  # block counter, then a fixed nonce
+    encryptor = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
+    piece = min(PIECE_WORDS, total.size)
+    buffer = np.empty(piece * size + BLOCK, dtype=np.uint8)
+    zeros = np.zeros(max(piece * size, BLOCK), dtype=np.uint8)  # skip < BLOCK
+    if skip:  # the first block's words before elements.start
+        encryptor.update_into(zeros[:skip].data, buffer.data)
+    for lo in range(0, total.size, piece):
+        hi = min(lo + piece, total.size)
+        length = (hi - lo) * size
+        encryptor.update_into(zeros[:length].data, buffer.data)
+        words = buffer[:length].view(total.dtype)
+        if factor > 0:
+            total[lo:hi] += words
+        else:
+            total[lo:hi] -= words
