@@ -7,6 +7,7 @@ sums differ by one node's update; a sum with a mask left out, or a lying share, 
 from __future__ import annotations
 
 import itertools
+import threading
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from swarmnode.secagg.driver import LocalRound
 from swarmnode.secagg.errors import RevealRefused, ShareError, SumRefused
 from swarmnode.secagg.fixedpoint import FixedPoint
 from swarmnode.secagg.masking import RoundContext
-from swarmnode.secagg.reveal import Reveal, Revealer
+from swarmnode.secagg.reveal import Reveal, Revealer, RevealRequest
 from swarmnode.secagg.unmask import Unmasked, sum_rows, unmask
 
 N = 8
@@ -205,3 +206,34 @@ def test_a_lying_share_is_caught_against_the_dealers_commitment(
     more = [*lying, *swarm.reveals(request, seven[5:])]
     with pytest.raises(ShareError, match="not on the polynomial"):
         unmask(swarm.context, swarm.announcements, swarm.weights, rows, request, more)
+
+
+def test_two_owners_asking_at_once_cannot_both_get_conflicting_reveals(
+    updates: dict[str, tuple[int, np.ndarray]],
+) -> None:
+    """Two threads released together ask one revealer for sums over two different sets of
+    the same elements; whichever order the lock gives them, exactly one is answered."""
+    swarm = _fresh(updates)
+    revealer = swarm.revealers[ACCOUNTS[0]]
+    requests = [
+        swarm.request(range(0, 100), ACCOUNTS[:7]),
+        swarm.request(range(50, 150), ACCOUNTS[:6] + ACCOUNTS[7:]),
+    ]
+    start = threading.Barrier(2, timeout=30)
+    outcomes: list[str] = []
+
+    def ask(request: RevealRequest) -> None:
+        start.wait()  # both threads go together, or the barrier breaks within 30 s
+        try:
+            revealer.reveal(request)
+            outcomes.append("answered")
+        except RevealRefused:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=ask, args=(r,)) for r in requests]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "a reveal thread did not end within 30 s"
+    assert sorted(outcomes) == ["answered", "refused"]

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from swarmnode.address import normalize
-from swarmnode.secagg.errors import RevealRefused
+from swarmnode.secagg.errors import RevealRefused, ShareError
 from swarmnode.secagg.masking import DealtShares, RoundContext
 from swarmnode.secagg.shamir import Share
 
@@ -81,10 +81,10 @@ class Revealer:
         if normalize(dealt.holder) != self.account or not (
             dealt.seed.x == dealt.key.x == self._seat
         ):
-            raise RevealRefused(f"shares from {dealer} are not for {self.account}'s seat")
+            raise ShareError(f"shares from {dealer} are not for {self.account}'s seat")
         with self._lock:
             if dealer in self._held and self._held[dealer] != dealt:
-                raise RevealRefused(f"{dealer} dealt this node two different sets of shares")
+                raise ShareError(f"{dealer} dealt this node two different sets of shares")
             self._held[dealer] = dealt
 
     def reveal(self, request: RevealRequest) -> Reveal:

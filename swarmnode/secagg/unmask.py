@@ -73,6 +73,10 @@ def unmask(
         raise ShareError(f"reveals must come from distinct inputs of the sum, got {revealers}")
     if any(r.request != request for r in reveals):
         raise ShareError("a reveal answers a different request than the one unmasked")
+    for answer in reveals:  # a revealer speaks for its own seat only
+        seat = context.seat(answer.revealer)
+        if any(s.x != seat for s in [*answer.seeds.values(), *answer.keys.values()]):
+            raise ShareError(f"{answer.revealer} revealed shares of another seat than its own")
     fixed = context.fixed
     total = np.array(masked_sum, dtype=fixed.dtype)
     swarm, round_ = context.swarm, context.round
