@@ -140,6 +140,9 @@ def test_keys_are_bound_to_the_pair_the_swarm_and_the_round() -> None:
     assert ab != pair_key(a, b_pub, b"swarm", 1, A, C)
     seed = bytes(32)
     assert self_key(seed, b"swarm", 1, A) != self_key(seed, b"swarm", 1, B)
+    for bad in (bytes(32), b"short"):  # a low-order point (all-zero secret), a wrong length
+        with pytest.raises(ShareError, match=f"X25519 key of {B} is unusable"):
+            pair_key(a, bad, b"swarm", 1, A, B)
     assert sign(A, B) == 1 and sign(B, A) == -1
 
 

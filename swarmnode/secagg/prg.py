@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from swarmnode.address import normalize
 from swarmnode.exceptions import ConfigError
+from swarmnode.secagg.errors import ShareError
 
 DOMAIN = b"swarmnode/secagg/v1/"
 BLOCK = 64  # bytes of one ChaCha20 block
@@ -68,7 +69,10 @@ def pair_key(
 ) -> bytes:
     """The ChaCha20 key `account` and `peer` share for this swarm and round. Either side
     computes it, from its own private key and the other's public key."""
-    shared = own.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    try:
+        shared = own.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError as error:  # not 32 bytes, or a low-order point giving all zeros
+        raise ShareError(f"the announced X25519 key of {peer} is unusable: {error}") from None
     pair = sorted([account, peer], key=account_bytes)
     return _derive(shared, _info(b"pair", swarm, round_, pair))
 
