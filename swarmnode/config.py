@@ -10,9 +10,31 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from swarmnode.exceptions import ConfigError
+from swarmnode.privacy import DEFAULT_DELTA, PrivacySettings
+
+
+class PrivacyConfig(BaseModel):
+    """node.toml's `[privacy]`: local DP-SGD and its budget (docs/privacy.md#settings)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float = DEFAULT_DELTA
+    epsilon_budget: float | None = None
+
+    @model_validator(mode="after")
+    def _checked(self) -> PrivacyConfig:
+        self.settings()  # the project's own checks, one line each (ConfigError)
+        return self
+
+    def settings(self) -> PrivacySettings:
+        return PrivacySettings(
+            self.noise_multiplier, self.max_grad_norm, self.delta, self.epsilon_budget
+        )
 
 
 class NodeConfig(BaseModel):
@@ -54,6 +76,8 @@ class NodeConfig(BaseModel):
     # swarmnode.p2p.faults.Fault parses it, e.g. "reduce_scatter:after_frames=1").
     die_at: str | None = None
     die_after_rounds: int = Field(0, ge=0)
+    # Local differential privacy (docs/privacy.md): `[privacy]` beside `[node]`; None: none
+    privacy: PrivacyConfig | None = None
 
     @field_validator("task")
     @classmethod
@@ -84,7 +108,7 @@ class NodeConfig(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
-        data = read_toml_table(path, "node", "config")
+        data = read_toml_table(path, "node", "config", beside=("privacy",))
         base = path.resolve().parent
         for key in ("identity_dir", "deployment", "checkpoint_dir", "log_file", "initial_model"):
             if isinstance(data.get(key), str):
@@ -123,9 +147,12 @@ def split_address(value: str, default_host: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
-def read_toml_table(path: Path, table: str, what: str) -> dict[str, Any]:
+def read_toml_table(
+    path: Path, table: str, what: str, beside: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """`[table]` of a TOML file, or the whole file when it has no such table. Beside the
-    table, nothing: a key above it (or a table of another name) would be read by no one, so
+    table, only the tables named in `beside` (read as keys of it, e.g. node.toml's
+    `[privacy]`): a key above it (or a table of another name) would be read by no one, so
     a misplaced `rounds = 3` is refused in one line rather than silently ignored."""
     try:
         raw = tomllib.loads(path.read_text())
@@ -135,13 +162,19 @@ def read_toml_table(path: Path, table: str, what: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: not TOML ({exc})") from None
     if table not in raw:
         return dict(raw)
-    others = sorted(key for key in raw if key != table)
+    data = dict(raw[table])
+    for name in beside:
+        if name in raw and name in data:
+            raise ConfigError(f"{path}: [{name}] given twice, beside [{table}] and in it")
+        if name in raw:
+            data[name] = raw[name]
+    others = sorted(key for key in raw if key != table and key not in beside)
     if others:
         raise ConfigError(
             f"{path}: {', '.join(others)}: unknown outside [{table}] (put every setting "
             f"under [{table}])"
         )
-    return dict(raw[table])
+    return data
 
 
 Model = TypeVar("Model", bound=BaseModel)

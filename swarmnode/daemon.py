@@ -36,6 +36,7 @@ from swarmnode.node import SwarmNode
 from swarmnode.outage import ChainOutage
 from swarmnode.p2p.faults import Fault, InjectedCrash
 from swarmnode.peer import LivePeer, load_identity, restore_sync, save_checkpoint
+from swarmnode.privacy import PRIVACY_JOURNAL, BudgetSpent
 from swarmnode.records import ROUND_EVENT, NodeRoundRecord
 from swarmnode.round import RoundOutcome, RoundResult
 from swarmnode.training import Task, load_task
@@ -141,7 +142,12 @@ def _serve(
         init_seed=config.init_seed,
         settings=peer.settings,
         initial_model=config.initial_model,
+        privacy=None if config.privacy is None else config.privacy.settings(),
     )
+    private = node.trainer.privacy
+    if private is not None:  # what earlier runs of this node spent counts toward the budget
+        private.restore(config.checkpoints / PRIVACY_JOURNAL)
+        metrics.track_privacy_budget(private.epsilon)
     checkpoint = peer.resume()
     if checkpoint is not None:
         node.adopt(checkpoint.round, checkpoint.vector)
@@ -161,6 +167,11 @@ def _serve(
         try:
             peer.refresh()
             outcome = display.step(node)
+        except BudgetSpent as spent:  # keeps its model; finishes on chain below
+            spent_so_far = None if private is None else private.epsilon()
+            event = {"event": "privacy_budget_spent", "epsilon": spent_so_far}
+            log.warning("%s", spent, extra={"fields": event})
+            break
         except InjectedCrash as crash:
             fields = {"event": "die", "round": crash.round}
             log.error("fault injection: %s", crash, extra={"fields": fields})
@@ -176,7 +187,9 @@ def _serve(
             continue
         result = outcome.result
         metrics.round_done(outcome)  # before the log line: a scrape after it sees the round
-        record = NodeRoundRecord.from_round(outcome, receipts=len(ledger.gas_log) - mined)
+        record = NodeRoundRecord.from_round(
+            outcome, receipts=len(ledger.gas_log) - mined, epsilon=outcome.epsilon
+        )
         fields = {"event": ROUND_EVENT, **record.to_json(), "metrics": outcome.val_metrics}
         log.info("%s", progress.round_line(outcome), extra={"fields": fields})  # loss, metrics
         if _save_checkpoint(peer.store, node, result):

@@ -193,7 +193,8 @@ class NodeMetrics:
         """The hook for differential privacy: a node that trains with DP calls this once,
         with what reads the privacy budget (epsilon) it has spent so far, and only then is
         `swarmnode_privacy_epsilon_spent` registered; without DP there is no such metric,
-        rather than one that always reads 0. Nothing calls it yet: swarmnode has no DP."""
+        rather than one that always reads 0. `swarmnode run` calls it for a node.toml with
+        `[privacy]` (docs/privacy.md#the-accountant), with its accountant's epsilon."""
         if self._privacy is None:
             self._privacy = Gauge(
                 "swarmnode_privacy_epsilon_spent",

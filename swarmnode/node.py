@@ -33,6 +33,13 @@ from swarmnode.merge import make_rule
 from swarmnode.p2p.errors import InvalidMessage
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import Transport
+from swarmnode.privacy import (
+    PRIVACY_JOURNAL,
+    BudgetSpent,
+    PrivacySettings,
+    PrivateTraining,
+    plain_module,
+)
 from swarmnode.round import (
     DEFAULT_SETTINGS,
     Round,
@@ -305,6 +312,7 @@ class NodeRound:
     batches: int
     val_loss: float
     val_metrics: dict[str, float]
+    epsilon: float | None = None  # privacy spent by then, for a node training with DP
 
 
 class SwarmNode:
@@ -323,9 +331,12 @@ class SwarmNode:
         check_initial_digest: bool = True,
         settings: RoundSettings = DEFAULT_SETTINGS,
         initial_model: str | Path | None = None,
+        privacy: PrivacySettings | None = None,
     ) -> None:
         self.task = task
-        self.trainer = LocalTrainer(task, device, seed, init_seed=init_seed)
+        # with `privacy`, DP-SGD and a budget (docs/privacy.md): step() raises BudgetSpent
+        # instead of training past it
+        self.trainer = LocalTrainer(task, device, seed, init_seed=init_seed, privacy=privacy)
         # (honest snapshot, last merged model) -> what is contributed; None: the snapshot
         self.contribution: (
             Callable[[npt.NDArray[np.float32], npt.NDArray[np.float32]], npt.NDArray[np.float32]]
@@ -349,8 +360,12 @@ class SwarmNode:
         return self.syncer.ledger
 
     def step(self) -> NodeRound:
-        """Trains until a sync is due, then syncs."""
-        batches = self.trainer.train_batches(self.syncer.policy.interval)
+        """Trains until a sync is due, then syncs; with DP, raises BudgetSpent first where
+        that training would spend past the budget (docs/privacy.md#the-budget)."""
+        interval = self.syncer.policy.interval
+        if self.trainer.privacy is not None:
+            self.trainer.privacy.check_budget(interval)
+        batches = self.trainer.train_batches(interval)
         return self.sync_now(batches)
 
     def adopt(self, round: int, vector: npt.NDArray[np.float32]) -> None:
@@ -379,14 +394,21 @@ class SwarmNode:
     def sync_now(self, batches: int = 0) -> NodeRound:
         """Contributes the current model to the current round and loads the outcome."""
         metrics = self.trainer.evaluate() if self.task.val_data is not None else {}
-        val_loss = float(metrics.get("loss", self.trainer.last_train_loss or 0.0))
+        # the training loss is no private figure: a DP node without validation data joins
+        # with 0 (docs/privacy.md#what-it-does-not-protect)
+        train_loss = None if self.trainer.privacy is not None else self.trainer.last_train_loss
+        val_loss = float(metrics.get("loss", train_loss or 0.0))
         snapshot = self.trainer.snapshot()
         if self.contribution is not None:  # a simulated Byzantine node poisons what it sends
             snapshot = self.contribution(snapshot, self.syncer.reference)
+        privacy = self.trainer.privacy
+        if privacy is not None:  # on disk before the model leaves the node
+            privacy.record()
         result = self.syncer.sync(snapshot, self.trainer.num_samples, val_loss)
         if result.merged is not None:
             self.trainer.load(result.merged)
-        return NodeRound(result, batches, val_loss, metrics)
+        epsilon = None if privacy is None else privacy.epsilon()
+        return NodeRound(result, batches, val_loss, metrics, epsilon)
 
 
 class SwarmCallback:
@@ -404,6 +426,12 @@ class SwarmCallback:
     resumes from the newest checkpoint the chain agrees with. `batches_done` says how far
     the loop got (the batches it had trained at that checkpoint), so that it goes on from
     there.
+
+    `privacy` (swarmnode.privacy.make_private: your model, optimizer and loader made private
+    with Opacus) makes the hook report `epsilon` and stop syncing once the budget would not
+    cover another sync interval: it says so on chain (finish) and sets `budget_spent`, which
+    your loop reads to stop training (docs/privacy.md#your-own-loop). `model` may be the
+    wrapped one: the hook uses the plain module inside it.
     """
 
     def __init__(
@@ -418,9 +446,11 @@ class SwarmCallback:
         check_initial_digest: bool = True,
         settings: RoundSettings = DEFAULT_SETTINGS,
         initial_model: str | Path | None = None,
+        privacy: PrivateTraining | None = None,
     ) -> None:
         if num_samples < 1:
             raise ConfigError(f"num_samples must be at least 1, got {num_samples}")
+        model = plain_module(model)  # Opacus's wrapper: the plain names, not `_module.`
         self.model = model
         self.num_samples = num_samples
         self._val_loss = val_loss
@@ -444,6 +474,15 @@ class SwarmCallback:
         self.peer: LivePeer | None = None  # set by from_node_dir
         self.resumed: Checkpoint | None = None  # the checkpoint a restarted process went on from
         self._optimizer: OptimizerState | None = None
+        self.privacy = privacy
+        self.budget_spent = False  # set once the privacy budget ends this node's rounds
+        if privacy is not None:  # a budget too small for one interval: one line, now
+            privacy.check_budget(self.syncer.policy.interval)
+
+    @property
+    def epsilon(self) -> float | None:
+        """Privacy spent so far (with `privacy`), at its delta; else None."""
+        return None if self.privacy is None else self.privacy.epsilon()
 
     @classmethod
     def from_node_dir(
@@ -457,6 +496,7 @@ class SwarmCallback:
         stop: threading.Event | None = None,
         passphrase: str | None = None,
         initial_model: str | Path | None = None,
+        privacy: PrivateTraining | None = None,
     ) -> SwarmCallback:
         """The hook as a real node: `node_dir` (made by `swarmnode init`, naming the swarm's
         deployment) opened as a live peer, registered, serving its peers over mutual TLS.
@@ -468,6 +508,8 @@ class SwarmCallback:
         chain agrees with into `model` and the optimizer, restores the policy and
         `batches_done`, and gives up a seat the killed process held. `stop` (set it from a
         signal handler) makes a round in progress leave or withdraw as the daemon does.
+        With `privacy`, the epsilon spent is kept in the folder's checkpoints
+        (privacy.json) and counted on from there when the process starts again.
         Call `close()` at the end (or use the hook as a context manager)."""
         # here, not at the top: the live peer loads web3, grpc and pydantic, which the hook's
         # in-process uses (and the GPU machine's tests) never need
@@ -475,6 +517,8 @@ class SwarmCallback:
 
         peer = LivePeer.open(node_dir, stop=stop, passphrase=passphrase)
         try:
+            if privacy is not None:  # what earlier runs of this node spent counts too
+                privacy.restore(peer.config.checkpoints / PRIVACY_JOURNAL)
             hook = cls(
                 model,
                 ledger=peer.ledger,
@@ -484,6 +528,7 @@ class SwarmCallback:
                 val_loss=val_loss,
                 settings=peer.settings,
                 initial_model=initial_model or peer.config.initial_model,
+                privacy=privacy,
             )
             hook.peer = peer
             hook._optimizer = optimizer_state
@@ -524,13 +569,15 @@ class SwarmCallback:
     def on_batch_end(self) -> RoundResult | None:
         self.batches_since_sync += 1
         self.batches_done += 1
-        if not self.syncer.policy.due(self.batches_since_sync):
+        if self.budget_spent or not self.syncer.policy.due(self.batches_since_sync):
             return None
         return self._sync()
 
     def on_train_end(self) -> RoundResult:
         """The last sync, then `Syncer.finish()`: the swarm stops waiting for this node, even
-        when that sync fails."""
+        when that sync fails. Once the privacy budget is spent, no sync: the last round."""
+        if self.budget_spent:  # finished on chain already; set only after a sync
+            return self.rounds[-1]
         try:
             return self._sync()
         finally:
@@ -541,11 +588,20 @@ class SwarmCallback:
             self.peer.refresh()
         loss = float(self._val_loss()) if self._val_loss is not None else 0.0
         vector = canonical.flatten(self.model, self.layout).numpy()
+        if self.privacy is not None:
+            self.privacy.record()
         result = self.syncer.sync(vector, self.num_samples, loss)
         if result.merged is not None:
             canonical.unflatten_into(torch.from_numpy(result.merged), self.model, self.layout)
         self.batches_since_sync = 0
         self.rounds.append(result)
+        if self.privacy is not None:
+            try:
+                self.privacy.check_budget(self.syncer.policy.interval)
+            except BudgetSpent as spent:
+                log.warning("%s: %s", self.syncer.ledger.account, spent)
+                self.budget_spent = True
+                self.syncer.finish()
         return result
 
 

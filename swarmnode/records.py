@@ -79,7 +79,7 @@ class Step(Protocol):
 ROUND_EVENT = "round"
 """The `event` of a round's line in the daemon's JSON log."""
 
-_OPTIONAL = ("receipts", "time", "node", "pid")  # left out of the JSON while unknown
+_OPTIONAL = ("receipts", "time", "node", "pid", "epsilon")  # left out of the JSON while unknown
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ class NodeRoundRecord:
     time: float | None = None  # when the daemon logged it (seconds since the epoch)
     node: int | None = None  # the simulator's number for the node, from 0
     pid: int | None = None  # the process simulator's daemon
+    epsilon: float | None = None  # privacy spent by the round's end, for a node with DP
 
     @classmethod
     def from_round(cls, outcome: Step, **known: Any) -> NodeRoundRecord:

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from swarmnode import canonical
 from swarmnode.exceptions import ConfigError
+from swarmnode.privacy import PrivacySettings, PrivateTraining, fix_model, make_private
 
 __all__ = [
     "Data",
@@ -291,6 +292,12 @@ class LocalTrainer:
     describe the loss landscape near the merged point well enough; resetting them at every
     round would restart Adam's bias correction and give every round a burst of sign-like steps.
     Call ``reset_optimizer`` where a fresh optimizer is wanted.
+
+    With ``privacy`` the trainer runs DP-SGD (swarmnode.privacy, docs/privacy.md): the model
+    is fixed for Opacus before its layout is taken, training steps run through Opacus's
+    per-sample-gradient wrapper on Poisson batches, and ``privacy`` (a PrivateTraining)
+    says the epsilon spent. ``model`` stays the plain module: snapshots, loads and
+    evaluation see the plain parameter names.
     """
 
     def __init__(
@@ -300,6 +307,7 @@ class LocalTrainer:
         seed: int = 0,
         *,
         init_seed: int | None = None,
+        privacy: PrivacySettings | None = None,
     ) -> None:
         self.task = task
         self.device = device if isinstance(device, torch.device) else pick_device(device)
@@ -310,15 +318,27 @@ class LocalTrainer:
             model = task.model_factory()
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model_factory returned {type(model).__name__}, not an nn.Module")
+        if privacy is not None:  # before the layout: every DP node fixes it alike
+            model = fix_model(model)
         self.model: nn.Module = model.to(self.device)
         self.model.train()
         self.layout = canonical.layout_of(self.model)
         self.optimizer: torch.optim.Optimizer = task.optimizer_factory(self.model.parameters())
+        self.privacy: PrivateTraining | None = None
+        self._forward: nn.Module = self.model  # what training runs forward through
+        train_data: Data = task.train_data
+        if privacy is not None:
+            self.privacy = make_private(
+                self.model, self.optimizer, task.train_data, privacy, batch_size=task.batch_size
+            )
+            self.optimizer = self.privacy.optimizer
+            self._forward = self.privacy.module
+            train_data = self.privacy.loader
         with self._forked_rng():
             torch.manual_seed(seed)
             self._rng_states = self._read_rng()
         self._train = _Batches(
-            task.train_data,
+            train_data,
             task.batch_size,
             self.device,
             shuffle=True,
@@ -394,6 +414,7 @@ class LocalTrainer:
         if k < 0:
             raise ConfigError(f"cannot train a negative number of batches ({k})")
         done = 0
+        scored = 0  # batches with a loss: an empty Poisson batch (DP) has none
         total: torch.Tensor | None = None
         self.model.train()
         with self._own_rng():
@@ -405,9 +426,11 @@ class LocalTrainer:
                     continue  # an epoch just ended; the loop re-checks max_epochs
                 loss = self._step(batch)
                 self._end_epoch_if_full()
-                total = loss if total is None else total + loss
+                if loss is not None:
+                    total = loss if total is None else total + loss
+                    scored += 1
                 done += 1
-        self._last_train_loss = None if total is None else float(total.item()) / done
+        self._last_train_loss = None if total is None else float(total.item()) / scored
         return done
 
     def _next_batch(self) -> Any | None:
@@ -436,19 +459,25 @@ class LocalTrainer:
             self._epoch_iter = None
             self._epochs_done += 1
 
-    def _step(self, batch: Any) -> torch.Tensor:
+    def _step(self, batch: Any) -> torch.Tensor | None:
+        """One optimizer step; its loss, or None for an empty batch (Poisson sampling draws
+        them now and then: the DP step still happens, noise and all, and is counted)."""
         inputs, targets = _split(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        outputs = self.model(inputs)
+        outputs = self._forward(inputs)
         loss = self.task.loss_fn(outputs, targets)
         torch.autograd.backward(loss)
         self.optimizer.step()
         self._batches_done += 1
-        return loss.detach()
+        return loss.detach() if _batch_size_of(targets) else None
 
     def reset_optimizer(self) -> None:
-        """A fresh optimizer from the task's factory (drops momentum and moment estimates)."""
-        self.optimizer = self.task.optimizer_factory(self.model.parameters())
+        """A fresh optimizer from the task's factory (drops momentum and moment estimates);
+        with DP made private as the first was, its steps counted by the same accountant."""
+        optimizer = self.task.optimizer_factory(self.model.parameters())
+        if self.privacy is not None:
+            optimizer = self.privacy.wrap_optimizer(optimizer)
+        self.optimizer = optimizer
 
     # ---------------------------------------------------------------------------- evaluation
 

@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
     {
         "merge",
         "training",
+        "privacy",
         "sync",
         "identity",
         "config",

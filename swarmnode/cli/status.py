@@ -211,8 +211,18 @@ def node_report(
             "active": bool(record is not None and record.active),
             "endpoint": None if record is None else record.endpoint,
         },
-        "rounds": [_late_report(e.to_dict(), (logged or {}).get(e.round)) for e in joined],
+        "rounds": [_with_epsilon(e.to_dict(), (logged or {}).get(e.round)) for e in joined],
     }
+
+
+def _with_epsilon(entry: dict[str, Any], logged: NodeRoundRecord | None) -> dict[str, Any]:
+    """The round as `_late_report` gives it, with the privacy the node had spent by its end
+    (`epsilon`) where its log says (a node training with DP; docs/privacy.md#the-accountant).
+    The chain does not know it: only --identity, which reads the node's log, shows it."""
+    entry = _late_report(entry, logged)
+    if logged is not None and logged.epsilon is not None:
+        entry = {**entry, "epsilon": logged.epsilon}
+    return entry
 
 
 def _late_report(entry: dict[str, Any], logged: NodeRoundRecord | None) -> dict[str, Any]:
@@ -272,6 +282,9 @@ def _print_node_status(report: dict[str, Any]) -> None:
     for column in ("round", "status", "attempt", "this node", "its report", "final digest"):
         table.add_column(column)
     table.add_column("agreed")
+    private = any("epsilon" in r for r in joined)
+    if private:  # DP: the privacy spent by each round's end, from the node's log
+        table.add_column("epsilon")
     for r in report["rounds"]:
         status = r["status"] + (f" ({r['fail_reason']})" if r["status"] == "failed" else "")
         part = r["part"] + (
@@ -280,7 +293,7 @@ def _print_node_status(report: dict[str, Any]) -> None:
             else ""
         )
         agreed = {True: "yes", False: "no", None: "-"}[r["agreed"]]
-        table.add_row(
+        cells = [
             str(r["round"]),
             status,
             str(r["attempt"]),
@@ -288,5 +301,11 @@ def _print_node_status(report: dict[str, Any]) -> None:
             _cut(r["report"] or "", console),
             _cut(r["final_digest"] or "", console),
             agreed,
-        )
+        ]
+        if private:
+            cells.append("-" if r.get("epsilon") is None else f"{r['epsilon']:.3f}")
+        table.add_row(*cells)
     console.print(table)
+    spent = [r["epsilon"] for r in joined if r.get("epsilon") is not None]
+    if spent:  # rounds are newest first
+        console.print(f"privacy: epsilon {spent[0]:.3f} spent by its last round logged")

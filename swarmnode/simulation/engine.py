@@ -12,6 +12,7 @@ layers below and gives a SwarmRun (results.py) for the reports above to read.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -22,9 +23,11 @@ from torch.utils.data import TensorDataset
 
 from swarmnode import canonical
 from swarmnode.address import normalize
+from swarmnode.exceptions import ConfigError
 from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.contract import ContractLedger
 from swarmnode.node import NodeRound, SwarmNode
+from swarmnode.privacy import BudgetSpent
 from swarmnode.records import NodeRoundRecord
 from swarmnode.round import RoundResult, RoundSettings
 from swarmnode.simulation.attacks import ProtocolAttackers, byzantine_hooks
@@ -44,6 +47,8 @@ from swarmnode.simulation.scenario import Scenario
 from swarmnode.simulation.tasks import node_tasks
 from swarmnode.simulation.turns import JoinTurns, OrderedJoins
 from swarmnode.training import Data, LocalTrainer, Task
+
+log = logging.getLogger(__name__)
 
 Backend = Literal["grpc", "memory"]
 """Full fidelity (embedded chain, gRPC with mutual TLS) or the in-memory ledger and transport."""
@@ -90,8 +95,16 @@ def run_tasks(
         run.model_bytes = len(initial) * canonical.ELEMENT_BYTES  # what a node holds
         records: list[RoundRecord] = []
         for k in range(1, scenario.rounds + 1):
-            records.append(run.round(k))
-            on_round(records[-1])
+            record = run.round(k)
+            if record is None:  # every node's privacy budget is spent
+                break
+            records.append(record)
+            on_round(record)
+        if not records:
+            raise ConfigError(
+                f"dp_budget {scenario.dp_budget}: spent before the first round on every node "
+                "(one round's training would spend more); raise dp_budget or dp_noise"
+            )
         return SwarmRun.of(records)
     finally:
         swarm.close()
@@ -118,6 +131,7 @@ class _Run:
         self.model_bytes = 0
         self.ledgers = [peer.ledger for peer in swarm.peers]
         self.turns = JoinTurns()
+        self.spent: set[int] = set()  # nodes out of privacy budget: they join no more rounds
         self.nodes = [self._make_node(i, peer) for i, peer in enumerate(swarm.peers)]
         self._arm_byzantine()
         # replaces restarted nodes in self.nodes, with _make_node
@@ -137,8 +151,12 @@ class _Run:
             seed=self.scenario.seed * 1000 + i,
             init_seed=self.scenario.seed,
             settings=RoundSettings(poll=0.01),
+            privacy=self.scenario.privacy(),
         )
         node.syncer.rule = self.liars.rule(i, node.syncer.rule)
+        earlier = getattr(self, "nodes", None)  # a restarted node: its spending goes on
+        if node.trainer.privacy is not None and earlier is not None:
+            node.trainer.privacy.continue_from(earlier[i].trainer.privacy)
         return node
 
     def _arm_byzantine(self) -> None:
@@ -148,15 +166,25 @@ class _Run:
         for node, hook in zip(self.nodes[n - s.byzantine :], hooks, strict=True):
             node.contribution = hook
 
-    def round(self, k: int) -> RoundRecord:
-        """The run's k-th round: every node due in it runs it in a thread of its own."""
+    def round(self, k: int) -> RoundRecord | None:
+        """The run's k-th round: every node due in it runs it in a thread of its own; None
+        when no node may train any more (privacy budgets spent)."""
         mined = _mined(self.ledgers)
-        self.turns.expect(self.faults.start_round(k))  # the nodes that join round k
+        self._check_budgets()
+        if len(self.spent) == len(self.nodes):
+            return None
+        joining = [i for i in self.faults.start_round(k) if i not in self.spent]
+        self.turns.expect(joining)  # the nodes that join round k
         if self.scenario.fresh_optimizer:  # a new SGD each round: no momentum carried over
             for node in self.nodes:
                 node.trainer.reset_optimizer()
         t0 = time.perf_counter()
-        outcomes = run_in_threads([self.faults.job(k, i) for i in range(len(self.nodes))])
+        outcomes = run_in_threads(
+            [
+                self.faults.job(k, i) if i not in self.spent else lambda: None
+                for i in range(len(self.nodes))
+            ]
+        )
         return self._record(k, outcomes, time.perf_counter() - t0, mined)
 
     def _record(
@@ -194,6 +222,19 @@ class _Run:
             calls=self.chain_log.calls(),
         )
 
+    def _check_budgets(self) -> None:
+        """A node whose next round would spend past dp_budget stops here, as a daemon does:
+        it says so, finishes on chain (rounds stop waiting for it) and keeps its model."""
+        for i, node in enumerate(self.nodes):
+            if i in self.spent or node.trainer.privacy is None:
+                continue
+            try:
+                node.trainer.privacy.check_budget(node.syncer.policy.interval)
+            except BudgetSpent as spent:
+                log.info("node %d: %s", i, spent)
+                node.finish()
+                self.spent.add(i)
+
     def _accused(self, present: dict[int, NodeRound]) -> list[int]:
         """The nodes that at least one honest node accused in the round (what it saw itself:
         a wrong merge, silence after a relay, refused rows), whether or not it was voted out."""
@@ -203,11 +244,20 @@ class _Run:
     def _node_records(self, number: int, outcomes: list[NodeRound | None]) -> list[NodeRoundRecord]:
         """Each node's record of round `number`; an away node's says why (faults.status)."""
         return [
-            NodeRoundRecord.from_round(o, node=i)
+            NodeRoundRecord.from_round(o, node=i, epsilon=o.epsilon)
             if o is not None
-            else NodeRoundRecord(round=number, status=self.faults.status(i) or "away", node=i)
+            else NodeRoundRecord(
+                round=number,
+                status="budget_spent" if i in self.spent else self.faults.status(i) or "away",
+                node=i,
+                epsilon=self._epsilon(i),
+            )
             for i, o in enumerate(outcomes)
         ]
+
+    def _epsilon(self, i: int) -> float | None:
+        privacy = self.nodes[i].trainer.privacy
+        return None if privacy is None else privacy.epsilon()
 
 
 def _mined(ledgers: list[Ledger]) -> tuple[int, int]:

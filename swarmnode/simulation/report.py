@@ -70,7 +70,23 @@ def build_report(
             for r in swarm.rounds
         ],
         "chain": {"transactions": swarm.transactions, "gas_used": swarm.gas_used},
+        "privacy": privacy_block(scenario, swarm),
         "wall_seconds": wall_seconds,
+    }
+
+
+def privacy_block(scenario: Scenario, swarm: SwarmRun) -> dict[str, Any]:
+    """What privacy the run had (docs/privacy.md#in-the-simulator): no secure aggregation
+    (not built yet), and with DP the noise, delta and the largest epsilon any node spent."""
+    settings = scenario.privacy()
+    spent = [
+        node.epsilon for r in swarm.rounds for node in r.per_node if node.epsilon is not None
+    ]
+    return {
+        "secure_aggregation": False,
+        "noise_multiplier": None if settings is None else settings.noise_multiplier,
+        "epsilon": max(spent) if spent else None,
+        "delta": None if settings is None else settings.delta,
     }
 
 
@@ -166,6 +182,13 @@ def print_summary(console: Console, report: dict[str, Any], files: list[Path]) -
         f"sent per node per round; {report['chain']['transactions']} transactions, "
         f"{report['chain']['gas_used']:,} gas; {report['wall_seconds']:.0f} s"
     )
+    privacy = report["privacy"]
+    if privacy["noise_multiplier"] is not None:
+        spent = "none" if privacy["epsilon"] is None else f"{privacy['epsilon']:.2f}"
+        console.print(
+            f"DP-SGD on every node: noise multiplier {privacy['noise_multiplier']:g}, epsilon "
+            f"{spent} at delta {privacy['delta']:g} (the most any node spent)"
+        )
     faults = _fault_table(rounds)
     if faults is not None:
         console.print(faults)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from swarmnode.config import read_toml_table, validated
+from swarmnode.privacy import DEFAULT_DELTA, PrivacySettings
 from swarmnode.rules import (
     MAX_PEERS_LIMIT,
     PPM,
@@ -103,6 +104,13 @@ class Scenario(BaseModel):
     checked_merge: bool = Field(
         True, description="a second owner checks each merge (docs/trust.md#unchecked-merge)"
     )
+    # Local DP-SGD on every node (docs/privacy.md#in-the-simulator): dp_noise turns it on;
+    # the others need it. dp_clip: the per-sample clipping norm (default 1.0), dp_delta
+    # (default 1e-5), dp_budget: the epsilon a node may spend before it stops joining.
+    dp_noise: float | None = None
+    dp_clip: float | None = None
+    dp_delta: float | None = None
+    dp_budget: float | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -144,6 +152,7 @@ class Scenario(BaseModel):
                 ("latency", bool(self.latency)),
                 ("bandwidth", bool(self.bandwidth)),
                 (f"attack {self.attack}", self.attack in _PROTOCOL_ATTACKS),
+                ("dp_noise (DP-SGD needs per-sample gradients)", self.dp_noise is not None),
             )
             if on
         ]
@@ -152,6 +161,30 @@ class Scenario(BaseModel):
                 f'the fast engine does not run {", ".join(refused)}: use engine = "full"'
             )
         return self
+
+    @model_validator(mode="after")
+    def _privacy(self) -> Scenario:
+        if self.dp_noise is None:
+            keys = ("dp_clip", "dp_delta", "dp_budget")
+            given = [k for k in keys if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} without dp_noise: set dp_noise to use DP")
+            return self
+        self.privacy()  # the project's own checks, one line each (ConfigError)
+        if self.processes:
+            raise ValueError("processes: dp_noise runs in process only (drop --processes)")
+        return self
+
+    def privacy(self) -> PrivacySettings | None:
+        """Every node's DP-SGD settings, or None without dp_noise."""
+        if self.dp_noise is None:
+            return None
+        return PrivacySettings(
+            noise_multiplier=self.dp_noise,
+            max_grad_norm=1.0 if self.dp_clip is None else self.dp_clip,
+            delta=DEFAULT_DELTA if self.dp_delta is None else self.dp_delta,
+            epsilon_budget=self.dp_budget,
+        )
 
     @field_validator("merge_rule")
     @classmethod
