@@ -21,10 +21,11 @@ from swarmnode import canonical
 from swarmnode.cli.status import _print_node_status, _with_epsilon
 from swarmnode.config import NodeConfig
 from swarmnode.exceptions import ConfigError
-from swarmnode.node import SwarmCallback
+from swarmnode.node import SwarmCallback, SwarmNode
 from swarmnode.privacy import (
     BudgetSpent,
     PrivacySettings,
+    epsilon_of,
     make_private,
     plain_state_dict,
 )
@@ -162,23 +163,53 @@ def test_epsilon_grows_step_by_step_as_the_accountant_counts() -> None:
         spent.append(trainer.privacy.epsilon())
     assert spent[0] < spent[1] < spent[2]
     assert spent[2] == pytest.approx(accountant(1.3, 1 / 5, 12), rel=1e-9)
-    assert trainer.privacy.epsilon_after(4) == pytest.approx(accountant(1.3, 1 / 5, 16), rel=1e-9)
+    ahead = trainer.privacy.epsilon_after(4)
+    assert trainer.privacy.epsilon() == spent[2]  # looking ahead spends nothing
+    trainer.train_batches(4)
+    assert trainer.privacy.epsilon() == pytest.approx(ahead, rel=1e-12)
     trainer.reset_optimizer()  # a fresh optimizer is still private and still counted
     trainer.train_batches(1)
-    assert trainer.privacy.steps == 13
+    assert trainer.privacy.steps == 17
 
 
 # --------------------------------------------------------------------------------------------
 # The budget, in a swarm
 
 
+def test_a_dp_node_whose_next_round_would_pass_its_budget_stops_before_training() -> None:
+    """What `swarmnode run` does with it: logs the one line, finishes on chain, exits 0."""
+    task = example_task(samples=64)
+    params = SwarmParams(
+        min_peers=2,
+        max_peers=2,
+        sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (4, 0, 0, 0)),
+        initial_model_digest=bytes(31) + b"\x01",  # not checked: check_initial_digest off
+    )
+    peer = memory_swarm(params, 2).peers[0]
+    node = SwarmNode(
+        ledger=peer.ledger,
+        transport=peer.transport,
+        inbox=peer.inbox,
+        task=task,
+        device="cpu",
+        check_initial_digest=False,
+        privacy=PrivacySettings(1.0, 1.0, DELTA, 0.5),
+    )
+    with pytest.raises(
+        BudgetSpent, match=r"epsilon 0\.000 so far, \d+\.\d+ after the next 4 steps"
+    ):
+        node.step()
+    assert node.trainer.batches_done == 0  # no step taken, no model shared
+    assert node.finish()  # rounds stop waiting for it
+
+
 def test_a_node_out_of_budget_stops_joining_and_the_others_finish() -> None:
     """Node 0 holds 48 rows (q = 1/2), nodes 1 and 2 hold 512 (q = 1/16): with the budget
     between node 0's epsilon after one round and after two, node 0 joins round 1 only."""
     noise, every = 1.0, 2
-    small, large = accountant(noise, 1 / 2, every), accountant(noise, 1 / 2, 2 * every)
+    small, large = epsilon_of([(noise, 1 / 2, every)], DELTA), epsilon_of([(noise, 0.5, 4)], DELTA)
     budget = (small + large) / 2
-    assert accountant(noise, 1 / 16, 3 * every) < budget  # the premise: 1 and 2 never stop
+    assert epsilon_of([(noise, 1 / 16, 3 * every)], DELTA) < budget  # 1 and 2 never stop
     tasks = [example_task(samples=n, node=0, nodes=1) for n in (48, 512, 512)]
     scenario = Scenario.load(
         None,
@@ -217,8 +248,9 @@ def test_a_hook_with_privacy_reports_epsilon_and_stops_syncing_at_the_budget() -
     x = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
     y = (x.sum(dim=1) > 0).long()
     loader = DataLoader(TensorDataset(x, y), batch_size=16)  # q = 1/4
-    after_one = accountant(noise, 1 / 4, every)
-    settings = PrivacySettings(noise, 1.0, DELTA, (after_one + accountant(noise, 1 / 4, 6)) / 2)
+    after_one = epsilon_of([(noise, 1 / 4, every)], DELTA)
+    after_two = epsilon_of([(noise, 1 / 4, 2 * every)], DELTA)
+    settings = PrivacySettings(noise, 1.0, DELTA, (after_one + after_two) / 2)
 
     def net() -> nn.Module:
         torch.manual_seed(0)
@@ -266,7 +298,8 @@ def test_a_hook_with_privacy_reports_epsilon_and_stops_syncing_at_the_budget() -
     for hook in hooks:
         assert hook.budget_spent
         assert [r.status for r in hook.rounds] == ["final"]
-        assert hook.epsilon == pytest.approx(after_one, rel=1e-9)
+        assert hook.epsilon == pytest.approx(after_one, rel=1e-12)
+    assert after_one == pytest.approx(accountant(noise, 1 / 4, every), rel=1e-9)
     merged = {canonical.digest(canonical.flatten(hook.model)) for hook in hooks}
     assert len(merged) == 1
     assert not any("_module." in e.name for e in hooks[0].layout.entries)
