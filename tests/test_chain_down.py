@@ -176,14 +176,14 @@ def test_daemons_train_through_a_chain_outage_and_rejoin(
         def logged(event: str) -> Callable[[Path], bool]:
             return lambda log: any(e.get("event") == event for e in events(log))
 
-        wait_until(both(logged("chain_down")), 60, "both daemons to see the chain go")
+        wait_until(both(logged("chain_down")), 120, "both daemons to see the chain go")
 
         def batches_while_down() -> int:
             counts = re.findall(r"chain down, training on\D*?(\d+) batches", terminal.text())
             return int(counts[-1]) if counts else 0
 
         # what a person at the terminal sees: the node training on, past its sync point
-        wait_until(lambda: batches_while_down() >= 3 * INTERVAL, 60, "training while down")
+        wait_until(lambda: batches_while_down() >= 3 * INTERVAL, 120, "training while down")
 
         second = AnvilProcess(port=first.port, state=state)
         processes.append(second)

@@ -42,7 +42,7 @@ def finish(processes: list[subprocess.Popen[str]]) -> list[str]:
     outputs = []
     try:
         for process in processes:
-            out, _ = process.communicate(timeout=120)
+            out, _ = process.communicate(timeout=180)  # start-up on two loaded cores included
             outputs.append(out)
             assert process.returncode == 0, out
     finally:
@@ -233,7 +233,7 @@ def test_sigterm_stops_both_daemons_cleanly_between_or_after_rounds(
         lines = [json.loads(line) for line in log.read_text().splitlines() if line]
         return sum(1 for r in round_records(lines) if r.status == "final")
 
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180
     while min(rounds_done(log) for log in logs) < 2:  # the daemons' own log is the signal
         assert time.monotonic() < deadline, "the daemons did not finish two rounds"
         assert all(p.poll() is None for p in processes)

@@ -186,11 +186,11 @@ def test_no_process_outlives_an_interrupted_or_failed_run(tmp_path: Path, ending
         try:
             deadline = time.monotonic() + 240
             while not (out / "nodes").exists() or not all(
-                round_records(log) for log in _logs_so_far(out)
-            ):  # every daemon has ended a round: the whole swarm is up
+                any(e.get("event") == "started" for e in log) for log in _logs_so_far(out)
+            ):  # every daemon has registered and serves (its "started" line): the swarm is up
                 assert simulator.poll() is None, simulator.communicate()[1]
                 assert time.monotonic() < deadline, "the swarm did not get going"
-                time.sleep(0.2)
+                time.sleep(0.2)  # polls the daemons' logs
             pids = ours(out)
             assert len(pids) == 4 and all(alive(pid, marker) for pid, marker in pids)
             if ending == "ctrl_c":
