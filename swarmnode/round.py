@@ -168,6 +168,7 @@ class Round:
         self._withdrawn = False
         self._alone = False  # left the open round because no peers are left to merge with
         self._wire_mark: tuple[ByteSplit, ByteSplit] | None = None  # the wire when it joined
+        self._mark: int | None = None  # the chain's head at the last read (_read, _pause)
 
     # -- the steps
 
@@ -387,6 +388,23 @@ class Round:
         finally:
             self.seconds["chain"] += time.perf_counter() - t0
 
+    def _read(self, number: int) -> RoundState:
+        """Round `number` now, noting how far the chain was first: `_pause` then waits for
+        a change after this read, and one that lands before the wait still wakes it."""
+        self._mark = self.ledger.head()
+        return self.ledger.round(number)
+
+    def _pause(self) -> None:
+        """Between two reads of a wait: until the chain changes (a block, on a ledger that
+        can say so: docs/chain.md#waiting-for-blocks) or WAKE_RECHECK passes, for the
+        deadlines that only time brings; on a chain that cannot wake it (or with a sleep of
+        the caller's, such as a test's), `poll` seconds."""
+        mark = self._mark
+        if mark is None or self.settings.sleep is not time.sleep:
+            self.settings.sleep(self.settings.poll)
+        else:
+            self.ledger.wait_change(mark, max(self.settings.poll, WAKE_RECHECK))
+
     def _wait_open(self) -> tuple[RoundState, int | None] | None:
         """(the current round once this node can join it, the round it waited out or None);
         None if asked to stop first.
@@ -398,6 +416,7 @@ class Round:
         missed: int | None = None
         patience = self._patience()
         while not self._stop_requested():
+            self._mark = self.ledger.head()
             number = self.ledger.current_round()
             state = self.ledger.round(number)
             if _holds_seat(state, self.me):
@@ -412,7 +431,7 @@ class Round:
             missed = number
             if not self._expire_if_due(state):
                 patience(partial(self._waiting_out, state))
-                self.settings.sleep(self.settings.poll)
+                self._pause()
         return None
 
     def _wait_closed(self, number: int) -> RoundState:
@@ -422,7 +441,7 @@ class Round:
         returns it still open. Bounded by the round deadline, from the first join."""
         patience = self._patience()
         while True:
-            state = self.ledger.round(number)
+            state = self._read(number)
             if state.status != RoundStatus.OPEN:
                 return state
             if self._stop_requested() or self._no_peers_left(state):
@@ -438,7 +457,7 @@ class Round:
                 self._chain(partial(self.ledger.close, number))
             else:
                 patience(partial(self._waiting_for_joins, state))
-                self.settings.sleep(self.settings.poll)
+                self._pause()
 
     def _wait_ended(self, number: int) -> RoundState:
         """Until a round this node is not (or no longer) part of is final or failed; expires
@@ -446,14 +465,14 @@ class Round:
         stop."""
         patience = self._patience()
         while True:
-            state = self.ledger.round(number)
+            state = self._read(number)
             if state.status in (RoundStatus.FINAL, RoundStatus.FAILED):
                 return state
             if self._stop_requested():
                 return state
             if not self._expire_if_due(state):
                 patience(partial(self._waiting_out, state))
-                self.settings.sleep(self.settings.poll)
+                self._pause()
 
     def _wait_moved(self, seen: RoundState, accused: tuple[str, ...] = ()) -> RoundState:
         """Until the round ends or leaves `seen`'s attempt, or stopping says to stop waiting;
@@ -463,7 +482,7 @@ class Round:
         voted: set[str] = set()
         patience = self._patience()
         while True:
-            state = self.ledger.round(seen.number)
+            state = self._read(seen.number)
             if state.status != RoundStatus.CLOSED or state.attempt != seen.attempt:
                 return state
             if self._give_up is not None and self._give_up():
@@ -485,7 +504,7 @@ class Round:
                 self._vote_out(state, silent)  # past the drop deadline already: votes at once
                 voted.update(silent)
             patience(partial(self._waiting_for_reports, state))
-            self.settings.sleep(self.settings.poll)
+            self._pause()
 
     def _vote_out(self, state: RoundState, peers: tuple[str, ...] | list[str]) -> None:
         """Votes to drop `peers` once the attempt's transfer deadline has passed by our clock."""
@@ -780,6 +799,10 @@ class _Stopping:
 
 
 WATCH_EVERY = 0.5  # seconds between reads of the round while a transfer runs
+# seconds a wait on a chain that wakes it (Ledger.wait_change) lasts without a new block:
+# deadlines come with time, not blocks; they are whole seconds, so this is at most a
+# quarter of one late
+WAKE_RECHECK = 0.25
 
 
 def _transfer_watch(

@@ -213,5 +213,8 @@ def test_polling_a_closed_round_reads_its_seed_block_once(monkeypatch: pytest.Mo
     assert len(read) == 1, read  # the first read fetched the closing block; the rest hit the cache
     assert a.round(2).seed == b""  # the open round needs no block at all
     assert len(read) == 1
-    b.round(1)  # another handle keeps its own cache
+    b.round(1)  # another handle on the embedded chain takes the read made since the last change
+    assert len(read) == 1
+    chain.advance(1)  # a change: the round is read again, by a handle with its own seed cache
+    b.round(1)
     assert len(read) == 2

@@ -8,6 +8,8 @@ above. One behaviour suite (tests/test_ledger_behaviour.py) runs against every o
 
 from __future__ import annotations
 
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -15,6 +17,33 @@ from swarmnode.ledger.types import LedgerEvent, NodeRecord, RoundState
 from swarmnode.rules import SwarmParams
 
 Clock = Callable[[], float]
+
+
+class ChainChanges:
+    """Wakes the threads that wait for a chain in this process to change.
+
+    A count of changes (a block mined, the clock moved by a test) under a Condition. A waiter
+    takes `mark()` before it reads the chain and waits past that mark, so a change that
+    lands between its read and its wait still wakes it at once: no notification is missed
+    (docs/chain.md#waiting-for-blocks)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._count = 0
+
+    def mark(self) -> int:
+        with self._changed:
+            return self._count
+
+    def changed(self) -> None:
+        with self._changed:
+            self._count += 1
+            self._changed.notify_all()
+
+    def wait(self, mark: int, timeout: float) -> bool:
+        """Until a change after `mark`, or `timeout` seconds; True if the chain changed."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._count != mark, timeout)
 
 
 class Ledger(ABC):
@@ -39,6 +68,17 @@ class Ledger(ABC):
     @abstractmethod
     def now(self) -> int:
         """The clock this node decides deadlines by, in chain seconds."""
+
+    def head(self) -> int | None:
+        """A mark of how far the chain has moved, for `wait_change`; None where this backend
+        cannot wake a waiter (a remote chain: its waiters poll)."""
+        return None
+
+    def wait_change(self, mark: int, timeout: float) -> bool:
+        """Blocks until the chain has moved past `mark` (from `head()`), or for `timeout`
+        seconds; True if it moved. Where `head()` is None this only sleeps."""
+        time.sleep(timeout)
+        return False
 
     @property
     def gas_used(self) -> int:

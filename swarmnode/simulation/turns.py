@@ -81,6 +81,12 @@ class OrderedJoins(Ledger):
     def now(self) -> int:
         return self.inner.now()
 
+    def head(self) -> int | None:
+        return self.inner.head()
+
+    def wait_change(self, mark: int, timeout: float) -> bool:
+        return self.inner.wait_change(mark, timeout)
+
     @property
     def gas_used(self) -> int:
         return self.inner.gas_used
