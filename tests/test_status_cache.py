@@ -22,6 +22,7 @@ from swarmnode.ledger.contract import ContractLedger
 from swarmnode.ledger.deployment import Deployment
 from swarmnode.ledger.devchain import AnvilChain
 from swarmnode.ledger.history import EventWindow, cache_path, node_rounds
+from swarmnode.ledger.rpc import connect
 from swarmnode.rules import SwarmParams
 
 pytestmark = pytest.mark.chain
@@ -32,7 +33,10 @@ def digest(label: str) -> bytes:
 
 
 def mine(chain: AnvilChain, blocks: int) -> None:
-    chain.rpc.w3.provider.make_request("anvil_mine", [hex(blocks)])  # type: ignore[arg-type]
+    # its own connection with a wide read bound: a loaded CI machine took over the
+    # default 10 s to answer one anvil_mine of 300 blocks
+    w3 = connect(chain.url, timeout=120.0)
+    w3.provider.make_request("anvil_mine", [hex(blocks)])  # type: ignore[arg-type]
 
 
 def run_round(ledgers: list[ContractLedger], number: int) -> None:
