@@ -249,12 +249,13 @@ class AllReduceRunner:
     def reduce_scatter(self, pool: ThreadPoolExecutor) -> dict[int, list[Vector]]:
         """Streams segment s of this node's update to both owners of s; returns, for each of
         this node's segments, every participant's row in participant order."""
-        pushes = [
-            self._push(pool, owner, self._frames(s))
-            for s in range(self.owners.count)
-            for owner in self.owners.owners(s)
+        runs = sorted(
+            (s, self.owners.order.index(owner), owner, chunks)
+            for owner in self.owners.order
             if owner != self.me
-        ]
+            for s, chunks in self._runs(owner)
+        )  # in segment order, as the owners merge them
+        pushes = [self._push(pool, owner, self._frames(s, chunks)) for s, _, owner, chunks in runs]
         rows: dict[int, dict[str, Vector]] = {
             s: {self.me: self._slice(self.update, s)} for s in self.mine
         }
@@ -532,14 +533,30 @@ class AllReduceRunner:
         else:
             self._leaves[segment] = leaves
 
-    def _frames(self, segment: int) -> FrameSource:
-        """Segment `segment` of this node's update; every frame carries the Merkle proof of
-        its own chunks, which the owner checks against this node's commitment
+    def _runs(self, owner: str) -> list[tuple[int, range]]:
+        """What this node sends `owner`: its rows of the owner's segments, one run of chunks
+        for segments that follow each other (an owner's checked segment s - 1 and merged
+        segment s), each run named by its first segment: one stream, and per frame one
+        proof for both (docs/round-protocol.md#data-plane). An empty segment is its own run
+        (one empty frame: the owner learns it has everything)."""
+        runs: list[tuple[int, range]] = []
+        for s, chunks in sorted(self.owners.owned_by(owner).items(), key=lambda i: i[1].start):
+            if runs and len(chunks) and len(runs[-1][1]) and runs[-1][1].stop == chunks.start:
+                first, run = runs[-1]
+                runs[-1] = (first, range(run.start, chunks.stop))
+            else:
+                runs.append((s, chunks))
+        return runs
+
+    def _frames(self, segment: int, chunks: range) -> FrameSource:
+        """Chunks `chunks` of this node's update, from segment `segment` on (into the next
+        segment the receiver owns, see _runs); every frame carries the Merkle proof of its
+        own chunks, which the owner checks against this node's commitment
         (docs/canonical-vector.md#commitments). No sender: the owner knows the caller."""
         return partial(
             frames_for,
             self.update,
-            self.owners.chunks[segment],
+            chunks,
             kind=Kind.UPDATE,
             round=self.attempt.round,
             attempt=self.attempt.attempt,

@@ -12,13 +12,16 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from swarmnode import canonical
+from swarmnode import canonical, merkle
 from swarmnode.allreduce import AllReduceResult, AllReduceRunner, Attempt
 from swarmnode.merge import make_rule
+from swarmnode.p2p.errors import InvalidMessage
+from swarmnode.p2p.frames import Frame, frames_for
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.memory import MemoryNetwork, MemoryTransport
+from swarmnode.p2p.messages import Kind
 from swarmnode.p2p.roster import PeerRecord, Roster
-from swarmnode.p2p.transport import Transport
+from swarmnode.p2p.transport import FrameSource, Transport
 from swarmnode.rules import MergeRuleId, Rule
 
 NUMEL = 9 * canonical.CHUNK_ELEMENTS + 777
@@ -169,3 +172,86 @@ def test_fewer_chunks_than_participants_leaves_some_segments_empty() -> None:
     results, updates, _ = run(5, RULES["median"], numel=2 * 16 + 5)
     assert len({r.digest for r in results}) == 1
     np.testing.assert_array_equal(results[0].merged, np.median(np.stack(updates), axis=0))
+
+
+class _Recording(MemoryTransport):
+    """A memory transport that notes every UPDATE frame it pushes: (peer, chunks, proof
+    hashes)."""
+
+    def __init__(self, network: MemoryNetwork, account: str) -> None:
+        super().__init__(network, account)
+        self.sent: list[tuple[str, range, int]] = []
+
+    def push(self, peer: str, frames: FrameSource, timeout: float) -> int:
+        held = list(frames())
+        for f in held:
+            if f.kind == Kind.UPDATE:
+                first = f.header.first_chunk
+                count = -(-f.header.elements // canonical.chunk_elements(DEMO))
+                proof = len(f.header.proof) // merkle.HASH_BYTES
+                self.sent.append((peer, range(first, first + count), proof))
+        return super().push(peer, lambda: held, timeout)
+
+
+DEMO = 4810  # the README demo's model: 301 chunks of 16 elements
+
+
+def test_an_owner_gets_its_two_segments_of_each_contributor_in_one_proved_frame() -> None:
+    """Checked: a node owns segments s - 1 (checks) and s (merges), which follow each other,
+    so each contributor sends it both rows as one run, in one frame with one proof of the
+    run (docs/round-protocol.md#data-plane); the owner of segments n - 1 and 0 gets two."""
+    n = 8
+    made: list[_Recording] = []
+
+    def recording(network: MemoryNetwork, account: str) -> Transport:
+        made.append(_Recording(network, account))
+        return made[-1]
+
+    results, updates, reference = run(
+        n, RULES["mean"], numel=DEMO, transport_for=recording, frame_chunks=None
+    )
+    assert len({r.digest for r in results}) == 1 and all(r.checked == 0 for r in results)
+    np.testing.assert_allclose(results[0].merged, per_segment(RULES["mean"], updates, reference))
+    total = canonical.num_chunks(DEMO)
+    for transport in made:
+        spanning = [chunks for _, chunks, _ in transport.sent if len(chunks) > 40]
+        assert len({peer for peer, _, _ in transport.sent}) == n - 1
+        # the first of the permutation owns n - 1 and 0: two runs to it, unless it sends
+        assert (len(transport.sent), len(spanning)) in ((n, n - 2), (n - 1, n - 1))
+        for _, chunks, proof in transport.sent:
+            assert proof == merkle.proof_size(total, chunks)
+
+
+def test_a_run_is_taken_only_across_segments_the_owner_holds_back_to_back() -> None:
+    """The Inbox stores a proved run in each segment it covers, and refuses one that runs
+    past the owner's segments or into one that does not follow on."""
+    me, other = "0x" + "1" * 40, "0x" + "2" * 40
+    values = np.random.default_rng(1).standard_normal(DEMO).astype(np.float32)
+    tree = merkle.Tree(canonical.chunk_hashes(values))
+
+    def frame(chunks: range, segment: int) -> Frame:
+        return next(
+            frames_for(
+                values,
+                chunks,
+                kind=Kind.UPDATE,
+                round=1,
+                attempt=1,
+                segment=segment,
+                sender="",
+                prove=tree.proof,
+            )
+        )
+
+    inbox = Inbox(me)
+    inbox.expect_updates(
+        1, {1: range(10, 20), 2: range(20, 25), 5: range(40, 50)}, DEMO, {other: tree.root}
+    )
+    assert inbox.receive(frame(range(10, 25), 1), other) == 15 * 16
+    for segment, chunks in ((1, range(10, 20)), (2, range(20, 25))):
+        row = inbox.update(1, other, segment, 1.0)
+        assert row is not None
+        np.testing.assert_array_equal(row, values[chunks.start * 16 : chunks.stop * 16])
+    for chunks, segment in ((range(20, 26), 2), (range(15, 41), 1), (range(45, 51), 5)):
+        with pytest.raises(InvalidMessage, match=r"outside|inside"):
+            inbox.receive(frame(chunks, segment), other)

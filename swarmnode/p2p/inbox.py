@@ -560,18 +560,32 @@ class Inbox:
             covered = range(header.first_chunk, header.first_chunk + count)
             held = None if tree is None or not count else tree.leaves(covered)
             proves = not header.chunk_hashes and (bool(header.proof) or held is None)
+            # a frame that proves itself may run on into the segment this node owns right
+            # after `header.segment` (a contributor's rows of both, one proof:
+            # docs/round-protocol.md#data-plane); each part is stored in its own segment
+            parts = _owned_parts(expected.segments, header.segment, covered) if proves else {}
+            span = range(chunks.start, max([chunks.stop, *(r.stop for r in parts.values())]))
             if header.chunk_hashes or proves:  # checked whenever sent: a retried stream
-                self._prove(header, values, chunks, sender, commitment, expected, computed)
-                if stream is None:
-                    stream = _Segment(chunks, expected.numel)
-                    expected.streams[(sender, header.segment)] = stream
-                stream.checked = True
+                self._prove(header, values, span, sender, commitment, expected, computed)
+                for index, part in (parts or {header.segment: chunks}).items():
+                    moved = expected.streams.get((sender, index))
+                    if moved is None:
+                        moved = _Segment(part, expected.numel)
+                        expected.streams[(sender, index)] = moved
+                    moved.checked = True
+                stream = expected.streams[(sender, header.segment)]
         if stream is None or not stream.checked:
             raise InvalidMessage("update frames arrived before their chunk hashes")
-        self._check_range(header, values, stream.chunks)
+        self._check_range(header, values, span if proves else stream.chunks)
         if proves:  # the frame's chunks gave the hashes its proof proved: nothing more to check
+            base = element_range(covered, expected.numel).start
             with self._lock:
-                stream.store(header.first_chunk, values)
+                for index, part in parts.items():
+                    inside = range(max(part.start, covered.start), min(part.stop, covered.stop))
+                    if len(inside):
+                        elements = element_range(inside, expected.numel)
+                        piece = values[elements.start - base : elements.stop - base]
+                        expected.streams[(sender, index)].store(inside.start, piece)
                 self._lock.notify_all()
             return len(values)
         count = -(-len(values) // chunk_elements(header.vector_elements))
@@ -820,6 +834,24 @@ class Inbox:
         if not stream.done.wait(timeout):
             return None
         return stream.buffer
+
+
+def _owned_parts(segments: Mapping[int, range], first: int, covered: range) -> dict[int, range]:
+    """The owned segments a frame's chunks `covered` fall in, from segment `first` on: it,
+    then the owned segment that starts where it stops, while the frame runs on (a frame
+    that runs past what this node owns fails the range check after)."""
+    parts = {first: segments[first]}
+    stop = segments[first].stop
+    while covered.stop > stop:
+        following = next(
+            (i for i, r in segments.items() if r.start == stop and len(r) and i not in parts),
+            None,
+        )
+        if following is None:
+            break
+        parts[following] = segments[following]
+        stop = segments[following].stop
+    return parts
 
 
 def _checked_span(chunks: range, numel: int) -> range:
