@@ -124,8 +124,13 @@ def fix_model(model: nn.Module) -> nn.Module:
     fixed: nn.Module = ModuleValidator.fix(model)
     errors = ModuleValidator.validate(fixed, strict=False)
     if errors:
-        raise ConfigError(f"the model cannot train with DP-SGD (Opacus): {errors[0]}")
+        raise ConfigError(f"the model cannot train with DP-SGD: {_first_sentence(errors[0])}")
     return fixed
+
+
+def _first_sentence(error: object) -> str:
+    """The first sentence of an Opacus refusal (they run to a paragraph)."""
+    return str(error).strip().splitlines()[0].split(". ")[0].rstrip(".")
 
 
 def plain_module(model: nn.Module) -> nn.Module:
@@ -321,6 +326,14 @@ def make_private(
             raise ConfigError("make_private: a Dataset needs a batch_size of at least 1")
         loader = DataLoader(data, batch_size=batch_size)
     model = plain_module(model)
+    from opacus.validators import ModuleValidator
+
+    refused = ModuleValidator.validate(model, strict=False)
+    if refused:  # Opacus would raise a multi-line error of its own
+        raise ConfigError(
+            f"the model cannot train with DP-SGD: {_first_sentence(refused[0])}; build it, "
+            "then fix_model(model), before making its optimizer"
+        )
     if not len(loader):
         raise ConfigError("the training data yields no batches")
     _quiet_opacus()

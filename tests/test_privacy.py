@@ -131,6 +131,8 @@ def test_batchnorm_is_fixed_alike_on_every_dp_node_before_the_initial_digest() -
     assert canonical.digest(nodes[0].snapshot()) == canonical.digest(nodes[1].snapshot())
     plain = LocalTrainer(task, "cpu", 1, init_seed=3)
     assert plain.layout != nodes[0].layout  # a BatchNorm node without DP is another model
+    with pytest.raises(ConfigError, match=r"cannot train with DP-SGD: .*fix_model"):
+        make_private(plain.model, plain.optimizer, task.train_data, settings, batch_size=8)
     nodes[0].train_batches(2)
     assert math.isfinite(nodes[0].last_train_loss or math.nan)
 
