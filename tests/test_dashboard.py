@@ -252,16 +252,40 @@ def test_page_lists_both_nodes_and_rounds_as_they_finish(
     try:
         driver.get(url)
 
+        # The page redraws its tables every refresh, so an element found in one call can
+        # be gone by the next (a stale reference): each read is one script, run between
+        # two redraws, that returns plain values.
         def listed(d: Any) -> list[str]:
-            rows = d.find_elements(By.CSS_SELECTOR, "#roster tbody tr")
-            return [r.get_attribute("data-account") for r in rows]
+            return list(
+                d.execute_script(
+                    "return [...document.querySelectorAll('#roster tbody tr')]"
+                    ".map(r => r.getAttribute('data-account'))"
+                )
+            )
 
         def accuracy_points(d: Any) -> int:
-            return len(d.find_elements(By.CSS_SELECTOR, "#accuracy-curve circle"))
+            return int(
+                d.execute_script(
+                    "return document.querySelectorAll('#accuracy-curve circle').length"
+                )
+            )
 
         def final_rounds(d: Any) -> list[str]:
-            rows = d.find_elements(By.CSS_SELECTOR, "#rounds tbody tr.final")
-            return sorted(r.get_attribute("data-round") for r in rows)
+            return sorted(
+                d.execute_script(
+                    "return [...document.querySelectorAll('#rounds tbody tr.final')]"
+                    ".map(r => r.getAttribute('data-round'))"
+                )
+            )
+
+        def round_cells(d: Any, number: int) -> list[str]:
+            return list(
+                d.execute_script(
+                    "const sel = `#rounds tr[data-round=\"${arguments[0]}\"] td`;"
+                    " return [...document.querySelectorAll(sel)].map(c => c.innerText.trim())",
+                    number,
+                )
+            )
 
         WebDriverWait(driver, WAIT, poll_frequency=0.2).until(
             lambda d: sorted(listed(d)) == sorted(accounts),
@@ -288,8 +312,7 @@ def test_page_lists_both_nodes_and_rounds_as_they_finish(
                 lambda d, points=2 * number: accuracy_points(d) == points,
                 message=f"the accuracy curves never showed round {number} within {WAIT} s",
             )
-            row = driver.find_element(By.CSS_SELECTOR, f'#rounds tr[data-round="{number}"]')
-            cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+            cells = round_cells(driver, number)
             merged = outcomes[0].result.digest
             assert merged is not None
             digest_hex = merged.hex()
@@ -298,8 +321,11 @@ def test_page_lists_both_nodes_and_rounds_as_they_finish(
             assert cells[7].isdigit(), cells  # seconds from the blocks' timestamps
         assert driver.find_elements(By.CSS_SELECTOR, "#loss-curve polyline")
         assert accuracy_points(driver) == 4  # two nodes, two final rounds
-        reachable = driver.find_elements(By.CSS_SELECTOR, "#metrics tbody tr td:nth-child(2)")
-        assert [c.text for c in reachable] == ["yes", "yes"]
+        reachable = driver.execute_script(
+            "return [...document.querySelectorAll('#metrics tbody tr td:nth-child(2)')]"
+            ".map(c => c.innerText.trim())"
+        )
+        assert reachable == ["yes", "yes"]
         assert driver.find_element(By.ID, "error").get_attribute("hidden") is not None
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(SCREENSHOT))
