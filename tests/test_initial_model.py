@@ -313,7 +313,7 @@ def test_without_a_peer_or_a_file_the_error_says_what_to_do() -> None:
     began = time.monotonic()
     with pytest.raises(ConfigError) as raised:
         hook(cnn(1), swarm.peers[0])
-    assert time.monotonic() - began < 10  # bounded by the join window
+    assert time.monotonic() - began < 30  # bounded by the join window, with room for load
     message = str(raised.value)
     assert "no peer served the initial model within the 1 s join window" in message
     for advice in ("--initial-model", 'initial_model = "FILE"', "node.toml", "manual_seed"):

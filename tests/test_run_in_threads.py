@@ -69,7 +69,7 @@ def test_a_job_that_fails_at_setup_is_raised_at_once_and_stops_the_others() -> N
     finally:
         stop.set()
         swarm.close()
-    assert raised_after < 10.0, raised_after
+    assert raised_after < 20.0, raised_after  # its jobs wait up to 30 s; a loaded machine lags
     assert sorted(ended) == [0, 1]
     assert {r.status for r in ended.values()} <= {"left", "stopped"}, ended
 
@@ -82,7 +82,7 @@ def test_the_error_does_not_wait_for_a_job_that_never_ends() -> None:
         t0 = time.monotonic()
         with pytest.raises(SetupFailed):
             run_in_threads([lambda: release.wait(60), _fail], timeout=60)
-        assert time.monotonic() - t0 < 10.0
+        assert time.monotonic() - t0 < 30.0  # not the blocked job's 60 s
     finally:
         release.set()
 

@@ -281,4 +281,4 @@ def test_a_daemon_with_a_round_more_ends_cleanly_when_its_peer_has_finished(
     assert [r.status for r in round_records(logged("a"))] == ["final"]
     assert [r.status for r in round_records(logged("b"))] == ["final", "no_peers"]
     assert any("no peers left" in e.get("message", "") for e in logged("b"))
-    assert took < 120  # the round deadline is 300 s: nobody waited for it
+    assert took < 250  # the round deadline is 300 s: nobody waited for it (two start-ups)
