@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -112,47 +113,30 @@ def layout(numel: int, n: int, checked: bool = True) -> tuple[range, ...]:
     total = canonical.num_chunks(numel)
     if checked or n < 4 or total < n or total > LAYOUT_MAX_CHUNKS or total > LAYOUT_MAX_AVERAGE * n:
         return tuple(canonical.segments(total, n))
-    return _short_proofs(numel, n)
+    with _SEARCH:  # every node thread of a simulation asks at once: one search, not n
+        return _short_proofs(numel, n)
 
 
 @functools.lru_cache(maxsize=32)
 def _short_proofs(numel: int, n: int) -> tuple[range, ...]:
-    """The cut into n non-empty ranges that minimizes the most bytes any node moves in one
-    direction, by this count: the owner of s receives n - 1 rows of s with their proofs and
-    the others' merged data, M + (n - 2) B_s + (n - 1) H_s (B bytes, H proof bytes, M the
-    vector's bytes); the node that merges s sends its rows of every other segment with
-    their proofs and its merged s to the n - 1 others, M + (n - 2) B_s + sum H - H_s.
-    For each cap on a range's length from the even size up, a binary search finds the cut
-    that minimizes the owners' largest M + (n - 2) B + (n - 1) H (tried by which prefixes
-    can be cut into how many ranges: a bit mask of counts per prefix, ties to the latest
-    cut); of those cuts the one with the least largest count in either direction is taken,
-    so the result is the same everywhere."""
+    """The cut into n non-empty ranges, none longer than the even split's longest, that
+    minimizes the most any owner receives: n - 1 rows of its segment with their proofs and
+    the others' merged data, M + (n - 2) B + (n - 1) H (B the segment's bytes, H its proof's,
+    M the vector's). Capping the length at the even split's also caps what a merger sends
+    (M + (n - 2) B + the proofs of its rows; longer caps never did better on any size tried).
+    Computed once per process and (numel, n)."""
     total = canonical.num_chunks(numel)
-    even = -(-total // n)
-    size = {
-        (a, b): len(canonical.element_range(range(a, b), numel)) * canonical.ELEMENT_BYTES
+    width = -(-total // n)
+    cost = {
+        (a, b): (n - 2) * len(canonical.element_range(range(a, b), numel)) * canonical.ELEMENT_BYTES
+        + (n - 1) * merkle.proof_size(total, range(a, b)) * merkle.HASH_BYTES
         for a in range(total)
-        for b in range(a + 1, min(total, a + 2 * even) + 1)
+        for b in range(a + 1, min(total, a + width) + 1)
     }
-    proof = {key: merkle.proof_size(total, range(*key)) * merkle.HASH_BYTES for key in size}
-    best: tuple[int, tuple[range, ...]] | None = None
-    for cap in range(even, 2 * even + 1):
-        cost = {
-            (a, b): (n - 2) * size[a, b] + (n - 1) * proof[a, b] for a, b in size if b - a <= cap
-        }
-        cuts = _least_largest(total, n, cap, cost)
-        hashes = sum(proof[r.start, r.stop] for r in cuts)
-        worst = max(
-            (n - 2) * size[r.start, r.stop] + (n - 1) * proof[r.start, r.stop] for r in cuts
-        )
-        worst = max(
-            worst,
-            max((n - 2) * size[r.start, r.stop] + hashes - proof[r.start, r.stop] for r in cuts),
-        )
-        if best is None or worst < best[0]:
-            best = (worst, cuts)
-    assert best is not None
-    return best[1]
+    return _least_largest(total, n, width, cost)
+
+
+_SEARCH = threading.Lock()
 
 
 def _least_largest(
