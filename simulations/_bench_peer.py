@@ -56,6 +56,8 @@ TRANSFER_TIMEOUT = 300.0
 RAW_CASES = ("tcp", "tls")
 GRPC_CASES = ("grpc-mtls", "grpc-plain")
 STOCK_CASE = "grpc-stock"
+STOCK_PLAIN_CASE = "grpc-stock-plain"  # the same without TLS: the no-TLS ceiling
+STOCK_CASES = (STOCK_CASE, STOCK_PLAIN_CASE)
 STOCK_METHOD = "/bench.Stock/Push"
 
 # ------------------------------------------------------------------------------ plumbing
@@ -352,7 +354,7 @@ def receive(config: dict[str, Any]) -> None:
     case, nbytes = config["case"], int(config["nbytes"])
     if case in RAW_CASES:
         receive_raw(config, case, nbytes)
-    elif case == STOCK_CASE:
+    elif case in STOCK_CASES:
         receive_stock(config, nbytes)
     else:
         receive_grpc(config, case, nbytes)
@@ -456,6 +458,7 @@ def receive_grpc(config: dict[str, Any], case: str, nbytes: int) -> None:
         Inbox.receive = timer.wrap("receive", Inbox.receive)  # type: ignore[method-assign]
 
         base = rss_kib()
+        base_malloc = heap_kib()
         chunks = range(canonical.num_chunks(numel))
         # The Inbox allocates (and, where swarmnode does so, touches) its buffers as it would
         # in a round: the benchmark does not prefault them for it (docs/architecture.md).
@@ -482,6 +485,7 @@ def receive_grpc(config: dict[str, Any], case: str, nbytes: int) -> None:
                 "maxrss_kib": maxrss_kib(),
                 "end_kib": rss_kib(),
                 "malloc_kib": heap_kib(),
+                "base_malloc_kib": base_malloc,
                 "machine": machine,
                 "sample": sample_digest(got),
                 "refused": inbox.refused,
@@ -519,7 +523,7 @@ def send(config: dict[str, Any]) -> None:
     case, nbytes = config["case"], int(config["nbytes"])
     if case in RAW_CASES:
         send_raw(config, case, nbytes)
-    elif case == STOCK_CASE:
+    elif case in STOCK_CASES:
         send_stock(config, nbytes)
     else:
         send_grpc(config, case, nbytes)
@@ -665,6 +669,7 @@ def receive_stock(config: dict[str, Any], nbytes: int) -> None:
     import grpc
 
     base = rss_kib()
+    base_malloc = heap_kib()
     buffer = np.empty(nbytes, dtype=np.uint8)
     if config.get("prefault"):
         buffer.fill(0)
@@ -691,7 +696,10 @@ def receive_stock(config: dict[str, Any], nbytes: int) -> None:
             ),
         )
     )
-    port = server.add_secure_port("127.0.0.1:0", stock_credentials(config, server=True))
+    if config["case"] == STOCK_PLAIN_CASE:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", stock_credentials(config, server=True))
     server.start()
     try:
         send_message({"port": port})
@@ -716,6 +724,7 @@ def receive_stock(config: dict[str, Any], nbytes: int) -> None:
                 "maxrss_kib": maxrss_kib(),
                 "end_kib": rss_kib(),
                 "malloc_kib": heap_kib(),
+                "base_malloc_kib": base_malloc,
                 "machine": machine,
                 "sample": sample_digest(buffer),
             }
@@ -742,9 +751,12 @@ def send_stock(config: dict[str, Any], nbytes: int) -> None:
 
     name = config["peer"]["account"].lower()  # the DNS name in its certificate
     options = [*stock_options(), ("grpc.ssl_target_name_override", name)]
-    channel = grpc.secure_channel(
-        f"127.0.0.1:{port}", stock_credentials(config, server=False), options=options
-    )
+    if config["case"] == STOCK_PLAIN_CASE:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=stock_options())
+    else:
+        channel = grpc.secure_channel(
+            f"127.0.0.1:{port}", stock_credentials(config, server=False), options=options
+        )
     try:
         grpc.channel_ready_future(channel).result(timeout=30)  # connected, handshake done
         call = channel.stream_unary(STOCK_METHOD)
@@ -778,7 +790,7 @@ def main() -> int:
     role = sys.argv[1]
     try:
         config = receive_message()
-        if config["case"] in (*GRPC_CASES, STOCK_CASE):  # import before any baseline is taken
+        if config["case"] in (*GRPC_CASES, *STOCK_CASES):  # import before any baseline is taken
             import swarmnode.p2p.grpc_transport as grpc_transport
 
             # --grpc-option: extra channel/server options for an experiment, in this process

@@ -1,13 +1,14 @@
 """Loopback throughput and memory of swarmnode's peer transport against raw sockets.
 
 Run: .venv/bin/python simulations/transport_benchmark.py [--sizes 100MB,1GB] [--reps 5]
-     [--cases tcp,tls,grpc-stock,grpc-mtls,grpc-plain] [--frame-chunks N] [--cold] [--threads]
-     [--profile] [--as-committed] [--json FILE]
+     [--cases tcp,tls,grpc-stock,grpc-mtls,grpc-plain,grpc-stock-plain] [--frame-chunks N]
+     [--read-ahead N] [--grpc-option NAME=VALUE] [--cold] [--threads] [--profile]
+     [--as-committed] [--json FILE]
 Quick: --sizes 100MB --reps 2. The defaults take about 5 minutes on 2 cores.
 
 A benchmark, not a timed test. One parameter set (a float32 vector of the given size) moves
 from a sender to a receiver, each a fresh OS process (simulations/_bench_peer.py), over
-127.0.0.1 with ports chosen by the OS (port 0) and handed over a pipe. Five cases:
+127.0.0.1 with ports chosen by the OS (port 0) and handed over a pipe. Six cases:
 
 - tcp         a raw TCP socket: sendall of the vector's bytes, recv_into a preallocated buffer;
 - tls         the same over Python's ssl with mutual TLS: the nodes' own self-signed
@@ -24,7 +25,9 @@ from a sender to a receiver, each a fresh OS process (simulations/_bench_peer.py
 - grpc-plain  the same without TLS. PeerServer serves only a secure port and authenticates
               from the TLS auth context, so the benchmark subclasses it (an insecure port, the
               one expected sender in place of the certificate lookup) and GrpcTransport (an
-              insecure channel); handlers, codec, Inbox and push path are swarmnode's.
+              insecure channel); handlers, codec, Inbox and push path are swarmnode's;
+- grpc-stock-plain  grpc-stock without TLS (insecure port and channel): the ceiling for the
+              no-TLS case, as grpc-stock is for the mTLS one.
 
 Time runs from the first byte sent (after the connection and its TLS handshake are up: for
 gRPC an Info call first) to the receiver holding the whole payload, by CLOCK_MONOTONIC, which
@@ -92,7 +95,7 @@ HERE = Path(__file__).resolve().parent
 PEER_SCRIPT = HERE / "_bench_peer.py"
 REPO = HERE.parent
 
-CASES = ("tcp", "tls", "grpc-stock", "grpc-mtls", "grpc-plain")
+CASES = ("tcp", "tls", "grpc-stock", "grpc-mtls", "grpc-plain", "grpc-stock-plain")
 SWARMNODE_CASES = ("grpc-mtls", "grpc-plain")
 CASE_NAMES = {
     "tcp": "raw TCP socket",
@@ -100,6 +103,7 @@ CASE_NAMES = {
     "grpc-stock": "stock gRPC bytes, mTLS",
     "grpc-mtls": "swarmnode gRPC, mTLS",
     "grpc-plain": "swarmnode gRPC, no TLS*",
+    "grpc-stock-plain": "stock gRPC bytes, no TLS",
 }
 TARGET_SIZE = 1_000_000_000
 TARGET_MTLS = 0.8  # swarmnode mTLS / raw mTLS socket at 1 GB
@@ -372,6 +376,7 @@ def summary_table(results: Results, reps: int) -> Table:
         "grpc-mtls": ("tls", "/ raw mTLS"),
         "grpc-plain": ("tcp", "/ raw TCP"),
         "grpc-stock": ("tls", "/ raw mTLS"),
+        "grpc-stock-plain": ("tcp", "/ raw TCP"),
     }
     for size in results.sizes:
         for case in results.cases:
@@ -423,6 +428,24 @@ def target_table(results: Results) -> Table:
                 results.ratio(size, "grpc-plain", "tcp"),
                 True,
             ),
+            (
+                "stock gRPC bytes mTLS / raw mTLS socket",
+                float("nan"),
+                results.ratio(size, "grpc-stock", "tls"),
+                True,
+            ),
+            (
+                "stock gRPC bytes no TLS / raw TCP",
+                float("nan"),
+                results.ratio(size, "grpc-stock-plain", "tcp"),
+                True,
+            ),
+            (
+                "swarmnode no TLS / stock gRPC bytes no TLS",
+                float("nan"),
+                results.ratio(size, "grpc-plain", "grpc-stock-plain"),
+                True,
+            ),
         ]
         for case in SWARMNODE_CASES:
             if case not in results.cases:
@@ -441,6 +464,9 @@ def target_table(results: Results) -> Table:
                     )
                 )
         for name, bound, measured, at_least in rows:
+            if bound != bound:  # a ceiling, for context: no target of its own
+                table.add_row(size_label(size), name, "(ceiling)", fmt(measured), "")
+                continue
             if measured != measured:
                 met = "[dim]not run[/dim]"
             else:

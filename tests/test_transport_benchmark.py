@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "simulations" / "transport_benchmark.py"
-CASES = ("tcp", "tls", "grpc-stock", "grpc-mtls", "grpc-plain")
+CASES = ("tcp", "tls", "grpc-stock", "grpc-mtls", "grpc-plain", "grpc-stock-plain")
 
 
 def test_every_case_moves_the_payload_and_reports_both_sides(tmp_path: Path) -> None:
