@@ -212,3 +212,15 @@ def test_frames_carry_proofs_of_their_own_chunks_and_merged_digests_byte_for_byt
     )
     header = bytes.fromhex("0804 1007 1801 2001 3801 4028") + b"\x4a\x20" + digest
     assert frames.encode(check) == b"\x0a\x2e" + header + b"\x12\x00"
+
+
+def test_proof_size_counts_the_hashes_a_proof_holds() -> None:
+    """What segment layouts weigh (swarmnode/ownership.py): the length of the proof Tree
+    gives, for aligned and unaligned ranges; an aligned one is about half as long."""
+    leaves = b"".join(hashlib.sha256(bytes([i % 256, i // 256])).digest() for i in range(301))
+    tree = merkle.Tree(leaves)
+    for chunks in (range(0, 0), range(0, 4), range(3, 8), range(256, 301), range(0, 301)):
+        assert merkle.proof_size(301, chunks) * 32 == len(tree.proof(chunks))
+    assert merkle.proof_size(301, range(8, 16)) < merkle.proof_size(301, range(7, 15))
+    with pytest.raises(merkle.ProofError):
+        merkle.proof_size(301, range(300, 302))
