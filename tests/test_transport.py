@@ -163,8 +163,9 @@ def test_a_segment_sent_before_the_receiver_is_ready_is_not_ready_then_accepted(
     a, owner, _ = cluster.nodes
     vectors = {a.account: model(1)}
     frames = update_frames(a, vectors[a.account], SEGMENTS[1])
+    owner.inbox.ready_wait = 0.2  # the answer comes long before the caller's deadline
     with pytest.raises(NotReady):
-        a.transport.push(owner.account, lambda: frames, timeout=0.2)
+        a.transport.push(owner.account, lambda: frames, timeout=2)
     expect_segment_one(cluster, vectors)
     assert a.transport.push(owner.account, lambda: frames, timeout=10) > 0
     assert owner.inbox.update(ROUND, a.account, 1, timeout=5) is not None
@@ -349,8 +350,9 @@ def test_merged_segments_follow_attempts(cluster: Cluster) -> None:
 
     with pytest.raises(Stale):
         a.transport.push(b.account, lambda: frames(1), timeout=5)
+    b.inbox.ready_wait = 0.2  # the answer comes long before the caller's deadline
     with pytest.raises(NotReady):
-        a.transport.push(b.account, lambda: frames(3), timeout=0.2)
+        a.transport.push(b.account, lambda: frames(3), timeout=2)
     with pytest.raises(InvalidMessage, match="does not own segment 1"):
         a.transport.push(b.account, lambda: frames(2, segment=1), timeout=5)
     assert a.transport.push(b.account, lambda: frames(2), timeout=5) > 0

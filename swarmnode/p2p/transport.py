@@ -220,13 +220,21 @@ class Transport(ABC):
         an all-reduce of five nodes makes a hundred such calls."""
         deadline = time.monotonic() + timeout
         delay = 0.02
+        not_ready: NotReady | None = None
         while True:
             remaining = deadline - time.monotonic()
             try:
                 return action(max(remaining, 0.001))
-            except NotReady:
+            except NotReady as exc:
+                not_ready = exc
                 if time.monotonic() + delay >= deadline:
                     raise
+            except PeerError:
+                # a retry that ran out of time (a deadline while the receiver still waited
+                # for the round) ends as what the receiver last said: not ready
+                if not_ready is not None and time.monotonic() >= deadline:
+                    raise not_ready from None
+                raise
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
