@@ -71,6 +71,11 @@ class NodeConfig(BaseModel):
     # from it instead. Default (None): twice the swarm's transfer deadline, what the protocol
     # takes to vote out one silent peer and run the attempt again without it.
     stop_grace: float | None = Field(None, ge=0)
+    # Sites that start together: before its first round the node waits (at most
+    # START_WITH_WAIT seconds) until this many nodes, itself included, are registered, so a
+    # round does not close on the first few to register (a round closes once every
+    # registered node joined). 0: start at once.
+    start_with: int = Field(0, ge=0, le=256)
     # Fault injection, for fault tests and the process simulator: after `die_after_rounds`
     # final rounds, the process SIGKILLs itself at this point of its next round (a phase as
     # swarmnode.p2p.faults.Fault parses it, e.g. "reduce_scatter:after_frames=1").

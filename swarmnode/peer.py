@@ -18,6 +18,7 @@ import hashlib
 import logging
 import sys
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -56,6 +57,9 @@ ROSTER_REFRESH = 1.0
 # its peers waited out the transfer deadline (seen with three processes). A restart that
 # only moves the endpoint keeps its certificate and does not wait.
 SETTLE = 2 * ROSTER_REFRESH
+# The longest a node with `start_with` waits for the others to register; then it starts
+# with those there are, and says so.
+START_WITH_WAIT = 300.0
 
 # How long one chain call retries before it counts as an outage (about 6 s): a restarting
 # dev chain is back by then; longer, and the daemon trains on (swarmnode.outage).
@@ -190,6 +194,7 @@ class LivePeer:
             store = CheckpointStore(config.checkpoints)
             if registered:
                 stop.wait(SETTLE)  # the others' rosters catch up with this registration
+            _wait_for_registrations(feed, config.start_with, stop)
         except BaseException:
             transport.close()
             server.stop(1.0)
@@ -347,3 +352,33 @@ def _register_or_move(ledger: Ledger, endpoint: str, certificate: bytes) -> bool
             ledger.update_endpoint(endpoint)
         return False
     return True
+
+
+def _wait_for_registrations(feed: RosterFeed, count: int, stop: threading.Event) -> None:
+    """Until `count` nodes are registered (node.toml's start_with), reading the roster events
+    every ROSTER_REFRESH; bounded by START_WITH_WAIT, after which the node starts with the
+    nodes there are. A stop request ends the wait at once."""
+    if count <= 1:
+        return
+    deadline = time.monotonic() + START_WITH_WAIT
+    said = False
+    while True:
+        have = len(feed.roster.records())
+        if have >= count:
+            if said:
+                log.info("%d nodes registered: starting", have)
+            return
+        if time.monotonic() >= deadline:
+            log.warning(
+                "start_with = %d: only %d registered after %g s; starting with them",
+                count,
+                have,
+                START_WITH_WAIT,
+            )
+            return
+        if not said:
+            log.info("waiting for %d registered nodes (start_with), %d so far", count, have)
+            said = True
+        if stop.wait(ROSTER_REFRESH):
+            return
+        feed.refresh()

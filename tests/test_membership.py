@@ -170,3 +170,33 @@ def test_a_registered_certificate_that_names_another_account_is_not_a_peer() -> 
     assert feed.roster.get(victim.account) is not None
     assert feed.roster.get(forger.account) is None
     assert [r.account for r in victim.active_nodes()] == [victim.account, forger.account]
+
+
+def test_start_with_waits_until_that_many_are_registered_or_a_stop() -> None:
+    """node.toml's start_with: the wait ends when the Nth node registers (read from the
+    roster events), and a stop request ends it at once (docs/round-protocol.md#closing)."""
+    import threading
+
+    from swarmnode.peer import _wait_for_registrations
+
+    chain = InMemoryChain()
+    address = chain.deploy(SwarmParams(), chain.new_account())
+    ledgers = [chain.ledger(address, chain.new_account()) for _ in range(3)]
+    ledgers[0].register("a:1", TlsIdentity.generate(ledgers[0].account).cert_der)
+    feed = RosterFeed(ledgers[0])
+    stop = threading.Event()
+    waited = threading.Thread(target=_wait_for_registrations, args=(feed, 3, stop), daemon=True)
+    waited.start()
+    ledgers[1].register("b:1", TlsIdentity.generate(ledgers[1].account).cert_der)
+    waited.join(timeout=2.5)  # a couple of refreshes: two of three is not enough
+    assert waited.is_alive()
+    ledgers[2].register("c:1", TlsIdentity.generate(ledgers[2].account).cert_der)
+    waited.join(timeout=60)
+    assert not waited.is_alive()
+    assert len(feed.roster.records()) == 3
+
+    stopped = threading.Thread(target=_wait_for_registrations, args=(feed, 5, stop), daemon=True)
+    stopped.start()
+    stop.set()
+    stopped.join(timeout=60)
+    assert not stopped.is_alive()

@@ -396,6 +396,8 @@ def _node_toml(scenario: Scenario, index: int, task: str, task_args: dict[str, A
         f"rounds = {scenario.rounds}",
         f"seed = {scenario.seed * 1000 + index}",
         f"init_seed = {scenario.seed}",
+        # every daemon waits for all to register: round 1 must not close on the first few
+        f"start_with = {scenario.nodes}",
         "",
         "[node.task_args]",
     ]
