@@ -172,6 +172,7 @@ class PrivateTraining:
         engine: Any,
         sample_rate: float,
         expected_batch_size: int,
+        noise: torch.Generator | None = None,
     ) -> None:
         self.settings = settings
         self.module = module
@@ -180,6 +181,7 @@ class PrivateTraining:
         self.sample_rate = sample_rate
         self.expected_batch_size = expected_batch_size
         self._engine = engine
+        self._noise = noise
         self.journal: Path | None = None
 
     @property
@@ -227,6 +229,7 @@ class PrivateTraining:
             noise_multiplier=self.settings.noise_multiplier,
             max_grad_norm=self.settings.max_grad_norm,
             expected_batch_size=self.expected_batch_size,
+            generator=self._noise,  # the same stream goes on
         )
         private.attach_step_hook(
             self._engine.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate)
@@ -306,6 +309,7 @@ def make_private(
     settings: PrivacySettings,
     *,
     batch_size: int | None = None,
+    seed: int = 0,
 ) -> PrivateTraining:
     """`model`, `optimizer` and the training data made private with Opacus's PrivacyEngine
     (Poisson sampling, the RDP accountant). `data` is a DataLoader (its batch size sets
@@ -315,6 +319,11 @@ def make_private(
     Also the way in for a training loop of your own (README, "Differential privacy"): train
     with `.module`, `.optimizer` and `.loader`, and pass the result to SwarmCallback as
     `privacy=`, which reports epsilon and stops syncing when the budget is spent.
+
+    The Poisson draws and the noise come from generators of their own, seeded from `seed`
+    (a loader's own generator, if it has one, draws its batches): never from torch's global
+    generator, which every thread of a process shares, so that nodes training side by side
+    in one process (the simulator) still repeat bit for bit.
     """
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader
@@ -337,6 +346,10 @@ def make_private(
     if not len(loader):
         raise ConfigError("the training data yields no batches")
     _quiet_opacus()
+    import torch
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    noise = torch.Generator(device=device).manual_seed(_stream(seed, 1))
     engine = PrivacyEngine(accountant="rdp")
     module, private, poisson = engine.make_private(
         module=model,
@@ -345,7 +358,16 @@ def make_private(
         noise_multiplier=settings.noise_multiplier,
         max_grad_norm=settings.max_grad_norm,
         poisson_sampling=True,
+        noise_generator=noise,
     )
+    sampler = poisson.batch_sampler
+    if getattr(sampler, "generator", None) is None:  # Opacus took the loader's, if any
+        sampler.generator = torch.Generator().manual_seed(_stream(seed, 2))
     sample_rate = 1 / len(poisson)
     expected = max(1, int(len(poisson.dataset) * sample_rate))
-    return PrivateTraining(settings, module, private, poisson, engine, sample_rate, expected)
+    return PrivateTraining(settings, module, private, poisson, engine, sample_rate, expected, noise)
+
+
+def _stream(seed: int, stream: int) -> int:
+    """A 63-bit generator seed for one of a node's random streams (1: noise, 2: sampling)."""
+    return ((seed * 0x9E3779B97F4A7C15) ^ (stream * 0xBF58476D1CE4E5B9)) % (2**63)

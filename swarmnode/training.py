@@ -329,7 +329,12 @@ class LocalTrainer:
         train_data: Data = task.train_data
         if privacy is not None:
             self.privacy = make_private(
-                self.model, self.optimizer, task.train_data, privacy, batch_size=task.batch_size
+                self.model,
+                self.optimizer,
+                task.train_data,
+                privacy,
+                batch_size=task.batch_size,
+                seed=seed,
             )
             self.optimizer = self.privacy.optimizer
             self._forward = self.privacy.module

@@ -138,16 +138,19 @@ def test_batchnorm_is_fixed_alike_on_every_dp_node_before_the_initial_digest() -
 
 
 def test_poisson_batches_of_any_size_even_none_train_and_count() -> None:
-    """Four rows, batches of one: each step draws each row with probability 1/4, so some
-    of 40 steps draw no row at all (all but certainly: 0.68^40 < 1e-6, and seeded)."""
+    """Four rows, batches of one: each step draws each row with probability 1/4. A twin
+    trainer (same seed, so the same draws from its own generators) shows that the 40 steps
+    include empty batches and batches of several rows."""
     x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
     task = example_task(samples=4, batch_size=1)
     task.train_data = TensorDataset(x, torch.tensor([0, 1, 2, 3]))
-    trainer = LocalTrainer(task, "cpu", 0, privacy=PrivacySettings(1.0, 1.0))
-    assert trainer.privacy is not None
-    torch.manual_seed(0)
-    sizes = [len(y) for _, y in trainer.privacy.loader for _ in range(10)]
-    assert 0 in sizes and max(sizes) > 1  # what such a loader draws
+    trainer, twin = (LocalTrainer(task, "cpu", 0, privacy=PrivacySettings(1.0, 1.0)) for _ in "ab")
+    assert trainer.privacy is not None and twin.privacy is not None
+    # its own generators, not torch's global one that every thread shares
+    assert trainer.privacy.loader.batch_sampler.generator is not None  # type: ignore[union-attr]
+    assert trainer.privacy.optimizer.generator is not None  # type: ignore[attr-defined]
+    sizes = [len(y) for _ in range(10) for _, y in twin.privacy.loader]
+    assert len(sizes) == 40 and 0 in sizes and max(sizes) > 1
     assert trainer.train_batches(40) == 40
     assert trainer.privacy.steps == 40  # the empty ones too
     assert math.isfinite(trainer.last_train_loss or math.nan)
@@ -243,6 +246,17 @@ def test_a_node_out_of_budget_stops_joining_and_the_others_finish() -> None:
     assert plain["privacy"]["noise_multiplier"] is None
 
 
+def test_dp_nodes_side_by_side_in_threads_repeat_bit_for_bit() -> None:
+    """Their Poisson draws and noise come from generators of their own: torch's global one,
+    which the threads share, would make each run's merged models differ."""
+    tasks = [example_task(samples=n, node=0, nodes=1) for n in (96, 160)]
+    scenario = Scenario.load(None, {"nodes": 2, "rounds": 2, "local_batches": 3, "dp_noise": 1.0})
+    assert tasks[0].val_data is not None
+    runs = [run_tasks(scenario, tasks, tasks[0].val_data, backend="memory") for _ in range(2)]
+    digests = [[r.digest for r in run.rounds] for run in runs]
+    assert digests[0] == digests[1] and all(digests[0])
+
+
 def test_a_hook_with_privacy_reports_epsilon_and_stops_syncing_at_the_budget() -> None:
     """The user's own loop: make_private wraps the model, optimizer and loader; the hook
     syncs every 3 batches until another 3 would spend past the budget."""
@@ -267,7 +281,8 @@ def test_a_hook_with_privacy_reports_epsilon_and_stops_syncing_at_the_budget() -
     )
     peers = memory_swarm(params, 2).peers
     private = [
-        make_private(m, torch.optim.SGD(m.parameters(), lr=0.1), loader, settings) for m in models
+        make_private(m, torch.optim.SGD(m.parameters(), lr=0.1), loader, settings, seed=i)
+        for i, m in enumerate(models)
     ]
 
     def my_loop(i: int) -> SwarmCallback:
