@@ -1,4 +1,4 @@
-"""A round's waits wake on a change of the chain instead of polling it
+"""A round's waits wake on a change of the embedded chain instead of polling it
 (docs/chain.md#waiting-for-blocks): no change is missed, whatever the threads' timing, and
 on the embedded chain a change is read once for every node."""
 
@@ -42,18 +42,13 @@ def test_a_waiting_thread_wakes_on_a_change_from_another_thread() -> None:
     assert woke == [True]
 
 
-def test_the_in_memory_chain_moves_its_head_on_a_transaction_and_on_its_clock() -> None:
+def test_the_in_memory_ledger_keeps_polling() -> None:
+    """Its rounds are cheap to read; woken at once, honest nodes left a slower checker behind
+    in tests/test_adversarial.py (docs/chain.md#waiting-for-blocks)."""
     chain = InMemoryChain()
     owner = chain.new_account()
     ledger = chain.ledger(chain.deploy(SwarmParams(min_peers=2, max_peers=2), owner), owner)
-    mark = ledger.head()
-    assert mark is not None
-    ledger.allow(chain.new_account())
-    assert ledger.wait_change(mark, timeout=0)
-    mark = ledger.head()
-    assert mark is not None
-    chain.advance(5)  # a deadline may have come: waiters look again
-    assert ledger.wait_change(mark, timeout=0)
+    assert ledger.head() is None
 
 
 def test_embedded_handles_wake_on_each_others_transactions_and_share_their_reads(

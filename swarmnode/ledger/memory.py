@@ -23,7 +23,7 @@ from typing import Any
 
 from swarmnode.error_names import ErrorName
 from swarmnode.exceptions import ConfigError, ContractError
-from swarmnode.ledger.base import ChainChanges, Ledger
+from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.types import (
     FailReason,
     LedgerEvent,
@@ -55,16 +55,12 @@ class ManualClock:
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self._now = start
-        # the chains on this clock: a waiter on one wakes when time moves, as on a new block
-        self.watchers: list[ChainChanges] = []
 
     def __call__(self) -> float:
         return self._now
 
     def advance(self, seconds: float) -> None:
         self._now += seconds
-        for watcher in self.watchers:
-            watcher.changed()
 
 
 @dataclass
@@ -514,11 +510,6 @@ class InMemoryChain:
         self._salt = os.urandom(32) if salt is None else bytes(salt)
         self._given_salt = None if salt is None else bytes(salt)
         self._accounts = 0
-        # every state change and every move of a ManualClock wakes the rounds waiting on
-        # this chain (docs/chain.md#waiting-for-blocks)
-        self.changes = ChainChanges()
-        if isinstance(self._clock, ManualClock):
-            self._clock.watchers.append(self.changes)
 
     def now(self) -> int:
         return int(self._clock())
@@ -558,7 +549,6 @@ class InMemoryChain:
         with self._lock:
             swarm.new_block()
             fn()
-        self.changes.changed()
 
 
 class InMemoryLedger(Ledger):
@@ -579,12 +569,6 @@ class InMemoryLedger(Ledger):
 
     def now(self) -> int:
         return self._chain.now()
-
-    def head(self) -> int | None:
-        return self._chain.changes.mark()
-
-    def wait_change(self, mark: int, timeout: float) -> bool:
-        return self._chain.changes.wait(mark, timeout)
 
     def _do(self, fn: Callable[[], None]) -> None:
         self._chain._call(self._swarm, fn)
