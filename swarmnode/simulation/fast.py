@@ -37,7 +37,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn import functional
 
-from swarmnode import canonical
+from swarmnode import canonical, ownership
 from swarmnode.exceptions import ConfigError
 from swarmnode.merge import Mean, Median, MergeRule, TrimmedMean, make_rule
 from swarmnode.records import NodeRoundRecord
@@ -427,7 +427,9 @@ class FastRounds:
             return self.rule.merge(vectors, list(weights), self.reference).to("cpu", torch.float32)
         numel = vectors.shape[1]
         merged = torch.empty(numel, dtype=torch.float32)
-        for chunks in canonical.segments(canonical.num_chunks(numel), len(weights)):
+        # the cut the live owners make (ownership.layout: an unchecked swarm's small
+        # segments are cut where proofs are short), so robust rules see the same columns
+        for chunks in ownership.layout(numel, len(weights), self.scenario.checked_merge):
             span = canonical.element_range(chunks, numel)
             if len(span) == 0:
                 continue
