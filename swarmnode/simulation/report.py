@@ -126,15 +126,32 @@ def plot(
     import matplotlib.pyplot as plt
 
     rounds = [r.round for r in swarm.rounds]
+
+    def along(curve: Curve) -> list[int]:  # a baseline runs every round the scenario has,
+        return list(range(1, len(curve.accuracy) + 1))  # the swarm fewer if DP budgets end it
+
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for i, curve in enumerate(local):
         ax.plot(
-            rounds, curve.accuracy, color="0.7", lw=1, label="each node alone" if i == 0 else None
+            along(curve),
+            curve.accuracy,
+            color="0.7",
+            lw=1,
+            label="each node alone" if i == 0 else None,
         )
-    ax.plot(rounds, centralized.accuracy, color="tab:green", lw=2, label="all data pooled")
+    ax.plot(
+        along(centralized), centralized.accuracy, color="tab:green", lw=2, label="all data pooled"
+    )
     ax.plot(rounds, [r.accuracy for r in swarm.rounds], color="tab:blue", lw=2.5, label="swarm")
     if flower is not None:
-        ax.plot(rounds, flower.accuracy, color="tab:orange", lw=1.5, ls="--", label="Flower FedAvg")
+        ax.plot(
+            along(flower),
+            flower.accuracy,
+            color="tab:orange",
+            lw=1.5,
+            ls="--",
+            label="Flower FedAvg",
+        )
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
@@ -185,9 +202,15 @@ def print_summary(console: Console, report: dict[str, Any], files: list[Path]) -
     privacy = report["privacy"]
     if privacy["noise_multiplier"] is not None:
         spent = "none" if privacy["epsilon"] is None else f"{privacy['epsilon']:.2f}"
+        planned = report["scenario"]["rounds"]
+        ended = (
+            f"; every node's budget was spent after round {len(rounds)} of {planned}"
+            if len(rounds) < planned
+            else ""
+        )
         console.print(
             f"DP-SGD on every node: noise multiplier {privacy['noise_multiplier']:g}, epsilon "
-            f"{spent} at delta {privacy['delta']:g} (the most any node spent)"
+            f"{spent} at delta {privacy['delta']:g} (the most any node spent){ended}"
         )
     faults = _fault_table(rounds)
     if faults is not None:
