@@ -56,6 +56,9 @@ def test_a_comparison_flower_cannot_run_is_one_line_before_anything_runs(tmp_pat
     scenario = Scenario.load(None, {"engine": "fast", "nodes": 4, "merge_rule": "median"})
     with pytest.raises(ConfigError, match="drop merge rule median"):
         simulate(scenario, tmp_path, compare="flower")
+    private = Scenario.load(None, {"nodes": 4, "dp_noise": 1.0})
+    with pytest.raises(ConfigError, match="drop dp_noise"):
+        simulate(private, tmp_path, compare="flower")
     with pytest.raises(ConfigError, match="--compare pysyft: unknown"):
         simulate(scenario, tmp_path, compare="pysyft")
     assert not (tmp_path / "report.json").exists()

@@ -73,6 +73,7 @@ def check_comparable(scenario: Scenario) -> None:
             ("stragglers", bool(scenario.stragglers)),
             ("task", scenario.task is not None),
             ("processes", scenario.processes),
+            ("dp_noise (Flower's side trains without DP)", scenario.dp_noise is not None),
         )
         if on
     ]
