@@ -93,6 +93,32 @@ def proved(vector: npt.NDArray[np.float32], chunks: range) -> tuple[bytes, bytes
     return tree.leaves(chunks), tree.proof(chunks)
 
 
+def own_frames(vector: npt.NDArray[np.float32]) -> list[Frame]:
+    """Segment 1's UPDATE frames as a node sends its own update: a chunk a frame, each with
+    the Merkle proof of its chunk and no chunk hashes, and no sender (the caller's)."""
+    tree = merkle.Tree(canonical.chunk_hashes(vector))
+    return list(
+        frames_for(
+            vector,
+            SEGMENTS[1],
+            kind=peer_pb2.KIND_UPDATE,
+            round=ROUND,
+            attempt=1,
+            segment=1,
+            sender="",
+            prove=tree.proof,
+            frame_chunks=1,
+        )
+    )
+
+
+def flipped(frame: Frame) -> Frame:
+    """`frame` with its payload's first byte flipped: its chunk no longer matches its proof."""
+    payload = bytearray(frame.payload)
+    payload[0] ^= 0x01
+    return Frame(frame.header, memoryview(bytes(payload)))
+
+
 def update_frames(
     node: Node,
     vector: npt.NDArray[np.float32],
@@ -256,27 +282,13 @@ def test_every_update_frame_proves_its_own_chunks_and_is_kept_once_checked(
     vector = model(3)
     expect_segment_one(cluster, {a.account: vector})
     tree = merkle.Tree(canonical.chunk_hashes(vector))
-    frames = list(
-        frames_for(
-            vector,
-            SEGMENTS[1],
-            kind=peer_pb2.KIND_UPDATE,
-            round=ROUND,
-            attempt=1,
-            segment=1,
-            sender="",  # the caller's own update
-            prove=tree.proof,
-            frame_chunks=1,
-        )
-    )
+    frames = own_frames(vector)
     assert len(frames) == len(SEGMENTS[1]) == 4
     for i, frame in enumerate(frames):
         own = range(SEGMENTS[1].start + i, SEGMENTS[1].start + i + 1)
         assert frame.header.chunk_hashes == b"" and frame.header.proof == tree.proof(own)
         assert frame.header.sender == ""
-    flipped = bytearray(frames[2].payload)
-    flipped[0] ^= 0x01
-    cut = [*frames[:2], Frame(frames[2].header, memoryview(bytes(flipped))), frames[3]]
+    cut = [*frames[:2], flipped(frames[2]), frames[3]]
     with pytest.raises(InvalidMessage, match="give root"):
         a.transport.push(owner.account, lambda: cut, timeout=10)
     kept = range(SEGMENTS[1].start, SEGMENTS[1].start + 2)

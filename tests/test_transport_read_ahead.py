@@ -11,12 +11,19 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from swarmnode import canonical, merkle
-from swarmnode.p2p import peer_pb2
+from swarmnode import canonical
 from swarmnode.p2p.errors import InvalidMessage
-from swarmnode.p2p.frames import Frame, frames_for
 from swarmnode.p2p.grpc_transport import ReadAhead
-from tests.test_transport import NUMEL, ROUND, SEGMENTS, Cluster, expect_segment_one, model
+from tests.test_transport import (
+    NUMEL,
+    ROUND,
+    SEGMENTS,
+    Cluster,
+    expect_segment_one,
+    flipped,
+    model,
+    own_frames,
+)
 
 WAIT = 10.0  # seconds a thread gets to end once nothing holds it
 
@@ -84,23 +91,8 @@ def test_a_refused_frame_mid_stream_over_grpc_ends_the_reader() -> None:
         a, owner, _ = cluster.nodes
         vector = model(5)
         expect_segment_one(cluster, {a.account: vector})
-        tree = merkle.Tree(canonical.chunk_hashes(vector))
-        frames = list(
-            frames_for(
-                vector,
-                SEGMENTS[1],
-                kind=peer_pb2.KIND_UPDATE,
-                round=ROUND,
-                attempt=1,
-                segment=1,
-                sender="",
-                prove=tree.proof,
-                frame_chunks=1,
-            )
-        )
-        flipped = bytearray(frames[3].payload)
-        flipped[0] ^= 0x01
-        cut = [*frames[:3], Frame(frames[3].header, memoryview(bytes(flipped)))]
+        frames = own_frames(vector)
+        cut = [*frames[:3], flipped(frames[3])]
         with pytest.raises(InvalidMessage, match="give root"):
             a.transport.push(owner.account, lambda: cut, timeout=10)
         kept = range(SEGMENTS[1].start, SEGMENTS[1].start + 3)
