@@ -74,6 +74,25 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class SecureAggregation:
+    """Secure aggregation's numbers, fixed at deploy (docs/secure-aggregation.md#fixed-point):
+    they decide the modulus every node sums in, so no node may take them from its data."""
+
+    bound: int = 16  # B: every value of a contributed vector lies in [-B, B]
+    fraction_bits: int = 20  # f: fixed-point fractional bits
+    max_weight: int = 65_536  # w_max: a join's weight (its sample count) is at most this
+
+    def check(self) -> None:
+        """Raises ConfigError naming the first number that cannot work."""
+        if not 1 <= self.bound < 2**32:
+            raise ConfigError("secure aggregation: bound must be 1 to 2^32-1")
+        if not 0 <= self.fraction_bits <= 48:
+            raise ConfigError("secure aggregation: fraction bits must be 0 to 48")
+        if not 1 <= self.max_weight < 2**64:
+            raise ConfigError("secure aggregation: max weight must be 1 to 2^64-1")
+
+
+@dataclass(frozen=True)
 class SwarmParams:
     """Everything fixed at deploy. Times are in seconds."""
 
@@ -91,6 +110,9 @@ class SwarmParams:
     # each segment's merge checked by a second owner (docs/trust.md#unchecked-merge); off,
     # one owner per segment moves about (2n-2)/n of the model instead of (3n-4)/n
     checked_merge: bool = True
+    # updates summed under masks, no peer sees another's (docs/secure-aggregation.md);
+    # None: off. Only the mean can merge a masked sum, and a round needs three participants
+    secure_aggregation: SecureAggregation | None = None
 
     def validate(self) -> None:
         """Raises ConfigError naming the first thing wrong, in the contract's order."""
