@@ -28,3 +28,8 @@ class RevealRefused(SecAggError, PeerError):
 
 class ShareError(SecAggError, PeerError):
     """Shares that do not reconstruct the secret their dealer committed to."""
+
+
+class NotYet(SecAggError):
+    """What a request needs has not arrived here yet (an announcement, a masked root, an
+    owner's rows-complete notice): the caller asks again within its own deadline."""

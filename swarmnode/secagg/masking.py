@@ -107,12 +107,18 @@ class DealtShares:
 def seed_commitment(context: RoundContext, account: str, seed: bytes) -> bytes:
     """SHA-256 over the domain, swarm, round, account and seed: the seed is 32 random
     bytes, so the commitment hides it; it binds the dealer to one seed."""
+    return commit_seed(context.swarm, context.round, account, seed)
+
+
+def commit_seed(swarm: bytes, round_: int, account: str, seed: bytes) -> bytes:
+    """seed_commitment from the swarm and round alone: a node commits to its seed at join,
+    before the participants (and so the RoundContext) are known."""
     return hashlib.sha256(
         DOMAIN
         + b"seed"
-        + len(context.swarm).to_bytes(2, "big")
-        + context.swarm
-        + context.round.to_bytes(8, "big")
+        + len(swarm).to_bytes(2, "big")
+        + swarm
+        + round_.to_bytes(8, "big")
         + account_bytes(account)
         + seed
     ).digest()
@@ -122,12 +128,22 @@ class Masker:
     """One node's secrets for one round, and what it derives from them. Both secrets are
     fresh per round: revealing a dropped node's key exposes that round's pair masks only."""
 
-    def __init__(self, context: RoundContext, account: str) -> None:
+    def __init__(
+        self,
+        context: RoundContext,
+        account: str,
+        key: X25519PrivateKey | None = None,
+        seed: bytes | None = None,
+    ) -> None:
+        """`key` and `seed` are the round's secrets when drawn before the participants were
+        known (at join, swarmnode/secagg/session.py); fresh ones otherwise."""
         self.context = context
         self.account = normalize(account)
         context.seat(self.account)  # a participant, or ConfigError
-        self._key = X25519PrivateKey.generate()
-        self._seed = secrets.token_bytes(SECRET_BYTES)
+        self._key = X25519PrivateKey.generate() if key is None else key
+        self._seed = secrets.token_bytes(SECRET_BYTES) if seed is None else seed
+        if len(self._seed) != SECRET_BYTES:
+            raise ConfigError(f"a self-mask seed is {SECRET_BYTES} bytes, got {len(self._seed)}")
 
     @property
     def announcement(self) -> Announcement:

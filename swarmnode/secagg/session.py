@@ -1,0 +1,360 @@
+"""What one node holds and answers for one round of secure aggregation
+(docs/secure-aggregation.md#in-a-round).
+
+A round's secure aggregation has three moments, and this module keeps one node's state
+across them; it sends nothing itself (the all-reduce carries its messages):
+
+1. Before join (`Prepared`): the round's X25519 key, self-mask seed and a salt are drawn,
+   and the join's commitment is C = SHA256(JOIN_DOMAIN || announcement || H), with the
+   hiding hash H = SHA256(salt || plain digest). C goes on chain, so no node can later show
+   two announcements; H is never opened, so the plain digest never leaves the node.
+2. After close (`Session`): the participants are known, so the RoundContext is. The node
+   deals its shares, sends each participant its opening (H, announcement, that holder's
+   shares), checks every opening it gets against the sender's C, masks its vector once for
+   the round and publishes the Merkle root of the masked vector's chunk hashes.
+3. Per attempt: an owner that holds every row of its segments says so (rows complete, with
+   the digest of the masked roots it checked rows against); this node answers a reveal for
+   an attempt only once every owner of that attempt has said so with the digest it holds
+   itself, so no reveal leaves while a drop is still possible in that attempt.
+
+Every method that can be called from a server thread takes a deadline and raises NotYet
+when what it needs has not come by then: the caller asks again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from swarmnode import canonical, merkle
+from swarmnode.address import normalize
+from swarmnode.secagg.errors import NotYet, RevealRefused, SecAggError, ShareError
+from swarmnode.secagg.fixedpoint import Words
+from swarmnode.secagg.masking import (
+    SECRET_BYTES,
+    Announcement,
+    DealtShares,
+    Masker,
+    RoundContext,
+    commit_seed,
+)
+from swarmnode.secagg.prg import account_bytes
+from swarmnode.secagg.reveal import Reveal, Revealer, RevealRequest
+from swarmnode.secagg.unmask import unmask
+
+log = logging.getLogger(__name__)
+
+JOIN_DOMAIN = b"swarmnode/secagg/v1/join"
+ROOTS_DOMAIN = b"swarmnode/secagg/v1/roots"
+SALT_BYTES = 32
+
+
+def announcement_bytes(announcement: Announcement) -> bytes:
+    """The announcement as the join commitment binds it: account (20 bytes), public key (32)
+    and seed commitment (32)."""
+    return (
+        account_bytes(announcement.account) + announcement.public_key + announcement.seed_commitment
+    )
+
+
+def hiding_hash(salt: bytes, plain_digest: bytes) -> bytes:
+    """H = SHA256(salt || plain digest): binds the node to its plain update without showing
+    its digest (a digest travelling beside masked rows would tell which chunks changed)."""
+    return hashlib.sha256(salt + plain_digest).digest()
+
+
+def join_commitment(announcement: Announcement, hiding: bytes) -> bytes:
+    """C = SHA256(JOIN_DOMAIN || announcement || H): what the node joins with."""
+    return hashlib.sha256(JOIN_DOMAIN + announcement_bytes(announcement) + hiding).digest()
+
+
+def word_chunk_hashes(words: Words, numel: int) -> bytes:
+    """BLAKE3 of each chunk's little-endian word bytes, chunks cut as for the plain vector
+    (chunk_elements(numel) elements each): what the inbox checks masked rows against."""
+    from blake3 import blake3
+
+    chunk = canonical.chunk_elements(numel)
+    data = np.ascontiguousarray(words, dtype=words.dtype.newbyteorder("<")).view(np.uint8)
+    size = chunk * words.dtype.itemsize
+    count = canonical.num_chunks(numel)
+    view = data.data  # zero-copy: the words' own memory
+    return b"".join(blake3(view[i * size : (i + 1) * size]).digest() for i in range(count))
+
+
+def roots_digest(participants: Sequence[str], roots: Mapping[str, bytes]) -> bytes:
+    """The digest of the masked roots of `participants`, in their order: two nodes that
+    checked rows against the same roots hold the same digest."""
+    parts = [ROOTS_DOMAIN]
+    for account in participants:
+        parts += [account_bytes(account), roots[account]]
+    return hashlib.sha256(b"".join(parts)).digest()
+
+
+class Prepared:
+    """The round's secrets, drawn before join, and the commitment the node joins with."""
+
+    def __init__(self, swarm: bytes, round_: int, account: str, plain_digest: bytes) -> None:
+        self.swarm, self.round, self.account = bytes(swarm), round_, normalize(account)
+        self.key = X25519PrivateKey.generate()
+        self.seed = secrets.token_bytes(SECRET_BYTES)
+        self.hiding = hiding_hash(secrets.token_bytes(SALT_BYTES), plain_digest)
+        self.announcement = Announcement(
+            self.account,
+            self.key.public_key().public_bytes_raw(),
+            commit_seed(self.swarm, round_, self.account, self.seed),
+        )
+        self.commitment = join_commitment(self.announcement, self.hiding)
+
+
+@dataclass(frozen=True)
+class Opening:
+    """What a node sends each participant after close: the opening of its join commitment
+    (H and the announcement) and the shares it dealt that holder."""
+
+    hiding: bytes
+    announcement: Announcement
+    dealt: DealtShares
+
+
+@dataclass(frozen=True)
+class _AttemptView:
+    live: tuple[str, ...]  # the attempt's live participants, chain order
+    owners: frozenset[str]  # those that own a segment in it
+    digest: bytes  # of the live participants' masked roots, as this node holds them
+
+
+class Session:
+    """One node's secure aggregation in one closed round: its masker and revealer, what it
+    received from every participant, and per attempt who said its rows are complete."""
+
+    def __init__(
+        self,
+        prepared: Prepared,
+        context: RoundContext,
+        joins: Mapping[str, bytes],
+        weights: Mapping[str, int],
+    ) -> None:
+        if (prepared.swarm, prepared.round) != (context.swarm, context.round):
+            raise SecAggError(
+                f"secrets drawn for round {prepared.round} used in round {context.round}"
+            )
+        self.context = context
+        self.me = prepared.account
+        self.joins = {normalize(a): bytes(c) for a, c in joins.items()}
+        self.weights = {normalize(a): int(w) for a, w in weights.items()}
+        lacking = [p for p in context.participants if p not in self.joins or p not in self.weights]
+        if lacking:
+            raise SecAggError(f"no join commitment or weight for {', '.join(lacking)}")
+        if self.joins.get(self.me) != prepared.commitment:
+            raise SecAggError(f"{self.me} joined round {context.round} with another commitment")
+        self.masker = Masker(context, self.me, prepared.key, prepared.seed)
+        self.revealer = Revealer(context, self.me)
+        self._hiding = prepared.hiding
+        self._dealt = {d.holder: d for d in self.masker.deal()}
+        self.revealer.receive(self._dealt[self.me])
+        self.announcements: dict[str, Announcement] = {self.me: prepared.announcement}
+        self.roots: dict[str, bytes] = {}
+        self.signatures: dict[str, bytes] = {}
+        self.masked: Words | None = None
+        self.hashes = b""
+        self._attempts: dict[int, _AttemptView] = {}
+        self._complete: dict[int, dict[str, bytes]] = {}
+        self._cond = threading.Condition()
+
+    # -- after close: openings and masked roots
+
+    def opening(self, holder: str) -> Opening:
+        """The opening and shares for `holder`."""
+        return Opening(self._hiding, self.announcements[self.me], self._dealt[normalize(holder)])
+
+    def receive_opening(self, sender: str, opening: Opening) -> None:
+        """Keeps a participant's announcement and the shares it dealt this node, once its
+        opening matches the commitment it joined with."""
+        sender = self._participant(sender)
+        announcement = opening.announcement
+        if normalize(announcement.account) != sender or normalize(opening.dealt.dealer) != sender:
+            raise SecAggError(f"{sender} sent an announcement or shares in another's name")
+        if join_commitment(announcement, opening.hiding) != self.joins[sender]:
+            raise SecAggError(
+                f"{sender}'s announcement does not open the commitment it joined with"
+            )
+        with self._cond:
+            known = self.announcements.get(sender)
+            if known is not None and known != announcement:
+                raise SecAggError(f"{sender} sent two announcements")  # unreachable: C binds
+            self.revealer.receive(opening.dealt)  # ShareError if not for this seat
+            self.announcements[sender] = announcement
+            self._cond.notify_all()
+
+    def mask(self, vector: npt.ArrayLike) -> Words:
+        """This node's vector masked once for the round (its weight from the chain), its
+        chunk hashes and Merkle root; UpdateOutOfBound when the vector breaks the bound."""
+        with self._cond:
+            lacking = [p for p in self.context.participants if p not in self.announcements]
+        if lacking:
+            raise NotYet(f"no announcement yet from {', '.join(lacking)}")
+        masked = self.masker.mask(self.weights[self.me], vector, self.announcements)
+        self.hashes = word_chunk_hashes(masked, masked.size)
+        self.masked = masked
+        self.receive_root(self.me, merkle.root(self.hashes), b"")
+        return masked
+
+    def receive_root(self, sender: str, root: bytes, signature: bytes) -> None:
+        """A participant's masked root: the commitment its masked rows are checked against.
+        The same root again is a retry; another is refused."""
+        sender = self._participant(sender)
+        if len(root) != 32:
+            raise SecAggError(f"a masked root is 32 bytes, {sender} sent {len(root)}")
+        with self._cond:
+            known = self.roots.get(sender)
+            if known is not None and known != root:
+                raise SecAggError(f"{sender} sent two different masked roots")
+            self.roots[sender] = bytes(root)
+            self.signatures[sender] = bytes(signature)
+            self._cond.notify_all()
+
+    def lacking(self) -> list[str]:
+        """Participants whose opening or masked root has not come."""
+        with self._cond:
+            return self._lacking_locked()
+
+    def wait_all(self, deadline: float, what: str = "openings and masked roots") -> list[str]:
+        """Waits until `deadline` (time.monotonic) for every participant's opening and
+        masked root; returns those still lacking (the round votes them out)."""
+        with self._cond:
+            while lacking := self._lacking_locked():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.info("%s: %s never came from %s", self.me, what, ", ".join(lacking))
+                    return lacking
+                self._cond.wait(left)
+        return []
+
+    def _lacking_locked(self) -> list[str]:
+        return [
+            p
+            for p in self.context.participants
+            if p not in self.announcements or p not in self.roots
+        ]
+
+    # -- per attempt
+
+    def begin_attempt(self, attempt: int, live: Sequence[str], owners: Iterable[str]) -> bytes:
+        """Declares an attempt the chain started, its live participants and segment owners;
+        returns the digest of their masked roots (what rows-complete notices carry)."""
+        live = tuple(normalize(p) for p in live)
+        with self._cond:
+            if any(p not in self.roots for p in live):
+                raise NotYet("masked roots of the attempt's participants not all held")
+            digest = roots_digest(live, self.roots)
+            self._attempts[attempt] = _AttemptView(
+                live, frozenset(normalize(o) for o in owners), digest
+            )
+            self._cond.notify_all()
+        return digest
+
+    def receive_rows_complete(self, sender: str, attempt: int, digest: bytes) -> None:
+        """An owner holds every row of its segments in `attempt`, checked against the masked
+        roots whose digest is `digest`."""
+        sender = self._participant(sender)
+        with self._cond:
+            held = self._complete.setdefault(attempt, {})
+            if held.get(sender, digest) != digest:
+                raise SecAggError(f"{sender} sent two rows-complete digests for {attempt}")
+            held[sender] = bytes(digest)
+            self._cond.notify_all()
+
+    def answer_reveal(
+        self, sender: str, attempt: int, request: RevealRequest, digest: bytes, deadline: float
+    ) -> Reveal:
+        """This node's shares for `request`, asked by `sender` in `attempt`: only for the
+        attempt's live participants as inputs, only for the masked roots this node holds,
+        and only once every owner of the attempt said its rows are complete with them (else
+        NotYet at `deadline`). RevealRefused names the rule a request breaks."""
+        self._participant(sender)
+        with self._cond:
+            while (view := self._attempts.get(attempt)) is None:
+                if max(self._attempts, default=-1) > attempt:
+                    raise RevealRefused(f"attempt {attempt} is over here")
+                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise NotYet(f"attempt {attempt} has not started here")
+            if max(self._attempts) > attempt:
+                raise RevealRefused(f"attempt {attempt} is over here")
+            if request.stayed != frozenset(view.live):
+                raise RevealRefused(
+                    f"a reveal in attempt {attempt} must sum exactly its live participants"
+                )
+            if digest != view.digest:
+                raise RevealRefused(
+                    f"{sender} checked rows against other masked roots than this node holds: "
+                    f"a participant sent different roots to different nodes"
+                )
+            while waiting := self._owners_waited_for(attempt, view):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise NotYet(f"rows complete not yet said by {', '.join(sorted(waiting))}")
+                self._cond.wait(left)
+        try:
+            return self.revealer.reveal(request)
+        except RevealRefused as refused:
+            log.warning(
+                "%s: round %d attempt %d: reveal refused: %s",
+                self.me,
+                self.context.round,
+                attempt,
+                refused,
+            )
+            raise
+
+    def _owners_waited_for(self, attempt: int, view: _AttemptView) -> set[str]:
+        said = self._complete.get(attempt, {})
+        wrong = {o for o in view.owners if o in said and said[o] != view.digest}
+        if wrong:
+            raise RevealRefused(
+                f"{', '.join(sorted(wrong))} checked rows against other masked roots than this "
+                f"node holds: a participant sent different roots to different nodes"
+            )
+        return {o for o in view.owners if o not in said}
+
+    def request(self, attempt: int, elements: range) -> RevealRequest:
+        """The reveal request for `elements` in `attempt`: its live participants stayed."""
+        view = self._attempts[attempt]
+        return RevealRequest.of(
+            self.context.round,
+            elements,
+            view.live,
+            [p for p in self.context.participants if p not in view.live],
+        )
+
+    def digest(self, attempt: int) -> bytes:
+        return self._attempts[attempt].digest
+
+    def unmask(
+        self, request: RevealRequest, masked_sum: Words, reveals: Sequence[Reveal]
+    ) -> npt.NDArray[np.float32]:
+        """The weighted mean over `request.elements`: SumRefused when a mask was left out,
+        ShareError when a share lied."""
+        return unmask(
+            self.context, self.announcements, self.weights, masked_sum, request, reveals
+        ).mean
+
+    def check_reveal(self, revealer: str, request: RevealRequest, reveal: Reveal) -> Reveal:
+        """A peer's answer, if it answers `request` in its own name; ShareError otherwise."""
+        if normalize(reveal.revealer) != normalize(revealer) or reveal.request != request:
+            raise ShareError(f"{revealer} answered another request than the one asked")
+        return reveal
+
+    def _participant(self, account: str) -> str:
+        account = normalize(account)
+        if account not in self.context.participants:
+            raise SecAggError(f"{account} is not a participant of round {self.context.round}")
+        return account

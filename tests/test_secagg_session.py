@@ -1,0 +1,163 @@
+"""One round's secure-aggregation state per node (swarmnode/secagg/session.py), with the
+nodes' sessions talking to each other in process: openings checked against the join
+commitment, masked roots, reveals held back until every owner said its rows are complete,
+and refused for the wrong inputs, the wrong roots or after a failure past the first reveal
+(docs/secure-aggregation.md#in-a-round)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from swarmnode.secagg.errors import NotYet, RevealRefused, SecAggError, SumRefused
+from swarmnode.secagg.fixedpoint import FixedPoint
+from swarmnode.secagg.masking import RoundContext
+from swarmnode.secagg.session import Opening, Prepared, Session
+from swarmnode.secagg.unmask import sum_rows
+
+N = 5
+SIZE = 200
+ACCOUNTS = [f"0x{(i + 1) * 0x2222:040x}" for i in range(N)]
+FIXED = FixedPoint(peers=8, max_weight=100, bound=4.0, fraction_bits=20)
+SWARM = b"\x18" * 20
+ROUND = 3
+
+
+class Swarm:
+    """N sessions after close, every opening and masked root exchanged."""
+
+    def __init__(self, seed: int = 18) -> None:
+        rng = np.random.default_rng(seed)
+        self.updates = {a: rng.uniform(-4, 4, SIZE).astype(np.float32) for a in ACCOUNTS}
+        self.weights = {a: int(rng.integers(1, 100)) for a in ACCOUNTS}
+        digest = {a: bytes([i]) * 32 for i, a in enumerate(ACCOUNTS)}
+        self.prepared = {a: Prepared(SWARM, ROUND, a, digest[a]) for a in ACCOUNTS}
+        joins = {a: p.commitment for a, p in self.prepared.items()}
+        context = RoundContext.of(SWARM, ROUND, ACCOUNTS, FIXED)
+        self.sessions = {
+            a: Session(p, context, joins, self.weights) for a, p in self.prepared.items()
+        }
+        for a, session in self.sessions.items():
+            for b, other in self.sessions.items():
+                if a != b:
+                    other.receive_opening(a, session.opening(b))
+        for a, session in self.sessions.items():
+            session.mask(self.updates[a])
+            for b, other in self.sessions.items():
+                if a != b:
+                    other.receive_root(a, session.roots[a], b"")
+
+    def begin(self, attempt: int, live: list[str]) -> bytes:
+        digests = {s.begin_attempt(attempt, live, live) for s in self.sessions.values()}
+        assert len(digests) == 1
+        return digests.pop()
+
+    def complete(self, attempt: int, owners: list[str], digest: bytes) -> None:
+        for owner in owners:
+            for session in self.sessions.values():
+                session.receive_rows_complete(owner, attempt, digest)
+
+    def merge(self, owner: str, attempt: int, live: list[str], elements: range) -> np.ndarray:
+        session = self.sessions[owner]
+        request = session.request(attempt, elements)
+        rows = [self.sessions[a].masked[elements.start : elements.stop] for a in live]
+        t = session.context.threshold
+        reveals = [
+            self.sessions[r].answer_reveal(owner, attempt, request, session.digest(attempt), 0.0)
+            for r in live[:t]
+        ]
+        return session.unmask(request, sum_rows(FIXED, rows), reveals)
+
+
+@pytest.fixture(scope="module")
+def swarm() -> Swarm:
+    return Swarm()
+
+
+def test_an_opening_must_match_the_join_commitment(swarm: Swarm) -> None:
+    a, b = ACCOUNTS[0], ACCOUNTS[1]
+    honest = swarm.sessions[a].opening(b)
+    forged_key = replace(honest.announcement, public_key=bytes(32))
+    with pytest.raises(SecAggError, match="does not open the commitment"):
+        swarm.sessions[b].receive_opening(a, replace(honest, announcement=forged_key))
+    with pytest.raises(SecAggError, match="does not open the commitment"):
+        swarm.sessions[b].receive_opening(a, Opening(bytes(32), honest.announcement, honest.dealt))
+    with pytest.raises(SecAggError, match="in another's name"):
+        swarm.sessions[b].receive_opening(ACCOUNTS[2], honest)
+    swarm.sessions[b].receive_opening(a, honest)  # the same again: a retry, kept
+    with pytest.raises(SecAggError, match="two different masked roots"):
+        swarm.sessions[b].receive_root(a, bytes(32), b"")
+
+
+def test_reveals_wait_for_every_owner_then_the_mean_is_exact_within_the_bound() -> None:
+    swarm = Swarm(seed=7)
+    digest = swarm.begin(0, ACCOUNTS)
+    owner, revealer = ACCOUNTS[0], swarm.sessions[ACCOUNTS[1]]
+    request = swarm.sessions[owner].request(0, range(0, 64))
+    with pytest.raises(NotYet, match="rows complete not yet said"):
+        revealer.answer_reveal(owner, 0, request, digest, time.monotonic())
+    swarm.complete(0, ACCOUNTS[:-1], digest)
+    # the last owner's notice arrives while the revealer waits for it
+    answered = threading.Event()
+    got: list[object] = []
+
+    def ask() -> None:
+        got.append(revealer.answer_reveal(owner, 0, request, digest, time.monotonic() + 30))
+        answered.set()
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    assert not answered.is_set()
+    swarm.complete(0, ACCOUNTS[-1:], digest)
+    assert answered.wait(30), "the reveal never came after the last owner's notice"
+    asker.join(30)
+    elements = range(0, SIZE)
+    mean = swarm.merge(owner, 0, ACCOUNTS, elements)
+    total = sum(swarm.weights.values())
+    exact = sum(swarm.weights[a] * swarm.updates[a].astype(np.float64) for a in ACCOUNTS) / total
+    slack = FIXED.error_bound(N, total) + np.spacing(np.float32(4.0))
+    assert np.max(np.abs(mean - exact)) <= slack
+    # another owner merges the same elements to the same bits (revealers answer again)
+    assert swarm.merge(ACCOUNTS[3], 0, ACCOUNTS, elements).tobytes() == mean.tobytes()
+
+
+def test_reveals_are_refused_for_other_inputs_other_roots_and_after_a_failure() -> None:
+    swarm = Swarm(seed=9)
+    digest = first = swarm.begin(0, ACCOUNTS)
+    swarm.complete(0, ACCOUNTS, digest)
+    owner, revealer = ACCOUNTS[0], swarm.sessions[ACCOUNTS[1]]
+    session = swarm.sessions[owner]
+    fewer = replace(session.request(0, range(16)), stayed=frozenset(ACCOUNTS[:-1]))
+    with pytest.raises(RevealRefused, match="exactly its live participants"):
+        revealer.answer_reveal(owner, 0, fewer, digest, 0.0)
+    with pytest.raises(RevealRefused, match="other masked roots"):
+        revealer.answer_reveal(owner, 0, session.request(0, range(16)), bytes(32), 0.0)
+    swarm.merge(owner, 0, ACCOUNTS, range(0, 16))  # seed shares of everyone went out
+    # the attempt fails after that; the next one, without the last node, cannot reveal
+    live = ACCOUNTS[:-1]
+    digest = swarm.begin(1, live)
+    swarm.complete(1, live, digest)
+    with pytest.raises(RevealRefused, match="self-mask share and the key share"):
+        swarm.merge(owner, 1, live, range(16, 32))
+    with pytest.raises(RevealRefused, match="is over here"):
+        revealer.answer_reveal(owner, 0, session.request(0, range(16)), first, 0.0)
+
+
+def test_a_sum_with_a_row_left_out_is_refused() -> None:
+    swarm = Swarm(seed=11)
+    digest = swarm.begin(0, ACCOUNTS)
+    swarm.complete(0, ACCOUNTS, digest)
+    owner = swarm.sessions[ACCOUNTS[0]]
+    elements = range(0, 64)
+    request = owner.request(0, elements)
+    rows = [swarm.sessions[a].masked[0:64] for a in ACCOUNTS[:-1]]  # one row skipped
+    reveals = [
+        swarm.sessions[r].answer_reveal(ACCOUNTS[0], 0, request, digest, 0.0)
+        for r in ACCOUNTS[: owner.context.threshold]
+    ]
+    with pytest.raises(SumRefused, match="a mask left out"):
+        owner.unmask(request, sum_rows(FIXED, rows), reveals)
