@@ -12,11 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from swarmnode.error_names import ErrorName
 from swarmnode.exceptions import ConfigError
 
 PPM = 1_000_000
 MAX_PEERS_LIMIT = 256
 MAX_ITERATIONS = 1000  # each iteration of an iterative rule is one exchange between peers
+# Secure aggregation (docs/secure-aggregation.md#fixed-point); the contract holds the same
+SECAGG_MIN_PEERS = 3  # with two, either participant subtracts its update from the sum
+SECAGG_MAX_FRACTION_BITS = 48
+SECAGG_HEADROOM_BITS = 8  # FixedPoint's default headroom: what catches a mask left out
+SECAGG_MAX_BITS = 64  # the widest word the sums are added in
 
 
 class MergeRuleId(IntEnum):
@@ -73,6 +79,17 @@ class Rule:
                 raise ConfigError(f"rule parameter {p} does not fit in uint64")
 
 
+class ParamsRefused(ConfigError):
+    """Parameters the contract refuses with a named error of its own rather than
+    BadParameters: carries that error's name and arguments, so that the in-memory ledger
+    reverts as the contract does and tests compare the two sides exactly."""
+
+    def __init__(self, message: str, error: ErrorName, details: dict[str, int | str]) -> None:
+        super().__init__(message)
+        self.error = error
+        self.details = details
+
+
 @dataclass(frozen=True)
 class SecureAggregation:
     """Secure aggregation's numbers, fixed at deploy (docs/secure-aggregation.md#fixed-point):
@@ -82,14 +99,75 @@ class SecureAggregation:
     fraction_bits: int = 20  # f: fixed-point fractional bits
     max_weight: int = 65_536  # w_max: a join's weight (its sample count) is at most this
 
-    def check(self) -> None:
-        """Raises ConfigError naming the first number that cannot work."""
-        if not 1 <= self.bound < 2**32:
-            raise ConfigError("secure aggregation: bound must be 1 to 2^32-1")
-        if not 0 <= self.fraction_bits <= 48:
-            raise ConfigError("secure aggregation: fraction bits must be 0 to 48")
-        if not 1 <= self.max_weight < 2**64:
-            raise ConfigError("secure aggregation: max weight must be 1 to 2^64-1")
+    def __post_init__(self) -> None:
+        # what the contract's types can carry at all (uint32, uint8, uint64); what can work
+        # within them is SwarmParams.validate's, in the contract's order
+        for name, value, bits in (
+            ("bound", self.bound, 32),
+            ("fraction bits", self.fraction_bits, 8),
+            ("max weight", self.max_weight, 64),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**bits:
+                raise ConfigError(
+                    f"secure aggregation: {name} {value!r} does not fit in uint{bits}"
+                )
+
+    def modulus_bits(self, max_peers: int) -> int:
+        """k for a swarm of at most `max_peers`: the bit length of the largest honest sum,
+        max_peers * max_weight * ceil(B * 2^f), plus a sign bit and the headroom; the same
+        number as swarmnode/secagg/fixedpoint.py's FixedPoint.bits (a test pins it)."""
+        largest = max_peers * self.max_weight * (self.bound << self.fraction_bits)
+        return largest.bit_length() + 1 + SECAGG_HEADROOM_BITS
+
+    def check(self, min_peers: int, max_peers: int, merge_rule: Rule) -> None:
+        """Raises ParamsRefused naming the first thing that cannot work, in the contract's
+        order (its _checkSecureAggregation)."""
+        if min_peers < SECAGG_MIN_PEERS:
+            raise ParamsRefused(
+                f"secure aggregation needs minPeers >= {SECAGG_MIN_PEERS} (got {min_peers}): "
+                "with two, each could subtract its own update from the sum and read the other's",
+                ErrorName.SECURE_AGGREGATION_NEEDS_PEERS,
+                {"minPeers": min_peers, "needed": SECAGG_MIN_PEERS},
+            )
+        if merge_rule.id != MergeRuleId.MEAN:
+            raise ParamsRefused(
+                f"secure aggregation merges a masked sum: merge rule {rule_name(merge_rule.id)} "
+                "needs each node's update; use mean",
+                ErrorName.SECURE_AGGREGATION_NEEDS_MEAN,
+                {"mergeRule": merge_rule.id},
+            )
+        for bad, reason in (
+            (self.bound == 0, "bound must be at least 1"),
+            (
+                self.fraction_bits > SECAGG_MAX_FRACTION_BITS,
+                f"fraction bits must be at most {SECAGG_MAX_FRACTION_BITS}",
+            ),
+            (self.max_weight == 0, "max weight must be at least 1"),
+        ):
+            if bad:
+                raise ParamsRefused(
+                    f"secure aggregation: {reason}",
+                    ErrorName.SECURE_AGGREGATION_BAD_NUMBERS,
+                    {"reason": reason},
+                )
+        bits = self.modulus_bits(max_peers)
+        if bits > SECAGG_MAX_BITS:
+            raise ParamsRefused(
+                f"secure aggregation needs a {bits}-bit modulus for maxPeers={max_peers}, "
+                f"max weight={self.max_weight}, bound={self.bound}, fraction bits="
+                f"{self.fraction_bits} (+{SECAGG_HEADROOM_BITS} headroom): more than "
+                f"{SECAGG_MAX_BITS}; lower one of them",
+                ErrorName.SECURE_AGGREGATION_MODULUS_TOO_WIDE,
+                {"bits": bits, "limit": SECAGG_MAX_BITS},
+            )
+
+
+def rule_name(rule_id: int) -> str:
+    """'median' for MergeRuleId.MEDIAN; the number for an id the table does not know."""
+    try:
+        return MergeRuleId(rule_id).name.lower()
+    except ValueError:
+        return str(rule_id)
 
 
 @dataclass(frozen=True)
@@ -136,6 +214,8 @@ class SwarmParams:
         if needs > self.max_peers:
             raise ConfigError("mergeRule needs more peers than maxPeers")
         check_sync_policy(self.sync_policy)
+        if self.secure_aggregation is not None:
+            self.secure_aggregation.check(self.min_peers, self.max_peers, self.merge_rule)
 
     @property
     def min_live(self) -> int:

@@ -21,7 +21,14 @@ import pytest
 from swarmnode.exceptions import ConfigError, ContractError
 from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.types import FailReason, LedgerEvent, RoundState, RoundStatus
-from swarmnode.rules import MergeRuleId, Rule, SwarmParams, SyncPolicyId
+from swarmnode.rules import (
+    MergeRuleId,
+    ParamsRefused,
+    Rule,
+    SecureAggregation,
+    SwarmParams,
+    SyncPolicyId,
+)
 from tests.backends import Backend
 
 DIGEST_A = b"\xaa" * 32
@@ -484,6 +491,87 @@ def test_merge_rule_raises_the_live_minimum(backend: Backend) -> None:
     swarm = closed_swarm(backend, 3, merge_rule=Rule(MergeRuleId.KRUM, (0, 0, 0, 0)))
     swarm.nodes[2].withdraw(1)
     assert_round_ended(swarm.owner, 1, RoundStatus.FAILED, FailReason.TOO_FEW_LIVE)
+
+
+# Secure aggregation's refusals, each in the order the contract checks them: the first one
+# wins (several at once: minPeers before the rule). Each as (overrides, error, details).
+SECAGG = SecureAggregation(bound=16, fraction_bits=20, max_weight=1000)
+SECAGG_REFUSALS: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
+    ({"min_peers": 2}, "SecureAggregationNeedsPeers", {"minPeers": 2, "needed": 3}),
+    (
+        {"min_peers": 2, "merge_rule": Rule(MergeRuleId.MEDIAN)},
+        "SecureAggregationNeedsPeers",
+        {"minPeers": 2, "needed": 3},
+    ),
+    *(
+        ({"merge_rule": rule}, "SecureAggregationNeedsMean", {"mergeRule": int(rule.id)})
+        for rule in (
+            Rule(MergeRuleId.MEDIAN),
+            Rule(MergeRuleId.TRIMMED_MEAN, (100_000, 0, 0, 0)),
+            Rule(MergeRuleId.KRUM, (0, 0, 0, 0)),
+            Rule(MergeRuleId.GEOMETRIC_MEDIAN, (1000, 10, 0, 0)),
+            Rule(MergeRuleId.CENTERED_CLIP, (100_000, 3, 0, 0)),
+        )
+    ),
+    (
+        {"secure_aggregation": SecureAggregation(0, 20, 1000)},
+        "SecureAggregationBadNumbers",
+        {"reason": "bound must be at least 1"},
+    ),
+    (
+        {"secure_aggregation": SecureAggregation(16, 49, 1000)},
+        "SecureAggregationBadNumbers",
+        {"reason": "fraction bits must be at most 48"},
+    ),
+    (
+        {"secure_aggregation": SecureAggregation(16, 20, 0)},
+        "SecureAggregationBadNumbers",
+        {"reason": "max weight must be at least 1"},
+    ),
+    (  # maxPeers 4 x 2^41 x 16 x 2^20 = 2^67: 68 bits, a sign bit and 8 of headroom
+        {"secure_aggregation": SecureAggregation(16, 20, 2**41)},
+        "SecureAggregationModulusTooWide",
+        {"bits": 77, "limit": 64},
+    ),
+]
+
+
+def test_secure_aggregation_refusals_are_named_alike(backend: Backend) -> None:
+    """Each refusal by its own named error, with the same arguments as the Python side's
+    (swarmnode.rules.ParamsRefused); off, none of them applies."""
+    for overrides, name, details in SECAGG_REFUSALS:
+        params = make_params(**{"min_peers": 3, "secure_aggregation": SECAGG, **overrides})
+        with pytest.raises(ParamsRefused) as python_side:
+            params.validate()
+        assert (python_side.value.error, python_side.value.details) == (name, details)
+        err = refused(name, lambda params=params: backend.deploy(params, validate=False))
+        assert err.details == details
+        off = dataclasses.replace(params, secure_aggregation=None)
+        try:
+            off.validate()
+        except ConfigError as exc:  # a bad number that only secure aggregation reads is moot
+            assert not isinstance(exc, ParamsRefused) and overrides.get("min_peers") != 2, exc
+
+
+def test_secure_aggregation_is_fixed_at_deploy_and_caps_the_weight(backend: Backend) -> None:
+    swarm = deploy(backend, 3, min_peers=3, secure_aggregation=SECAGG)
+    assert swarm.owner.params().secure_aggregation == SECAGG
+    n0, n1, n2 = swarm.nodes
+    tail = EventTail(n0)
+    err = refused("WeightAboveMax", lambda: join(n0, 1, weight=1001))
+    assert err.details == {"weight": 1001, "maxWeight": 1000}
+    refused("BadParameters", lambda: join(n0, 1, weight=0))
+    assert tail.take() == []  # a refused join leaves nothing behind
+    join(n0, 1, weight=1000)
+    join(n1, 1, weight=1)
+    join(n2, 1, weight=999)
+    state = swarm.owner.round(1)
+    assert state.status == RoundStatus.CLOSED
+    assert [seat.weight for seat in state.seats] == [1000, 1, 999]
+    # off, the same weight joins: the cap belongs to secure aggregation alone
+    plain = deploy(backend, 2)
+    assert plain.owner.params().secure_aggregation is None
+    join(plain.nodes[0], 1, weight=2**64 - 1)
 
 
 # ---------------------------------------------------------------------------- how rounds end

@@ -8,7 +8,15 @@ from hypothesis import strategies as st
 
 from swarmnode.exceptions import ConfigError, ContractError
 from swarmnode.ledger.embedded import EmbeddedChain
-from swarmnode.rules import PPM, MergeRuleId, Rule, SwarmParams, SyncPolicyId
+from swarmnode.rules import (
+    PPM,
+    MergeRuleId,
+    ParamsRefused,
+    Rule,
+    SecureAggregation,
+    SwarmParams,
+    SyncPolicyId,
+)
 
 small = st.integers(min_value=0, max_value=12)
 rules = st.builds(
@@ -21,6 +29,17 @@ rules = st.builds(
         st.sampled_from([0, PPM, PPM + 1, 2 * PPM]),
     ),
 )
+# around every edge of the secure-aggregation checks: bound 0, f 48/49, max weight 0, and
+# moduli on both sides of 64 bits
+secure_aggregations = st.one_of(
+    st.none(),
+    st.builds(
+        SecureAggregation,
+        bound=st.sampled_from([0, 1, 4, 16, 2**20, 2**32 - 1]),
+        fraction_bits=st.sampled_from([0, 14, 20, 30, 48, 49, 255]),
+        max_weight=st.sampled_from([0, 1, 2**16, 2**30, 2**64 - 1]),
+    ),
+)
 params_strategy = st.builds(
     SwarmParams,
     min_peers=st.integers(min_value=0, max_value=6),
@@ -31,6 +50,7 @@ params_strategy = st.builds(
     merge_rule=rules,
     sync_policy=rules,
     initial_model_digest=st.sampled_from([b"\x00" * 32, b"\x07" * 32]),
+    secure_aggregation=secure_aggregations,
 )
 
 
@@ -49,17 +69,18 @@ def test_python_and_contract_refuse_the_same_parameters(
 ) -> None:
     try:
         params.validate()
-        python_reason = None
+        python_refusal = None
+    except ParamsRefused as exc:  # a refusal the contract names on its own
+        python_refusal = (str(exc.error), exc.details)
     except ConfigError as exc:
-        python_reason = str(exc)
+        python_refusal = ("BadParameters", {"reason": str(exc)})
 
     try:
         deployment, owner = chain.deploy(params, validate=False)
     except ContractError as exc:
-        assert exc.name == "BadParameters"
-        assert python_reason == exc.details["reason"]
+        assert python_refusal == (exc.name, exc.details)
         return
-    assert python_reason is None, f"contract accepted what Python refuses: {python_reason}"
+    assert python_refusal is None, f"contract accepted what Python refuses: {python_refusal}"
     ledger = chain.ledger(deployment, owner)
     assert ledger.params() == params
 

@@ -34,6 +34,18 @@ contract SwarmLedger {
         /// @dev Whether each segment has a second owner that checks the merge (off: one owner,
         ///      fewer bytes, a merge nobody checks; docs/trust.md#unchecked-merge).
         bool checkedMerge;
+        /// @dev Updates summed under masks, so no peer sees another's (docs/secure-aggregation.md).
+        SecureAggregation secureAggregation;
+    }
+
+    /// @notice Secure aggregation's numbers, fixed at deploy: they decide the modulus every
+    ///         node sums in (docs/secure-aggregation.md#fixed-point), so no node takes them from
+    ///         its data. Ignored (and read back as zeros) when not enabled.
+    struct SecureAggregation {
+        bool enabled;
+        uint32 bound; // B: every value of a contributed update lies in [-B, B]
+        uint8 fractionBits; // f: fixed-point fractional bits
+        uint64 maxWeight; // w_max: the largest weight (sample count) a join may carry
     }
 
     enum Status {
@@ -103,6 +115,11 @@ contract SwarmLedger {
     error TooFewJoined(uint256 round, uint16 joined, uint16 needed);
     error BadParameters(string reason);
     error AlreadyFinished(address account);
+    error SecureAggregationNeedsPeers(uint16 minPeers, uint16 needed);
+    error SecureAggregationNeedsMean(uint32 mergeRule);
+    error SecureAggregationBadNumbers(string reason);
+    error SecureAggregationModulusTooWide(uint256 bits, uint256 limit);
+    error WeightAboveMax(uint64 weight, uint64 maxWeight);
 
     // ------------------------------------------------------------------ events
 
@@ -138,6 +155,14 @@ contract SwarmLedger {
     uint16 internal constant MAX_PEERS_LIMIT = 256;
     // Each iteration of an iterative rule is one exchange of partial sums between peers.
     uint64 internal constant MAX_ITERATIONS = 1000;
+    // Secure aggregation (mirrors swarmnode/rules.py and swarmnode/secagg/fixedpoint.py): a
+    // round needs three participants, or one could subtract its own update from the sum and
+    // read the other's; the modulus 2^k must fit a 64-bit word with headroom bits above the
+    // largest honest sum.
+    uint16 internal constant SECAGG_MIN_PEERS = 3;
+    uint8 internal constant SECAGG_MAX_FRACTION_BITS = 48;
+    uint256 internal constant SECAGG_HEADROOM_BITS = 8;
+    uint256 internal constant SECAGG_MAX_BITS = 64;
 
     // Sentinel so that the first report of an attempt updates a warm, non-zero slot.
     bytes32 internal constant NO_DIGEST = bytes32(uint256(1));
@@ -164,6 +189,12 @@ contract SwarmLedger {
     uint16 public immutable minLive;
     /// @notice Digest of the model every node starts from.
     bytes32 public immutable initialModelDigest;
+    bool internal immutable _secaggEnabled;
+    uint32 internal immutable _secaggBound;
+    uint8 internal immutable _secaggFractionBits;
+    /// @dev The largest weight a join may carry: maxWeight with secure aggregation, else
+    ///      uint64's largest, so that a join pays one comparison either way.
+    uint64 internal immutable _weightCap;
 
     Rule internal _mergeRule;
     Rule internal _syncPolicy;
@@ -216,6 +247,8 @@ contract SwarmLedger {
         uint16 ruleNeeds = _mergeRuleNeeds(p.mergeRule);
         if (ruleNeeds > p.maxPeers) revert BadParameters("mergeRule needs more peers than maxPeers");
         _checkSyncPolicy(p.syncPolicy);
+        SecureAggregation memory sa = p.secureAggregation;
+        if (sa.enabled) _checkSecureAggregation(p.minPeers, p.maxPeers, p.mergeRule.id, sa);
 
         owner = msg.sender;
         minPeers = p.minPeers;
@@ -229,7 +262,35 @@ contract SwarmLedger {
         initialModelDigest = p.initialModelDigest;
         _mergeRule = p.mergeRule;
         _syncPolicy = p.syncPolicy;
+        _secaggEnabled = sa.enabled;
+        _secaggBound = sa.enabled ? sa.bound : 0;
+        _secaggFractionBits = sa.enabled ? sa.fractionBits : 0;
+        _weightCap = sa.enabled ? sa.maxWeight : type(uint64).max;
         _openRound(1);
+    }
+
+    /// @dev Refuses secure-aggregation numbers that cannot work, in the order of
+    ///      SwarmParams.validate: the largest honest sum, maxPeers x maxWeight x B x 2^f, takes
+    ///      its bit length plus a sign bit plus the headroom, at most 64 (FixedPoint.bits).
+    function _checkSecureAggregation(uint16 minPeers_, uint16 maxPeers_, uint32 ruleId, SecureAggregation memory sa)
+        internal
+        pure
+    {
+        if (minPeers_ < SECAGG_MIN_PEERS) revert SecureAggregationNeedsPeers(minPeers_, SECAGG_MIN_PEERS);
+        if (ruleId != MERGE_MEAN) revert SecureAggregationNeedsMean(ruleId);
+        if (sa.bound == 0) revert SecureAggregationBadNumbers("bound must be at least 1");
+        if (sa.fractionBits > SECAGG_MAX_FRACTION_BITS) {
+            revert SecureAggregationBadNumbers("fraction bits must be at most 48");
+        }
+        if (sa.maxWeight == 0) revert SecureAggregationBadNumbers("max weight must be at least 1");
+        // below 2^(16 + 64 + 32 + 48): no overflow
+        uint256 largest = uint256(maxPeers_) * sa.maxWeight * (uint256(sa.bound) << sa.fractionBits);
+        uint256 bits = 1 + SECAGG_HEADROOM_BITS;
+        while (largest != 0) {
+            bits += 1;
+            largest >>= 1;
+        }
+        if (bits > SECAGG_MAX_BITS) revert SecureAggregationModulusTooWide(bits, SECAGG_MAX_BITS);
     }
 
     function _mergeRuleNeeds(Rule memory r) internal pure returns (uint16) {
@@ -489,6 +550,20 @@ contract SwarmLedger {
         return (_syncPolicy.id, _syncPolicy.params);
     }
 
+    /// @notice Whether the swarm sums updates under masks, and the numbers fixed with it.
+    /// @return enabled Whether secure aggregation is on (the rest are zero when off).
+    /// @return bound B: every value of an update lies in [-B, B].
+    /// @return fractionBits f: fixed-point fractional bits.
+    /// @return maxWeight The largest weight a join may carry.
+    function secureAggregation()
+        external
+        view
+        returns (bool enabled, uint32 bound, uint8 fractionBits, uint64 maxWeight)
+    {
+        if (!_secaggEnabled) return (false, 0, 0, 0);
+        return (true, _secaggBound, _secaggFractionBits, _weightCap);
+    }
+
     /// @notice The digest of the newest agreed model: the last final round's, or the initial one.
     /// @return round The last final round (0 when none).
     /// @return digest That round's merged-model digest.
@@ -505,7 +580,7 @@ contract SwarmLedger {
     ///         trains again.
     /// @param round The round to join; must be the current, open one.
     /// @param commitment Digest of the node's canonical update vector.
-    /// @param weight The node's sample count (positive).
+    /// @param weight The node's sample count (positive; at most maxWeight with secure aggregation).
     /// @param valLoss The node's validation loss, scaled by 1e6.
     function join(uint256 round, bytes32 commitment, uint64 weight, uint64 valLoss) external {
         Round storage rd = _openRoundFor(round);
@@ -515,6 +590,7 @@ contract SwarmLedger {
         if (s.index1 != 0) revert AlreadyJoined(round, msg.sender);
         if (commitment == bytes32(0)) revert BadParameters("commitment must be set");
         if (weight == 0) revert BadParameters("weight must be positive");
+        if (weight > _weightCap) revert WeightAboveMax(weight, _weightCap);
 
         if (n.finished) {
             n.finished = false;

@@ -40,7 +40,7 @@ from swarmnode.ledger.types import (
     Seat,
     san_offset,
 )
-from swarmnode.rules import Rule, SwarmParams
+from swarmnode.rules import Rule, SecureAggregation, SwarmParams
 
 EVENT_BLOCK_RANGE = 500
 # Seeds of this many (round, block) pairs are kept: a node reads the current round and a few
@@ -64,7 +64,22 @@ def params_to_abi(p: SwarmParams) -> tuple[Any, ...]:
         p.initial_model_digest,
         p.restricted,
         p.checked_merge,
+        _secure_aggregation_to_abi(p.secure_aggregation),
     )
+
+
+def _secure_aggregation_to_abi(s: SecureAggregation | None) -> tuple[bool, int, int, int]:
+    """Off is all zeros: the contract ignores the numbers and reads them back as zeros."""
+    if s is None:
+        return (False, 0, 0, 0)
+    return (True, s.bound, s.fraction_bits, s.max_weight)
+
+
+def _secure_aggregation_from_abi(row: Any) -> SecureAggregation | None:
+    enabled, bound, fraction_bits, max_weight = row
+    if not enabled:
+        return None
+    return SecureAggregation(int(bound), int(fraction_bits), int(max_weight))
 
 
 class ContractLedger(Ledger):
@@ -244,6 +259,7 @@ class ContractLedger(Ledger):
                 initial_model_digest=bytes(self._view(f.initialModelDigest())),
                 restricted=self._view(f.restricted()),
                 checked_merge=self._view(f.checkedMerge()),
+                secure_aggregation=_secure_aggregation_from_abi(self._view(f.secureAggregation())),
             )
         return self._params
 

@@ -11,7 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from swarmnode.exceptions import ConfigError
-from swarmnode.rules import Rule, SwarmParams
+from swarmnode.rules import Rule, SecureAggregation, SwarmParams
 
 CHUNK_HASH = "blake3"
 """The chunk hash this code's data plane uses; equal to canonical.CHUNK_HASH (a test pins it).
@@ -35,6 +35,13 @@ class _RuleFile:
 
 
 @dataclass(frozen=True)
+class _SecureAggregationFile:
+    bound: int
+    fraction_bits: int
+    max_weight: int
+
+
+@dataclass(frozen=True)
 class _ParamsFile:
     min_peers: int
     max_peers: int
@@ -46,6 +53,8 @@ class _ParamsFile:
     initial_model_digest: str
     restricted: bool
     checked_merge: bool = True  # files written before the switch: every swarm was checked
+    # files written before secure aggregation existed: no swarm used it
+    secure_aggregation: _SecureAggregationFile | None = None
 
 
 @dataclass(frozen=True)
@@ -123,8 +132,18 @@ class Deployment:
             initial_model_digest=digest,
             restricted=p.restricted,
             checked_merge=p.checked_merge,
+            secure_aggregation=_secure_aggregation(path, p.secure_aggregation),
         )
         return cls(data.chain_id, data.address, data.block, params, data.rpc)
+
+
+def _secure_aggregation(path: Path, s: _SecureAggregationFile | None) -> SecureAggregation | None:
+    if s is None:
+        return None
+    try:
+        return SecureAggregation(s.bound, s.fraction_bits, s.max_weight)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: field params.secure_aggregation: {exc}") from exc
 
 
 def _check_scheme(path: Path, data: _DeploymentFile) -> None:

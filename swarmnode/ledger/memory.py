@@ -33,7 +33,7 @@ from swarmnode.ledger.types import (
     Seat,
     san_offset,
 )
-from swarmnode.rules import SwarmParams
+from swarmnode.rules import ParamsRefused, SwarmParams
 
 
 def _account(value: str) -> str:
@@ -93,6 +93,8 @@ class _Swarm:
     ) -> None:
         try:
             params.validate()
+        except ParamsRefused as exc:  # a refusal the contract names on its own
+            raise ContractError(exc.error, exc.details, "deploy") from exc
         except ConfigError as exc:  # the contract's constructor refuses the same way
             raise ContractError(ErrorName.BAD_PARAMETERS, {"reason": str(exc)}, "deploy") from exc
         self.address = address
@@ -243,6 +245,11 @@ class _Swarm:
         if weight == 0:
             raise ContractError(ErrorName.BAD_PARAMETERS, {"reason": "weight must be positive"})
         _check_uint(weight, 64, "weight")
+        cap = self.params.secure_aggregation
+        if cap is not None and weight > cap.max_weight:
+            raise ContractError(
+                ErrorName.WEIGHT_ABOVE_MAX, {"weight": weight, "maxWeight": cap.max_weight}
+            )
         _check_uint(val_loss, 64, "valLoss")
         self.finished.discard(sender)  # a finished node that joins trains again
         index = len(rd.order)
