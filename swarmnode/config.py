@@ -12,28 +12,71 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from swarmnode.distributed_dp import DEFAULT_COLLUDERS, MeanPrivacySettings
 from swarmnode.exceptions import ConfigError
 from swarmnode.privacy import DEFAULT_DELTA, PrivacySettings
 
 
 class PrivacyConfig(BaseModel):
-    """node.toml's `[privacy]`: local DP-SGD and its budget (docs/privacy.md#settings)."""
+    """node.toml's `[privacy]`: local DP-SGD (noise_multiplier, max_grad_norm) or distributed
+    DP for the mean (mean_noise_multiplier, mean_clip_norm, assumed_colluders), and the
+    budget (docs/privacy.md#settings)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    noise_multiplier: float
-    max_grad_norm: float
+    noise_multiplier: float | None = None
+    max_grad_norm: float | None = None
+    mean_noise_multiplier: float | None = None
+    mean_clip_norm: float | None = None
+    assumed_colluders: int = DEFAULT_COLLUDERS
     delta: float = DEFAULT_DELTA
     epsilon_budget: float | None = None
 
     @model_validator(mode="after")
     def _checked(self) -> PrivacyConfig:
+        local = self.noise_multiplier is not None or self.max_grad_norm is not None
+        mean = self.mean_noise_multiplier is not None or self.mean_clip_norm is not None
+        if local and mean:
+            raise ConfigError(
+                "privacy: local DP-SGD (noise_multiplier) and distributed DP "
+                "(mean_noise_multiplier) cannot both be on: pick one "
+                "(docs/privacy.md#both-kinds)"
+            )
+        if not (local or mean):
+            raise ConfigError(
+                "privacy needs noise_multiplier and max_grad_norm (local DP-SGD) or "
+                "mean_noise_multiplier and mean_clip_norm (distributed DP)"
+            )
+        for first, second in (
+            ("noise_multiplier", "max_grad_norm"),
+            ("mean_noise_multiplier", "mean_clip_norm"),
+        ):
+            given = [name for name in (first, second) if getattr(self, name) is not None]
+            if len(given) == 1:
+                missing = second if given[0] == first else first
+                raise ConfigError(f"privacy {given[0]} needs {missing} too")
         self.settings()  # the project's own checks, one line each (ConfigError)
+        self.mean_settings()
         return self
 
-    def settings(self) -> PrivacySettings:
+    def settings(self) -> PrivacySettings | None:
+        """Local DP-SGD's settings; None with distributed DP instead."""
+        if self.noise_multiplier is None or self.max_grad_norm is None:
+            return None
         return PrivacySettings(
             self.noise_multiplier, self.max_grad_norm, self.delta, self.epsilon_budget
+        )
+
+    def mean_settings(self) -> MeanPrivacySettings | None:
+        """Distributed DP's settings; None with local DP-SGD instead."""
+        if self.mean_noise_multiplier is None or self.mean_clip_norm is None:
+            return None
+        return MeanPrivacySettings(
+            self.mean_noise_multiplier,
+            self.mean_clip_norm,
+            self.assumed_colluders,
+            self.delta,
+            self.epsilon_budget,
         )
 
 

@@ -143,9 +143,12 @@ def _serve(
         settings=peer.settings,
         initial_model=config.initial_model,
         privacy=None if config.privacy is None else config.privacy.settings(),
+        mean_privacy=None if config.privacy is None else config.privacy.mean_settings(),
     )
-    private = node.trainer.privacy
-    if private is not None:  # what earlier runs of this node spent counts toward the budget
+    # local DP-SGD or distributed DP (docs/privacy.md): what earlier runs of this node spent
+    # counts toward the budget
+    private = node.trainer.privacy or node.mean_privacy
+    if private is not None:
         private.restore(config.checkpoints / PRIVACY_JOURNAL)
         metrics.track_privacy_budget(private.epsilon)
     checkpoint = peer.resume()

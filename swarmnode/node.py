@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from swarmnode import canonical
+from swarmnode.distributed_dp import DistributedDP, MeanPrivacySettings
 from swarmnode.error_names import ErrorName
 from swarmnode.exceptions import ConfigError, ContractError, PeerError
 from swarmnode.ledger.base import Ledger
@@ -332,8 +333,15 @@ class SwarmNode:
         settings: RoundSettings = DEFAULT_SETTINGS,
         initial_model: str | Path | None = None,
         privacy: PrivacySettings | None = None,
+        mean_privacy: MeanPrivacySettings | None = None,
+        mean_seed: int | None = None,
     ) -> None:
         self.task = task
+        if privacy is not None and mean_privacy is not None:
+            raise ConfigError(
+                "privacy: local DP-SGD and distributed DP cannot both be on: pick one "
+                "(docs/privacy.md#both-kinds)"
+            )
         # with `privacy`, DP-SGD and a budget (docs/privacy.md): step() raises BudgetSpent
         # instead of training past it
         self.trainer = LocalTrainer(task, device, seed, init_seed=init_seed, privacy=privacy)
@@ -354,6 +362,17 @@ class SwarmNode:
         )
         if self.syncer.start.replaced:  # the swarm's start, from a file or a peer
             self.trainer.load(self.syncer.start.vector)
+        # distributed DP for the mean (docs/privacy.md#distributed-dp): refused in one line
+        # in a swarm without secure aggregation; `mean_seed` only for the simulator
+        self.mean_privacy: DistributedDP | None = None
+        if mean_privacy is not None:
+            self.mean_privacy = DistributedDP.for_swarm(mean_privacy, ledger.params(), mean_seed)
+
+    def epsilon(self) -> float | None:
+        """Privacy spent so far, with either kind of DP, at its delta; else None."""
+        if self.mean_privacy is not None:
+            return self.mean_privacy.epsilon()
+        return None if self.trainer.privacy is None else self.trainer.privacy.epsilon()
 
     @property
     def ledger(self) -> Ledger:
@@ -365,6 +384,8 @@ class SwarmNode:
         interval = self.syncer.policy.interval
         if self.trainer.privacy is not None:
             self.trainer.privacy.check_budget(interval)
+        if self.mean_privacy is not None:
+            self.mean_privacy.check_budget()
         batches = self.trainer.train_batches(interval)
         return self.sync_now(batches)
 
@@ -396,19 +417,24 @@ class SwarmNode:
         metrics = self.trainer.evaluate() if self.task.val_data is not None else {}
         # the training loss is no private figure: a DP node without validation data joins
         # with 0 (docs/privacy.md#what-it-does-not-protect)
-        train_loss = None if self.trainer.privacy is not None else self.trainer.last_train_loss
+        private = self.trainer.privacy is not None or self.mean_privacy is not None
+        train_loss = None if private else self.trainer.last_train_loss
         val_loss = float(metrics.get("loss", train_loss or 0.0))
         snapshot = self.trainer.snapshot()
+        weight = self.trainer.num_samples
+        if self.mean_privacy is not None:  # clipped and noised; equal weights
+            snapshot = self.mean_privacy.contribute(snapshot, self.syncer.reference)
+            weight = 1  # docs/privacy.md#distributed-dp
+            self.mean_privacy.record()
         if self.contribution is not None:  # a simulated Byzantine node poisons what it sends
             snapshot = self.contribution(snapshot, self.syncer.reference)
         privacy = self.trainer.privacy
         if privacy is not None:  # on disk before the model leaves the node
             privacy.record()
-        result = self.syncer.sync(snapshot, self.trainer.num_samples, val_loss)
+        result = self.syncer.sync(snapshot, weight, val_loss)
         if result.merged is not None:
             self.trainer.load(result.merged)
-        epsilon = None if privacy is None else privacy.epsilon()
-        return NodeRound(result, batches, val_loss, metrics, epsilon)
+        return NodeRound(result, batches, val_loss, metrics, self.epsilon())
 
 
 class SwarmCallback:

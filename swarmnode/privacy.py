@@ -50,6 +50,8 @@ __all__ = [
     "make_private",
     "plain_module",
     "plain_state_dict",
+    "read_journal",
+    "write_journal",
 ]
 
 DEFAULT_DELTA = 1e-5
@@ -243,25 +245,44 @@ class PrivateTraining:
 
     def record(self) -> None:
         """Writes the accountant's history to `journal` (atomically), if one is set."""
-        if self.journal is None:
-            return
-        self.journal.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.journal.with_name(self.journal.name + ".partial")
-        partial.write_text(json.dumps({"history": self.history()}) + "\n")
-        os.replace(partial, self.journal)
+        if self.journal is not None:
+            write_journal(self.journal, "history", self.history())
 
     def restore(self, journal: Path) -> None:
         """Sets `journal` and takes the history written there, if any: the steps a
         previous run of this node took count toward its budget too."""
         self.journal = journal
         try:
-            saved = json.loads(journal.read_text())
-            entries = [(float(n), float(q), int(s)) for n, q, s in saved["history"]]
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            saved = read_journal(journal).get("history", [])
+            entries = [(float(n), float(q), int(s)) for n, q, s in saved]
+        except (ValueError, TypeError) as exc:
             raise ConfigError(f"{journal}: not a privacy journal ({exc})") from None
         self._engine.accountant.history = entries + self._engine.accountant.history
+
+
+def read_journal(journal: Path) -> dict[str, Any]:
+    """The privacy journal's entries ({} when there is none yet): local DP's accountant
+    history under "history", distributed DP's rounds under "mean_rounds"."""
+    try:
+        saved = json.loads(journal.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{journal}: not a privacy journal ({exc})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{journal}: not a privacy journal (not a JSON object)")
+    return saved
+
+
+def write_journal(journal: Path, key: str, value: object) -> None:
+    """Sets one entry of the privacy journal, keeping the others, atomically (a crash
+    leaves the old file or the new one, never half of one)."""
+    entries = read_journal(journal)
+    entries[key] = value
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    partial = journal.with_name(journal.name + ".partial")
+    partial.write_text(json.dumps(entries) + "\n")
+    os.replace(partial, journal)
 
 
 def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:

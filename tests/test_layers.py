@@ -33,6 +33,7 @@ LAYERS: list[set[str]] = [
         "merge",
         "training",
         "privacy",
+        "distributed_dp",
         "sync",
         "identity",
         "config",

@@ -1,0 +1,217 @@
+"""Distributed DP for the mean (swarmnode/distributed_dp.py, docs/privacy.md#distributed-dp):
+the clipping bound, the noise each node adds and what the survivors' noise sums to, the
+accountant's epsilon per round, the budget, the journal and the one-line refusals.
+
+The noise checks are statistical, over 200,000 coordinates with fixed seeds: the standard
+deviation measured there has a relative standard error of 1/sqrt(2 x 200,000) = 0.16 %, so
+a 1.5 % tolerance never fails by chance, while noise sized for m instead of m - f nodes (5 %
+off here) or not split at all fails it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from opacus.accountants import RDPAccountant
+
+from swarmnode.config import NodeConfig
+from swarmnode.distributed_dp import DistributedDP, MeanPrivacySettings, clip_update
+from swarmnode.exceptions import ConfigError
+from swarmnode.node import SwarmNode
+from swarmnode.privacy import BudgetSpent, PrivacySettings, read_journal, write_journal
+from swarmnode.rules import Rule, SecureAggregation, SwarmParams, SyncPolicyId
+from swarmnode.simulation.local import memory_swarm
+from swarmnode.training import example_task
+
+DELTA = 1e-5
+COORDINATES = 200_000
+TOLERANCE = 0.015
+
+
+def secure_params(min_peers: int = 5, bound: int = 16) -> SwarmParams:
+    return SwarmParams(
+        min_peers=min_peers,
+        max_peers=8,
+        sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (2, 0, 0, 0)),
+        initial_model_digest=bytes(31) + b"\x01",  # not checked: check_initial_digest off
+        secure_aggregation=SecureAggregation(bound=bound),
+    )
+
+
+def test_an_update_is_clipped_to_the_norm_and_a_short_one_is_left_alone() -> None:
+    rng = np.random.default_rng(3)
+    for scale in (0.01, 0.5, 3.0, 400.0):
+        update = rng.normal(0.0, scale, size=1000)
+        clipped = clip_update(update, 2.0)
+        assert np.linalg.norm(clipped) <= 2.0 * (1 + 1e-12)
+        if np.linalg.norm(update) <= 2.0:
+            assert clipped is update
+        else:  # the same direction, scaled down
+            assert np.linalg.norm(clipped) == pytest.approx(2.0, rel=1e-12)
+            assert np.allclose(clipped / np.linalg.norm(clipped), update / np.linalg.norm(update))
+
+
+def test_a_node_sends_reference_plus_clipped_update_plus_its_noise() -> None:
+    """Two generators of the same seed: the second's contribution of no update is the first
+    one's noise, so the difference is exactly the clipped update."""
+    settings = MeanPrivacySettings(1.0, 0.5, assumed_colluders=1)
+    rng = np.random.default_rng(4)
+    reference = rng.normal(0.0, 1.0, size=5000).astype(np.float32)
+    vector = (reference + rng.normal(0.0, 0.1, size=5000)).astype(np.float32)  # norm ~7 > 0.5
+    sent = DistributedDP(settings, 5, seed=11).contribute(vector, reference)
+    noise_only = DistributedDP(settings, 5, seed=11).contribute(reference, reference)
+    update = sent.astype(np.float64) - noise_only.astype(np.float64)
+    expected = clip_update(vector.astype(np.float64) - reference.astype(np.float64), 0.5)
+    assert np.abs(update - expected).max() < 1e-5  # float32 rounding of the sent values
+    assert float(np.linalg.norm(update)) == pytest.approx(0.5, rel=1e-3)
+
+
+def test_each_node_adds_sigma_c_over_root_m_minus_f_and_m_minus_f_of_them_sum_to_sigma_c() -> None:
+    sigma, clip, m, f = 1.2, 2.0, 5, 1
+    settings = MeanPrivacySettings(sigma, clip, assumed_colluders=f)
+    zero = np.zeros(COORDINATES, dtype=np.float32)
+    noises = [
+        DistributedDP(settings, m, seed=100 + k).contribute(zero, zero).astype(np.float64)
+        for k in range(m - f)
+    ]
+    each = sigma * clip / math.sqrt(m - f)
+    assert DistributedDP(settings, m, seed=1).std == pytest.approx(each, rel=1e-12)
+    for noise in noises:
+        assert abs(float(noise.mean())) < 5 * each / math.sqrt(COORDINATES)
+        assert float(noise.std()) == pytest.approx(each, rel=TOLERANCE)
+    # the honest survivors' noise, the colluder's own taken off: the target, sigma C
+    assert float(np.sum(noises, axis=0).std()) == pytest.approx(sigma * clip, rel=TOLERANCE)
+    # independent draws: no two nodes' noise is correlated
+    assert abs(float(np.corrcoef(noises[0], noises[1])[0, 1])) < 0.01
+
+
+def test_the_noise_seed_is_secret_unless_given() -> None:
+    settings = MeanPrivacySettings(1.0, 1.0)
+    zero = np.zeros(64, dtype=np.float32)
+    first, second = (DistributedDP(settings, 3).contribute(zero, zero) for _ in range(2))
+    assert not np.array_equal(first, second)
+    again = [DistributedDP(settings, 3, seed=5).contribute(zero, zero) for _ in range(2)]
+    assert np.array_equal(again[0], again[1])
+
+
+def test_epsilon_grows_each_round_as_opacus_counts_it_and_the_budget_stops_the_next() -> None:
+    sigma = 2.0
+    dp = DistributedDP(MeanPrivacySettings(sigma, 1.0, 1, DELTA, 8.0), 3, seed=0)
+    zero = np.zeros(8, dtype=np.float32)
+    assert dp.epsilon() == 0.0
+    spent = []
+    with pytest.raises(BudgetSpent, match=r"budget 8 \(delta 1e-05, distributed DP\)"):
+        for _ in range(50):
+            dp.check_budget()
+            dp.contribute(zero, zero)
+            spent.append(dp.epsilon())
+    assert len(spent) >= 3 and all(a < b for a, b in itertools.pairwise(spent))
+    assert spent[-1] <= 8.0 < dp.epsilon_after(1)
+    reference = RDPAccountant()
+    reference.history = [(sigma, 1.0, len(spent))]
+    assert spent[-1] == pytest.approx(reference.get_epsilon(delta=DELTA), rel=1e-9)
+
+
+def test_the_rounds_are_kept_in_the_journal_beside_local_dps_history(tmp_path: Path) -> None:
+    journal = tmp_path / "checkpoints" / "privacy.json"
+    write_journal(journal, "history", [[1.0, 0.5, 4]])
+    dp = DistributedDP(MeanPrivacySettings(1.0, 1.0), 3, seed=0)
+    dp.restore(journal)
+    zero = np.zeros(4, dtype=np.float32)
+    dp.contribute(zero, zero)
+    dp.record()
+    assert read_journal(journal) == {"history": [[1.0, 0.5, 4]], "mean_rounds": 1}
+    again = DistributedDP(MeanPrivacySettings(1.0, 1.0), 3, seed=0)
+    again.restore(journal)
+    assert again.rounds == 1 and again.epsilon() == dp.epsilon()
+    journal.write_text(json.dumps({"mean_rounds": "two"}))
+    with pytest.raises(ConfigError, match="not a privacy journal"):
+        again.restore(journal)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: MeanPrivacySettings(0.0, 1.0), "mean_noise_multiplier must be a finite"),
+        (lambda: MeanPrivacySettings(1.0, math.nan), "mean_clip_norm must be a finite"),
+        (lambda: MeanPrivacySettings(1.0, 1.0, -1), "assumed_colluders must be an integer"),
+        (lambda: MeanPrivacySettings(1.0, 1.0, 1, 1.5), "delta must be a number between"),
+        (lambda: MeanPrivacySettings(1.0, 1.0, 1, DELTA, -2.0), "epsilon_budget must be"),
+        (
+            lambda: DistributedDP.for_swarm(MeanPrivacySettings(1.0, 1.0), SwarmParams()),
+            "needs secure aggregation in the swarm",
+        ),
+        (
+            lambda: DistributedDP.for_swarm(MeanPrivacySettings(1.0, 1.0, 3), secure_params(3)),
+            "assumed_colluders 3 must be below the 3 participants",
+        ),
+        (
+            lambda: DistributedDP.for_swarm(MeanPrivacySettings(5.0, 4.0), secure_params(5, 32)),
+            "does not fit secure aggregation's bound 32",
+        ),
+    ],
+)
+def test_what_cannot_protect_is_refused_in_one_line(make: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        make()  # type: ignore[operator]
+    assert "\n" not in str(caught.value)
+
+
+def test_node_toml_mean_keys_and_their_refusals(tmp_path: Path) -> None:
+    toml = tmp_path / "node.toml"
+    node = '[node]\nidentity_dir = "id"\ndeployment = "d.json"\n'
+    toml.write_text(node + "[privacy]\nmean_noise_multiplier = 1.0\nmean_clip_norm = 0.5\n")
+    config = NodeConfig.load(toml).privacy
+    assert config is not None and config.settings() is None
+    assert config.mean_settings() == MeanPrivacySettings(1.0, 0.5, 1, DELTA, None)
+    for body, message in (
+        ("mean_noise_multiplier = 1.0\n", "mean_noise_multiplier needs mean_clip_norm"),
+        (
+            "mean_noise_multiplier = 1.0\nmean_clip_norm = 1.0\nnoise_multiplier = 1.0\n"
+            "max_grad_norm = 1.0\n",
+            "cannot both be on",
+        ),
+        ("delta = 1e-6\n", "privacy needs noise_multiplier and max_grad_norm"),
+        ("mean_noise_multiplier = 1.0\nmean_clip_norm = 1.0\nassumed_colluders = -1\n", "integer"),
+    ):
+        toml.write_text(node + "[privacy]\n" + body)
+        with pytest.raises(ConfigError, match=message) as caught:
+            NodeConfig.load(toml)
+        assert str(caught.value).startswith(str(toml)) and "\n" not in str(caught.value)
+
+
+def test_a_node_refuses_a_swarm_without_secure_aggregation_and_stops_at_its_budget() -> None:
+    """Both before any training: a swarm without secure aggregation is refused when the
+    node is made, and a budget below one round's epsilon stops the first step."""
+    task = example_task(samples=32)
+
+    def node(params: SwarmParams, **privacy: object) -> SwarmNode:
+        peer = memory_swarm(params, 2).peers[0]
+        return SwarmNode(
+            ledger=peer.ledger,
+            transport=peer.transport,
+            inbox=peer.inbox,
+            task=task,
+            device="cpu",
+            check_initial_digest=False,
+            **privacy,  # type: ignore[arg-type]
+        )
+
+    plain = SwarmParams(initial_model_digest=bytes(31) + b"\x01")
+    with pytest.raises(ConfigError, match="needs secure aggregation"):
+        node(plain, mean_privacy=MeanPrivacySettings(1.0, 1.0))
+    with pytest.raises(ConfigError, match="cannot both be on"):
+        node(
+            secure_params(),
+            privacy=PrivacySettings(1.0, 1.0),
+            mean_privacy=MeanPrivacySettings(1.0, 1.0),
+        )
+    spender = node(secure_params(), mean_privacy=MeanPrivacySettings(1.0, 1.0, 1, DELTA, 0.5))
+    with pytest.raises(BudgetSpent, match=r"epsilon 0\.000 so far"):
+        spender.step()
+    assert spender.trainer.batches_done == 0 and spender.epsilon() == 0.0
