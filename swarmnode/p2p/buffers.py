@@ -22,6 +22,7 @@ import ctypes
 import mmap
 import platform
 import threading
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,20 +42,22 @@ _tuned = False
 _tune_lock = threading.Lock()
 
 
-def receive_buffer(elements: int) -> npt.NDArray[np.float32]:
-    """A writable float32 array of `elements` values whose memory is already mapped in.
+def receive_buffer(elements: int, dtype: npt.DTypeLike = np.float32) -> npt.NDArray[Any]:
+    """A writable array of `elements` values of `dtype` (float32, or secure aggregation's
+    words) whose memory is already mapped in.
 
     The values are unspecified (zeros for a mapped buffer): every element is written by a
     verified frame before anyone reads it. The mapping is released with the array."""
-    nbytes = elements * 4
+    kind = np.dtype(dtype)
+    nbytes = elements * kind.itemsize
     if nbytes < MAPPED_MIN_BYTES:
-        return np.empty(elements, dtype=np.float32)
+        return np.empty(elements, dtype=kind)
     region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     hugepage = getattr(mmap, "MADV_HUGEPAGE", None)
     if hugepage is not None:
         with contextlib.suppress(OSError):  # THP compiled out: 4 KiB pages, populated alike
             region.madvise(hugepage)
-    array = np.frombuffer(region, dtype=np.float32, count=elements)
+    array = np.frombuffer(region, dtype=kind, count=elements)
     try:
         region.madvise(_MADV_POPULATE_WRITE)
     except (OSError, ValueError):  # an older kernel: one write per page

@@ -30,7 +30,7 @@ from swarmnode.merge import MergeRule
 from swarmnode.merge.base import SegmentMerge, WeightsLike
 from swarmnode.p2p.frames import Frame
 from swarmnode.p2p.inbox import Inbox
-from swarmnode.p2p.messages import Kind, PeerInfo
+from swarmnode.p2p.messages import Kind, PeerInfo, SecAggMessage
 from swarmnode.p2p.transport import FrameSource, Transport
 
 
@@ -103,6 +103,9 @@ class LyingTransport(Transport):
         self, peer: str, round: int, sender: str, chunks: range, timeout: float
     ) -> Iterable[Frame]:
         return self.inner._fetch_update_frames(peer, round, sender, chunks, timeout)
+
+    def _secagg_once(self, peer: str, message: SecAggMessage, timeout: float) -> bytes:
+        return self.inner._secagg_once(peer, message, timeout)
 
     def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
         return self.inner.info(peer, timeout, round)

@@ -23,3 +23,8 @@ class InvalidMessage(PeerError):
 
 class NotFound(PeerError):
     """Valid, but the receiver does not hold what was asked for (a fetch): ask someone else."""
+
+
+class Refused(PeerError):
+    """Valid, but the receiver will not answer it (a secure-aggregation reveal that would
+    break a reveal rule): the reason travels; asking again gets the same answer."""

@@ -22,7 +22,7 @@ from typing import NoReturn
 
 from swarmnode.exceptions import ConfigError, SwarmError
 from swarmnode.p2p.frames import Frame
-from swarmnode.p2p.messages import Kind, PeerInfo
+from swarmnode.p2p.messages import Kind, PeerInfo, SecAggMessage
 from swarmnode.p2p.transport import FrameSource, Transport
 
 
@@ -202,6 +202,10 @@ class FaultyTransport(Transport):
     ) -> Iterable[Frame]:
         self._raise_if_dead()
         return self.inner._fetch_update_frames(peer, round, sender, chunks, timeout)
+
+    def _secagg_once(self, peer: str, message: SecAggMessage, timeout: float) -> bytes:
+        self._raise_if_dead()
+        return self.inner._secagg_once(peer, message, timeout)
 
     def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
         self._raise_if_dead()

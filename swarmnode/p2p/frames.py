@@ -7,13 +7,18 @@ payload's memoryview, joined once. Decoding parses the same two fields and hands
 memoryview of the payload inside the received bytes, so the only copy on the receiving side
 is the one into the preallocated segment buffer. Anything else on the wire is refused as
 malformed; a standard protobuf decoder reads these frames as ordinary Frame messages.
+
+Payloads hold float32 values, or (UPDATE rows with secure aggregation) 4- or 8-byte words
+(elements.py); the header's dtype says which, a chunk is the same number of elements either
+way, and a frame about FRAME_BYTES of payload, so a frame of 8-byte words holds half the
+elements.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -24,16 +29,22 @@ from swarmnode.canonical import (
     chunk_elements,
     element_range,
     num_chunks,
-    to_le_bytes,
 )
 from swarmnode.p2p import peer_pb2
+from swarmnode.p2p.elements import (
+    FLOAT32,
+    dtype_name,
+    le_bytes,
+    numpy_dtype,
+    wire_dtype,
+)
 from swarmnode.p2p.errors import InvalidMessage
 from swarmnode.p2p.messages import Kind
 
 FRAME_BYTES = 2 << 20  # payload per frame, whatever the chunk size (frame_chunks_for)
 DEFAULT_FRAME_CHUNKS = 128  # 128 x 16 KiB = FRAME_BYTES per frame of a large model
 MAX_VECTOR_ELEMENTS = 1 << 30  # 4 GiB of float32: the largest model a node accepts by default
-MAX_FRAME_ELEMENTS = 1 << 20  # 4 MiB of float32 per frame
+MAX_FRAME_ELEMENTS = 1 << 20  # 4 MiB of float32 per frame; the limit is in bytes (elements.py)
 # The first frame of a MODEL stream carries the whole chunk-hash list (32 bytes per chunk):
 # 8 MiB for the largest model, plus room for the other header fields. An UPDATE frame
 # carries only the Merkle proof of its own chunks, about 2 log2(chunks) hashes.
@@ -50,7 +61,7 @@ _PAYLOAD_TAG = 0x12  # field 2, length-delimited
 @dataclass(frozen=True)
 class Frame:
     header: peer_pb2.FrameHeader
-    payload: memoryview  # little-endian float32 bytes
+    payload: memoryview  # little-endian bytes of header.dtype's elements
 
     @property
     def kind(self) -> Kind | None:
@@ -138,7 +149,7 @@ def decode_lenient(data: bytes) -> Frame | InvalidMessage:
 
 
 def frames_for(
-    vector: npt.NDArray[np.float32],
+    vector: npt.NDArray[Any],
     chunks: range,
     *,
     kind: Kind,
@@ -159,12 +170,14 @@ def frames_for(
     and `proof` ride in the first frame. `sender` too rides in the first frame only; later
     frames leave it empty and the receiver takes the first frame's (an empty one on the
     first frame means the caller). An empty range still yields one empty frame, so the
-    receiver learns it has everything."""
+    receiver learns it has everything. `vector` holds float32 values or (secure
+    aggregation's masked rows) uint32 or uint64 words; the frames say which."""
     return _frames(
-        to_le_bytes(vector),
+        le_bytes(vector),
         0,
         chunks,
         len(vector),
+        dtype=_dtype_of(vector),
         kind=kind,
         round=round,
         attempt=attempt,
@@ -178,7 +191,7 @@ def frames_for(
 
 
 def frames_for_row(
-    row: npt.NDArray[np.float32],
+    row: npt.NDArray[Any],
     chunks: range,
     numel: int,
     *,
@@ -199,10 +212,11 @@ def frames_for_row(
     if len(row) != len(span):
         raise ValueError(f"a row of {len(row)} elements for chunks holding {len(span)}")
     return _frames(
-        to_le_bytes(row),
+        le_bytes(row),
         span.start,
         chunks,
         numel,
+        dtype=_dtype_of(row),
         kind=kind,
         round=round,
         attempt=attempt,
@@ -215,11 +229,17 @@ def frames_for_row(
     )
 
 
-def frame_chunks_for(numel: int) -> int:
-    """Chunks per frame for a vector of `numel` elements: about FRAME_BYTES of payload,
-    so that a small model's small chunks do not make small frames (each frame costs a
-    header, a proof and gRPC's prefix)."""
-    return max(1, FRAME_BYTES // (chunk_elements(numel) * ELEMENT_BYTES))
+def frame_chunks_for(numel: int, element_bytes: int = ELEMENT_BYTES) -> int:
+    """Chunks per frame for a vector of `numel` elements of `element_bytes` each: about
+    FRAME_BYTES of payload, so that a small model's small chunks do not make small frames
+    (each frame costs a header, a proof and gRPC's prefix)."""
+    return max(1, FRAME_BYTES // (chunk_elements(numel) * element_bytes))
+
+
+def _dtype_of(values: Any) -> int:
+    """The wire's DType of a vector about to be framed: its numpy type's, float32 for
+    anything else (a tensor: canonical.to_le_bytes checks it is float32)."""
+    return wire_dtype(values.dtype) if isinstance(values, np.ndarray) else peer_pb2.DTYPE_FLOAT32
 
 
 def merged_hashes_frame(
@@ -248,6 +268,7 @@ def _frames(
     chunks: range,
     numel: int,
     *,
+    dtype: int,
     kind: Kind,
     round: int,
     attempt: int,
@@ -258,10 +279,12 @@ def _frames(
     prove: Prover | None,
     frame_chunks: int | None,
 ) -> Iterator[Frame]:
-    """The frames of `chunks`; `data` holds the vector's bytes from element `base` on."""
+    """The frames of `chunks`; `data` holds the vector's bytes (elements of the wire's
+    `dtype`) from element `base` on."""
     first = True
+    size = numpy_dtype(dtype).itemsize
     if frame_chunks is None:
-        frame_chunks = frame_chunks_for(numel)
+        frame_chunks = frame_chunks_for(numel, size)
     starts = range(chunks.start, chunks.stop, frame_chunks) if len(chunks) else [chunks.start]
     if proof and len(starts) == 1:
         # one frame holds every chunk the hashes are of: the receiver hashes them itself and
@@ -279,14 +302,14 @@ def _frames(
             segment=segment,
             first_chunk=start,
             elements=len(span),
-            dtype=peer_pb2.DTYPE_FLOAT32,
+            dtype=dtype,  # type: ignore[arg-type]
             vector_elements=numel,
             chunk_hashes=chunk_hashes if first else b"",
             proof=own_proof,
             sender=sender if first else "",
         )
         first = False
-        lo, hi = (span.start - base) * ELEMENT_BYTES, (span.stop - base) * ELEMENT_BYTES
+        lo, hi = (span.start - base) * size, (span.stop - base) * size
         yield Frame(header, data[lo:hi])
 
 
@@ -315,15 +338,22 @@ def inherit_sender(frames: Iterable[_F]) -> Iterator[_F]:
         yield frame
 
 
-def payload_array(frame: Frame) -> npt.NDArray[np.float32]:
-    """The payload as float32 values without copying; checks dtype and size first."""
+def payload_array(frame: Frame, dtype: npt.DTypeLike | None = FLOAT32) -> npt.NDArray[Any]:
+    """The payload as values of the header's dtype, without copying; checks dtype and size
+    first. `dtype`: the only type the caller takes (a frame of another is refused by name),
+    float32 unless said; None: any of the three (the caller checks which)."""
     header = frame.header
-    if header.dtype != peer_pb2.DTYPE_FLOAT32:
-        raise InvalidMessage(f"dtype {header.dtype} is not float32")
-    if len(frame.payload) != header.elements * ELEMENT_BYTES:
+    found = numpy_dtype(header.dtype)
+    if dtype is not None and found != np.dtype(dtype).newbyteorder("<"):
         raise InvalidMessage(
-            f"payload holds {len(frame.payload)} bytes, header says {header.elements} float32"
+            f"a frame of {dtype_name(header.dtype)} elements where {np.dtype(dtype).name} "
+            "is expected"
+        )
+    if len(frame.payload) != header.elements * found.itemsize:
+        raise InvalidMessage(
+            f"payload holds {len(frame.payload)} bytes, header says {header.elements} "
+            f"{dtype_name(header.dtype)}"
         )
     if header.elements and header.first_chunk >= num_chunks(header.vector_elements):
         raise InvalidMessage(f"first chunk {header.first_chunk} is past the vector's end")
-    return np.frombuffer(frame.payload, dtype="<f4")
+    return np.frombuffer(frame.payload, dtype=found)

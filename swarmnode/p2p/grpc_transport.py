@@ -12,9 +12,10 @@ grpcio has no custom certificate-verification callback, so trust is built from w
 Frames use a hand-written serializer (frames.py) so that payloads are not copied by
 protobuf. Refusals travel as status codes: PERMISSION_DENIED (not on the roster),
 UNAVAILABLE with a "not ready" detail (retry), NOT_FOUND (a fetch of what the callee does
-not hold), FAILED_PRECONDITION (stale),
-INVALID_ARGUMENT (bad data), each with a message naming the problem (docs/trust.md#mutual-tls).
-Info replies cross into the transport's own types (messages.py) here.
+not hold), FAILED_PRECONDITION with a "stale" detail (a finished round or attempt) or a
+"refused" one (what the callee will not answer), INVALID_ARGUMENT (bad data), each with a
+message naming the problem (docs/trust.md#mutual-tls). Info replies and secure-aggregation
+messages cross into the transport's own types (messages.py) here.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -40,7 +42,7 @@ from swarmnode.exceptions import PeerError
 from swarmnode.p2p import frames as codec
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.buffers import reuse_freed_memory
-from swarmnode.p2p.errors import InvalidMessage, NotFound, NotReady, Stale, Unauthorized
+from swarmnode.p2p.errors import InvalidMessage, NotFound, NotReady, Refused, Stale, Unauthorized
 from swarmnode.p2p.frames import (
     MAX_FRAME_ELEMENTS,
     MAX_HEADER_BYTES,
@@ -52,8 +54,13 @@ from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.messages import (
     Kind,
     PeerInfo,
+    SecAggMessage,
     info_from_wire,
     info_to_wire,
+    secagg_from_wire,
+    secagg_reply_body,
+    secagg_request_bytes,
+    secagg_to_wire,
 )
 from swarmnode.p2p.roster import PeerRecord, Roster
 from swarmnode.p2p.transport import (
@@ -69,6 +76,8 @@ log = logging.getLogger(__name__)
 
 SERVICE = "swarmnode.p2p.Peer"
 NOT_READY = "not ready: "
+STALE = "stale: "
+REFUSED = "refused: "
 # A frame: at most MAX_FRAME_ELEMENTS of payload, and in the first frame the header with the
 # whole chunk-hash list (8 MiB for a 4 GiB model).
 MESSAGE_LIMIT = MAX_HEADER_BYTES + MAX_FRAME_ELEMENTS * 4 + (64 << 10)
@@ -208,7 +217,9 @@ class PeerServer:
         except NotFound as exc:
             self._refuse(context, grpc.StatusCode.NOT_FOUND, str(exc))
         except Stale as exc:
-            self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, f"stale: {exc}")
+            self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, STALE + str(exc))
+        except Refused as exc:
+            self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, REFUSED + str(exc))
         # the log gets the message's text, not the exception: a kept record would keep the
         # traceback, and through its frames the refused payload, alive
         except Unauthorized as exc:
@@ -249,6 +260,15 @@ class PeerServer:
                     self._fetch_update,
                     request_deserializer=_counted_in(self.wire, _lenient(peer_pb2.UpdateRequest)),
                     response_serializer=_counted_out(self.wire, codec.encode),
+                ),
+                "SecAgg": grpc.unary_unary_rpc_method_handler(
+                    self._secagg,
+                    request_deserializer=_counted_in(
+                        self.wire, _lenient_call(secagg_request_bytes)
+                    ),
+                    response_serializer=_counted_out(
+                        self.wire, peer_pb2.SecAggReply.SerializeToString
+                    ),
                 ),
             },
         )
@@ -311,6 +331,30 @@ class PeerServer:
             return self._inbox.receive(frame, sender, wait=budget)
         finally:
             self._waiters.release()
+
+    def _secagg(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """SecAgg: the round's handler in the Inbox answers (Inbox.serve_secagg). A message
+        for a round without a handler yet waits for one on a ready-waiting slot as an early
+        push does (_receive); the handler's deadline is a moment before the caller's, or
+        now when every slot is taken (it answers at once or says NotReady)."""
+        caller = self._authenticate(context)  # before the body is looked at
+        message = self._guarded(context, caller, lambda: secagg_from_wire(_valid(request)))
+
+        def answer() -> bytes:
+            if not self._waiters.acquire(blocking=False):
+                return self._inbox.secagg(caller, message, 0.0, time.monotonic())
+            try:
+                left = context.time_remaining()
+                budget = self._inbox.ready_wait
+                deadline = time.monotonic() + budget
+                if left is not None:
+                    usable = left - min(READY_MARGIN, left / 2)
+                    budget, deadline = min(budget, usable), time.monotonic() + usable
+                return self._inbox.secagg(caller, message, budget, deadline)
+            finally:
+                self._waiters.release()
+
+        return peer_pb2.SecAggReply(body=self._guarded(context, caller, answer))
 
     def _fetch_model(self, request: Any, context: grpc.ServicerContext) -> Any:
         sender = self._authenticate(context)
@@ -464,6 +508,22 @@ class GrpcTransport(Transport):
         finally:
             responses.cancel()  # a stream refused half-way: the peer stops sending now
 
+    def _secagg_once(self, peer: str, message: SecAggMessage, timeout: float) -> bytes:
+        def ask(channel: grpc.Channel) -> bytes:
+            call = channel.unary_unary(
+                f"/{SERVICE}/SecAgg",
+                request_serializer=_counted_out(
+                    self.wire, peer_pb2.SecAggRequest.SerializeToString
+                ),
+                response_deserializer=_counted_in(self.wire, _lenient_call(secagg_reply_body)),
+            )
+            reply = call(secagg_to_wire(message), timeout=timeout)
+            if isinstance(reply, InvalidMessage):
+                raise InvalidMessage(f"{peer}: {reply}")
+            return bytes(reply)
+
+        return self._call(peer, ask)
+
     def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
         def ask(channel: grpc.Channel) -> PeerInfo:
             call = channel.unary_unary(
@@ -590,6 +650,18 @@ def _lenient(message_type: type[M]) -> Callable[[bytes], M | InvalidMessage]:
     return parse
 
 
+def _lenient_call(parse: Callable[[bytes], M]) -> Callable[[bytes], M | InvalidMessage]:
+    """_lenient for a parser that raises InvalidMessage itself (a size limit, then protobuf)."""
+
+    def lenient(data: bytes) -> M | InvalidMessage:
+        try:
+            return parse(data)
+        except InvalidMessage as exc:
+            return exc
+
+    return lenient
+
+
 def _valid(request: M | InvalidMessage) -> M:
     if isinstance(request, InvalidMessage):
         raise request
@@ -603,6 +675,8 @@ def _as_peer_error(peer: str, exc: grpc.RpcError) -> PeerError:
         return NotReady(f"{peer}: {details.removeprefix(NOT_READY)}")
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(f"{peer}: NOT_FOUND: {details}")
+    if code == grpc.StatusCode.FAILED_PRECONDITION and details.startswith(REFUSED):
+        return Refused(f"{peer} refused: {details.removeprefix(REFUSED)}")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return Stale(f"{peer}: {details}")
     if code == grpc.StatusCode.INVALID_ARGUMENT:

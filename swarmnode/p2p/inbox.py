@@ -20,8 +20,13 @@ the Inbox then accepts exactly that:
   NotReady (the sender retries); one for a past attempt is Stale (never its fault).
 - FetchUpdate answers come from here too (serve_update): this node's own offered update,
   or rows it holds as an owner, to participants of the round only.
-- Every payload must be float32, finite, inside the expected chunk range, within the size
-  limits. A bad frame is refused with InvalidMessage and never reaches a buffer.
+- Every payload must be of the expected element type (float32; UPDATE rows with secure
+  aggregation: the round's masked words), finite where it is float32, inside the expected
+  chunk range, within the size limits (in bytes). A bad frame is refused with
+  InvalidMessage and never reaches a buffer.
+- Secure-aggregation messages (SecAgg) go to the handler their round registered
+  (serve_secagg); the Inbox routes them by round and never reads their bodies
+  (docs/round-protocol.md#secure-aggregation-messages).
 - Nothing else is taken: no merge rule exchanges partial sums, so there is no message for
   them (docs/round-protocol.md#partial-sums). Memory therefore stays bounded whatever a
   peer sends: `held_bytes` accounts every buffer, per peer and in total.
@@ -38,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -48,14 +54,20 @@ from swarmnode.canonical import (
     HASH_BYTES,
     check_finite,
     chunk_elements,
-    chunk_hashes,
     element_range,
     num_chunks,
-    verify_chunks,
 )
 from swarmnode.exceptions import PeerError
 from swarmnode.p2p import peer_pb2
 from swarmnode.p2p.buffers import receive_buffer
+from swarmnode.p2p.elements import (
+    FLOAT32,
+    chunk_hashes,
+    dtype_name,
+    numpy_dtype,
+    verify_chunks,
+    wire_dtype,
+)
 from swarmnode.p2p.errors import InvalidMessage, NotFound, NotReady, Stale, Unauthorized
 from swarmnode.p2p.frames import (
     MAX_FRAME_ELEMENTS,
@@ -64,7 +76,7 @@ from swarmnode.p2p.frames import (
     frames_for_row,
     payload_array,
 )
-from swarmnode.p2p.messages import Kind, wire_account
+from swarmnode.p2p.messages import Kind, SecAggMessage, wire_account
 
 DEFAULT_MAX_VECTOR_ELEMENTS = MAX_VECTOR_ELEMENTS
 DEFAULT_MAX_FRAME_ELEMENTS = MAX_FRAME_ELEMENTS
@@ -74,6 +86,12 @@ DEFAULT_MAX_FRAME_ELEMENTS = MAX_FRAME_ELEMENTS
 # (docs/round-protocol.md#not-ready).
 DEFAULT_READY_WAIT = 5.0
 
+SecAggHandler = Callable[[str, SecAggMessage, float], bytes]
+"""A round's secure-aggregation handler: (caller's account, message, deadline) -> the reply
+body. The deadline is a time.monotonic() instant by which it must have answered (or raised
+NotReady), a moment before the caller's own; it may be past already when the server is
+crowded. It raises InvalidMessage, NotReady or Refused to refuse (serve_secagg)."""
+
 
 @dataclass
 class _Segment:
@@ -82,7 +100,8 @@ class _Segment:
     chunks: range
     numel: int
     checked: bool = False  # UPDATE: hashes of some of its chunks were proved (_UpdateRound.trees)
-    buffer: npt.NDArray[np.float32] = field(init=False)
+    dtype: np.dtype[Any] = FLOAT32  # UPDATE with secure aggregation: the round's words
+    buffer: npt.NDArray[Any] = field(init=False)
     start: int = field(init=False)
     seen: bytearray = field(init=False)
     missing: int = field(init=False)
@@ -91,7 +110,7 @@ class _Segment:
     def __post_init__(self) -> None:
         span = element_range(self.chunks, self.numel)
         self.start = span.start
-        self.buffer = receive_buffer(len(span))  # mapped in now, not frame by frame
+        self.buffer = receive_buffer(len(span), self.dtype)  # mapped in now, not frame by frame
         self.seen = bytearray(len(self.chunks))
         self.missing = len(self.chunks)
         if self.missing == 0:
@@ -106,12 +125,12 @@ class _Segment:
             if old.seen[chunk - old.chunks.start] and not self.seen[chunk - self.chunks.start]:
                 self.store(chunk, old.values(range(chunk, chunk + 1)))
 
-    def values(self, chunks: range) -> npt.NDArray[np.float32]:
+    def values(self, chunks: range) -> npt.NDArray[Any]:
         """The buffer's values of `chunks` (inside this segment), without copying."""
         span = element_range(chunks, self.numel)
         return self.buffer[span.start - self.start : span.stop - self.start]
 
-    def store(self, first_chunk: int, values: npt.NDArray[np.float32]) -> None:
+    def store(self, first_chunk: int, values: npt.NDArray[Any]) -> None:
         chunk = chunk_elements(self.numel)
         offset = first_chunk * chunk - self.start
         self.buffer[offset : offset + len(values)] = values
@@ -134,6 +153,7 @@ class _UpdateRound:
     # contributor -> what its segments' hashes and proofs proved of its Merkle tree: checks
     # later frames, carries over to new segments, and serves FetchUpdate with proofs
     trees: dict[str, merkle.Known] = field(default_factory=dict)
+    dtype: np.dtype[Any] = FLOAT32  # the rows' element type: float32, or masked words
 
 
 @dataclass
@@ -165,7 +185,8 @@ class Inbox:
         self._updates: dict[int, _UpdateRound] = {}
         self._merged: dict[int, _MergedAttempt] = {}
         self._models: dict[int, tuple[npt.NDArray[np.float32], bytes]] = {}
-        self._offered: dict[int, tuple[npt.NDArray[np.float32], merkle.Tree]] = {}
+        self._offered: dict[int, tuple[npt.NDArray[Any], merkle.Tree]] = {}
+        self._secagg: dict[int, SecAggHandler] = {}  # round -> its secure-aggregation handler
         self.refused = 0  # frames refused as invalid, for tests and metrics
         self._early = 0  # pushed frames waiting now for this node to declare their round
 
@@ -178,20 +199,25 @@ class Inbox:
         numel: int,
         commitments: Mapping[str, bytes],
         attempt: int = 1,
+        *,
+        dtype: npt.DTypeLike = FLOAT32,
     ) -> None:
         """This node owns `segments` (segment index -> chunks: as merger and as checker,
         one or two entries) in this attempt of `round`: accept the participants' (the
         `commitments`' accounts) updates for them. Update data stays valid across attempts
         (it is checked against the contributor's commitment), so verified chunks received
         for an earlier attempt's segments are carried into the new ones wherever they
-        overlap."""
+        overlap. `dtype`: the rows' element type, float32 or (secure aggregation's masked
+        rows) uint32 or uint64; UPDATE frames of another type are refused by name."""
+        words = np.dtype(dtype).newbyteorder("<")
+        wire_dtype(words)  # one of the three, or ConfigError
         with self._lock:
             key = {normalize(account): bytes(c) for account, c in commitments.items()}
-            fresh = _UpdateRound(attempt, dict(segments), numel, key)
+            fresh = _UpdateRound(attempt, dict(segments), numel, key, dtype=words)
             old = self._updates.get(round)
             if old is not None and old.attempt > attempt:
                 return  # a transfer given up on, late: the newer attempt's plan stands
-            if old is not None:
+            if old is not None and old.dtype == words:
                 fresh.trees = {w: t for w, t in old.trees.items() if t.root == key.get(w)}
                 for (sender, _), stream in old.streams.items():
                     if sender not in key or not stream.checked or not any(stream.seen):
@@ -201,7 +227,7 @@ class Inbox:
                             continue
                         moved = fresh.streams.get((sender, index))
                         if moved is None:
-                            moved = _Segment(chunks, numel, sender in fresh.trees)
+                            moved = _Segment(chunks, numel, sender in fresh.trees, words)
                             fresh.streams[(sender, index)] = moved
                         moved.carry_from(stream)
             self._updates[round] = fresh
@@ -228,9 +254,10 @@ class Inbox:
             self._merged[round] = _MergedAttempt(attempt, numel, key)
             self._lock.notify_all()
 
-    def offer_update(self, round: int, vector: npt.NDArray[np.float32], hashes: bytes) -> None:
+    def offer_update(self, round: int, vector: npt.NDArray[Any], hashes: bytes) -> None:
         """This node's own committed update for `round` (and its chunk-hash list): what
-        FetchUpdate serves when asked for this node's own update, until finish_round."""
+        FetchUpdate serves when asked for this node's own update, until finish_round. Its
+        float32 values, or with secure aggregation its masked words (and their hashes)."""
         tree = merkle.Tree(hashes)  # proves any range asked for in O(log n)
         with self._lock:
             self._offered[round] = (vector, tree)
@@ -239,7 +266,7 @@ class Inbox:
         """Drops a round's buffers; later messages for it (or before it) are Stale."""
         with self._lock:
             self._floor = max(self._floor, round + 1)
-            for table in (self._updates, self._merged, self._offered):
+            for table in (self._updates, self._merged, self._offered, self._secagg):
                 for old in [r for r in table if r <= round]:
                     del table[old]
             self._lock.notify_all()
@@ -280,6 +307,50 @@ class Inbox:
         with self._lock:
             return self._models.get(round)
 
+    # ------------------------------------------------------------------ secure aggregation
+
+    def serve_secagg(self, round: int, handler: SecAggHandler) -> None:
+        """Answers `round`'s secure-aggregation messages with `handler` until finish_round
+        (again for the same round: the new handler replaces the old). Messages that came
+        first are waiting for it and are handed to it now. The Inbox only routes: the
+        handler reads and checks the body (swarmnode/secagg/wire.py)."""
+        with self._lock:
+            if round < self._floor:
+                return  # over here: its messages are refused as stale whatever is served
+            self._secagg[round] = handler
+            self._lock.notify_all()
+
+    def secagg(self, caller: str, message: SecAggMessage, wait: float, deadline: float) -> bytes:
+        """One secure-aggregation message from the authenticated `caller`, answered by its
+        round's handler. A message for a round with no handler yet waits up to `wait`
+        seconds for one, as an early frame waits for its declaration
+        (docs/round-protocol.md#not-ready), then is NotReady; one for a finished round is
+        Stale. What the handler raises reaches the caller (InvalidMessage, NotReady,
+        Refused); `deadline` (time.monotonic()) is when it must have answered."""
+        who = normalize(caller)
+        limit = time.monotonic() + max(0.0, wait)
+        with self._lock:
+            handler = self._secagg.get(message.round)
+            if handler is None and message.round >= self._floor:
+                self._early += 1
+                self._lock.notify_all()  # for early_frames()
+                try:
+                    while (handler := self._secagg.get(message.round)) is None:
+                        left = limit - time.monotonic()
+                        if left <= 0 or message.round < self._floor:
+                            break
+                        self._lock.wait(left)
+                finally:
+                    self._early -= 1
+            if message.round < self._floor:
+                raise Stale(f"round {message.round} is over here")
+            if handler is None:
+                raise NotReady(
+                    f"no secure-aggregation {message.kind.name} taken for round "
+                    f"{message.round} here yet"
+                )
+        return handler(who, message, deadline)
+
     # ------------------------------------------------------------------ serving updates
 
     def check_fetch(self, round: int, caller: str) -> None:
@@ -296,12 +367,12 @@ class Inbox:
 
     def serve_update(
         self, round: int, sender: str, chunks: range
-    ) -> tuple[npt.NDArray[np.float32], bytes, bytes] | None:
-        """`sender`'s values of exactly `chunks` (contiguous float32), their chunk hashes and
-        the Merkle proof of those, or None when not held: this node's own offered update, or
-        a contributor's rows it received (verified) as an owner, every one of those chunks
-        (the proof comes from what the segments' proofs proved). A range outside the model
-        is InvalidMessage, refused before anything is allocated."""
+    ) -> tuple[npt.NDArray[Any], bytes, bytes] | None:
+        """`sender`'s values of exactly `chunks` (contiguous, of the round's element type),
+        their chunk hashes and the Merkle proof of those, or None when not held: this node's
+        own offered update, or a contributor's rows it received (verified) as an owner,
+        every one of those chunks (the proof comes from what the segments' proofs proved).
+        A range outside the model is InvalidMessage, refused before anything is allocated."""
         who = _lookup(sender)
         if who is None:
             raise InvalidMessage(f"not an account address: {sender[:50]!r}")
@@ -327,7 +398,7 @@ class Inbox:
             proof = None if known is None else known.proof(chunks)
             if not held or leaves is None or proof is None:
                 return None
-            pieces: list[tuple[int, npt.NDArray[np.float32]]] = []
+            pieces: list[tuple[int, npt.NDArray[Any]]] = []
             chunk = chunks.start
             while chunk < chunks.stop:  # at most two streams: merger's and checker's
                 stream = next(
@@ -349,7 +420,7 @@ class Inbox:
                     stop += 1
                 pieces.append((chunk, stream.values(range(chunk, stop))))
                 chunk = stop
-            out = np.empty(len(span), dtype=np.float32)  # held data: bounded by the buffers
+            out = np.empty(len(span), dtype=expected.dtype)  # held data: bounded by the buffers
             for first, values in pieces:
                 offset = element_range(range(first, first), expected.numel).start - span.start
                 out[offset : offset + len(values)] = values
@@ -427,10 +498,11 @@ class Inbox:
         header = frame.header
         if frame.kind != Kind.UPDATE and header.sender:  # a relay may carry an update only
             _check_claim("frame", header.sender, sender)  # (an empty sender is the caller)
-        if header.elements > self.max_frame_elements:
-            raise InvalidMessage(
-                f"frame of {header.elements} elements exceeds the limit of "
-                f"{self.max_frame_elements}"
+        size = numpy_dtype(header.dtype).itemsize  # an unknown type refused by name
+        if header.elements * size > self.max_frame_elements * FLOAT32.itemsize:
+            raise InvalidMessage(  # the limit is in bytes: a frame of 8-byte words holds half
+                f"frame of {header.elements} {dtype_name(header.dtype)} elements exceeds the "
+                f"limit of {self.max_frame_elements * FLOAT32.itemsize // size}"
             )
         if header.vector_elements > self.max_vector_elements:
             raise InvalidMessage(
@@ -439,7 +511,8 @@ class Inbox:
             )
         if frame.kind == Kind.MERGED_HASHES:
             return self._receive_merged_hashes(frame, sender, wait)
-        values = payload_array(frame)
+        # UPDATE rows are float32 or the round's words, checked once the round is known
+        values = payload_array(frame, None if frame.kind == Kind.UPDATE else FLOAT32)
         if frame.kind == Kind.UPDATE:
             return self._receive_update(header, values, sender, wait)
         if frame.kind == Kind.MERGED:
@@ -481,9 +554,10 @@ class Inbox:
             self._early -= 1
 
     def early_frames(self, at_least: int, timeout: float) -> bool:
-        """Waits up to `timeout` seconds until at least `at_least` pushed frames are held
-        waiting for this node to declare their round or attempt; whether they are. For
-        tests and metrics: what arrived early and was kept rather than refused."""
+        """Waits up to `timeout` seconds until at least `at_least` pushed frames (and
+        secure-aggregation messages) are held waiting for this node to declare their round
+        or attempt (or serve their round); whether they are. For tests and metrics: what
+        arrived early and was kept rather than refused."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while self._early < at_least:
@@ -520,7 +594,7 @@ class Inbox:
     def _receive_update(
         self,
         header: peer_pb2.FrameHeader,
-        values: npt.NDArray[np.float32],
+        values: npt.NDArray[Any],
         caller: str,
         wait: float,
     ) -> int:
@@ -537,6 +611,11 @@ class Inbox:
             self._round_check(header.round, expected is not None)
             assert expected is not None
             _attempt_check(header.round, header.attempt, expected.attempt)
+            if values.dtype != expected.dtype:
+                raise InvalidMessage(
+                    f"an UPDATE frame of {dtype_name(header.dtype)} elements; round "
+                    f"{header.round}'s rows are {expected.dtype.name}"
+                )
             sender = self._contributor(header.sender, caller, header.round, expected)
             commitment = expected.commitments.get(sender)
             if commitment is None:
@@ -570,7 +649,7 @@ class Inbox:
                 for index, part in (parts or {header.segment: chunks}).items():
                     moved = expected.streams.get((sender, index))
                     if moved is None:
-                        moved = _Segment(part, expected.numel)
+                        moved = _Segment(part, expected.numel, dtype=expected.dtype)
                         expected.streams[(sender, index)] = moved
                     moved.checked = True
                 stream = expected.streams[(sender, header.segment)]
@@ -610,7 +689,7 @@ class Inbox:
     @staticmethod
     def _prove(
         header: peer_pb2.FrameHeader,
-        values: npt.NDArray[np.float32],
+        values: npt.NDArray[Any],
         chunks: range,
         sender: str,
         commitment: bytes,
@@ -729,9 +808,7 @@ class Inbox:
         return 0
 
     @staticmethod
-    def _check_range(
-        header: peer_pb2.FrameHeader, values: npt.NDArray[np.float32], chunks: range
-    ) -> None:
+    def _check_range(header: peer_pb2.FrameHeader, values: npt.NDArray[Any], chunks: range) -> None:
         count = -(-len(values) // chunk_elements(header.vector_elements))
         last = header.first_chunk + count
         if len(values) == 0:
@@ -770,9 +847,9 @@ class Inbox:
 
     def update(
         self, round: int, sender: str, segment: int, timeout: float
-    ) -> npt.NDArray[np.float32] | None:
-        """`sender`'s row for `segment` (one this node owns), or None if it did not arrive
-        in time."""
+    ) -> npt.NDArray[Any] | None:
+        """`sender`'s row for `segment` (one this node owns), in the round's element type
+        (expect_updates), or None if it did not arrive in time."""
         key = _lookup(sender)
         return self._wait_stream(
             lambda: None if key is None else self._update_stream(round, key, segment), timeout
@@ -810,7 +887,7 @@ class Inbox:
             return None
         stream = expected.streams.get((sender, segment))
         if stream is None and sender in expected.commitments:
-            stream = _Segment(expected.segments[segment], expected.numel)
+            stream = _Segment(expected.segments[segment], expected.numel, dtype=expected.dtype)
             expected.streams[(sender, segment)] = stream
         return stream
 
@@ -826,7 +903,7 @@ class Inbox:
 
     def _wait_stream(
         self, find: Callable[[], _Segment | None], timeout: float
-    ) -> npt.NDArray[np.float32] | None:
+    ) -> npt.NDArray[Any] | None:
         with self._lock:
             stream = find()
         if stream is None:

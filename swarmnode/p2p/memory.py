@@ -10,6 +10,7 @@ record of the caller, as the certificate check gives it over gRPC.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 from swarmnode import merkle
@@ -18,14 +19,19 @@ from swarmnode.canonical import num_chunks
 from swarmnode.exceptions import PeerError
 from swarmnode.p2p import frames as codec
 from swarmnode.p2p import peer_pb2
-from swarmnode.p2p.errors import InvalidMessage, NotFound, Unauthorized
+from swarmnode.p2p.errors import InvalidMessage, NotFound, NotReady, Refused, Stale, Unauthorized
 from swarmnode.p2p.frames import Frame, frames_for
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.messages import (
     Kind,
     PeerInfo,
+    SecAggMessage,
     info_from_wire,
     info_to_wire,
+    secagg_from_wire,
+    secagg_reply_body,
+    secagg_request_bytes,
+    secagg_to_wire,
 )
 from swarmnode.p2p.roster import Roster
 from swarmnode.p2p.transport import (
@@ -154,6 +160,25 @@ class MemoryTransport(Transport):
         for frame in frames:
             yield codec.decode(self._answer(codec.encode(frame), theirs, message_parts(frame)))
 
+    def _secagg_once(self, peer: str, message: SecAggMessage, timeout: float) -> bytes:
+        """As the gRPC server answers: the request parsed from its bytes, the round's
+        handler with a deadline a moment before the caller's, and the handler's refusal
+        reaching the caller as the status gRPC would carry (_as_the_wire_says)."""
+        caller, inbox = self._network.inbox(self.account, peer)
+        theirs = self._network.wire(inbox.account)
+        data = self._send(secagg_to_wire(message).SerializeToString(), theirs)
+        margin = min(READY_MARGIN, timeout / 2)
+        try:
+            received = secagg_from_wire(secagg_request_bytes(data))
+            wait = min(inbox.ready_wait, timeout - margin)
+            body = inbox.secagg(caller, received, wait, time.monotonic() + timeout - margin)
+        except PeerError as exc:
+            raise _as_the_wire_says(peer, exc) from exc
+        except Exception as exc:  # a handler's bug: gRPC answers UNKNOWN
+            raise PeerError(f"{peer}: UNKNOWN: {type(exc).__name__}: {exc}") from exc
+        reply = peer_pb2.SecAggReply(body=body).SerializeToString()
+        return secagg_reply_body(self._answer(reply, theirs))
+
     def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
         _, inbox = self._network.inbox(self.account, peer)
         theirs = self._network.wire(inbox.account)
@@ -165,3 +190,16 @@ class MemoryTransport(Transport):
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _as_the_wire_says(peer: str, exc: PeerError) -> PeerError:
+    """A refusal as the caller hears it over gRPC (grpc_transport's status mapping): the
+    families it keeps, and any other PeerError as InvalidMessage, naming `peer`."""
+    if isinstance(exc, NotReady):
+        return NotReady(f"{peer}: {exc}")
+    if isinstance(exc, Stale):
+        return Stale(f"{peer}: stale: {exc}")
+    for kind in (Refused, Unauthorized, NotFound):
+        if isinstance(exc, kind):
+            return kind(f"{peer} refused: {exc}")
+    return InvalidMessage(f"{peer} refused: {exc}")

@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18swarmnode/p2p/peer.proto\x12\rswarmnode.p2p\"\xfb\x01\n\x0b\x46rameHeader\x12!\n\x04kind\x18\x01 \x01(\x0e\x32\x13.swarmnode.p2p.Kind\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0f\n\x07segment\x18\x04 \x01(\r\x12\x13\n\x0b\x66irst_chunk\x18\x05 \x01(\x04\x12\x10\n\x08\x65lements\x18\x06 \x01(\x04\x12#\n\x05\x64type\x18\x07 \x01(\x0e\x32\x14.swarmnode.p2p.DType\x12\x17\n\x0fvector_elements\x18\x08 \x01(\x04\x12\x14\n\x0c\x63hunk_hashes\x18\t \x01(\x0c\x12\x0e\n\x06sender\x18\n \x01(\t\x12\r\n\x05proof\x18\x0b \x01(\x0c\"D\n\x05\x46rame\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.swarmnode.p2p.FrameHeader\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x17\n\x03\x41\x63k\x12\x10\n\x08\x65lements\x18\x01 \x01(\x04\"\x1c\n\x0bInfoRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"b\n\tInfoReply\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07serving\x18\x04 \x01(\x08\x12\x13\n\x0bwaiting_for\x18\x05 \x03(\t\"\x1d\n\x0cModelRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"S\n\rUpdateRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x13\n\x0b\x66irst_chunk\x18\x03 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x04 \x01(\x04*f\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKIND_UPDATE\x10\x01\x12\x0f\n\x0bKIND_MERGED\x10\x02\x12\x0e\n\nKIND_MODEL\x10\x03\x12\x16\n\x12KIND_MERGED_HASHES\x10\x04*1\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x32\xc0\x02\n\x04Peer\x12<\n\x04Info\x12\x1a.swarmnode.p2p.InfoRequest\x1a\x18.swarmnode.p2p.InfoReply\x12\x38\n\nPushUpdate\x12\x14.swarmnode.p2p.Frame\x1a\x12.swarmnode.p2p.Ack(\x01\x12\x38\n\nPushMerged\x12\x14.swarmnode.p2p.Frame\x1a\x12.swarmnode.p2p.Ack(\x01\x12\x41\n\nFetchModel\x12\x1b.swarmnode.p2p.ModelRequest\x1a\x14.swarmnode.p2p.Frame0\x01\x12\x43\n\x0b\x46\x65tchUpdate\x12\x1c.swarmnode.p2p.UpdateRequest\x1a\x14.swarmnode.p2p.Frame0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18swarmnode/p2p/peer.proto\x12\rswarmnode.p2p\"\xfb\x01\n\x0b\x46rameHeader\x12!\n\x04kind\x18\x01 \x01(\x0e\x32\x13.swarmnode.p2p.Kind\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0f\n\x07segment\x18\x04 \x01(\r\x12\x13\n\x0b\x66irst_chunk\x18\x05 \x01(\x04\x12\x10\n\x08\x65lements\x18\x06 \x01(\x04\x12#\n\x05\x64type\x18\x07 \x01(\x0e\x32\x14.swarmnode.p2p.DType\x12\x17\n\x0fvector_elements\x18\x08 \x01(\x04\x12\x14\n\x0c\x63hunk_hashes\x18\t \x01(\x0c\x12\x0e\n\x06sender\x18\n \x01(\t\x12\r\n\x05proof\x18\x0b \x01(\x0c\"D\n\x05\x46rame\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.swarmnode.p2p.FrameHeader\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x17\n\x03\x41\x63k\x12\x10\n\x08\x65lements\x18\x01 \x01(\x04\"\x1c\n\x0bInfoRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"b\n\tInfoReply\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07serving\x18\x04 \x01(\x08\x12\x13\n\x0bwaiting_for\x18\x05 \x03(\t\"\x1d\n\x0cModelRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"S\n\rUpdateRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x13\n\x0b\x66irst_chunk\x18\x03 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x04 \x01(\x04\"f\n\rSecAggRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.swarmnode.p2p.SecAggKind\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\"\x1b\n\x0bSecAggReply\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c*f\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKIND_UPDATE\x10\x01\x12\x0f\n\x0bKIND_MERGED\x10\x02\x12\x0e\n\nKIND_MODEL\x10\x03\x12\x16\n\x12KIND_MERGED_HASHES\x10\x04*U\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x10\n\x0c\x44TYPE_UINT32\x10\x02\x12\x10\n\x0c\x44TYPE_UINT64\x10\x03*\x83\x01\n\nSecAggKind\x12\x1b\n\x17SECAGG_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fSECAGG_ANNOUNCE\x10\x01\x12\x16\n\x12SECAGG_MASKED_ROOT\x10\x02\x12\x18\n\x14SECAGG_ROWS_COMPLETE\x10\x03\x12\x11\n\rSECAGG_REVEAL\x10\x04\x32\x84\x03\n\x04Peer\x12<\n\x04Info\x12\x1a.swarmnode.p2p.InfoRequest\x1a\x18.swarmnode.p2p.InfoReply\x12\x38\n\nPushUpdate\x12\x14.swarmnode.p2p.Frame\x1a\x12.swarmnode.p2p.Ack(\x01\x12\x38\n\nPushMerged\x12\x14.swarmnode.p2p.Frame\x1a\x12.swarmnode.p2p.Ack(\x01\x12\x41\n\nFetchModel\x12\x1b.swarmnode.p2p.ModelRequest\x1a\x14.swarmnode.p2p.Frame0\x01\x12\x43\n\x0b\x46\x65tchUpdate\x12\x1c.swarmnode.p2p.UpdateRequest\x1a\x14.swarmnode.p2p.Frame0\x01\x12\x42\n\x06SecAgg\x12\x1c.swarmnode.p2p.SecAggRequest\x1a\x1a.swarmnode.p2p.SecAggReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'swarmnode.p2p.peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KIND']._serialized_start=638
-  _globals['_KIND']._serialized_end=740
-  _globals['_DTYPE']._serialized_start=742
-  _globals['_DTYPE']._serialized_end=791
+  _globals['_KIND']._serialized_start=771
+  _globals['_KIND']._serialized_end=873
+  _globals['_DTYPE']._serialized_start=875
+  _globals['_DTYPE']._serialized_end=960
+  _globals['_SECAGGKIND']._serialized_start=963
+  _globals['_SECAGGKIND']._serialized_end=1094
   _globals['_FRAMEHEADER']._serialized_start=44
   _globals['_FRAMEHEADER']._serialized_end=295
   _globals['_FRAME']._serialized_start=297
@@ -49,6 +51,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELREQUEST']._serialized_end=551
   _globals['_UPDATEREQUEST']._serialized_start=553
   _globals['_UPDATEREQUEST']._serialized_end=636
-  _globals['_PEER']._serialized_start=794
-  _globals['_PEER']._serialized_end=1114
+  _globals['_SECAGGREQUEST']._serialized_start=638
+  _globals['_SECAGGREQUEST']._serialized_end=740
+  _globals['_SECAGGREPLY']._serialized_start=742
+  _globals['_SECAGGREPLY']._serialized_end=769
+  _globals['_PEER']._serialized_start=1097
+  _globals['_PEER']._serialized_end=1485
 # @@protoc_insertion_point(module_scope)

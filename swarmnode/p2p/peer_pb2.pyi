@@ -19,6 +19,16 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DTYPE_UNSPECIFIED: _ClassVar[DType]
     DTYPE_FLOAT32: _ClassVar[DType]
+    DTYPE_UINT32: _ClassVar[DType]
+    DTYPE_UINT64: _ClassVar[DType]
+
+class SecAggKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SECAGG_KIND_UNSPECIFIED: _ClassVar[SecAggKind]
+    SECAGG_ANNOUNCE: _ClassVar[SecAggKind]
+    SECAGG_MASKED_ROOT: _ClassVar[SecAggKind]
+    SECAGG_ROWS_COMPLETE: _ClassVar[SecAggKind]
+    SECAGG_REVEAL: _ClassVar[SecAggKind]
 KIND_UNSPECIFIED: Kind
 KIND_UPDATE: Kind
 KIND_MERGED: Kind
@@ -26,6 +36,13 @@ KIND_MODEL: Kind
 KIND_MERGED_HASHES: Kind
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
+DTYPE_UINT32: DType
+DTYPE_UINT64: DType
+SECAGG_KIND_UNSPECIFIED: SecAggKind
+SECAGG_ANNOUNCE: SecAggKind
+SECAGG_MASKED_ROOT: SecAggKind
+SECAGG_ROWS_COMPLETE: SecAggKind
+SECAGG_REVEAL: SecAggKind
 
 class FrameHeader(_message.Message):
     __slots__ = ("kind", "round", "attempt", "segment", "first_chunk", "elements", "dtype", "vector_elements", "chunk_hashes", "sender", "proof")
@@ -104,3 +121,21 @@ class UpdateRequest(_message.Message):
     first_chunk: int
     chunks: int
     def __init__(self, round: _Optional[int] = ..., sender: _Optional[str] = ..., first_chunk: _Optional[int] = ..., chunks: _Optional[int] = ...) -> None: ...
+
+class SecAggRequest(_message.Message):
+    __slots__ = ("round", "attempt", "kind", "body")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    attempt: int
+    kind: SecAggKind
+    body: bytes
+    def __init__(self, round: _Optional[int] = ..., attempt: _Optional[int] = ..., kind: _Optional[_Union[SecAggKind, str]] = ..., body: _Optional[bytes] = ...) -> None: ...
+
+class SecAggReply(_message.Message):
+    __slots__ = ("body",)
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    def __init__(self, body: _Optional[bytes] = ...) -> None: ...

@@ -60,6 +60,11 @@ class PeerStub:
                 request_serializer=swarmnode_dot_p2p_dot_peer__pb2.UpdateRequest.SerializeToString,
                 response_deserializer=swarmnode_dot_p2p_dot_peer__pb2.Frame.FromString,
                 _registered_method=True)
+        self.SecAgg = channel.unary_unary(
+                '/swarmnode.p2p.Peer/SecAgg',
+                request_serializer=swarmnode_dot_p2p_dot_peer__pb2.SecAggRequest.SerializeToString,
+                response_deserializer=swarmnode_dot_p2p_dot_peer__pb2.SecAggReply.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -103,6 +108,15 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecAgg(self, request, context):
+        """Secure aggregation's small request/reply messages. UNAVAILABLE "not ready" while the
+        callee has no handler for the round yet (retry), FAILED_PRECONDITION "stale" for a
+        round it has finished, FAILED_PRECONDITION "refused" for what it will not answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +144,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.FetchUpdate,
                     request_deserializer=swarmnode_dot_p2p_dot_peer__pb2.UpdateRequest.FromString,
                     response_serializer=swarmnode_dot_p2p_dot_peer__pb2.Frame.SerializeToString,
+            ),
+            'SecAgg': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAgg,
+                    request_deserializer=swarmnode_dot_p2p_dot_peer__pb2.SecAggRequest.FromString,
+                    response_serializer=swarmnode_dot_p2p_dot_peer__pb2.SecAggReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +287,33 @@ class Peer:
             '/swarmnode.p2p.Peer/FetchUpdate',
             swarmnode_dot_p2p_dot_peer__pb2.UpdateRequest.SerializeToString,
             swarmnode_dot_p2p_dot_peer__pb2.Frame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAgg(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarmnode.p2p.Peer/SecAgg',
+            swarmnode_dot_p2p_dot_peer__pb2.SecAggRequest.SerializeToString,
+            swarmnode_dot_p2p_dot_peer__pb2.SecAggReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from swarmnode.exceptions import ConfigError
 from swarmnode.p2p.frames import Frame
-from swarmnode.p2p.messages import PeerInfo
+from swarmnode.p2p.messages import PeerInfo, SecAggMessage
 from swarmnode.p2p.transport import FrameSource, Transport
 
 
@@ -116,6 +116,11 @@ class ShapedTransport(Transport):
         ):
             self._pace(frame_bytes(frame))
             yield frame
+
+    def _secagg_once(self, peer: str, message: SecAggMessage, timeout: float) -> bytes:
+        self._delay()
+        self._pace(len(message.body))
+        return self.inner._secagg_once(peer, message, self._left(timeout))
 
     def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
         self._delay()

@@ -13,6 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -22,20 +23,20 @@ from swarmnode.address import is_address, normalize
 from swarmnode.canonical import (
     HASH_BYTES,
     chunk_elements,
-    chunk_hashes,
     element_range,
     num_chunks,
-    verify_chunks,
     verify_hash_list,
     verify_segment_hashes,
 )
 from swarmnode.canonical import digest as canonical_digest
 from swarmnode.exceptions import PeerError
+from swarmnode.p2p.elements import FLOAT32, chunk_hashes, verify_chunks
 from swarmnode.p2p.errors import InvalidMessage, NotReady
 from swarmnode.p2p.frames import Frame, implied_hashes, inherit_sender, payload_array
-from swarmnode.p2p.messages import Kind, PeerInfo
+from swarmnode.p2p.messages import Kind, PeerInfo, SecAggMessage
 
 FrameSource = Callable[[], Iterable[Frame]]
+T = TypeVar("T")
 
 # gRPC's length-prefixed message: a one-byte compressed flag and a four-byte length before
 # every serialized message, unary or streamed
@@ -166,7 +167,9 @@ class Transport(ABC):
         numel: int,
         commitment: bytes,
         timeout: float,
-    ) -> tuple[npt.NDArray[np.float32], bytes, bytes]:
+        *,
+        dtype: npt.DTypeLike = FLOAT32,
+    ) -> tuple[npt.NDArray[Any], bytes, bytes]:
         """Chunks `chunks` of contributor `sender`'s committed update of `round`, from `peer`
         (the contributor itself, or an owner holding its rows): the values of exactly those
         chunks, their chunk hashes and the Merkle proof of those hashes (what a relay
@@ -175,7 +178,8 @@ class Transport(ABC):
         and nothing outside them; else InvalidMessage naming the peer. Any other
         refusal (NotFound, NotReady, Unauthorized, a dead peer) is the PeerError it is: no
         retry here, the caller asks someone else. `chunks` outside the model is the caller's
-        mistake: ConfigError, before anything is sent."""
+        mistake: ConfigError, before anything is sent. `dtype`: the round's row type,
+        float32 or (secure aggregation) uint32/uint64 words; frames of another are refused."""
         who = normalize(sender)
         update = _Assembly(
             peer,
@@ -186,9 +190,24 @@ class Transport(ABC):
             commitment,
             chunks=chunks,
             contributor=who,
+            dtype=dtype,
         )
         _assemble(update, self._fetch_update_frames(peer, round, who, chunks, timeout))
         return update.finished()
+
+    def secagg(self, peer: str, message: SecAggMessage, timeout: float) -> bytes:
+        """Sends one secure-aggregation message to `peer` and returns its reply body. A
+        peer that is not ready (no handler for the round yet, or its handler said NotReady)
+        is asked again until `timeout`, as push does; a refusal is raised at once:
+        InvalidMessage, Refused (the handler will not answer: its reason), Stale (a round
+        the peer has finished), Unauthorized."""
+        return self._until_ready(
+            lambda remaining: self._secagg_once(peer, message, remaining), timeout
+        )
+
+    def _secagg_once(self, peer: str, message: SecAggMessage, timeout: float) -> bytes:
+        """One try of secagg(); a transport that carries no such messages says so."""
+        raise PeerError(f"{type(self).__name__} carries no secure-aggregation messages")
 
     @abstractmethod
     def info(self, peer: str, timeout: float, round: int = 0) -> PeerInfo:
@@ -210,7 +229,7 @@ class Transport(ABC):
         """The raw FetchUpdate answer of `peer`, unchecked (fetch_update checks it)."""
 
     @staticmethod
-    def _until_ready(action: Callable[[float], int], timeout: float) -> int:
+    def _until_ready(action: Callable[[float], T], timeout: float) -> T:
         """`action(time left)`, tried again while the receiver answers NotReady (it has not
         seen the round close yet: give it a moment), 20 ms apart and doubling up to 0.5 s,
         as long as the next try still starts before the deadline; then NotReady is raised.
@@ -270,13 +289,15 @@ class _Assembly:
         *,
         chunks: range | None = None,
         contributor: str | None = None,
+        dtype: npt.DTypeLike = FLOAT32,
     ) -> None:
         self.peer, self.what, self.kind, self.round = peer, what, kind, round
+        self.dtype = np.dtype(dtype).newbyteorder("<")
         self.numel, self.digest, self.contributor = numel, digest, contributor
         self.chunks = range(num_chunks(numel)) if chunks is None else chunks
         span = element_range(self.chunks, numel)  # ConfigError for a range outside the model
         self.start = span.start
-        self.vector = np.empty(len(span), dtype=np.float32)
+        self.vector = np.empty(len(span), dtype=self.dtype)
         self.seen = np.zeros(len(self.chunks), dtype=bool)
         self.chunk = chunk_elements(numel)
         self.hashes: bytes | None = None  # of self.chunks, checked
@@ -305,7 +326,7 @@ class _Assembly:
         hashes = self.hashes
         if hashes is None:
             raise self.refused("sent data before its chunk hashes")
-        values = payload_array(frame)
+        values = self._values(frame)
         count = -(-len(values) // self.chunk)
         first = header.first_chunk
         if count and (first < self.chunks.start or first + count > self.chunks.stop):
@@ -324,7 +345,7 @@ class _Assembly:
         """A frame that proves its own chunks: their hashes, computed here, with the frame's
         proof against the digest, then stored; nothing of it is kept unless that holds."""
         header = frame.header
-        values = payload_array(frame)
+        values = self._values(frame)
         count = -(-len(values) // self.chunk)
         first = header.first_chunk
         covered = range(first, first + count)
@@ -343,7 +364,14 @@ class _Assembly:
         start = first * self.chunk - self.start
         self.vector[start : start + len(values)] = values
 
-    def finished(self) -> tuple[npt.NDArray[np.float32], bytes, bytes]:
+    def _values(self, frame: Frame) -> npt.NDArray[Any]:
+        """The frame's payload, which must be of the type asked for (InvalidMessage)."""
+        try:
+            return payload_array(frame, self.dtype)
+        except InvalidMessage as exc:
+            raise self.refused(str(exc)) from exc
+
+    def finished(self) -> tuple[npt.NDArray[Any], bytes, bytes]:
         """The values, their chunk hashes and the proof, once nothing is missing."""
         missing = np.flatnonzero(~self.seen)
         if len(missing):
@@ -361,7 +389,7 @@ class _Assembly:
     def _implied(self, frame: Frame) -> bytes:
         """The hashes a stream's only frame left out: those of its payload's chunks, which
         must then be every chunk asked for (frames.implied_hashes)."""
-        values = payload_array(frame)
+        values = self._values(frame)
         if frame.header.first_chunk != self.chunks.start or len(values) != len(
             element_range(self.chunks, self.numel)
         ):
