@@ -236,6 +236,11 @@ class Syncer:
         params = ledger.params()
         self.rule = make_rule(params.merge_rule)
         self.policy = make_policy(params.sync_policy)
+        # with secure aggregation a join's weight is capped at deploy (the contract refuses
+        # more: docs/secure-aggregation.md#fixed-point); a larger sample count joins capped
+        secure = params.secure_aggregation
+        self.max_weight = None if secure is None else secure.max_weight
+        self._said_capped = False
         # the model on chain this node starts from: its own, or the swarm's, taken from the
         # file named by `initial_model` or a peer (docs/canonical-vector.md#initial-model-files)
         self.start = Start(initial, 0, OWN_MODEL)
@@ -256,6 +261,7 @@ class Syncer:
 
     def sync(self, vector: npt.NDArray[np.float32], weight: int, val_loss: float) -> RoundResult:
         """Contributes `vector` to the current round; returns the round (merged may be None)."""
+        weight = self.join_weight(weight)
         result = Round(
             ledger=self.ledger,
             transport=self.transport,
@@ -287,6 +293,22 @@ class Syncer:
                 self.ledger.account,
             )
         return result
+
+    def join_weight(self, weight: int) -> int:
+        """`weight`, or the swarm's max weight when above it; said once per node."""
+        if self.max_weight is None or weight <= self.max_weight:
+            return weight
+        if not self._said_capped:
+            log.warning(
+                "%s: weight %d (samples) is above the swarm's max weight %d for secure "
+                "aggregation: joining with %d",
+                self.ledger.account,
+                weight,
+                self.max_weight,
+                self.max_weight,
+            )
+            self._said_capped = True
+        return self.max_weight
 
     def finish(self) -> bool:
         """Says on chain that this node's training is over, after its last sync: no round

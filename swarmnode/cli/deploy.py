@@ -15,7 +15,15 @@ from swarmnode.cli.options import (
     resolve_rpc,
 )
 from swarmnode.exceptions import ConfigError
-from swarmnode.rules import MergeRuleId, Rule, SwarmParams, SyncPolicyId
+from swarmnode.rules import (
+    SECAGG_MIN_PEERS,
+    MergeRuleId,
+    Rule,
+    SecureAggregation,
+    SwarmParams,
+    SyncPolicyId,
+    rule_name,
+)
 
 ETHER = 10**18
 
@@ -96,7 +104,11 @@ def deploy(
     out: Path = typer.Option(
         Path("deployment.json"), "--out", help="Where to write the deployment."
     ),
-    min_peers: int = typer.Option(2, help="Fewest joins a round closes with."),
+    min_peers: int | None = typer.Option(
+        None,
+        help="Fewest joins a round closes with [default: 2; 3 with --secure-aggregation].",
+        show_default=False,
+    ),
     max_peers: int = typer.Option(8, help="The join that reaches this closes the round."),
     join_window: int = typer.Option(30, help="Seconds from a round's first join to close."),
     transfer_deadline: int = typer.Option(60, help="Seconds into an attempt before drop votes."),
@@ -135,6 +147,28 @@ def deploy(
         "of the model per node per round instead of (3n-4)/n, but a lying merger goes "
         "unseen (docs/trust.md#unchecked-merge).",
     ),
+    secure_aggregation: bool = typer.Option(
+        False,
+        "--secure-aggregation",
+        help="Sum the updates under masks, so that no node sees another's update "
+        "(docs/secure-aggregation.md): mean merge rule only, --min-peers 3 or more.",
+    ),
+    secagg_bound: int = typer.Option(
+        SecureAggregation.bound,
+        help="With --secure-aggregation: every value of an update lies in [-B, B].",
+        metavar="B",
+    ),
+    secagg_fraction_bits: int = typer.Option(
+        SecureAggregation.fraction_bits,
+        help="With --secure-aggregation: fixed-point fractional bits (0-48).",
+        metavar="F",
+    ),
+    secagg_max_weight: int = typer.Option(
+        SecureAggregation.max_weight,
+        help="With --secure-aggregation: the largest weight (sample count) a join carries; "
+        "a node with more samples joins with this.",
+        metavar="W",
+    ),
     allow: list[str] = typer.Option(
         [], "--allow", help="Admit ADDR right after deploying (repeatable)."
     ),
@@ -147,17 +181,29 @@ def deploy(
     from swarmnode.ledger.keys import load_signer
     from swarmnode.ledger.rpc import RpcChain
 
+    rule = _rule(merge_rule, MergeRuleId, "merge-rule")
+    if secure_aggregation and rule.id != MergeRuleId.MEAN:
+        name = rule_name(rule.id)
+        raise ConfigError(
+            f"secure aggregation merges a masked sum: --merge-rule {name} needs each node's "
+            "update; use --merge-rule mean"
+        )
+    if min_peers is None:  # a masked sum of two would show each its peer's update
+        min_peers = SECAGG_MIN_PEERS if secure_aggregation else 2
     params = SwarmParams(
         min_peers=min_peers,
         max_peers=max_peers,
         join_window=join_window,
         transfer_deadline=transfer_deadline,
         round_deadline=round_deadline,
-        merge_rule=_rule(merge_rule, MergeRuleId, "merge-rule"),
+        merge_rule=rule,
         sync_policy=_rule(sync_policy, SyncPolicyId, "sync-policy"),
         initial_model_digest=_initial(initial_digest, initial_task, initial_model),
         restricted=restricted,
         checked_merge=not unchecked_merge,
+        secure_aggregation=SecureAggregation(secagg_bound, secagg_fraction_bits, secagg_max_weight)
+        if secure_aggregation
+        else None,
     )
     params.validate()
     if out.exists() and not out.is_file():

@@ -127,6 +127,17 @@ def _cut(text: str, console: Console, length: int = 18) -> str:
     return text[:length] + "…"
 
 
+def _secure_aggregation(numbers: Mapping[str, int] | None) -> str:
+    """Whether updates are summed under masks (docs/secure-aggregation.md), with the numbers
+    fixed at deploy; a deployment file older than the setting has none: off."""
+    if not numbers:
+        return "no secure aggregation"
+    return (
+        f"secure aggregation (bound {numbers['bound']}, {numbers['fraction_bits']} fraction "
+        f"bits, max weight {numbers['max_weight']})"
+    )
+
+
 def _print_status(report: dict[str, Any]) -> None:
     console = _console()
     p = report["params"]
@@ -135,7 +146,8 @@ def _print_status(report: dict[str, Any]) -> None:
         f"{report['owner']}\n  peers {p['min_peers']}-{p['max_peers']}, join window "
         f"{p['join_window']}s, transfer deadline {p['transfer_deadline']}s, round deadline "
         f"{p['round_deadline']}s, merge rule {MergeRuleId(p['merge_rule']['id']).name.lower()}, "
-        f"{'restricted' if p['restricted'] else 'open'} admission\n  latest model: round "
+        f"{'restricted' if p['restricted'] else 'open'} admission, "
+        f"{_secure_aggregation(p.get('secure_aggregation'))}\n  latest model: round "
         f"{report['latest_model']['round']} {_cut(report['latest_model']['digest'], console)}"
     )
     nodes = Table(title=f"{len(report['nodes'])} active nodes")
