@@ -50,6 +50,7 @@ from swarmnode.p2p.frames import Frame, frames_for, frames_for_row, merged_hashe
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.messages import Kind
 from swarmnode.p2p.transport import ByteSplit, FrameSource, Transport
+from swarmnode.secure_merge import SecureRound
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,13 @@ class AllReduceRunner:
         timeout: float = 60.0,
         frame_chunks: int | None = None,
         counted_from: tuple[ByteSplit, ByteSplit] | None = None,
+        secure: SecureRound | None = None,
     ) -> None:
+        """With `secure`, `update` is this node's masked words, `hashes` their chunk hashes
+        and the attempt's commitments the masked roots: owners merge by unmasking
+        (docs/secure-aggregation.md#in-a-round)."""
         self.me = normalize(me)
+        self.secure = secure
         self.attempt = attempt
         self.update = update
         self.hashes = hashes
@@ -214,6 +220,8 @@ class AllReduceRunner:
         try:
             with ThreadPoolExecutor(max_workers=max(1, min(8, 2 * len(self.others)))) as pool:
                 rows = self._timed("reduce_scatter", lambda: self.reduce_scatter(pool))
+                if self.secure is not None:
+                    self._timed("rows_complete", self._rows_complete)
                 segments = self._timed(
                     "merge", lambda: {s: self.merge(s, r) for s, r in rows.items()}
                 )
@@ -233,7 +241,13 @@ class AllReduceRunner:
         round, attempt = self.attempt.round, self.attempt.attempt
         self.inbox.offer_update(round, self.update, self.hashes)
         commitments = {p: self.attempt.commitments[p] for p in self.others}
-        self.inbox.expect_updates(round, self.mine, self.numel, commitments, attempt)
+        if self.secure is None:
+            self.inbox.expect_updates(round, self.mine, self.numel, commitments, attempt)
+        else:
+            self.secure.begin(attempt, self.attempt.participants, self.owners)
+            self.inbox.expect_updates(
+                round, self.mine, self.numel, commitments, attempt, dtype=self.secure.dtype
+            )
         needed = {
             s: (self.owners.merger(s), self.owners.checker(s), chunks)
             for s, chunks in enumerate(self.owners.chunks)
@@ -275,6 +289,28 @@ class AllReduceRunner:
         order = self.attempt.participants
         return {s: [got[p] for p in order] for s, got in rows.items()}
 
+    def _rows_complete(self) -> None:
+        """With secure aggregation: an owner holding every row of its segments says so to
+        every live participant, and every node waits for each owner's word before asking for
+        reveals (a revealer answers only then: no reveal while a drop is still possible). An
+        owner silent by half the attempt gets the rows it says it waits for relayed; one
+        still silent at the end fails the attempt, votes only for the contributors seen
+        withholding (docs/secure-aggregation.md#in-a-round)."""
+        assert self.secure is not None
+        attempt, live = self.attempt.attempt, self.attempt.participants
+        if self.mine:
+            self.secure.rows_complete(attempt, live, self._at(1.0))
+        silent = self.secure.silent_owners(attempt, self._at(CHECK_AT))
+        for owner in silent:
+            self._relay_to(owner)
+        silent = self.secure.silent_owners(attempt, self._at(1.0))
+        if silent:
+            raise MissingContributions(
+                "rows complete",
+                [p for p in self.accused if p != self.me],
+                f"owners {', '.join(silent)} (no reveals without them)",
+            )
+
     def _self_help(self, segment: int, contributor: str) -> Vector | None:
         """A row this owner still lacks, fetched from the segment's other owner (who got it
         if only this owner was withheld from) or else asked of the contributor itself; one
@@ -291,7 +327,11 @@ class AllReduceRunner:
 
     def merge(self, segment: int, rows: list[Vector]) -> Vector:
         """Segment `segment` merged with the swarm's rule from its rows alone: no peer's word
-        enters the decision (docs/round-protocol.md#partial-sums)."""
+        enters the decision (docs/round-protocol.md#partial-sums). With secure aggregation
+        the rows are masked words, summed and unmasked with the live participants' reveals."""
+        if self.secure is not None:
+            elements = canonical.element_range(self.owners.chunks[segment], self.numel)
+            return self.secure.merge(self.attempt.attempt, elements, rows, self._at(1.0))
         n = len(rows)
         contributions = torch.from_numpy(np.stack(rows)) if rows[0].size else torch.zeros((n, 0))
         ref = None
@@ -477,9 +517,21 @@ class AllReduceRunner:
         chunks = self.owners.chunks[segment]
         commitment = self.attempt.commitments[contributor]
         timeout = min(self._left(), max(1.0, 0.25 * self.timeout))
-        values, hashes, proof = self.transport.fetch_update(
-            source, self.attempt.round, contributor, chunks, self.numel, commitment, timeout
-        )
+        if self.secure is None:
+            values, hashes, proof = self.transport.fetch_update(
+                source, self.attempt.round, contributor, chunks, self.numel, commitment, timeout
+            )
+        else:
+            values, hashes, proof = self.transport.fetch_update(
+                source,
+                self.attempt.round,
+                contributor,
+                chunks,
+                self.numel,
+                commitment,
+                timeout,
+                dtype=self.secure.dtype,
+            )
         proved = merkle.Known(commitment, canonical.num_chunks(self.numel))
         proved.add(chunks, hashes, proof, check=False)  # fetch_update checked them
         self._fetched[(contributor, segment)] = values

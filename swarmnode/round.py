@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import partial
 from typing import TypeVar, cast
@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from swarmnode import canonical
+from swarmnode.address import normalize
 from swarmnode.allreduce import (
     AllReduceResult,
     AllReduceRunner,
@@ -42,6 +43,10 @@ from swarmnode.merge import MergeRule
 from swarmnode.p2p.errors import NotFound, NotReady
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import ByteSplit, Transport
+from swarmnode.secagg.fixedpoint import FixedPoint
+from swarmnode.secagg.masking import RoundContext
+from swarmnode.secagg.session import Prepared, Session
+from swarmnode.secure_merge import SecureRound, SecureRouter
 from swarmnode.sync import loss_to_int
 
 log = logging.getLogger(__name__)
@@ -169,6 +174,11 @@ class Round:
         self._alone = False  # left the open round because no peers are left to merge with
         self._wire_mark: tuple[ByteSplit, ByteSplit] | None = None  # the wire when it joined
         self._mark: int | None = None  # the chain's head at the last read (_read, _pause)
+        # secure aggregation (docs/secure-aggregation.md#in-a-round): secrets drawn at join,
+        # the session set up after close, the handler serving peers' messages meanwhile
+        self._prepared: Prepared | None = None
+        self._secure: SecureRound | None = None
+        self._router: SecureRouter | None = None
 
     # -- the steps
 
@@ -208,7 +218,15 @@ class Round:
         """Joins with the commitment, weight and loss (docs/round-protocol.md#joining);
         False if the round had closed or moved on first."""
         loss = loss_to_int(self.val_loss)
-        return self._chain(partial(self.ledger.join, number, self.commitment, self.weight, loss))
+        commitment = self.commitment
+        if self.params.secure_aggregation is not None:
+            # the join binds the announcement and hides the plain digest
+            # (docs/secure-aggregation.md#in-a-round); peers' messages wait for the session
+            self._prepared = Prepared(_swarm_id(self.ledger), number, self.me, self.commitment)
+            commitment = self._prepared.commitment
+            self._router = SecureRouter()
+            self.inbox.serve_secagg(number, self._router)
+        return self._chain(partial(self.ledger.join, number, commitment, self.weight, loss))
 
     def _after_late_join(self, number: int) -> RoundResult:
         """The round closed (or moved on) before our join: wait for it to end, then take its
@@ -238,6 +256,8 @@ class Round:
         Returns the round as it stands once the attempt is over for this node."""
         attempt = _attempt_of(state, self.params.checked_merge)
         try:
+            if self._prepared is not None:
+                attempt = self._set_up_secure(state, attempt)
             reduced = self._transfer(state, attempt)
         except MissingContributions as missing:
             log.warning("%s: round %d attempt %d: %s", *self._where(state), missing)
@@ -257,15 +277,56 @@ class Round:
             log.warning("%s: round %d attempt %d: %s %s", *self._where(state), peer, why)
         return self._wait_moved(state, tuple(reduced.accused))
 
+    def _set_up_secure(self, state: RoundState, attempt: Attempt) -> Attempt:
+        """Secure aggregation's setup, once per round, in the first attempt this node takes
+        part in: openings and masked roots exchanged among that attempt's participants
+        (MissingContributions names those that sent none in time). Returns the attempt with
+        the masked roots as the commitments rows are checked against."""
+        if self._secure is None:
+            assert self._prepared is not None and self._router is not None
+            secure = self.params.secure_aggregation
+            assert secure is not None
+            fixed = FixedPoint(
+                peers=self.params.max_peers,
+                max_weight=secure.max_weight,
+                bound=float(secure.bound),
+                fraction_bits=secure.fraction_bits,
+            )
+            context = RoundContext.of(
+                self._prepared.swarm, state.number, attempt.participants, fixed
+            )
+            weights = dict(zip(attempt.participants, attempt.weights, strict=True))
+            session = Session(self._prepared, context, attempt.commitments, weights)
+            self._secure = SecureRound(session, self.transport, attempt.attempt)
+            self._router.use(self._secure)
+            deadline = time.monotonic() + max(
+                1.0, state.attempt_start + self.params.transfer_deadline - self.ledger.now()
+            )
+            lacking = self._secure.exchange(self.vector, deadline)
+            if lacking:
+                raise MissingContributions("secure-aggregation setup", lacking)
+        session = self._secure.session
+        if session.masked is None:
+            raise MergeError(
+                f"round {state.number}: secure aggregation was not set up in attempt "
+                f"{self._secure.setup_attempt} here, so this node cannot take part"
+            )
+        unknown = [p for p in attempt.participants if p not in session.roots]
+        if unknown:
+            raise MergeError(f"no masked roots from {', '.join(unknown)}")
+        roots = {p: session.roots[p] for p in attempt.participants}
+        return replace(attempt, commitments=roots)
+
     def _transfer(self, state: RoundState, attempt: Attempt) -> AllReduceResult | None:
         """This attempt's all-reduce, bounded by its transfer deadline; None if abandoned
         (with `stop`, it runs in a helper thread watched against the request and the chain)."""
         deadline = state.attempt_start + self.params.transfer_deadline
+        secure = self._secure
         work = AllReduceRunner(
             me=self.me,
             attempt=attempt,
-            update=self.vector,
-            hashes=self.hashes,
+            update=self.vector if secure is None else secure.session.masked,  # type: ignore[arg-type]
+            hashes=self.hashes if secure is None else secure.session.hashes,
             rule=self.rule,
             transport=self.transport,
             inbox=self.inbox,
@@ -273,6 +334,7 @@ class Round:
             timeout=max(1.0, deadline - self.ledger.now()),
             frame_chunks=self.settings.frame_chunks,
             counted_from=self._wire_mark,
+            secure=secure,
         ).run
         self._wire_mark = None  # a later attempt counts from its own start
         give_up = self._give_up
@@ -718,6 +780,11 @@ def catch_up(
         f"no peer had round {round}'s final model: "
         + "; ".join(f"{p}: {why}" for p, why in failures.items())
     )
+
+
+def _swarm_id(ledger: Ledger) -> bytes:
+    """What secure aggregation binds its keys to: the contract's 20 address bytes."""
+    return bytes.fromhex(normalize(ledger.address)[2:])
 
 
 def _holds_seat(state: RoundState, account: str) -> bool:

@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"daemon", "simulation", "demo", "flower", "outage", "progress", "metrics", "dashboard"},
     {"node", "membership", "peer"},
     {"round"},
-    {"allreduce"},
+    {"allreduce", "secure_merge"},
     {"p2p", "ledger"},
     {
         "merge",

@@ -1,8 +1,8 @@
-"""Secure aggregation's core, as a library: fixed-point encoding, double masking, Shamir
-sharing, guarded reveals and unmasking (docs/secure-aggregation.md).
+"""Secure aggregation's core: fixed-point encoding, double masking, Shamir sharing, guarded
+reveals and unmasking, and one node's state for one round (docs/secure-aggregation.md).
 
-Nothing here talks to peers or the chain, and nothing above uses it yet: wiring it into
-the all-reduce is the next step, so no deployment offers secure aggregation today.
+Nothing here talks to peers or the chain: swarmnode/secure_merge.py carries the session's
+messages and the round (swarmnode/round.py) feeds it what the chain fixed.
 """
 
 from __future__ import annotations

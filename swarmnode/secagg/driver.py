@@ -3,8 +3,8 @@ PRG benchmark drive (docs/secure-aggregation.md#the-in-process-driver).
 
 Every node announces, deals its shares to every participant and masks its update; then any
 chunk range can be summed over any set of stayed inputs, each stayed node's revealer
-answering (or refusing) exactly as it would for a segment owner over the wire. It is not
-wired into the all-reduce: that is the next step.
+answering (or refusing) exactly as it would for a segment owner over the wire. Rounds over
+the network keep the same objects in swarmnode/secagg/session.py.
 """
 
 from __future__ import annotations

@@ -129,6 +129,12 @@ class Revealer:
             keys = {peer: self._held[peer].key for peer in dropped}
         return Reveal(self.account, request, seeds, keys)
 
+    def history(self) -> list[tuple[range, frozenset[str]]]:
+        """Every (element range, inputs) this node revealed shares for in the round: what a
+        test searches for two sums whose difference would be one node's update."""
+        with self._lock:
+            return list(self._record.sums)
+
     def _check_history(self, request: RevealRequest) -> None:
         for elements, inputs in self._record.sums:
             if inputs != request.stayed and _overlap(elements, request.elements):

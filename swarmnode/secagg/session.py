@@ -222,16 +222,18 @@ class Session:
             self.signatures[sender] = bytes(signature)
             self._cond.notify_all()
 
-    def lacking(self) -> list[str]:
-        """Participants whose opening or masked root has not come."""
+    def lacking(self, roots: bool = True) -> list[str]:
+        """Participants whose opening (or, with `roots`, masked root) has not come."""
         with self._cond:
-            return self._lacking_locked()
+            return self._lacking_locked(roots)
 
-    def wait_all(self, deadline: float, what: str = "openings and masked roots") -> list[str]:
-        """Waits until `deadline` (time.monotonic) for every participant's opening and
-        masked root; returns those still lacking (the round votes them out)."""
+    def wait_all(
+        self, deadline: float, what: str = "openings and masked roots", roots: bool = True
+    ) -> list[str]:
+        """Waits until `deadline` (time.monotonic) for every participant's opening and, with
+        `roots`, masked root; returns those still lacking (the round votes them out)."""
         with self._cond:
-            while lacking := self._lacking_locked():
+            while lacking := self._lacking_locked(roots):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     log.info("%s: %s never came from %s", self.me, what, ", ".join(lacking))
@@ -239,11 +241,11 @@ class Session:
                 self._cond.wait(left)
         return []
 
-    def _lacking_locked(self) -> list[str]:
+    def _lacking_locked(self, roots: bool = True) -> list[str]:
         return [
             p
             for p in self.context.participants
-            if p not in self.announcements or p not in self.roots
+            if p not in self.announcements or (roots and p not in self.roots)
         ]
 
     # -- per attempt
@@ -314,6 +316,18 @@ class Session:
                 refused,
             )
             raise
+
+    def wait_owners(self, attempt: int, deadline: float) -> list[str]:
+        """Waits until `deadline` for every owner of `attempt` to say its rows are complete;
+        returns those that had not (RevealRefused if one said so with other roots)."""
+        with self._cond:
+            view = self._attempts[attempt]
+            while waiting := self._owners_waited_for(attempt, view):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return sorted(waiting)
+                self._cond.wait(left)
+        return []
 
     def _owners_waited_for(self, attempt: int, view: _AttemptView) -> set[str]:
         said = self._complete.get(attempt, {})

@@ -1,0 +1,271 @@
+"""Secure aggregation in whole rounds of 8 nodes over real mutual-TLS gRPC on 127.0.0.1
+(issue 18 point 5, docs/secure-aggregation.md#in-a-round): no node's plain update (as
+float32 or as its fixed-point encoding) is in any byte another node receives; the merged
+model is the plain weighted mean within the fixed-point bound, the same digest on every
+node; a node dying in the middle of the reduce-scatter is dropped and the survivors still
+end on one digest, every reveal any node gave covering the same inputs wherever ranges
+overlap, so no difference of two revealed sums is anyone's update."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from swarmnode.identity import TlsIdentity
+from swarmnode.ledger.base import Ledger
+from swarmnode.ledger.memory import InMemoryChain
+from swarmnode.ledger.types import RoundStatus
+from swarmnode.merge import make_rule
+from swarmnode.ownership import Owners
+from swarmnode.p2p.faults import Fault, FaultyTransport, InjectedCrash
+from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
+from swarmnode.p2p.inbox import Inbox
+from swarmnode.p2p.roster import PeerRecord, Roster
+from swarmnode.p2p.transport import Transport, WireCount
+from swarmnode.round import Round, RoundResult, RoundSettings, _swarm_id
+from swarmnode.rules import SecureAggregation, SwarmParams
+from swarmnode.secagg.errors import SumRefused
+from swarmnode.secagg.fixedpoint import FixedPoint
+from swarmnode.secagg.masking import RoundContext
+from swarmnode.secagg.session import Prepared, Session
+from swarmnode.secure_merge import SecureRound, SecureRouter
+from swarmnode.simulation.local import run_in_threads
+
+N = 8
+NUMEL = 3000  # 16-element chunks: 188 of them, about 23 a segment
+SECURE = SecureAggregation(bound=4, fraction_bits=16, max_weight=64)
+WINDOW = 32
+
+
+class TapWire(WireCount):
+    """A node's byte count that also keeps every message it received, as caller or server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken: list[bytes] = []
+        self._tap = threading.Lock()
+
+    def received(self, message: bytes, parts: tuple[int, int] = (0, 0)) -> bytes:
+        with self._tap:
+            self.taken.append(bytes(message))
+        return super().received(message, parts)
+
+
+@dataclass
+class Node:
+    ledger: Ledger
+    inbox: Inbox
+    transport: Transport
+    server: PeerServer
+    wire: TapWire
+
+
+@contextmanager
+def grpc_swarm(transfer_deadline: int) -> Iterator[list[Node]]:
+    """N nodes on the in-memory ledger (wall clock), each with its own gRPC server and
+    transport sharing one tapped byte count; every server stopped at the end."""
+    params = SwarmParams(
+        min_peers=3,
+        max_peers=N,
+        join_window=30,
+        transfer_deadline=transfer_deadline,
+        round_deadline=60,
+        secure_aggregation=SECURE,
+    )
+    chain = InMemoryChain(time.time)
+    address = chain.deploy(params, chain.new_account())
+    roster = Roster()
+    nodes: list[Node] = []
+    try:
+        for _ in range(N):
+            ledger = chain.ledger(address, chain.new_account())
+            identity = TlsIdentity.generate(ledger.account)
+            inbox = Inbox(ledger.account)
+            wire = TapWire()
+            server = PeerServer(
+                ledger.account, identity.key_pem, identity.cert_pem, roster, inbox, wire=wire
+            ).start()
+            roster.upsert(PeerRecord(ledger.account, server.endpoint, identity.cert_der))
+            transport = GrpcTransport(
+                ledger.account, identity.key_pem, identity.cert_pem, roster, wire=wire
+            )
+            nodes.append(Node(ledger, inbox, transport, server, wire))
+            ledger.register(server.endpoint, identity.cert_der)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.transport.close()
+            node.server.stop(0)
+
+
+def updates_for(seed: int) -> tuple[list[npt.NDArray[np.float32]], list[int]]:
+    rng = np.random.default_rng(seed)
+    updates = [rng.uniform(-4, 4, NUMEL).astype(np.float32) for _ in range(N)]
+    return updates, [int(w) for w in rng.integers(1, 65, N)]
+
+
+def play(
+    nodes: Sequence[Node],
+    updates: Sequence[npt.NDArray[np.float32]],
+    weights: Sequence[int],
+    transports: Sequence[Transport] | None = None,
+    frame_chunks: int = 2,
+) -> tuple[list[RoundResult | None], list[Round]]:
+    """Round 1 on every node at once; a node whose transport crashed on purpose stops its
+    server (what a killed process leaves) and gives None."""
+    rule = make_rule(nodes[0].ledger.params().merge_rule)
+    rounds = [
+        Round(
+            ledger=node.ledger,
+            transport=node.transport if transports is None else transports[i],
+            inbox=node.inbox,
+            rule=rule,
+            vector=updates[i],
+            weight=weights[i],
+            val_loss=0.5,
+            settings=RoundSettings(poll=0.02, frame_chunks=frame_chunks),
+        )
+        for i, node in enumerate(nodes)
+    ]
+
+    def run(i: int) -> RoundResult | None:
+        try:
+            return rounds[i].run()
+        except InjectedCrash:
+            nodes[i].server.stop(0)
+            return None
+
+    return run_in_threads([lambda i=i: run(i) for i in range(len(nodes))], timeout=90), rounds
+
+
+def windows(data: bytes) -> set[bytes]:
+    return {data[i : i + WINDOW] for i in range(len(data) - WINDOW + 1)}
+
+
+def leaked(secrets: dict[bytes, set[int]], node: int, taken: Sequence[bytes]) -> list[int]:
+    """The other nodes one of whose WINDOW-byte windows (`secrets`: window -> nodes) is in
+    what `node` received."""
+    found: set[int] = set()
+    for message in taken:
+        for i in range(len(message) - WINDOW + 1):
+            owners = secrets.get(message[i : i + WINDOW])
+            if owners:
+                found |= owners - {node}
+    return sorted(found)
+
+
+def test_no_plain_update_travels_and_the_mean_is_exact_within_the_bound() -> None:
+    updates, weights = updates_for(18)
+    fixed = FixedPoint(N, SECURE.max_weight, float(SECURE.bound), SECURE.fraction_bits)
+    with grpc_swarm(transfer_deadline=10) as nodes:
+        results, _ = play(nodes, updates, weights)
+        state = nodes[0].ledger.round(1)
+        assert state.status == RoundStatus.FINAL and state.attempt == 1
+        assert all(r is not None and r.status == "final" for r in results)
+        assert {r.digest for r in results if r is not None} == {state.final_digest}
+        merged = results[0].merged if results[0] is not None else None
+        assert merged is not None
+        total = sum(weights)
+        exact = sum(w * u.astype(np.float64) for w, u in zip(weights, updates, strict=True))
+        exact /= total
+        slack = fixed.error_bound(N, total) + float(np.spacing(np.float32(SECURE.bound)))
+        assert float(np.max(np.abs(merged - exact))) <= slack
+        secrets: dict[bytes, set[int]] = {}
+        for i, u in enumerate(updates):
+            for window in windows(u.tobytes()) | windows(fixed.encode(weights[i], u).tobytes()):
+                secrets.setdefault(window, set()).add(i)
+        # the search can fail: a window of node 1's update inside other bytes is found
+        planted = b"\x00" * 7 + updates[1].tobytes()[100:140] + b"\x00"
+        assert leaked(secrets, 0, [planted]) == [1]
+        for i, node in enumerate(nodes):
+            assert node.wire.taken, f"node {i} received nothing"
+            assert leaked(secrets, i, node.wire.taken) == [], f"node {i} saw a plain update"
+
+
+def test_a_drop_in_the_middle_of_the_reduce_scatter_ends_on_one_digest_revealing_no_update() -> (
+    None
+):
+    updates, weights = updates_for(7)
+    with grpc_swarm(transfer_deadline=4) as nodes:
+        # a frame holds a whole run (an owner's two segments): the victim's rows reach three
+        # owners whole and the other four not at all
+        victim = FaultyTransport(nodes[-1].transport)
+        victim.arm(Fault.parse("reduce_scatter:after_frames=3"))
+        transports = [*(n.transport for n in nodes[:-1]), victim]
+        results, rounds = play(nodes, updates, weights, transports, frame_chunks=64)
+        state = nodes[0].ledger.round(1)
+        assert results[-1] is None, "the victim did not die"
+        assert state.status == RoundStatus.FINAL and state.attempt == 2
+        assert nodes[-1].ledger.account not in state.live_participants
+        survivors = results[:-1]
+        assert all(r is not None and r.status == "final" for r in survivors)
+        assert {r.digest for r in survivors if r is not None} == {state.final_digest}
+        live = N - 1
+        total = sum(weights[:live])
+        exact = sum(w * u.astype(np.float64) for w, u in zip(weights, updates[:live], strict=False))
+        merged = survivors[0].merged if survivors[0] is not None else None
+        assert merged is not None
+        assert float(np.max(np.abs(merged - exact / total))) < 1e-3
+        # every reveal given anywhere: sums over overlapping elements have the same inputs,
+        # so the difference of any two is zero there, never one node's update
+        given = [
+            (elements, inputs)
+            for r in rounds[:-1]
+            if r._secure is not None
+            for elements, inputs in r._secure.session.revealer.history()
+        ]
+        assert given, "no reveal was recorded"
+        assert all(len(inputs) == live for _, inputs in given)
+        for (a, ia), (b, ib) in itertools.combinations(given, 2):
+            if max(a.start, b.start) < min(a.stop, b.stop):
+                assert ia == ib, f"two sums over overlapping elements differ in {ia ^ ib}"
+
+
+def test_an_owner_summing_with_a_row_left_out_is_refused_over_grpc() -> None:
+    """Sessions set up over gRPC by hand (no all-reduce): the same owner's sum of all rows
+    decodes to the mean, and its sum with one row skipped is refused, never merged."""
+    updates, weights = updates_for(5)
+    with grpc_swarm(transfer_deadline=10) as nodes:
+        accounts = [n.ledger.account for n in nodes]
+        fixed = FixedPoint(N, SECURE.max_weight, float(SECURE.bound), SECURE.fraction_bits)
+        context = RoundContext.of(_swarm_id(nodes[0].ledger), 1, accounts, fixed)
+        prepared = [Prepared(context.swarm, 1, a, bytes(32)) for a in accounts]
+        joins = {a: p.commitment for a, p in zip(accounts, prepared, strict=True)}
+        secure = [
+            SecureRound(
+                Session(p, context, joins, dict(zip(accounts, weights, strict=True))),
+                n.transport,
+                1,
+            )
+            for p, n in zip(prepared, nodes, strict=True)
+        ]
+        for node, mine in zip(nodes, secure, strict=True):
+            router = SecureRouter()
+            router.use(mine)
+            node.inbox.serve_secagg(1, router)
+        deadline = time.monotonic() + 30
+        lacking = run_in_threads(
+            [lambda i=i: secure[i].exchange(updates[i], deadline) for i in range(N)], timeout=60
+        )
+        assert lacking == [[]] * N
+        owners = Owners.of(accounts, b"\x01" * 32, 1, NUMEL, True)
+        for mine in secure:
+            mine.begin(1, accounts, owners)
+        run_in_threads(
+            [lambda s=s: s.rows_complete(1, accounts, deadline) for s in secure], timeout=60
+        )
+        elements = range(0, 160)
+        rows = [s.session.masked[elements.start : elements.stop] for s in secure]
+        with pytest.raises(SumRefused, match="a mask left out"):
+            secure[0].merge(1, elements, rows[:-1], deadline)
+        mean = secure[0].merge(1, elements, rows, deadline)
+        exact = sum(w * u[:160].astype(np.float64) for w, u in zip(weights, updates, strict=True))
+        assert float(np.max(np.abs(mean - exact / sum(weights)))) < 1e-4
