@@ -43,6 +43,7 @@ from swarmnode.merge import MergeRule
 from swarmnode.p2p.errors import NotFound, NotReady
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import ByteSplit, Transport
+from swarmnode.secagg.errors import UpdateOutOfBound
 from swarmnode.secagg.fixedpoint import FixedPoint
 from swarmnode.secagg.masking import RoundContext
 from swarmnode.secagg.session import Prepared, Session
@@ -302,7 +303,10 @@ class Round:
             deadline = time.monotonic() + max(
                 1.0, state.attempt_start + self.params.transfer_deadline - self.ledger.now()
             )
-            lacking = self._secure.exchange(self.vector, deadline)
+            try:
+                lacking = self._secure.exchange(self.vector, deadline)
+            except UpdateOutOfBound as exc:  # not encoded at all: the others vote it out
+                raise MergeError(f"round {state.number}: this node's update: {exc}") from None
             if lacking:
                 raise MissingContributions("secure-aggregation setup", lacking)
         session = self._secure.session

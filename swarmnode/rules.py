@@ -153,7 +153,7 @@ class SecureAggregation:
         bits = self.modulus_bits(max_peers)
         if bits > SECAGG_MAX_BITS:
             raise ParamsRefused(
-                f"secure aggregation needs a {bits}-bit modulus for maxPeers={max_peers}, "
+                f"secure aggregation needs a modulus of {bits} bits for maxPeers={max_peers}, "
                 f"max weight={self.max_weight}, bound={self.bound}, fraction bits="
                 f"{self.fraction_bits} (+{SECAGG_HEADROOM_BITS} headroom): more than "
                 f"{SECAGG_MAX_BITS}; lower one of them",

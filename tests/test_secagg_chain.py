@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from swarmnode.exceptions import ConfigError, ContractError
 from swarmnode.ledger.deployment import Deployment
@@ -33,7 +34,12 @@ from swarmnode.rules import (
     SwarmParams,
 )
 from swarmnode.secagg.fixedpoint import FixedPoint
+from swarmnode.simulation.fast import FastRounds, Swarm, masked_mean
 from swarmnode.simulation.local import memory_swarm
+from swarmnode.simulation.report import privacy_block
+from swarmnode.simulation.results import SwarmRun
+from swarmnode.simulation.scenario import Scenario
+from swarmnode.simulation.tasks import scenario_data
 
 # (max_peers, max_weight, bound, fraction_bits): FixedPoint's own examples
 # (docs/secure-aggregation.md#fixed-point), odd sizes, and both sides of k = 64
@@ -77,7 +83,7 @@ def test_the_modulus_is_fixed_points_and_the_contracts(chain: EmbeddedChain) -> 
         else:
             with pytest.raises(ConfigError, match=f"{bits} bits"):
                 FixedPoint(peers, max_weight, float(bound), fraction_bits)
-            with pytest.raises(ParamsRefused, match=f"a {bits}-bit modulus"):
+            with pytest.raises(ParamsRefused, match=f"a modulus of {bits} bits"):
                 params.validate()
             with pytest.raises(ContractError) as refused:
                 chain.deploy(params, validate=False)
@@ -190,3 +196,80 @@ def test_deploy_fixes_it_on_chain_and_status_shows_it(
     status = swarmnode("status", "--deployment", str(out))
     assert status.returncode == 0, status.stderr
     assert "secure aggregation (bound 8, 20 fraction bits, max weight 1000)" in status.stdout
+
+
+# ---------------------------------------------------------------------------- the simulator
+
+
+def test_the_fast_engines_masked_mean_is_the_masked_sums_and_near_the_float_mean() -> None:
+    """masked_mean against the weighted mean in float64: within FixedPoint.error_bound plus
+    half a float32 unit; and the same bits when every row carries masks that cancel
+    modulo 2^k, as the pair masks do (what the owners decode)."""
+    generator = np.random.default_rng(18)
+    fp = FixedPoint(peers=6, max_weight=1000, bound=8.0, fraction_bits=20)
+    vectors = generator.uniform(-8, 8, size=(5, 3000)).astype(np.float32)
+    weights = [1, 1000, 37, 5000, 999]  # 5000 joins capped at 1000, as a node does
+    merged = masked_mean(fp, torch.from_numpy(vectors.copy()), weights).numpy()
+
+    capped = np.array([min(w, 1000) for w in weights], dtype=np.float64)
+    exact = (vectors.astype(np.float64) * capped[:, None]).sum(axis=0) / capped.sum()
+    half_ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64) / 2
+    bound = fp.error_bound(len(weights), int(capped.sum()))
+    assert np.all(np.abs(merged.astype(np.float64) - exact) <= bound + half_ulp)
+    assert np.abs(merged - exact).max() > 0  # fixed point is not float: the check can fail
+
+    masks = generator.integers(0, 2**63, size=(5, 3000), dtype=np.uint64).astype(fp.dtype)
+    masks[-1] = -masks[:-1].sum(axis=0, dtype=fp.dtype)  # the rows' masks cancel
+    total = np.zeros(3000, dtype=fp.dtype)
+    for vector, weight, mask in zip(vectors, capped, masks, strict=True):
+        total += fp.encode(int(weight), vector) + mask
+    unmasked = fp.decode_mean(total, int(capped.sum()), len(weights))
+    assert unmasked.tobytes() == merged.tobytes()
+
+
+TINY = {"nodes": 4, "hidden": 16, "local_batches": 3, "rounds": 1, "dataset": "digits"}
+
+
+def test_the_fast_engine_with_secure_aggregation() -> None:
+    """`--set secure_aggregation=true` on the fast engine: three peers at least, the numbers
+    deployed, the merge within the bound of the plain mean, and the report says so."""
+    secure = Scenario.load(None, {**TINY, "engine": "fast", "secure_aggregation": True})
+    params = secure.swarm_params(4, b"\x01" * 32)
+    assert (params.min_peers, params.secure_aggregation) == (3, SecureAggregation())
+    plain = Scenario.load(None, {**TINY, "engine": "fast"})
+    data, parts = scenario_data(plain)
+    merged, runs = [], []
+    for scenario in (plain, secure):
+        rounds = FastRounds(scenario, Swarm(scenario, data, parts), data)
+        runs.append(SwarmRun.of([rounds.round(1)]))
+        merged.append(rounds.reference.double())
+    fp = FixedPoint(4, 65_536, 16.0, 20)
+    sizes = [len(p) for p in parts]
+    room = fp.error_bound(4, sum(sizes)) + float(np.spacing(np.float32(16))) / 2
+    assert 0 < (merged[0] - merged[1]).abs().max().item() <= room  # the plain mean is float32
+
+    # report.json's privacy entry
+    assert privacy_block(secure, runs[1])["secure_aggregation"] is True
+    assert privacy_block(plain, runs[0])["secure_aggregation"] is False
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        (
+            {"merge_rule": "median"},
+            "secure aggregation merges a masked sum: merge_rule median needs each node's "
+            'update; use merge_rule = "mean"',
+        ),
+        ({"nodes": 2}, "secure aggregation needs at least 3 nodes, not 2"),
+        ({"byzantine": 1, "attack": "lying_owner"}, "attack lying_owner tampers with plain rows"),
+        ({"secagg_max_weight": 2**40}, "needs a modulus of 77 bits for maxPeers=8"),
+        ({"secure_aggregation": False, "secagg_bound": 4}, "secagg_bound without secure_agg"),
+    ],
+)
+def test_the_simulator_refuses_what_secure_aggregation_cannot_run(
+    settings: dict[str, object], said: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Scenario.load(None, {"secure_aggregation": True, **settings})
+    assert said in str(refused.value) and "\n" not in str(refused.value)

@@ -76,14 +76,15 @@ def build_report(
 
 
 def privacy_block(scenario: Scenario, swarm: SwarmRun) -> dict[str, Any]:
-    """What privacy the run had (docs/privacy.md#in-the-simulator): no secure aggregation
-    (not built yet), and with DP the noise, delta and the largest epsilon any node spent."""
+    """What privacy the run had (docs/privacy.md#in-the-simulator): whether the swarm summed
+    its updates under masks, and with DP the noise, delta and the largest epsilon any node
+    spent."""
     settings = scenario.privacy()
     spent = [
         node.epsilon for r in swarm.rounds for node in r.per_node if node.epsilon is not None
     ]
     return {
-        "secure_aggregation": False,
+        "secure_aggregation": scenario.secure_aggregation,
         "noise_multiplier": None if settings is None else settings.noise_multiplier,
         "epsilon": max(spent) if spent else None,
         "delta": None if settings is None else settings.delta,

@@ -18,8 +18,10 @@ from swarmnode.privacy import DEFAULT_DELTA, PrivacySettings
 from swarmnode.rules import (
     MAX_PEERS_LIMIT,
     PPM,
+    SECAGG_MIN_PEERS,
     MergeRuleId,
     Rule,
+    SecureAggregation,
     SwarmParams,
     SyncPolicyId,
     merge_rule_needs,
@@ -111,6 +113,13 @@ class Scenario(BaseModel):
     dp_clip: float | None = None
     dp_delta: float | None = None
     dp_budget: float | None = None
+    # Secure aggregation (docs/secure-aggregation.md): the swarm sums its updates under masks,
+    # deployed with it; the mean only, at least 3 nodes. secagg_bound (B), secagg_fraction_bits
+    # and secagg_max_weight need it, and default to swarmnode.rules.SecureAggregation's.
+    secure_aggregation: bool = False
+    secagg_bound: int | None = Field(None, ge=1, lt=2**32)
+    secagg_fraction_bits: int | None = Field(None, ge=0, le=48)
+    secagg_max_weight: int | None = Field(None, ge=1, lt=2**64)
 
     @model_validator(mode="before")
     @classmethod
@@ -161,6 +170,54 @@ class Scenario(BaseModel):
                 f'the fast engine does not run {", ".join(refused)}: use engine = "full"'
             )
         return self
+
+    @model_validator(mode="after")
+    def _secure_aggregation(self) -> Scenario:
+        """Secure aggregation's refusals, one line each: its numbers without it; a rule that
+        needs each node's update; too few nodes; attacks on plain rows; numbers whose modulus
+        does not fit (the deploy's own check, SwarmParams.validate)."""
+        keys = ("secagg_bound", "secagg_fraction_bits", "secagg_max_weight")
+        if not self.secure_aggregation:
+            given = [k for k in keys if getattr(self, k) is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} without secure_aggregation: set secure_aggregation = true"
+                )
+            return self
+        if self.merge_rule != "mean":
+            raise ValueError(
+                f"secure aggregation merges a masked sum: merge_rule {self.merge_rule} needs "
+                'each node\'s update; use merge_rule = "mean"'
+            )
+        if self.nodes < SECAGG_MIN_PEERS:
+            raise ValueError(
+                f"secure aggregation needs at least {SECAGG_MIN_PEERS} nodes, not {self.nodes}: "
+                "with two, each could subtract its own update from the sum and read the other's"
+            )
+        if self.attack in _PROTOCOL_ATTACKS:
+            raise ValueError(
+                f"attack {self.attack} tampers with plain rows and merges, which secure "
+                "aggregation masks: run it without secure_aggregation"
+            )
+        self.swarm_params(self.nodes, b"\x01" * 32).validate()  # the modulus fits
+        return self
+
+    def secure_numbers(self) -> SecureAggregation | None:
+        """The secure-aggregation numbers the swarm is deployed with, or None when off."""
+        if not self.secure_aggregation:
+            return None
+        default = SecureAggregation()
+        return SecureAggregation(
+            bound=default.bound if self.secagg_bound is None else self.secagg_bound,
+            fraction_bits=(
+                default.fraction_bits
+                if self.secagg_fraction_bits is None
+                else self.secagg_fraction_bits
+            ),
+            max_weight=default.max_weight
+            if self.secagg_max_weight is None
+            else self.secagg_max_weight,
+        )
 
     @model_validator(mode="after")
     def _privacy(self) -> Scenario:
@@ -274,7 +331,8 @@ class Scenario(BaseModel):
     def swarm_params(self, nodes: int, initial_digest: bytes) -> SwarmParams:
         """The contract's parameters for this scenario, in process and with --processes alike."""
         return SwarmParams(
-            min_peers=2,
+            # a masked sum needs three (docs/secure-aggregation.md#what-each-party-learns)
+            min_peers=SECAGG_MIN_PEERS if self.secure_aggregation else 2,
             max_peers=nodes,
             # every node joins each round, and the last join closes it: the window only
             # matters if a node falls behind, which it may on two busy cores, or is away
@@ -285,6 +343,7 @@ class Scenario(BaseModel):
             sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (self.local_batches, 0, 0, 0)),
             initial_model_digest=initial_digest,
             checked_merge=self.checked_merge,
+            secure_aggregation=self.secure_numbers(),
         )
 
     @classmethod
