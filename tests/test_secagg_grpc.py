@@ -199,7 +199,7 @@ def _common(blob: bytes, at: int, data: bytes, offset: int) -> int:
 def test_no_plain_update_travels_and_the_mean_is_exact_within_the_bound() -> None:
     updates, weights = updates_for(18)
     fixed = FixedPoint(N, SECURE.max_weight, float(SECURE.bound), SECURE.fraction_bits)
-    with grpc_swarm(transfer_deadline=10) as nodes:
+    with grpc_swarm(transfer_deadline=20) as nodes:  # a loaded machine must not drop anyone
         results, _ = play(nodes, updates, weights)
         state = nodes[0].ledger.round(1)
         assert state.status == RoundStatus.FINAL and state.attempt == 1
@@ -229,7 +229,7 @@ def test_a_drop_in_the_middle_of_the_reduce_scatter_ends_on_one_digest_revealing
     None
 ):
     updates, weights = updates_for(7)
-    with grpc_swarm(transfer_deadline=4) as nodes:
+    with grpc_swarm(transfer_deadline=5) as nodes:
         # a frame holds a whole run (an owner's two segments): the victim's rows reach three
         # owners whole and the other four not at all
         victim = FaultyTransport(nodes[-1].transport)
