@@ -143,6 +143,8 @@ def test_reveals_are_refused_for_other_inputs_other_roots_and_after_a_failure() 
     swarm.complete(1, live, digest)
     with pytest.raises(RevealRefused, match="self-mask share and the key share"):
         swarm.merge(owner, 1, live, range(16, 32))
+    with pytest.raises(RevealRefused, match="not live in attempt 1"):  # the dropped asking
+        revealer.answer_reveal(ACCOUNTS[-1], 1, session.request(1, range(16)), digest, 0.0)
     with pytest.raises(RevealRefused, match="is over here"):
         revealer.answer_reveal(owner, 0, session.request(0, range(16)), first, 0.0)
 

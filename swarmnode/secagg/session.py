@@ -291,6 +291,8 @@ class Session:
                     raise NotYet(f"attempt {attempt} has not started here")
             if max(self._attempts) > attempt:
                 raise RevealRefused(f"attempt {attempt} is over here")
+            if normalize(sender) not in view.live:
+                raise RevealRefused(f"{sender} is not live in attempt {attempt}")
             if request.stayed != frozenset(view.live):
                 raise RevealRefused(
                     f"a reveal in attempt {attempt} must sum exactly its live participants"
