@@ -304,3 +304,52 @@ def test_an_owner_summing_with_a_row_left_out_is_refused_over_grpc() -> None:
         mean = secure[0].merge(1, elements, rows, deadline)
         exact = sum(w * u[:160].astype(np.float64) for w, u in zip(weights, updates, strict=True))
         assert float(np.max(np.abs(mean - exact / sum(weights)))) < 1e-4
+
+
+@pytest.mark.chain
+def test_a_secure_round_on_the_embedded_chain_joins_with_the_salted_commitment() -> None:
+    """The contract's side (weights capped at join, commitments as given): 3 nodes on the
+    embedded chain over gRPC end on one digest, the plain weighted mean within the bound,
+    and what each joined with on chain is its salted commitment, not its plain digest."""
+    from swarmnode import canonical
+    from swarmnode.simulation.local import grpc_swarm as chain_swarm
+
+    params = SwarmParams(
+        min_peers=3,
+        max_peers=3,
+        join_window=30,
+        transfer_deadline=20,
+        round_deadline=120,
+        secure_aggregation=SECURE,
+    )
+    updates, weights = updates_for(3)
+    swarm = chain_swarm(params, 3)
+    try:
+        rule = make_rule(params.merge_rule)
+        rounds = [
+            Round(
+                ledger=peer.ledger,
+                transport=peer.transport,
+                inbox=peer.inbox,
+                rule=rule,
+                vector=updates[i],
+                weight=weights[i],
+                val_loss=0.5,
+                settings=RoundSettings(poll=0.05),
+            )
+            for i, peer in enumerate(swarm.peers)
+        ]
+        results = run_in_threads([r.run for r in rounds], timeout=120)
+        state = swarm.peers[0].ledger.round(1)
+        assert state.status == RoundStatus.FINAL
+        assert {r.digest for r in results} == {state.final_digest}
+        plain = {canonical.digest_from_chunk_hashes(canonical.chunk_hashes(u)) for u in updates}
+        joined = {s.commitment for s in state.seats}
+        assert joined == {r._prepared.commitment for r in rounds if r._prepared is not None}
+        assert not joined & plain
+        total = sum(weights[:3])
+        exact = sum(w * u.astype(np.float64) for w, u in zip(weights[:3], updates[:3], strict=True))
+        assert results[0].merged is not None
+        assert float(np.max(np.abs(results[0].merged - exact / total))) < 1e-4
+    finally:
+        swarm.close()
