@@ -30,7 +30,14 @@ chain up to 16 nodes, the in-memory transport on the in-memory chain above (32 i
 gRPC servers with TLS do not fit a 2-core machine); the memory transport counts exactly the
 bytes gRPC counts for the same messages, so the byte columns compare; its times do not.
 All nodes share one process (and its cores), so times are an upper bound for separate
-machines. The load average is printed with the results: read times beside it.
+machines: the secure round's setup (each node masks its whole vector with one PRG stream
+per peer) runs n times on the same cores, so at n = 32 it dominates "rest". The load
+average is printed with the results: read times beside it.
+
+The secure-aggregation numbers default to SecureAggregation's (B = 16, f = 20, w_max = 2^16:
+8-byte words); words of 4 bytes need small weights, e.g. --secagg-max-weight 1
+--secagg-bound 4 --secagg-fraction-bits 16 at n = 8 (14 at n = 32), and every node then
+joins with weight 1 (docs/secure-aggregation.md#fixed-point).
 """
 
 from __future__ import annotations
