@@ -163,3 +163,50 @@ def test_a_sum_with_a_row_left_out_is_refused() -> None:
     ]
     with pytest.raises(SumRefused, match="a mask left out"):
         owner.unmask(request, sum_rows(FIXED, rows), reveals)
+
+
+def test_a_node_whose_update_breaks_the_bound_is_dropped_and_the_others_finish() -> None:
+    """In whole rounds (in-memory ledger and transport): the node cannot encode its update,
+    so its masked root never comes; the others vote it out at setup and the next attempt
+    ends on the mean of the rest, its pair masks removed with its key share."""
+    from swarmnode.ledger.types import RoundStatus
+    from swarmnode.merge import make_rule
+    from swarmnode.round import Round, RoundSettings
+    from swarmnode.rules import SecureAggregation, SwarmParams
+    from swarmnode.simulation.local import memory_swarm, run_in_threads
+
+    params = SwarmParams(
+        min_peers=3,
+        max_peers=4,
+        join_window=30,
+        transfer_deadline=2,
+        round_deadline=60,
+        secure_aggregation=SecureAggregation(bound=4, fraction_bits=16, max_weight=64),
+    )
+    swarm = memory_swarm(params, 4, clock=time.time)
+    rng = np.random.default_rng(4)
+    updates = [rng.uniform(-4, 4, 1000).astype(np.float32) for _ in range(4)]
+    updates[3][5] = 9.0  # outside B = 4
+    rule = make_rule(params.merge_rule)
+    rounds = [
+        Round(
+            ledger=peer.ledger,
+            transport=peer.transport,
+            inbox=peer.inbox,
+            rule=rule,
+            vector=updates[i],
+            weight=10,
+            val_loss=0.5,
+            settings=RoundSettings(poll=0.02),
+        )
+        for i, peer in enumerate(swarm.peers)
+    ]
+    results = run_in_threads([r.run for r in rounds], timeout=60)
+    state = swarm.peers[0].ledger.round(1)
+    assert state.status == RoundStatus.FINAL and state.attempt == 2
+    assert swarm.peers[3].ledger.account not in state.live_participants
+    assert [r.status for r in results[:3]] == ["final"] * 3
+    assert {r.digest for r in results[:3]} == {state.final_digest}
+    merged = results[0].merged
+    assert merged is not None
+    assert float(np.max(np.abs(merged - np.mean(np.stack(updates[:3]), axis=0)))) < 1e-4
