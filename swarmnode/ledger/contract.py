@@ -277,7 +277,10 @@ class ContractLedger(Ledger):
         status, fail, attempt, joined, live, reports, first, closed, start, closed_block = row[:10]
         training = int(row[10])  # getRound's trainingNow: the nodes still training now
         nodes, commitments, weights, losses, dropped, reported = self._view(f.participants(number))
-        digest = bytes(self._view(f.finalDigest(number)))
+        # the contract writes finalDigest when, and only when, it finalizes the round: a
+        # round read while open or closed (most reads) costs two calls instead of three
+        final = RoundStatus(status) == RoundStatus.FINAL
+        digest = bytes(self._view(f.finalDigest(number))) if final else bytes(32)
         seats = tuple(
             Seat(to_checksum_address(a), bytes(c), w, v, d, r)
             for a, c, w, v, d, r in zip(

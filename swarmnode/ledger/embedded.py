@@ -36,14 +36,46 @@ _V = TypeVar("_V")
 FUNDING_WEI = 10**20  # 100 ether: thousands of rounds of gas on the embedded chain
 
 
+class _ChainLock:
+    """The embedded chain's lock (reentrant, as eth-tester is reached through it at several
+    depths), which notes the newest block's time each time its holder lets go of it: a block
+    is only ever mined under this lock, so between two holders that time is the chain's.
+    `EmbeddedChain.now` reads it instead of waiting for the lock."""
+
+    def __init__(self, head_time: Callable[[], int]) -> None:
+        self._lock = threading.RLock()
+        self._head_time = head_time
+        self._depth = 0  # how deep the holder is; only the holder reads or writes it
+        self.head_time = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        self._depth += 1
+        return True
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self.head_time = self._head_time()
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class EmbeddedChain:
     """A private chain for one process: deploy swarms and hand out funded accounts."""
 
     def __init__(self) -> None:
         self._backend = PyEVMBackend()
         self.w3 = Web3(EthereumTesterProvider(EthereumTester(self._backend)))
-        self._lock = threading.RLock()
+        self._lock = _ChainLock(self._head_time)
         self._offset = 0.0
+        self._clock = threading.Lock()  # guards _offset, which now() moves without _lock
         self.changes = ChainChanges()
         # the last value of each view read, with the change it was read at: shared by every
         # handle, since no view the rounds read depends on who asks (EmbeddedLedger)
@@ -60,26 +92,42 @@ class EmbeddedChain:
         clock. Time then runs on from the newest block instead of standing still until the
         wall clock catches up: a deadline judged by a clock that stands still would pass
         minutes late, and a drop vote sent when it seems due would be refused as too early.
+
+        Every waiting node asks for the time on every wake-up. It does not queue behind a
+        transaction or a read for it: while another thread holds the chain, the newest block
+        is the one that thread's lock found when it was last released (`_ChainLock`), which is
+        what this call would have read just before that thread took the chain.
         """
-        with self._lock:
-            latest = int(self._backend.chain.get_canonical_head().timestamp)
+        if self._lock.acquire(blocking=False):
+            try:
+                latest = self._head_time()
+            finally:
+                self._lock.release()
+        else:
+            latest = self._lock.head_time
+        with self._clock:
             running = time.time() + self._offset
             if latest > running:
                 self._offset += latest - running
                 running = float(latest)
             return int(running)
 
+    def _head_time(self) -> int:
+        return int(self._backend.chain.get_canonical_head().timestamp)
+
     def advance(self, seconds: float) -> None:
         """Moves chain time forward without sleeping; the next block carries the new time."""
         with self._lock:
             target = self.now() + seconds
-            self._offset = target - time.time()
+            with self._clock:
+                self._offset = target - time.time()
         self.changes.changed()
 
     def _restamp_pending_block(self) -> None:
         chain = self._backend.chain
         parent = chain.get_canonical_head().timestamp
-        stamp = max(parent + 1, int(time.time() + self._offset))
+        with self._clock:
+            stamp = max(parent + 1, int(time.time() + self._offset))
         chain.header = chain.header.copy(timestamp=stamp)
 
     # -- accounts

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -45,6 +46,28 @@ from swarmnode.ledger.background import in_background
 from swarmnode.ledger.errors import contract_error_from
 
 log = logging.getLogger(__name__)
+
+
+def use_c_keccak() -> bool:
+    """Makes eth-hash's keccak256 (every hash py-evm, its trie, eth-account and eth-utils
+    take) run on safe-pysha3's C code instead of pycryptodome's, unless ETH_HASH_BACKEND
+    names a backend. eth-hash prefers pycryptodome whenever it is installed, and its keccak
+    costs about 11 us a call here against 1.3 us: a full-fidelity round on the embedded chain
+    hashes some 16,000 times (docs/chain.md#three-chains). False where pysha3 is missing."""
+    if os.environ.get("ETH_HASH_BACKEND"):
+        return False
+    try:
+        from eth_hash.backends.pysha3 import backend
+    except ImportError:
+        return False
+    from eth_hash.auto import keccak
+
+    # what eth-hash itself does after its first call: the instance's methods replaced
+    vars(keccak).update(hasher=backend.keccak256, preimage=backend.preimage)
+    return True
+
+
+use_c_keccak()
 
 # Estimates are exact for the state they ran on; a round's state can move between estimate
 # and inclusion (another join lands first and this one closes the round), so leave room.
@@ -146,6 +169,10 @@ class TransactionSender:
 
     def call(self, fn: ContractFunction, **kwargs: Any) -> Any:
         """A read-only call with the chain's errors named."""
+
+        # a view names its caller: without one, eth-tester's provider asks the chain for
+        # its accounts on every call to pick a default sender (a third of a view's cost)
+        kwargs.setdefault("transaction", {"from": self._account.address})
 
         def once() -> Any:
             with self.guard(fn.fn_name):
