@@ -124,6 +124,8 @@ class SecureRound:
         """The merged segment over `elements` from every live participant's masked row: the
         rows summed modulo 2^k, unmasked with the first t reveals that check, decoded.
         MergeError when the sum is refused or too few revealers answer."""
+        if not len(elements):  # an empty segment (fewer chunks than owners): nothing to ask
+            return np.empty(0, dtype=np.float32)
         session = self.session
         masked_sum = sum_rows(session.context.fixed, cast(Sequence[Words], rows))
         request = session.request(attempt, elements)

@@ -210,3 +210,48 @@ def test_a_node_whose_update_breaks_the_bound_is_dropped_and_the_others_finish()
     merged = results[0].merged
     assert merged is not None
     assert float(np.max(np.abs(merged - np.mean(np.stack(updates[:3]), axis=0)))) < 1e-4
+
+
+def test_a_model_with_fewer_chunks_than_nodes_merges_its_empty_segments_too() -> None:
+    """40 values, 3 chunks, 6 nodes: three segments are empty, and their owners merge them
+    without asking anyone to reveal (a reveal of no elements is refused by rule)."""
+    from swarmnode.ledger.types import RoundStatus
+    from swarmnode.merge import make_rule
+    from swarmnode.round import Round, RoundSettings
+    from swarmnode.rules import SecureAggregation, SwarmParams
+    from swarmnode.simulation.local import memory_swarm, run_in_threads
+
+    params = SwarmParams(
+        min_peers=3,
+        max_peers=6,
+        join_window=30,
+        transfer_deadline=20,
+        round_deadline=60,
+        secure_aggregation=SecureAggregation(bound=4, fraction_bits=16, max_weight=64),
+    )
+    swarm = memory_swarm(params, 6, clock=time.time)
+    rng = np.random.default_rng(6)
+    updates = [rng.uniform(-4, 4, 40).astype(np.float32) for _ in range(6)]
+    rule = make_rule(params.merge_rule)
+    results = run_in_threads(
+        [
+            Round(
+                ledger=peer.ledger,
+                transport=peer.transport,
+                inbox=peer.inbox,
+                rule=rule,
+                vector=updates[i],
+                weight=i + 1,
+                val_loss=0.5,
+                settings=RoundSettings(poll=0.02),
+            ).run
+            for i, peer in enumerate(swarm.peers)
+        ],
+        timeout=60,
+    )
+    state = swarm.peers[0].ledger.round(1)
+    assert state.status == RoundStatus.FINAL and state.attempt == 1
+    assert {r.digest for r in results} == {state.final_digest}
+    exact = sum((i + 1) * u.astype(np.float64) for i, u in enumerate(updates)) / 21
+    assert results[0].merged is not None
+    assert float(np.max(np.abs(results[0].merged - exact))) < 1e-4
