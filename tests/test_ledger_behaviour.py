@@ -546,11 +546,8 @@ def test_secure_aggregation_refusals_are_named_alike(backend: Backend) -> None:
         assert (python_side.value.error, python_side.value.details) == (name, details)
         err = refused(name, lambda params=params: backend.deploy(params, validate=False))
         assert err.details == details
-        off = dataclasses.replace(params, secure_aggregation=None)
-        try:
-            off.validate()
-        except ConfigError as exc:  # a bad number that only secure aggregation reads is moot
-            assert not isinstance(exc, ParamsRefused) and overrides.get("min_peers") != 2, exc
+        # without secure aggregation each of these swarms is a valid one
+        dataclasses.replace(params, secure_aggregation=None).validate()
 
 
 def test_secure_aggregation_is_fixed_at_deploy_and_caps_the_weight(backend: Backend) -> None:
