@@ -151,6 +151,9 @@ class TransactionSender:
         self._prepare = prepare
         self._estimate_on = estimate_on
         self._fixed_gas = fixed_gas
+        # how a fixed-gas preflight runs the call on a block ("pending"): web3's own call
+        # unless the chain has a shorter way to the same EVM (EmbeddedLedger)
+        self.preflight: Callable[[ContractFunction, str], object] | None = None
         self._min_gas = min_gas
         self._unavailable = unavailable or Backoff(first_delay=0.2, max_delay=2.0, attempts=40)
         self._receipt_timeout = receipt_timeout
@@ -245,7 +248,10 @@ class TransactionSender:
                 estimate = fn.estimate_gas({"from": sender}, block_identifier=self._estimate_on)
                 return max(int(estimate * GAS_MARGIN) + GAS_EXTRA, self._min_gas())
             # Preflight on the pending block to name a revert before paying for it.
-            fn.call({"from": sender}, block_identifier=self._estimate_on)
+            if self.preflight is not None:
+                self.preflight(fn, self._estimate_on)
+            else:
+                fn.call({"from": sender}, block_identifier=self._estimate_on)
             return self._fixed_gas
         except (ConnectionError, OSError, TimeoutError):
             raise
