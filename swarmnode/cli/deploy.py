@@ -106,7 +106,7 @@ def deploy(
     ),
     min_peers: int | None = typer.Option(
         None,
-        help="Fewest joins a round closes with [default: 2; 3 with --secure-aggregation].",
+        help="Fewest joins a round closes with (default 2; 3 with --secure-aggregation).",
         show_default=False,
     ),
     max_peers: int = typer.Option(8, help="The join that reaches this closes the round."),
