@@ -258,6 +258,13 @@ def test_a_drop_in_the_middle_of_the_reduce_scatter_ends_on_one_digest_revealing
             for elements, inputs in r._secure.session.revealer.history()
         ]
         assert given, "no reveal was recorded"
+        # and through the failed attempt and the next one, no plain update travelled
+        fixed = FixedPoint(N, SECURE.max_weight, float(SECURE.bound), SECURE.fraction_bits)
+        secrets = Secrets(
+            {i: [u.tobytes(), fixed.encode(weights[i], u).tobytes()] for i, u in enumerate(updates)}
+        )
+        for i, node in enumerate(nodes[:-1]):
+            assert secrets.leaked(i, node.wire.taken) == [], f"node {i} saw a plain update"
         assert all(len(inputs) == live for _, inputs in given)
         for (a, ia), (b, ib) in itertools.combinations(given, 2):
             if max(a.start, b.start) < min(a.stop, b.stop):
