@@ -22,6 +22,7 @@ node's privacy journal beside local DP's, and a budget ends the node's rounds th
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 from dataclasses import dataclass
@@ -122,6 +123,13 @@ def clip_update(update: npt.NDArray[np.float64], norm: float) -> npt.NDArray[np.
     return update * (norm / length)
 
 
+@functools.lru_cache(maxsize=1024)
+def _epsilon(sigma: float, rounds: int, delta: float) -> float:
+    """epsilon_of for `rounds` unsampled Gaussian steps, kept: a simulated swarm asks it of
+    every node every round, and they mostly share their count."""
+    return epsilon_of([(sigma, 1.0, rounds)] if rounds else [], delta)
+
+
 class DistributedDP:
     """One node's distributed DP in one swarm: clips and noises what it contributes, counts
     the rounds, and says epsilon. Made by `for_swarm`, which refuses a swarm it cannot
@@ -183,11 +191,12 @@ class DistributedDP:
 
     def epsilon(self) -> float:
         """Epsilon spent so far at the settings' delta, for one node's whole update."""
-        return epsilon_of(self.history(), self.settings.delta)
+        return self.epsilon_after(0)
 
     def epsilon_after(self, rounds: int) -> float:
+        """What epsilon would be after `rounds` more contributions."""
         ahead = self.rounds + max(rounds, 0)
-        return epsilon_of([(self.settings.noise_multiplier, 1.0, ahead)], self.settings.delta)
+        return _epsilon(self.settings.noise_multiplier, ahead, self.settings.delta)
 
     def check_budget(self, rounds: int = 1) -> None:
         """Raises BudgetSpent when `rounds` more contributions would spend past the budget."""

@@ -18,14 +18,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 from opacus.accountants import RDPAccountant
+from torch.utils.data import TensorDataset
 
 from swarmnode.config import NodeConfig
 from swarmnode.distributed_dp import DistributedDP, MeanPrivacySettings, clip_update
 from swarmnode.exceptions import ConfigError
 from swarmnode.node import SwarmNode
-from swarmnode.privacy import BudgetSpent, PrivacySettings, read_journal, write_journal
+from swarmnode.privacy import (
+    BudgetSpent,
+    PrivacySettings,
+    epsilon_of,
+    read_journal,
+    write_journal,
+)
 from swarmnode.rules import Rule, SecureAggregation, SwarmParams, SyncPolicyId
+from swarmnode.simulation.engine import run_tasks
+from swarmnode.simulation.fast import run_fast
 from swarmnode.simulation.local import memory_swarm
+from swarmnode.simulation.report import build_report
+from swarmnode.simulation.results import Curve
+from swarmnode.simulation.scenario import Scenario
+from swarmnode.simulation.tasks import node_tasks, scenario_data
 from swarmnode.training import example_task
 
 DELTA = 1e-5
@@ -215,3 +228,76 @@ def test_a_node_refuses_a_swarm_without_secure_aggregation_and_stops_at_its_budg
     with pytest.raises(BudgetSpent, match=r"epsilon 0\.000 so far"):
         spender.step()
     assert spender.trainer.batches_done == 0 and spender.epsilon() == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# The simulator
+
+
+def test_both_engines_run_distributed_dp_on_secure_aggregation_until_the_budget() -> None:
+    """Three nodes, a budget between two and three rounds' epsilon: both engines take two
+    rounds and stop, every node at the accountant's epsilon; their merged models score the
+    same test loss (the same training, the same seeded noise, the same fixed-point sum; a
+    node's weight or noise drawn otherwise moves it by far more), and the report names the
+    distributed settings."""
+    sigma = 1.0
+    two, three = (epsilon_of([(sigma, 1.0, k)], DELTA) for k in (2, 3))
+    fields = {
+        "nodes": 3,
+        "rounds": 3,
+        "local_batches": 2,
+        "partition": "iid",
+        "secure_aggregation": True,
+        "dp_mean_noise": sigma,
+        "dp_mean_clip": 0.5,
+        "dp_budget": (two + three) / 2,
+    }
+    full = Scenario.load(None, fields)
+    data, parts = scenario_data(full)
+    test = TensorDataset(data.x_test, data.y_test)
+    runs = [
+        run_tasks(full, node_tasks(full, data, parts), test, backend="memory"),
+        run_fast(full.model_copy(update={"engine": "fast"}), data, parts),
+    ]
+    for run in runs:
+        assert [r.participants for r in run.rounds] == [3, 3]
+        spent = [[n.epsilon for n in r.per_node] for r in run.rounds]
+        assert spent == [[pytest.approx(epsilon_of([(sigma, 1.0, 1)], DELTA))] * 3, [two] * 3]
+    for full_round, fast_round in zip(*(run.rounds for run in runs), strict=True):
+        # the same model within training's float error (tests/test_fast_engine.py: 1e-5)
+        assert fast_round.loss == pytest.approx(full_round.loss, rel=1e-4)
+    report = build_report(full, runs[0], [Curve([0.5] * 2)], Curve([0.9] * 2), 1.0)
+    assert report["privacy"] == {
+        "secure_aggregation": True,
+        "noise_multiplier": sigma,
+        "epsilon": pytest.approx(two),
+        "delta": DELTA,
+        "dp": "distributed",
+        "clip_norm": 0.5,
+        "assumed_colluders": 1,
+        "min_participants": 3,
+        "node_noise_std": pytest.approx(sigma * 0.5 / math.sqrt(2)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"dp_mean_noise": 1.0}, "dp_mean_noise needs secure_aggregation = true"),
+        ({"dp_mean_noise": 1.0, "dp_noise": 1.0}, "cannot both be on"),
+        ({"dp_colluders": 1}, "dp_colluders without dp_mean_noise"),
+        (
+            {"dp_mean_noise": 1.0, "secure_aggregation": True, "dp_colluders": 3},
+            "assumed_colluders 3 must be below the 3 participants",
+        ),
+        (
+            {"dp_mean_noise": 1.0, "secure_aggregation": True, "dp_clip": 1.0},
+            "dp_clip is DP-SGD's",
+        ),
+        ({"min_peers": 9}, "min_peers 9 is more than the 8 nodes"),
+    ],
+)
+def test_scenario_refusals_are_one_line(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        Scenario.load(None, fields)
+    assert "\n" not in str(caught.value)

@@ -240,6 +240,7 @@ def test_a_node_out_of_budget_stops_joining_and_the_others_finish() -> None:
         "noise_multiplier": noise,
         "epsilon": pytest.approx(small, rel=1e-9),  # the most any node spent: node 0's
         "delta": DELTA,
+        "dp": "local",
     }
     without = scenario.model_copy(update={"dp_noise": None, "dp_budget": None})
     plain = build_report(without, run, [Curve([0.5] * 3)], Curve([0.9] * 3), seconds)

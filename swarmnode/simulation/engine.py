@@ -152,11 +152,17 @@ class _Run:
             init_seed=self.scenario.seed,
             settings=RoundSettings(poll=0.01),
             privacy=self.scenario.privacy(),
+            # distributed DP (docs/privacy.md#distributed-dp), its noise seeded as the fast
+            # engine's is, so that the two engines draw the same
+            mean_privacy=self.scenario.mean_privacy(),
+            mean_seed=(self.scenario.seed * 1000 + i) * 2 + 1,
         )
         node.syncer.rule = self.liars.rule(i, node.syncer.rule)
         earlier = getattr(self, "nodes", None)  # a restarted node: its spending goes on
         if node.trainer.privacy is not None and earlier is not None:
             node.trainer.privacy.continue_from(earlier[i].trainer.privacy)
+        if node.mean_privacy is not None and earlier is not None:
+            node.mean_privacy.continue_from(earlier[i].mean_privacy)
         return node
 
     def _arm_byzantine(self) -> None:
@@ -226,10 +232,13 @@ class _Run:
         """A node whose next round would spend past dp_budget stops here, as a daemon does:
         it says so, finishes on chain (rounds stop waiting for it) and keeps its model."""
         for i, node in enumerate(self.nodes):
-            if i in self.spent or node.trainer.privacy is None:
+            if i in self.spent or (node.trainer.privacy is None and node.mean_privacy is None):
                 continue
             try:
-                node.trainer.privacy.check_budget(node.syncer.policy.interval)
+                if node.trainer.privacy is not None:
+                    node.trainer.privacy.check_budget(node.syncer.policy.interval)
+                if node.mean_privacy is not None:
+                    node.mean_privacy.check_budget()
             except BudgetSpent as spent:
                 log.info("node %d: %s", i, spent)
                 node.finish()
@@ -256,8 +265,7 @@ class _Run:
         ]
 
     def _epsilon(self, i: int) -> float | None:
-        privacy = self.nodes[i].trainer.privacy
-        return None if privacy is None else privacy.epsilon()
+        return self.nodes[i].epsilon()
 
 
 def _mined(ledgers: list[Ledger]) -> tuple[int, int]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -38,8 +38,10 @@ from torch.func import functional_call, vmap
 from torch.nn import functional
 
 from swarmnode import canonical, ownership
+from swarmnode.distributed_dp import DistributedDP
 from swarmnode.exceptions import ConfigError
 from swarmnode.merge import Mean, Median, MergeRule, TrimmedMean, make_rule
+from swarmnode.privacy import BudgetSpent
 from swarmnode.records import NodeRoundRecord
 from swarmnode.secagg.errors import UpdateOutOfBound
 from swarmnode.secagg.fixedpoint import FixedPoint
@@ -332,9 +334,21 @@ def run_fast(
     run = (rounds or FastRounds)(scenario, swarm, data)
     records: list[RoundRecord] = []
     for k in range(1, scenario.rounds + 1):
-        records.append(run.round(k))
+        try:
+            records.append(run.round(k))
+        except EveryBudgetSpent:  # as full fidelity's run ends (engine.run_tasks)
+            if not records:
+                raise ConfigError(
+                    f"dp_budget {scenario.dp_budget}: spent before the first round on every "
+                    "node (one round would spend more); raise dp_budget or dp_mean_noise"
+                ) from None
+            break
         on_round(records[-1])
     return SwarmRun.of(records)
+
+
+class EveryBudgetSpent(Exception):
+    """No node may contribute to another round: their distributed DP budgets are spent."""
 
 
 class FastRounds:
@@ -363,11 +377,28 @@ class FastRounds:
         )
         self.reference = swarm.stack.vectors(torch.tensor([0]))[0]
         self.model_bytes = self.reference.numel() * canonical.ELEMENT_BYTES
+        # distributed DP (docs/privacy.md#distributed-dp): each node's clipping, noise and
+        # accountant, its noise seeded from the scenario's seed so that runs repeat
+        mean = s.mean_privacy()
+        self.private = (
+            None
+            if mean is None
+            else [
+                DistributedDP.for_swarm(mean, params, seed=(s.seed * 1000 + i) * 2 + 1)
+                for i in range(n)
+            ]
+        )
+        self.spent: set[int] = set()  # nodes out of budget: they contribute no more
 
     def round(self, k: int) -> RoundRecord:
         t0 = time.perf_counter()
         plan = self.plan.round(k)
-        active = [i for i in range(len(self.swarm.sizes)) if plan.away(i) is None]
+        self._check_budgets()
+
+        def away(i: int) -> str | None:
+            return "budget_spent" if i in self.spent else plan.away(i)
+
+        active = [i for i in range(len(self.swarm.sizes)) if away(i) is None]
         rows = torch.as_tensor(active, device=self.swarm.device)
         returning = sorted(i for i in plan.returning | plan.restarting if i in active)
         if returning:  # catch-up: the last merged model
@@ -377,16 +408,21 @@ class FastRounds:
             momentum = self.swarm.stack.momentum
             self.swarm.stack.momentum = {k: torch.zeros_like(v) for k, v in momentum.items()}
         losses = self.train(active, batches)
-        sent = self._contributions(active, self.swarm.stack.vectors(rows))
-        merged = self._merge(sent, [self.swarm.sizes[i] for i in active])
+        vectors = self.swarm.stack.vectors(rows)
+        weights = [self.swarm.sizes[i] for i in active]
+        if self.private is not None:  # clipped, noised, and every node of weight 1
+            vectors, weights = self._noised(active, vectors), [1] * len(active)
+        sent = self._contributions(active, vectors)
+        merged = self._merge(sent, weights)
         self.swarm.stack.load(rows, merged)
         self.reference = merged
         self.policy.after_round([loss_to_int(v) for v in losses])
         digest = canonical.digest(merged).hex()
         accuracy, loss = self._score(merged)
-        per_node = _node_records(
-            k, len(self.swarm.sizes), active, plan.away, digest, batches, losses
-        )
+        per_node = _node_records(k, len(self.swarm.sizes), active, away, digest, batches, losses)
+        if self.private is not None:
+            private = self.private
+            per_node = [replace(r, epsilon=private[i].epsilon()) for i, r in enumerate(per_node)]
         return RoundRecord(
             round=k,
             participants=len(active),
@@ -402,6 +438,30 @@ class FastRounds:
             per_node=per_node,
             faults={"sat_out": sorted(plan.sitting_out), "caught_up": returning},
         )
+
+    def _check_budgets(self) -> None:
+        """A node whose next contribution would spend past dp_budget stops contributing, as
+        a node does (SwarmNode.step); EveryBudgetSpent when none is left."""
+        if self.private is None:
+            return
+        for i, private in enumerate(self.private):
+            if i in self.spent:
+                continue
+            try:
+                private.check_budget()
+            except BudgetSpent:
+                self.spent.add(i)
+        if len(self.spent) == len(self.private):
+            raise EveryBudgetSpent
+
+    def _noised(self, active: list[int], vectors: torch.Tensor) -> torch.Tensor:
+        """Each participant's update clipped and noised around the last merged model."""
+        assert self.private is not None
+        reference = self.reference.numpy()
+        for row, i in enumerate(active):
+            sent = self.private[i].contribute(vectors[row].numpy(), reference)
+            vectors[row] = torch.from_numpy(sent)
+        return vectors
 
     def train(self, active: list[int], batches: int) -> list[float]:
         """The round's local training of the nodes in `active` (the others do not move);

@@ -80,15 +80,29 @@ def privacy_block(scenario: Scenario, swarm: SwarmRun) -> dict[str, Any]:
     its updates under masks, and with DP the noise, delta and the largest epsilon any node
     spent."""
     settings = scenario.privacy()
+    mean = scenario.mean_privacy()  # distributed DP (docs/privacy.md#distributed-dp)
     spent = [
         node.epsilon for r in swarm.rounds for node in r.per_node if node.epsilon is not None
     ]
-    return {
+    chosen = settings or mean
+    block: dict[str, Any] = {
         "secure_aggregation": scenario.secure_aggregation,
-        "noise_multiplier": None if settings is None else settings.noise_multiplier,
+        "noise_multiplier": None if chosen is None else chosen.noise_multiplier,
         "epsilon": max(spent) if spent else None,
-        "delta": None if settings is None else settings.delta,
+        "delta": None if chosen is None else chosen.delta,
+        # which DP: "local" (DP-SGD, epsilon per training row) or "distributed" (for the
+        # mean, epsilon per node's whole update); None without DP
+        "dp": "local" if settings is not None else "distributed" if mean is not None else None,
     }
+    if mean is not None:
+        m = scenario.swarm_params(scenario.nodes, b"\x01" * 32).min_live
+        block.update(
+            clip_norm=mean.clip_norm,
+            assumed_colluders=mean.assumed_colluders,
+            min_participants=m,
+            node_noise_std=mean.noise_std(m),
+        )
+    return block
 
 
 def write_outputs(
@@ -209,8 +223,13 @@ def print_summary(console: Console, report: dict[str, Any], files: list[Path]) -
             if len(rounds) < planned
             else ""
         )
+        kind = (
+            "DP-SGD on every node"
+            if privacy["dp"] == "local"
+            else "distributed DP for the mean (epsilon per node)"
+        )
         console.print(
-            f"DP-SGD on every node: noise multiplier {privacy['noise_multiplier']:g}, epsilon "
+            f"{kind}: noise multiplier {privacy['noise_multiplier']:g}, epsilon "
             f"{spent} at delta {privacy['delta']:g} (the most any node spent){ended}"
         )
     faults = _fault_table(rounds)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from swarmnode.config import read_toml_table, validated
+from swarmnode.distributed_dp import DEFAULT_COLLUDERS, DistributedDP, MeanPrivacySettings
 from swarmnode.privacy import DEFAULT_DELTA, PrivacySettings
 from swarmnode.rules import (
     MAX_PEERS_LIMIT,
@@ -120,6 +121,16 @@ class Scenario(BaseModel):
     secagg_bound: int | None = Field(None, ge=1, lt=2**32)
     secagg_fraction_bits: int | None = Field(None, ge=0, le=48)
     secagg_max_weight: int | None = Field(None, ge=1, lt=2**64)
+    # Distributed DP for the mean (docs/privacy.md#distributed-dp), instead of dp_noise: each
+    # node clips its round's update to dp_mean_clip (default 1.0) and adds its share of noise
+    # of multiplier dp_mean_noise, assuming dp_colluders (default 1); needs secure
+    # aggregation; dp_delta and dp_budget as above
+    dp_mean_noise: float | None = None
+    dp_mean_clip: float | None = None
+    dp_colluders: int | None = None
+    # the deploy's min_peers: the fewest participants a round may finish with (None: 2, or 3
+    # with secure aggregation), m of distributed DP, which sizes each node's share of noise
+    min_peers: int | None = Field(None, ge=2, le=MAX_PEERS_LIMIT)
 
     @model_validator(mode="before")
     @classmethod
@@ -221,6 +232,16 @@ class Scenario(BaseModel):
 
     @model_validator(mode="after")
     def _privacy(self) -> Scenario:
+        if self.dp_noise is not None and self.dp_mean_noise is not None:
+            raise ValueError(
+                "dp_noise (local DP-SGD) and dp_mean_noise (distributed DP) cannot both be "
+                "on: pick one (docs/privacy.md#both-kinds)"
+            )
+        if self.dp_mean_noise is not None:
+            return self._mean_privacy()
+        given = [k for k in ("dp_mean_clip", "dp_colluders") if getattr(self, k) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} without dp_mean_noise: set dp_mean_noise")
         if self.dp_noise is None:
             keys = ("dp_clip", "dp_delta", "dp_budget")
             given = [k for k in keys if getattr(self, k) is not None]
@@ -231,6 +252,48 @@ class Scenario(BaseModel):
         if self.processes:
             raise ValueError("processes: dp_noise runs in process only (drop --processes)")
         return self
+
+    @model_validator(mode="after")
+    def _min_peers(self) -> Scenario:
+        if self.min_peers is None:
+            return self
+        if self.min_peers > self.nodes:
+            raise ValueError(f"min_peers {self.min_peers} is more than the {self.nodes} nodes")
+        if self.engine == "fast" and self.dropout:
+            raise ValueError(
+                "min_peers with dropout: the fast engine merges whoever is present; "
+                'use engine = "full" (its chain ends a round short of min_peers)'
+            )
+        return self
+
+    def _mean_privacy(self) -> Scenario:
+        """Distributed DP's checks: its settings, secure aggregation, and f below m."""
+        if self.dp_clip is not None:
+            raise ValueError("dp_clip is DP-SGD's: distributed DP clips with dp_mean_clip")
+        settings = self.mean_privacy()
+        assert settings is not None
+        if not self.secure_aggregation:
+            raise ValueError(
+                "dp_mean_noise needs secure_aggregation = true: without it each owner sees an "
+                "update with only part of the noise (docs/privacy.md#distributed-dp)"
+            )
+        if self.processes:
+            raise ValueError("processes: dp_mean_noise runs in process only (drop --processes)")
+        # f < m, noise within the bound: what a node checks when it starts
+        DistributedDP.for_swarm(settings, self.swarm_params(self.nodes, b"\x01" * 32))
+        return self
+
+    def mean_privacy(self) -> MeanPrivacySettings | None:
+        """Every node's distributed DP settings, or None without dp_mean_noise."""
+        if self.dp_mean_noise is None:
+            return None
+        return MeanPrivacySettings(
+            noise_multiplier=self.dp_mean_noise,
+            clip_norm=1.0 if self.dp_mean_clip is None else self.dp_mean_clip,
+            assumed_colluders=DEFAULT_COLLUDERS if self.dp_colluders is None else self.dp_colluders,
+            delta=DEFAULT_DELTA if self.dp_delta is None else self.dp_delta,
+            epsilon_budget=self.dp_budget,
+        )
 
     def privacy(self) -> PrivacySettings | None:
         """Every node's DP-SGD settings, or None without dp_noise."""
@@ -332,7 +395,7 @@ class Scenario(BaseModel):
         """The contract's parameters for this scenario, in process and with --processes alike."""
         return SwarmParams(
             # a masked sum needs three (docs/secure-aggregation.md#what-each-party-learns)
-            min_peers=SECAGG_MIN_PEERS if self.secure_aggregation else 2,
+            min_peers=self.min_peers or (SECAGG_MIN_PEERS if self.secure_aggregation else 2),
             max_peers=nodes,
             # every node joins each round, and the last join closes it: the window only
             # matters if a node falls behind, which it may on two busy cores, or is away
