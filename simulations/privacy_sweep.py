@@ -34,18 +34,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
-from torch.utils.data import TensorDataset
 
 from swarmnode.exceptions import ConfigError
-from swarmnode.simulation.engine import run_tasks
-from swarmnode.simulation.fast import run_fast
-from swarmnode.simulation.results import SwarmRun
-from swarmnode.simulation.scenario import Scenario
-from swarmnode.simulation.tasks import node_tasks, scenario_data
+
+if TYPE_CHECKING:
+    from swarmnode.simulation.results import SwarmRun
+    from swarmnode.simulation.scenario import Scenario
 
 MODES = ("none", "local", "distributed")
 UNITS = {"none": "", "local": "row", "distributed": "node"}
@@ -94,6 +92,8 @@ def scenario(
     settings: Settings, dataset: str, mode: str, noise: float | None, seed: int
 ) -> Scenario:
     """The scenario of one run; ConfigError (one line) for settings it refuses."""
+    from swarmnode.simulation.scenario import Scenario  # here: --help loads no torch
+
     fields: dict[str, Any] = {
         "dataset": dataset,
         "nodes": settings.nodes,
@@ -119,6 +119,12 @@ def scenario(
 
 def run_one(s: Scenario) -> SwarmRun:
     """The swarm's rounds only (no baselines): the fast engine, or full fidelity in memory."""
+    from torch.utils.data import TensorDataset
+
+    from swarmnode.simulation.engine import run_tasks
+    from swarmnode.simulation.fast import run_fast
+    from swarmnode.simulation.tasks import node_tasks, scenario_data
+
     data, parts = scenario_data(s)
     if s.engine == "fast":
         return run_fast(s, data, parts)
