@@ -279,11 +279,15 @@ class Round:
         return self._wait_moved(state, tuple(reduced.accused))
 
     def _set_up_secure(self, state: RoundState, attempt: Attempt) -> Attempt:
-        """Secure aggregation's setup, once per round, in the first attempt this node takes
-        part in: openings and masked roots exchanged among that attempt's participants
-        (MissingContributions names those that sent none in time). Returns the attempt with
-        the masked roots as the commitments rows are checked against."""
-        if self._secure is None:
+        """Secure aggregation's setup, in the first attempt this node takes part in:
+        openings and masked roots exchanged among that attempt's participants
+        (MissingContributions names those that sent none in time). Once masked, never again
+        in the round; a setup that ended before masking (an opening missing: nobody can mask
+        without it) runs again in the next attempt, among its participants, with the same
+        secrets (docs/secure-aggregation.md#failures). Returns the attempt with the masked
+        roots as the commitments rows are checked against."""
+        again = self._secure is not None and self._secure.session.masked is None
+        if self._secure is None or (again and attempt.attempt > self._secure.setup_attempt):
             assert self._prepared is not None and self._router is not None
             secure = self.params.secure_aggregation
             assert secure is not None

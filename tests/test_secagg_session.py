@@ -255,3 +255,58 @@ def test_a_model_with_fewer_chunks_than_nodes_merges_its_empty_segments_too() ->
     exact = sum((i + 1) * u.astype(np.float64) for i, u in enumerate(updates)) / 21
     assert results[0].merged is not None
     assert float(np.max(np.abs(results[0].merged - exact))) < 1e-4
+
+
+def test_a_node_dying_before_its_opening_is_dropped_and_the_setup_runs_again() -> None:
+    """The victim joins and dies as the round closes: no opening of it reaches anyone, so
+    nobody can mask; all vote it out, set up again among the three left in attempt 2 (same
+    secrets, same join commitments) and finish on their mean."""
+    from swarmnode.ledger.types import RoundStatus
+    from swarmnode.merge import make_rule
+    from swarmnode.p2p.faults import InjectedCrash
+    from swarmnode.round import Round, RoundResult, RoundSettings
+    from swarmnode.rules import SecureAggregation, SwarmParams
+    from swarmnode.simulation.local import memory_swarm, run_in_threads
+
+    params = SwarmParams(
+        min_peers=3,
+        max_peers=4,
+        join_window=30,
+        transfer_deadline=2,
+        round_deadline=60,
+        secure_aggregation=SecureAggregation(bound=4, fraction_bits=16, max_weight=64),
+    )
+    swarm = memory_swarm(params, 4, clock=time.time)
+    rng = np.random.default_rng(8)
+    updates = [rng.uniform(-4, 4, 1000).astype(np.float32) for _ in range(4)]
+    rule = make_rule(params.merge_rule)
+
+    def die() -> None:
+        raise InjectedCrash("dies as the round closes", 1)
+
+    def node(i: int) -> RoundResult | None:
+        settings = RoundSettings(poll=0.02, on_closed=die if i == 3 else None)
+        try:
+            return Round(
+                ledger=swarm.peers[i].ledger,
+                transport=swarm.peers[i].transport,
+                inbox=swarm.peers[i].inbox,
+                rule=rule,
+                vector=updates[i],
+                weight=10,
+                val_loss=0.5,
+                settings=settings,
+            ).run()
+        except InjectedCrash:  # what a killed process leaves: no server either
+            swarm.extra["network"].detach(swarm.peers[i].ledger.account)
+            return None
+
+    results = run_in_threads([lambda i=i: node(i) for i in range(4)], timeout=60)
+    state = swarm.peers[0].ledger.round(1)
+    assert results[3] is None
+    assert state.status == RoundStatus.FINAL and state.attempt == 2
+    assert swarm.peers[3].ledger.account not in state.live_participants
+    assert {r.digest for r in results[:3] if r is not None} == {state.final_digest}
+    merged = results[0].merged if results[0] is not None else None
+    assert merged is not None
+    assert float(np.max(np.abs(merged - np.mean(np.stack(updates[:3]), axis=0)))) < 1e-4
