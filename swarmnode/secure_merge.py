@@ -28,9 +28,9 @@ from swarmnode.p2p.errors import InvalidMessage, NotReady, Refused
 from swarmnode.p2p.messages import SecAggKind, SecAggMessage
 from swarmnode.p2p.transport import Transport
 from swarmnode.secagg import wire
-from swarmnode.secagg.errors import NotYet, RevealRefused, SecAggError
+from swarmnode.secagg.errors import NotYet, RevealRefused, SecAggError, ShareError
 from swarmnode.secagg.fixedpoint import Words
-from swarmnode.secagg.reveal import Reveal
+from swarmnode.secagg.reveal import Reveal, RevealRequest
 from swarmnode.secagg.session import Opening, Session
 from swarmnode.secagg.unmask import sum_rows
 
@@ -132,31 +132,73 @@ class SecureRound:
         digest = session.digest(attempt)
         body = wire.encode_reveal_request(request, digest)
         t = session.context.threshold
-        reveals: list[Reveal] = []
+        stayed = [self.me, *(p for p in session.context.participants if p in request.stayed)]
+        asked = list(dict.fromkeys(stayed))
         refused: dict[str, str] = {}
-        for peer in [self.me, *(p for p in request.stayed if p != self.me)]:
-            if len(reveals) == t:
-                break
-            try:
-                if peer == self.me:
-                    answer = session.answer_reveal(peer, attempt, request, digest, deadline)
-                else:
-                    reply = self._send(peer, attempt, SecAggKind.REVEAL, body, deadline)
-                    answer = session.check_reveal(
-                        peer, request, wire.decode_reveal(reply, participants=self._count)
-                    )
-            except (PeerError, SecAggError) as exc:
-                refused[peer] = str(exc)
-                log.info("%s: reveal from %s refused: %s", self.me, peer, exc)
-                continue
-            reveals.append(answer)
+        reveals = self._reveals(asked, attempt, request, digest, body, deadline, t, refused)
         if len(reveals) < t:
             why = "; ".join(f"{p}: {w}" for p, w in sorted(refused.items()))
             raise MergeError(
                 f"round {self.round} attempt {attempt}: {len(reveals)} of the {t} reveals "
                 f"needed for elements [{elements.start}, {elements.stop}) ({why})"
             )
-        return session.unmask(request, masked_sum, reveals)
+        try:
+            return session.unmask(request, masked_sum, reveals)
+        except ShareError:  # a share lied: ask everyone else too and decode around it
+            rest = [p for p in asked if p not in {r.revealer for r in reveals} | set(refused)]
+            reveals += self._reveals(rest, attempt, request, digest, body, deadline, None, refused)
+        while (liar := session.find_liar(request, reveals)) is not None:
+            log.warning(
+                "%s: round %d attempt %d: %s revealed a share that does not rebuild its "
+                "dealer's secret; unmasking without it",
+                self.me,
+                self.round,
+                attempt,
+                liar,
+            )
+            reveals = [r for r in reveals if r.revealer != liar]
+            if len(reveals) < t:
+                break
+            try:
+                return session.unmask(request, masked_sum, reveals[:t])
+            except ShareError:
+                continue
+        raise MergeError(
+            f"round {self.round} attempt {attempt}: the reveals for elements "
+            f"[{elements.start}, {elements.stop}) do not rebuild the committed secrets"
+        )
+
+    def _reveals(
+        self,
+        peers: Sequence[str],
+        attempt: int,
+        request: RevealRequest,
+        digest: bytes,
+        body: bytes,
+        deadline: float,
+        enough: int | None,
+        refused: dict[str, str],
+    ) -> list[Reveal]:
+        """The answers of `peers` in turn (this node's own from its session), until `enough`
+        (all, if None); those that refuse or fail are noted in `refused`."""
+        answers: list[Reveal] = []
+        for peer in peers:
+            if enough is not None and len(answers) == enough:
+                break
+            try:
+                if peer == self.me:
+                    answer = self.session.answer_reveal(peer, attempt, request, digest, deadline)
+                else:
+                    reply = self._send(peer, attempt, SecAggKind.REVEAL, body, deadline)
+                    answer = self.session.check_reveal(
+                        peer, request, wire.decode_reveal(reply, participants=self._count)
+                    )
+            except (PeerError, SecAggError) as exc:
+                refused[peer] = str(exc)
+                log.info("%s: reveal from %s refused: %s", self.me, peer, exc)
+                continue
+            answers.append(answer)
+        return answers
 
     # -- serving
 

@@ -13,7 +13,8 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +36,9 @@ from swarmnode.rules import SecureAggregation, SwarmParams
 from swarmnode.secagg.errors import SumRefused
 from swarmnode.secagg.fixedpoint import FixedPoint
 from swarmnode.secagg.masking import RoundContext
+from swarmnode.secagg.reveal import Reveal
 from swarmnode.secagg.session import Prepared, Session
+from swarmnode.secagg.shamir import Share
 from swarmnode.secure_merge import SecureRound, SecureRouter
 from swarmnode.simulation.local import run_in_threads
 
@@ -271,9 +274,10 @@ def test_a_drop_in_the_middle_of_the_reduce_scatter_ends_on_one_digest_revealing
                 assert ia == ib, f"two sums over overlapping elements differ in {ia ^ ib}"
 
 
-def test_an_owner_summing_with_a_row_left_out_is_refused_over_grpc() -> None:
+def test_an_owner_refuses_a_sum_with_a_row_left_out_and_unmasks_around_a_liar() -> None:
     """Sessions set up over gRPC by hand (no all-reduce): the same owner's sum of all rows
-    decodes to the mean, and its sum with one row skipped is refused, never merged."""
+    decodes to the mean, its sum with one row skipped is refused, never merged; and a
+    revealer lying about a share is left out by name, the others' shares decoding the sum."""
     updates, weights = updates_for(5)
     with grpc_swarm(transfer_deadline=10) as nodes:
         accounts = [n.ledger.account for n in nodes]
@@ -311,6 +315,24 @@ def test_an_owner_summing_with_a_row_left_out_is_refused_over_grpc() -> None:
         mean = secure[0].merge(1, elements, rows, deadline)
         exact = sum(w * u[:160].astype(np.float64) for w, u in zip(weights, updates, strict=True))
         assert float(np.max(np.abs(mean - exact / sum(weights)))) < 1e-4
+        # node 1, among the first t asked, now lies about one seed share: the owners ask
+        # the others too, leave it out and decode the same bits
+        honest = secure[1].session.answer_reveal
+
+        def lying(*args: Any) -> Reveal:
+            answer = honest(*args)
+            share = answer.seeds[accounts[5]]
+            return replace(answer, seeds={**answer.seeds, accounts[5]: Share(share.x, share.y + 1)})
+
+        secure[1].session.answer_reveal = lying  # type: ignore[method-assign]
+        elements = range(160, 320)
+        rows = [s.session.masked[elements.start : elements.stop] for s in secure]
+        merged = [secure[i].merge(1, elements, rows, deadline) for i in (0, 2)]
+        assert merged[0].tobytes() == merged[1].tobytes()
+        exact = sum(
+            w * u[160:320].astype(np.float64) for w, u in zip(weights, updates, strict=True)
+        )
+        assert float(np.max(np.abs(merged[0] - exact / sum(weights)))) < 1e-4
 
 
 @pytest.mark.chain

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from swarmnode import canonical, merkle
 from swarmnode.address import normalize
+from swarmnode.secagg import shamir
 from swarmnode.secagg.errors import NotYet, RevealRefused, SecAggError, ShareError
 from swarmnode.secagg.fixedpoint import Words
 from swarmnode.secagg.masking import (
@@ -362,6 +363,41 @@ class Session:
         return unmask(
             self.context, self.announcements, self.weights, masked_sum, request, reveals
         ).mean
+
+    def find_liar(self, request: RevealRequest, reveals: Sequence[Reveal]) -> str | None:
+        """The revealer whose share keeps a secret from rebuilding to what its dealer
+        committed to, found by leaving each out in turn (t honest shares among the rest); None
+        when every secret rebuilds from the first t shares, or no single one is to blame."""
+        for dealer in sorted(request.stayed | request.dropped):
+            seed = dealer in request.stayed
+            shares = [
+                (r.revealer, r.seeds[dealer] if seed else r.keys[dealer])
+                for r in reveals
+                if dealer in (r.seeds if seed else r.keys)
+            ]
+            if self._rebuilds(dealer, seed, [s for _, s in shares]):
+                continue
+            for i, (revealer, _) in enumerate(shares):
+                if self._rebuilds(dealer, seed, [s for j, (_, s) in enumerate(shares) if j != i]):
+                    return revealer
+            return None
+        return None
+
+    def _rebuilds(self, dealer: str, seed: bool, shares: Sequence[shamir.Share]) -> bool:
+        """Whether the first t shares give the dealer's committed seed (or announced key)."""
+        t = self.context.threshold
+        if len(shares) < t:
+            return False
+        try:
+            secret = shamir.combine(shares[:t], t, SECRET_BYTES)
+        except ShareError:
+            return False
+        announced = self.announcements[dealer]
+        if seed:
+            swarm, round_ = self.context.swarm, self.context.round
+            return commit_seed(swarm, round_, dealer, secret) == announced.seed_commitment
+        key = X25519PrivateKey.from_private_bytes(secret)
+        return key.public_key().public_bytes_raw() == announced.public_key
 
     def check_reveal(self, revealer: str, request: RevealRequest, reveal: Reveal) -> Reveal:
         """A peer's answer, if it answers `request` in its own name; ShareError otherwise."""
