@@ -479,7 +479,9 @@ class SwarmCallback:
     with Opacus) makes the hook report `epsilon` and stop syncing once the budget would not
     cover another sync interval: it says so on chain (finish) and sets `budget_spent`, which
     your loop reads to stop training (docs/privacy.md#your-own-loop). `model` may be the
-    wrapped one: the hook uses the plain module inside it.
+    wrapped one: the hook uses the plain module inside it. `mean_privacy` instead makes each
+    sync contribute a clipped and noised update with weight 1 (distributed DP, in a swarm
+    with secure aggregation: docs/privacy.md#distributed-dp), and stops the same way.
     """
 
     def __init__(
@@ -495,6 +497,7 @@ class SwarmCallback:
         settings: RoundSettings = DEFAULT_SETTINGS,
         initial_model: str | Path | None = None,
         privacy: PrivateTraining | None = None,
+        mean_privacy: MeanPrivacySettings | None = None,
     ) -> None:
         if num_samples < 1:
             raise ConfigError(f"num_samples must be at least 1, got {num_samples}")
@@ -526,10 +529,22 @@ class SwarmCallback:
         self.budget_spent = False  # set once the privacy budget ends this node's rounds
         if privacy is not None:  # a budget too small for one interval: one line, now
             privacy.check_budget(self.syncer.policy.interval)
+        # distributed DP for the mean (docs/privacy.md#distributed-dp), as SwarmNode has it
+        self.mean_privacy: DistributedDP | None = None
+        if mean_privacy is not None:
+            if privacy is not None:
+                raise ConfigError(
+                    "privacy: local DP-SGD and distributed DP cannot both be on: pick one "
+                    "(docs/privacy.md#both-kinds)"
+                )
+            self.mean_privacy = DistributedDP.for_swarm(mean_privacy, ledger.params())
+            self.mean_privacy.check_budget()
 
     @property
     def epsilon(self) -> float | None:
-        """Privacy spent so far (with `privacy`), at its delta; else None."""
+        """Privacy spent so far (with `privacy` or `mean_privacy`), at its delta; else None."""
+        if self.mean_privacy is not None:
+            return self.mean_privacy.epsilon()
         return None if self.privacy is None else self.privacy.epsilon()
 
     @classmethod
@@ -545,6 +560,7 @@ class SwarmCallback:
         passphrase: str | None = None,
         initial_model: str | Path | None = None,
         privacy: PrivateTraining | None = None,
+        mean_privacy: MeanPrivacySettings | None = None,
     ) -> SwarmCallback:
         """The hook as a real node: `node_dir` (made by `swarmnode init`, naming the swarm's
         deployment) opened as a live peer, registered, serving its peers over mutual TLS.
@@ -556,7 +572,7 @@ class SwarmCallback:
         chain agrees with into `model` and the optimizer, restores the policy and
         `batches_done`, and gives up a seat the killed process held. `stop` (set it from a
         signal handler) makes a round in progress leave or withdraw as the daemon does.
-        With `privacy`, the epsilon spent is kept in the folder's checkpoints
+        With `privacy` or `mean_privacy`, the epsilon spent is kept in the folder's checkpoints
         (privacy.json) and counted on from there when the process starts again.
         Call `close()` at the end (or use the hook as a context manager)."""
         # here, not at the top: the live peer loads web3, grpc and pydantic, which the hook's
@@ -577,7 +593,11 @@ class SwarmCallback:
                 settings=peer.settings,
                 initial_model=initial_model or peer.config.initial_model,
                 privacy=privacy,
+                mean_privacy=mean_privacy,
             )
+            if hook.mean_privacy is not None:  # earlier runs' rounds count too
+                hook.mean_privacy.restore(peer.config.checkpoints / PRIVACY_JOURNAL)
+                hook.mean_privacy.check_budget()
             hook.peer = peer
             hook._optimizer = optimizer_state
             checkpoint = peer.resume()
@@ -636,16 +656,24 @@ class SwarmCallback:
             self.peer.refresh()
         loss = float(self._val_loss()) if self._val_loss is not None else 0.0
         vector = canonical.flatten(self.model, self.layout).numpy()
+        weight = self.num_samples
+        if self.mean_privacy is not None:  # clipped and noised; equal weights
+            vector = self.mean_privacy.contribute(vector, self.syncer.reference)
+            weight = 1
+            self.mean_privacy.record()
         if self.privacy is not None:
             self.privacy.record()
-        result = self.syncer.sync(vector, self.num_samples, loss)
+        result = self.syncer.sync(vector, weight, loss)
         if result.merged is not None:
             canonical.unflatten_into(torch.from_numpy(result.merged), self.model, self.layout)
         self.batches_since_sync = 0
         self.rounds.append(result)
-        if self.privacy is not None:
+        if self.privacy is not None or self.mean_privacy is not None:
             try:
-                self.privacy.check_budget(self.syncer.policy.interval)
+                if self.privacy is not None:
+                    self.privacy.check_budget(self.syncer.policy.interval)
+                if self.mean_privacy is not None:
+                    self.mean_privacy.check_budget()
             except BudgetSpent as spent:
                 log.warning("%s: %s", self.syncer.ledger.account, spent)
                 self.budget_spent = True

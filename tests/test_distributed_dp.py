@@ -13,17 +13,21 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from opacus.accountants import RDPAccountant
+from torch import nn
 from torch.utils.data import TensorDataset
 
+from swarmnode import canonical
 from swarmnode.config import NodeConfig
 from swarmnode.distributed_dp import DistributedDP, MeanPrivacySettings, clip_update
 from swarmnode.exceptions import ConfigError
-from swarmnode.node import SwarmNode
+from swarmnode.node import SwarmCallback, SwarmNode
 from swarmnode.privacy import (
     BudgetSpent,
     PrivacySettings,
@@ -31,10 +35,11 @@ from swarmnode.privacy import (
     read_journal,
     write_journal,
 )
+from swarmnode.round import RoundSettings
 from swarmnode.rules import Rule, SecureAggregation, SwarmParams, SyncPolicyId
 from swarmnode.simulation.engine import run_tasks
 from swarmnode.simulation.fast import run_fast
-from swarmnode.simulation.local import memory_swarm
+from swarmnode.simulation.local import memory_swarm, run_in_threads
 from swarmnode.simulation.report import build_report
 from swarmnode.simulation.results import Curve
 from swarmnode.simulation.scenario import Scenario
@@ -228,6 +233,65 @@ def test_a_node_refuses_a_swarm_without_secure_aggregation_and_stops_at_its_budg
     with pytest.raises(BudgetSpent, match=r"epsilon 0\.000 so far"):
         spender.step()
     assert spender.trainer.batches_done == 0 and spender.epsilon() == 0.0
+
+
+def test_a_hook_with_distributed_dp_contributes_noised_updates_until_the_budget() -> None:
+    """Three loops of their own on a secure swarm, a budget between one and two rounds'
+    epsilon: each syncs once (weight 1, its update noised), then stops; they end on one
+    merged model, which is not the plain mean of their trained models (the noise is in)."""
+    sigma, every = 1.0, 3
+    one, two = (epsilon_of([(sigma, 1.0, k)], DELTA) for k in (1, 2))
+    x = torch.randn(48, 4, generator=torch.Generator().manual_seed(1))
+    y = (x.sum(dim=1) > 0).long()
+
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    models = [net() for _ in range(3)]
+    params = replace(
+        secure_params(3),
+        max_peers=3,
+        sync_policy=Rule(SyncPolicyId.EVERY_N_BATCHES, (every, 0, 0, 0)),
+        initial_model_digest=canonical.digest(canonical.flatten(models[0])),
+    )
+    peers = memory_swarm(params, 3).peers
+    trained: list[torch.Tensor] = [torch.empty(0)] * 3
+
+    def my_loop(i: int) -> SwarmCallback:
+        model = models[i]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        hook = SwarmCallback(
+            model,
+            ledger=peers[i].ledger,
+            transport=peers[i].transport,
+            inbox=peers[i].inbox,
+            num_samples=16 * (i + 1),  # unequal: distributed DP joins with 1 anyway
+            settings=RoundSettings(poll=0.01),
+            mean_privacy=MeanPrivacySettings(sigma, 0.5, 1, DELTA, (one + two) / 2),
+        )
+        for _ in range(5):  # epochs; the budget ends it first
+            for start in range(0, 48, 16):
+                optimizer.zero_grad()
+                rows = slice(start, start + 16)
+                nn.functional.cross_entropy(model(x[rows]), y[rows]).backward()
+                optimizer.step()
+                if hook.batches_since_sync == every - 1:
+                    trained[i] = canonical.flatten(model).clone()
+                hook.on_batch_end()
+                if hook.budget_spent:
+                    return hook
+        raise AssertionError("the budget did not end the loop")
+
+    hooks = run_in_threads([lambda i=i: my_loop(i) for i in range(3)], timeout=60)
+    for hook in hooks:
+        assert hook.budget_spent and [r.status for r in hook.rounds] == ["final"]
+        assert hook.epsilon == pytest.approx(one, rel=1e-12)
+    seats = peers[0].ledger.round(1).seats  # on chain: every join's weight is 1
+    assert [seat.weight for seat in seats] == [1, 1, 1]
+    merged = [canonical.flatten(hook.model) for hook in hooks]
+    assert all(torch.equal(merged[0], m) for m in merged)
+    assert float((merged[0] - torch.stack(trained).mean(dim=0)).abs().max()) > 0.05
 
 
 # --------------------------------------------------------------------------------------------
