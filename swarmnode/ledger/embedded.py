@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar, cast
 
+from eth.abc import BlockHeaderAPI
 from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from eth_account import Account
@@ -26,6 +27,7 @@ from eth_utils.abi import function_abi_to_4byte_selector, get_abi_input_types, g
 from eth_utils.address import to_checksum_address
 from web3 import EthereumTesterProvider, Web3
 from web3.contract.contract import ContractFunction
+from web3.types import TxParams
 
 from swarmnode.exceptions import LedgerError
 from swarmnode.ledger.base import ChainChanges
@@ -119,8 +121,13 @@ class EmbeddedChain:
                 running = float(latest)
             return int(running)
 
+    def head(self) -> BlockHeaderAPI:
+        """The newest block's header."""
+        header: BlockHeaderAPI = self._backend.chain.get_canonical_head()
+        return header
+
     def _head_time(self) -> int:
-        return int(self._backend.chain.get_canonical_head().timestamp)
+        return int(self.head().timestamp)
 
     def advance(self, seconds: float) -> None:
         """Moves chain time forward without sleeping; the next block carries the new time."""
@@ -210,7 +217,10 @@ class EmbeddedLedger(ContractLedger):
         self._changes = chain.changes
         self._reads = chain.reads
         self._tester = chain.tester
+        self._head = chain.head
         self.sender.preflight = self._call
+        self.sender.build = self._build
+        self.sender.submit = self._submit
 
     def _view(self, fn: ContractFunction) -> Any:
         """A view run on eth-tester itself rather than through web3: the same call on the
@@ -240,6 +250,26 @@ class EmbeddedLedger(ContractLedger):
         }
         output: str = self._tester.call(call, block)
         return abi.decode(bytes.fromhex(output.removeprefix("0x")))
+
+    def _build(self, fn: ContractFunction, fields: TxParams) -> TxParams:
+        """`fn`'s transaction with the sender's fields (from, nonce, gas, chain id), as web3's
+        build_transaction makes it here: call data, no value, and fees as its default
+        strategy sets them (eth-tester's 1 gwei tip plus twice the newest base fee). Called
+        under the chain lock, as the sender signs there."""
+        tip = 10**9
+        built = dict(fields)
+        built.update(
+            to=self.address,
+            data="0x" + _ViewAbi.of(fn).encode(fn.args).hex(),
+            value=0,
+            maxPriorityFeePerGas=tip,
+            maxFeePerGas=tip + 2 * int(self._head().base_fee_per_gas or 0),
+        )
+        return cast(TxParams, built)
+
+    def _submit(self, raw: bytes) -> None:
+        """Signed bytes to eth-tester, which mines them into a block at once."""
+        self._tester.send_raw_transaction("0x" + raw.hex())
 
     def _shared(self, key: tuple[str, ...], read: Callable[[], _V]) -> _V:
         """`read()`, or the value another handle read since the chain last changed. Held
@@ -280,8 +310,8 @@ class EmbeddedLedger(ContractLedger):
 
 
 class _ViewAbi:
-    """How one function's arguments are encoded and its answer decoded, as web3 does it: one
-    value for a view with one output, else a list of them (`_as_web3`)."""
+    """How one function's arguments are encoded and a view's answer decoded, as web3 does
+    it: one value for a view with one output, else a list of them (`_as_web3`)."""
 
     _known: ClassVar[dict[str, _ViewAbi]] = {}
 

@@ -151,9 +151,13 @@ class TransactionSender:
         self._prepare = prepare
         self._estimate_on = estimate_on
         self._fixed_gas = fixed_gas
-        # how a fixed-gas preflight runs the call on a block ("pending"): web3's own call
-        # unless the chain has a shorter way to the same EVM (EmbeddedLedger)
+        # Shorter ways to the same chain than web3's, where the chain has them
+        # (EmbeddedLedger): how a fixed-gas preflight runs the call on a block ("pending"),
+        # how a call's transaction is built from the sender's fields, and how signed bytes
+        # are handed over. None: web3's own call, build_transaction and send_raw_transaction.
         self.preflight: Callable[[ContractFunction, str], object] | None = None
+        self.build: Callable[[ContractFunction, TxParams], TxParams] | None = None
+        self.submit: Callable[[bytes], object] | None = None
         self._min_gas = min_gas
         self._unavailable = unavailable or Backoff(first_delay=0.2, max_delay=2.0, attempts=40)
         self._receipt_timeout = receipt_timeout
@@ -231,7 +235,7 @@ class TransactionSender:
                 TxParams,
                 {"from": sender, "nonce": self._nonce, "gas": gas, "chainId": self._chain_id},
             )
-            tx = fn.build_transaction(params)
+            tx = fn.build_transaction(params) if self.build is None else self.build(fn, params)
             signed = self._account.sign_transaction(cast(dict[str, Any], tx))
             sent = SentTransaction(self._nonce, name, bytes(signed.raw_transaction), signed.hash)
             self._journal[sent.nonce] = sent
@@ -297,7 +301,10 @@ class TransactionSender:
 
     def _send_raw(self, sent: SentTransaction) -> None:
         try:
-            self._w3.eth.send_raw_transaction(sent.raw)
+            if self.submit is None:
+                self._w3.eth.send_raw_transaction(sent.raw)
+            else:
+                self.submit(sent.raw)
         except (ConnectionError, OSError, TimeoutError):
             raise
         except Exception as exc:
