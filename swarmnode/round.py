@@ -43,7 +43,7 @@ from swarmnode.merge import MergeRule
 from swarmnode.p2p.errors import NotFound, NotReady
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.transport import ByteSplit, Transport
-from swarmnode.secagg.errors import UpdateOutOfBound
+from swarmnode.secagg.errors import Equivocation, UpdateOutOfBound
 from swarmnode.secagg.fixedpoint import FixedPoint
 from swarmnode.secagg.masking import RoundContext
 from swarmnode.secagg.session import Prepared, Session
@@ -266,6 +266,12 @@ class Round:
                 return state
             self._vote_out(state, missing.peers)
             return self._wait_moved(state)
+        except Equivocation as caught:  # proved by two roots it signed: voted out
+            log.warning("%s: round %d attempt %d: %s", *self._where(state), caught)
+            if self._stopping.overdue():
+                return state
+            self._vote_out(state, caught.accounts)
+            return self._wait_moved(state)
         except (MergeError, PeerError) as exc:
             log.warning("%s: round %d attempt %d failed here: %s", *self._where(state), exc)
             return self._wait_moved(state)
@@ -301,7 +307,9 @@ class Round:
                 self._prepared.swarm, state.number, attempt.participants, fixed
             )
             weights = dict(zip(attempt.participants, attempt.weights, strict=True))
-            session = Session(self._prepared, context, attempt.commitments, weights)
+            session = Session(
+                self._prepared, context, attempt.commitments, weights, sign=self.ledger.sign
+            )
             self._secure = SecureRound(session, self.transport, attempt.attempt)
             self._router.use(self._secure)
             deadline = time.monotonic() + max(

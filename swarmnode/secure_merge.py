@@ -37,6 +37,10 @@ from swarmnode.secagg.unmask import sum_rows
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 10.0  # seconds one message may take at most, within the caller's own deadline
+FETCH_AFTER = 0.5  # seconds (at most a quarter of the setup's time) before openings still
+# missing are asked of the others: direct ones come within milliseconds, and a relayed
+# announcement asked too early costs one small message
+FETCH_RETRY = (0.1, 1.0)  # first and longest pause between two rounds of asking for one
 
 
 class SecureRound:
@@ -80,12 +84,17 @@ class SecureRound:
             ),
             deadline,
         )
-        lacking = session.wait_all(deadline, what="announcements", roots=False)
+        now = time.monotonic()
+        fetch_at = now + min(FETCH_AFTER, max(0.0, deadline - now) / 4)
+        lacking = session.wait_all(fetch_at, what="openings, for now,", roots=False)
+        if lacking:  # an opening that reached only some: its announcement from the others
+            self._each(lambda account: self._fetch(account, deadline), deadline, lacking)
+            lacking = session.wait_all(deadline, what="announcements", roots=False)
         if lacking:
             return lacking
         session.mask(vector)
         root = session.roots[self.me]
-        body = wire.encode_masked_root(root, b"")
+        body = wire.encode_masked_root(root, session.signatures[self.me])
         self._each(
             lambda peer: self._send(
                 peer, self.setup_attempt, SecAggKind.MASKED_ROOT, body, deadline
@@ -93,6 +102,32 @@ class SecureRound:
             deadline,
         )
         return session.wait_all(deadline)
+
+    def _fetch(self, account: str, deadline: float) -> None:
+        """`account`'s announcement relayed by the other participants, asked in seat order
+        until one has it (its opening may reach them late: asked again, pausing longer each
+        time, until `deadline` or until the opening comes here directly). Each answer is
+        checked against `account`'s join commitment, so a relay cannot forge it."""
+        body = wire.encode_fetch(account)
+        pause = FETCH_RETRY[0]
+        while account in self.session.lacking(roots=False):
+            for peer in self.others:
+                if peer == account or peer in self.session.lacking(roots=False):
+                    continue
+                try:
+                    reply = self._send(
+                        peer, self.setup_attempt, SecAggKind.FETCH_ANNOUNCEMENT, body, deadline
+                    )
+                    self.session.receive_announcement(account, *wire.decode_opened(reply))
+                except (PeerError, SecAggError) as exc:
+                    log.info("%s: %s's announcement from %s: %s", self.me, account, peer, exc)
+                    continue
+                log.info("%s: %s's announcement relayed by %s", self.me, account, peer)
+                return
+            until = min(deadline, time.monotonic() + pause)
+            if self.session.wait_opening(account, until) or time.monotonic() >= deadline:
+                return
+            pause = min(2 * pause, FETCH_RETRY[1])
 
     # -- each attempt
 
@@ -104,18 +139,26 @@ class SecureRound:
     def rows_complete(self, attempt: int, live: Sequence[str], deadline: float) -> None:
         """Tells every live participant (and this node's own session) that this owner holds
         every row of its segments, checked against the masked roots it holds."""
-        digest = self.session.digest(attempt)
-        self.session.receive_rows_complete(self.me, attempt, digest)
-        body = wire.encode_rows_complete(digest)
+        session = self.session
+        digest = session.digest(attempt)
+        session.receive_rows_complete(self.me, attempt, digest)
+        body = wire.encode_rows_complete(digest, session.signed_roots(live))
         peers = [p for p in live if p != self.me]
-        self._each(
-            lambda peer: self._send(peer, attempt, SecAggKind.ROWS_COMPLETE, body, deadline),
-            deadline,
-            peers,
-        )
+
+        def send(peer: str) -> None:
+            reply = self._send(peer, attempt, SecAggKind.ROWS_COMPLETE, body, deadline)
+            if reply:  # the peer holds other signed roots: evidence against their signers
+                evidence = wire.decode_evidence(reply, participants=self._count)
+                try:
+                    session.check_roots(peer, evidence)
+                except SecAggError as exc:  # a root its participant did not sign: forged
+                    raise InvalidMessage(f"{peer}'s evidence: {exc}") from None
+
+        self._each(send, deadline, peers)
 
     def silent_owners(self, attempt: int, deadline: float) -> list[str]:
-        """The owners that had not said their rows are complete by `deadline`."""
+        """The owners that had not said their rows are complete by `deadline`; Equivocation
+        as soon as a live participant is proved to have signed two masked roots."""
         return self.session.wait_owners(attempt, deadline)
 
     def merge(
@@ -206,7 +249,7 @@ class SecureRound:
         """A peer's message for this round (caller roster-checked by the transport)."""
         session, kind, body = self.session, message.kind, message.body
         try:
-            if kind in (SecAggKind.ANNOUNCE, SecAggKind.MASKED_ROOT):
+            if kind in _SETUP:
                 if message.attempt != self.setup_attempt:
                     raise Refused(
                         f"round {self.round} was set up in attempt {self.setup_attempt}, "
@@ -214,6 +257,12 @@ class SecureRound:
                     )
                 if kind == SecAggKind.ANNOUNCE:
                     session.receive_opening(caller, Opening(*wire.decode_announce(body)))
+                elif kind == SecAggKind.FETCH_ANNOUNCEMENT:
+                    account = wire.decode_fetch(body)
+                    try:
+                        return wire.encode_opened(*session.opened(account, time.monotonic()))
+                    except NotYet as exc:  # at once: the asker asks the others
+                        raise Refused(str(exc)) from None
                 else:
                     root, signature = wire.decode_masked_root(body)
                     session.receive_root(caller, root, signature)
@@ -221,10 +270,9 @@ class SecureRound:
             if message.attempt < self.setup_attempt:
                 raise Refused(f"attempt {message.attempt} is before this round's setup")
             if kind == SecAggKind.ROWS_COMPLETE:
-                session.receive_rows_complete(
-                    caller, message.attempt, wire.decode_rows_complete(body)
-                )
-                return b""
+                digest, signed = wire.decode_rows_complete(body, participants=self._count)
+                differing = session.receive_rows_complete(caller, message.attempt, digest, signed)
+                return wire.encode_evidence(differing) if differing else b""
             if kind == SecAggKind.REVEAL:
                 request, digest = wire.decode_reveal_request(body, participants=self._count)
                 answer = session.answer_reveal(caller, message.attempt, request, digest, deadline)
@@ -284,14 +332,16 @@ class SecureRouter:
     def __call__(self, caller: str, message: SecAggMessage, deadline: float) -> bytes:
         with self._cond:
             while (secure := self._current) is None or (
-                message.kind in (SecAggKind.ANNOUNCE, SecAggKind.MASKED_ROOT)
-                and message.attempt > secure.setup_attempt
+                message.kind in _SETUP and message.attempt > secure.setup_attempt
             ):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise NotReady(f"secure aggregation of attempt {message.attempt} not set up")
                 self._cond.wait(left)
         return secure.handle(normalize(caller), message, deadline)
+
+
+_SETUP = (SecAggKind.ANNOUNCE, SecAggKind.MASKED_ROOT, SecAggKind.FETCH_ANNOUNCEMENT)
 
 
 def _announce_body(opening: Opening) -> bytes:

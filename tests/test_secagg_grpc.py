@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from swarmnode.exceptions import PeerError
 from swarmnode.identity import TlsIdentity
 from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.memory import InMemoryChain
@@ -29,16 +30,19 @@ from swarmnode.ownership import Owners
 from swarmnode.p2p.faults import Fault, FaultyTransport, InjectedCrash
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
+from swarmnode.p2p.messages import SecAggKind, SecAggMessage
 from swarmnode.p2p.roster import PeerRecord, Roster
 from swarmnode.p2p.transport import Transport, WireCount
 from swarmnode.round import Round, RoundResult, RoundSettings, _swarm_id
 from swarmnode.rules import SecureAggregation, SwarmParams
+from swarmnode.secagg import wire as secagg_wire
 from swarmnode.secagg.errors import SumRefused
 from swarmnode.secagg.fixedpoint import FixedPoint
 from swarmnode.secagg.masking import RoundContext
 from swarmnode.secagg.reveal import Reveal
 from swarmnode.secagg.session import Prepared, Session
 from swarmnode.secagg.shamir import Share
+from swarmnode.secagg.signing import root_message
 from swarmnode.secure_merge import SecureRound, SecureRouter
 from swarmnode.simulation.local import run_in_threads
 
@@ -274,6 +278,90 @@ def test_a_drop_in_the_middle_of_the_reduce_scatter_ends_on_one_digest_revealing
                 assert ia == ib, f"two sums over overlapping elements differ in {ia ^ ib}"
 
 
+class Equivocating(FaultyTransport):
+    """X's transport as X would make it to equivocate: its masked root reaches the nodes in
+    `fooled` as another root, which X signs as well."""
+
+    def __init__(self, node: Node, fooled: set[str]) -> None:
+        super().__init__(node.transport)
+        self.ledger, self.fooled = node.ledger, fooled
+
+    def _secagg_once(self, peer: str, message: SecAggMessage, timeout: float) -> bytes:
+        if message.kind == SecAggKind.MASKED_ROOT and peer in self.fooled:
+            root, _ = secagg_wire.decode_masked_root(message.body)
+            other = bytes(b ^ 0xFF for b in root)
+            signed = self.ledger.sign(root_message(_swarm_id(self.ledger), message.round, other))
+            body = secagg_wire.encode_masked_root(other, signed)
+            message = replace(message, body=body)
+        return super()._secagg_once(peer, message, timeout)
+
+
+class Withholding(FaultyTransport):
+    """X's transport with its openings (ANNOUNCE) reaching only the nodes in `reached`."""
+
+    def __init__(self, node: Node, reached: set[str]) -> None:
+        super().__init__(node.transport)
+        self.reached = reached
+
+    def _secagg_once(self, peer: str, message: SecAggMessage, timeout: float) -> bytes:
+        if message.kind == SecAggKind.ANNOUNCE and peer not in self.reached:
+            raise PeerError(f"the test keeps X's opening from {peer}")
+        return super()._secagg_once(peer, message, timeout)
+
+
+def test_a_node_signing_two_masked_roots_is_voted_out_and_nobody_reveals_for_it() -> None:
+    """X sends half the nodes another signed masked root than the rest: an owner's
+    rows-complete notice (carrying the signed roots it checked against) and its reply show
+    both, every honest node holds the proof, nobody reveals for a set with X, X is voted
+    out and the others end on one digest, the mean of their updates."""
+    updates, weights = updates_for(11)
+    with grpc_swarm(transfer_deadline=5) as nodes:
+        x = nodes[-1].ledger.account
+        fooled = {n.ledger.account for n in nodes[4:-1]}
+        transports = [*(n.transport for n in nodes[:-1]), Equivocating(nodes[-1], fooled)]
+        results, rounds = play(nodes, updates, weights, transports)
+        state = nodes[0].ledger.round(1)
+        assert state.status == RoundStatus.FINAL and state.attempt == 2
+        assert x not in state.live_participants
+        honest = results[:-1]
+        assert all(r is not None and r.status == "final" for r in honest)
+        assert {r.digest for r in honest if r is not None} == {state.final_digest}
+        for r in rounds[:-1]:
+            assert r._secure is not None and x in r._secure.session.equivocators
+        for r in rounds:  # X included: no reveal anywhere has X among its inputs
+            assert r._secure is not None
+            assert all(x not in inputs for _, inputs in r._secure.session.revealer.history())
+        total = sum(weights[:-1])
+        exact = sum(w * u.astype(np.float64) for w, u in zip(weights, updates[:-1], strict=False))
+        merged = honest[0].merged if honest[0] is not None else None
+        assert merged is not None
+        assert float(np.max(np.abs(merged - exact / total))) < 1e-3
+
+
+def test_an_opening_that_reached_half_the_nodes_is_relayed_and_the_round_ends() -> None:
+    """X's opening reaches four of the seven others: the other three take X's announcement
+    from them (checked against X's join commitment), mask with it and, holding no share of
+    X's secrets, refuse every reveal; the five holders (t = 5) answer, and all eight end on
+    one digest in the first attempt."""
+    updates, weights = updates_for(12)
+    with grpc_swarm(transfer_deadline=20) as nodes:
+        reached = {n.ledger.account for n in nodes[:4]}
+        transports = [*(n.transport for n in nodes[:-1]), Withholding(nodes[-1], reached)]
+        results, rounds = play(nodes, updates, weights, transports)
+        state = nodes[0].ledger.round(1)
+        assert state.status == RoundStatus.FINAL and state.attempt == 1
+        assert all(r is not None and r.status == "final" for r in results)
+        assert {r.digest for r in results if r is not None} == {state.final_digest}
+        for r in rounds[4:-1]:  # masked with a relayed announcement, no shares: no reveal
+            assert r._secure is not None and r._secure.session.masked is not None
+            assert r._secure.session.revealer.history() == []
+        total = sum(weights)
+        exact = sum(w * u.astype(np.float64) for w, u in zip(weights, updates, strict=True))
+        merged = results[0].merged if results[0] is not None else None
+        assert merged is not None
+        assert float(np.max(np.abs(merged - exact / total))) < 1e-3
+
+
 def test_an_owner_refuses_a_sum_with_a_row_left_out_and_unmasks_around_a_liar() -> None:
     """Sessions set up over gRPC by hand (no all-reduce): the same owner's sum of all rows
     decodes to the mean, its sum with one row skipped is refused, never merged; and a
@@ -287,7 +375,13 @@ def test_an_owner_refuses_a_sum_with_a_row_left_out_and_unmasks_around_a_liar() 
         joins = {a: p.commitment for a, p in zip(accounts, prepared, strict=True)}
         secure = [
             SecureRound(
-                Session(p, context, joins, dict(zip(accounts, weights, strict=True))),
+                Session(
+                    p,
+                    context,
+                    joins,
+                    dict(zip(accounts, weights, strict=True)),
+                    sign=n.ledger.sign,
+                ),
                 n.transport,
                 1,
             )

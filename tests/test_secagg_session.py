@@ -9,19 +9,26 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pytest
+from eth_keys.datatypes import PrivateKey
 
-from swarmnode.secagg.errors import NotYet, RevealRefused, SecAggError, SumRefused
+from swarmnode.address import normalize
+from swarmnode.secagg.errors import Equivocation, NotYet, RevealRefused, SecAggError, SumRefused
 from swarmnode.secagg.fixedpoint import FixedPoint
 from swarmnode.secagg.masking import RoundContext
+from swarmnode.secagg.reveal import RevealRequest
 from swarmnode.secagg.session import Opening, Prepared, Session
+from swarmnode.secagg.signing import root_message, sign_with_key
 from swarmnode.secagg.unmask import sum_rows
 
 N = 5
 SIZE = 200
-ACCOUNTS = [f"0x{(i + 1) * 0x2222:040x}" for i in range(N)]
+KEYS = [bytes([i + 1]) * 32 for i in range(N)]  # each account's signing key
+ACCOUNTS = [normalize(PrivateKey(k).public_key.to_checksum_address()) for k in KEYS]
+SIGNERS = {a: partial(sign_with_key, k) for a, k in zip(ACCOUNTS, KEYS, strict=True)}
 FIXED = FixedPoint(peers=8, max_weight=100, bound=4.0, fraction_bits=20)
 SWARM = b"\x18" * 20
 ROUND = 3
@@ -39,7 +46,8 @@ class Swarm:
         joins = {a: p.commitment for a, p in self.prepared.items()}
         context = RoundContext.of(SWARM, ROUND, ACCOUNTS, FIXED)
         self.sessions = {
-            a: Session(p, context, joins, self.weights) for a, p in self.prepared.items()
+            a: Session(p, context, joins, self.weights, sign=SIGNERS[a])
+            for a, p in self.prepared.items()
         }
         for a, session in self.sessions.items():
             for b, other in self.sessions.items():
@@ -49,7 +57,7 @@ class Swarm:
             session.mask(self.updates[a])
             for b, other in self.sessions.items():
                 if a != b:
-                    other.receive_root(a, session.roots[a], b"")
+                    other.receive_root(a, session.roots[a], session.signatures[a])
 
     def begin(self, attempt: int, live: list[str]) -> bytes:
         digests = {s.begin_attempt(attempt, live, live) for s in self.sessions.values()}
@@ -89,8 +97,75 @@ def test_an_opening_must_match_the_join_commitment(swarm: Swarm) -> None:
     with pytest.raises(SecAggError, match="in another's name"):
         swarm.sessions[b].receive_opening(ACCOUNTS[2], honest)
     swarm.sessions[b].receive_opening(a, honest)  # the same again: a retry, kept
-    with pytest.raises(SecAggError, match="two different masked roots"):
+    with pytest.raises(SecAggError, match=f"{a}'s masked root is not signed by {a}"):
         swarm.sessions[b].receive_root(a, bytes(32), b"")
+    forged = sign_with_key(KEYS[2], root_message(SWARM, ROUND, bytes(32)))  # c's key, a's name
+    with pytest.raises(SecAggError, match=f"{a}'s masked root is not signed by {a}"):
+        swarm.sessions[b].receive_root(a, bytes(32), forged)
+    assert swarm.sessions[b].equivocators == {}
+
+
+def test_two_signed_roots_of_one_node_prove_it_equivocated_and_no_reveal_covers_it() -> None:
+    """X's root as node c holds it is another one X signed: an owner's rows-complete notice
+    shows c the difference, c answers with its copy, and both keep X as an equivocator; no
+    reveal covers X, a relay that forges X's signature is refused, and the next attempt
+    without X ends on the mean of the rest."""
+    swarm = Swarm(seed=13)
+    a, c, x = ACCOUNTS[0], ACCOUNTS[2], ACCOUNTS[4]
+    other = bytes(range(32))
+    swarm.sessions[c].roots[x] = other  # as if X had sent c this root, signed
+    swarm.sessions[c].signatures[x] = sign_with_key(KEYS[4], root_message(SWARM, ROUND, other))
+    for session in swarm.sessions.values():
+        session.begin_attempt(0, ACCOUNTS, ACCOUNTS)
+    owner = swarm.sessions[a]
+    signed = owner.signed_roots(ACCOUNTS)
+    forged = [(p, bytes(32) if p == x else r, sig) for p, r, sig in signed]  # X's sig kept
+    with pytest.raises(SecAggError, match=f"{a} relayed a masked root {x} did not sign"):
+        swarm.sessions[ACCOUNTS[1]].receive_rows_complete(a, 0, owner.digest(0), forged)
+    assert swarm.sessions[ACCOUNTS[1]].equivocators == {}
+    differing = swarm.sessions[c].receive_rows_complete(a, 0, owner.digest(0), signed)
+    assert [account for account, _, _ in differing] == [x]
+    assert set(swarm.sessions[c].equivocators) == {x}
+    owner.check_roots(c, differing)  # the reply: now the owner holds the proof too
+    assert set(owner.equivocators) == {x}
+    request = owner.request(0, range(16))
+    for asked in (a, c):
+        with pytest.raises(Equivocation, match=f"{x} signed two different masked roots"):
+            swarm.sessions[asked].answer_reveal(a, 0, request, owner.digest(0), 0.0)
+    with pytest.raises(Equivocation):
+        owner.wait_owners(0, time.monotonic() + 30)  # at once, not at the deadline
+    assert all(not s.revealer.history() for s in swarm.sessions.values())
+    live = [p for p in ACCOUNTS if p != x]
+    digest = swarm.begin(1, live)
+    swarm.complete(1, live, digest)
+    mean = swarm.merge(a, 1, live, range(0, SIZE))
+    total = sum(swarm.weights[p] for p in live)
+    exact = sum(swarm.weights[p] * swarm.updates[p].astype(np.float64) for p in live) / total
+    assert np.max(np.abs(mean - exact)) < 1e-4
+
+
+def test_an_announcement_relayed_by_another_lets_a_node_mask_without_shares() -> None:
+    """d never got X's opening: it takes X's announcement from a (checked against X's join
+    commitment; a forged one is refused), masks with it, and refuses reveals it holds no
+    share for, which the owner then asks of others."""
+    x, a, d = ACCOUNTS[4], ACCOUNTS[0], ACCOUNTS[3]
+    swarm = Swarm(seed=15)
+    prepared = swarm.prepared
+    context = swarm.sessions[a].context
+    joins = {p: q.commitment for p, q in prepared.items()}
+    late = Session(prepared[d], context, joins, swarm.weights, sign=SIGNERS[d])
+    for p, session in swarm.sessions.items():
+        if p not in (d, x):
+            late.receive_opening(p, session.opening(d))
+    with pytest.raises(NotYet, match="no announcement yet"):
+        late.mask(swarm.updates[d])
+    hiding, announcement = swarm.sessions[a].opened(x, time.monotonic())
+    with pytest.raises(SecAggError, match="does not open its join commitment"):
+        late.receive_announcement(x, bytes(32), announcement)
+    late.receive_announcement(x, hiding, announcement)
+    assert late.mask(swarm.updates[d]).tobytes() == swarm.sessions[d].masked.tobytes()
+    with pytest.raises(RevealRefused, match=f"holds no shares from {x}"):
+        late.revealer.reveal(RevealRequest.of(ROUND, range(16), ACCOUNTS, []))
 
 
 def test_reveals_wait_for_every_owner_then_the_mean_is_exact_within_the_bound() -> None:

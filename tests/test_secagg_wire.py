@@ -82,11 +82,29 @@ def test_announce_round_trips(case: tuple[bytes, Announcement, DealtShares]) -> 
     assert wire.decode_announce(body) == case
 
 
+signed_roots = st.lists(
+    st.tuples(accounts, hashes, st.binary(min_size=wire.SIGNATURE, max_size=wire.SIGNATURE)),
+    max_size=4,
+)
+
+
 @DERANDOMIZED
-@given(hashes, st.binary(max_size=wire.MAX_SIGNATURE), hashes)
-def test_roots_and_digests_round_trip(root: bytes, signature: bytes, digest: bytes) -> None:
+@given(hashes, st.binary(max_size=wire.MAX_SIGNATURE), hashes, signed_roots)
+def test_roots_and_digests_round_trip(
+    root: bytes, signature: bytes, digest: bytes, signed: list[wire.SignedRoot]
+) -> None:
     assert wire.decode_masked_root(wire.encode_masked_root(root, signature)) == (root, signature)
-    assert wire.decode_rows_complete(wire.encode_rows_complete(digest)) == digest
+    assert wire.decode_rows_complete(wire.encode_rows_complete(digest, signed)) == (digest, signed)
+    assert wire.decode_evidence(wire.encode_evidence(signed)) == signed
+
+
+@DERANDOMIZED
+@given(announces())
+def test_fetched_announcements_round_trip(case: tuple[bytes, Announcement, DealtShares]) -> None:
+    hiding, announcement, _ = case
+    assert wire.decode_fetch(wire.encode_fetch(announcement.account)) == announcement.account
+    opened = wire.encode_opened(hiding, announcement)
+    assert wire.decode_opened(opened) == (hiding, announcement)
 
 
 @DERANDOMIZED
@@ -119,7 +137,22 @@ def test_real_messages_round_trip_and_every_cut_or_extension_is_refused() -> Non
     for body, decode, what in [
         (announce, wire.decode_announce, "ANNOUNCE"),
         (wire.encode_masked_root(b"\1" * 32, b"sig"), wire.decode_masked_root, "MASKED_ROOT"),
-        (wire.encode_rows_complete(b"\2" * 32), wire.decode_rows_complete, "ROWS_COMPLETE"),
+        (
+            wire.encode_rows_complete(b"\2" * 32, [(people[1], b"\5" * 32, b"\6" * 65)]),
+            wire.decode_rows_complete,
+            "ROWS_COMPLETE",
+        ),
+        (
+            wire.encode_evidence([(people[2], b"\5" * 32, b"\6" * 65)]),
+            wire.decode_evidence,
+            "EVIDENCE",
+        ),
+        (wire.encode_fetch(people[3]), wire.decode_fetch, "FETCH_ANNOUNCEMENT"),
+        (
+            wire.encode_opened(b"\7" * 32, maskers[people[1]].announcement),
+            wire.decode_opened,
+            "OPENED",
+        ),
         (
             wire.encode_reveal_request(request, b"\3" * 32),
             wire.decode_reveal_request,
@@ -175,6 +208,14 @@ def test_wrong_counts_and_bad_fields_are_refused_by_name() -> None:
         wire.decode_masked_root(long_signature)
     with pytest.raises(MalformedBody, match="ROWS_COMPLETE digest of 31 bytes"):
         wire.encode_rows_complete(b"\0" * 31)
+    with pytest.raises(MalformedBody, match="ROWS_COMPLETE signature of 64 bytes"):
+        wire.encode_rows_complete(b"\0" * 32, [(people[0], b"\0" * 32, b"\0" * 64)])
+    three = wire.encode_rows_complete(b"\0" * 32, [(p, b"\0" * 32, b"\0" * 65) for p in people[:3]])
+    with pytest.raises(MalformedBody, match="3 signed roots, more than the round's 2"):
+        wire.decode_rows_complete(three, participants=2)
+    huge = three[:33] + struct.pack(">H", 0xFFFF) + three[35:]
+    with pytest.raises(MalformedBody, match="the layout takes 7667595 for 65535 signed roots"):
+        wire.decode_rows_complete(huge)  # refused before reading (or allocating) a list
     announcement = Announcement(people[0], b"\0" * 32, b"\0" * 32)
     stranger = DealtShares(people[1], people[2], Share(1, 1), Share(1, 1))
     with pytest.raises(MalformedBody, match="shares dealt by"):

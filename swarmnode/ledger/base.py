@@ -65,6 +65,14 @@ class Ledger(ABC):
     def address(self) -> str:
         """The contract's address."""
 
+    def sign(self, message: bytes) -> bytes:
+        """This account's signature over keccak256(`message`): 65 bytes r || s || v, v in
+        {0, 1}; anyone recovers the account from it (secure aggregation signs its masked
+        roots so: docs/secure-aggregation.md#checks). A ledger without the key refuses."""
+        from swarmnode.exceptions import LedgerError
+
+        raise LedgerError(f"{type(self).__name__} holds no key to sign with for {self.account}")
+
     @abstractmethod
     def now(self) -> int:
         """The clock this node decides deadlines by, in chain seconds."""

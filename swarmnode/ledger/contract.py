@@ -142,6 +142,11 @@ class ContractLedger(Ledger):
     def account(self) -> str:
         return str(self._account.address)
 
+    def sign(self, message: bytes) -> bytes:
+        from swarmnode.secagg.signing import sign_with_key
+
+        return sign_with_key(bytes(self._account.key), message)
+
     @property
     def address(self) -> str:
         return self._address

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarmnode.error_names import ErrorName
-from swarmnode.exceptions import ConfigError, ContractError
+from swarmnode.exceptions import ConfigError, ContractError, LedgerError
 from swarmnode.ledger.base import Ledger
 from swarmnode.ledger.types import (
     FailReason,
@@ -48,6 +48,13 @@ def _account(value: str) -> str:
 
 def _random_address() -> str:
     return _account("0x" + secrets.token_hex(20))
+
+
+def _address_of(key: bytes) -> str:
+    """The account a secp256k1 private key signs for."""
+    from eth_keys.datatypes import PrivateKey
+
+    return _account(PrivateKey(key).public_key.to_checksum_address())
 
 
 class ManualClock:
@@ -517,6 +524,7 @@ class InMemoryChain:
         self._salt = os.urandom(32) if salt is None else bytes(salt)
         self._given_salt = None if salt is None else bytes(salt)
         self._accounts = 0
+        self._keys: dict[str, bytes] = {}  # the private key of each account new_account made
 
     def now(self) -> int:
         return int(self._clock())
@@ -528,15 +536,29 @@ class InMemoryChain:
         self._clock.advance(seconds)
 
     def new_account(self) -> str:
-        """A fresh account; drawn from the salt when the chain was given one, so that a
-        seeded simulation's accounts, and with them its segment owners, repeat."""
+        """A fresh account with a private key its ledgers sign with (`Ledger.sign`); the key
+        is drawn from the salt when the chain was given one, so that a seeded simulation's
+        accounts, and with them its segment owners, repeat."""
         if self._given_salt is None:
-            return _random_address()
+            key = secrets.token_bytes(32)
+        else:
+            with self._lock:
+                self._accounts += 1
+                count = self._accounts
+            drawn = hashlib.sha256(self._given_salt + b"account" + count.to_bytes(8, "big"))
+            key = drawn.digest()  # below secp256k1's order but with odds of 2^-128
+        account = _address_of(key)
         with self._lock:
-            self._accounts += 1
-            count = self._accounts
-        drawn = hashlib.sha256(self._given_salt + b"account" + count.to_bytes(8, "big"))
-        return _account("0x" + drawn.hexdigest()[:40])
+            self._keys[account] = key
+        return account
+
+    def _sign(self, account: str, message: bytes) -> bytes:
+        key = self._keys.get(account)
+        if key is None:
+            raise LedgerError(f"{account} was not made by this chain's new_account: no key")
+        from swarmnode.secagg.signing import sign_with_key
+
+        return sign_with_key(key, message)
 
     def deploy(self, params: SwarmParams, owner: str, *, validate: bool = True) -> str:
         """`validate=False` skips the caller-side check so that tests reach the swarm's own."""
@@ -573,6 +595,9 @@ class InMemoryLedger(Ledger):
     @property
     def address(self) -> str:
         return self._swarm.address
+
+    def sign(self, message: bytes) -> bytes:
+        return self._chain._sign(self._account, message)
 
     def now(self) -> int:
         return self._chain.now()

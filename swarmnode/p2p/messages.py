@@ -43,6 +43,7 @@ class SecAggKind(IntEnum):
     MASKED_ROOT = peer_pb2.SECAGG_MASKED_ROOT  # the sender's signed masked-vector root
     ROWS_COMPLETE = peer_pb2.SECAGG_ROWS_COMPLETE  # an owner holds every row of an attempt
     REVEAL = peer_pb2.SECAGG_REVEAL  # a reveal request; its answer is the reply
+    FETCH_ANNOUNCEMENT = peer_pb2.SECAGG_FETCH_ANNOUNCEMENT  # a peer's opening, without shares
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ class SecAggKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SECAGG_MASKED_ROOT: _ClassVar[SecAggKind]
     SECAGG_ROWS_COMPLETE: _ClassVar[SecAggKind]
     SECAGG_REVEAL: _ClassVar[SecAggKind]
+    SECAGG_FETCH_ANNOUNCEMENT: _ClassVar[SecAggKind]
 KIND_UNSPECIFIED: Kind
 KIND_UPDATE: Kind
 KIND_MERGED: Kind
@@ -43,6 +44,7 @@ SECAGG_ANNOUNCE: SecAggKind
 SECAGG_MASKED_ROOT: SecAggKind
 SECAGG_ROWS_COMPLETE: SecAggKind
 SECAGG_REVEAL: SecAggKind
+SECAGG_FETCH_ANNOUNCEMENT: SecAggKind
 
 class FrameHeader(_message.Message):
     __slots__ = ("kind", "round", "attempt", "segment", "first_chunk", "elements", "dtype", "vector_elements", "chunk_hashes", "sender", "proof")

@@ -4,6 +4,8 @@ merge that cannot be computed, a refused or broken reveal is a peer's problem.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from swarmnode.exceptions import MergeError, PeerError, SwarmError
 
 
@@ -24,6 +26,18 @@ class SumRefused(SecAggError, MergeError):
 class RevealRefused(SecAggError, PeerError):
     """A reveal this node will not give, because giving it could expose one node's update
     (docs/secure-aggregation.md#unmasking)."""
+
+
+class Equivocation(RevealRefused):
+    """Participants proved to have signed two different masked roots in the round: no
+    reveal covers them, and the round votes them out (docs/secure-aggregation.md#checks)."""
+
+    def __init__(self, accounts: Sequence[str]) -> None:
+        self.accounts = tuple(accounts)
+        super().__init__(
+            f"{', '.join(self.accounts)} signed two different masked roots: no reveal for a "
+            f"sum with them"
+        )
 
 
 class ShareError(SecAggError, PeerError):

@@ -28,7 +28,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +38,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from swarmnode import canonical, merkle
 from swarmnode.address import normalize
 from swarmnode.secagg import shamir
-from swarmnode.secagg.errors import NotYet, RevealRefused, SecAggError, ShareError
+from swarmnode.secagg.errors import (
+    Equivocation,
+    NotYet,
+    RevealRefused,
+    SecAggError,
+    ShareError,
+)
 from swarmnode.secagg.fixedpoint import Words
 from swarmnode.secagg.masking import (
     SECRET_BYTES,
@@ -50,6 +56,7 @@ from swarmnode.secagg.masking import (
 )
 from swarmnode.secagg.prg import account_bytes
 from swarmnode.secagg.reveal import Reveal, Revealer, RevealRequest
+from swarmnode.secagg.signing import root_message, signer_of
 from swarmnode.secagg.unmask import unmask
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,8 @@ log = logging.getLogger(__name__)
 JOIN_DOMAIN = b"swarmnode/secagg/v1/join"
 ROOTS_DOMAIN = b"swarmnode/secagg/v1/roots"
 SALT_BYTES = 32
+
+SignedRoot = tuple[str, bytes, bytes]  # (account, masked root, its signature), as wire.py's
 
 
 def announcement_bytes(announcement: Announcement) -> bytes:
@@ -143,7 +152,10 @@ class Session:
         context: RoundContext,
         joins: Mapping[str, bytes],
         weights: Mapping[str, int],
+        sign: Callable[[bytes], bytes],
     ) -> None:
+        """`sign`: this node's account signing a message (`Ledger.sign`), for its masked
+        root."""
         if (prepared.swarm, prepared.round) != (context.swarm, context.round):
             raise SecAggError(
                 f"secrets drawn for round {prepared.round} used in round {context.round}"
@@ -163,6 +175,9 @@ class Session:
         self._dealt = {d.holder: d for d in self.masker.deal()}
         self.revealer.receive(self._dealt[self.me])
         self.announcements: dict[str, Announcement] = {self.me: prepared.announcement}
+        self.hidings: dict[str, bytes] = {self.me: prepared.hiding}  # openings, to relay
+        self._sign = sign
+        self.equivocators: dict[str, str] = {}  # who signed two masked roots, and the proof
         self.roots: dict[str, bytes] = {}
         self.signatures: dict[str, bytes] = {}
         self.masked: Words | None = None
@@ -194,7 +209,44 @@ class Session:
                 raise SecAggError(f"{sender} sent two announcements")  # unreachable: C binds
             self.revealer.receive(opening.dealt)  # ShareError if not for this seat
             self.announcements[sender] = announcement
+            self.hidings[sender] = bytes(opening.hiding)
             self._cond.notify_all()
+
+    def receive_announcement(self, account: str, hiding: bytes, announcement: Announcement) -> None:
+        """A participant's announcement relayed by another, for a node its opening did not
+        reach: kept once it opens `account`'s join commitment, so no relay can forge it.
+        This node then masks with it but holds no shares of its secrets
+        (docs/secure-aggregation.md#failures)."""
+        account = self._participant(account)
+        if normalize(announcement.account) != account:
+            raise SecAggError(f"an announcement in {announcement.account}'s name for {account}")
+        if join_commitment(announcement, hiding) != self.joins[account]:
+            raise SecAggError(
+                f"the announcement relayed for {account} does not open its join commitment"
+            )
+        with self._cond:
+            self.announcements.setdefault(account, announcement)
+            self.hidings.setdefault(account, bytes(hiding))
+            self._cond.notify_all()
+
+    def wait_opening(self, account: str, deadline: float) -> bool:
+        """Whether `account`'s announcement is held here by `deadline` (time.monotonic)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: account in self.announcements, max(0.0, deadline - time.monotonic())
+            )
+
+    def opened(self, account: str, deadline: float) -> tuple[bytes, Announcement]:
+        """`account`'s hiding hash and announcement as this node checked them, to relay;
+        NotYet when its opening has not come by `deadline`."""
+        account = self._participant(account)
+        with self._cond:
+            while account not in self.announcements:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise NotYet(f"no opening from {account} here either")
+                self._cond.wait(left)
+            return self.hidings[account], self.announcements[account]
 
     def mask(self, vector: npt.ArrayLike) -> Words:
         """This node's vector masked once for the round (its weight from the chain), its
@@ -206,22 +258,68 @@ class Session:
         masked = self.masker.mask(self.weights[self.me], vector, self.announcements)
         self.hashes = word_chunk_hashes(masked, masked.size)
         self.masked = masked
-        self.receive_root(self.me, merkle.root(self.hashes), b"")
+        root = merkle.root(self.hashes)
+        self.receive_root(self.me, root, self._sign(self._root_message(root)))
         return masked
 
+    def _root_message(self, root: bytes) -> bytes:
+        return root_message(self.context.swarm, self.context.round, root)
+
+    def _signed_by(self, account: str, root: bytes, signature: bytes) -> bool:
+        return signer_of(self._root_message(root), signature) == account
+
     def receive_root(self, sender: str, root: bytes, signature: bytes) -> None:
-        """A participant's masked root: the commitment its masked rows are checked against.
-        The same root again is a retry; another is refused."""
+        """A participant's masked root, signed by its account: the commitment its masked
+        rows are checked against. The same root again is a retry; one not signed by its
+        sender is refused; another signed root proves the sender equivocated."""
         sender = self._participant(sender)
         if len(root) != 32:
             raise SecAggError(f"a masked root is 32 bytes, {sender} sent {len(root)}")
+        if not self._signed_by(sender, root, signature):
+            raise SecAggError(f"{sender}'s masked root is not signed by {sender}")
         with self._cond:
             known = self.roots.get(sender)
             if known is not None and known != root:
-                raise SecAggError(f"{sender} sent two different masked roots")
+                self._equivocated(sender)
+                raise SecAggError(f"{sender} sent two different signed masked roots")
             self.roots[sender] = bytes(root)
             self.signatures[sender] = bytes(signature)
             self._cond.notify_all()
+
+    def signed_roots(self, accounts: Iterable[str]) -> list[SignedRoot]:
+        """The masked roots of `accounts` this node holds, with their signatures."""
+        with self._cond:
+            return [(a, self.roots[a], self.signatures[a]) for a in accounts if a in self.roots]
+
+    def check_roots(self, sender: str, signed: Sequence[SignedRoot]) -> list[SignedRoot]:
+        """Compares the signed roots `sender` relayed with those held here; returns those
+        held here that differ. Each such pair, both signed by one account, proves it sent
+        two roots: it is kept as an equivocator (the round votes it out). A relayed root
+        that its account did not sign is refused (the relay forged it)."""
+        differing: list[SignedRoot] = []
+        for account, root, signature in signed:
+            account = self._participant(account)
+            with self._cond:
+                known = self.roots.get(account)
+            if known is None or known == root:
+                continue  # nothing to compare, or what this node checked itself
+            if not self._signed_by(account, root, signature):
+                raise SecAggError(f"{sender} relayed a masked root {account} did not sign")
+            with self._cond:
+                self._equivocated(account)
+                differing.append((account, known, self.signatures[account]))
+        return differing
+
+    def _equivocated(self, account: str) -> None:
+        if account not in self.equivocators:
+            log.warning(
+                "%s: round %d: %s signed two different masked roots",
+                self.me,
+                self.context.round,
+                account,
+            )
+            self.equivocators[account] = "signed two different masked roots"
+        self._cond.notify_all()
 
     def lacking(self, roots: bool = True) -> list[str]:
         """Participants whose opening (or, with `roots`, masked root) has not come."""
@@ -265,16 +363,21 @@ class Session:
             self._cond.notify_all()
         return digest
 
-    def receive_rows_complete(self, sender: str, attempt: int, digest: bytes) -> None:
+    def receive_rows_complete(
+        self, sender: str, attempt: int, digest: bytes, signed: Sequence[SignedRoot] = ()
+    ) -> list[SignedRoot]:
         """An owner holds every row of its segments in `attempt`, checked against the masked
-        roots whose digest is `digest`."""
+        roots whose digest is `digest` (`signed`: those roots, signed); returns the signed
+        roots held here that differ from them (check_roots)."""
         sender = self._participant(sender)
+        differing = self.check_roots(sender, signed)
         with self._cond:
             held = self._complete.setdefault(attempt, {})
             if held.get(sender, digest) != digest:
                 raise SecAggError(f"{sender} sent two rows-complete digests for {attempt}")
             held[sender] = bytes(digest)
             self._cond.notify_all()
+        return differing
 
     def answer_reveal(
         self, sender: str, attempt: int, request: RevealRequest, digest: bytes, deadline: float
@@ -294,6 +397,7 @@ class Session:
                 raise RevealRefused(f"attempt {attempt} is over here")
             if normalize(sender) not in view.live:
                 raise RevealRefused(f"{sender} is not live in attempt {attempt}")
+            self._refuse_equivocators(view)
             if request.stayed != frozenset(view.live):
                 raise RevealRefused(
                     f"a reveal in attempt {attempt} must sum exactly its live participants"
@@ -332,7 +436,13 @@ class Session:
                 self._cond.wait(left)
         return []
 
+    def _refuse_equivocators(self, view: _AttemptView) -> None:
+        caught = [p for p in view.live if p in self.equivocators]
+        if caught:
+            raise Equivocation(caught)
+
     def _owners_waited_for(self, attempt: int, view: _AttemptView) -> set[str]:
+        self._refuse_equivocators(view)  # no reveal for a set with two roots of one input
         said = self._complete.get(attempt, {})
         wrong = {o for o in view.owners if o in said and said[o] != view.digest}
         if wrong:

@@ -16,7 +16,11 @@ seat x (2 bytes, 1..65535) and its value y (66 bytes, below the field's prime).
     ANNOUNCE        "A" | hiding: 32 | account | public key: 32 | seed commitment: 32
                     | dealer | holder | seed share | key share          (293 bytes)
     MASKED_ROOT     "M" | root: 32 | length: u8 (<= 128) | signature
-    ROWS_COMPLETE   "C" | digest: 32                                     (33 bytes)
+    ROWS_COMPLETE   "C" | digest: 32 | count: u16 | signed root per count
+    signed root     = account | root: 32 | signature: 65
+    EVIDENCE        "E" | count: u16 | signed root per count   (ROWS_COMPLETE's reply)
+    FETCH           "F" | account                    (whose announcement is asked for)
+    OPENED          "O" | hiding: 32 | account | public key: 32 | seed commitment: 32
     REVEAL request  "R" | request | digest: 32
     REVEAL answer   "V" | revealer | request | seed shares: u16 | key shares: u16
                     | (account | share) per seed share, then per key share (ascending)
@@ -35,7 +39,7 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from swarmnode.address import is_address, normalize
 from swarmnode.exceptions import PeerError
@@ -52,6 +56,10 @@ MAX_SIGNATURE = 128
 MAX_PARTICIPANTS = 0xFFFF  # what a u16 count holds; `participants` bounds it further
 
 ANNOUNCE, MASKED_ROOT, ROWS_COMPLETE, REVEAL_REQUEST, REVEAL = b"A", b"M", b"C", b"R", b"V"
+EVIDENCE, FETCH, OPENED = b"E", b"F", b"O"
+SIGNATURE = 65  # a signed root's signature: r || s || v (swarmnode/secagg/signing.py)
+SIGNED_ROOT = ACCOUNT + HASH + SIGNATURE
+_COUNT = struct.Struct(">H")
 ANNOUNCE_BYTES = 1 + HASH + ACCOUNT + KEY + HASH + 2 * ACCOUNT + 2 * SHARE
 _REQUEST_HEAD = struct.Struct(">QQQHH")
 
@@ -192,16 +200,109 @@ def decode_masked_root(body: bytes) -> tuple[bytes, bytes]:
     return root, signature
 
 
-def encode_rows_complete(digest: bytes) -> bytes:
-    """The digest of the masked roots an owner checked its rows against."""
-    return ROWS_COMPLETE + _fixed(digest, HASH, "ROWS_COMPLETE digest")
+SignedRoot = tuple[str, bytes, bytes]
+"""(account, masked root, the account's signature over it)."""
 
 
-def decode_rows_complete(body: bytes) -> bytes:
+def _signed_roots(signed: Sequence[SignedRoot], what: str) -> bytes:
+    if len(signed) > MAX_PARTICIPANTS:
+        raise MalformedBody(f"{what}: {len(signed)} signed roots do not fit a u16 count")
+    return _COUNT.pack(len(signed)) + b"".join(
+        _account(account, what)
+        + _fixed(root, HASH, f"{what} root")
+        + _fixed(signature, SIGNATURE, f"{what} signature")
+        for account, root, signature in signed
+    )
+
+
+def _read_signed_roots(read: _Reader, participants: int | None) -> list[SignedRoot]:
+    (count,) = read.unpack(_COUNT, "the count of signed roots")
+    limit = MAX_PARTICIPANTS if participants is None else participants
+    if count > limit:
+        raise read.refused(f"{count} signed roots, more than the round's {limit} participants")
+    if len(read.data) - read.at != count * SIGNED_ROOT:
+        left, need = len(read.data) - read.at, count * SIGNED_ROOT
+        raise read.refused(f"{left} bytes left, the layout takes {need} for {count} signed roots")
+    return [
+        (
+            normalize(read.account("a signed root's account")),
+            read.take(HASH, "a root"),
+            read.take(SIGNATURE, "a signature"),
+        )
+        for _ in range(count)
+    ]
+
+
+def encode_rows_complete(digest: bytes, signed: Sequence[SignedRoot] = ()) -> bytes:
+    """The digest of the masked roots an owner checked its rows against, and those roots
+    with their signers' signatures: evidence against whoever signed two."""
+    what = "ROWS_COMPLETE"
+    return ROWS_COMPLETE + _fixed(digest, HASH, f"{what} digest") + _signed_roots(signed, what)
+
+
+def decode_rows_complete(
+    body: bytes, *, participants: int | None = None
+) -> tuple[bytes, list[SignedRoot]]:
+    """(digest, signed roots); `participants`: the most signed roots it may carry."""
     read = _Reader(body, "ROWS_COMPLETE", ROWS_COMPLETE)
     digest = read.take(HASH, "the digest")
+    signed = _read_signed_roots(read, participants)
     read.end()
-    return digest
+    return digest, signed
+
+
+def encode_evidence(signed: Sequence[SignedRoot]) -> bytes:
+    """ROWS_COMPLETE's reply: the receiver's signed roots that differ from those it was
+    sent (each, with the sender's copy, proves its signer signed two)."""
+    return EVIDENCE + _signed_roots(signed, "EVIDENCE")
+
+
+def decode_evidence(body: bytes, *, participants: int | None = None) -> list[SignedRoot]:
+    read = _Reader(body, "EVIDENCE", EVIDENCE)
+    signed = _read_signed_roots(read, participants)
+    read.end()
+    return signed
+
+
+# ------------------------------------------------------------------ FETCH_ANNOUNCEMENT
+
+
+def encode_fetch(account: str) -> bytes:
+    """Asks a peer for `account`'s announcement and hiding hash (the opening of its join
+    commitment, without the shares only their holder gets)."""
+    return FETCH + _account(account, "FETCH_ANNOUNCEMENT")
+
+
+def decode_fetch(body: bytes) -> str:
+    read = _Reader(body, "FETCH_ANNOUNCEMENT", FETCH)
+    account = read.account("the account")
+    read.end()
+    return normalize(account)
+
+
+def encode_opened(hiding: bytes, announcement: Announcement) -> bytes:
+    """FETCH_ANNOUNCEMENT's answer; the asker checks it against the join commitment."""
+    what = "OPENED"
+    return b"".join(
+        (
+            OPENED,
+            _fixed(hiding, HASH, f"{what} opening"),
+            _account(announcement.account, what),
+            _fixed(announcement.public_key, KEY, f"{what} public key"),
+            _fixed(announcement.seed_commitment, HASH, f"{what} seed commitment"),
+        )
+    )
+
+
+def decode_opened(body: bytes) -> tuple[bytes, Announcement]:
+    read = _Reader(body, "OPENED", OPENED)
+    hiding = read.take(HASH, "the opening")
+    account = normalize(read.account("the account"))
+    announcement = Announcement(
+        account, read.take(KEY, "the public key"), read.take(HASH, "the commitment")
+    )
+    read.end()
+    return hiding, announcement
 
 
 # ------------------------------------------------------------------ REVEAL

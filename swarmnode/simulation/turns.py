@@ -78,6 +78,9 @@ class OrderedJoins(Ledger):
     def address(self) -> str:
         return self.inner.address
 
+    def sign(self, message: bytes) -> bytes:
+        return self.inner.sign(message)
+
     def now(self) -> int:
         return self.inner.now()
 
