@@ -27,6 +27,7 @@ from swarmnode.ledger.memory import InMemoryChain
 from swarmnode.ledger.types import RoundStatus
 from swarmnode.merge import make_rule
 from swarmnode.ownership import Owners
+from swarmnode.p2p.errors import InvalidMessage
 from swarmnode.p2p.faults import Fault, FaultyTransport, InjectedCrash
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
@@ -363,9 +364,10 @@ def test_an_opening_that_reached_half_the_nodes_is_relayed_and_the_round_ends() 
 
 
 def test_an_owner_refuses_a_sum_with_a_row_left_out_and_unmasks_around_a_liar() -> None:
-    """Sessions set up over gRPC by hand (no all-reduce): the same owner's sum of all rows
-    decodes to the mean, its sum with one row skipped is refused, never merged; and a
-    revealer lying about a share is left out by name, the others' shares decoding the sum."""
+    """Sessions set up over gRPC by hand (no all-reduce): a masked root whose signature is
+    not its sender's is refused by name; the same owner's sum of all rows decodes to the
+    mean, its sum with one row skipped is refused, never merged; and a revealer lying about
+    a share is left out by name, the others' shares decoding the sum."""
     updates, weights = updates_for(5)
     with grpc_swarm(transfer_deadline=10) as nodes:
         accounts = [n.ledger.account for n in nodes]
@@ -396,6 +398,14 @@ def test_an_owner_refuses_a_sum_with_a_row_left_out_and_unmasks_around_a_liar() 
             [lambda i=i: secure[i].exchange(updates[i], deadline) for i in range(N)], timeout=60
         )
         assert lacking == [[]] * N
+        # a masked root in node 0's name signed by node 2's key is refused by name
+        root = secure[0].session.roots[accounts[0]]
+        forged = nodes[2].ledger.sign(root_message(context.swarm, 1, root))
+        message = SecAggMessage(
+            1, 1, SecAggKind.MASKED_ROOT, secagg_wire.encode_masked_root(root, forged)
+        )
+        with pytest.raises(InvalidMessage, match=f"{accounts[0]}'s masked root is not signed by"):
+            nodes[0].transport.secagg(accounts[1], message, 10)
         owners = Owners.of(accounts, b"\x01" * 32, 1, NUMEL, True)
         for mine in secure:
             mine.begin(1, accounts, owners)
