@@ -142,17 +142,22 @@ class SecureRound:
         session = self.session
         digest = session.digest(attempt)
         session.receive_rows_complete(self.me, attempt, digest)
-        body = wire.encode_rows_complete(digest, session.signed_roots(live))
+        body = wire.encode_rows_complete(digest)
         peers = [p for p in live if p != self.me]
 
         def send(peer: str) -> None:
             reply = self._send(peer, attempt, SecAggKind.ROWS_COMPLETE, body, deadline)
-            if reply:  # the peer holds other signed roots: evidence against their signers
-                evidence = wire.decode_evidence(reply, participants=self._count)
-                try:
-                    session.check_roots(peer, evidence)
-                except SecAggError as exc:  # a root its participant did not sign: forged
-                    raise InvalidMessage(f"{peer}'s evidence: {exc}") from None
+            if not reply:  # the peer holds the same masked roots
+                return
+            # it holds others: its signed roots, compared with ours, show who signed two
+            theirs = wire.decode_evidence(reply, participants=self._count)
+            try:
+                differing = session.check_roots(peer, theirs)
+            except SecAggError as exc:  # a root its participant did not sign: forged
+                raise InvalidMessage(f"{peer}'s masked roots: {exc}") from None
+            if differing:  # our copies: the peer then holds the proof as well
+                proof = wire.encode_rows_complete(digest, differing)
+                self._send(peer, attempt, SecAggKind.ROWS_COMPLETE, proof, deadline)
 
         self._each(send, deadline, peers)
 
@@ -271,8 +276,9 @@ class SecureRound:
                 raise Refused(f"attempt {message.attempt} is before this round's setup")
             if kind == SecAggKind.ROWS_COMPLETE:
                 digest, signed = wire.decode_rows_complete(body, participants=self._count)
-                differing = session.receive_rows_complete(caller, message.attempt, digest, signed)
-                return wire.encode_evidence(differing) if differing else b""
+                session.receive_rows_complete(caller, message.attempt, digest, signed)
+                held = session.roots_unless(message.attempt, digest)
+                return wire.encode_evidence(held) if held else b""
             if kind == SecAggKind.REVEAL:
                 request, digest = wire.decode_reveal_request(body, participants=self._count)
                 answer = session.answer_reveal(caller, message.attempt, request, digest, deadline)

@@ -106,32 +106,38 @@ def test_an_opening_must_match_the_join_commitment(swarm: Swarm) -> None:
 
 
 def test_two_signed_roots_of_one_node_prove_it_equivocated_and_no_reveal_covers_it() -> None:
-    """X's root as node c holds it is another one X signed: an owner's rows-complete notice
-    shows c the difference, c answers with its copy, and both keep X as an equivocator; no
-    reveal covers X, a relay that forges X's signature is refused, and the next attempt
-    without X ends on the mean of the rest."""
+    """X's root as node c holds it is another one X signed: c answers an owner's
+    rows-complete digest with the signed roots behind its own, the owner finds X's two and
+    sends c its copy, and both keep X as an equivocator; no reveal covers X, a root relayed
+    with a signature that is not its account's is refused, and the next attempt without X
+    ends on the mean of the rest."""
     swarm = Swarm(seed=13)
-    a, c, x = ACCOUNTS[0], ACCOUNTS[2], ACCOUNTS[4]
+    a, b, c, x = ACCOUNTS[0], ACCOUNTS[1], ACCOUNTS[2], ACCOUNTS[4]
     other = bytes(range(32))
     swarm.sessions[c].roots[x] = other  # as if X had sent c this root, signed
     swarm.sessions[c].signatures[x] = sign_with_key(KEYS[4], root_message(SWARM, ROUND, other))
     for session in swarm.sessions.values():
         session.begin_attempt(0, ACCOUNTS, ACCOUNTS)
     owner = swarm.sessions[a]
-    signed = owner.signed_roots(ACCOUNTS)
-    forged = [(p, bytes(32) if p == x else r, sig) for p, r, sig in signed]  # X's sig kept
-    with pytest.raises(SecAggError, match=f"{a} relayed a masked root {x} did not sign"):
-        swarm.sessions[ACCOUNTS[1]].receive_rows_complete(a, 0, owner.digest(0), forged)
-    assert swarm.sessions[ACCOUNTS[1]].equivocators == {}
-    differing = swarm.sessions[c].receive_rows_complete(a, 0, owner.digest(0), signed)
-    assert [account for account, _, _ in differing] == [x]
+    digest = owner.digest(0)
+    for receiver in (b, c):
+        swarm.sessions[receiver].receive_rows_complete(a, 0, digest)
+    assert swarm.sessions[b].roots_unless(0, digest) == []  # the same roots: nothing more
+    theirs = swarm.sessions[c].roots_unless(0, digest)  # c's reply
+    assert theirs == swarm.sessions[c].signed_roots(ACCOUNTS)
+    forged = [(p, bytes(32) if p == x else r, sig) for p, r, sig in theirs]  # X's sig kept
+    with pytest.raises(SecAggError, match=f"{c} relayed a masked root {x} did not sign"):
+        owner.check_roots(c, forged)
+    assert owner.equivocators == {}
+    proof = owner.check_roots(c, theirs)
+    assert [account for account, _, _ in proof] == [x] and set(owner.equivocators) == {x}
+    swarm.sessions[c].receive_rows_complete(a, 0, digest, proof)  # the owner sends its copy
     assert set(swarm.sessions[c].equivocators) == {x}
-    owner.check_roots(c, differing)  # the reply: now the owner holds the proof too
-    assert set(owner.equivocators) == {x}
+    assert swarm.sessions[b].equivocators == {}  # b was shown nothing
     request = owner.request(0, range(16))
     for asked in (a, c):
         with pytest.raises(Equivocation, match=f"{x} signed two different masked roots"):
-            swarm.sessions[asked].answer_reveal(a, 0, request, owner.digest(0), 0.0)
+            swarm.sessions[asked].answer_reveal(a, 0, request, digest, 0.0)
     with pytest.raises(Equivocation):
         owner.wait_owners(0, time.monotonic() + 30)  # at once, not at the deadline
     assert all(not s.revealer.history() for s in swarm.sessions.values())

@@ -291,6 +291,16 @@ class Session:
         with self._cond:
             return [(a, self.roots[a], self.signatures[a]) for a in accounts if a in self.roots]
 
+    def roots_unless(self, attempt: int, digest: bytes) -> list[SignedRoot]:
+        """Nothing when `digest` is this node's digest of `attempt`'s masked roots; else the
+        signed roots behind its own (those of every participant if the attempt has not begun
+        here), so the owner that sent `digest` can find which differ and who signed both."""
+        with self._cond:
+            view = self._attempts.get(attempt)
+        if view is not None and view.digest == digest:
+            return []
+        return self.signed_roots(self.context.participants if view is None else view.live)
+
     def check_roots(self, sender: str, signed: Sequence[SignedRoot]) -> list[SignedRoot]:
         """Compares the signed roots `sender` relayed with those held here; returns those
         held here that differ. Each such pair, both signed by one account, proves it sent

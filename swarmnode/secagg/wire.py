@@ -234,8 +234,9 @@ def _read_signed_roots(read: _Reader, participants: int | None) -> list[SignedRo
 
 
 def encode_rows_complete(digest: bytes, signed: Sequence[SignedRoot] = ()) -> bytes:
-    """The digest of the masked roots an owner checked its rows against, and those roots
-    with their signers' signatures: evidence against whoever signed two."""
+    """The digest of the masked roots an owner checked its rows against; `signed`: the
+    owner's signed copies of roots a receiver holds otherwise (proof their signer signed
+    two), sent after that receiver's EVIDENCE reply."""
     what = "ROWS_COMPLETE"
     return ROWS_COMPLETE + _fixed(digest, HASH, f"{what} digest") + _signed_roots(signed, what)
 
@@ -252,8 +253,8 @@ def decode_rows_complete(
 
 
 def encode_evidence(signed: Sequence[SignedRoot]) -> bytes:
-    """ROWS_COMPLETE's reply: the receiver's signed roots that differ from those it was
-    sent (each, with the sender's copy, proves its signer signed two)."""
+    """ROWS_COMPLETE's reply when the receiver's digest differs: the signed roots behind its
+    own (each that differs, with the owner's copy, proves its signer signed two)."""
     return EVIDENCE + _signed_roots(signed, "EVIDENCE")
 
 
