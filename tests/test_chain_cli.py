@@ -182,7 +182,7 @@ def test_chain_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert "dev chain stopped" in rest
     with pytest.raises(ProcessLookupError):
         os.kill(anvil_pid, 0)  # the anvil child is gone too
-    assert state.exists()  # anvil wrote its state on the way out
+    assert state.exists(), rest  # anvil wrote its state on the way out
 
 
 def test_deploy_signs_with_a_keystore(

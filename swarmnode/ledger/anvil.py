@@ -8,6 +8,7 @@ name. anvil writes its state file (`--state`) only on SIGTERM or SIGINT, or ever
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 
@@ -102,7 +104,32 @@ class AnvilProcess:
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         self.port = self._await_listening(offset)
+        self._await_answering()
         return self.url
+
+    def _await_answering(self) -> None:
+        """Waits for one JSON-RPC answer. anvil prints "Listening on" before it installs its
+        SIGTERM handler; a SIGTERM in between kills it without writing its state file, which
+        a loaded machine made happen. Once it answers a call, its main loop, which installs
+        the handler, has run."""
+        assert self._process is not None
+        deadline = time.monotonic() + self._startup_timeout
+        request = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []})
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    urllib.request.Request(
+                        self.url, request.encode(), {"Content-Type": "application/json"}
+                    ),
+                    timeout=max(0.1, deadline - time.monotonic()),
+                ) as reply:
+                    reply.read()
+                return
+            except OSError as exc:
+                if self._process.poll() is not None or time.monotonic() >= deadline:
+                    self.kill()
+                    raise ChainUnavailable(f"anvil did not answer at {self.url}: {exc}") from None
+                time.sleep(0.02)  # a child process starting; nothing to wait on instead
 
     def _await_listening(self, offset: int) -> int:
         assert self._process is not None and self._log_path is not None
