@@ -40,7 +40,9 @@ CALL_TIMEOUT = 10.0  # seconds one message may take at most, within the caller's
 FETCH_AFTER = 0.5  # seconds (at most a quarter of the setup's time) before openings still
 # missing are asked of the others: direct ones come within milliseconds, and a relayed
 # announcement asked too early costs one small message
-FETCH_RETRY = (0.1, 1.0)  # first and longest pause between two rounds of asking for one
+FETCH_PAUSE = 0.1  # seconds between the first two rounds of asking for one, then doubling:
+# an opening that reached nobody (its sender died) costs each node about log2(setup / 0.1)
+# rounds of small refusals, not one a second
 
 
 class SecureRound:
@@ -109,7 +111,7 @@ class SecureRound:
         time, until `deadline` or until the opening comes here directly). Each answer is
         checked against `account`'s join commitment, so a relay cannot forge it."""
         body = wire.encode_fetch(account)
-        pause = FETCH_RETRY[0]
+        pause = FETCH_PAUSE
         while account in self.session.lacking(roots=False):
             for peer in self.others:
                 if peer == account or peer in self.session.lacking(roots=False):
@@ -120,14 +122,14 @@ class SecureRound:
                     )
                     self.session.receive_announcement(account, *wire.decode_opened(reply))
                 except (PeerError, SecAggError) as exc:
-                    log.info("%s: %s's announcement from %s: %s", self.me, account, peer, exc)
+                    log.debug("%s: %s's announcement from %s: %s", self.me, account, peer, exc)
                     continue
                 log.info("%s: %s's announcement relayed by %s", self.me, account, peer)
                 return
             until = min(deadline, time.monotonic() + pause)
             if self.session.wait_opening(account, until) or time.monotonic() >= deadline:
                 return
-            pause = min(2 * pause, FETCH_RETRY[1])
+            pause *= 2
 
     # -- each attempt
 

@@ -4,7 +4,9 @@ float32 or as its fixed-point encoding) is in any byte another node receives; th
 model is the plain weighted mean within the fixed-point bound, the same digest on every
 node; a node dying in the middle of the reduce-scatter is dropped and the survivors still
 end on one digest, every reveal any node gave covering the same inputs wherever ranges
-overlap, so no difference of two revealed sums is anyone's update."""
+overlap, so no difference of two revealed sums is anyone's update; a node signing two
+masked roots is voted out with nobody revealing for it; an opening that reached half the
+nodes is relayed to the rest and the round ends in its first attempt."""
 
 from __future__ import annotations
 

@@ -10,8 +10,10 @@ across them; it sends nothing itself (the all-reduce carries its messages):
    two announcements; H is never opened, so the plain digest never leaves the node.
 2. After close (`Session`): the participants are known, so the RoundContext is. The node
    deals its shares, sends each participant its opening (H, announcement, that holder's
-   shares), checks every opening it gets against the sender's C, masks its vector once for
-   the round and publishes the Merkle root of the masked vector's chunk hashes.
+   shares), checks every opening it gets against the sender's C (or, for an opening that
+   missed it, an announcement another participant relays), masks its vector once for the
+   round and publishes the Merkle root of the masked vector's chunk hashes, signed by its
+   account; two roots signed by one participant prove it equivocated.
 3. Per attempt: an owner that holds every row of its segments says so (rows complete, with
    the digest of the masked roots it checked rows against); this node answers a reveal for
    an attempt only once every owner of that attempt has said so with the digest it holds
