@@ -123,6 +123,8 @@ def test_two_signed_roots_of_one_node_prove_it_equivocated_and_no_reveal_covers_
     for receiver in (b, c):
         swarm.sessions[receiver].receive_rows_complete(a, 0, digest)
     assert swarm.sessions[b].roots_unless(0, digest) == []  # the same roots: nothing more
+    # c does not keep a's other digest before the proof comes: still waiting, no refusal
+    assert a in swarm.sessions[c].wait_owners(0, time.monotonic())
     theirs = swarm.sessions[c].roots_unless(0, digest)  # c's reply
     assert theirs == swarm.sessions[c].signed_roots(ACCOUNTS)
     forged = [(p, bytes(32) if p == x else r, sig) for p, r, sig in theirs]  # X's sig kept

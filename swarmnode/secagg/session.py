@@ -379,11 +379,17 @@ class Session:
         self, sender: str, attempt: int, digest: bytes, signed: Sequence[SignedRoot] = ()
     ) -> list[SignedRoot]:
         """An owner holds every row of its segments in `attempt`, checked against the masked
-        roots whose digest is `digest` (`signed`: those roots, signed); returns the signed
-        roots held here that differ from them (check_roots)."""
+        roots whose digest is `digest` (`signed`: the owner's signed copies of roots held
+        here otherwise); returns the signed roots held here that differ from them
+        (check_roots). A digest other than this node's, without signed roots, is answered
+        (roots_unless) but not kept yet: the owner sends its copies next, and only with that
+        proof in hand does the mismatch end the wait for owners, as an Equivocation."""
         sender = self._participant(sender)
         differing = self.check_roots(sender, signed)
         with self._cond:
+            view = self._attempts.get(attempt)
+            if not signed and view is not None and view.digest != digest:
+                return differing
             held = self._complete.setdefault(attempt, {})
             if held.get(sender, digest) != digest:
                 raise SecAggError(f"{sender} sent two rows-complete digests for {attempt}")
