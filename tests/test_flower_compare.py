@@ -59,6 +59,11 @@ def test_a_comparison_flower_cannot_run_is_one_line_before_anything_runs(tmp_pat
     private = Scenario.load(None, {"nodes": 4, "dp_noise": 1.0})
     with pytest.raises(ConfigError, match="drop dp_noise"):
         simulate(private, tmp_path, compare="flower")
+    noisy_mean = Scenario.load(
+        None, {"nodes": 4, "secure_aggregation": True, "dp_mean_noise": 1.0, "dp_mean_clip": 1.0}
+    )
+    with pytest.raises(ConfigError, match="drop dp_mean_noise"):
+        simulate(noisy_mean, tmp_path, compare="flower")
     with pytest.raises(ConfigError, match="--compare pysyft: unknown"):
         simulate(scenario, tmp_path, compare="pysyft")
     assert not (tmp_path / "report.json").exists()

@@ -74,6 +74,7 @@ def check_comparable(scenario: Scenario) -> None:
             ("task", scenario.task is not None),
             ("processes", scenario.processes),
             ("dp_noise (Flower's side trains without DP)", scenario.dp_noise is not None),
+            ("dp_mean_noise (Flower's side merges without DP)", scenario.dp_mean_noise is not None),
         )
         if on
     ]

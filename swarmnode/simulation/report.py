@@ -81,9 +81,7 @@ def privacy_block(scenario: Scenario, swarm: SwarmRun) -> dict[str, Any]:
     spent."""
     settings = scenario.privacy()
     mean = scenario.mean_privacy()  # distributed DP (docs/privacy.md#distributed-dp)
-    spent = [
-        node.epsilon for r in swarm.rounds for node in r.per_node if node.epsilon is not None
-    ]
+    spent = [node.epsilon for r in swarm.rounds for node in r.per_node if node.epsilon is not None]
     chosen = settings or mean
     block: dict[str, Any] = {
         "secure_aggregation": scenario.secure_aggregation,

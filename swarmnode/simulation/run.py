@@ -136,7 +136,8 @@ def simulate(
     console.print(
         f"[bold]{scenario.name}[/]: {nodes.described}, "
         f"{scenario.rounds} rounds of {scenario.local_batches} batches, "
-        f"rule {scenario.merge_rule}; {wire}"
+        f"rule {scenario.merge_rule}"
+        f"{' under secure aggregation' if scenario.secure_aggregation else ''}; {wire}"
     )
     with progress_bar(console) as progress:
         bar = progress.add_task("swarm rounds", total=scenario.rounds, status="")
