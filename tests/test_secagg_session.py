@@ -10,12 +10,19 @@ import threading
 import time
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from eth_keys.datatypes import PrivateKey
 
 from swarmnode.address import normalize
+from swarmnode.ledger.types import RoundStatus
+from swarmnode.merge import make_rule
+from swarmnode.p2p.faults import InjectedCrash
+from swarmnode.round import Round, RoundResult, RoundSettings
+from swarmnode.rules import SecureAggregation, SwarmParams
 from swarmnode.secagg.errors import Equivocation, NotYet, RevealRefused, SecAggError, SumRefused
 from swarmnode.secagg.fixedpoint import FixedPoint
 from swarmnode.secagg.masking import RoundContext
@@ -23,6 +30,7 @@ from swarmnode.secagg.reveal import RevealRequest
 from swarmnode.secagg.session import Opening, Prepared, Session
 from swarmnode.secagg.signing import root_message, sign_with_key
 from swarmnode.secagg.unmask import sum_rows
+from swarmnode.simulation.local import LocalPeer, LocalSwarm, memory_swarm, run_in_threads
 
 N = 5
 SIZE = 200
@@ -248,42 +256,42 @@ def test_a_sum_with_a_row_left_out_is_refused() -> None:
         owner.unmask(request, sum_rows(FIXED, rows), reveals)
 
 
+def _secure_swarm(n: int, transfer_deadline: int) -> LocalSwarm:
+    """n nodes of a secure swarm on the in-memory ledger and transport (wall clock)."""
+    params = SwarmParams(
+        min_peers=3,
+        max_peers=n,
+        join_window=30,
+        transfer_deadline=transfer_deadline,
+        round_deadline=60,
+        secure_aggregation=SecureAggregation(bound=4, fraction_bits=16, max_weight=64),
+    )
+    return memory_swarm(params, n, clock=time.time)
+
+
+def _round(peer: LocalPeer, vector: npt.NDArray[np.float32], weight: int, **settings: Any) -> Round:
+    """`peer`'s part in round 1, contributing `vector` with `weight`."""
+    return Round(
+        ledger=peer.ledger,
+        transport=peer.transport,
+        inbox=peer.inbox,
+        rule=make_rule(peer.ledger.params().merge_rule),
+        vector=vector,
+        weight=weight,
+        val_loss=0.5,
+        settings=RoundSettings(poll=0.02, **settings),
+    )
+
+
 def test_a_node_whose_update_breaks_the_bound_is_dropped_and_the_others_finish() -> None:
     """In whole rounds (in-memory ledger and transport): the node cannot encode its update,
     so its masked root never comes; the others vote it out at setup and the next attempt
     ends on the mean of the rest, its pair masks removed with its key share."""
-    from swarmnode.ledger.types import RoundStatus
-    from swarmnode.merge import make_rule
-    from swarmnode.round import Round, RoundSettings
-    from swarmnode.rules import SecureAggregation, SwarmParams
-    from swarmnode.simulation.local import memory_swarm, run_in_threads
-
-    params = SwarmParams(
-        min_peers=3,
-        max_peers=4,
-        join_window=30,
-        transfer_deadline=2,
-        round_deadline=60,
-        secure_aggregation=SecureAggregation(bound=4, fraction_bits=16, max_weight=64),
-    )
-    swarm = memory_swarm(params, 4, clock=time.time)
+    swarm = _secure_swarm(4, transfer_deadline=2)
     rng = np.random.default_rng(4)
     updates = [rng.uniform(-4, 4, 1000).astype(np.float32) for _ in range(4)]
     updates[3][5] = 9.0  # outside B = 4
-    rule = make_rule(params.merge_rule)
-    rounds = [
-        Round(
-            ledger=peer.ledger,
-            transport=peer.transport,
-            inbox=peer.inbox,
-            rule=rule,
-            vector=updates[i],
-            weight=10,
-            val_loss=0.5,
-            settings=RoundSettings(poll=0.02),
-        )
-        for i, peer in enumerate(swarm.peers)
-    ]
+    rounds = [_round(peer, updates[i], 10) for i, peer in enumerate(swarm.peers)]
     results = run_in_threads([r.run for r in rounds], timeout=60)
     state = swarm.peers[0].ledger.round(1)
     assert state.status == RoundStatus.FINAL and state.attempt == 2
@@ -298,40 +306,11 @@ def test_a_node_whose_update_breaks_the_bound_is_dropped_and_the_others_finish()
 def test_a_model_with_fewer_chunks_than_nodes_merges_its_empty_segments_too() -> None:
     """40 values, 3 chunks, 6 nodes: three segments are empty, and their owners merge them
     without asking anyone to reveal (a reveal of no elements is refused by rule)."""
-    from swarmnode.ledger.types import RoundStatus
-    from swarmnode.merge import make_rule
-    from swarmnode.round import Round, RoundSettings
-    from swarmnode.rules import SecureAggregation, SwarmParams
-    from swarmnode.simulation.local import memory_swarm, run_in_threads
-
-    params = SwarmParams(
-        min_peers=3,
-        max_peers=6,
-        join_window=30,
-        transfer_deadline=20,
-        round_deadline=60,
-        secure_aggregation=SecureAggregation(bound=4, fraction_bits=16, max_weight=64),
-    )
-    swarm = memory_swarm(params, 6, clock=time.time)
+    swarm = _secure_swarm(6, transfer_deadline=20)
     rng = np.random.default_rng(6)
     updates = [rng.uniform(-4, 4, 40).astype(np.float32) for _ in range(6)]
-    rule = make_rule(params.merge_rule)
-    results = run_in_threads(
-        [
-            Round(
-                ledger=peer.ledger,
-                transport=peer.transport,
-                inbox=peer.inbox,
-                rule=rule,
-                vector=updates[i],
-                weight=i + 1,
-                val_loss=0.5,
-                settings=RoundSettings(poll=0.02),
-            ).run
-            for i, peer in enumerate(swarm.peers)
-        ],
-        timeout=60,
-    )
+    rounds = [_round(peer, updates[i], i + 1) for i, peer in enumerate(swarm.peers)]
+    results = run_in_threads([r.run for r in rounds], timeout=60)
     state = swarm.peers[0].ledger.round(1)
     assert state.status == RoundStatus.FINAL and state.attempt == 1
     assert {r.digest for r in results} == {state.final_digest}
@@ -344,44 +323,19 @@ def test_a_node_dying_before_its_opening_is_dropped_and_the_setup_runs_again() -
     """The victim joins and dies as the round closes: no opening of it reaches anyone, so
     nobody can mask; all vote it out, set up again among the three left in attempt 2 (same
     secrets, same join commitments) and finish on their mean."""
-    from swarmnode.ledger.types import RoundStatus
-    from swarmnode.merge import make_rule
-    from swarmnode.p2p.faults import InjectedCrash
-    from swarmnode.round import Round, RoundResult, RoundSettings
-    from swarmnode.rules import SecureAggregation, SwarmParams
-    from swarmnode.simulation.local import memory_swarm, run_in_threads
-
-    params = SwarmParams(
-        min_peers=3,
-        max_peers=4,
-        join_window=30,
-        transfer_deadline=2,
-        round_deadline=60,
-        secure_aggregation=SecureAggregation(bound=4, fraction_bits=16, max_weight=64),
-    )
-    swarm = memory_swarm(params, 4, clock=time.time)
+    swarm = _secure_swarm(4, transfer_deadline=2)
     rng = np.random.default_rng(8)
     updates = [rng.uniform(-4, 4, 1000).astype(np.float32) for _ in range(4)]
-    rule = make_rule(params.merge_rule)
 
     def die() -> None:
         raise InjectedCrash("dies as the round closes", 1)
 
     def node(i: int) -> RoundResult | None:
-        settings = RoundSettings(poll=0.02, on_closed=die if i == 3 else None)
+        peer = swarm.peers[i]
         try:
-            return Round(
-                ledger=swarm.peers[i].ledger,
-                transport=swarm.peers[i].transport,
-                inbox=swarm.peers[i].inbox,
-                rule=rule,
-                vector=updates[i],
-                weight=10,
-                val_loss=0.5,
-                settings=settings,
-            ).run()
+            return _round(peer, updates[i], 10, on_closed=die if i == 3 else None).run()
         except InjectedCrash:  # what a killed process leaves: no server either
-            swarm.extra["network"].detach(swarm.peers[i].ledger.account)
+            swarm.extra["network"].detach(peer.ledger.account)
             return None
 
     results = run_in_threads([lambda i=i: node(i) for i in range(4)], timeout=60)
