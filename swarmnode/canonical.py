@@ -615,9 +615,11 @@ def _worker_count(nbytes: int, chunks: int, workers: int | None) -> int:
     return max(1, min(cores, _MAX_WORKERS, chunks))
 
 
-def _hash_chunks(view: memoryview, chunk: int, workers: int | None) -> bytes:
-    """The hashes of `view`'s chunks of `chunk` elements."""
-    size = chunk * ELEMENT_BYTES
+def _hash_chunks(
+    view: memoryview, chunk: int, workers: int | None, item_bytes: int = ELEMENT_BYTES
+) -> bytes:
+    """The hashes of `view`'s chunks of `chunk` elements of `item_bytes` bytes each."""
+    size = chunk * item_bytes
     count = -(-view.nbytes // size)
     threads = _worker_count(view.nbytes, count, workers)
     if threads <= 1:
@@ -645,6 +647,22 @@ def chunk_hashes(
     view = _le_bytes(vector, what="vector")
     whole = view.nbytes // ELEMENT_BYTES if numel is None else numel
     return _hash_chunks(view, chunk_elements(whole), workers)
+
+
+def word_chunk_hashes(
+    words: npt.NDArray[np.unsignedinteger], *, numel: int | None = None, workers: int | None = None
+) -> bytes:
+    """chunk_hashes for a vector of 4- or 8-byte unsigned words (secure aggregation's masked
+    vector, docs/secure-aggregation.md#in-a-round): chunks hold as many ELEMENTS as the
+    float32 vector of the same length would, each hashed over its little-endian words."""
+    if not isinstance(words, np.ndarray) or words.ndim != 1 or words.dtype.kind != "u":
+        raise ConfigError(
+            f"word chunk hashes need a 1-D unsigned integer array, got {_kind(words)}"
+        )
+    data = np.ascontiguousarray(words, dtype=words.dtype.newbyteorder("<"))
+    whole = len(data) if numel is None else numel
+    view = data.view(np.uint8).data  # zero-copy when already contiguous little-endian
+    return _hash_chunks(view, chunk_elements(whole), workers, data.itemsize)
 
 
 def digest_from_chunk_hashes(hashes: bytes | bytearray | memoryview | Sequence[bytes]) -> bytes:

@@ -85,13 +85,7 @@ def chunk_hashes(
     For float32 this is canonical.chunk_hashes (hashed on several threads when large)."""
     if not isinstance(values, np.ndarray) or values.dtype.kind != "u":
         return canonical.chunk_hashes(values, numel=numel, workers=workers)
-    array = le_array(values)
-    whole = len(array) if numel is None else numel
-    size = chunk_elements(whole) * array.itemsize
-    view = array.view(np.uint8).data
-    from blake3 import blake3  # as canonical does: only hashing needs it
-
-    return b"".join(blake3(view[at : at + size]).digest() for at in range(0, view.nbytes, size))
+    return canonical.word_chunk_hashes(le_array(values), numel=numel, workers=workers)
 
 
 def verify_chunks(first_chunk: int, values: npt.NDArray[Any], hashes: bytes, numel: int) -> None:

@@ -89,19 +89,6 @@ def join_commitment(announcement: Announcement, hiding: bytes) -> bytes:
     return hashlib.sha256(JOIN_DOMAIN + announcement_bytes(announcement) + hiding).digest()
 
 
-def word_chunk_hashes(words: Words, numel: int) -> bytes:
-    """BLAKE3 of each chunk's little-endian word bytes, chunks cut as for the plain vector
-    (chunk_elements(numel) elements each): what the inbox checks masked rows against."""
-    from blake3 import blake3
-
-    chunk = canonical.chunk_elements(numel)
-    data = np.ascontiguousarray(words, dtype=words.dtype.newbyteorder("<")).view(np.uint8)
-    size = chunk * words.dtype.itemsize
-    count = canonical.num_chunks(numel)
-    view = data.data  # zero-copy: the words' own memory
-    return b"".join(blake3(view[i * size : (i + 1) * size]).digest() for i in range(count))
-
-
 def roots_digest(participants: Sequence[str], roots: Mapping[str, bytes]) -> bytes:
     """The digest of the masked roots of `participants`, in their order: two nodes that
     checked rows against the same roots hold the same digest."""
@@ -258,7 +245,7 @@ class Session:
         if lacking:
             raise NotYet(f"no announcement yet from {', '.join(lacking)}")
         masked = self.masker.mask(self.weights[self.me], vector, self.announcements)
-        self.hashes = word_chunk_hashes(masked, masked.size)
+        self.hashes = canonical.word_chunk_hashes(masked)
         self.masked = masked
         root = merkle.root(self.hashes)
         self.receive_root(self.me, root, self._sign(self._root_message(root)))
