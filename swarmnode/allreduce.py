@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +46,7 @@ from swarmnode.address import normalize
 from swarmnode.exceptions import PeerError
 from swarmnode.merge import MergeRule
 from swarmnode.ownership import Owners
+from swarmnode.p2p.elements import FLOAT32
 from swarmnode.p2p.frames import Frame, frames_for, frames_for_row, merged_hashes_frame
 from swarmnode.p2p.inbox import Inbox
 from swarmnode.p2p.messages import Kind
@@ -241,19 +242,22 @@ class AllReduceRunner:
         round, attempt = self.attempt.round, self.attempt.attempt
         self.inbox.offer_update(round, self.update, self.hashes)
         commitments = {p: self.attempt.commitments[p] for p in self.others}
-        if self.secure is None:
-            self.inbox.expect_updates(round, self.mine, self.numel, commitments, attempt)
-        else:
+        if self.secure is not None:
             self.secure.begin(attempt, self.attempt.participants, self.owners)
-            self.inbox.expect_updates(
-                round, self.mine, self.numel, commitments, attempt, dtype=self.secure.dtype
-            )
+        self.inbox.expect_updates(
+            round, self.mine, self.numel, commitments, attempt, dtype=self._dtype
+        )
         needed = {
             s: (self.owners.merger(s), self.owners.checker(s), chunks)
             for s, chunks in enumerate(self.owners.chunks)
             if s not in self.mine
         }
         self.inbox.expect_merged(round, attempt, needed, self.numel)
+
+    @property
+    def _dtype(self) -> np.dtype[Any]:
+        """What update rows hold: float32, or with secure aggregation the masked words."""
+        return FLOAT32 if self.secure is None else self.secure.dtype
 
     def _at(self, fraction: float) -> float:
         return self._start + fraction * self.timeout
@@ -517,21 +521,16 @@ class AllReduceRunner:
         chunks = self.owners.chunks[segment]
         commitment = self.attempt.commitments[contributor]
         timeout = min(self._left(), max(1.0, 0.25 * self.timeout))
-        if self.secure is None:
-            values, hashes, proof = self.transport.fetch_update(
-                source, self.attempt.round, contributor, chunks, self.numel, commitment, timeout
-            )
-        else:
-            values, hashes, proof = self.transport.fetch_update(
-                source,
-                self.attempt.round,
-                contributor,
-                chunks,
-                self.numel,
-                commitment,
-                timeout,
-                dtype=self.secure.dtype,
-            )
+        values, hashes, proof = self.transport.fetch_update(
+            source,
+            self.attempt.round,
+            contributor,
+            chunks,
+            self.numel,
+            commitment,
+            timeout,
+            dtype=self._dtype,
+        )
         proved = merkle.Known(commitment, canonical.num_chunks(self.numel))
         proved.add(chunks, hashes, proof, check=False)  # fetch_update checked them
         self._fetched[(contributor, segment)] = values
