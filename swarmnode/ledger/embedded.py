@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, cast
 
 from eth.abc import BlockHeaderAPI
 from eth_abi.abi import decode as abi_decode
@@ -30,17 +30,15 @@ from web3.contract.contract import ContractFunction
 from web3.types import TxParams
 
 from swarmnode.exceptions import LedgerError
-from swarmnode.ledger.base import ChainChanges
 from swarmnode.ledger.contract import ContractLedger
 from swarmnode.ledger.deploy import deploy_swarm
 from swarmnode.ledger.deployment import Deployment
 from swarmnode.ledger.errors import contract_error_from
+from swarmnode.ledger.shared import SharedChain, SharedLedger
 from swarmnode.ledger.transactions import Backoff
-from swarmnode.ledger.types import RoundState
 from swarmnode.rules import SwarmParams
 
 EMBEDDED_GAS_LIMIT = 3_000_000  # above any single call; unused gas is refunded
-_V = TypeVar("_V")
 FUNDING_WEI = 10**20  # 100 ether: thousands of rounds of gas on the embedded chain
 
 
@@ -105,10 +103,10 @@ class EmbeddedChain:
         self._lock = _ChainLock(self._head_time)
         self._offset = 0.0
         self._clock = threading.Lock()  # guards _offset, which now() moves without _lock
-        self.changes = ChainChanges()
-        # the last value of each view read, with the change it was read at: shared by every
-        # handle, since no view the rounds read depends on who asks (EmbeddedLedger)
-        self.reads: dict[tuple[str, ...], tuple[int, Any]] = {}
+        # every transaction on this chain is sent by a handle in this process, so the
+        # handles' change count and their shared view reads see all of them (EmbeddedLedger)
+        self.shared = SharedChain(self._lock)
+        self.changes = self.shared.changes
         key = self._backend.account_keys[0].to_bytes()
         self._faucet: LocalAccount = Account.from_key(key)
 
@@ -221,21 +219,20 @@ class EmbeddedChain:
         )
 
 
-class EmbeddedLedger(ContractLedger):
+class EmbeddedLedger(SharedLedger):
     """A ContractLedger on the embedded chain: each transaction it sends wakes the waiters
     (eth-tester mines one block per transaction, before the receipt comes back), and the
-    views a waiting round reads are read once per change for every node in the process.
+    views a waiting round reads are read once per change for every node in the process
+    (swarmnode.ledger.shared).
 
     Measured at n = 8 (simulations/flower_compare.py's recipe), reading the round was most
     of a full-fidelity round's wall time: three contract calls on py-evm, each behind the
     chain's one lock, and every node woken by a block read the same state again. The first
-    reader after a change reads it under the lock; the others, queued behind it, take its
-    copy (docs/chain.md#waiting-for-blocks)."""
+    reader after a change reads it under the chain's lock, so the read is one state; the
+    others, queued behind it, take its copy (docs/chain.md#waiting-for-blocks)."""
 
     def __init__(self, chain: EmbeddedChain, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._changes = chain.changes
-        self._reads = chain.reads
+        super().__init__(chain.shared, *args, **kwargs)
         self._tester = chain.tester
         self._head = chain.head
         self.sender.preflight = self._call
@@ -290,43 +287,6 @@ class EmbeddedLedger(ContractLedger):
     def _submit(self, raw: bytes) -> None:
         """Signed bytes to eth-tester, which mines them into a block at once."""
         self._tester.send_raw_transaction("0x" + raw.hex())
-
-    def _shared(self, key: tuple[str, ...], read: Callable[[], _V]) -> _V:
-        """`read()`, or the value another handle read since the chain last changed. Held
-        under the chain lock, the read is one state: a transaction mines before it or after.
-        A value read between a block and its wake-up is newer than its mark, never older,
-        and a handle's own transaction moves the mark before the handle reads again."""
-        with self._lock:
-            mark = self._changes.mark()
-            hit = self._reads.get(key)
-            if hit is not None and hit[0] == mark:
-                return cast(_V, hit[1])
-            value = read()
-            self._reads[key] = (mark, value)
-            return value
-
-    def round(self, number: int) -> RoundState:
-        return self._shared(
-            (self.address, "round", str(number)), lambda: super(EmbeddedLedger, self).round(number)
-        )
-
-    def current_round(self) -> int:
-        return self._shared((self.address, "current"), super().current_round)
-
-    def training_nodes(self) -> list[str]:
-        return list(self._shared((self.address, "training"), super().training_nodes))
-
-    def head(self) -> int | None:
-        return self._changes.mark()
-
-    def wait_change(self, mark: int, timeout: float) -> bool:
-        return self._changes.wait(mark, timeout)
-
-    def _transact_once(self, fn: ContractFunction) -> Any:
-        try:
-            return super()._transact_once(fn)
-        finally:  # mined or refused: a refused preflight only wakes a waiter for nothing
-            self._changes.changed()
 
 
 class _ViewAbi:
