@@ -426,6 +426,8 @@ class GrpcTransport(Transport):
         self._roster = roster
         self._lock = threading.Lock()
         self._channels: dict[str, tuple[PeerRecord, grpc.Channel]] = {}
+        # push callables by (channel, method, unary), dropped with their channel
+        self._calls: dict[tuple[grpc.Channel, str, bool], Any] = {}
 
     def _channel(self, peer: str) -> grpc.Channel:
         record = self._roster.get(peer)
@@ -437,6 +439,7 @@ class GrpcTransport(Transport):
                 return cached[1]
             if cached is not None:
                 cached[1].close()  # re-registered: new endpoint or certificate
+                self._forget_calls(cached[1])
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=record.certificate_pem,
                 private_key=self._key_pem,
@@ -460,20 +463,40 @@ class GrpcTransport(Transport):
             if first is None:
                 return 0
             method = "PushUpdate" if first.kind == Kind.UPDATE else "PushMerged"
+            second = next(stream, None)
+            if second is None:  # one frame: the same message on the wire, and no thread
+                ack = self._pushes(channel, method, unary=True)(first, timeout=timeout)
+                return int(ack.elements)
 
             def all_frames() -> Iterator[Frame]:
                 yield first
+                yield second
                 yield from stream
 
-            call = channel.stream_unary(
-                f"/{SERVICE}/{method}",
-                request_serializer=_counted_out(self.wire, codec.encode),
-                response_deserializer=_counted_in(self.wire, peer_pb2.Ack.FromString),
-            )
-            ack = call(all_frames(), timeout=timeout)
+            ack = self._pushes(channel, method, unary=False)(all_frames(), timeout=timeout)
             return int(ack.elements)
 
         return self._call(peer, send)
+
+    def _pushes(self, channel: grpc.Channel, method: str, *, unary: bool) -> Any:
+        """The callable that pushes to `method` on `channel`, made once per channel.
+
+        A stream of one frame goes as a unary call: gRPC puts the same length-prefixed
+        message on the same stream of the same method (the server's handler reads a stream
+        either way), but its blocking stream-unary call starts a Python thread per call to
+        consume the request iterator, which a unary call does not
+        (docs/architecture.md#transfer-speed)."""
+        key = (channel, method, unary)
+        with self._lock:
+            call = self._calls.get(key)
+            if call is None:
+                path = f"/{SERVICE}/{method}"
+                serialize = _counted_out(self.wire, codec.encode)
+                deserialize = _counted_in(self.wire, peer_pb2.Ack.FromString)
+                make = channel.unary_unary if unary else channel.stream_unary
+                call = make(path, request_serializer=serialize, response_deserializer=deserialize)
+                self._calls[key] = call
+            return call
 
     def _fetch_frames(self, peer: str, round: int, timeout: float) -> Iterator[Frame]:
         call = self._channel(peer).unary_stream(
@@ -536,11 +559,17 @@ class GrpcTransport(Transport):
 
         return self._call(peer, ask)
 
+    def _forget_calls(self, channel: grpc.Channel) -> None:
+        """Drops a closed channel's push callables (under the lock)."""
+        for key in [k for k in self._calls if k[0] is channel]:
+            del self._calls[key]
+
     def close(self) -> None:
         with self._lock:
             for _, channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+            self._calls.clear()
 
 
 class ReadAhead(Generic[T]):
