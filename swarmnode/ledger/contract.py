@@ -372,17 +372,42 @@ class ContractLedger(Ledger):
 
     # ------------------------------------------------------------------ events
 
+    # The chain reads below the ledger's events and seeds, one method each so that a shorter
+    # way to the same chain (swarmnode.ledger.rpc.RpcLedger) replaces them alone. Logs come
+    # as web3 formats them.
+
+    def _block_number(self) -> int:
+        return int(self._w3.eth.block_number)
+
+    def _logs(self, start: int, end: int) -> list[Any]:
+        """This contract's logs in blocks `start` to `end`, both included."""
+        return list(
+            self._w3.eth.get_logs({"address": self._address, "fromBlock": start, "toBlock": end})
+        )
+
+    def _new_filter(self, start: int) -> str:
+        return str(self._w3.eth.filter({"address": self._address, "fromBlock": start}).filter_id)
+
+    def _filter_logs(self, filter_id: str) -> list[Any]:
+        return list(self._w3.eth.get_filter_changes(filter_id))  # type: ignore[arg-type]
+
+    def _block_at(self, height: int | None) -> tuple[int, bytes] | None:
+        """(number, hash) of the block at `height` (None: the head), None if there is none."""
+        try:
+            block = self._w3.eth.get_block("latest" if height is None else height)
+        except BlockNotFound:
+            return None
+        return int(block["number"]), bytes(block["hash"])
+
     def events(self, cursor: int) -> tuple[list[LedgerEvent], int]:
         def read() -> tuple[list[LedgerEvent], int]:
             with self.sender.guard("events"):
-                latest = int(self._w3.eth.block_number)
+                latest = self._block_number()
                 found: list[LedgerEvent] = []
                 start = max(cursor, self._deploy_block)
                 while start <= latest:
                     end = min(start + EVENT_BLOCK_RANGE - 1, latest)
-                    logs = self._w3.eth.get_logs(
-                        {"address": self._address, "fromBlock": start, "toBlock": end}
-                    )
+                    logs = self._logs(start, end)
                     found.extend(self._decode(log) for log in logs)
                     start = end + 1
                 return found, latest + 1
@@ -398,10 +423,8 @@ class ContractLedger(Ledger):
                 # anvil refuses a filter from a block it has not mined yet (it just restarted
                 # and nothing happened since): start at its head, whose events the cursor
                 # has already read and drops
-                head = int(self._w3.eth.block_number)
-                start = min(max(from_block, self._deploy_block), head)
-                log_filter = self._w3.eth.filter({"address": self._address, "fromBlock": start})
-                return str(log_filter.filter_id)
+                head = self._block_number()
+                return self._new_filter(min(max(from_block, self._deploy_block), head))
 
         result: str = self.sender.retry_unavailable("open_filter", create)
         return result
@@ -412,7 +435,7 @@ class ContractLedger(Ledger):
         def read() -> list[LedgerEvent]:
             with self.sender.guard("filter_changes"):
                 try:
-                    logs = self._w3.eth.get_filter_changes(filter_id)  # type: ignore[arg-type]
+                    logs = self._filter_logs(filter_id)
                 except (ConnectionError, OSError, TimeoutError):
                     raise
                 except Exception as exc:
@@ -441,11 +464,7 @@ class ContractLedger(Ledger):
 
         def read() -> tuple[int, bytes] | None:
             with self.sender.guard("block_id"):
-                try:
-                    block = self._w3.eth.get_block("latest" if height is None else height)
-                except BlockNotFound:
-                    return None
-                return int(block["number"]), bytes(block["hash"])
+                return self._block_at(height)
 
         result: tuple[int, bytes] | None = self.sender.retry_unavailable("block_id", read)
         return result

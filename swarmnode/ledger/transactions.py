@@ -79,6 +79,8 @@ GAS_EXTRA = 50_000
 ROUND_WORK_GAS = 250_000
 ROUND_WORK_GAS_PER_PEER = 3_000
 JOURNAL_SIZE = 256
+# The first look again for a receipt that was not there yet (see _await_receipt), seconds.
+FIRST_RECHECK = 0.002
 _ALREADY_SENT = ("already known", "known transaction", "nonce too low", "already imported")
 
 
@@ -152,16 +154,29 @@ class TransactionSender:
         self._estimate_on = estimate_on
         self._fixed_gas = fixed_gas
         # Shorter ways to the same chain than web3's, where the chain has them
-        # (EmbeddedLedger): how a fixed-gas preflight runs the call on a block ("pending"),
-        # how a call's transaction is built from the sender's fields, and how signed bytes
-        # are handed over. None: web3's own call, build_transaction and send_raw_transaction.
+        # (EmbeddedLedger, RpcLedger): how a fixed-gas preflight runs the call on a block
+        # ("pending"), how a call's transaction is built from the sender's fields, and how
+        # signed bytes are handed over. None: web3's own call, build_transaction and
+        # send_raw_transaction.
         self.preflight: Callable[[ContractFunction, str], object] | None = None
         self.build: Callable[[ContractFunction, TxParams], TxParams] | None = None
         self.submit: Callable[[bytes], object] | None = None
+        # The same for the rest of a call's way (RpcLedger, over swarmnode.ledger.jsonrpc):
+        # a view on a block tag or number, the gas estimate on a block tag, the account's
+        # pending nonce, a receipt as web3 formats it (None while there is none), and whether
+        # the chain knows a transaction. None: web3's own.
+        self.view: Callable[[ContractFunction, str | int], object] | None = None
+        self.estimate: Callable[[ContractFunction, str], int] | None = None
+        self.pending_nonce: Callable[[], int] | None = None
+        self.receipt: Callable[[bytes], Any] | None = None
+        self.known: Callable[[bytes], bool] | None = None
         self._min_gas = min_gas
         self._unavailable = unavailable or Backoff(first_delay=0.2, max_delay=2.0, attempts=40)
         self._receipt_timeout = receipt_timeout
         self._poll_interval = poll_interval
+        # the pause between looks for a receipt; a test hands in its own to see the pauses
+        # and to mine a block in one, instead of waiting
+        self.receipt_sleep: Callable[[float], None] = time.sleep
         self._nonce: int | None = None
         self._chain_id: int | None = None
         self._journal: OrderedDict[int, SentTransaction] = OrderedDict()
@@ -180,11 +195,17 @@ class TransactionSender:
         # a view names its caller: without one, eth-tester's provider asks the chain for
         # its accounts on every call to pick a default sender (a third of a view's cost)
         kwargs.setdefault("transaction", {"from": self._account.address})
+        block: str | int = kwargs.get("block_identifier", "latest")
+        view = self.view
+        if set(kwargs) - {"transaction", "block_identifier"} or kwargs["transaction"] != {
+            "from": self._account.address
+        }:
+            view = None  # anything but this account on a block: web3's own call
 
         def once() -> Any:
             with self.guard(fn.fn_name):
                 try:
-                    return fn.call(**kwargs)
+                    return fn.call(**kwargs) if view is None else view(fn, block)
                 except LedgerError:
                     raise
                 except Exception as exc:
@@ -249,7 +270,10 @@ class TransactionSender:
         sender = self._account.address
         try:
             if self._fixed_gas is None:
-                estimate = fn.estimate_gas({"from": sender}, block_identifier=self._estimate_on)
+                if self.estimate is not None:
+                    estimate = self.estimate(fn, self._estimate_on)
+                else:
+                    estimate = fn.estimate_gas({"from": sender}, block_identifier=self._estimate_on)
                 return max(int(estimate * GAS_MARGIN) + GAS_EXTRA, self._min_gas())
             # Preflight on the pending block to name a revert before paying for it.
             if self.preflight is not None:
@@ -269,7 +293,10 @@ class TransactionSender:
 
     def _restore_lost(self) -> None:
         """Brings the chain's nonce up to ours by re-sending what it lost."""
-        chain_nonce = int(self._w3.eth.get_transaction_count(self._account.address, "pending"))
+        if self.pending_nonce is not None:
+            chain_nonce = self.pending_nonce()
+        else:
+            chain_nonce = int(self._w3.eth.get_transaction_count(self._account.address, "pending"))
         if self._nonce is None or chain_nonce > self._nonce:
             if self._nonce is not None:
                 log.warning(
@@ -316,13 +343,19 @@ class TransactionSender:
             raise LedgerError(f"{sent.call}: transaction refused: {exc}") from exc
 
     def _await_receipt(self, sent: SentTransaction) -> Any:
+        """The receipt of `sent`, re-sending it when the chain forgot it.
+
+        anvil sometimes answers eth_sendRawTransaction before the receipt exists: the first
+        looks again come after 2 ms, doubling up to `poll_interval`, since a round's joins
+        go one after another and a whole poll interval here is in the round's critical
+        path; a chain slower than that is still polled every `poll_interval`."""
         deadline = time.monotonic() + self._receipt_timeout
+        pause = min(FIRST_RECHECK, self._poll_interval)
         while True:
             with self.guard(sent.call):
-                try:
-                    return self._w3.eth.get_transaction_receipt(HexBytes(sent.tx_hash))
-                except TransactionNotFound:
-                    pass
+                receipt = self._receipt_of(sent)
+                if receipt is not None:
+                    return receipt
                 if not self._known(sent):
                     log.warning(
                         "re-sending %s (nonce %d): the chain forgot it", sent.call, sent.nonce
@@ -334,9 +367,21 @@ class TransactionSender:
                     f"{sent.call}: no receipt for {sent.tx_hash.hex()} "
                     f"within {self._receipt_timeout:g} s"
                 )
-            time.sleep(self._poll_interval)
+            self.receipt_sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(2 * pause, self._poll_interval)
+
+    def _receipt_of(self, sent: SentTransaction) -> Any:
+        """The receipt, or None while the chain has none."""
+        if self.receipt is not None:
+            return self.receipt(sent.tx_hash)
+        try:
+            return self._w3.eth.get_transaction_receipt(HexBytes(sent.tx_hash))
+        except TransactionNotFound:
+            return None
 
     def _known(self, sent: SentTransaction) -> bool:
+        if self.known is not None:
+            return self.known(sent.tx_hash)
         try:
             self._w3.eth.get_transaction(HexBytes(sent.tx_hash))
             return True
