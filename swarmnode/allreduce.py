@@ -30,7 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -65,6 +68,7 @@ CHECK_AT = 0.5  # a node checks unconfirmed segments itself and relays to silent
 RELAY_GRACE = 0.25  # then a silent owner has this long to send before it is accused
 INFO_TIMEOUT = 2.0  # seconds to ask a silent owner what it waits for
 LOOK = 0.05  # seconds between looks at this node's own sends while it waits for data
+SENDS_IN_FLIGHT = 8  # most of one attempt's sends under way at once
 
 
 class MissingContributions(PeerError):
@@ -218,18 +222,18 @@ class AllReduceRunner:
 
     def _run(self) -> AllReduceResult:
         self._expect()
+        pool = _Sends(max(1, min(SENDS_IN_FLIGHT, 2 * len(self.others))))
         try:
-            with ThreadPoolExecutor(max_workers=max(1, min(8, 2 * len(self.others)))) as pool:
-                rows = self._timed("reduce_scatter", lambda: self.reduce_scatter(pool))
-                if self.secure is not None:
-                    self._timed("rows_complete", self._rows_complete)
-                segments = self._timed(
-                    "merge", lambda: {s: self.merge(s, r) for s, r in rows.items()}
-                )
-                merged = self._timed("all_gather", lambda: self.all_gather(pool, segments))
+            rows = self._timed("reduce_scatter", lambda: self.reduce_scatter(pool))
+            if self.secure is not None:
+                self._timed("rows_complete", self._rows_complete)
+            segments = self._timed("merge", lambda: {s: self.merge(s, r) for s, r in rows.items()})
+            merged = self._timed("all_gather", lambda: self.all_gather(pool, segments))
         except MissingContributions as missing:  # vote out everyone seen failing, not only these
             missing.peers = tuple(dict.fromkeys([*missing.peers, *self.accused]))
             raise
+        finally:  # every send of this attempt settled, as it ends however it ends
+            wait(pool.futures)
         hashes = self._merged_hashes(merged)  # the digest, and what catch-up serves
         digest = canonical.digest_from_chunk_hashes(hashes)
         return AllReduceResult(
@@ -264,7 +268,7 @@ class AllReduceRunner:
 
     # ------------------------------------------------------------------ phases
 
-    def reduce_scatter(self, pool: ThreadPoolExecutor) -> dict[int, list[Vector]]:
+    def reduce_scatter(self, pool: _Sends) -> dict[int, list[Vector]]:
         """Streams segment s of this node's update to both owners of s; returns, for each of
         this node's segments, every participant's row in participant order."""
         runs = sorted(
@@ -344,7 +348,7 @@ class AllReduceRunner:
         merged = self.rule.merge_segment(contributions, list(self.attempt.weights), ref)
         return merged.detach().to("cpu", torch.float32).numpy()
 
-    def all_gather(self, pool: ThreadPoolExecutor, segments: dict[int, Vector]) -> Vector:
+    def all_gather(self, pool: _Sends, segments: dict[int, Vector]) -> Vector:
         """Sends this node's merged segment's data and its checked segment's hashes; returns
         the whole merged vector once every other segment is confirmed by its two owners or
         checked here."""
@@ -369,7 +373,7 @@ class AllReduceRunner:
 
     # ------------------------------------------------------------------ all-gather parts
 
-    def _send_merged(self, pool: ThreadPoolExecutor, merged: Vector) -> list[Future[int]]:
+    def _send_merged(self, pool: _Sends, merged: Vector) -> list[Future[int]]:
         """The merged segment's data to all but its checker (who merged it too), the checked
         segment's digest to all but its merger."""
         if self.owners.count == 1:
@@ -660,7 +664,7 @@ class AllReduceRunner:
     def _left(self) -> float:
         return max(0.5, self._at(1.0) - time.monotonic())
 
-    def _push(self, pool: ThreadPoolExecutor, peer: str, frames: FrameSource) -> Future[int]:
+    def _push(self, pool: _Sends, peer: str, frames: FrameSource) -> Future[int]:
         """Sends in a worker thread; the future's result is the elements the peer accepted
         (the bytes are counted by the transport, see Traffic)."""
         future = pool.submit(lambda: self.transport.push(peer, frames, self._left()))
@@ -700,6 +704,64 @@ class AllReduceRunner:
         result = run()
         self.seconds[phase] = time.perf_counter() - started
         return result
+
+
+class _Sends:
+    """One attempt's sends, at most `limit` under way at once (the rest wait their turn, in
+    order), on worker threads that every all-reduce in the process shares and reuses: an
+    attempt starts no threads of its own, which in a process of many nodes (the
+    simulator's) cost each of them a thread start per worker per attempt
+    (docs/architecture.md#transfer-speed). A worker whose send ends takes the attempt's
+    next waiting one, so the attempt never holds more than `limit` workers."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._waiting: deque[tuple[Callable[[], int], Future[int]]] = deque()
+        self._running = 0
+        self.futures: list[Future[int]] = []  # every send submitted, for the attempt's end
+
+    def submit(self, send: Callable[[], int]) -> Future[int]:
+        future: Future[int] = Future()
+        with self._lock:
+            self.futures.append(future)
+            if self._running >= self._limit:
+                self._waiting.append((send, future))
+                return future
+            self._running += 1
+        _workers().submit(self._work, send, future)
+        return future
+
+    def _work(self, send: Callable[[], int], future: Future[int]) -> None:
+        while True:
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = send()
+                except BaseException as exc:  # the future carries it to _watch and _settle
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            with self._lock:
+                if not self._waiting:
+                    self._running -= 1
+                    return
+                send, future = self._waiting.popleft()
+
+
+_WORKERS_LIMIT = 256  # threads start only when no idle one is free: the peak of sends at once
+_workers_lock = threading.Lock()
+_workers_of: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _workers() -> ThreadPoolExecutor:
+    """The process's send workers, made on first use and again in a forked child (whose
+    copy of the parent's pool has no threads behind it)."""
+    global _workers_of
+    with _workers_lock:
+        if _workers_of is None or _workers_of[0] != os.getpid():
+            pool = ThreadPoolExecutor(max_workers=_WORKERS_LIMIT, thread_name_prefix="send")
+            _workers_of = (os.getpid(), pool)
+        return _workers_of[1]
 
 
 def _proof_of(known: merkle.Known, chunks: range) -> bytes:
