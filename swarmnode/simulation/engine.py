@@ -1,6 +1,7 @@
 """Full-fidelity simulation: every virtual node is a real SwarmNode in this process.
 
-Each node has its own chain account on the embedded py-evm chain, its own TLS identity, a
+Each node has its own chain account on the embedded py-evm chain (or, with the scenario's
+`chain = "anvil"`, on a private anvil: docs/simulator.md#the-chain), its own TLS identity, a
 roster fed from the contract's events, a gRPC server with mutual TLS on 127.0.0.1, and its
 own slice of a real data set. The nodes run their rounds in threads, exactly as the daemon
 would; every figure reported comes from the nodes' own counters and RoundResults.
@@ -38,6 +39,7 @@ from swarmnode.simulation.injector import FaultInjector, shaped
 from swarmnode.simulation.local import (
     LocalPeer,
     LocalSwarm,
+    anvil_swarm,
     grpc_swarm,
     memory_swarm,
     run_in_threads,
@@ -76,15 +78,17 @@ def run_tasks(
     """Runs the scenario's rounds with one real SwarmNode per task (a bundled data set's
     slices, or a user's own Task), scoring the swarm's model on `test_set` after each.
 
-    `backend` "grpc" is full fidelity (embedded chain, mutual-TLS gRPC); "memory" runs the
-    same nodes on the in-memory ledger and transport, with a real clock, for sweeps. Joins
-    go in node order on both (swarmnode.simulation.turns), so both end with the same bits."""
+    `backend` "grpc" is full fidelity (mutual-TLS gRPC, on the embedded chain or anvil as
+    the scenario's `chain` says); "memory" runs the same nodes on the in-memory ledger and
+    transport, with a real clock, for sweeps. Joins go in node order on both
+    (swarmnode.simulation.turns), so both end with the same bits."""
     initial = LocalTrainer(tasks[0], "cpu", 0, init_seed=scenario.seed).snapshot()
     params = scenario.swarm_params(len(tasks), canonical.digest(initial))
     s = scenario
     liars = ProtocolAttackers(s.attack, len(tasks), s.byzantine, s.attack_scale)
     if backend == "grpc":
-        swarm = grpc_swarm(params, len(tasks), server_workers=4, inboxes=liars.inbox)
+        wire = anvil_swarm if scenario.chain == "anvil" else grpc_swarm
+        swarm = wire(params, len(tasks), server_workers=4, inboxes=liars.inbox)
     else:
         salt = hashlib.sha256(f"swarmnode simulation {scenario.seed}".encode()).digest()
         swarm = memory_swarm(

@@ -2,8 +2,10 @@
 
 `grpc_swarm`: full fidelity, each peer with an account on the embedded chain, a TLS
 identity, a roster fed from the contract's events and a gRPC server with mutual TLS on
-127.0.0.1. `memory_swarm`: the in-memory ledger and transport, for fast runs. Either way
-each peer is registered and sees the others; `close()` stops every server and channel. Each
+127.0.0.1. `anvil_swarm`: the same on a private anvil (scenario key `chain`,
+docs/simulator.md#the-chain). `memory_swarm`: the in-memory ledger and transport, for fast
+runs. Either way each peer is registered and sees the others; `close()` stops every server
+and channel, and anvil by its pid. Each
 peer's transport can be made to die on purpose (swarmnode.p2p.faults.FaultyTransport, idle
 until armed), which is how the simulator's crashes happen (docs/simulator.md#faults). Each
 peer's inbox comes from an `InboxFactory`, so a protocol attacker's server side can lie
@@ -13,14 +15,20 @@ peer's inbox comes from an `InboxFactory`, so a protocol attacker's server side 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
 
+from eth_account.signers.local import LocalAccount
+
 from swarmnode.identity import TlsIdentity
 from swarmnode.ledger.base import Ledger
+from swarmnode.ledger.devchain import AnvilChain
 from swarmnode.ledger.embedded import EmbeddedChain
 from swarmnode.ledger.memory import InMemoryChain
+from swarmnode.ledger.rpc import RpcLedger
+from swarmnode.ledger.shared import SharedChain, SharedLedger
 from swarmnode.membership import RosterFeed
 from swarmnode.p2p.faults import FaultyTransport
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
@@ -51,7 +59,7 @@ class LocalPeer:
 @dataclass
 class LocalSwarm:
     peers: list[LocalPeer]
-    chain: EmbeddedChain | InMemoryChain
+    chain: EmbeddedChain | AnvilChain | InMemoryChain
     extra: dict[str, Any] = field(default_factory=dict)
     inboxes: InboxFactory = honest_inbox  # how a restarted peer's fresh inbox is made
 
@@ -60,10 +68,16 @@ class LocalSwarm:
         return [peer.ledger.account for peer in self.peers]
 
     def close(self) -> None:
-        for peer in self.peers:
-            peer.transport.close()
-            if peer.server is not None:
-                peer.server.stop(0)
+        """Stops every server and channel, then the chain where it is a process of its own
+        (anvil, by its pid), even when stopping a peer fails."""
+        try:
+            for peer in self.peers:
+                peer.transport.close()
+                if peer.server is not None:
+                    peer.server.stop(0)
+        finally:
+            if isinstance(self.chain, AnvilChain):
+                self.chain.stop()
 
 
 def restricted(params: SwarmParams) -> SwarmParams:
@@ -83,37 +97,98 @@ def grpc_swarm(
     chain = EmbeddedChain()
     deployment, owner = chain.deploy(restricted(params))
     admin = chain.ledger(deployment, owner)
-    peers: list[LocalPeer] = []
-    feeds: list[RosterFeed] = []
-    swarm = LocalSwarm(peers, chain, {"deployment": deployment, "feeds": feeds}, inboxes)
+    swarm = LocalSwarm([], chain, {"deployment": deployment, "feeds": []}, inboxes)
     try:
         ledgers = [chain.ledger(deployment, chain.new_account()) for _ in range(n)]
-        accounts = [ledger.account for ledger in ledgers]
-        for i, ledger in enumerate(ledgers):
-            identity = TlsIdentity.generate(ledger.account)
-            feed = RosterFeed(ledger)
-            inbox = inboxes(i, accounts)
-            server = PeerServer(
-                ledger.account,
-                identity.key_pem,
-                identity.cert_pem,
-                feed.roster,
-                inbox,
-                workers=server_workers,
-            ).start()
-            transport = GrpcTransport(
-                ledger.account, identity.key_pem, identity.cert_pem, feed.roster, server.wire
-            )
-            peers.append(LocalPeer(ledger, inbox, FaultyTransport(transport), server, identity))
-            feeds.append(feed)
-            admin.allow(ledger.account)
-            ledger.register(server.endpoint, identity.cert_der)
-        for feed in feeds:
-            feed.refresh()
+        _wire_grpc_peers(swarm, admin, ledgers, server_workers)
     except BaseException:
         swarm.close()
         raise
     return swarm
+
+
+def anvil_swarm(
+    params: SwarmParams,
+    n: int,
+    *,
+    server_workers: int = 8,
+    inboxes: InboxFactory = honest_inbox,
+) -> LocalSwarm:
+    """n peers as grpc_swarm's, on a private anvil (127.0.0.1, a port the OS picks) instead
+    of the embedded chain: the EVM runs in anvil's process, not in this one's interpreter,
+    which is what made the embedded chain cost 0.19 s per node and round at n = 8
+    (docs/simulator.md#the-chain). `close()` stops anvil by its pid, and so does a set-up
+    that fails.
+
+    The nodes' handles share one read of each round view per change of the chain and wake
+    each other when they send a transaction (swarmnode.ledger.shared). That is only true
+    because every transaction on this anvil comes from this process: it is started here,
+    for this swarm alone, on a port nobody else is told of. Its blocks carry the wall
+    clock's time (anvil stamps a block with its own clock, never ahead of it), so the nodes
+    judge deadlines by the wall clock too, without asking anvil the time on every wake-up.
+    """
+    chain = AnvilChain()
+    swarm = LocalSwarm([], chain, {"feeds": [], "anvil": chain.process}, inboxes)
+    try:
+        deployment, owner = chain.deploy(restricted(params))
+        swarm.extra["deployment"] = deployment
+        shared = SharedChain()
+
+        def ledger(account: LocalAccount) -> AnvilSwarmLedger:
+            return AnvilSwarmLedger(
+                shared,
+                chain.rpc.rpc,
+                chain.rpc.w3,
+                deployment.address,
+                account,
+                deploy_block=deployment.block,
+                clock=time.time,
+            )
+
+        admin = ledger(owner)
+        ledgers = [ledger(chain.new_account()) for _ in range(n)]
+        _wire_grpc_peers(swarm, admin, ledgers, server_workers)
+    except BaseException:
+        swarm.close()
+        raise
+    return swarm
+
+
+class AnvilSwarmLedger(SharedLedger, RpcLedger):
+    """A node's handle on the simulator's anvil: plain JSON-RPC over one pooled client for
+    every call (RpcLedger), and the round views read once per change for all the swarm's
+    handles, each transaction waking the others (SharedLedger). Only right for an anvil
+    nobody outside this process writes to (`anvil_swarm`)."""
+
+
+def _wire_grpc_peers(
+    swarm: LocalSwarm, admin: Ledger, ledgers: Sequence[Ledger], server_workers: int
+) -> None:
+    """Gives each ledger's account a TLS identity, a roster feed, an inbox and a gRPC server
+    with mutual TLS on 127.0.0.1, admits and registers it; every feed then sees them all."""
+    peers, feeds, inboxes = swarm.peers, swarm.extra["feeds"], swarm.inboxes
+    accounts = [ledger.account for ledger in ledgers]
+    for i, ledger in enumerate(ledgers):
+        identity = TlsIdentity.generate(ledger.account)
+        feed = RosterFeed(ledger)
+        inbox = inboxes(i, accounts)
+        server = PeerServer(
+            ledger.account,
+            identity.key_pem,
+            identity.cert_pem,
+            feed.roster,
+            inbox,
+            workers=server_workers,
+        ).start()
+        transport = GrpcTransport(
+            ledger.account, identity.key_pem, identity.cert_pem, feed.roster, server.wire
+        )
+        peers.append(LocalPeer(ledger, inbox, FaultyTransport(transport), server, identity))
+        feeds.append(feed)
+        admin.allow(ledger.account)
+        ledger.register(server.endpoint, identity.cert_der)
+    for feed in feeds:
+        feed.refresh()
 
 
 def memory_swarm(

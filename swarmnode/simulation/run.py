@@ -126,6 +126,8 @@ def simulate(
     where = (
         f"{scenario.nodes} `swarmnode run` processes against anvil"
         if scenario.processes
+        else "a private anvil chain"
+        if scenario.chain == "anvil"
         else "embedded EVM chain"
     )
     wire = f"{where}, gRPC with mutual TLS over loopback"

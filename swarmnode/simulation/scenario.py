@@ -91,6 +91,9 @@ class Scenario(BaseModel):
     )
     # --processes: every node a `swarmnode run` daemon of its own against one anvil
     processes: bool = False
+    # full fidelity's chain in process: the embedded py-evm chain, or a private anvil
+    # (docs/simulator.md#the-chain); --processes always runs on anvil
+    chain: Literal["embedded", "anvil"] = "embedded"
     # A user's own data set (README, "Your own data in the simulator"): `task` names a
     # function called once per node as f(node=i, nodes=n, seed=s) -> Task, `test_set` the
     # held-out rows (a Dataset, or f(seed=s) returning one); both replace `dataset`.
@@ -179,6 +182,19 @@ class Scenario(BaseModel):
         if refused:
             raise ValueError(
                 f'the fast engine does not run {", ".join(refused)}: use engine = "full"'
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _chain(self) -> Scenario:
+        """The chain is full fidelity's: the fast engine has none, and the daemons of
+        --processes share one anvil, so naming the embedded chain for them is refused."""
+        if self.chain == "anvil" and self.engine == "fast":
+            raise ValueError('chain = "anvil": the fast engine has no chain; use engine = "full"')
+        if self.processes and self.chain == "embedded" and "chain" in self.model_fields_set:
+            raise ValueError(
+                'chain = "embedded" with processes: the daemons share one anvil chain; '
+                'drop chain or set chain = "anvil"'
             )
         return self
 
