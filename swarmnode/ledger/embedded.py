@@ -15,21 +15,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar, cast
+from typing import Any, cast
 
 from eth.abc import BlockHeaderAPI
-from eth_abi.abi import decode as abi_decode
-from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_tester import EthereumTester, PyEVMBackend
-from eth_utils.abi import function_abi_to_4byte_selector, get_abi_input_types, get_abi_output_types
-from eth_utils.address import to_checksum_address
 from web3 import EthereumTesterProvider, Web3
 from web3.contract.contract import ContractFunction
 from web3.types import TxParams
 
 from swarmnode.exceptions import LedgerError
+from swarmnode.ledger.abi_codec import ViewAbi, call_data
 from swarmnode.ledger.contract import ContractLedger
 from swarmnode.ledger.deploy import deploy_swarm
 from swarmnode.ledger.deployment import Deployment
@@ -258,15 +255,14 @@ class EmbeddedLedger(SharedLedger):
     def _call(self, fn: ContractFunction, block: str) -> Any:
         """`fn` run on `block`'s state ("latest", "pending") from this account, decoded as
         web3 decodes it; a revert raised as eth-tester raises it."""
-        abi = _ViewAbi.of(fn)
         call = {
             "from": self.account,
             "to": self.address,
-            "data": "0x" + abi.encode(fn.args).hex(),
+            "data": call_data(fn),
             "gas": EMBEDDED_GAS_LIMIT,
         }
         output: str = self._tester.call(call, block)
-        return abi.decode(bytes.fromhex(output.removeprefix("0x")))
+        return ViewAbi.of(fn).decode(bytes.fromhex(output.removeprefix("0x")))
 
     def _build(self, fn: ContractFunction, fields: TxParams) -> TxParams:
         """`fn`'s transaction with the sender's fields (from, nonce, gas, chain id), as web3's
@@ -277,7 +273,7 @@ class EmbeddedLedger(SharedLedger):
         built = dict(fields)
         built.update(
             to=self.address,
-            data="0x" + _ViewAbi.of(fn).encode(fn.args).hex(),
+            data=call_data(fn),
             value=0,
             maxPriorityFeePerGas=tip,
             maxFeePerGas=tip + 2 * int(self._head().base_fee_per_gas or 0),
@@ -287,44 +283,3 @@ class EmbeddedLedger(SharedLedger):
     def _submit(self, raw: bytes) -> None:
         """Signed bytes to eth-tester, which mines them into a block at once."""
         self._tester.send_raw_transaction("0x" + raw.hex())
-
-
-class _ViewAbi:
-    """How one function's arguments are encoded and a view's answer decoded, as web3 does
-    it: one value for a view with one output, else a list of them (`_as_web3`)."""
-
-    _known: ClassVar[dict[str, _ViewAbi]] = {}
-
-    def __init__(self, fn: ContractFunction) -> None:
-        self._selector = function_abi_to_4byte_selector(fn.abi)
-        self._inputs = get_abi_input_types(fn.abi)
-        self._outputs = get_abi_output_types(fn.abi)
-
-    @classmethod
-    def of(cls, fn: ContractFunction) -> _ViewAbi:
-        known = cls._known.get(fn.fn_name)  # the contract overloads no function name
-        if known is None:
-            known = cls._known[fn.fn_name] = cls(fn)
-        return known
-
-    def encode(self, args: tuple[Any, ...] | list[Any]) -> bytes:
-        return bytes(self._selector) + abi_encode(self._inputs, list(args))
-
-    def decode(self, data: bytes) -> Any:
-        values = [
-            _as_web3(kind, value)
-            for kind, value in zip(self._outputs, abi_decode(self._outputs, data), strict=True)
-        ]
-        return values[0] if len(values) == 1 else values
-
-
-def _as_web3(kind: str, value: Any) -> Any:
-    """`value` of ABI type `kind` as web3 returns it: arrays as lists, addresses checksummed
-    (the views return addresses and arrays of them, nothing deeper)."""
-    if kind == "address":
-        return to_checksum_address(value)
-    if kind == "address[]":
-        return [to_checksum_address(v) for v in value]
-    if isinstance(value, tuple):
-        return list(value)
-    return value
