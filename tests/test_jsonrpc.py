@@ -188,16 +188,19 @@ def test_nodes_of_one_process_send_at_once_through_one_client(
     deployment, _ = anvil_chain.deploy(SwarmParams(min_peers=2, max_peers=6))
     ledgers = [anvil_chain.ledger(deployment, anvil_chain.new_account()) for _ in range(6)]
     errors: list[BaseException] = []
-    start = threading.Barrier(len(ledgers))
+    start, registered = threading.Barrier(len(ledgers)), threading.Barrier(len(ledgers))
 
     def enrol_and_join(i: int) -> None:
         try:
             start.wait()
             led = ledgers[i]
             led.register(f"127.0.0.1:{7600 + i}", f"cert-{i}:{led.account.lower()}".encode())
+            # all registered before any joins: a round closes once every active node joined
+            registered.wait()
             led.join(1, digest(f"j{i}"), 10, 1)
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
+            registered.abort()  # the others stop waiting for this one
 
     threads = [threading.Thread(target=enrol_and_join, args=(i,)) for i in range(len(ledgers))]
     for t in threads:
