@@ -27,6 +27,12 @@ Determinism, and why the arithmetic looks the way it does:
 - The only reductions over the segment length are the sums of squares (float64, so a huge
   Byzantine value cannot overflow them), which use torch.sum: deterministic on CPU and on CUDA
   for a given shape, though not bit-identical between the two.
+- On the CPU the row-by-row steps of those sums, and the finiteness check, run in numpy on
+  the same memory: the same IEEE operations in the same order, so the same bits, but numpy
+  keeps the GIL for a short array where every torch call lets it go. A node that merges
+  among many busy threads (the simulator's eight nodes in one process) waits for the GIL
+  again after each release, which made a 0.1 ms merge take tens of milliseconds
+  (docs/architecture.md#transfer-speed).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from swarmnode.exceptions import ConfigError, MergeError
@@ -77,9 +84,16 @@ def check_contributions(
     n = contributions.shape[0]
     if n < need:
         raise MergeError(f"{name} needs at least {need} contributions{why}, got {n}")
-    if not bool(torch.isfinite(contributions).all()):
+    if not _all_finite(contributions):
         raise MergeError(f"{name}: contributions hold non-finite values")
     return contributions.detach()
+
+
+def _all_finite(values: torch.Tensor) -> bool:
+    """Whether every value is finite; on the CPU in numpy (see the module docstring)."""
+    if values.device.type == "cpu":
+        return bool(np.isfinite(values.detach().numpy()).all())
+    return bool(torch.isfinite(values).all())
 
 
 def check_reference(
@@ -143,7 +157,11 @@ def _offset_blocks(
     its row. float64, so a contribution near the float32 range cannot overflow a step even
     when its coefficient makes its pull small.
     """
+    on_cpu = rows.device.type == "cpu" and anchor.device.type == "cpu"
     for cols in column_blocks(len(coefficients), anchor.shape[0]):
+        if on_cpu:  # the same steps in numpy, on the same memory (see the module docstring)
+            yield cols, *_offset_block_numpy(rows.detach()[:, cols], coefficients, anchor[cols])
+            continue
         base = anchor[cols].to(ACCUMULATE, copy=True)
         acc = torch.zeros_like(base)
         for i, c in enumerate(coefficients):
@@ -155,6 +173,24 @@ def _offset_blocks(
         yield cols, base, acc
 
 
+def _offset_block_numpy(
+    rows: torch.Tensor, coefficients: Sequence[float], anchor: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One CPU block of _offset_blocks: float64 copies, then per row with a non-zero
+    coefficient (x - anchor) * c added to the running sum, in row order."""
+    values = rows.numpy()
+    base = anchor.detach().numpy().astype(np.float64)
+    acc = np.zeros_like(base)
+    step = np.empty_like(base)
+    for i, c in enumerate(coefficients):
+        if c == 0.0:
+            continue
+        np.subtract(values[i], base, out=step, dtype=np.float64)
+        np.multiply(step, c, out=step)
+        np.add(acc, step, out=acc)
+    return torch.from_numpy(base), torch.from_numpy(acc)
+
+
 def anchored_sum(
     rows: torch.Tensor, coefficients: Sequence[float], anchor: torch.Tensor
 ) -> torch.Tensor:
@@ -162,6 +198,13 @@ def anchored_sum(
 
     See the module docstring for why: fixed order, elementwise only, exact for equal inputs.
     """
+    if rows.device.type == "cpu" and anchor.device.type == "cpu":
+        # the same sums and float32 rounding in numpy (see the module docstring)
+        values = np.empty(anchor.shape[0], dtype=np.float32)
+        with np.errstate(over="ignore"):  # a sum beyond float32 is inf, as torch rounds it
+            for cols, base, acc in _offset_blocks(rows, coefficients, anchor):
+                values[cols] = np.add(base.numpy(), acc.numpy())
+        return torch.from_numpy(values)
     out = torch.empty_like(anchor, dtype=DTYPE)
     for cols, base, acc in _offset_blocks(rows, coefficients, anchor):
         out[cols] = base.add_(acc)
