@@ -29,9 +29,11 @@ from urllib3.util import make_headers, parse_url
 
 from swarmnode.exceptions import ConfigError, LedgerError
 
-# Many node threads of one process share a client (the simulator, one RpcChain's ledgers);
-# connections beyond this many are opened when needed and closed after use, never waited for.
-POOL_SIZE = 64
+# Many node threads of one process share a client (the simulator, one RpcChain's ledgers),
+# each ledger one request at a time: connections are opened as needed and this many kept.
+# Beyond it a request never waits for a connection, but opens one and closes it after use
+# (urllib3 warns of each), so it is above any swarm the simulator runs in one process.
+POOL_SIZE = 256
 # Statuses that mean "the node behind this gateway is not answering now", not "this is no
 # JSON-RPC endpoint": retried with backoff like a refused connection.
 _UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})

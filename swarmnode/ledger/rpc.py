@@ -24,7 +24,7 @@ from swarmnode.ledger.abi_codec import ViewAbi, call_data
 from swarmnode.ledger.contract import ContractLedger
 from swarmnode.ledger.deploy import deploy_swarm
 from swarmnode.ledger.deployment import Deployment
-from swarmnode.ledger.jsonrpc import JsonRpc
+from swarmnode.ledger.jsonrpc import JsonRpc, RpcError
 from swarmnode.ledger.transactions import Backoff
 from swarmnode.rules import SwarmParams
 
@@ -168,7 +168,10 @@ class RpcLedger(ContractLedger):
         build_transaction makes it: call data, no value, the node's suggested tip
         (eth_maxPriorityFeePerGas) and a fee cap of the tip plus twice the newest base fee,
         web3's default strategy (tests/test_jsonrpc.py checks the two are equal)."""
-        tip = int(self._rpc.request("eth_maxPriorityFeePerGas"), 16)
+        try:
+            tip = int(self._rpc.request("eth_maxPriorityFeePerGas"), 16)
+        except RpcError:  # not every node has it: web3's own way, from the fee history
+            tip = int(self._w3.eth.max_priority_fee)
         latest = self._rpc.request("eth_getBlockByNumber", ["latest", False])
         built = dict(fields)
         built.update(
