@@ -43,6 +43,7 @@ from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from swarmnode.exceptions import ConfigError, MergeError
@@ -157,11 +158,11 @@ def _offset_blocks(
     its row. float64, so a contribution near the float32 range cannot overflow a step even
     when its coefficient makes its pull small.
     """
-    on_cpu = rows.device.type == "cpu" and anchor.device.type == "cpu"
+    if _on_cpu(rows, anchor):  # the same steps in numpy, on the same memory (module docstring)
+        for cols, low, offsets in _offset_blocks_numpy(rows, coefficients, anchor):
+            yield cols, torch.from_numpy(low), torch.from_numpy(offsets)
+        return
     for cols in column_blocks(len(coefficients), anchor.shape[0]):
-        if on_cpu:  # the same steps in numpy, on the same memory (see the module docstring)
-            yield cols, *_offset_block_numpy(rows.detach()[:, cols], coefficients, anchor[cols])
-            continue
         base = anchor[cols].to(ACCUMULATE, copy=True)
         acc = torch.zeros_like(base)
         for i, c in enumerate(coefficients):
@@ -173,22 +174,29 @@ def _offset_blocks(
         yield cols, base, acc
 
 
-def _offset_block_numpy(
+def _on_cpu(rows: torch.Tensor, anchor: torch.Tensor) -> bool:
+    return rows.device.type == "cpu" and anchor.device.type == "cpu"
+
+
+def _offset_blocks_numpy(
     rows: torch.Tensor, coefficients: Sequence[float], anchor: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One CPU block of _offset_blocks: float64 copies, then per row with a non-zero
-    coefficient (x - anchor) * c added to the running sum, in row order."""
-    values = rows.numpy()
-    base = anchor.detach().numpy().astype(np.float64)
-    acc = np.zeros_like(base)
-    step = np.empty_like(base)
-    for i, c in enumerate(coefficients):
-        if c == 0.0:
-            continue
-        np.subtract(values[i], base, out=step, dtype=np.float64)
-        np.multiply(step, c, out=step)
-        np.add(acc, step, out=acc)
-    return torch.from_numpy(base), torch.from_numpy(acc)
+) -> Iterator[tuple[slice, npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
+    """_offset_blocks on the CPU, as numpy arrays over the tensors' memory: per block
+    float64 copies, then per row with a non-zero coefficient (x - anchor) * c added to the
+    running sum, in row order. Few torch calls: each one lets the GIL go."""
+    values = rows.detach().numpy()
+    anchored = anchor.detach().numpy()
+    for cols in column_blocks(len(coefficients), anchored.shape[0]):
+        base = anchored[cols].astype(np.float64)
+        acc = np.zeros_like(base)
+        step = np.empty_like(base)
+        for i, c in enumerate(coefficients):
+            if c == 0.0:
+                continue
+            np.subtract(values[i, cols], base, out=step, dtype=np.float64)
+            np.multiply(step, c, out=step)
+            np.add(acc, step, out=acc)
+        yield cols, base, acc
 
 
 def anchored_sum(
@@ -198,12 +206,11 @@ def anchored_sum(
 
     See the module docstring for why: fixed order, elementwise only, exact for equal inputs.
     """
-    if rows.device.type == "cpu" and anchor.device.type == "cpu":
-        # the same sums and float32 rounding in numpy (see the module docstring)
+    if _on_cpu(rows, anchor):  # the same sums and float32 rounding in numpy (module docstring)
         values = np.empty(anchor.shape[0], dtype=np.float32)
         with np.errstate(over="ignore"):  # a sum beyond float32 is inf, as torch rounds it
-            for cols, base, acc in _offset_blocks(rows, coefficients, anchor):
-                values[cols] = np.add(base.numpy(), acc.numpy())
+            for cols, low, offsets in _offset_blocks_numpy(rows, coefficients, anchor):
+                values[cols] = np.add(low, offsets)
         return torch.from_numpy(values)
     out = torch.empty_like(anchor, dtype=DTYPE)
     for cols, base, acc in _offset_blocks(rows, coefficients, anchor):
