@@ -750,18 +750,29 @@ class _Sends:
 
 _WORKERS_LIMIT = 256  # threads start only when no idle one is free: the peak of sends at once
 _workers_lock = threading.Lock()
-_workers_of: tuple[int, ThreadPoolExecutor] | None = None
+_workers_pool: ThreadPoolExecutor | None = None
 
 
 def _workers() -> ThreadPoolExecutor:
-    """The process's send workers, made on first use and again in a forked child (whose
-    copy of the parent's pool has no threads behind it)."""
-    global _workers_of
+    """The process's send workers, made on first use."""
+    global _workers_pool
     with _workers_lock:
-        if _workers_of is None or _workers_of[0] != os.getpid():
-            pool = ThreadPoolExecutor(max_workers=_WORKERS_LIMIT, thread_name_prefix="send")
-            _workers_of = (os.getpid(), pool)
-        return _workers_of[1]
+        if _workers_pool is None:
+            _workers_pool = ThreadPoolExecutor(
+                max_workers=_WORKERS_LIMIT, thread_name_prefix="send"
+            )
+        return _workers_pool
+
+
+def _forget_workers() -> None:
+    """In a forked child: the parent's pool has no threads there, and its lock may have been
+    held by one of them; the child makes its own on first use."""
+    global _workers_lock, _workers_pool
+    _workers_lock = threading.Lock()
+    _workers_pool = None
+
+
+os.register_at_fork(after_in_child=_forget_workers)
 
 
 def _proof_of(known: merkle.Known, chunks: range) -> bytes:

@@ -5,6 +5,8 @@ ending with its own result or error (docs/architecture.md#transfer-speed)."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -139,3 +141,20 @@ def test_a_failed_send_fails_its_own_future_only() -> None:
     assert after.result(timeout=10) == 7
     with pytest.raises(RuntimeError, match="this send broke"):
         failed.result(timeout=10)
+
+
+def _send_once_in_child() -> None:
+    """In a forked child: exit 0 if a send runs (the parent's workers do not exist here)."""
+    os._exit(0 if _Sends(2).submit(lambda: 5).result(timeout=20) == 5 else 1)
+
+
+def test_a_forked_child_sends_on_workers_of_its_own() -> None:
+    sends = _Sends(2)
+    assert [sends.submit(lambda: 1).result(timeout=10) for _ in range(3)] == [1, 1, 1]
+    child = multiprocessing.get_context("fork").Process(target=_send_once_in_child)
+    child.start()
+    child.join(30)
+    if child.exitcode is None:  # hung: kill the child we started, by its own handle
+        child.kill()
+        child.join()
+    assert child.exitcode == 0
