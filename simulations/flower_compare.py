@@ -122,7 +122,9 @@ def report(results: list[Result], dataset_of: dict[int, str]) -> None:
             goal = FULL_TARGET if engine == TARGETED_FULL and n == 8 else goal
             target = "-" if goal is None else f">={goal:g}x"
             met = "" if goal is None else (" ok" if ratio >= goal else " MISS")
-            points = 100 * (accuracy - flower_a)
+            # rounded first: means of equal accuracies can differ in the last bit, and a
+            # difference of -1e-15 points would print as "-0.00"
+            points = round(100 * (accuracy - flower_a), 2) + 0.0
             versus = "-" if engine == "flower" else f"{points:+.2f} pt"
             print(
                 f"{n:>5} {dataset_of[n]:>8} {engine:>13} {seconds:9.2f} {ratio:8.1f}x "
