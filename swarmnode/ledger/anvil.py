@@ -75,6 +75,7 @@ class AnvilProcess:
         self._log_path = log_path
         self._startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
+        self._own_log = False  # a temporary log this object made, removed on a clean stop
 
     @property
     def url(self) -> str:
@@ -98,6 +99,7 @@ class AnvilProcess:
             handle, name = tempfile.mkstemp(prefix="anvil-", suffix=".log")
             os.close(handle)
             self._log_path = Path(name)
+            self._own_log = True
         offset = self._log_path.stat().st_size if self._log_path.exists() else 0
         with open(self._log_path, "ab") as log:
             self._process = subprocess.Popen(
@@ -150,7 +152,10 @@ class AnvilProcess:
         raise ChainUnavailable(f"anvil did not start listening within {self._startup_timeout:g} s")
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM (anvil writes its state file then), escalating to SIGKILL after `timeout`."""
+        """SIGTERM (anvil writes its state file then), escalating to SIGKILL after `timeout`.
+        A log file this object made itself in the temporary folder is removed once anvil
+        exited (by either signal), so that runs leave nothing behind; a log the caller named
+        is kept."""
         return self._signal(signal.SIGTERM, timeout)
 
     def kill(self) -> int | None:
@@ -169,6 +174,10 @@ class AnvilProcess:
                 process.kill()
                 process.wait()
         self._process = None
+        if self._own_log and self._log_path is not None:
+            self._log_path.unlink(missing_ok=True)
+            self._log_path = None
+            self._own_log = False
         return process.returncode
 
     def __enter__(self) -> AnvilProcess:

@@ -30,7 +30,11 @@ class AnvilChain:
     def __init__(self, *, port: int = 0, state: Path | None = None) -> None:
         self.process = AnvilProcess(port=port, state=state)
         self.process.start()
-        self.rpc = RpcChain(self.process.url)
+        try:
+            self.rpc = RpcChain(self.process.url)
+        except BaseException:  # nobody holds this object yet to stop the process
+            self.process.stop()
+            raise
         self.funder: LocalAccount = Account.from_key(DEV_KEY)
         self._offset = 0.0
 
