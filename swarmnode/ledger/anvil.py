@@ -76,6 +76,7 @@ class AnvilProcess:
         self._startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._own_log = False  # a temporary log this object made, removed on a clean stop
+        self._binary = "anvil"  # the binary start() ran, for its error messages
 
     @property
     def url(self) -> str:
@@ -89,7 +90,8 @@ class AnvilProcess:
         """Starts anvil and returns its URL once it listens."""
         if self._process is not None and self._process.poll() is None:
             raise ConfigError("anvil is already running")
-        args = [find_anvil(), "--host", "127.0.0.1", "--port", str(self.port)]
+        binary = self._binary = find_anvil()
+        args = [binary, "--host", "127.0.0.1", "--port", str(self.port)]
         args += ["--hardfork", "prague", "--chain-id", str(DEV_CHAIN_ID)]
         if self.state is not None:
             args += ["--state", str(self.state)]
@@ -102,9 +104,15 @@ class AnvilProcess:
             self._own_log = True
         offset = self._log_path.stat().st_size if self._log_path.exists() else 0
         with open(self._log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
+            try:
+                self._process = subprocess.Popen(
+                    args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                )
+            except OSError as exc:  # a wrong $SWARMNODE_ANVIL, a binary for another machine
+                raise ConfigError(
+                    f"cannot run anvil at {binary}: {exc.strerror or exc}; point {ANVIL_ENV} "
+                    "at anvil, or run the setup (`make setup`)"
+                ) from None
         self.port = self._await_listening(offset)
         self._await_answering()
         return self.url
@@ -144,8 +152,9 @@ class AnvilProcess:
             if match:
                 return int(match.group(2))
             if self._process.poll() is not None:
+                said = text.strip()[-300:] or "it printed nothing"
                 raise ChainUnavailable(
-                    f"anvil exited with code {self._process.returncode}: {text.strip()[-300:]}"
+                    f"anvil ({self._binary}) exited with code {self._process.returncode}: {said}"
                 )
             time.sleep(0.02)  # waiting for a child process to print; nothing to wait on instead
         self.kill()
