@@ -60,6 +60,8 @@ FUNDING_WEI = 10**18  # 1 dev ether: thousands of rounds of gas at anvil's price
 GRACE_SECONDS = 10.0  # a SIGTERMed daemon that has not left by then is SIGKILLed
 START_SECONDS = 180.0  # interpreter, torch, web3, enrolment; 8 of them share two cores here
 POLL_SECONDS = 0.1
+BUDGET_EVENT = "privacy_budget_spent"
+"""The `event` of the line a daemon logs when its DP budget ends its rounds (daemon.py)."""
 
 
 class _Node:
@@ -73,6 +75,10 @@ class _Node:
         self.started_at: float | None = None
         self.asked_to_stop = False  # sent SIGTERM: a signal may end it during its own exit
         self.drained = False  # it had exited before its log was last read: nothing more comes
+        # with DP: the epsilon it had spent when it stopped joining rounds (its budget's
+        # end, docs/privacy.md#the-budget); a spent node takes part in no later round
+        self.spent: float | None = None
+        self.budget_spent = False
         self._offset = 0
         self._partial = b""
 
@@ -97,6 +103,9 @@ class _Node:
             event = json.loads(line)
             if event.get("event") == "started":
                 self.started_at = float(event["time"])
+            elif event.get("event") == BUDGET_EVENT:
+                self.budget_spent = True
+                self.spent = event.get("epsilon")
             elif event.get("event") == ROUND_EVENT:
                 record = NodeRoundRecord.from_json(event)
                 self.rounds[record.round] = record
@@ -237,6 +246,11 @@ class _Watch:
                 self._ask_to_leave(wanted)
             self._check_progress(began, last_news)
             time.sleep(POLL_SECONDS)  # the daemons' log files are what there is to watch
+        if not records and all(node.budget_spent for node in self.nodes):
+            raise ConfigError(
+                f"dp_budget {self.scenario.dp_budget}: spent before the first round on every "
+                "node (one round's training would spend more); raise dp_budget or dp_noise"
+            )
         if not records:
             raise SwarmError("the nodes stopped before any round ended")
         return records
@@ -291,10 +305,11 @@ class _Watch:
             for node in self.nodes
             if number in node.rounds
         ]
+        spent = [_spent_record(node, number) for node in self.nodes if _spent_before(node, number)]
         assert self.reader is not None
         state = self.reader.round(number)
         chain_digest = state.final_digest if state.status == RoundStatus.FINAL else None
-        agreed = self._agreed(number, mine, chain_digest)
+        agreed = self._agreed(number, mine, chain_digest, len(self.nodes) - len(spent))
         accuracy, loss = self._score(number, records)
         return RoundRecord(
             round=number,
@@ -308,7 +323,7 @@ class _Watch:
             gas_used=sum(r.gas for r in mine),
             accuracy=accuracy,
             loss=loss,
-            per_node=mine,
+            per_node=sorted(mine + spent, key=lambda r: r.node or 0),
         )
 
     def _ready(self, position: int, over: bool) -> int | None:
@@ -320,19 +335,25 @@ class _Watch:
         number = numbers[position]
         if over:
             return number
-        if any(not n.drained and max(n.rounds, default=0) < number for n in self.nodes):
+        if any(
+            not n.drained and not n.budget_spent and max(n.rounds, default=0) < number
+            for n in self.nodes
+        ):
             return None
         merged = any(n.rounds[number].digest for n in self.nodes if number in n.rounds)
         if merged and number not in self.scores:
             return None  # a node with a digest checkpoints it just after the log line
         return number
 
-    def _agreed(self, number: int, mine: list[NodeRoundRecord], chain_digest: bytes | None) -> bool:
-        """Every node ended the round holding the model whose digest is on chain."""
+    def _agreed(
+        self, number: int, mine: list[NodeRoundRecord], chain_digest: bytes | None, due: int
+    ) -> bool:
+        """Every node `due` in the round (all but those whose DP budget was spent before it,
+        as in process) ended it holding the model whose digest is on chain."""
         score = self.scores.get(number)
         return (
             chain_digest is not None
-            and len(mine) == len(self.nodes)
+            and len(mine) == due
             and {r.digest for r in mine} == {chain_digest.hex()}
             and score is not None
             and score[0] == chain_digest
@@ -370,6 +391,23 @@ class _Watch:
         return metrics["accuracy"], metrics["loss"]
 
 
+def _spent_before(node: _Node, number: int) -> bool:
+    """The node's DP budget ended its rounds before round `number`."""
+    return node.budget_spent and number not in node.rounds and number > max(node.rounds, default=0)
+
+
+def _spent_record(node: _Node, number: int) -> NodeRoundRecord:
+    """A spent node's record of a round it sat out: `budget_spent` with the epsilon it spent,
+    what the in-process engine records for it (engine.py)."""
+    return NodeRoundRecord(
+        round=number,
+        status="budget_spent",
+        node=node.index,
+        pid=node.process.pid,
+        epsilon=node.spent,
+    )
+
+
 def _seconds(mine: list[NodeRoundRecord], records: list[RoundRecord], nodes: list[_Node]) -> float:
     """From the previous round's last log line (the last daemon's start, for the first
     round) to this round's last."""
@@ -402,7 +440,35 @@ def _node_toml(scenario: Scenario, index: int, task: str, task_args: dict[str, A
         "[node.task_args]",
     ]
     lines += [f"{key} = {_toml(value)}" for key, value in task_args.items()]
+    lines += _privacy_toml(scenario)
     return "\n".join(lines) + "\n"
+
+
+def _privacy_toml(scenario: Scenario) -> list[str]:
+    """node.toml's `[privacy]` (docs/privacy.md#settings) from the scenario's dp_* keys, or
+    nothing without DP. Written from `Scenario.privacy()` / `mean_privacy()`, the settings
+    the in-process engine hands its nodes, so that both runners apply the same defaults."""
+    local, mean = scenario.privacy(), scenario.mean_privacy()
+    values: dict[str, float | int | None]
+    if local is not None:
+        values = {
+            "noise_multiplier": local.noise_multiplier,
+            "max_grad_norm": local.max_grad_norm,
+            "delta": local.delta,
+            "epsilon_budget": local.epsilon_budget,
+        }
+    elif mean is not None:  # distributed DP: the swarm is deployed with secure aggregation
+        values = {
+            "mean_noise_multiplier": mean.noise_multiplier,
+            "mean_clip_norm": mean.clip_norm,
+            "assumed_colluders": mean.assumed_colluders,
+            "delta": mean.delta,
+            "epsilon_budget": mean.epsilon_budget,
+        }
+    else:
+        return []
+    lines = ["", "[privacy]"]
+    return lines + [f"{key} = {_toml(value)}" for key, value in values.items() if value is not None]
 
 
 def _toml(value: Any) -> str:

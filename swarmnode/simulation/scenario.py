@@ -265,8 +265,6 @@ class Scenario(BaseModel):
                 raise ValueError(f"{', '.join(given)} without dp_noise: set dp_noise to use DP")
             return self
         self.privacy()  # the project's own checks, one line each (ConfigError)
-        if self.processes:
-            raise ValueError("processes: dp_noise runs in process only (drop --processes)")
         return self
 
     @model_validator(mode="after")
@@ -293,8 +291,6 @@ class Scenario(BaseModel):
                 "dp_mean_noise needs secure_aggregation = true: without it each owner sees an "
                 "update with only part of the noise (docs/privacy.md#distributed-dp)"
             )
-        if self.processes:
-            raise ValueError("processes: dp_mean_noise runs in process only (drop --processes)")
         # f < m, noise within the bound: what a node checks when it starts
         DistributedDP.for_swarm(settings, self.swarm_params(self.nodes, b"\x01" * 32))
         return self
