@@ -24,10 +24,12 @@ from types import TracebackType
 from typing import Any
 
 from swarmnode import canonical
+from swarmnode.address import normalize
 from swarmnode.checkpoint import Checkpoint, CheckpointStore
 from swarmnode.config import NodeConfig
+from swarmnode.distributed_dp import DistributedDP
 from swarmnode.error_names import ErrorName
-from swarmnode.exceptions import ConfigError, ContractError
+from swarmnode.exceptions import ConfigError, ContractError, PeerError
 from swarmnode.identity import NodeIdentity, take_passphrase
 from swarmnode.ledger.background import quiet_retries
 from swarmnode.ledger.base import Ledger
@@ -39,6 +41,8 @@ from swarmnode.membership import RosterFeed
 from swarmnode.p2p.faults import FaultyTransport
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
+from swarmnode.p2p.roster import Roster
+from swarmnode.p2p.transport import Transport
 from swarmnode.round import RoundResult, RoundSettings, leave_unfinished
 from swarmnode.sync import SyncPolicy, SyncState
 
@@ -50,13 +54,20 @@ CONFIG_FILE = "node.toml"
 # trusted by this node's server within this, before it can join a round and send to us
 # (the round's own read at close alone came too late for a peer whose join closed it).
 ROSTER_REFRESH = 1.0
-# After registering, a peer waits this long before it is handed to what trains: the others
-# read the registration within ROSTER_REFRESH, so their servers trust its certificate before
-# its first join can close a round and its first frames reach them. Without the wait, a node
-# whose join closed the round right after it registered was refused at the TLS handshake and
-# its peers waited out the transfer deadline (seen with three processes). A restart that
-# only moves the endpoint keeps its certificate and does not wait.
+# After registering, a peer waits at most this long before it is handed to what trains:
+# until every other registered node's server accepts it in a mutual-TLS call (`settle`),
+# so that their servers trust its certificate before its first join can close a round and
+# its first frames reach them. Without a wait, a node whose join closed the round right
+# after it registered was refused at the TLS handshake and its peers waited out the
+# transfer deadline (seen with three processes). The others read the registration within
+# ROSTER_REFRESH, so a peer that is up accepts well within the bound; one that is down
+# costs the whole of it. A restart that only moves the endpoint keeps its certificate and
+# does not wait.
 SETTLE = 2 * ROSTER_REFRESH
+# Seconds between tries at a peer that does not accept this node yet, while settling.
+SETTLE_POLL = 0.1
+# A settle wait that lasts this long says what it waits for (as the round's waits do).
+SETTLE_SAY_AFTER = ROSTER_REFRESH
 # The longest a node with `start_with` waits for the others to register; then it starts
 # with those there are, and says so.
 START_WITH_WAIT = 300.0
@@ -159,6 +170,7 @@ class LivePeer:
         """`open()` for a config already read (the daemon's way in)."""
         identity = load_identity(config, passphrase)
         deployment = Deployment.load(config.deployment)
+        check_fits_swarm(config, deployment)  # before anything is written on chain
         url = config.rpc or deployment.rpc
         if not url:
             raise ConfigError(f"{config.deployment}: names no RPC URL; set rpc in the node config")
@@ -192,8 +204,8 @@ class LivePeer:
             registered = enrol(ledger, server.endpoint, identity.tls.cert_der, config.deployment)
             feed.refresh()
             store = CheckpointStore(config.checkpoints)
-            if registered:
-                stop.wait(SETTLE)  # the others' rosters catch up with this registration
+            if registered:  # the others' rosters catch up with this registration
+                settle(transport, feed.roster, ledger.account, stop)
             _wait_for_registrations(feed, config.start_with, stop)
         except BaseException:
             transport.close()
@@ -274,6 +286,82 @@ class LivePeer:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def check_fits_swarm(config: NodeConfig, deployment: Deployment) -> None:
+    """Refuses, in one line naming the setting and the swarm, a node config that cannot run
+    in the swarm of `deployment` (its file carries the swarm's params), before the node
+    registers: nothing goes on chain for a node that would stop right after. The checks are
+    the ones SwarmNode and SwarmCallback make when they are built (`DistributedDP.for_swarm`:
+    distributed DP without secure aggregation, assumed_colluders >= min_peers, noise wider
+    than secure aggregation's bound). Local DP-SGD and distributed DP both set is refused
+    when node.toml is read, earlier still (swarmnode.config)."""
+    mean = None if config.privacy is None else config.privacy.mean_settings()
+    if mean is None:
+        return
+    try:
+        DistributedDP.for_swarm(mean, deployment.params)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"[privacy] does not fit the swarm {deployment.address} of {config.deployment}: {exc}"
+        ) from None
+
+
+def settle(
+    transport: Transport,
+    roster: Roster,
+    account: str,
+    stop: threading.Event,
+    *,
+    bound: float = SETTLE,
+    poll: float = SETTLE_POLL,
+) -> tuple[str, ...]:
+    """Waits until every other node on `roster` accepts `account` (this node, just
+    registered) in a mutual-TLS call: an Info call through `transport` succeeds only once
+    that node's server has read the registration and trusts this node's certificate (its
+    TLS roots and its roster check both follow its roster). Each peer that does not accept
+    yet is tried again every `poll` seconds. Bounded by `bound` (a peer that is down costs
+    that, never more); a stop request ends it at once; with no other node it returns at
+    once. Says what it waits for once it lasts SETTLE_SAY_AFTER. Returns the peers that had
+    not accepted when it ended."""
+    start = time.monotonic()
+    deadline = start + bound
+    me = normalize(account)
+    waiting = tuple(r.account for r in roster.records() if r.account != me)
+    said = False
+    while waiting and not stop.is_set():
+        waiting = tuple(p for p in waiting if not _accepts(transport, p, deadline))
+        now = time.monotonic()
+        if not waiting or now >= deadline:
+            break
+        if not said and now - start >= SETTLE_SAY_AFTER:
+            log.info(
+                "waiting up to %.1f s more for %s to trust this node's certificate",
+                deadline - now,
+                ", ".join(p[:10] for p in waiting),
+            )
+            said = True
+        stop.wait(min(poll, deadline - now))
+    took = time.monotonic() - start
+    if waiting and not stop.is_set():
+        log.info(
+            "%s did not accept this node within %.1f s: going on",
+            ", ".join(p[:10] for p in waiting),
+            took,
+            extra={"fields": {"event": "settled", "seconds": took, "waiting": list(waiting)}},
+        )
+    elif not stop.is_set():
+        log.debug("trusted by every registered peer after %.2f s", took)
+    return waiting
+
+
+def _accepts(transport: Transport, peer: str, deadline: float) -> bool:
+    """Whether `peer`'s server answers an Info call from this node by `deadline`."""
+    try:
+        transport.info(peer, timeout=max(deadline - time.monotonic(), 0.05))
+    except PeerError:
+        return False
+    return True
 
 
 def load_identity(config: NodeConfig, passphrase: str | None = None) -> NodeIdentity:
