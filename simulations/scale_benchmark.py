@@ -1,7 +1,7 @@
 """Seconds per round and peak memory against the number of virtual nodes, per engine.
 
 Run: .venv/bin/python simulations/scale_benchmark.py [--fast 8,64,256,1000] [--memory 8,32]
-     [--grpc 8] [--rounds 3]
+     [--grpc 8] [--anvil 8] [--rounds 3]
 
 Each point runs in a fresh process of its own (this script again, with --one), so its peak
 memory (the process's maximum resident set, and the GPU's peak allocation on CUDA) is its
@@ -15,9 +15,11 @@ warm-ups); set-up (data, chain, nodes) is printed apart. Swarm rounds only: no b
 - memory: full fidelity's SwarmNodes on the in-memory ledger and transport (a thread a node).
 - grpc: full fidelity: the embedded chain and mutual-TLS gRPC; 32 nodes cost minutes of
   set-up and half a minute a round, hence only 8 by default (`--grpc 8,32` for both).
+- anvil: the same full fidelity on a private anvil (scenario key chain = "anvil",
+  docs/simulator.md#the-chain), 8 nodes by default (`--anvil 8,32`).
 
-The default run (fast 8-1000, memory 8 and 32, grpc 8) takes about five minutes on an idle
-two-core machine. On a machine shared by more jobs than cores, give `--threads 1`: torch's
+The default run (fast 8-1000, memory 8 and 32, grpc 8, anvil 8) takes about five minutes on
+an idle two-core machine. On a machine shared by more jobs than cores, give `--threads 1`: torch's
 intra-op threads then wait on each other at every batched operation (measured on two cores at
 load 12: the fast engine's round at 1,000 nodes took 13.8 s with two threads, 1.7 s with one).
 """
@@ -55,6 +57,8 @@ def one(engine: str, nodes: int, rounds: int) -> dict[str, Any]:
     fields.update({"partition": "iid", "local_batches": 10, "batch_size": 32})
     if engine == "fast":
         fields["engine"] = "fast"
+    if engine == "anvil":
+        fields["chain"] = "anvil"
     scenario = Scenario.load(None, fields)
     data = load_dataset("diamonds", seed=scenario.seed)
     floor = FLOOR if nodes * FLOOR <= len(data.y_train) else 1
@@ -115,6 +119,7 @@ def main() -> None:
     parser.add_argument("--fast", default="8,64,256,1000", help="fast-engine node counts")
     parser.add_argument("--memory", default="8,32", help="full fidelity in memory")
     parser.add_argument("--grpc", default="8", help="full fidelity, embedded chain and gRPC")
+    parser.add_argument("--anvil", default="8", help="full fidelity, a private anvil and gRPC")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=900, help="seconds a point may take")
     parser.add_argument(
@@ -136,6 +141,7 @@ def main() -> None:
     plan = [("fast", n) for n in _counts(args.fast)]
     plan += [("memory", n) for n in _counts(args.memory)]
     plan += [("grpc", n) for n in _counts(args.grpc)]
+    plan += [("anvil", n) for n in _counts(args.anvil)]
     for engine, nodes in plan:
         console.print(f"{engine} at {nodes} nodes ...")
         got = measure(engine, nodes, args.rounds, args.timeout, args.threads)
