@@ -11,6 +11,9 @@ accounts, one config per node), watches, and cleans up:
   who took part and which digest won from the chain;
 - the merged model is scored from the checkpoint a daemon writes after each final round
   (read back against its digest), on the same held-out test set as in process;
+- with DP, each node.toml carries the scenario's `[privacy]`, each round line the epsilon the
+  daemon had spent, and a daemon whose budget ended its rounds (its `privacy_budget_spent`
+  line) is recorded as `budget_spent` in the rounds after, as in process;
 - every process is stopped by its pid when the run ends, fails, or is interrupted (Ctrl-C,
   SIGTERM): SIGTERM first (a daemon leaves after the round in progress), SIGKILL after a
   grace period. The pids are in processes.json in the run folder while it runs.
@@ -393,7 +396,7 @@ class _Watch:
 
 def _spent_before(node: _Node, number: int) -> bool:
     """The node's DP budget ended its rounds before round `number`."""
-    return node.budget_spent and number not in node.rounds and number > max(node.rounds, default=0)
+    return node.budget_spent and number > max(node.rounds, default=0)
 
 
 def _spent_record(node: _Node, number: int) -> NodeRoundRecord:
