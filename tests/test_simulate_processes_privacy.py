@@ -2,8 +2,8 @@
 in its node.toml from the scenario's dp_* keys (the in-process engine's defaults), and the
 report's epsilon is what the daemons themselves logged (docs/simulator.md#privacy).
 
-Each test is one real run of three `swarmnode run` daemons against anvil, about 20-30 s on
-two busy cores."""
+Each test is a real run of three `swarmnode run` daemons against anvil (the first also
+runs its scenario in process to compare): about 50 s for the file on two busy cores."""
 
 from __future__ import annotations
 
@@ -25,16 +25,18 @@ pytestmark = [pytest.mark.chain, pytest.mark.slow]
 ARGS = ["--nodes", "3", "--local-batches", "5", "--seed", "1"]
 
 
-def simulate(out: Path, *settings: str) -> dict[str, Any]:
-    """Runs the simulator with `--set` for each of `settings`; its report.json. No process
-    of the run may be left running."""
+def simulate(out: Path, *settings: str, processes: bool = True) -> dict[str, Any]:
+    """Runs the simulator with `--set` for each of `settings` (with --processes, or in
+    process); its report.json. No process of the run may be left running."""
     sets = [arg for setting in settings for arg in ("--set", setting)]
+    argv = command(out, *ARGS, *sets)
+    if not processes:
+        argv.remove("--processes")
     with leaves_nothing(out):
-        result = subprocess.run(
-            command(out, *ARGS, *sets), capture_output=True, text=True, timeout=400, env=ENV
-        )
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=400, env=ENV)
         assert result.returncode == 0, result.stderr
-        assert not [pid for pid, marker in ours(out) if alive(pid, marker)]
+        if processes:
+            assert not [pid for pid, marker in ours(out) if alive(pid, marker)]
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     return report
 
@@ -71,7 +73,8 @@ def test_local_dp_sgd_daemons_report_their_epsilon_and_stop_at_their_budget(
     seed 1), so each batch samples more of them and spends more, and its second round
     would pass 2.6 where theirs does not yet."""
     out = tmp_path / "run"
-    report = simulate(out, "dp_noise=1.0", "dp_budget=2.6", "rounds=3")
+    settings = ("dp_noise=1.0", "dp_budget=2.6", "rounds=3")
+    report = simulate(out, *settings)
     scenario = Scenario.load(None, {"processes": True, "dp_noise": 1.0, "dp_budget": 2.6})
     assert all(table.settings() == scenario.privacy() for table in privacy_tables(out))
 
@@ -98,6 +101,15 @@ def test_local_dp_sgd_daemons_report_their_epsilon_and_stop_at_their_budget(
     assert privacy["dp"] == "local" and privacy["secure_aggregation"] is False
     assert privacy["noise_multiplier"] == 1.0 and privacy["delta"] == 1e-5
     assert privacy["epsilon"] == max(logged.values())
+
+    # the same scenario in process spends the same, node by node and round by round: the
+    # daemons got the engine's settings and seeds
+    in_process = simulate(tmp_path / "in-process", *settings, processes=False)
+    theirs = metrics(tmp_path / "in-process")
+    assert {k: (m["status"], m["epsilon"]) for k, m in theirs.items()} == {
+        k: (m["status"], m["epsilon"]) for k, m in seen.items()
+    }
+    assert in_process["privacy"] == privacy
 
 
 def test_distributed_dp_daemons_report_their_epsilon(tmp_path: Path) -> None:
