@@ -66,8 +66,13 @@ ROSTER_REFRESH = 1.0
 SETTLE = 2 * ROSTER_REFRESH
 # Seconds between tries at a peer that does not accept this node yet, while settling.
 SETTLE_POLL = 0.1
-# A settle wait that lasts this long says what it waits for (as the round's waits do).
-SETTLE_SAY_AFTER = ROSTER_REFRESH
+# A settle wait that lasts this long says what it waits for (as the round's waits do). Not
+# sooner: a peer whose server refused the first try is tried again by gRPC only after its
+# reconnect backoff (about 1 s), so a start with every peer up settles in about 1-1.2 s.
+SETTLE_SAY_AFTER = 0.75 * SETTLE
+# The longest one try at a peer may take: one that does not answer (its packets dropped)
+# must not hold the tries at the others back until the bound.
+SETTLE_TRY = ROSTER_REFRESH / 2
 # The longest a node with `start_with` waits for the others to register; then it starts
 # with those there are, and says so.
 START_WITH_WAIT = 300.0
@@ -320,10 +325,11 @@ def settle(
     registered) in a mutual-TLS call: an Info call through `transport` succeeds only once
     that node's server has read the registration and trusts this node's certificate (its
     TLS roots and its roster check both follow its roster). Each peer that does not accept
-    yet is tried again every `poll` seconds. Bounded by `bound` (a peer that is down costs
-    that, never more); a stop request ends it at once; with no other node it returns at
-    once. Says what it waits for once it lasts SETTLE_SAY_AFTER. Returns the peers that had
-    not accepted when it ended."""
+    yet is tried again every `poll` seconds (gRPC itself dials a peer whose handshake it
+    refused again only after its reconnect backoff, about 1 s; until then a try fails at
+    once). Bounded by `bound` (a peer that is down costs that, never more); a stop request
+    ends it at once; with no other node it returns at once. Says what it waits for once it
+    lasts SETTLE_SAY_AFTER. Returns the peers that had not accepted when it ended."""
     start = time.monotonic()
     deadline = start + bound
     me = normalize(account)
@@ -356,9 +362,10 @@ def settle(
 
 
 def _accepts(transport: Transport, peer: str, deadline: float) -> bool:
-    """Whether `peer`'s server answers an Info call from this node by `deadline`."""
+    """Whether `peer`'s server answers an Info call from this node within SETTLE_TRY and
+    by `deadline`."""
     try:
-        transport.info(peer, timeout=max(deadline - time.monotonic(), 0.05))
+        transport.info(peer, timeout=min(SETTLE_TRY, max(deadline - time.monotonic(), 0.05)))
     except PeerError:
         return False
     return True
