@@ -24,12 +24,11 @@ from types import TracebackType
 from typing import Any
 
 from swarmnode import canonical
-from swarmnode.address import normalize
 from swarmnode.checkpoint import Checkpoint, CheckpointStore
 from swarmnode.config import NodeConfig
 from swarmnode.distributed_dp import DistributedDP
 from swarmnode.error_names import ErrorName
-from swarmnode.exceptions import ConfigError, ContractError, PeerError
+from swarmnode.exceptions import ConfigError, ContractError
 from swarmnode.identity import NodeIdentity, take_passphrase
 from swarmnode.ledger.background import quiet_retries
 from swarmnode.ledger.base import Ledger
@@ -41,8 +40,6 @@ from swarmnode.membership import RosterFeed
 from swarmnode.p2p.faults import FaultyTransport
 from swarmnode.p2p.grpc_transport import GrpcTransport, PeerServer
 from swarmnode.p2p.inbox import Inbox
-from swarmnode.p2p.roster import Roster
-from swarmnode.p2p.transport import Transport
 from swarmnode.round import RoundResult, RoundSettings, leave_unfinished
 from swarmnode.sync import SyncPolicy, SyncState
 
@@ -54,25 +51,16 @@ CONFIG_FILE = "node.toml"
 # trusted by this node's server within this, before it can join a round and send to us
 # (the round's own read at close alone came too late for a peer whose join closed it).
 ROSTER_REFRESH = 1.0
-# After registering, a peer waits at most this long before it is handed to what trains:
-# until every other registered node's server accepts it in a mutual-TLS call (`settle`),
-# so that their servers trust its certificate before its first join can close a round and
-# its first frames reach them. Without a wait, a node whose join closed the round right
-# after it registered was refused at the TLS handshake and its peers waited out the
-# transfer deadline (seen with three processes). The others read the registration within
-# ROSTER_REFRESH, so a peer that is up accepts well within the bound; one that is down
-# costs the whole of it. A restart that only moves the endpoint keeps its certificate and
-# does not wait.
+# After registering, a peer waits this long before it is handed to what trains: the others
+# read the registration within ROSTER_REFRESH, so their servers trust its certificate before
+# its first join can close a round and its first frames reach them. Without the wait, a node
+# whose join closed the round right after it registered was refused at the TLS handshake and
+# its peers waited out the transfer deadline (seen with three processes). A restart that
+# only moves the endpoint keeps its certificate and does not wait. (A wait that asked each
+# peer over this node's own channels whether it trusts it yet ended sooner, but left those
+# channels in gRPC's reconnect backoff after the refused handshakes, and a round right after
+# start-up then lost pushes: it failed tests/test_process_faults.py once.)
 SETTLE = 2 * ROSTER_REFRESH
-# Seconds between tries at a peer that does not accept this node yet, while settling.
-SETTLE_POLL = 0.1
-# A settle wait that lasts this long says what it waits for (as the round's waits do). Not
-# sooner: a peer whose server refused the first try is tried again by gRPC only after its
-# reconnect backoff (about 1 s), so a start with every peer up settles in about 1-1.2 s.
-SETTLE_SAY_AFTER = 0.75 * SETTLE
-# The longest one try at a peer may take: one that does not answer (its packets dropped)
-# must not hold the tries at the others back until the bound.
-SETTLE_TRY = ROSTER_REFRESH / 2
 # The longest a node with `start_with` waits for the others to register; then it starts
 # with those there are, and says so.
 START_WITH_WAIT = 300.0
@@ -209,8 +197,8 @@ class LivePeer:
             registered = enrol(ledger, server.endpoint, identity.tls.cert_der, config.deployment)
             feed.refresh()
             store = CheckpointStore(config.checkpoints)
-            if registered:  # the others' rosters catch up with this registration
-                settle(transport, feed.roster, ledger.account, stop)
+            if registered:
+                stop.wait(SETTLE)  # the others' rosters catch up with this registration
             _wait_for_registrations(feed, config.start_with, stop)
         except BaseException:
             transport.close()
@@ -310,65 +298,6 @@ def check_fits_swarm(config: NodeConfig, deployment: Deployment) -> None:
         raise ConfigError(
             f"[privacy] does not fit the swarm {deployment.address} of {config.deployment}: {exc}"
         ) from None
-
-
-def settle(
-    transport: Transport,
-    roster: Roster,
-    account: str,
-    stop: threading.Event,
-    *,
-    bound: float = SETTLE,
-    poll: float = SETTLE_POLL,
-) -> tuple[str, ...]:
-    """Waits until every other node on `roster` accepts `account` (this node, just
-    registered) in a mutual-TLS call: an Info call through `transport` succeeds only once
-    that node's server has read the registration and trusts this node's certificate (its
-    TLS roots and its roster check both follow its roster). Each peer that does not accept
-    yet is tried again every `poll` seconds (gRPC itself dials a peer whose handshake it
-    refused again only after its reconnect backoff, about 1 s; until then a try fails at
-    once). Bounded by `bound` (a peer that is down costs that, never more); a stop request
-    ends it at once; with no other node it returns at once. Says what it waits for once it
-    lasts SETTLE_SAY_AFTER. Returns the peers that had not accepted when it ended."""
-    start = time.monotonic()
-    deadline = start + bound
-    me = normalize(account)
-    waiting = tuple(r.account for r in roster.records() if r.account != me)
-    said = False
-    while waiting and not stop.is_set():
-        waiting = tuple(p for p in waiting if not _accepts(transport, p, deadline))
-        now = time.monotonic()
-        if not waiting or now >= deadline:
-            break
-        if not said and now - start >= SETTLE_SAY_AFTER:
-            log.info(
-                "waiting up to %.1f s more for %s to trust this node's certificate",
-                deadline - now,
-                ", ".join(p[:10] for p in waiting),
-            )
-            said = True
-        stop.wait(min(poll, deadline - now))
-    took = time.monotonic() - start
-    if waiting and not stop.is_set():
-        log.info(
-            "%s did not accept this node within %.1f s: going on",
-            ", ".join(p[:10] for p in waiting),
-            took,
-            extra={"fields": {"event": "settled", "seconds": took, "waiting": list(waiting)}},
-        )
-    elif not stop.is_set():
-        log.debug("trusted by every registered peer after %.2f s", took)
-    return waiting
-
-
-def _accepts(transport: Transport, peer: str, deadline: float) -> bool:
-    """Whether `peer`'s server answers an Info call from this node within SETTLE_TRY and
-    by `deadline`."""
-    try:
-        transport.info(peer, timeout=min(SETTLE_TRY, max(deadline - time.monotonic(), 0.05)))
-    except PeerError:
-        return False
-    return True
 
 
 def load_identity(config: NodeConfig, passphrase: str | None = None) -> NodeIdentity:
