@@ -8,13 +8,14 @@ for type (tests/test_embedded_views.py, tests/test_jsonrpc.py compare the two).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from eth_utils.abi import function_abi_to_4byte_selector, get_abi_input_types, get_abi_output_types
 from eth_utils.address import to_checksum_address
 from web3.contract.contract import ContractFunction
+from web3.types import TxParams
 
 
 class ViewAbi:
@@ -63,3 +64,20 @@ def as_web3(kind: str, value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     return value
+
+
+def contract_transaction(
+    fn: ContractFunction, address: str, fields: TxParams, tip: int, base_fee: int
+) -> TxParams:
+    """`fn`'s transaction to the contract at `address` with the sender's fields (from, nonce,
+    gas, chain id), as web3's build_transaction makes it: call data, no value, the tip, and
+    its default strategy's fee cap of the tip plus twice the newest base fee."""
+    built = dict(fields)
+    built.update(
+        to=address,
+        data=call_data(fn),
+        value=0,
+        maxPriorityFeePerGas=tip,
+        maxFeePerGas=tip + 2 * base_fee,
+    )
+    return cast(TxParams, built)

@@ -25,12 +25,10 @@ from web3 import EthereumTesterProvider, Web3
 from web3.contract.contract import ContractFunction
 from web3.types import TxParams
 
-from swarmnode.exceptions import LedgerError
-from swarmnode.ledger.abi_codec import ViewAbi, call_data
+from swarmnode.ledger.abi_codec import ViewAbi, call_data, contract_transaction
 from swarmnode.ledger.contract import ContractLedger
 from swarmnode.ledger.deploy import deploy_swarm
 from swarmnode.ledger.deployment import Deployment
-from swarmnode.ledger.errors import contract_error_from
 from swarmnode.ledger.shared import SharedChain, SharedLedger
 from swarmnode.ledger.transactions import Backoff
 from swarmnode.rules import SwarmParams
@@ -232,29 +230,18 @@ class EmbeddedLedger(SharedLedger):
         super().__init__(chain.shared, *args, **kwargs)
         self._tester = chain.tester
         self._head = chain.head
+        self.sender.view = self._call
         self.sender.preflight = self._call
         self.sender.build = self._build
         self.sender.submit = self._submit
 
-    def _view(self, fn: ContractFunction) -> Any:
-        """A view run on eth-tester itself rather than through web3: the same call on the
-        same EVM with the same answer (tests/test_embedded_views.py compares the two for
-        every view), without web3's request middleware and result formatters, which cost
-        a third of a view. A transaction's preflight takes the same way (`_call`)."""
-        with self.sender.guard(fn.fn_name):
-            try:
-                return self._call(fn, "latest")
-            except LedgerError:
-                raise
-            except Exception as exc:
-                named = contract_error_from(exc, fn.fn_name)
-                if named is not None:
-                    raise named from exc
-                raise LedgerError(f"{fn.fn_name}: the call failed: {exc}") from exc
-
-    def _call(self, fn: ContractFunction, block: str) -> Any:
-        """`fn` run on `block`'s state ("latest", "pending") from this account, decoded as
-        web3 decodes it; a revert raised as eth-tester raises it."""
+    def _call(self, fn: ContractFunction, block: str | int) -> Any:
+        """`fn` run on `block`'s state ("latest", "pending", a number) from this account on
+        eth-tester itself rather than through web3: the same call on the same EVM with the
+        same answer (tests/test_embedded_views.py compares the two for every view), without
+        web3's request middleware and result formatters, which cost a third of a view.
+        Decoded as web3 decodes it; a revert raised as eth-tester raises it, for the sender
+        to name. Views (the sender's `view`) and preflights take this way."""
         call = {
             "from": self.account,
             "to": self.address,
@@ -269,16 +256,8 @@ class EmbeddedLedger(SharedLedger):
         build_transaction makes it here: call data, no value, and fees as its default
         strategy sets them (eth-tester's 1 gwei tip plus twice the newest base fee). Called
         under the chain lock, as the sender signs there."""
-        tip = 10**9
-        built = dict(fields)
-        built.update(
-            to=self.address,
-            data=call_data(fn),
-            value=0,
-            maxPriorityFeePerGas=tip,
-            maxFeePerGas=tip + 2 * int(self._head().base_fee_per_gas or 0),
-        )
-        return cast(TxParams, built)
+        base_fee = int(self._head().base_fee_per_gas or 0)
+        return contract_transaction(fn, self.address, fields, 10**9, base_fee)
 
     def _submit(self, raw: bytes) -> None:
         """Signed bytes to eth-tester, which mines them into a block at once."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
@@ -20,7 +20,7 @@ from web3.datastructures import AttributeDict
 from web3.types import TxParams
 
 from swarmnode.exceptions import ChainUnavailable, ConfigError, LedgerError
-from swarmnode.ledger.abi_codec import ViewAbi, call_data
+from swarmnode.ledger.abi_codec import ViewAbi, call_data, contract_transaction
 from swarmnode.ledger.contract import ContractLedger
 from swarmnode.ledger.deploy import deploy_swarm
 from swarmnode.ledger.deployment import Deployment
@@ -173,15 +173,7 @@ class RpcLedger(ContractLedger):
         except RpcError:  # not every node has it: web3's own way, from the fee history
             tip = int(self._w3.eth.max_priority_fee)
         latest = self._rpc.request("eth_getBlockByNumber", ["latest", False])
-        built = dict(fields)
-        built.update(
-            to=self.address,
-            data=call_data(fn),
-            value=0,
-            maxPriorityFeePerGas=tip,
-            maxFeePerGas=tip + 2 * int(latest["baseFeePerGas"], 16),
-        )
-        return cast(TxParams, built)
+        return contract_transaction(fn, self.address, fields, tip, int(latest["baseFeePerGas"], 16))
 
     def _submit(self, raw: bytes) -> None:
         self._rpc.request("eth_sendRawTransaction", ["0x" + raw.hex()])

@@ -206,13 +206,15 @@ class TransactionSender:
             with self.guard(fn.fn_name):
                 try:
                     return fn.call(**kwargs) if view is None else view(fn, block)
-                except LedgerError:
-                    raise
+                except (LedgerError, ConnectionError, OSError, TimeoutError):
+                    raise  # named already, or no answer: `guard` makes that ChainUnavailable
                 except Exception as exc:
                     named = contract_error_from(exc, fn.fn_name)
                     if named is not None:
                         raise named from exc
-                    raise
+                    if view is None:
+                        raise  # web3's own error, as web3 raised it
+                    raise LedgerError(f"{fn.fn_name}: the call failed: {exc}") from exc
 
         return self.retry_unavailable(fn.fn_name, once)
 
